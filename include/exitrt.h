@@ -1,0 +1,209 @@
+/* exitrt.h - the public C API of exitrt, an early-exit inference runtime.
+ *
+ * A model is a multi-exit network: a backbone with classifier heads ("exits")
+ * attached part-way. At inference each sample leaves at the first exit whose
+ * policy is confident; the later layers are not computed for it.
+ *
+ * Plain C11, no CUDA types: one ABI for CPU-only and CUDA builds.
+ *
+ * Ownership and errors:
+ *   - Functions that create a handle take an optional `ert_error *` that
+ *     receives a one-line message on failure.
+ *   - Functions on an engine keep the message of their last failure on the
+ *     engine; read it with ert_engine_error().
+ *   - Every *_free accepts NULL.
+ *   - The library never prints, never exits and never aborts.
+ *   - A model must outlive every engine created from it. Freeing a model
+ *     while an engine still uses it is refused: ert_model_free() then only
+ *     marks it, and the last ert_engine_free() releases it.
+ *   - An engine is not thread-safe: call ert_infer() on one engine from one
+ *     thread at a time (a concurrent call returns ERT_BUSY).
+ */
+#ifndef EXITRT_H
+#define EXITRT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ERT_VERSION_MAJOR 0
+#define ERT_VERSION_MINOR 1
+
+/* Exits per model, the final head included. */
+#define ERT_MAX_EXITS 16
+#define ERT_ERROR_LEN 512
+
+typedef enum ert_status {
+    ERT_OK = 0,
+    ERT_INVALID_ARGUMENT, /* a NULL pointer, a batch out of range, ... */
+    ERT_IO,               /* a file could not be opened or read */
+    ERT_FORMAT,           /* a model or data file is malformed */
+    ERT_UNSUPPORTED,      /* valid, but not supported (a dtype, a layer) */
+    ERT_OUT_OF_MEMORY,
+    ERT_NO_DEVICE,        /* CUDA backend asked for, no usable device */
+    ERT_CUDA,             /* a CUDA, cuBLAS or cuDNN call failed */
+    ERT_BUSY,             /* the engine is in use by another call */
+    ERT_INTERNAL,
+    ERT_QUEUE_FULL        /* a stream's queue is full: poll, then resubmit */
+} ert_status;
+
+/* A static string naming the status ("ok", "format error", ...). */
+const char *ert_status_string(ert_status s);
+
+typedef struct ert_error {
+    char msg[ERT_ERROR_LEN];
+} ert_error;
+
+typedef enum ert_backend {
+    ERT_BACKEND_AUTO = 0, /* CUDA when a device is present, else CPU */
+    ERT_BACKEND_CPU,
+    ERT_BACKEND_CUDA
+} ert_backend;
+
+typedef enum ert_mode {
+    ERT_MODE_FULL = 0,  /* no early exit: every sample takes the final head */
+    ERT_MODE_MASKED,    /* everything computed, output chosen per sample */
+    ERT_MODE_COMPACTED  /* exited samples dropped, later stages on fewer rows */
+} ert_mode;
+
+typedef enum ert_policy_kind {
+    ERT_POLICY_NONE = 0,        /* the final head: always exits */
+    ERT_POLICY_ENTROPY,         /* exits when softmax entropy < threshold */
+    ERT_POLICY_MAX_PROB,        /* exits when max probability >= threshold */
+    ERT_POLICY_MARGIN,          /* exits when top1 - top2 probability >= threshold */
+    ERT_POLICY_CONFIDENCE_HEAD  /* exits when the learned head's output >= threshold */
+} ert_policy_kind;
+
+const char *ert_backend_string(ert_backend b);
+const char *ert_mode_string(ert_mode m);
+const char *ert_policy_string(ert_policy_kind p);
+
+typedef struct ert_model ert_model;
+typedef struct ert_engine ert_engine;
+
+/* ---- model --------------------------------------------------------------- */
+
+/* Loads a model from a directory holding model.json, or from the path of a
+ * model.json; the weights file it names is read from beside it. Validates the
+ * whole file and folds batch norm into the preceding convolutions.
+ * On success *out owns the model (free with ert_model_free). On failure *out
+ * is NULL and err (if not NULL) names the file, the field and the problem. */
+ert_status ert_model_load(const char *path, ert_model **out, ert_error *err);
+
+/* Frees a model. NULL is accepted. If engines created from it are still
+ * alive, the model is released when the last of them is freed. */
+void ert_model_free(ert_model *m);
+
+/* Number of exits, the final head included (>= 1). The final head is exit
+ * ert_model_num_exits() - 1. */
+int ert_model_num_exits(const ert_model *m);
+int ert_model_num_classes(const ert_model *m);
+/* Floats per input sample (C*H*W), and the shape. */
+size_t ert_model_input_size(const ert_model *m);
+void ert_model_input_shape(const ert_model *m, int *c, int *h, int *w);
+/* The exit's name, or NULL when i is out of range. */
+const char *ert_model_exit_name(const ert_model *m, int i);
+/* The exit's index by name, or -1. */
+int ert_model_exit_index(const ert_model *m, const char *name);
+ert_policy_kind ert_model_exit_policy(const ert_model *m, int i);
+/* The threshold the model file sets for exit i (NaN for the final head). */
+float ert_model_exit_threshold(const ert_model *m, int i);
+/* Multiply-accumulates per sample of the full network: backbone and final
+ * head, no early heads. */
+uint64_t ert_model_macs_full(const ert_model *m);
+/* The sample data file and label file the model directory names, as paths
+ * joined with the model directory, or NULL when none. */
+const char *ert_model_sample_data(const ert_model *m);
+const char *ert_model_sample_labels(const ert_model *m);
+
+/* ---- engine -------------------------------------------------------------- */
+
+typedef struct ert_engine_config {
+    ert_backend backend;
+    ert_mode mode;
+    int max_batch;   /* largest batch ert_infer accepts (>= 1) */
+    int threads;     /* CPU: BLAS threads; 0 = leave the BLAS default */
+    int device;      /* CUDA: device ordinal */
+    int inflight;    /* CUDA: batches in flight on their own streams (>= 1) */
+} ert_engine_config;
+
+/* Defaults: AUTO backend, COMPACTED mode, max_batch 256, threads 0,
+ * device 0, inflight 1. */
+ert_engine_config ert_engine_config_default(void);
+
+/* Creates an engine for model m. Buffers are sized for cfg->max_batch once,
+ * here. With ERT_BACKEND_AUTO and no usable CUDA device the CPU backend is
+ * used (ert_engine_backend() tells which). On failure *out is NULL and err
+ * says why; nothing is leaked. */
+ert_status ert_engine_create(ert_model *m, const ert_engine_config *cfg,
+                             ert_engine **out, ert_error *err);
+void ert_engine_free(ert_engine *e);
+
+/* The backend the engine runs on (never AUTO), and its mode. */
+ert_backend ert_engine_backend(const ert_engine *e);
+ert_mode ert_engine_mode(const ert_engine *e);
+
+/* The message of the engine's last failure ("" if none). Valid until the
+ * next call on the engine. */
+const char *ert_engine_error(const ert_engine *e);
+
+/* Overrides exit i's threshold for later calls. Rejects the final head, a
+ * NaN, and values outside the policy's range ([0,1] for probabilities and
+ * the confidence head, [0, log K] ... any value >= 0 for entropy). */
+ert_status ert_engine_set_threshold(ert_engine *e, int exit_index, float threshold);
+float ert_engine_threshold(const ert_engine *e, int exit_index);
+
+/* One sample's outcome. */
+typedef struct ert_sample {
+    int32_t exit_index; /* the exit taken: 0 .. num_exits-1 */
+    int32_t predicted;  /* argmax of that exit's logits (lowest index on ties) */
+    float score;        /* the policy score at that exit (the final head's
+                           score is its max softmax probability) */
+} ert_sample;
+
+/* Results of one ert_infer call. The caller owns every array. */
+typedef struct ert_result {
+    ert_sample *samples; /* [batch] required */
+    float *logits;       /* [batch * num_classes] or NULL: not wanted */
+    /* filled by the call: */
+    int32_t exit_counts[ERT_MAX_EXITS]; /* samples leaving at each exit */
+    uint64_t macs_executed;     /* multiply-accumulates actually run */
+    uint64_t macs_full;         /* the full network's, for this batch */
+    int32_t host_waits;         /* blocking host waits on the device */
+    int32_t nonfinite_samples;  /* samples whose input held NaN or Inf */
+} ert_result;
+
+/* Runs a batch. input: [batch, C, H, W] floats in the model's raw units (the
+ * model's input normalisation is applied inside). 1 <= batch <= max_batch.
+ * Fills out->samples (and out->logits when not NULL) at the samples' original
+ * positions, and the per-batch figures. */
+ert_status ert_infer(ert_engine *e, const float *input, int batch, ert_result *out);
+
+/* Device-side results of ert_infer_device: device pointers the caller owns. */
+typedef struct ert_device_result {
+    ert_sample *samples;   /* device [batch] required */
+    float *logits;         /* device [batch * num_classes] or NULL */
+    /* filled on the host when the call returns: */
+    int32_t host_waits;
+} ert_device_result;
+
+/* Runs a batch whose input already lives on the GPU (CUDA backend only).
+ * d_input: device [batch, C, H, W] floats in raw units. cuda_stream: a
+ * cudaStream_t to order the work after (NULL: the engine's own stream). The
+ * results are written on the device; the call returns without waiting for
+ * them unless the mode needs row counts on the host. Work enqueued on
+ * cuda_stream after this call sees the results. */
+ert_status ert_infer_device(ert_engine *e, const void *d_input, int batch,
+                            ert_device_result *out, void *cuda_stream);
+
+/* Whether this build has the CUDA backend, and whether a device is usable. */
+int ert_cuda_available(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* EXITRT_H */

@@ -1,0 +1,56 @@
+/* backend.h - the backend interface and the engine they share.
+ *
+ * A backend is a table of function pointers plus a context. engine.c
+ * validates every argument before calling a backend, so a backend may assume
+ * 1 <= batch <= cfg.max_batch and non-NULL pointers where the API requires
+ * them. A backend reports failures by returning a status after writing the
+ * message with engine_fail().
+ */
+#ifndef ERT_BACKEND_H
+#define ERT_BACKEND_H
+
+#include <stdatomic.h>
+
+#include "exitrt.h"
+#include "model.h"
+#include "plan.h"
+
+typedef struct backend_ops {
+    const char *name;
+    ert_backend kind;
+    /* Allocates everything the engine needs for e->cfg.max_batch; sets *ctx. */
+    ert_status (*create)(ert_engine *e, void **ctx);
+    void (*destroy)(void *ctx);
+    /* Runs a host batch in e->cfg.mode with e->thresholds. Fills
+     * out->samples, out->logits (when not NULL), out->macs_executed and
+     * out->host_waits. engine.c fills the rest. */
+    ert_status (*infer)(ert_engine *e, const float *input, int batch, ert_result *out);
+    /* Optional (NULL: unsupported). */
+    ert_status (*infer_device)(ert_engine *e, const void *d_input, int batch,
+                               ert_device_result *out, void *stream);
+} backend_ops;
+
+struct ert_engine {
+    ert_model *model;
+    plan plan;
+    ert_engine_config cfg;
+    ert_backend backend;  /* never AUTO */
+    const backend_ops *ops;
+    void *ctx;            /* the backend's */
+    float thresholds[ERT_MAX_EXITS];
+    char err[ERT_ERROR_LEN];
+    atomic_int busy;
+};
+
+/* Records a printf-style message on the engine and returns status. */
+ert_status engine_fail(ert_engine *e, ert_status status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+extern const backend_ops cpu_backend_ops;
+#ifdef ERT_HAVE_CUDA
+extern const backend_ops cuda_backend_ops;
+/* 1 when the CUDA runtime sees at least one device. */
+int cuda_device_count(void);
+#endif
+
+#endif /* ERT_BACKEND_H */

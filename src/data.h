@@ -1,0 +1,34 @@
+/* data.h - reading input and label files: .npy (float32 or uint8, C order)
+ * and IDX (ubyte), gzipped or not (decided by the magic bytes, not the
+ * name). Files are untrusted input: every error names the file and the
+ * problem, and sizes are bounded and overflow-checked. */
+#ifndef ERT_DATA_H
+#define ERT_DATA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "exitrt.h"
+
+typedef struct ert_dataset {
+    float *values;     /* [count * sample_size] as floats (uint8 converted) */
+    size_t count;      /* samples */
+    size_t sample_size;/* values per sample (product of the dims after the first) */
+    int ndim;
+    int64_t dims[8];
+    int was_uint8;
+} ert_dataset;
+
+typedef struct ert_labels {
+    int32_t *values;   /* [count] */
+    size_t count;
+} ert_labels;
+
+ert_status ert_dataset_load(const char *path, ert_dataset *out, ert_error *err);
+void ert_dataset_free(ert_dataset *d);
+
+/* Labels: IDX1 ubyte, or .npy of integer (u1, i4, i8) values. */
+ert_status ert_labels_load(const char *path, ert_labels *out, ert_error *err);
+void ert_labels_free(ert_labels *l);
+
+#endif /* ERT_DATA_H */

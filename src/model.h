@@ -1,0 +1,141 @@
+/* model.h - the in-memory model: a validated graph with folded weights.
+ *
+ * Shapes are per sample (the batch dimension is never stored). A layer's
+ * weights point into the model's single weight block (model->weights), laid
+ * out as PyTorch stores them: conv [Cout, Cin/groups, KH, KW], linear
+ * [out, in], row-major. Batch norm is folded into the preceding conv at load
+ * time, so no batchnorm2d layer survives loading.
+ */
+#ifndef ERT_MODEL_H
+#define ERT_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "exitrt.h"
+
+#define ERT_NAME_LEN 64
+
+typedef enum layer_kind {
+    LAYER_CONV2D = 0,
+    LAYER_BATCHNORM2D, /* only while loading: folded, then removed */
+    LAYER_RELU,
+    LAYER_MAXPOOL2D,
+    LAYER_AVGPOOL2D,
+    LAYER_GLOBAL_AVGPOOL,
+    LAYER_FLATTEN,
+    LAYER_LINEAR,
+    LAYER_RESIDUAL,
+    LAYER_DROPOUT,     /* only while loading: a no-op, removed */
+    LAYER_SIGMOID,
+    LAYER_KIND_COUNT
+} layer_kind;
+
+/* A per-sample activation shape. After flatten or linear: c = features,
+ * h = w = 1. */
+typedef struct shape3 {
+    int c, h, w;
+} shape3;
+
+static inline size_t shape_size(shape3 s) { return (size_t)s.c * (size_t)s.h * (size_t)s.w; }
+
+typedef struct layer layer;
+
+/* An ordered run of layers; each feeds the next. */
+typedef struct layer_list {
+    layer *items;
+    int count;
+} layer_list;
+
+typedef struct conv_params {
+    int in_ch, out_ch, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups;
+    const float *weight; /* [out_ch, in_ch/groups, kh, kw] */
+    const float *bias;   /* [out_ch]; always present after folding */
+} conv_params;
+
+typedef struct pool_params {
+    int kh, kw, stride_h, stride_w, pad_h, pad_w;
+    /* avgpool2d: padding zeros count in the divisor (PyTorch's default
+       count_include_pad=True). maxpool2d: padding is -inf. */
+} pool_params;
+
+typedef struct linear_params {
+    int in_features, out_features;
+    const float *weight; /* [out_features, in_features] */
+    const float *bias;   /* [out_features] or NULL */
+} linear_params;
+
+typedef struct bn_params { /* loading only */
+    int channels;
+    float eps;
+    const float *gamma, *beta, *mean, *var;
+} bn_params;
+
+/* out = act(body(x) + shortcut(x)); shortcut empty = identity. */
+typedef struct residual_params {
+    layer_list body;
+    layer_list shortcut;
+    int relu_after; /* 1: ReLU after the add (ResNet blocks) */
+} residual_params;
+
+struct layer {
+    layer_kind kind;
+    char name[ERT_NAME_LEN];
+    shape3 in, out;
+    uint64_t macs; /* per sample, for this layer (residual: body + shortcut) */
+    union {
+        conv_params conv;
+        pool_params pool;
+        linear_params linear;
+        bn_params bn;
+        residual_params residual;
+    } p;
+};
+
+typedef struct exit_def {
+    char name[ERT_NAME_LEN];
+    int after;             /* index into backbone.items; the final head: backbone.count-1 */
+    layer_list head;       /* ends in num_classes logits */
+    layer_list confidence; /* confidence_head policy only: ends in 1 value after sigmoid */
+    ert_policy_kind policy;
+    float threshold;       /* NaN for the final head */
+    uint64_t head_macs;    /* per sample: head + confidence */
+} exit_def;
+
+struct ert_model {
+    char path[1024];      /* model.json */
+    char dir[1024];
+    char sample_data[1024];   /* "" when none */
+    char sample_labels[1024];
+
+    shape3 input;
+    float input_scale;        /* x' = (x * scale - mean[c]) / std[c] */
+    float mean[4], std[4];    /* per input channel (C <= 4), or one value repeated */
+    int num_classes;
+
+    layer_list backbone;
+    exit_def exits[ERT_MAX_EXITS]; /* early exits in backbone order, then the final head */
+    int num_exits;
+
+    uint64_t backbone_macs; /* per sample */
+    uint64_t macs_full;     /* backbone + final head, per sample */
+
+    float *weights;         /* one block owning every folded tensor */
+    size_t weights_len;     /* floats */
+
+    int engines;            /* live engines using this model */
+    int freed;              /* ert_model_free was called while engines lived */
+};
+
+/* Computes every layer's in/out shape and MACs, every exit's head_macs,
+ * backbone_macs and macs_full, and validates the graph (shapes agree, heads
+ * end in num_classes values, the confidence head in 1, exits in backbone
+ * order, parameters in range). Used by the loader after parsing, and by tests
+ * that build models in memory. On failure writes a message naming the layer
+ * and the problem into err. */
+ert_status model_finalize(ert_model *m, ert_error *err);
+
+/* Releases the model now (no engine check). */
+void model_destroy(ert_model *m);
+
+#endif /* ERT_MODEL_H */
