@@ -1,0 +1,244 @@
+/* engine.c - the public engine API: argument checks, backend dispatch and
+ * the per-batch bookkeeping shared by every backend. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "util.h"
+
+ert_status engine_fail(ert_engine *e, ert_status status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->err, sizeof e->err, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+int ert_cuda_available(void)
+{
+#ifdef ERT_HAVE_CUDA
+    return cuda_device_count() > 0;
+#else
+    return 0;
+#endif
+}
+
+ert_engine_config ert_engine_config_default(void)
+{
+    ert_engine_config c = {
+        .backend = ERT_BACKEND_AUTO,
+        .mode = ERT_MODE_COMPACTED,
+        .max_batch = 256,
+        .threads = 0,
+        .device = 0,
+        .inflight = 1,
+    };
+    return c;
+}
+
+/* Largest max_batch accepted: keeps every buffer size far from overflow. */
+#define ENGINE_MAX_BATCH (1 << 20)
+
+static const backend_ops *pick_backend(ert_backend b)
+{
+#ifdef ERT_HAVE_CUDA
+    if (b == ERT_BACKEND_CUDA || (b == ERT_BACKEND_AUTO && ert_cuda_available()))
+        return &cuda_backend_ops;
+#endif
+    if (b == ERT_BACKEND_CUDA)
+        return NULL;
+    return &cpu_backend_ops;
+}
+
+ert_status ert_engine_create(ert_model *m, const ert_engine_config *cfg, ert_engine **out,
+                             ert_error *err)
+{
+    if (!out)
+        return ert_fail(err, ERT_INVALID_ARGUMENT, "ert_engine_create: out is NULL");
+    *out = NULL;
+    if (!m || !cfg)
+        return ert_fail(err, ERT_INVALID_ARGUMENT, "ert_engine_create: %s is NULL",
+                        m ? "config" : "model");
+    if (m->freed)
+        return ert_fail(err, ERT_INVALID_ARGUMENT, "ert_engine_create: the model was freed");
+    if (cfg->max_batch < 1 || cfg->max_batch > ENGINE_MAX_BATCH)
+        return ert_fail(err, ERT_INVALID_ARGUMENT,
+                        "ert_engine_create: max_batch %d out of range [1, %d]", cfg->max_batch,
+                        ENGINE_MAX_BATCH);
+    if ((unsigned)cfg->mode > ERT_MODE_COMPACTED)
+        return ert_fail(err, ERT_INVALID_ARGUMENT, "ert_engine_create: unknown mode %d",
+                        (int)cfg->mode);
+    if ((unsigned)cfg->backend > ERT_BACKEND_CUDA)
+        return ert_fail(err, ERT_INVALID_ARGUMENT, "ert_engine_create: unknown backend %d",
+                        (int)cfg->backend);
+    if (cfg->threads < 0 || cfg->inflight < 1 || cfg->inflight > 16 || cfg->device < 0)
+        return ert_fail(err, ERT_INVALID_ARGUMENT,
+                        "ert_engine_create: threads must be >= 0, inflight in [1, 16], "
+                        "device >= 0");
+    const backend_ops *ops = pick_backend(cfg->backend);
+    if (!ops) {
+#ifdef ERT_HAVE_CUDA
+        return ert_fail(err, ERT_NO_DEVICE, "ert_engine_create: no CUDA device is available");
+#else
+        return ert_fail(err, ERT_NO_DEVICE,
+                        "ert_engine_create: this build of exitrt has no CUDA backend");
+#endif
+    }
+
+    ert_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return ert_fail(err, ERT_OUT_OF_MEMORY, "ert_engine_create: out of memory");
+    e->model = m;
+    e->cfg = *cfg;
+    e->ops = ops;
+    e->backend = ops->kind;
+    plan_build(m, &e->plan);
+    for (int i = 0; i < m->num_exits; i++)
+        e->thresholds[i] = m->exits[i].threshold;
+    atomic_init(&e->busy, 0);
+
+    ert_status st = ops->create(e, &e->ctx);
+    if (st != ERT_OK) {
+        ert_fail(err, st, "%s", e->err);
+        free(e);
+        return st;
+    }
+    m->engines++;
+    *out = e;
+    return ERT_OK;
+}
+
+void ert_engine_free(ert_engine *e)
+{
+    if (!e)
+        return;
+    e->ops->destroy(e->ctx);
+    ert_model *m = e->model;
+    free(e);
+    if (--m->engines == 0 && m->freed)
+        model_destroy(m);
+}
+
+ert_backend ert_engine_backend(const ert_engine *e) { return e ? e->backend : ERT_BACKEND_AUTO; }
+ert_mode ert_engine_mode(const ert_engine *e) { return e ? e->cfg.mode : ERT_MODE_FULL; }
+const char *ert_engine_error(const ert_engine *e) { return e ? e->err : "engine is NULL"; }
+
+ert_status ert_engine_set_threshold(ert_engine *e, int i, float t)
+{
+    if (!e)
+        return ERT_INVALID_ARGUMENT;
+    const ert_model *m = e->model;
+    if (i < 0 || i >= m->num_exits - 1)
+        return engine_fail(e, ERT_INVALID_ARGUMENT,
+                           "exit %d has no threshold (early exits are 0..%d)", i,
+                           m->num_exits - 2);
+    if (isnan(t))
+        return engine_fail(e, ERT_INVALID_ARGUMENT, "exit '%s': threshold is NaN",
+                           m->exits[i].name);
+    int entropy = m->exits[i].policy == ERT_POLICY_ENTROPY;
+    if (entropy ? !(t >= 0.0f) : !(t >= 0.0f && t <= 1.0f))
+        return engine_fail(e, ERT_INVALID_ARGUMENT,
+                           "exit '%s': threshold %g out of range for policy %s (%s)",
+                           m->exits[i].name, (double)t, ert_policy_string(m->exits[i].policy),
+                           entropy ? ">= 0" : "[0, 1]");
+    e->thresholds[i] = t;
+    return ERT_OK;
+}
+
+float ert_engine_threshold(const ert_engine *e, int i)
+{
+    if (!e || i < 0 || i >= e->model->num_exits)
+        return NAN;
+    return e->thresholds[i];
+}
+
+/* Claims the engine for one call; a concurrent call gets ERT_BUSY. */
+static int engine_enter(ert_engine *e)
+{
+    int expected = 0;
+    return atomic_compare_exchange_strong(&e->busy, &expected, 1);
+}
+
+static void engine_leave(ert_engine *e) { atomic_store(&e->busy, 0); }
+
+static ert_status check_batch(ert_engine *e, const void *input, int batch, const void *out)
+{
+    if (!input || !out)
+        return engine_fail(e, ERT_INVALID_ARGUMENT, "%s is NULL", input ? "result" : "input");
+    if (batch < 1 || batch > e->cfg.max_batch)
+        return engine_fail(e, ERT_INVALID_ARGUMENT, "batch %d out of range [1, %d]", batch,
+                           e->cfg.max_batch);
+    return ERT_OK;
+}
+
+ert_status ert_infer(ert_engine *e, const float *input, int batch, ert_result *out)
+{
+    if (!e)
+        return ERT_INVALID_ARGUMENT;
+    ert_status st = check_batch(e, input, batch, out);
+    if (st != ERT_OK)
+        return st;
+    if (!out->samples)
+        return engine_fail(e, ERT_INVALID_ARGUMENT, "result->samples is NULL");
+    if (!engine_enter(e))
+        return engine_fail(e, ERT_BUSY, "the engine is running another call");
+    e->err[0] = '\0';
+
+    const ert_model *m = e->model;
+    size_t per = shape_size(m->input);
+    int nonfinite = 0;
+    for (int b = 0; b < batch; b++) {
+        const float *x = input + (size_t)b * per;
+        for (size_t i = 0; i < per; i++)
+            if (!isfinite(x[i])) {
+                nonfinite++;
+                break;
+            }
+    }
+
+    memset(out->exit_counts, 0, sizeof out->exit_counts);
+    out->macs_executed = 0;
+    out->host_waits = 0;
+    st = e->ops->infer(e, input, batch, out);
+    if (st == ERT_OK) {
+        for (int b = 0; b < batch; b++) {
+            int x = out->samples[b].exit_index;
+            if (x < 0 || x >= m->num_exits) {
+                st = engine_fail(e, ERT_INTERNAL, "backend %s gave sample %d exit %d",
+                                 e->ops->name, b, x);
+                break;
+            }
+            out->exit_counts[x]++;
+        }
+        out->macs_full = (uint64_t)batch * m->macs_full;
+        out->nonfinite_samples = nonfinite;
+    }
+    engine_leave(e);
+    return st;
+}
+
+ert_status ert_infer_device(ert_engine *e, const void *d_input, int batch,
+                            ert_device_result *out, void *stream)
+{
+    if (!e)
+        return ERT_INVALID_ARGUMENT;
+    ert_status st = check_batch(e, d_input, batch, out);
+    if (st != ERT_OK)
+        return st;
+    if (!out->samples)
+        return engine_fail(e, ERT_INVALID_ARGUMENT, "result->samples is NULL");
+    if (!e->ops->infer_device)
+        return engine_fail(e, ERT_UNSUPPORTED, "ert_infer_device needs the CUDA backend, "
+                                               "this engine runs on %s", e->ops->name);
+    if (!engine_enter(e))
+        return engine_fail(e, ERT_BUSY, "the engine is running another call");
+    e->err[0] = '\0';
+    out->host_waits = 0;
+    st = e->ops->infer_device(e, d_input, batch, out, stream);
+    engine_leave(e);
+    return st;
+}
