@@ -182,6 +182,13 @@ typedef struct ert_result {
  * positions, and the per-batch figures. */
 ert_status ert_infer(ert_engine *e, const float *input, int batch, ert_result *out);
 
+/* Every exit's policy score for every sample of a batch, for calibration
+ * (choosing thresholds that give a wanted share of samples per exit).
+ * Runs every head on every sample, so it costs what MASKED costs, whatever
+ * the engine's mode. scores: [batch * num_exits], row-major; the final
+ * head's score is its max softmax probability. */
+ert_status ert_engine_scores(ert_engine *e, const float *input, int batch, float *scores);
+
 /* Device-side results of ert_infer_device: device pointers the caller owns. */
 typedef struct ert_device_result {
     ert_sample *samples;   /* device [batch] required */

@@ -25,6 +25,9 @@ typedef struct backend_ops {
      * out->samples, out->logits (when not NULL), out->macs_executed and
      * out->host_waits. engine.c fills the rest. */
     ert_status (*infer)(ert_engine *e, const float *input, int batch, ert_result *out);
+    /* Optional (NULL: unsupported): every exit's score for every row,
+     * scores[row * num_exits + exit], computing every head. */
+    ert_status (*scores)(ert_engine *e, const float *input, int batch, float *scores);
     /* Optional (NULL: unsupported). */
     ert_status (*infer_device)(ert_engine *e, const void *d_input, int batch,
                                ert_device_result *out, void *stream);

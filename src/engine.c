@@ -242,3 +242,21 @@ ert_status ert_infer_device(ert_engine *e, const void *d_input, int batch,
     engine_leave(e);
     return st;
 }
+
+ert_status ert_engine_scores(ert_engine *e, const float *input, int batch, float *scores)
+{
+    if (!e)
+        return ERT_INVALID_ARGUMENT;
+    ert_status st = check_batch(e, input, batch, scores);
+    if (st != ERT_OK)
+        return st;
+    if (!e->ops->scores)
+        return engine_fail(e, ERT_UNSUPPORTED, "ert_engine_scores is not supported by the %s "
+                                               "backend", e->ops->name);
+    if (!engine_enter(e))
+        return engine_fail(e, ERT_BUSY, "the engine is running another call");
+    e->err[0] = '\0';
+    st = e->ops->scores(e, input, batch, scores);
+    engine_leave(e);
+    return st;
+}

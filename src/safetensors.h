@@ -35,6 +35,9 @@ typedef struct st_file {
     st_tensor *tensors;
     int num_tensors;
     char *metadata_json;       /* the __metadata__ object re-serialised, or NULL */
+    char **meta_keys;          /* the __metadata__ entries, for st_metadata */
+    char **meta_values;
+    int num_meta;
 } st_file;
 
 /* Opens and validates path. On failure returns a status, writes the message
