@@ -1,0 +1,428 @@
+/* ops.c - the CPU layer ops (see ops.h): im2col + OpenBLAS SGEMM for
+ * convolution and linear layers, plain loops for the rest. */
+#include "cpu/ops.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+/* ==== convolution ============================================================ */
+
+static int conv_is_pointwise(const conv_params *p)
+{
+    return p->kh == 1 && p->kw == 1 && p->stride_h == 1 && p->stride_w == 1 &&
+           p->pad_h == 0 && p->pad_w == 0;
+}
+
+size_t conv_col_floats(const conv_params *p, shape3 in_s, int n)
+{
+    if (conv_is_pointwise(p))
+        return 0;
+    int ho = conv_out_dim(in_s.h, p->kh, p->stride_h, p->pad_h, p->dil_h);
+    int wo = conv_out_dim(in_s.w, p->kw, p->stride_w, p->pad_w, p->dil_w);
+    return (size_t)(p->in_ch / p->groups) * p->kh * p->kw * (size_t)ho * wo * (size_t)n;
+}
+
+/* im2col of one sample, one group.
+ *   x    [cin_g, H, W]: the group's input channels of one sample
+ *   col  rows (c*kh + i)*kw + j, each of length ld; this sample's columns
+ *        start at col (column oh*Wo + ow), so several samples can sit side
+ *        by side in one matrix of row length ld. */
+static void im2col(const conv_params *p, int cin_g, int h, int w, int ho, int wo,
+                   const float *x, float *col, size_t ld)
+{
+    const int sh = p->stride_h, sw = p->stride_w;
+    for (int c = 0; c < cin_g; c++) {
+        const float *xc = x + (size_t)c * h * w;
+        for (int i = 0; i < p->kh; i++) {
+            for (int j = 0; j < p->kw; j++) {
+                float *row = col + (size_t)((c * p->kh + i) * p->kw + j) * ld;
+                int dx = j * p->dil_w - p->pad_w; /* iw = ow*sw + dx */
+                /* the ow range whose iw lies inside [0, w) */
+                int lo = dx >= 0 ? 0 : (-dx + sw - 1) / sw;
+                int hi = (w - 1 - dx) < 0 ? 0 : (w - 1 - dx) / sw + 1;
+                if (hi > wo)
+                    hi = wo;
+                if (lo > hi)
+                    lo = hi;
+                for (int oh = 0; oh < ho; oh++) {
+                    float *r = row + (size_t)oh * wo;
+                    int ih = oh * sh - p->pad_h + i * p->dil_h;
+                    if (ih < 0 || ih >= h) {
+                        memset(r, 0, sizeof(float) * wo);
+                        continue;
+                    }
+                    const float *xr = xc + (size_t)ih * w + dx;
+                    for (int ow = 0; ow < lo; ow++)
+                        r[ow] = 0.0f;
+                    if (sw == 1) {
+                        if (hi > lo)
+                            memcpy(r + lo, xr + lo, sizeof(float) * (hi - lo));
+                    } else {
+                        for (int ow = lo; ow < hi; ow++)
+                            r[ow] = xr[(size_t)ow * sw];
+                    }
+                    for (int ow = hi; ow < wo; ow++)
+                        r[ow] = 0.0f;
+                }
+            }
+        }
+    }
+}
+
+/* out[co, :] += bias[co] (already in place by the GEMM's beta) then ReLU. */
+static void fill_bias(float *out, const float *bias, int cout, size_t hw)
+{
+    for (int co = 0; co < cout; co++) {
+        float b = bias ? bias[co] : 0.0f;
+        float *o = out + (size_t)co * hw;
+        for (size_t q = 0; q < hw; q++)
+            o[q] = b;
+    }
+}
+
+void op_conv2d(const conv_params *p, shape3 in_s, const float *in, int n, float *out,
+               int relu, float *col, size_t col_cap, int batched)
+{
+    const int g = p->groups, cin_g = p->in_ch / g, cout_g = p->out_ch / g;
+    const int ho = conv_out_dim(in_s.h, p->kh, p->stride_h, p->pad_h, p->dil_h);
+    const int wo = conv_out_dim(in_s.w, p->kw, p->stride_w, p->pad_w, p->dil_w);
+    const size_t hw_in = (size_t)in_s.h * in_s.w, hw = (size_t)ho * wo;
+    const size_t in_row = (size_t)p->in_ch * hw_in, out_row = (size_t)p->out_ch * hw;
+    const int kdim = cin_g * p->kh * p->kw; /* GEMM inner dimension */
+    const size_t wg = (size_t)cout_g * kdim; /* weights per group */
+
+    if (conv_is_pointwise(p)) {
+        /* out_s,g [cout_g, HW] = W_g [cout_g, cin_g] * x_s,g [cin_g, HW] */
+        for (int s = 0; s < n; s++) {
+            float *o = out + s * out_row;
+            fill_bias(o, p->bias, p->out_ch, hw);
+            for (int gi = 0; gi < g; gi++)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cout_g, (int)hw, cin_g,
+                            1.0f, p->weight + gi * wg, kdim, in + s * in_row + gi * cin_g * hw_in,
+                            (int)hw_in, 1.0f, o + (size_t)gi * cout_g * hw, (int)hw);
+        }
+        if (relu)
+            op_relu(out, out, (size_t)n * out_row);
+        return;
+    }
+
+    size_t ncol = (size_t)kdim * hw * n; /* batched im2col, one group */
+    if (batched && n > 1 && ncol + (size_t)cout_g * hw * n <= col_cap) {
+        /* One GEMM per group for all rows: tmp [cout_g, n*HW] = W_g * col
+         * [kdim, n*HW], then scattered to NCHW with the bias and ReLU. The
+         * scatter costs what a bias pass costs, and the GEMM sees n times
+         * more columns, which is what small early-exit convs need. */
+        float *tmp = col + ncol;
+        size_t ld = hw * n;
+        for (int gi = 0; gi < g; gi++) {
+            for (int s = 0; s < n; s++)
+                im2col(p, cin_g, in_s.h, in_s.w, ho, wo, in + s * in_row + gi * cin_g * hw_in,
+                       col + s * hw, ld);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cout_g, (int)ld, kdim, 1.0f,
+                        p->weight + gi * wg, kdim, col, (int)ld, 0.0f, tmp, (int)ld);
+            for (int co = 0; co < cout_g; co++) {
+                int oc = gi * cout_g + co;
+                float b = p->bias ? p->bias[oc] : 0.0f;
+                for (int s = 0; s < n; s++) {
+                    const float *t = tmp + (size_t)co * ld + s * hw;
+                    float *o = out + s * out_row + (size_t)oc * hw;
+                    if (relu) {
+                        for (size_t q = 0; q < hw; q++) {
+                            float v = t[q] + b;
+                            o[q] = v > 0.0f ? v : 0.0f;
+                        }
+                    } else {
+                        for (size_t q = 0; q < hw; q++)
+                            o[q] = t[q] + b;
+                    }
+                }
+            }
+        }
+        return;
+    }
+
+    /* Per sample: col [kdim, HW] per group, GEMM straight into the output. */
+    (void)col_cap;
+    for (int s = 0; s < n; s++) {
+        float *o = out + s * out_row;
+        fill_bias(o, p->bias, p->out_ch, hw);
+        for (int gi = 0; gi < g; gi++) {
+            im2col(p, cin_g, in_s.h, in_s.w, ho, wo, in + s * in_row + gi * cin_g * hw_in, col,
+                   hw);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cout_g, (int)hw, kdim, 1.0f,
+                        p->weight + gi * wg, kdim, col, (int)hw, 1.0f,
+                        o + (size_t)gi * cout_g * hw, (int)hw);
+        }
+    }
+    if (relu)
+        op_relu(out, out, (size_t)n * out_row);
+}
+
+/* ==== linear ================================================================== */
+
+void op_linear(const linear_params *p, const float *in, int n, float *out, int relu)
+{
+    /* (not I/O: cblas.h pulls in complex.h, which defines I) */
+    const int fin = p->in_features, fout = p->out_features;
+    for (int s = 0; s < n; s++) {
+        float *o = out + (size_t)s * fout;
+        if (p->bias)
+            memcpy(o, p->bias, sizeof(float) * fout);
+        else
+            memset(o, 0, sizeof(float) * fout);
+    }
+    /* out [n, fout] = in [n, fin] * W^T, W stored [fout, fin] */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, fout, fin, 1.0f, in, fin, p->weight,
+                fin, 1.0f, out, fout);
+    if (relu)
+        op_relu(out, out, (size_t)n * fout);
+}
+
+/* ==== pooling ================================================================= */
+
+void op_maxpool2d(const pool_params *p, shape3 in_s, const float *in, int n, float *out)
+{
+    const int h = in_s.h, w = in_s.w;
+    const int ho = conv_out_dim(h, p->kh, p->stride_h, p->pad_h, 1);
+    const int wo = conv_out_dim(w, p->kw, p->stride_w, p->pad_w, 1);
+    const size_t planes = (size_t)n * in_s.c;
+    for (size_t pl = 0; pl < planes; pl++) {
+        const float *x = in + pl * h * w;
+        float *o = out + pl * ho * wo;
+        for (int oh = 0; oh < ho; oh++) {
+            int h0 = oh * p->stride_h - p->pad_h, h1 = h0 + p->kh;
+            if (h0 < 0)
+                h0 = 0;
+            if (h1 > h)
+                h1 = h;
+            for (int ow = 0; ow < wo; ow++) {
+                int w0 = ow * p->stride_w - p->pad_w, w1 = w0 + p->kw;
+                if (w0 < 0)
+                    w0 = 0;
+                if (w1 > w)
+                    w1 = w;
+                float m = -INFINITY;
+                int nan = 0;
+                for (int ih = h0; ih < h1; ih++)
+                    for (int iw = w0; iw < w1; iw++) {
+                        float v = x[(size_t)ih * w + iw];
+                        nan |= v != v;
+                        m = v > m ? v : m;
+                    }
+                /* PyTorch's max propagates NaN */
+                o[(size_t)oh * wo + ow] = nan ? NAN : m;
+            }
+        }
+    }
+}
+
+void op_avgpool2d(const pool_params *p, shape3 in_s, const float *in, int n, float *out)
+{
+    const int h = in_s.h, w = in_s.w;
+    const int ho = conv_out_dim(h, p->kh, p->stride_h, p->pad_h, 1);
+    const int wo = conv_out_dim(w, p->kw, p->stride_w, p->pad_w, 1);
+    const size_t planes = (size_t)n * in_s.c;
+    for (size_t pl = 0; pl < planes; pl++) {
+        const float *x = in + pl * h * w;
+        float *o = out + pl * ho * wo;
+        for (int oh = 0; oh < ho; oh++) {
+            int h0 = oh * p->stride_h - p->pad_h, h1 = h0 + p->kh;
+            if (h1 > h + p->pad_h)
+                h1 = h + p->pad_h;
+            int dh = h1 - h0; /* the window within the padded input */
+            if (h0 < 0)
+                h0 = 0;
+            if (h1 > h)
+                h1 = h;
+            for (int ow = 0; ow < wo; ow++) {
+                int w0 = ow * p->stride_w - p->pad_w, w1 = w0 + p->kw;
+                if (w1 > w + p->pad_w)
+                    w1 = w + p->pad_w;
+                int dw = w1 - w0;
+                if (w0 < 0)
+                    w0 = 0;
+                if (w1 > w)
+                    w1 = w;
+                float s = 0.0f;
+                for (int ih = h0; ih < h1; ih++)
+                    for (int iw = w0; iw < w1; iw++)
+                        s += x[(size_t)ih * w + iw];
+                o[(size_t)oh * wo + ow] = s / (float)(dh * dw);
+            }
+        }
+    }
+}
+
+void op_global_avgpool(shape3 in_s, const float *in, int n, float *out)
+{
+    const size_t hw = (size_t)in_s.h * in_s.w, planes = (size_t)n * in_s.c;
+    for (size_t pl = 0; pl < planes; pl++) {
+        const float *x = in + pl * hw;
+        float s = 0.0f;
+        for (size_t q = 0; q < hw; q++)
+            s += x[q];
+        out[pl] = s / (float)hw;
+    }
+}
+
+/* ==== elementwise ============================================================= */
+
+void op_relu(const float *in, float *out, size_t len)
+{
+    /* written so that NaN stays NaN, as torch.relu */
+    for (size_t i = 0; i < len; i++)
+        out[i] = in[i] < 0.0f ? 0.0f : in[i];
+}
+
+void op_sigmoid(const float *in, float *out, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        out[i] = 1.0f / (1.0f + expf(-in[i]));
+}
+
+void op_add(const float *a, const float *b, float *out, size_t len, int relu)
+{
+    if (relu) {
+        for (size_t i = 0; i < len; i++) {
+            float v = a[i] + b[i];
+            out[i] = v < 0.0f ? 0.0f : v;
+        }
+    } else {
+        for (size_t i = 0; i < len; i++)
+            out[i] = a[i] + b[i];
+    }
+}
+
+void op_normalize(shape3 s, const float *in, int n, float *out, float scale,
+                  const float *mean, const float *std)
+{
+    const size_t hw = (size_t)s.h * s.w;
+    for (int r = 0; r < n; r++)
+        for (int c = 0; c < s.c; c++) {
+            size_t off = ((size_t)r * s.c + c) * hw;
+            float m = mean[c], inv = 1.0f / std[c];
+            for (size_t q = 0; q < hw; q++)
+                out[off + q] = (in[off + q] * scale - m) * inv;
+        }
+}
+
+/* ==== layer lists ============================================================= */
+
+/* Index of p among ws->buf, or -1 (a buffer outside ws). */
+static int buf_index(const ops_ws *ws, const float *p)
+{
+    for (int i = 0; i < 3; i++)
+        if (ws->buf[i] == p)
+            return i;
+    return -1;
+}
+
+/* A buffer from the mask `allowed` other than `avoid`. */
+static int pick(unsigned allowed, int avoid)
+{
+    for (int i = 0; i < 3; i++)
+        if ((allowed & (1u << i)) && i != avoid)
+            return i;
+    return -1; /* cannot happen with two allowed buffers */
+}
+
+/* Runs items[0..count) from cur. Writes only into the buffers in `allowed`
+ * (a bit mask over ws->buf); cur is overwritten only when it is one of them. */
+static const float *run_range(const layer *items, int count, const float *cur, int n,
+                              const ops_ws *ws, unsigned allowed)
+{
+    for (int i = 0; i < count; i++) {
+        const layer *L = &items[i];
+        int ci = buf_index(ws, cur);
+        int cur_writable = ci >= 0 && (allowed & (1u << ci));
+        size_t len = shape_size(L->out) * (size_t)n;
+        int fuse_relu = i + 1 < count && items[i + 1].kind == LAYER_RELU;
+        float *dst;
+        switch (L->kind) {
+        case LAYER_FLATTEN:
+        case LAYER_DROPOUT:
+        case LAYER_BATCHNORM2D: /* folded at load; never reaches here */
+            continue;
+        case LAYER_RELU:
+        case LAYER_SIGMOID:
+            dst = cur_writable ? (float *)cur : ws->buf[pick(allowed, ci)];
+            if (L->kind == LAYER_RELU)
+                op_relu(cur, dst, len);
+            else
+                op_sigmoid(cur, dst, len);
+            cur = dst;
+            continue;
+        default:
+            break;
+        }
+        if (L->kind == LAYER_RESIDUAL) {
+            const residual_params *rp = &L->p.residual;
+            /* body: ping-pong between two allowed buffers other than cur */
+            unsigned body_mask = allowed & ~(ci >= 0 ? 1u << ci : 0u);
+            unsigned lo = body_mask & (0u - body_mask), rest = body_mask & ~lo;
+            body_mask = lo | (rest & (0u - rest)); /* the two lowest */
+            const float *bo = run_range(rp->body.items, rp->body.count, cur, n, ws, body_mask);
+            int bi = buf_index(ws, bo);
+            /* shortcut: anything but the body's result; cur may go now */
+            unsigned sc_mask = allowed & ~(bi >= 0 ? 1u << bi : 0u);
+            const float *so =
+                run_range(rp->shortcut.items, rp->shortcut.count, cur, n, ws, sc_mask);
+            int si = buf_index(ws, so);
+            int di = bi >= 0 && (allowed & (1u << bi)) ? bi : si >= 0 ? si : pick(allowed, -1);
+            op_add(bo, so, ws->buf[di], len, rp->relu_after);
+            cur = ws->buf[di];
+            continue;
+        }
+        dst = ws->buf[pick(allowed, ci)];
+        switch (L->kind) {
+        case LAYER_CONV2D:
+            op_conv2d(&L->p.conv, L->in, cur, n, dst, fuse_relu, ws->col, ws->col_cap,
+                      ws->conv_batched);
+            i += fuse_relu;
+            break;
+        case LAYER_LINEAR:
+            op_linear(&L->p.linear, cur, n, dst, fuse_relu);
+            i += fuse_relu;
+            break;
+        case LAYER_MAXPOOL2D:
+            op_maxpool2d(&L->p.pool, L->in, cur, n, dst);
+            break;
+        case LAYER_AVGPOOL2D:
+            op_avgpool2d(&L->p.pool, L->in, cur, n, dst);
+            break;
+        case LAYER_GLOBAL_AVGPOOL:
+            op_global_avgpool(L->in, cur, n, dst);
+            break;
+        default:
+            continue; /* unreachable: every kind is handled above */
+        }
+        cur = dst;
+    }
+    return cur;
+}
+
+const float *run_layers(const layer_list *list, const float *in, int n, const ops_ws *ws)
+{
+    return run_range(list->items, list->count, in, n, ws, 7u);
+}
+
+size_t layers_max_act(const layer_list *list)
+{
+    size_t m = 0;
+    for (int i = 0; i < list->count; i++) {
+        const layer *L = &list->items[i];
+        size_t s = shape_size(L->out);
+        if (L->kind == LAYER_RESIDUAL) {
+            size_t b = layers_max_act(&L->p.residual.body);
+            size_t c = layers_max_act(&L->p.residual.shortcut);
+            if (b > s)
+                s = b;
+            if (c > s)
+                s = c;
+        }
+        if (s > m)
+            m = s;
+    }
+    return m;
+}

@@ -1,0 +1,102 @@
+/* ops.h - the CPU layer ops: the reference semantics of every layer.
+ *
+ * Every op works on a batch of n rows (samples) in NCHW float32, row after
+ * row, with no allocation: the caller passes every buffer. The CUDA backend
+ * is tested against these functions.
+ *
+ * Shape letters: n rows, C channels, H/W spatial, Ho/Wo output spatial.
+ * Unless an op says otherwise, `in` and `out` must not overlap.
+ */
+#ifndef ERT_CPU_OPS_H
+#define ERT_CPU_OPS_H
+
+#include <stddef.h>
+
+#include "model.h"
+
+/* Output size of a conv or pool along one axis (floor mode, as PyTorch). */
+static inline int conv_out_dim(int in, int k, int stride, int pad, int dil)
+{
+    return (in + 2 * pad - dil * (k - 1) - 1) / stride + 1;
+}
+
+/* ---- single ops ----------------------------------------------------------- */
+
+/* Convolution as im2col + SGEMM, plus bias and (relu=1) a fused ReLU.
+ *   in   [n, p->in_ch, in_s.h, in_s.w]
+ *   out  [n, p->out_ch, Ho, Wo]   (Ho/Wo from conv_out_dim)
+ *   col  scratch of col_cap floats. Per-sample im2col needs
+ *        conv_col_floats(p, in_s, 1). The batched form (one im2col and one
+ *        GEMM per group for all n rows) needs conv_col_floats(p, in_s, n)
+ *        plus one group's output, n*(out_ch/groups)*Ho*Wo, and is used when
+ *        it fits and batched=1; otherwise per sample (the two agree to
+ *        float rounding: the GEMM may block the sums differently).
+ * A 1x1, stride-1, pad-0 conv skips im2col: the input already is the column
+ * matrix. Groups run as one GEMM per group. */
+void op_conv2d(const conv_params *p, shape3 in_s, const float *in, int n, float *out,
+               int relu, float *col, size_t col_cap, int batched);
+
+/* Floats of the im2col matrix for n samples of one group:
+ * (in_ch/groups * kh * kw) * (n * Ho * Wo). 0 for a 1x1/stride-1/pad-0 conv. */
+size_t conv_col_floats(const conv_params *p, shape3 in_s, int n);
+
+/* Fully connected: out = in W^T + b, one SGEMM over the rows.
+ *   in   [n, p->in_features]   (any per-sample shape of in_features values)
+ *   out  [n, p->out_features]
+ * relu=1 applies a fused ReLU. */
+void op_linear(const linear_params *p, const float *in, int n, float *out, int relu);
+
+/* Max pooling; padding is -inf (PyTorch requires pad <= k/2, so every window
+ * holds at least one input element; one that held none would give -inf).
+ *   in [n, C, H, W] -> out [n, C, Ho, Wo] */
+void op_maxpool2d(const pool_params *p, shape3 in_s, const float *in, int n, float *out);
+
+/* Average pooling; padded zeros count in the divisor (count_include_pad):
+ * the divisor is the window clipped to the padded input, as in PyTorch,
+ * which in floor mode is always kh*kw.
+ *   in [n, C, H, W] -> out [n, C, Ho, Wo] */
+void op_avgpool2d(const pool_params *p, shape3 in_s, const float *in, int n, float *out);
+
+/* Mean over H*W: in [n, C, H, W] -> out [n, C]. */
+void op_global_avgpool(shape3 in_s, const float *in, int n, float *out);
+
+/* Elementwise over len = n * per-sample size floats; in == out allowed. */
+void op_relu(const float *in, float *out, size_t len);
+void op_sigmoid(const float *in, float *out, size_t len);
+
+/* out = a + b, then ReLU when relu=1; out may equal a or b.
+ *   a, b, out [len] */
+void op_add(const float *a, const float *b, float *out, size_t len, int relu);
+
+/* The model's input normalisation: out = (in * scale - mean[c]) / std[c].
+ *   in, out [n, C, H, W]; mean, std [C]; in == out allowed. */
+void op_normalize(shape3 s, const float *in, int n, float *out, float scale,
+                  const float *mean, const float *std);
+
+/* ---- layer lists ---------------------------------------------------------- */
+
+/* Scratch for run_layers: three buffers of act_cap floats each, and the
+ * im2col scratch. act_cap must hold n * (the largest per-sample activation
+ * in the list, residual internals included). */
+typedef struct ops_ws {
+    float *buf[3];
+    size_t act_cap; /* floats per buffer */
+    float *col;
+    size_t col_cap;   /* floats */
+    int conv_batched; /* op_conv2d's `batched` */
+} ops_ws;
+
+/* Runs the layers of `list` on n rows.
+ *   in   [n, list->items[0].in]: read only, may be a buffer outside ws
+ *        (it must not be one of ws->buf)
+ *   returns the output [n, last layer's out]: one of ws->buf, or `in` itself
+ *        when every layer is a reshape (flatten) or the list is empty.
+ * conv2d and linear followed by relu run with the ReLU fused. Residuals run
+ * the body ping-ponging between two buffers, then the shortcut (identity
+ * when empty) into the remaining ones, then the add (+ReLU) in place. */
+const float *run_layers(const layer_list *list, const float *in, int n, const ops_ws *ws);
+
+/* Per-sample floats of the largest activation run_layers writes for list. */
+size_t layers_max_act(const layer_list *list);
+
+#endif /* ERT_CPU_OPS_H */
