@@ -1,0 +1,542 @@
+/* test_data.c - the .npy and IDX readers (src/data.c), against files written
+ * here byte by byte, plain and gzipped, and a set of malformed files. */
+#include <criterion/criterion.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "data.h"
+#include "exitrt.h"
+
+/* ---- helpers ------------------------------------------------------------- */
+
+/* A fresh directory per test: Criterion runs tests in parallel processes. */
+static char g_dir[512];
+
+static void make_dir(void)
+{
+    snprintf(g_dir, sizeof g_dir, "%s/test_data_XXXXXX", ERT_BINARY_DIR);
+    cr_assert_not_null(mkdtemp(g_dir), "mkdtemp %s", g_dir);
+}
+
+static void remove_dir(void)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+    if (system(cmd) != 0)
+        cr_log_warn("could not remove %s", g_dir);
+}
+
+TestSuite(data, .init = make_dir, .fini = remove_dir);
+
+static const char *path_of(const char *name)
+{
+    static char p[640];
+    snprintf(p, sizeof p, "%s/%s", g_dir, name);
+    return p;
+}
+
+/* Writes bytes to name, gzipped when gz; returns the full path. */
+static const char *write_file(const char *name, const void *buf, size_t n, int gz)
+{
+    const char *p = path_of(name);
+    if (gz) {
+        gzFile f = gzopen(p, "wb");
+        cr_assert_not_null(f);
+        if (n)
+            cr_assert_eq(gzwrite(f, buf, (unsigned)n), (int)n);
+        cr_assert_eq(gzclose(f), Z_OK);
+    } else {
+        FILE *f = fopen(p, "wb");
+        cr_assert_not_null(f);
+        if (n)
+            cr_assert_eq(fwrite(buf, 1, n, f), n);
+        cr_assert_eq(fclose(f), 0);
+    }
+    return p;
+}
+
+/* A byte buffer that grows. */
+typedef struct bytes {
+    unsigned char *p;
+    size_t n;
+} bytes;
+
+static void put(bytes *b, const void *src, size_t n)
+{
+    b->p = realloc(b->p, b->n + n + 1);
+    cr_assert_not_null(b->p);
+    memcpy(b->p + b->n, src, n);
+    b->n += n;
+}
+
+/* A .npy file: magic, version, header length, the dict padded so the data
+ * starts at a multiple of 64 (as numpy writes it), then the data. */
+static bytes npy_bytes(int version, const char *dict, const void *data, size_t n)
+{
+    bytes b = {0};
+    unsigned char pre[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
+    put(&b, pre, 6);
+    unsigned char ver[2] = {(unsigned char)version, 0};
+    put(&b, ver, 2);
+    size_t lenbytes = version == 1 ? 2 : 4;
+    size_t hlen = strlen(dict) + 1;
+    size_t total = 8 + lenbytes + hlen;
+    size_t pad = (64 - total % 64) % 64;
+    hlen += pad;
+    unsigned char l[4] = {(unsigned char)(hlen & 0xff), (unsigned char)(hlen >> 8 & 0xff),
+                          (unsigned char)(hlen >> 16 & 0xff), (unsigned char)(hlen >> 24)};
+    put(&b, l, lenbytes);
+    put(&b, dict, strlen(dict));
+    for (size_t i = 0; i < pad; i++)
+        put(&b, " ", 1);
+    put(&b, "\n", 1);
+    if (n)
+        put(&b, data, n);
+    return b;
+}
+
+static const char *write_npy(const char *name, int version, const char *dict, const void *data,
+                             size_t n, int gz)
+{
+    bytes b = npy_bytes(version, dict, data, n);
+    const char *p = write_file(name, b.p, b.n, gz);
+    free(b.p);
+    return p;
+}
+
+/* An IDX file of unsigned bytes. */
+static const char *write_idx(const char *name, int ndim, const uint32_t *dims, const void *data,
+                             size_t n, int gz)
+{
+    bytes b = {0};
+    unsigned char magic[4] = {0, 0, 0x08, (unsigned char)ndim};
+    put(&b, magic, 4);
+    for (int i = 0; i < ndim; i++) {
+        unsigned char d[4] = {(unsigned char)(dims[i] >> 24), (unsigned char)(dims[i] >> 16),
+                              (unsigned char)(dims[i] >> 8), (unsigned char)dims[i]};
+        put(&b, d, 4);
+    }
+    if (n)
+        put(&b, data, n);
+    const char *p = write_file(name, b.p, b.n, gz);
+    free(b.p);
+    return p;
+}
+
+#define assert_fails(call, status, substr)                                                    \
+    do {                                                                                      \
+        ert_error e_ = {{0}};                                                                 \
+        ert_status s_ = (call);                                                               \
+        cr_assert_eq(s_, (status), "status %d (%s), want %d; message: %s", s_,                \
+                     ert_status_string(s_), (status), e_.msg);                                \
+        cr_assert_not_null(strstr(e_.msg, (substr)), "message '%s' lacks '%s'", e_.msg,       \
+                           (substr));                                                         \
+        cr_assert_not_null(strstr(e_.msg, g_dir), "message '%s' does not name the file",      \
+                           e_.msg);                                                           \
+    } while (0)
+
+/* ---- well-formed files ------------------------------------------------- */
+
+static void check_f4(int version, int gz)
+{
+    float v[2 * 3 * 2];
+    for (int i = 0; i < 12; i++)
+        v[i] = (float)i * 0.5f - 2.25f;
+    const char *p = write_npy("a.npy", version,
+                              "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3, 2), }", v,
+                              sizeof v, gz);
+    ert_dataset d;
+    ert_error err = {{0}};
+    cr_assert_eq(ert_dataset_load(p, &d, &err), ERT_OK, "%s", err.msg);
+    cr_assert_eq(d.count, 2);
+    cr_assert_eq(d.sample_size, 6);
+    cr_assert_eq(d.ndim, 3);
+    cr_assert_eq(d.dims[0], 2);
+    cr_assert_eq(d.dims[1], 3);
+    cr_assert_eq(d.dims[2], 2);
+    cr_assert_eq(d.was_uint8, 0);
+    for (int i = 0; i < 12; i++)
+        cr_assert_eq(d.values[i], v[i], "value %d", i);
+    ert_dataset_free(&d);
+    cr_assert_null(d.values);
+}
+
+Test(data, npy_f4_v1) { check_f4(1, 0); }
+Test(data, npy_f4_v2) { check_f4(2, 0); }
+Test(data, npy_f4_v3) { check_f4(3, 0); }
+Test(data, npy_f4_gzip) { check_f4(1, 1); }
+
+Test(data, npy_u1_v1_and_v2)
+{
+    unsigned char v[4 * 5];
+    for (int i = 0; i < 20; i++)
+        v[i] = (unsigned char)(i * 13);
+    for (int version = 1; version <= 2; version++) {
+        /* double quotes, no trailing comma, other key order: all valid Python */
+        const char *p = write_npy("u.npy", version,
+                                  "{\"shape\": (4, 5), \"fortran_order\": False, \"descr\": \"|u1\"}",
+                                  v, sizeof v, 0);
+        ert_dataset d;
+        ert_error err = {{0}};
+        cr_assert_eq(ert_dataset_load(p, &d, &err), ERT_OK, "%s", err.msg);
+        cr_assert_eq(d.count, 4);
+        cr_assert_eq(d.sample_size, 5);
+        cr_assert_eq(d.was_uint8, 1);
+        for (int i = 0; i < 20; i++)
+            cr_assert_eq(d.values[i], (float)v[i]);
+        ert_dataset_free(&d);
+    }
+}
+
+Test(data, npy_one_dim_is_one_value_per_sample)
+{
+    float v[3] = {1, 2, 3};
+    const char *p = write_npy("a.npy", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }",
+                              v, sizeof v, 0);
+    ert_dataset d;
+    ert_error err = {{0}};
+    cr_assert_eq(ert_dataset_load(p, &d, &err), ERT_OK, "%s", err.msg);
+    cr_assert_eq(d.count, 3);
+    cr_assert_eq(d.sample_size, 1);
+    ert_dataset_free(&d);
+}
+
+static void check_idx(int gz)
+{
+    enum { N = 3, H = 4, W = 5 };
+    unsigned char img[N * H * W];
+    for (int i = 0; i < N * H * W; i++)
+        img[i] = (unsigned char)(255 - i * 3);
+    uint32_t dims[3] = {N, H, W};
+    const char *p = write_idx("images-idx3-ubyte", 3, dims, img, sizeof img, gz);
+    ert_dataset d;
+    ert_error err = {{0}};
+    cr_assert_eq(ert_dataset_load(p, &d, &err), ERT_OK, "%s", err.msg);
+    cr_assert_eq(d.count, N);
+    cr_assert_eq(d.sample_size, H * W);
+    cr_assert_eq(d.ndim, 3);
+    cr_assert_eq(d.was_uint8, 1);
+    for (int i = 0; i < N * H * W; i++)
+        cr_assert_eq(d.values[i], (float)img[i]);
+    ert_dataset_free(&d);
+
+    unsigned char lab[N] = {7, 0, 9};
+    uint32_t ldims[1] = {N};
+    p = write_idx("labels-idx1-ubyte", 1, ldims, lab, sizeof lab, gz);
+    ert_labels l;
+    cr_assert_eq(ert_labels_load(p, &l, &err), ERT_OK, "%s", err.msg);
+    cr_assert_eq(l.count, N);
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(l.values[i], lab[i]);
+    ert_labels_free(&l);
+    cr_assert_null(l.values);
+}
+
+Test(data, idx_plain) { check_idx(0); }
+Test(data, idx_gzip) { check_idx(1); }
+
+Test(data, npy_labels_i4_i8_u1)
+{
+    int32_t a[4] = {3, 1, 4, 1};
+    int64_t b[4] = {5, 9, 2, 6};
+    unsigned char c[4] = {2, 7, 1, 8};
+    ert_labels l;
+    ert_error err = {{0}};
+
+    const char *p = write_npy("a.npy", 1, "{'descr': '<i4', 'fortran_order': False, 'shape': (4,), }",
+                              a, sizeof a, 0);
+    cr_assert_eq(ert_labels_load(p, &l, &err), ERT_OK, "%s", err.msg);
+    cr_assert_eq(l.count, 4);
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(l.values[i], a[i]);
+    ert_labels_free(&l);
+
+    p = write_npy("b.npy", 1, "{'descr': '<i8', 'fortran_order': False, 'shape': (4, 1), }", b,
+                  sizeof b, 1);
+    cr_assert_eq(ert_labels_load(p, &l, &err), ERT_OK, "%s", err.msg);
+    cr_assert_eq(l.count, 4);
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(l.values[i], (int32_t)b[i]);
+    ert_labels_free(&l);
+
+    p = write_npy("c.npy", 2, "{'descr': '|u1', 'fortran_order': False, 'shape': (4,), }", c,
+                  sizeof c, 0);
+    cr_assert_eq(ert_labels_load(p, &l, &err), ERT_OK, "%s", err.msg);
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(l.values[i], c[i]);
+    ert_labels_free(&l);
+}
+
+Test(data, free_accepts_null_and_zeroed)
+{
+    ert_dataset_free(NULL);
+    ert_labels_free(NULL);
+    ert_dataset d = {0};
+    ert_dataset_free(&d);
+    ert_labels l = {0};
+    ert_labels_free(&l);
+}
+
+/* ---- malformed files ---------------------------------------------------- */
+
+static const char F4_2x3[] = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }";
+
+Test(data, missing_file)
+{
+    ert_dataset d;
+    assert_fails(ert_dataset_load(path_of("nope.npy"), &d, &e_), ERT_IO, "cannot open");
+    cr_assert_null(d.values);
+}
+
+Test(data, directory_is_not_a_file)
+{
+    ert_dataset d;
+    assert_fails(ert_dataset_load(g_dir, &d, &e_), ERT_IO, "not a regular file");
+}
+
+Test(data, empty_file)
+{
+    const char *p = write_file("e.npy", "", 0, 0);
+    ert_dataset d;
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "empty");
+}
+
+Test(data, bad_magic)
+{
+    const char *p = write_file("x.npy", "PK\x03\x04garbage", 11, 0);
+    ert_dataset d;
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "not a .npy or IDX file");
+    p = write_file("y.npy", "\x93NUMPZ\x01\x00", 8, 0);
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "bad .npy magic");
+}
+
+Test(data, npy_truncated_data)
+{
+    float v[6] = {0};
+    bytes b = npy_bytes(1, F4_2x3, v, sizeof v);
+    const char *p = write_file("t.npy", b.p, b.n - 3, 0);
+    ert_dataset d;
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
+    p = write_file("t.npy.gz", b.p, b.n - 3, 1);
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
+    free(b.p);
+}
+
+Test(data, npy_truncated_header)
+{
+    float v[6] = {0};
+    bytes b = npy_bytes(1, F4_2x3, v, sizeof v);
+    const char *p = write_file("t.npy", b.p, 30, 0);
+    ert_dataset d;
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
+    free(b.p);
+}
+
+Test(data, gzip_stream_cut_short)
+{
+    /* a valid gzip file cut in the middle of its deflate stream */
+    float v[600];
+    for (int i = 0; i < 600; i++)
+        v[i] = (float)i;
+    bytes b = npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (600,), }", v,
+                        sizeof v);
+    const char *full = write_file("g.npy.gz", b.p, b.n, 1);
+    FILE *f = fopen(full, "rb");
+    cr_assert_not_null(f);
+    unsigned char gzbuf[8192];
+    size_t n = fread(gzbuf, 1, sizeof gzbuf, f);
+    fclose(f);
+    cr_assert_gt(n, 40);
+    const char *p = write_file("cut.npy.gz", gzbuf, n / 2, 0);
+    ert_dataset d;
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
+    free(b.p);
+}
+
+Test(data, npy_trailing_bytes)
+{
+    float v[7] = {0};
+    const char *p = write_npy("t.npy", 1, F4_2x3, v, sizeof v, 0);
+    ert_dataset d;
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "longer than its header");
+}
+
+Test(data, npy_fortran_order)
+{
+    float v[6] = {0};
+    const char *p = write_npy("f.npy", 1,
+                              "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }", v,
+                              sizeof v, 0);
+    ert_dataset d;
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_UNSUPPORTED, "fortran_order");
+}
+
+Test(data, npy_unsupported_dtype)
+{
+    double v[6] = {0};
+    const char *p = write_npy("d.npy", 1,
+                              "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }", v,
+                              sizeof v, 0);
+    ert_dataset d;
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_UNSUPPORTED, "'<f8'");
+    /* big-endian float32 */
+    p = write_npy("b.npy", 1, "{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }", v,
+                  24, 0);
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_UNSUPPORTED, "'>f4'");
+    /* integers are labels, not inputs */
+    p = write_npy("i.npy", 1, "{'descr': '<i4', 'fortran_order': False, 'shape': (2, 3), }", v,
+                  24, 0);
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_UNSUPPORTED, "float32 or uint8");
+    /* and floats are not labels */
+    ert_labels l;
+    p = write_npy("l.npy", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (6,), }", v, 24,
+                  0);
+    assert_fails(ert_labels_load(p, &l, &e_), ERT_UNSUPPORTED, "integers");
+}
+
+Test(data, npy_unsupported_version)
+{
+    float v[6] = {0};
+    const char *p = write_npy("v.npy", 4, F4_2x3, v, sizeof v, 0);
+    ert_dataset d;
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_UNSUPPORTED, "version 4");
+}
+
+Test(data, npy_malformed_headers)
+{
+    static const struct {
+        const char *dict, *msg;
+    } cases[] = {
+        {"['descr', '<f4']", "not a dict"},
+        {"{'descr': '<f4', 'fortran_order': False}", "missing 'shape'"},
+        {"{'descr': '<f4', 'shape': (2, 3)}", "missing 'fortran_order'"},
+        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), 'extra': 1}",
+         "unexpected key 'extra'"},
+        {"{'descr': '<f4', 'descr': '<f4', 'fortran_order': False, 'shape': (2, 3)}",
+         "unexpected key 'descr'"},
+        {"{'descr': '<f4', 'fortran_order': Maybe, 'shape': (2, 3)}", "True or False"},
+        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, -3)}", "non-negative integers"},
+        {"{'descr': '<f4', 'fortran_order': False, 'shape': [2, 3]}", "not a tuple"},
+        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3}", "not closed"},
+        {"{'descr' '<f4', 'fortran_order': False, 'shape': (2, 3)}", "expected ':'"},
+        {"{'descr': '<f4' 'fortran_order': False, 'shape': (2, 3)}", "expected ',' or '}'"},
+        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3)} x", "after the dict"},
+        {"{'descr': '<f4', 'fortran_order': False, 'shape': (1,1,1,1,1,1,1,1,1)}",
+         "more than 8 dimensions"},
+    };
+    float v[6] = {0};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *p = write_npy("h.npy", 1, cases[i].dict, v, sizeof v, 0);
+        ert_dataset d;
+        ert_error e = {{0}};
+        ert_status s = ert_dataset_load(p, &d, &e);
+        cr_assert_neq(s, ERT_OK, "case %zu accepted: %s", i, cases[i].dict);
+        cr_assert_not_null(strstr(e.msg, cases[i].msg), "case %zu: '%s' lacks '%s'", i, e.msg,
+                           cases[i].msg);
+        cr_assert_null(d.values);
+    }
+}
+
+Test(data, npy_shape_size_mismatch)
+{
+    /* the header says 2x3 floats, the file holds 4 */
+    float v[4] = {0};
+    const char *p = write_npy("m.npy", 1, F4_2x3, v, sizeof v, 0);
+    ert_dataset d;
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
+}
+
+Test(data, npy_huge_dims_overflow)
+{
+    float v[6] = {0};
+    const char *p = write_npy(
+        "o.npy", 1,
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 8), }", v,
+        sizeof v, 0);
+    ert_dataset d;
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "too large");
+    p = write_npy("p.npy", 1,
+                  "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999,), }",
+                  v, sizeof v, 0);
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "overflows");
+    /* within size_t, but over the 4 GiB bound: refused before any allocation */
+    p = write_npy("q.npy", 1,
+                  "{'descr': '|u1', 'fortran_order': False, 'shape': (70000, 70000), }", v,
+                  sizeof v, 0);
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "too large");
+}
+
+Test(data, npy_empty_array)
+{
+    const char *p = write_npy("z.npy", 1,
+                              "{'descr': '<f4', 'fortran_order': False, 'shape': (0, 3), }", NULL,
+                              0, 0);
+    ert_dataset d;
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "no values");
+    p = write_npy("s.npy", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (), }", "abcd", 4,
+                  0);
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "scalar");
+}
+
+Test(data, idx_huge_dims)
+{
+    uint32_t dims[4] = {0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu};
+    const char *p = write_idx("h-idx4-ubyte", 4, dims, "abc", 3, 0);
+    ert_dataset d;
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "too large");
+}
+
+Test(data, idx_bad_type_and_dims)
+{
+    unsigned char hdr[8] = {0, 0, 0x0D, 1, 0, 0, 0, 1};
+    const char *p = write_file("f-idx1", hdr, 8, 0);
+    ert_dataset d;
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_UNSUPPORTED, "0x0d");
+    unsigned char hdr0[4] = {0, 0, 0x08, 0};
+    p = write_file("z-idx0", hdr0, 4, 0);
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "0 dimensions");
+}
+
+Test(data, idx_truncated)
+{
+    uint32_t dims[3] = {10, 28, 28};
+    unsigned char img[100] = {0};
+    const char *p = write_idx("t-idx3-ubyte", 3, dims, img, sizeof img, 1);
+    ert_dataset d;
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
+    /* cut inside the dimensions */
+    unsigned char hdr[6] = {0, 0, 0x08, 3, 0, 0};
+    p = write_file("d-idx3", hdr, 6, 0);
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "IDX dimensions");
+}
+
+Test(data, labels_shape_and_range)
+{
+    ert_labels l;
+    uint32_t dims[2] = {2, 2};
+    const char *p = write_idx("l-idx2", 2, dims, "\1\2\3\4", 4, 0);
+    assert_fails(ert_labels_load(p, &l, &e_), ERT_FORMAT, "one-dimensional");
+    int64_t big[2] = {1, (int64_t)1 << 40};
+    p = write_npy("b.npy", 1, "{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }", big,
+                  sizeof big, 0);
+    assert_fails(ert_labels_load(p, &l, &e_), ERT_FORMAT, "label 1");
+    int32_t neg[3] = {0, 1, -1};
+    p = write_npy("n.npy", 1, "{'descr': '<i4', 'fortran_order': False, 'shape': (3,), }", neg,
+                  sizeof neg, 0);
+    assert_fails(ert_labels_load(p, &l, &e_), ERT_FORMAT, "label 2");
+    cr_assert_null(l.values);
+}
+
+Test(data, null_arguments)
+{
+    ert_dataset d;
+    ert_error e = {{0}};
+    cr_assert_eq(ert_dataset_load(NULL, &d, &e), ERT_INVALID_ARGUMENT);
+    cr_assert_eq(ert_dataset_load("x", NULL, &e), ERT_INVALID_ARGUMENT);
+    ert_labels l;
+    cr_assert_eq(ert_labels_load(NULL, &l, NULL), ERT_INVALID_ARGUMENT);
+}
