@@ -1,0 +1,70 @@
+/* cli.h - shared pieces of the `exitrt` command.
+ *
+ * Exit statuses: 0 success, 1 a runtime or file error, 2 a usage error.
+ * Every error is one line on stderr, "exitrt: <message>".
+ */
+#ifndef ERT_CLI_H
+#define ERT_CLI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "exitrt.h"
+
+#define CLI_OK 0
+#define CLI_FAIL 1
+#define CLI_USAGE 2
+
+/* Prints "exitrt: <message>" as one line on stderr (newlines in the message
+ * become spaces) and returns code. */
+int cli_error(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Strict number parsing: the whole string, in range. 1 on success. */
+int cli_parse_long(const char *s, long min, long max, long *out);
+int cli_parse_float(const char *s, float *out);
+
+/* "1,234,567" into buf. */
+const char *cli_commas(uint64_t v, char *buf, size_t len);
+
+/* Option parsing shared by the verbs: matches argv[*i] against --name or
+ * --name=VALUE. Returns 0 when it is another option, 1 when matched with
+ * *value set (consuming the next argument when needed), -1 on a missing
+ * value (message printed). */
+int cli_opt_value(int argc, char **argv, int *i, const char *name, const char **value);
+
+int cmd_run(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
+
+/* ---- the run report (report.c) ---- */
+
+typedef struct exit_report {
+    const char *name;
+    ert_policy_kind policy;
+    float threshold;  /* NaN for the final head */
+    uint64_t taken;
+    uint64_t correct; /* among those taken, when labels are given */
+} exit_report;
+
+typedef struct run_report {
+    const char *model;
+    const char *data;
+    const char *labels;   /* NULL without labels */
+    uint64_t samples;
+    int num_exits;
+    exit_report exits[ERT_MAX_EXITS];
+    uint64_t correct;
+    uint64_t macs_executed, macs_full;
+    uint64_t host_waits;
+    uint64_t nonfinite_samples;
+    double seconds;       /* inside the inference calls only */
+    ert_mode mode;
+    ert_backend device;
+    int batch;
+} run_report;
+
+/* The human report on stdout. */
+void report_print_text(const run_report *r);
+/* One JSON object on stdout; returns 0, or -1 when out of memory. */
+int report_print_json(const run_report *r);
+
+#endif /* ERT_CLI_H */

@@ -1,0 +1,146 @@
+/* main.c - the `exitrt` command: verb dispatch, help, shared helpers. */
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const char USAGE[] =
+    "usage: exitrt <command> [options]\n"
+    "\n"
+    "exitrt runs multi-exit (early-exit) networks: each sample leaves at the\n"
+    "first exit whose policy is confident.\n"
+    "\n"
+    "commands:\n"
+    "  run MODEL [options]   run a data set through the model and report\n"
+    "                        accuracy, exits taken, compute saved, throughput\n"
+    "  inspect MODEL         print the graph, stages, exits, parameters and MACs\n"
+    "\n"
+    "  exitrt <command> --help   options of a command\n"
+    "  exitrt --version          the version\n"
+    "\n"
+    "MODEL is a model directory or the path of its model.json.\n"
+    "Exit status: 0 success, 1 runtime or file error, 2 usage error.\n";
+
+int cli_error(int code, const char *fmt, ...)
+{
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    for (char *p = msg; *p; p++)
+        if (*p == '\n' || *p == '\r')
+            *p = ' ';
+    fflush(stdout);
+    fprintf(stderr, "exitrt: %s\n", msg);
+    return code;
+}
+
+int cli_parse_long(const char *s, long min, long max, long *out)
+{
+    if (!s || !*s)
+        return 0;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || v < min || v > max)
+        return 0;
+    *out = v;
+    return 1;
+}
+
+int cli_parse_float(const char *s, float *out)
+{
+    if (!s || !*s)
+        return 0;
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || *end || !isfinite(v))
+        return 0;
+    *out = v;
+    return 1;
+}
+
+const char *cli_commas(uint64_t v, char *buf, size_t len)
+{
+    char digits[32];
+    int n = snprintf(digits, sizeof digits, "%llu", (unsigned long long)v);
+    size_t o = 0;
+    for (int i = 0; i < n && o + 1 < len; i++) {
+        if (i > 0 && (n - i) % 3 == 0 && o + 2 < len)
+            buf[o++] = ',';
+        buf[o++] = digits[i];
+    }
+    buf[o] = '\0';
+    return buf;
+}
+
+int cli_opt_value(int argc, char **argv, int *i, const char *name, const char **value)
+{
+    const char *a = argv[*i];
+    size_t n = strlen(name);
+    if (strncmp(a, name, n) != 0)
+        return 0;
+    if (a[n] == '=') {
+        *value = a + n + 1;
+        return 1;
+    }
+    if (a[n] != '\0')
+        return 0;
+    if (*i + 1 >= argc) {
+        cli_error(CLI_USAGE, "%s needs a value (see 'exitrt %s --help')", name, argv[0]);
+        return -1;
+    }
+    *value = argv[++*i];
+    return 1;
+}
+
+/* Flushes stdout and reports a failed write (a full disk, a closed pipe). */
+static int finish(int code)
+{
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        int e = errno;
+        if (code == CLI_OK)
+            return cli_error(CLI_FAIL, "cannot write the output: %s",
+                             e ? strerror(e) : "write error");
+    }
+    return code;
+}
+
+int main(int argc, char **argv)
+{
+    /* A closed pipe on stdout must give an error status, not a signal. */
+    signal(SIGPIPE, SIG_IGN);
+    if (argc < 2) {
+        fputs(USAGE, stderr);
+        return CLI_USAGE;
+    }
+    const char *verb = argv[1];
+    if (strcmp(verb, "--help") == 0 || strcmp(verb, "-h") == 0 || strcmp(verb, "help") == 0) {
+        fputs(USAGE, stdout);
+        return finish(CLI_OK);
+    }
+    if (strcmp(verb, "--version") == 0 || strcmp(verb, "version") == 0) {
+        printf("exitrt %d.%d (%s)\n", ERT_VERSION_MAJOR, ERT_VERSION_MINOR,
+#ifdef ERT_HAVE_CUDA
+               "CPU and CUDA backends"
+#else
+               "CPU backend; built without CUDA"
+#endif
+        );
+        return finish(CLI_OK);
+    }
+    if (strcmp(verb, "run") == 0)
+        return finish(cmd_run(argc - 1, argv + 1));
+    if (strcmp(verb, "inspect") == 0)
+        return finish(cmd_inspect(argc - 1, argv + 1));
+    if (verb[0] == '-')
+        return cli_error(CLI_USAGE, "unknown option '%s' (see 'exitrt --help')", verb);
+    return cli_error(CLI_USAGE, "unknown command '%s' (see 'exitrt --help')", verb);
+}

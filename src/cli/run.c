@@ -1,0 +1,471 @@
+/* run.c - `exitrt run`: load a model and a data set, run every sample in
+ * batches, and report exits, accuracy, compute and throughput. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "data.h"
+
+static const char RUN_USAGE[] =
+    "usage: exitrt run MODEL [options]\n"
+    "\n"
+    "Runs every sample of a data set through MODEL (a model directory or its\n"
+    "model.json) and prints, per exit, the share of samples that took it and\n"
+    "their accuracy, the overall accuracy, the compute executed against the\n"
+    "full network's, and the throughput.\n"
+    "\n"
+    "options:\n"
+    "  --data FILE          input samples: .npy (float32 or uint8) or IDX,\n"
+    "                       gzipped or not (default: the model's sample data)\n"
+    "  --labels FILE        labels: IDX or .npy of integers (default: the\n"
+    "                       model's sample labels when --data is not given)\n"
+    "  --device D           cpu, cuda or auto (default auto: CUDA when a\n"
+    "                       device is present)\n"
+    "  --mode M             full, masked or compacted (default compacted)\n"
+    "  --batch N            samples per inference call (default 256)\n"
+    "  --threshold EXIT=V   override an exit's threshold; EXIT is its name or\n"
+    "                       index; may be repeated\n"
+    "  --threads N          CPU: BLAS threads (default: the BLAS default)\n"
+    "  --inflight N         CUDA: batches in flight (default 1)\n"
+    "  --limit N            run only the first N samples\n"
+    "  --json               print the report as one JSON object\n"
+    "  --predictions FILE   write index,exit,class,score per sample as CSV\n"
+    "  --logits FILE        write the logits of the exit each sample took as a\n"
+    "                       float32 .npy of shape [N, classes]\n"
+    "  -h, --help           this text\n";
+
+#define MAX_THRESHOLDS 64
+#define MAX_BATCH (1L << 20)
+
+typedef struct run_opts {
+    const char *model, *data, *labels, *predictions, *logits;
+    ert_backend device;
+    ert_mode mode;
+    long batch, threads, inflight, limit;
+    int json;
+    int num_thresholds;
+    const char *thresholds[MAX_THRESHOLDS]; /* "EXIT=VALUE" */
+} run_opts;
+
+static int parse_args(int argc, char **argv, run_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->device = ERT_BACKEND_AUTO;
+    o->mode = ERT_MODE_COMPACTED;
+    o->batch = 256;
+    o->inflight = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = NULL;
+        int r;
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            fputs(RUN_USAGE, stdout);
+            return -1;
+        }
+        if (strcmp(a, "--json") == 0) {
+            o->json = 1;
+            continue;
+        }
+#define OPT(name) ((r = cli_opt_value(argc, argv, &i, name, &v)) != 0)
+        if (OPT("--data")) {
+            if (r < 0)
+                return CLI_USAGE;
+            o->data = v;
+        } else if (OPT("--labels")) {
+            if (r < 0)
+                return CLI_USAGE;
+            o->labels = v;
+        } else if (OPT("--predictions")) {
+            if (r < 0)
+                return CLI_USAGE;
+            o->predictions = v;
+        } else if (OPT("--logits")) {
+            if (r < 0)
+                return CLI_USAGE;
+            o->logits = v;
+        } else if (OPT("--device")) {
+            if (r < 0)
+                return CLI_USAGE;
+            if (strcmp(v, "cpu") == 0)
+                o->device = ERT_BACKEND_CPU;
+            else if (strcmp(v, "cuda") == 0 || strcmp(v, "gpu") == 0)
+                o->device = ERT_BACKEND_CUDA;
+            else if (strcmp(v, "auto") == 0)
+                o->device = ERT_BACKEND_AUTO;
+            else
+                return cli_error(CLI_USAGE, "--device: '%s' is not cpu, cuda or auto", v);
+        } else if (OPT("--mode")) {
+            if (r < 0)
+                return CLI_USAGE;
+            if (strcmp(v, "full") == 0)
+                o->mode = ERT_MODE_FULL;
+            else if (strcmp(v, "masked") == 0)
+                o->mode = ERT_MODE_MASKED;
+            else if (strcmp(v, "compacted") == 0)
+                o->mode = ERT_MODE_COMPACTED;
+            else
+                return cli_error(CLI_USAGE, "--mode: '%s' is not full, masked or compacted", v);
+        } else if (OPT("--batch")) {
+            if (r < 0)
+                return CLI_USAGE;
+            if (!cli_parse_long(v, 1, MAX_BATCH, &o->batch))
+                return cli_error(CLI_USAGE, "--batch: '%s' is not an integer in [1, %ld]", v,
+                                 MAX_BATCH);
+        } else if (OPT("--threads")) {
+            if (r < 0)
+                return CLI_USAGE;
+            if (!cli_parse_long(v, 0, 4096, &o->threads))
+                return cli_error(CLI_USAGE, "--threads: '%s' is not an integer in [0, 4096]", v);
+        } else if (OPT("--inflight")) {
+            if (r < 0)
+                return CLI_USAGE;
+            if (!cli_parse_long(v, 1, 16, &o->inflight))
+                return cli_error(CLI_USAGE, "--inflight: '%s' is not an integer in [1, 16]", v);
+        } else if (OPT("--limit")) {
+            if (r < 0)
+                return CLI_USAGE;
+            if (!cli_parse_long(v, 1, 1L << 40, &o->limit))
+                return cli_error(CLI_USAGE, "--limit: '%s' is not a positive integer", v);
+        } else if (OPT("--threshold")) {
+            if (r < 0)
+                return CLI_USAGE;
+            if (!strchr(v, '=') || v[0] == '=')
+                return cli_error(CLI_USAGE, "--threshold: '%s' is not EXIT=VALUE", v);
+            if (o->num_thresholds >= MAX_THRESHOLDS)
+                return cli_error(CLI_USAGE, "too many --threshold options (at most %d)",
+                                 MAX_THRESHOLDS);
+            o->thresholds[o->num_thresholds++] = v;
+        } else if (a[0] == '-' && a[1] != '\0') {
+            return cli_error(CLI_USAGE, "run: unknown option '%s' (see 'exitrt run --help')", a);
+        } else if (!o->model) {
+            o->model = a;
+        } else {
+            return cli_error(CLI_USAGE, "run: unexpected argument '%s' (one MODEL only)", a);
+        }
+#undef OPT
+    }
+    if (!o->model)
+        return cli_error(CLI_USAGE, "run: no MODEL given (see 'exitrt run --help')");
+    return 0;
+}
+
+/* Applies the --threshold options; usage errors name the option. */
+static int apply_thresholds(const run_opts *o, const ert_model *m, ert_engine *e)
+{
+    for (int t = 0; t < o->num_thresholds; t++) {
+        const char *spec = o->thresholds[t];
+        const char *eq = strchr(spec, '=');
+        char name[128];
+        size_t n = (size_t)(eq - spec);
+        if (n >= sizeof name)
+            return cli_error(CLI_USAGE, "--threshold %s: exit name too long", spec);
+        memcpy(name, spec, n);
+        name[n] = '\0';
+        int idx = ert_model_exit_index(m, name);
+        long li;
+        if (idx < 0 && cli_parse_long(name, 0, ERT_MAX_EXITS - 1, &li) &&
+            li < ert_model_num_exits(m))
+            idx = (int)li;
+        if (idx < 0) {
+            char names[ERT_MAX_EXITS * 70] = "";
+            for (int i = 0; i < ert_model_num_exits(m) - 1; i++) {
+                if (i)
+                    strcat(names, ", ");
+                strncat(names, ert_model_exit_name(m, i), 64);
+            }
+            return cli_error(CLI_USAGE, "--threshold %s: the model has no exit '%s' (early exits: %s)",
+                             spec, name, names[0] ? names : "none");
+        }
+        float v;
+        if (!cli_parse_float(eq + 1, &v))
+            return cli_error(CLI_USAGE, "--threshold %s: '%s' is not a finite number", spec,
+                             eq + 1);
+        if (ert_engine_set_threshold(e, idx, v) != ERT_OK)
+            return cli_error(CLI_USAGE, "--threshold %s: %s", spec, ert_engine_error(e));
+    }
+    return 0;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* A progress bar on stderr, only on a terminal and only once the run has
+ * taken over a second (short runs stay quiet). */
+typedef struct progress {
+    int tty, shown;
+    double start, last;
+} progress;
+
+static void progress_update(progress *p, uint64_t done, uint64_t total)
+{
+    if (!p->tty)
+        return;
+    double t = now_s();
+    if (t - p->start < 1.0 || (t - p->last < 0.1 && done < total))
+        return;
+    p->last = t;
+    p->shown = 1;
+    int width = 30, fill = (int)(width * done / (total ? total : 1));
+    char bar[64];
+    for (int i = 0; i < width; i++)
+        bar[i] = i < fill ? '#' : '.';
+    bar[width] = '\0';
+    fprintf(stderr, "\r[%s] %llu/%llu samples", bar, (unsigned long long)done,
+            (unsigned long long)total);
+    fflush(stderr);
+}
+
+static void progress_end(progress *p)
+{
+    if (p->shown)
+        fputs("\r\033[K", stderr);
+}
+
+/* Opens an output file before any work is done, so a bad path fails fast. */
+static FILE *open_output(const char *path)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        cli_error(CLI_FAIL, "%s: cannot create: %s", path, strerror(errno));
+    return f;
+}
+
+/* Writes and closes f (always). */
+static int write_predictions(FILE *f, const char *path, const ert_sample *s, size_t n)
+{
+    fputs("index,exit,class,score\n", f);
+    for (size_t i = 0; i < n; i++)
+        fprintf(f, "%zu,%d,%d,%.9g\n", i, (int)s[i].exit_index, (int)s[i].predicted,
+                (double)s[i].score);
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad)
+        return cli_error(CLI_FAIL, "%s: write failed: %s", path, strerror(errno));
+    return 0;
+}
+
+/* float32 .npy, version 1, C order, shape (n, k). */
+static int write_logits(FILE *f, const char *path, const float *v, size_t n, int k)
+{
+    char dict[128];
+    int dl = snprintf(dict, sizeof dict, "{'descr': '<f4', 'fortran_order': False, 'shape': (%zu, %d), }",
+                      n, k);
+    /* magic(6) + version(2) + length(2) + dict + padding + '\n' = multiple of 64 */
+    size_t hlen = (size_t)dl + 1;
+    hlen += (64 - (10 + hlen) % 64) % 64;
+    unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hlen & 0xff),
+                             (unsigned char)(hlen >> 8)};
+    fwrite(pre, 1, sizeof pre, f);
+    fwrite(dict, 1, (size_t)dl, f);
+    for (size_t i = (size_t)dl + 1; i < hlen; i++)
+        fputc(' ', f);
+    fputc('\n', f);
+    fwrite(v, sizeof(float), n * (size_t)k, f); /* little-endian hosts */
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad)
+        return cli_error(CLI_FAIL, "%s: write failed: %s", path, strerror(errno));
+    return 0;
+}
+
+int cmd_run(int argc, char **argv)
+{
+    run_opts o;
+    int rc = parse_args(argc, argv, &o);
+    if (rc < 0)
+        return CLI_OK; /* --help */
+    if (rc)
+        return rc;
+
+    ert_model *m = NULL;
+    ert_engine *e = NULL;
+    ert_dataset data = {0};
+    ert_labels labels = {0};
+    ert_sample *samples = NULL;
+    float *logits = NULL;
+    FILE *pred_f = NULL, *logits_f = NULL;
+    ert_error err = {{0}};
+    ert_status st;
+
+    if (o.predictions && !(pred_f = open_output(o.predictions))) {
+        rc = CLI_FAIL;
+        goto done;
+    }
+    if (o.logits && !(logits_f = open_output(o.logits))) {
+        rc = CLI_FAIL;
+        goto done;
+    }
+    if ((st = ert_model_load(o.model, &m, &err)) != ERT_OK) {
+        rc = cli_error(CLI_FAIL, "%s", err.msg[0] ? err.msg : ert_status_string(st));
+        goto done;
+    }
+
+    const char *data_path = o.data, *labels_path = o.labels;
+    if (!data_path) {
+        data_path = ert_model_sample_data(m);
+        if (!data_path || !data_path[0]) {
+            rc = cli_error(CLI_USAGE, "%s: the model names no sample data; give --data FILE",
+                           o.model);
+            goto done;
+        }
+        if (!labels_path) {
+            labels_path = ert_model_sample_labels(m);
+            if (labels_path && !labels_path[0])
+                labels_path = NULL;
+        }
+    }
+    if ((st = ert_dataset_load(data_path, &data, &err)) != ERT_OK) {
+        rc = cli_error(CLI_FAIL, "%s", err.msg);
+        goto done;
+    }
+    size_t per = ert_model_input_size(m);
+    if (data.sample_size != per) {
+        int c, h, w;
+        ert_model_input_shape(m, &c, &h, &w);
+        char shape[160] = "";
+        for (int d = 1; d < data.ndim; d++) {
+            size_t l = strlen(shape);
+            snprintf(shape + l, sizeof shape - l, "%s%lld", d > 1 ? "x" : "",
+                     (long long)data.dims[d]);
+        }
+        rc = cli_error(CLI_FAIL,
+                       "%s: each sample has %zu value%s (%s), the model takes %dx%dx%d = %zu",
+                       data_path, data.sample_size, data.sample_size == 1 ? "" : "s",
+                       shape[0] ? shape : "1-D data", c, h, w, per);
+        goto done;
+    }
+    size_t n = data.count;
+    if (o.limit > 0 && (size_t)o.limit < n)
+        n = (size_t)o.limit;
+
+    int K = ert_model_num_classes(m);
+    if (labels_path) {
+        if ((st = ert_labels_load(labels_path, &labels, &err)) != ERT_OK) {
+            rc = cli_error(CLI_FAIL, "%s", err.msg);
+            goto done;
+        }
+        if (labels.count != data.count) {
+            rc = cli_error(CLI_FAIL, "%s has %zu labels but %s has %zu samples", labels_path,
+                           labels.count, data_path, data.count);
+            goto done;
+        }
+        for (size_t i = 0; i < n; i++)
+            if (labels.values[i] >= K) {
+                rc = cli_error(CLI_FAIL, "%s: label %zu is %d, the model has %d classes",
+                               labels_path, i, (int)labels.values[i], K);
+                goto done;
+            }
+    }
+
+    ert_engine_config cfg = ert_engine_config_default();
+    cfg.backend = o.device;
+    cfg.mode = o.mode;
+    cfg.max_batch = (int)((size_t)o.batch < n ? (size_t)o.batch : n);
+    cfg.threads = (int)o.threads;
+    cfg.inflight = (int)o.inflight;
+    if ((st = ert_engine_create(m, &cfg, &e, &err)) != ERT_OK) {
+        rc = cli_error(CLI_FAIL, "%s", err.msg[0] ? err.msg : ert_status_string(st));
+        goto done;
+    }
+#ifdef ERT_HAVE_CUDA
+    if (o.device == ERT_BACKEND_AUTO && ert_engine_backend(e) == ERT_BACKEND_CPU)
+        fprintf(stderr, "exitrt: note: no usable CUDA device, running on the CPU\n");
+#endif
+    if ((rc = apply_thresholds(&o, m, e)))
+        goto done;
+
+    samples = calloc(n, sizeof *samples);
+    if (o.logits)
+        logits = calloc(n, (size_t)K * sizeof *logits); /* calloc checks the product */
+    if (!samples || (o.logits && !logits)) {
+        rc = cli_error(CLI_FAIL, "out of memory for the results of %zu samples", n);
+        goto done;
+    }
+
+    run_report rep;
+    memset(&rep, 0, sizeof rep);
+    rep.model = o.model;
+    rep.data = data_path;
+    rep.labels = labels_path;
+    rep.samples = n;
+    rep.num_exits = ert_model_num_exits(m);
+    rep.mode = ert_engine_mode(e);
+    rep.device = ert_engine_backend(e);
+    rep.batch = cfg.max_batch;
+    for (int x = 0; x < rep.num_exits; x++) {
+        rep.exits[x].name = ert_model_exit_name(m, x);
+        rep.exits[x].policy = ert_model_exit_policy(m, x);
+        rep.exits[x].threshold = x == rep.num_exits - 1 ? NAN : ert_engine_threshold(e, x);
+    }
+
+    progress prog = {.tty = isatty(STDERR_FILENO), .start = now_s()};
+    for (size_t off = 0; off < n; off += (size_t)cfg.max_batch) {
+        int b = (int)(n - off < (size_t)cfg.max_batch ? n - off : (size_t)cfg.max_batch);
+        ert_result res;
+        memset(&res, 0, sizeof res);
+        res.samples = samples + off;
+        res.logits = logits ? logits + off * (size_t)K : NULL;
+        double t0 = now_s();
+        st = ert_infer(e, data.values + off * per, b, &res);
+        rep.seconds += now_s() - t0;
+        if (st != ERT_OK) {
+            progress_end(&prog);
+            rc = cli_error(CLI_FAIL, "inference failed at sample %zu: %s", off,
+                           ert_engine_error(e)[0] ? ert_engine_error(e) : ert_status_string(st));
+            goto done;
+        }
+        rep.macs_executed += res.macs_executed;
+        rep.macs_full += res.macs_full;
+        rep.host_waits += (uint64_t)res.host_waits;
+        rep.nonfinite_samples += (uint64_t)res.nonfinite_samples;
+        progress_update(&prog, off + (size_t)b, n);
+    }
+    progress_end(&prog);
+
+    for (size_t i = 0; i < n; i++) {
+        int x = samples[i].exit_index;
+        rep.exits[x].taken++;
+        if (labels_path && samples[i].predicted == labels.values[i]) {
+            rep.exits[x].correct++;
+            rep.correct++;
+        }
+    }
+
+    if (pred_f) {
+        rc = write_predictions(pred_f, o.predictions, samples, n);
+        pred_f = NULL;
+        if (rc)
+            goto done;
+    }
+    if (logits_f) {
+        rc = write_logits(logits_f, o.logits, logits, n, K);
+        logits_f = NULL;
+        if (rc)
+            goto done;
+    }
+    if (o.json) {
+        if (report_print_json(&rep) != 0)
+            rc = cli_error(CLI_FAIL, "out of memory building the JSON report");
+    } else {
+        report_print_text(&rep);
+    }
+
+done:
+    if (pred_f)
+        fclose(pred_f);
+    if (logits_f)
+        fclose(logits_f);
+    free(logits);
+    free(samples);
+    ert_engine_free(e);
+    ert_model_free(m);
+    ert_labels_free(&labels);
+    ert_dataset_free(&data);
+    return rc;
+}
