@@ -1,0 +1,56 @@
+/* model_parse.h - model.json layer parsing, shared by model.c and
+ * model_parse.c only.
+ *
+ * The loader parses the graph twice: a counting pass (block == NULL) that
+ * validates everything and counts the floats the folded weights need, then a
+ * filling pass that copies every used tensor into the one weight block,
+ * folds batch norm into the preceding conv as it goes, and leaves batchnorm2d
+ * and dropout layers out of the lists.
+ */
+#ifndef ERT_MODEL_PARSE_H
+#define ERT_MODEL_PARSE_H
+
+#include <cjson/cJSON.h>
+
+#include "model.h"
+#include "safetensors.h"
+
+typedef struct parse_ctx {
+    const char *file;     /* model.json, the prefix of every message */
+    const st_file *st;    /* the weights */
+    float *block;         /* NULL in the counting pass */
+    size_t used;          /* floats taken from the block so far */
+    ert_error *err;
+} parse_ctx;
+
+/* Where each layer of a top-level list went: names[i] is the JSON list's
+ * i-th layer name, index[i] the position in the parsed list of the layer
+ * whose output equals its output (a batchnorm maps to its conv, a dropout to
+ * the layer before it, -1 when there is none). */
+typedef struct name_map {
+    char (*names)[ERT_NAME_LEN];
+    int *index;
+    int count;
+} name_map;
+
+/* Parses arr (a JSON array of layers; field is its path, e.g. "backbone" or
+ * "exits[0].head") into out. nested: inside a residual (no residual
+ * allowed). map may be NULL; otherwise it is allocated and filled, and the
+ * caller frees names and index. On failure out is emptied. */
+ert_status parse_layer_list(parse_ctx *c, const cJSON *arr, const char *field, int nested,
+                            layer_list *out, name_map *map);
+
+void layer_list_free(layer_list *l);
+
+/* Field readers: obj[key], named "<field>.<key>" in messages (just "<key>"
+ * when field is ""). A missing key takes the default when has_def, else is
+ * an error. */
+ert_status json_get_int(parse_ctx *c, const cJSON *obj, const char *field, const char *key,
+                        int has_def, long long def, long long lo, long long hi, long long *out);
+ert_status json_get_number(parse_ctx *c, const cJSON *obj, const char *field, const char *key,
+                           int has_def, double def, double *out);
+/* A string (NULL when absent or null and optional). */
+ert_status json_get_string(parse_ctx *c, const cJSON *obj, const char *field, const char *key,
+                           int required, const char **out);
+
+#endif /* ERT_MODEL_PARSE_H */
