@@ -72,11 +72,12 @@ static ert_status cpu_create(ert_engine *e, void **out)
     c->done = malloc(B);
     if (!c->act[0] || !c->act[1] || !c->act[2] || !c->act[3] || !c->col || !c->conf ||
         !c->orig || !c->dst || !c->done) {
+        size_t act = c->act_cap, col = c->col_cap;
         cpu_destroy(c);
         return engine_fail(e, ERT_OUT_OF_MEMORY,
                            "cpu backend: out of memory for %zu activation floats x 4 and %zu "
                            "im2col floats (max_batch %d)",
-                           c->act_cap, c->col_cap, e->cfg.max_batch);
+                           act, col, e->cfg.max_batch);
     }
     *out = c;
     return ERT_OK;

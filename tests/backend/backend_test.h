@@ -1,0 +1,44 @@
+/* backend_test.h - what the backend tests share, written once for both
+ * backends.
+ *
+ * The files in tests/backend are compiled into test_cpu with
+ * ERT_TEST_BACKEND=ERT_BACKEND_CPU and into test_gpu with ERT_BACKEND_CUDA
+ * (tests/CMakeLists.txt), so a test written here runs on both.
+ */
+#ifndef ERT_BACKEND_TEST_H
+#define ERT_BACKEND_TEST_H
+
+#include "exitrt.h"
+#include "model_writer.h"
+
+#ifndef ERT_TEST_BACKEND
+#error "ERT_TEST_BACKEND must name the backend under test (see tests/CMakeLists.txt)"
+#endif
+
+/* An engine for m on the backend under test, in this mode, for batches up
+ * to max_batch. Fails the test when creation fails; on the CUDA build with no
+ * usable device, skips the test (cr_skip_test, "no CUDA device") instead.
+ * Free with ert_engine_free. */
+ert_engine *tb_engine(ert_model *m, ert_mode mode, int max_batch);
+
+/* Writes a random model of this kind (mw_random_model) into a fresh temp
+ * directory, loads it, removes the directory. Fails the test on error. */
+ert_model *tb_random_model(uint64_t seed, mw_kind kind);
+
+/* One result with its arrays, for batch rows of k classes. */
+typedef struct tb_result {
+    ert_result r;
+    ert_sample *samples; /* [batch] */
+    float *logits;       /* [batch * k] */
+    int k;
+} tb_result;
+
+void tb_result_init(tb_result *t, int batch, int k);
+void tb_result_free(tb_result *t);
+
+/* ert_infer into t; fails the test (with the engine's message) on error.
+ * Poisons every output first, and checks afterwards that every sample and
+ * logit was written and that exit_counts sum to batch. */
+void tb_infer(ert_engine *e, const float *input, int batch, tb_result *t);
+
+#endif /* ERT_BACKEND_TEST_H */

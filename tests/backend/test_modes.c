@@ -1,0 +1,412 @@
+/* test_modes.c - the execution modes against each other and against a plain
+ * reference, on the backend under test (backend_test.h).
+ *
+ * The core property (DESIGN.md, "Execution modes"): for one model, input and
+ * thresholds, MASKED and COMPACTED give every sample the same exit, class
+ * and logits; FULL gives the final head's, which MASKED computes too. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend_test.h"
+#include "plan.h"
+#include "policy.h"
+
+#define MAXB 257
+
+static const int batches[] = {1, 2, 7, 64, 257};
+
+/* a and b agree within tol, or are both NaN, or the same infinity */
+static int close_or_same(float a, float b, float tol)
+{
+    if (isnan(a) || isnan(b))
+        return isnan(a) && isnan(b);
+    if (isinf(a) || isinf(b))
+        return a == b;
+    return fabsf(a - b) <= tol;
+}
+
+/* logits rows a and b agree: 1e-5 relative, with a floor of 1e-5 of the
+ * row's largest magnitude (a logit near 0 has no relative precision). */
+static void check_logits(const float *a, const float *b, int k, const char *what, int row)
+{
+    float scale = 0.0f;
+    for (int j = 0; j < k; j++)
+        if (isfinite(a[j]) && isfinite(b[j]))
+            scale = fmaxf(scale, fmaxf(fabsf(a[j]), fabsf(b[j])));
+    for (int j = 0; j < k; j++) {
+        float tol = 1e-5f * fmaxf(fabsf(a[j]), fabsf(b[j])) + 1e-5f * scale + 1e-7f;
+        cr_assert(close_or_same(a[j], b[j], tol), "%s: row %d logit %d: %.9g vs %.9g", what, row, j,
+                  a[j], b[j]);
+    }
+}
+
+/* A float32 pipeline against a double reference: the design's golden
+ * tolerance, 1e-4 relative, with a floor of 1e-4 of the row's scale. */
+static void check_logits_ref(const float *got, const float *ref, int k, const char *what, int row)
+{
+    float scale = 0.0f;
+    for (int j = 0; j < k; j++)
+        scale = fmaxf(scale, fabsf(ref[j]));
+    for (int j = 0; j < k; j++) {
+        cr_assert(isfinite(got[j]), "%s: row %d logit %d = %g", what, row, j, got[j]);
+        float tol = 1e-4f * fabsf(ref[j]) + 1e-4f * scale + 1e-6f;
+        cr_assert(fabsf(got[j] - ref[j]) <= tol, "%s: row %d logit %d: %.9g, reference %.9g", what,
+                  row, j, got[j], ref[j]);
+    }
+}
+
+/* A score this close to the threshold may fall on either side on two
+ * computations that differ by float rounding (model_writer.h). */
+static int near_threshold(float score, float thr)
+{
+    return fabsf(score - thr) <= 1e-4f * (1.0f + fabsf(thr));
+}
+
+static float *random_inputs(const ert_model *m, int batch, uint64_t seed)
+{
+    size_t n = ert_model_input_size(m) * (size_t)batch;
+    float *x = malloc(sizeof(float) * n);
+    cr_assert_not_null(x);
+    mw_random_input(x, n, seed);
+    return x;
+}
+
+static void set_thresholds(ert_engine **es, int ne, const ert_model *m, const float *thr)
+{
+    for (int i = 0; i < ert_model_num_exits(m) - 1; i++)
+        for (int j = 0; j < ne; j++)
+            cr_assert_eq(ert_engine_set_threshold(es[j], i, thr[i]), ERT_OK, "exit %d thr %g: %s",
+                         i, thr[i], ert_engine_error(es[j]));
+}
+
+/* Random thresholds over each policy's useful range. */
+static void random_thresholds(const ert_model *m, mw_rng *r, float *thr)
+{
+    int k = ert_model_num_classes(m);
+    for (int i = 0; i < ert_model_num_exits(m) - 1; i++) {
+        float u = mw_rng_uniform(r);
+        switch (ert_model_exit_policy(m, i)) {
+        case ERT_POLICY_ENTROPY: thr[i] = u * logf((float)k); break;
+        case ERT_POLICY_MAX_PROB: thr[i] = 1.0f / k + u * (1.0f - 1.0f / k); break;
+        default: thr[i] = u; break; /* margin, confidence head */
+        }
+    }
+}
+
+/* Thresholds at which no early exit fires (but for certain rows, see the
+ * test) or at which every finite row leaves at the first exit. */
+static void bound_thresholds(const ert_model *m, int everybody_first, float *thr)
+{
+    int k = ert_model_num_classes(m);
+    for (int i = 0; i < ert_model_num_exits(m) - 1; i++) {
+        int entropy = ert_model_exit_policy(m, i) == ERT_POLICY_ENTROPY;
+        if (everybody_first)
+            thr[i] = i == 0 ? (entropy ? logf((float)k) + 1.0f : 0.0f) : thr[i];
+        else
+            thr[i] = entropy ? 0.0f : 1.0f;
+    }
+    if (everybody_first) /* later exits: never (they see nobody anyway) */
+        for (int i = 1; i < ert_model_num_exits(m) - 1; i++)
+            thr[i] = ert_model_exit_policy(m, i) == ERT_POLICY_ENTROPY ? 0.0f : 1.0f;
+}
+
+typedef struct mode_run {
+    tb_result full, masked, comp;
+    int early;  /* rows COMPACTED sent out before the final head */
+    int flips;  /* rows whose exit differed, each within rounding of a threshold */
+} mode_run;
+
+/* Runs FULL, MASKED and COMPACTED on the same batch and checks everything
+ * that must hold between them. es: {full, masked, compacted}. */
+static void run_modes(ert_model *m, const plan *p, ert_engine **es, const float *x, int batch,
+                      mode_run *mr)
+{
+    const int E = ert_model_num_exits(m), K = ert_model_num_classes(m);
+    tb_infer(es[0], x, batch, &mr->full);
+    tb_infer(es[1], x, batch, &mr->masked);
+    tb_infer(es[2], x, batch, &mr->comp);
+    mr->early = batch - mr->comp.r.exit_counts[E - 1];
+    mr->flips = 0;
+
+    for (int i = 0; i < batch; i++) {
+        const ert_sample *f = &mr->full.samples[i], *a = &mr->masked.samples[i],
+                         *c = &mr->comp.samples[i];
+        const float *fl = mr->full.logits + (size_t)i * K, *al = mr->masked.logits + (size_t)i * K,
+                    *cl = mr->comp.logits + (size_t)i * K;
+        /* FULL: the final head for everyone */
+        cr_assert_eq(f->exit_index, E - 1, "FULL: sample %d left at exit %d", i, f->exit_index);
+        if (a->exit_index != c->exit_index) {
+            /* only legal when the earlier exit's score sat on its threshold */
+            const ert_sample *early = a->exit_index < c->exit_index ? a : c;
+            float thr = ert_engine_threshold(es[1], early->exit_index);
+            cr_assert(near_threshold(early->score, thr),
+                      "sample %d: MASKED exit %d, COMPACTED exit %d (score %.9g, thr %.9g)", i,
+                      a->exit_index, c->exit_index, early->score, thr);
+            mr->flips++;
+            continue;
+        }
+        cr_assert_eq(a->predicted, c->predicted, "sample %d: class %d vs %d", i, a->predicted,
+                     c->predicted);
+        cr_assert(close_or_same(a->score, c->score, 1e-5f * (1.0f + fabsf(a->score))),
+                  "sample %d: score %.9g vs %.9g", i, a->score, c->score);
+        check_logits(al, cl, K, "MASKED vs COMPACTED", i);
+        if (a->exit_index == E - 1) {
+            check_logits(al, fl, K, "MASKED vs FULL final", i);
+            cr_assert_eq(a->predicted, f->predicted);
+            cr_assert(close_or_same(a->score, f->score, 1e-5f * (1.0f + fabsf(a->score))));
+        }
+        cr_assert_eq(c->predicted, ert_argmax(cl, K));
+    }
+    cr_assert_leq(mr->flips, batch / 100 + 1, "%d exits differ in a batch of %d", mr->flips,
+                  batch);
+
+    /* the work done */
+    cr_assert_eq(mr->full.r.macs_executed, (uint64_t)batch * ert_model_macs_full(m));
+    cr_assert_eq(mr->full.r.macs_full, (uint64_t)batch * ert_model_macs_full(m));
+    cr_assert_eq(mr->masked.r.macs_executed, (uint64_t)batch * p->macs_all_heads);
+    uint64_t ideal = plan_ideal_macs(m, p, mr->comp.r.exit_counts);
+    cr_assert_eq(mr->comp.r.macs_executed, ideal, "COMPACTED ran %llu MACs, ideal %llu",
+                 (unsigned long long)mr->comp.r.macs_executed, (unsigned long long)ideal);
+    if (mr->early > 0)
+        cr_assert_lt(mr->comp.r.macs_executed, mr->masked.r.macs_executed);
+    if (ERT_TEST_BACKEND == ERT_BACKEND_CPU)
+        cr_assert(mr->full.r.host_waits == 0 && mr->masked.r.host_waits == 0 &&
+                  mr->comp.r.host_waits == 0);
+}
+
+/* ---- the modes against each other --------------------------------------------- */
+
+typedef struct fixture {
+    ert_model *m;
+    plan p;
+    ert_engine *es[3]; /* FULL, MASKED, COMPACTED */
+    float *x;          /* [MAXB] inputs */
+    mode_run mr;
+} fixture;
+
+static void fixture_open(fixture *f, uint64_t seed, mw_kind kind)
+{
+    memset(f, 0, sizeof *f);
+    f->m = tb_random_model(seed, kind);
+    plan_build(f->m, &f->p);
+    f->es[0] = tb_engine(f->m, ERT_MODE_FULL, MAXB);
+    f->es[1] = tb_engine(f->m, ERT_MODE_MASKED, MAXB);
+    f->es[2] = tb_engine(f->m, ERT_MODE_COMPACTED, MAXB);
+    f->x = random_inputs(f->m, MAXB, seed * 7 + 3);
+    int K = ert_model_num_classes(f->m);
+    tb_result_init(&f->mr.full, MAXB, K);
+    tb_result_init(&f->mr.masked, MAXB, K);
+    tb_result_init(&f->mr.comp, MAXB, K);
+}
+
+static void fixture_close(fixture *f)
+{
+    for (int i = 0; i < 3; i++)
+        ert_engine_free(f->es[i]);
+    ert_model_free(f->m);
+    free(f->x);
+    tb_result_free(&f->mr.full);
+    tb_result_free(&f->mr.masked);
+    tb_result_free(&f->mr.comp);
+}
+
+/* Every batch size, the model's calibrated thresholds and then `sets`
+ * random ones. Returns the early exits seen in all. */
+static long sweep(mw_kind kind, uint64_t seed, int sets)
+{
+    fixture f;
+    fixture_open(&f, seed, kind);
+    mw_rng r = mw_rng_seed(seed + 1000);
+    float thr[ERT_MAX_EXITS];
+    long early = 0, rows = 0;
+    for (int set = 0; set <= sets; set++) {
+        if (set > 0) {
+            random_thresholds(f.m, &r, thr);
+            set_thresholds(f.es, 3, f.m, thr);
+        }
+        for (size_t b = 0; b < sizeof batches / sizeof batches[0]; b++) {
+            /* a different slice of the inputs for each batch */
+            int batch = batches[b];
+            size_t off = ((size_t)set * 13 + b * 5) % (MAXB - batch + 1);
+            run_modes(f.m, &f.p, f.es, f.x + off * ert_model_input_size(f.m), batch, &f.mr);
+            early += f.mr.early;
+            rows += batch;
+        }
+    }
+    /* the calibrated thresholds send about half the rows out early; a
+     * sweep that never exits early would test nothing */
+    cr_assert_gt(early, rows / 10, "%s: only %ld of %ld rows left early", mw_kind_name(kind),
+                 early, rows);
+    fixture_close(&f);
+    return early;
+}
+
+Test(modes, mlp_equivalent) { sweep(MW_MLP, 1, 8); }
+Test(modes, cnn_equivalent) { sweep(MW_CNN, 2, 8); }
+Test(modes, resnet_equivalent) { sweep(MW_RESNET, 3, 8); }
+Test(modes, resnet_other_seed) { sweep(MW_RESNET, 44, 4); }
+
+/* Thresholds at the bounds: nobody leaves early, then everybody leaves at
+ * the first exit. */
+static void bounds(mw_kind kind, uint64_t seed)
+{
+    fixture f;
+    fixture_open(&f, seed, kind);
+    const int E = ert_model_num_exits(f.m);
+    float thr[ERT_MAX_EXITS];
+    for (int everybody = 0; everybody < 2; everybody++) {
+        bound_thresholds(f.m, everybody, thr);
+        set_thresholds(f.es, 3, f.m, thr);
+        for (size_t b = 0; b < sizeof batches / sizeof batches[0]; b++) {
+            int batch = batches[b];
+            run_modes(f.m, &f.p, f.es, f.x, batch, &f.mr);
+            const ert_result *c = &f.mr.comp.r;
+            if (everybody) {
+                cr_assert_eq(c->exit_counts[0], batch, "%s: %d of %d left at exit 0",
+                             mw_kind_name(kind), c->exit_counts[0], batch);
+                cr_assert_eq(c->macs_executed,
+                             (uint64_t)batch * (f.p.stages[0].macs + f.m->exits[0].head_macs));
+                cr_assert_lt(c->macs_executed, f.mr.full.r.macs_executed);
+            } else {
+                /* thresholds 1 (0 for entropy) let out only rows whose
+                 * probability or confidence rounds to exactly 1 */
+                for (int i = 0; i < batch; i++) {
+                    const ert_sample *s = &f.mr.comp.samples[i];
+                    if (s->exit_index < E - 1) {
+                        cr_assert_neq(ert_model_exit_policy(f.m, s->exit_index),
+                                      ERT_POLICY_ENTROPY);
+                        cr_assert_eq(s->score, 1.0f);
+                    }
+                }
+                if (c->exit_counts[E - 1] == batch) /* the usual case */
+                    cr_assert_eq(c->macs_executed, (uint64_t)batch * f.p.macs_all_heads);
+            }
+        }
+    }
+    fixture_close(&f);
+}
+
+Test(modes, bounds_mlp) { bounds(MW_MLP, 5); }
+Test(modes, bounds_cnn) { bounds(MW_CNN, 6); }
+Test(modes, bounds_resnet) { bounds(MW_RESNET, 7); }
+
+/* A sample's outcome does not depend on the batch around it: each row of a
+ * COMPACTED batch equals that row run alone. */
+Test(modes, batch_independent)
+{
+    fixture f;
+    fixture_open(&f, 9, MW_RESNET);
+    const int K = ert_model_num_classes(f.m), n = 64;
+    size_t per = ert_model_input_size(f.m);
+    run_modes(f.m, &f.p, f.es, f.x, n, &f.mr);
+    tb_result one;
+    tb_result_init(&one, 1, K);
+    for (int i = 0; i < n; i++) {
+        tb_infer(f.es[2], f.x + i * per, 1, &one);
+        const ert_sample *b = &f.mr.comp.samples[i];
+        if (one.samples[0].exit_index != b->exit_index) {
+            const ert_sample *early = b->exit_index < one.samples[0].exit_index ? b : &one.samples[0];
+            cr_assert(near_threshold(early->score, ert_engine_threshold(f.es[2], early->exit_index)),
+                      "row %d: exit %d in the batch, %d alone", i, b->exit_index,
+                      one.samples[0].exit_index);
+            continue;
+        }
+        cr_assert_eq(one.samples[0].predicted, b->predicted);
+        check_logits(one.logits, f.mr.comp.logits + (size_t)i * K, K, "alone vs batch", i);
+    }
+    tb_result_free(&one);
+    fixture_close(&f);
+}
+
+/* A row with a NaN input never leaves early; its neighbours are unaffected. */
+Test(modes, nonfinite_rows)
+{
+    fixture f;
+    fixture_open(&f, 10, MW_CNN);
+    const int E = ert_model_num_exits(f.m), n = 7;
+    size_t per = ert_model_input_size(f.m);
+    float *x = malloc(sizeof(float) * per * n);
+    memcpy(x, f.x, sizeof(float) * per * n);
+    run_modes(f.m, &f.p, f.es, x, n, &f.mr);
+    ert_sample clean[7];
+    memcpy(clean, f.mr.comp.samples, sizeof clean);
+    x[2 * per + 5] = NAN;
+    x[4 * per] = INFINITY;
+    run_modes(f.m, &f.p, f.es, x, n, &f.mr);
+    for (int i = 0; i < n; i++) {
+        const ert_sample *s = &f.mr.comp.samples[i];
+        if (i == 2 || i == 4) {
+            cr_assert_eq(s->exit_index, E - 1, "a non-finite row left at %d", s->exit_index);
+        } else {
+            cr_assert_eq(s->exit_index, clean[i].exit_index);
+            cr_assert_eq(s->predicted, clean[i].predicted);
+        }
+    }
+    cr_assert_eq(f.mr.comp.r.nonfinite_samples, 2);
+    free(x);
+    fixture_close(&f);
+}
+
+/* ---- against the plain reference ----------------------------------------------- */
+
+/* The backend against mw_reference_infer (tests/common: plain loops over
+ * the loaded model in double, written independently of src/cpu), so the
+ * whole stage pipeline is checked, not only self-consistency: FULL's final
+ * logits for every row, MASKED's exits, classes and logits, and every
+ * exit's score (ert_engine_scores) where the backend offers it. */
+static void vs_reference(mw_kind kind, uint64_t seed)
+{
+    fixture f;
+    fixture_open(&f, seed, kind);
+    const int E = ert_model_num_exits(f.m), K = ert_model_num_classes(f.m), n = 64;
+    ert_sample *rs = calloc(n, sizeof *rs);
+    float *rl = calloc((size_t)n * K, sizeof *rl);
+    float *all = calloc((size_t)E * n * K, sizeof *all);
+    float *rsc = calloc((size_t)E * n, sizeof *rsc);
+    float *sc = calloc((size_t)E * n, sizeof *sc);
+    cr_assert_eq(mw_reference_infer(f.m, f.x, n, rs, rl, all, rsc), 0);
+    run_modes(f.m, &f.p, f.es, f.x, n, &f.mr);
+
+    int flips = 0;
+    for (int i = 0; i < n; i++) {
+        /* FULL: the final head's logits for every row */
+        check_logits_ref(f.mr.full.logits + (size_t)i * K,
+                         all + ((size_t)(E - 1) * n + i) * K, K, "FULL vs reference", i);
+        const ert_sample *a = &f.mr.masked.samples[i];
+        if (a->exit_index != rs[i].exit_index) {
+            const ert_sample *early = a->exit_index < rs[i].exit_index ? a : &rs[i];
+            cr_assert(near_threshold(early->score, ert_model_exit_threshold(f.m, early->exit_index)),
+                      "sample %d: exit %d, reference %d", i, a->exit_index, rs[i].exit_index);
+            flips++;
+            continue;
+        }
+        cr_assert_eq(a->predicted, rs[i].predicted, "sample %d: class %d, reference %d", i,
+                     a->predicted, rs[i].predicted);
+        check_logits_ref(f.mr.masked.logits + (size_t)i * K, rl + (size_t)i * K, K,
+                         "MASKED vs reference", i);
+    }
+    cr_assert_leq(flips, 1);
+
+    ert_status st = ert_engine_scores(f.es[2], f.x, n, sc);
+    if (st != ERT_UNSUPPORTED) {
+        cr_assert_eq(st, ERT_OK, "%s", ert_engine_error(f.es[2]));
+        for (int e = 0; e < E; e++)
+            for (int i = 0; i < n; i++) {
+                float got = sc[(size_t)i * E + e], want = rsc[(size_t)e * n + i];
+                cr_assert(fabsf(got - want) <= 1e-4f * (1.0f + fabsf(want)),
+                          "exit %d sample %d: score %.9g, reference %.9g", e, i, got, want);
+            }
+    }
+    free(rs);
+    free(rl);
+    free(all);
+    free(rsc);
+    free(sc);
+    fixture_close(&f);
+}
+
+Test(reference, mlp) { vs_reference(MW_MLP, 21); }
+Test(reference, cnn) { vs_reference(MW_CNN, 22); }
+Test(reference, resnet) { vs_reference(MW_RESNET, 23); }
