@@ -1,0 +1,265 @@
+#!/usr/bin/env bash
+# test_cli.sh - the `exitrt` command end to end (run by CTest).
+#
+#   test_cli.sh EXITRT MAKE_MODEL WORKDIR [SOURCE_DIR]
+#
+# EXITRT is the exitrt binary, MAKE_MODEL the cli_make_model helper (writes a
+# random model and data), WORKDIR a scratch directory (emptied first).
+# With SOURCE_DIR, the trained models under SOURCE_DIR/models/fmnist-* are run
+# too (first 512 samples), when they are there.
+set -euo pipefail
+
+EXITRT=$1
+MAKE_MODEL=$2
+W=$3
+SRC=${4:-}
+
+rm -rf "$W"
+mkdir -p "$W"
+
+checks=0
+fail() {
+    echo "FAIL: $*" >&2
+    exit 1
+}
+ok() {
+    checks=$((checks + 1))
+}
+
+# expect_status WANT CMD... : runs CMD with stdout and stderr captured in
+# $W/out and $W/err; fails unless its status is WANT.
+expect_status() {
+    local want=$1
+    shift
+    local rc=0
+    "$@" >"$W/out" 2>"$W/err" || rc=$?
+    if [ "$rc" -ne "$want" ]; then
+        echo "--- stdout" >&2; head -20 "$W/out" >&2
+        echo "--- stderr" >&2; head -20 "$W/err" >&2
+        fail "status $rc (want $want): $*"
+    fi
+    ok
+}
+
+# expect_error CMD... : status 1 or 2 (never a signal, never 0) and exactly
+# one line on stderr, "exitrt: ...".
+expect_error() {
+    local rc=0
+    "$@" >"$W/out" 2>"$W/err" || rc=$?
+    [ "$rc" -eq 1 ] || [ "$rc" -eq 2 ] || fail "status $rc (want 1 or 2): $*"
+    [ "$(wc -l <"$W/err")" -eq 1 ] || { cat "$W/err" >&2; fail "stderr is not one line: $*"; }
+    grep -q '^exitrt: ' "$W/err" || fail "stderr does not start with 'exitrt: ': $*"
+    ok
+}
+
+json_get() { # json_get FILE PYTHON-EXPRESSION-ON-j
+    python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"
+}
+
+# ---- help and version ---------------------------------------------------------
+expect_status 0 "$EXITRT" --help
+grep -q 'usage: exitrt' "$W/out" || fail "--help prints no usage"
+expect_status 0 "$EXITRT" run --help
+grep -q -- '--threshold' "$W/out" || fail "run --help does not list --threshold"
+expect_status 0 "$EXITRT" inspect --help
+expect_status 0 "$EXITRT" --version
+grep -q '^exitrt [0-9]' "$W/out" || fail "--version"
+
+# ---- models -----------------------------------------------------------------------
+N=300
+for kind in mlp cnn resnet; do
+    "$MAKE_MODEL" "$W/$kind" "$kind" 7 "$N"
+done
+
+for kind in mlp cnn resnet; do
+    M=$W/$kind
+    DATA=(--data "$M/inputs.npy" --labels "$M/labels.npy")
+
+    # the text report
+    expect_status 0 "$EXITRT" run "$M" "${DATA[@]}" --device cpu
+    for word in exit policy threshold taken share accuracy MACs 'compute saved' samples/s \
+        'mode compacted' 'cpu'; do
+        grep -q "$word" "$W/out" || fail "$kind: report lacks '$word'"
+    done
+    [ ! -s "$W/err" ] || fail "$kind: stderr not empty: $(cat "$W/err")"
+
+    # inspect
+    expect_status 0 "$EXITRT" inspect "$M"
+    for word in input classes backbone exits stages parameters 'MACs full'; do
+        grep -q "$word" "$W/out" || fail "$kind: inspect lacks '$word'"
+    done
+    expect_status 0 "$EXITRT" inspect "$M/model.json"
+
+    # every mode: JSON, predictions and logits
+    for mode in full masked compacted; do
+        expect_status 0 "$EXITRT" run "$M" "${DATA[@]}" --device cpu --mode "$mode" --batch 64 \
+            --json --predictions "$W/$kind-$mode.csv" --logits "$W/$kind-$mode.npy"
+        python3 -c 'import json,sys; json.load(sys.stdin)' <"$W/out" ||
+            fail "$kind $mode: --json is not JSON"
+        cp "$W/out" "$W/$kind-$mode.json"
+        ok
+    done
+
+    # the JSON's content
+    python3 - "$W" "$kind" "$N" <<'EOF' || fail "$kind: JSON content"
+import json, sys
+w, kind, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+r = {m: json.load(open(f"{w}/{kind}-{m}.json")) for m in ("full", "masked", "compacted")}
+for mode, j in r.items():
+    for key in ("samples", "accuracy", "exits", "macs_executed", "macs_full", "macs_ratio",
+                "samples_per_s", "mode", "device", "batch", "nonfinite_samples"):
+        assert key in j, (mode, key)
+    assert j["samples"] == n and j["mode"] == mode and j["device"] == "cpu" and j["batch"] == 64
+    assert 0 <= j["accuracy"] <= 1
+    assert sum(e["taken"] for e in j["exits"]) == n
+    assert abs(sum(e["share"] for e in j["exits"]) - 1) < 1e-9
+    for e in j["exits"]:
+        for key in ("name", "policy", "threshold", "taken", "share", "accuracy"):
+            assert key in e, (mode, key)
+    assert j["exits"][-1]["threshold"] is None
+    assert j["samples_per_s"] > 0
+    assert j["nonfinite_samples"] == 0
+    assert j["macs_full"] > 0
+full, masked, comp = r["full"], r["masked"], r["compacted"]
+assert full["macs_executed"] == full["macs_full"], "FULL executes the full network"
+assert full["exits"][-1]["taken"] == n
+assert masked["macs_executed"] >= masked["macs_full"]
+early = sum(e["taken"] for e in comp["exits"][:-1])
+assert early > 0, "the random model's thresholds let some samples exit early"
+assert comp["macs_executed"] < full["macs_executed"], "COMPACTED saves MACs"
+assert comp["macs_ratio"] < 1
+# labels are the reference's predictions with every 4th changed
+assert 0.5 < comp["accuracy"] < 0.95, comp["accuracy"]
+EOF
+    ok
+
+    # MASKED and COMPACTED give every sample the same exit and class; the
+    # scores agree to float rounding (BLAS rounds differently on fewer rows)
+    python3 - "$W/$kind-masked.csv" "$W/$kind-compacted.csv" "$N" <<'EOF' ||
+import sys
+a = open(sys.argv[1]).read().splitlines()
+b = open(sys.argv[2]).read().splitlines()
+n = int(sys.argv[3])
+assert a[0] == b[0] == "index,exit,class,score", a[0]
+assert len(a) == len(b) == n + 1
+for i, (x, y) in enumerate(zip(a[1:], b[1:])):
+    x, y = x.split(","), y.split(",")
+    assert x[0] == y[0] == str(i)
+    assert x[1:3] == y[1:3], (i, x, y)
+    sx, sy = float(x[3]), float(y[3])
+    assert abs(sx - sy) <= 1e-5 * max(1.0, abs(sx)), (i, sx, sy)
+EOF
+        fail "$kind: MASKED and COMPACTED predictions differ"
+    ok
+
+    # the logits files: float32 [N, K], and the same in both modes
+    python3 - "$W/$kind-masked.npy" "$W/$kind-compacted.npy" "$N" <<'EOF' ||
+import ast, struct, sys
+def load(p):
+    b = open(p, "rb").read()
+    assert b[:8] == b"\x93NUMPY\x01\x00"
+    hl = struct.unpack("<H", b[8:10])[0]
+    assert (10 + hl) % 64 == 0
+    h = ast.literal_eval(b[10:10 + hl].decode())
+    assert h["descr"] == "<f4" and h["fortran_order"] is False
+    n, k = h["shape"]
+    data = b[10 + hl:]
+    assert len(data) == n * k * 4
+    return n, k, struct.unpack(f"<{n*k}f", data)
+n1, k1, a = load(sys.argv[1])
+n2, k2, b = load(sys.argv[2])
+assert n1 == n2 == int(sys.argv[3]) and k1 == k2
+for x, y in zip(a, b):
+    assert abs(x - y) <= 1e-4 * max(1.0, abs(x)), (x, y)
+EOF
+        fail "$kind: logits files"
+    ok
+
+    # thresholds by name and by index: 0 and 1 move everyone
+    first=$(json_get "$W/$kind-compacted.json" 'j["exits"][0]["name"]')
+    policy=$(json_get "$W/$kind-compacted.json" 'j["exits"][0]["policy"]')
+    if [ "$policy" = entropy ]; then never=0; else never=1.0001; fi
+    if [ "$policy" = entropy ]; then always=1000; else always=0; fi
+    expect_status 0 "$EXITRT" run "$M" "${DATA[@]}" --json --threshold "$first=$always"
+    [ "$(json_get "$W/out" 'j["exits"][0]["taken"]')" = "$N" ] ||
+        fail "$kind: threshold $first=$always does not send everyone out at $first"
+    [ "$(json_get "$W/out" 'j["exits"][0]["threshold"]')" = "$always" ] ||
+        [ "$(json_get "$W/out" 'float(j["exits"][0]["threshold"])')" = "$always.0" ] ||
+        fail "$kind: the JSON threshold is not the one given"
+    if [ "$policy" != entropy ]; then
+        expect_error "$EXITRT" run "$M" "${DATA[@]}" --threshold "0=$never"
+        [ "$(cat "$W/err" | grep -c 'out of range')" = 1 ] || fail "$kind: range message"
+    fi
+
+    # --limit, uint8 IDX data and gzipped IDX labels, the model's sample data
+    expect_status 0 "$EXITRT" run "$M" "${DATA[@]}" --limit 17 --batch 5 --json
+    [ "$(json_get "$W/out" 'j["samples"]')" = 17 ] || fail "$kind: --limit"
+    expect_status 0 "$EXITRT" run "$M" --data "$M/inputs-u8-idx" --labels "$M/labels-idx1.gz" --json
+    [ "$(json_get "$W/out" 'j["samples"]')" = "$N" ] || fail "$kind: IDX data"
+    expect_status 0 "$EXITRT" run "$M" --json
+    [ "$(json_get "$W/out" 'j["accuracy"] is not None')" = True ] ||
+        fail "$kind: the model's sample labels are not used"
+    expect_status 0 "$EXITRT" run "$M" --data "$M/inputs.npy" --json
+    [ "$(json_get "$W/out" 'j["accuracy"]')" = None ] || fail "$kind: accuracy without labels"
+done
+
+# ---- a sample-size mismatch and bad data ------------------------------------------
+expect_error "$EXITRT" run "$W/mlp" --data "$W/cnn/inputs.npy"
+grep -q 'the model takes' "$W/err" || fail "size mismatch message"
+expect_error "$EXITRT" run "$W/mlp" --data "$W/mlp/labels.npy"
+expect_error "$EXITRT" run "$W/mlp" --data "$W/mlp/model.json"
+expect_error "$EXITRT" run "$W/mlp" --data "$W/nonexistent.npy"
+expect_error "$EXITRT" run "$W/mlp" --data "$W/mlp/inputs.npy" --labels "$W/cnn/inputs.npy"
+head -c 1000 "$W/mlp/inputs.npy" >"$W/truncated.npy"
+expect_error "$EXITRT" run "$W/mlp" --data "$W/truncated.npy"
+grep -q truncated "$W/err" || fail "truncated data message"
+expect_error "$EXITRT" run "$W/mlp" --predictions "$W/no/such/dir/p.csv"
+
+# ---- malformed models ---------------------------------------------------------------
+bad() { # bad NAME: a copy of the mlp model to break
+    rm -rf "${W:?}/bad-$1"
+    cp -r "$W/mlp" "$W/bad-$1"
+    echo "$W/bad-$1"
+}
+B=$(bad garbage-json); echo '{"format": "exitrt-model", "version": 1, garbage' >"$B/model.json"
+B2=$(bad missing-weights); rm "$B2/model.safetensors"
+B3=$(bad empty-json); : >"$B3/model.json"
+B4=$(bad truncated-weights); head -c 100 "$W/mlp/model.safetensors" >"$B4/model.safetensors"
+B5=$(bad garbage-weights); printf 'not a safetensors file at all' >"$B5/model.safetensors"
+B6=$(bad wrong-version)
+python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); j["version"]=99; json.dump(j, open(sys.argv[1], "w"))' \
+    "$B6/model.json"
+B7=$(bad no-json); rm "$B7/model.json"
+for b in "$B" "$B2" "$B3" "$B4" "$B5" "$B6" "$B7" "$W/nonexistent-model"; do
+    expect_error "$EXITRT" run "$b" --data "$W/mlp/inputs.npy"
+    expect_error "$EXITRT" inspect "$b"
+done
+
+# ---- usage errors: status 2 ---------------------------------------------------------
+M=$W/mlp
+for args in "" "bogus" "--bogus" "run" "inspect" "run $M --bogus" "run $M --batch 0" \
+    "run $M --batch x" "run $M --batch" "run $M --mode fast" "run $M --device tpu" \
+    "run $M --threads -1" "run $M --inflight 0" "run $M --limit 0" "run $M --threshold 0" \
+    "run $M --threshold =1" "run $M --threshold nosuchexit=0.5" "run $M --threshold 0=abc" \
+    "run $M --threshold 0=nan" "run $M $M" "inspect $M $M" "inspect $M --json"; do
+    # shellcheck disable=SC2086
+    expect_status 2 "$EXITRT" $args
+    if [ -n "$args" ]; then
+        [ "$(wc -l <"$W/err")" -eq 1 ] || fail "usage error '$args' is not one line"
+    fi
+done
+final=$(json_get "$W/mlp-compacted.json" 'j["exits"][-1]["name"]')
+expect_status 2 "$EXITRT" run "$M" --threshold "$final=0.5"
+
+# ---- the trained models, when present ---------------------------------------------
+if [ -n "$SRC" ]; then
+    for d in "$SRC"/models/fmnist-*/; do
+        [ -f "$d/model.json" ] || continue
+        expect_status 0 "$EXITRT" run "$d" --limit 512 --json --device cpu
+        python3 -c 'import json,sys; j=json.load(sys.stdin); assert j["samples"]==512 and j["accuracy"] > 0.5, j' \
+            <"$W/out" || fail "trained model $d"
+        expect_status 0 "$EXITRT" inspect "$d"
+    done
+fi
+
+echo "test_cli: $checks checks passed"
