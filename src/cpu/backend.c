@@ -5,7 +5,8 @@
  *            sits in one; its backbone layers and then its heads run in the
  *            other three (run_layers never writes its input), so the stage's
  *            output survives the heads and feeds the next stage.
- *   col      im2col scratch (plus the batched conv's GEMM output)
+ *   col      im2col scratch (plus the batched conv's GEMM output) for
+ *            COL_ROWS rows
  *   conf     the confidence head's output, one float per row
  *   orig     COMPACTED: each active row's original sample index
  *   done     MASKED: whether a row has exited already
@@ -18,6 +19,9 @@
 #include "cpu/ops.h"
 #include "policy.h"
 #include "util.h"
+
+/* Rows the im2col scratch holds for a batched conv GEMM. */
+#define COL_ROWS 16
 
 typedef struct cpu_ctx {
     float *act[4];
@@ -52,13 +56,15 @@ static ert_status cpu_create(ert_engine *e, void **out)
     cpu_ctx *c = calloc(1, sizeof *c);
     if (!c)
         return engine_fail(e, ERT_OUT_OF_MEMORY, "cpu backend: out of memory");
-    /* Batched im2col for all rows at once: (max_col + max_act) per row, see
-     * op_conv2d. Its extra memory buys fewer, wider GEMMs (ops.c notes). */
+    /* im2col scratch for chunks of up to COL_ROWS rows, (max_col + max_act)
+     * each (op_conv2d). Not max_batch rows: a GEMM over all rows at once
+     * measured slower than per sample once the columns leave the cache
+     * (ops.c), so the chunks stay small, and so does this buffer. */
     c->conv_batched = 1;
     size_t col_row;
-    if (!size_mul(p->max_act, B, &c->act_cap) ||
-        !size_add(p->max_col, c->conv_batched ? p->max_act : 0, &col_row) ||
-        !size_mul(col_row, B, &c->col_cap) || c->act_cap > SIZE_MAX / sizeof(float) ||
+    if (!size_mul(p->max_act, B, &c->act_cap) || !size_add(p->max_col, p->max_act, &col_row) ||
+        !size_mul(col_row, B < COL_ROWS ? B : COL_ROWS, &c->col_cap) ||
+        c->act_cap > SIZE_MAX / sizeof(float) ||
         c->col_cap > SIZE_MAX / sizeof(float)) {
         cpu_destroy(c);
         return engine_fail(e, ERT_OUT_OF_MEMORY, "cpu backend: buffer sizes overflow");

@@ -25,12 +25,13 @@ static inline int conv_out_dim(int in, int k, int stride, int pad, int dil)
 /* Convolution as im2col + SGEMM, plus bias and (relu=1) a fused ReLU.
  *   in   [n, p->in_ch, in_s.h, in_s.w]
  *   out  [n, p->out_ch, Ho, Wo]   (Ho/Wo from conv_out_dim)
- *   col  scratch of col_cap floats. Per-sample im2col needs
- *        conv_col_floats(p, in_s, 1). The batched form (one im2col and one
- *        GEMM per group for all n rows) needs conv_col_floats(p, in_s, n)
- *        plus one group's output, n*(out_ch/groups)*Ho*Wo, and is used when
- *        it fits and batched=1; otherwise per sample (the two agree to
- *        float rounding: the GEMM may block the sums differently).
+ *   col  scratch of col_cap floats: at least conv_col_floats(p, in_s, 1)
+ *        (per-sample im2col). With batched=1, rows are also taken in
+ *        chunks: one im2col and one GEMM per group for the chunk, the chunk
+ *        as wide as ops.c's CONV_GEMM_COLS asks and as col_cap holds at
+ *        conv_col_floats(p, in_s, 1) + (out_ch/groups)*Ho*Wo floats per row;
+ *        a chunk of one row runs per sample. The two agree to float
+ *        rounding (the GEMM may block the sums differently).
  * A 1x1, stride-1, pad-0 conv skips im2col: the input already is the column
  * matrix. Groups run as one GEMM per group. */
 void op_conv2d(const conv_params *p, shape3 in_s, const float *in, int n, float *out,

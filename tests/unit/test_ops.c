@@ -97,8 +97,9 @@ static void naive_conv(const conv_case *k, const float *in, const float *wt, con
 }
 
 /* Runs one conv case through op_conv2d in every way: relu 0/1, per-sample
- * and batched im2col, with and without bias, batch sizes 1 and 7, and with
- * a column buffer too small for batching (falls back to per sample). */
+ * and batched im2col (in chunks of rows: as many as the GEMM width wants,
+ * or as the scratch holds), with and without bias, batch sizes 1 and 7, and
+ * with a column buffer too small for batching (falls back to per sample). */
 static void run_conv_case(const conv_case *k)
 {
     int ho = out_dim(k->h, k->kh, k->sh, k->ph, k->dh);
@@ -120,11 +121,13 @@ static void run_conv_case(const conv_case *k)
                 conv_params p = make_conv(k, wt, bb);
                 naive_conv(k, in, wt, bb, n, relu, ref, ab);
                 size_t per_sample = conv_col_floats(&p, (shape3){k->cin, k->h, k->w}, 1);
-                size_t caps[3] = {per_sample ? per_sample : 1,
-                                  conv_col_floats(&p, (shape3){k->cin, k->h, k->w}, n) +
-                                      (size_t)n * (k->cout / k->groups) * ho * wo,
-                                  per_sample + 1};
-                for (int mode = 0; mode < 3; mode++) {
+                size_t per_row = per_sample + (size_t)(k->cout / k->groups) * ho * wo;
+                /* per sample; batched with room for all rows; room for less
+                 * than one batched row (falls back); room for two rows
+                 * (chunks of 2 and a remainder of 1 at n = 7) */
+                size_t caps[4] = {per_sample ? per_sample : 1, per_row * n, per_sample + 1,
+                                  per_row * 2 + 5};
+                for (int mode = 0; mode < 4; mode++) {
                     float *col = malloc(sizeof(float) * (caps[mode] + 1));
                     for (size_t i = 0; i < out_len; i++)
                         out[i] = NAN; /* every output must be written */
