@@ -661,3 +661,51 @@ Test(ops, run_layers_reshape_only_and_empty)
     cr_assert_eq(y[0], 0.0f);
     cr_assert_eq(y[3], 4.0f);
 }
+
+Test(ops, run_layers_residual_first_on_readonly_input)
+{
+    /* a stage that starts with a residual block reads its input from a
+     * buffer outside the scratch: the body and the shortcut must both see
+     * it intact, and it must stay intact */
+    rng_seed(9);
+    float *w[4][2];
+    shape3 s = {4, 6, 6};
+    layer b1[3], b2[1], sc2[1], top[2];
+    b1[0] = L_conv(s, 4, 3, 1, 1, 1, w[0]);
+    b1[1] = L_simple(LAYER_RELU, b1[0].out);
+    b1[2] = L_conv(s, 4, 3, 1, 1, 2, w[1]);
+    top[0] = (layer){.kind = LAYER_RESIDUAL, .in = s, .out = s};
+    top[0].p.residual = (residual_params){{b1, 3}, {NULL, 0}, 1};
+    b2[0] = L_conv(s, 6, 3, 2, 1, 1, w[2]);
+    sc2[0] = L_conv(s, 6, 1, 2, 0, 1, w[3]);
+    top[1] = (layer){.kind = LAYER_RESIDUAL, .in = s, .out = b2[0].out};
+    top[1].p.residual = (residual_params){{b2, 1}, {sc2, 1}, 0};
+    for (int first = 0; first < 2; first++) {
+        layer_list list = {top + first, 2 - first};
+        int n = 7;
+        size_t in_len = shape_size(s) * n;
+        float *in = rnd_array(in_len), *keep = malloc(sizeof(float) * in_len);
+        memcpy(keep, in, sizeof(float) * in_len);
+        ops_ws ws = {.act_cap = 144 * n, .col_cap = (4 * 9 * 36 + 144) * n, .conv_batched = 1};
+        for (int i = 0; i < 3; i++)
+            ws.buf[i] = malloc(sizeof(float) * ws.act_cap);
+        ws.col = malloc(sizeof(float) * ws.col_cap);
+        const float *y = run_layers(&list, in, n, &ws);
+        float *ref = apply_list(&list, in, n, in_len);
+        cr_assert(memcmp(in, keep, sizeof(float) * in_len) == 0, "run_layers wrote its input");
+        size_t out_len = shape_size(list.items[list.count - 1].out) * n;
+        for (size_t i = 0; i < out_len; i++)
+            cr_assert(fabsf(y[i] - ref[i]) <= 1e-5f * fabsf(ref[i]) + 1e-5f, "[%zu] %g vs %g", i,
+                      y[i], ref[i]);
+        free(ref);
+        for (int i = 0; i < 3; i++)
+            free(ws.buf[i]);
+        free(ws.col);
+        free(in);
+        free(keep);
+    }
+    for (int i = 0; i < 4; i++) {
+        free(w[i][0]);
+        free(w[i][1]);
+    }
+}
