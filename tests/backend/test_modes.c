@@ -422,6 +422,6 @@ static void vs_reference(mw_kind kind, uint64_t seed)
     fixture_close(&f);
 }
 
-Test(reference, mlp) { vs_reference(MW_MLP, 21); }
-Test(reference, cnn) { vs_reference(MW_CNN, 22); }
-Test(reference, resnet) { vs_reference(MW_RESNET, 23); }
+Test(modes_vs_reference, mlp) { vs_reference(MW_MLP, 21); }
+Test(modes_vs_reference, cnn) { vs_reference(MW_CNN, 22); }
+Test(modes_vs_reference, resnet) { vs_reference(MW_RESNET, 23); }
