@@ -1,6 +1,6 @@
 /* policy.h - exit policy math and compaction index logic, written once.
  *
- * Included by the C backends and by the CUDA kernels (kernels/*.cu), so the
+ * Included by the C backends and by the CUDA kernels (the .cu files), so the
  * CPU and the GPU cannot drift: everything here is static inline, float32,
  * and uses nothing from libc beyond math functions available on the device.
  *
