@@ -1,0 +1,128 @@
+/* exit.cu - exit decisions, results at original positions, stable compaction.
+ *
+ * The policy math is policy.h's, the same functions the CPU backend calls, so
+ * the two backends cannot drift (they can still differ by the last bits of
+ * expf/logf and of the logits themselves). */
+#include "kernels.h"
+#include "compact_math.h"
+
+#define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
+
+/* Scores row i; when it exits, writes its sample and logits at orig[i].
+ * Returns whether it exited. */
+static __device__ int decide_row(const ert_exit_args &a, int i)
+{
+    const float *z = a.logits + (size_t)i * a.K;
+    float conf = a.conf ? a.conf[i] : 0.0f;
+    float score = ert_policy_score(a.policy, z, a.K, conf);
+    if (!ert_policy_exits(a.policy, score, a.threshold))
+        return 0;
+    int o = a.orig[i];
+    ert_sample smp;
+    smp.exit_index = a.exit_index;
+    smp.predicted = ert_argmax(z, a.K);
+    smp.score = score;
+    a.samples[o] = smp;
+    if (a.out_logits) {
+        float *dst = a.out_logits + (size_t)o * a.K;
+        for (int k = 0; k < a.K; k++)
+            dst[k] = z[k];
+    }
+    return 1;
+}
+
+/* ---- decide: one thread per row, no compaction -------------------------------- */
+
+static __global__ void exit_decide_kernel(ert_exit_args a)
+{
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < a.n; i += gridDim.x * blockDim.x) {
+        if (a.done && a.done[i])
+            continue;
+        if (decide_row(a, i) && a.done)
+            a.done[i] = 1;
+    }
+}
+
+static cudaError_t launch_exit_decide(const ert_exit_args &a, cudaStream_t s)
+{
+    int block = 256;
+    int grid = CEIL_DIV(a.n, block);
+    exit_decide_kernel<<<grid, block, 0, s>>>(a);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t ert_k_exit_decide(const ert_exit_args *a, cudaStream_t s)
+{
+    if (!a || a->n < 1 || a->K < 1 || !a->logits || !a->orig || !a->samples)
+        return cudaErrorInvalidValue;
+    if (a->policy == ERT_POLICY_CONFIDENCE_HEAD && !a->conf)
+        return cudaErrorInvalidValue;
+    return launch_exit_decide(*a, s);
+}
+
+/* ---- compact: one block, ballot + popc + shared-memory warp scan -------------
+ *
+ * Tiles of blockDim.x rows in order; within a tile, warp w's survivors go
+ * after those of warps < w, and within a warp in lane order, so the result is
+ * the stable order ert_compact_index() defines. A single block makes the
+ * count final when the kernel ends (no grid-wide sync, no second launch);
+ * the price is one SM, fine for the few thousand rows of a batch. */
+static __global__ void exit_compact_kernel(ert_exit_args a)
+{
+    __shared__ int warp_excl[1024 / ERT_WARP];
+    __shared__ int tile_total;
+    const int lane = threadIdx.x % ERT_WARP;
+    const int warp = threadIdx.x / ERT_WARP;
+    const int nwarps = blockDim.x / ERT_WARP;
+    int base = 0; /* survivors of earlier tiles; the same in every thread */
+
+    for (int tile = 0; tile < a.n; tile += blockDim.x) {
+        int i = tile + threadIdx.x;
+        int keep = i < a.n ? !decide_row(a, i) : 0;
+        unsigned ballot = __ballot_sync(0xffffffffu, keep);
+        if (lane == 0)
+            warp_excl[warp] = __popc(ballot);
+        __syncthreads();
+        if (warp == 0) {
+            /* inclusive scan of the warp totals across lanes, then exclusive */
+            int v = lane < nwarps ? warp_excl[lane] : 0;
+            int incl = v;
+            for (int d = 1; d < ERT_WARP; d <<= 1) {
+                int t = __shfl_up_sync(0xffffffffu, incl, d);
+                if (lane >= d)
+                    incl += t;
+            }
+            if (lane < nwarps)
+                warp_excl[lane] = incl - v;
+            if (lane == ERT_WARP - 1)
+                tile_total = incl;
+        }
+        __syncthreads();
+        if (keep) {
+            int slot = ert_warp_slot(base, warp_excl[warp], ballot, lane);
+            a.new_orig[slot] = a.orig[i];
+            a.src_row[slot] = i;
+        }
+        base += tile_total;
+        /* warp_excl and tile_total are rewritten by the next tile */
+        __syncthreads();
+    }
+    if (threadIdx.x == 0)
+        *a.count = base;
+}
+
+static cudaError_t launch_exit_compact(const ert_exit_args &a, cudaStream_t s)
+{
+    exit_compact_kernel<<<1, ert_compact_block(a.n), 0, s>>>(a);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t ert_k_exit_compact(const ert_exit_args *a, cudaStream_t s)
+{
+    if (!a || a->n < 1 || a->K < 1 || !a->logits || !a->orig || !a->samples || !a->new_orig ||
+        !a->src_row || !a->count || a->done)
+        return cudaErrorInvalidValue;
+    if (a->policy == ERT_POLICY_CONFIDENCE_HEAD && !a->conf)
+        return cudaErrorInvalidValue;
+    return launch_exit_compact(*a, s);
+}

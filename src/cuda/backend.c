@@ -1,0 +1,489 @@
+/* backend.c - the CUDA backend: engine resources and the per-batch schedule.
+ *
+ * Resources (all made at create, sized for cfg.max_batch, freed at destroy):
+ * the weights in one device allocation; per slot (cfg.inflight of them) a
+ * non-blocking stream, a cuBLAS and a cuDNN handle bound to it with fixed
+ * workspaces, the activation buffers the program needs, the row-index
+ * buffers and pinned count words; shared pinned staging for ert_infer's
+ * input and results.
+ *
+ * Schedule of one call: the batch is cut into min(inflight, batch)
+ * contiguous sub-batches ("jobs"), job j on slot j. Stage by stage, for
+ * each job in turn: learn its row count if its last exit compacted it, then
+ * enqueue its stage (backbone ops, heads, exit kernel, and in COMPACTED the
+ * count copy and the gather). While the host waits for job j's count, the
+ * device runs what is already queued for the other jobs; with inflight = 1
+ * the gather is queued before the wait, so at least the wait overlaps it.
+ *
+ * Host waits (ert_result.host_waits): the number of times the host blocked
+ * to learn a row count, i.e. found a count event not yet complete and
+ * synchronised on it. A count that is already on the host when asked for
+ * costs no wait and is not counted. The wait at the end of ert_infer for the
+ * results to reach host memory is inherent in a synchronous call returning
+ * host results and is not counted; ert_infer_device with a caller stream
+ * does not wait for results at all. So: FULL and MASKED 0; COMPACTED at most
+ * one per early exit per job.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_check.h"
+#include "cuda_internal.h"
+#include "kernels.h"
+#include "util.h"
+
+/* Slots per engine; each costs a cuDNN and a cuBLAS handle and its buffers. */
+#define ERT_CUDA_MAX_INFLIGHT 64
+
+int cuda_device_count(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+
+/* ---- destroy ------------------------------------------------------------------------ */
+
+static void slot_free(cuda_slot *s)
+{
+    if (s->stream)
+        cudaStreamSynchronize(s->stream); /* nothing may still use what we free */
+    if (s->blas)
+        cublasDestroy(s->blas);
+    if (s->dnn)
+        cudnnDestroy(s->dnn);
+    for (int i = 0; i < ERT_MAX_EXITS; i++)
+        if (s->ev_count[i])
+            cudaEventDestroy(s->ev_count[i]);
+    if (s->ev_done)
+        cudaEventDestroy(s->ev_done);
+    cudaFree(s->blas_ws);
+    cudaFree(s->dnn_ws);
+    for (int i = 0; i < PROG_MAX_BUF; i++)
+        cudaFree(s->buf[i]);
+    cudaFree(s->orig[0]);
+    cudaFree(s->orig[1]);
+    cudaFree(s->src_row);
+    cudaFree(s->d_count);
+    cudaFree(s->done);
+    if (s->h_count)
+        cudaFreeHost(s->h_count);
+    if (s->stream)
+        cudaStreamDestroy(s->stream);
+    memset(s, 0, sizeof *s);
+}
+
+static void cuda_destroy(void *ctx)
+{
+    cuda_ctx *c = ctx;
+    if (!c)
+        return;
+    cudaSetDevice(c->device);
+    if (c->slots) {
+        for (int i = 0; i < c->nslots; i++)
+            slot_free(&c->slots[i]);
+        free(c->slots);
+    }
+    dnn_teardown(c);
+    if (c->ev_caller)
+        cudaEventDestroy(c->ev_caller);
+    cudaFree(c->d_weights);
+    cudaFree(c->d_samples);
+    cudaFree(c->d_logits);
+    if (c->h_input)
+        cudaFreeHost(c->h_input);
+    if (c->h_samples)
+        cudaFreeHost(c->h_samples);
+    if (c->h_logits)
+        cudaFreeHost(c->h_logits);
+    program_free(&c->prog);
+    (void)cudaGetLastError(); /* leave no error behind for the next user */
+    free(c);
+}
+
+/* ---- create ---------------------------------------------------------------------------- */
+
+static ert_status slot_init(ert_engine *e, cuda_ctx *c, cuda_slot *s)
+{
+    ert_status st = ERT_OK;
+    const size_t B = (size_t)e->cfg.max_batch;
+    CUDA_TRY(e, cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
+    for (int i = 0; i < ERT_MAX_EXITS; i++)
+        CUDA_TRY(e, cudaEventCreateWithFlags(&s->ev_count[i], cudaEventDisableTiming));
+    CUDA_TRY(e, cudaEventCreateWithFlags(&s->ev_done, cudaEventDisableTiming));
+
+    CUBLAS_TRY(e, cublasCreate(&s->blas));
+    CUBLAS_TRY(e, cublasSetStream(s->blas, s->stream));
+    CUDA_TRY(e, cudaMalloc(&s->blas_ws, ERT_CUBLAS_WORKSPACE));
+    CUBLAS_TRY(e, cublasSetWorkspace(s->blas, s->blas_ws, ERT_CUBLAS_WORKSPACE));
+    CUBLAS_TRY(e, cublasSetMathMode(s->blas, CUBLAS_DEFAULT_MATH)); /* no TF32: see ops.c */
+    CUDNN_TRY(e, cudnnCreate(&s->dnn));
+    CUDNN_TRY(e, cudnnSetStream(s->dnn, s->stream));
+
+    size_t act;
+    if (!size_mul(e->plan.max_act, B, &act) || !size_mul(act, sizeof(float), &act))
+        return engine_fail(e, ERT_OUT_OF_MEMORY, "cuda: activation buffers overflow size_t");
+    for (int i = 0; i < c->prog.nbuf; i++)
+        CUDA_TRY(e, cudaMalloc((void **)&s->buf[i], act));
+    CUDA_TRY(e, cudaMalloc((void **)&s->orig[0], B * sizeof(int)));
+    CUDA_TRY(e, cudaMalloc((void **)&s->orig[1], B * sizeof(int)));
+    CUDA_TRY(e, cudaMalloc((void **)&s->src_row, B * sizeof(int)));
+    CUDA_TRY(e, cudaMalloc((void **)&s->d_count, ERT_MAX_EXITS * sizeof(int)));
+    CUDA_TRY(e, cudaMalloc((void **)&s->done, B));
+    CUDA_TRY(e, cudaHostAlloc((void **)&s->h_count, ERT_MAX_EXITS * sizeof(int),
+                              cudaHostAllocDefault));
+    return ERT_OK;
+fail:
+    return st;
+}
+
+static ert_status cuda_create(ert_engine *e, void **out)
+{
+    ert_status st = ERT_OK;
+    const ert_model *m = e->model;
+    const size_t B = (size_t)e->cfg.max_batch;
+    const size_t K = (size_t)m->num_classes;
+    const size_t in_size = shape_size(m->input);
+    *out = NULL;
+
+    int ndev = 0;
+    cudaError_t r = cudaGetDeviceCount(&ndev);
+    if (r != cudaSuccess) {
+        (void)cudaGetLastError();
+        return engine_fail(e, ERT_NO_DEVICE, "no usable CUDA device: cudaGetDeviceCount: %s",
+                           cudaGetErrorString(r));
+    }
+    if (ndev == 0)
+        return engine_fail(e, ERT_NO_DEVICE, "no CUDA device present");
+    if (e->cfg.device < 0 || e->cfg.device >= ndev)
+        return engine_fail(e, ERT_NO_DEVICE, "CUDA device %d asked for; %d present",
+                           e->cfg.device, ndev);
+
+    cuda_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return engine_fail(e, ERT_OUT_OF_MEMORY, "cuda: out of memory");
+    c->device = e->cfg.device;
+    CUDA_TRY(e, cudaSetDevice(c->device));
+
+    ert_error perr;
+    st = program_build(m, &e->plan, e->cfg.mode, &c->prog, &perr);
+    if (st != ERT_OK) {
+        engine_fail(e, st, "%s", perr.msg);
+        goto fail;
+    }
+
+    CUDA_TRY(e, cudaMalloc((void **)&c->d_weights,
+                           (m->weights_len ? m->weights_len : 1) * sizeof(float)));
+    if (m->weights_len)
+        CUDA_TRY(e, cudaMemcpy(c->d_weights, m->weights, m->weights_len * sizeof(float),
+                               cudaMemcpyHostToDevice));
+
+    c->nslots = e->cfg.inflight > 0 ? e->cfg.inflight : 1;
+    if (c->nslots > ERT_CUDA_MAX_INFLIGHT) {
+        st = engine_fail(e, ERT_INVALID_ARGUMENT, "cuda: inflight %d: at most %d batches in flight",
+                         c->nslots, ERT_CUDA_MAX_INFLIGHT);
+        goto fail;
+    }
+    c->slots = calloc((size_t)c->nslots, sizeof *c->slots);
+    if (!c->slots) {
+        st = engine_fail(e, ERT_OUT_OF_MEMORY, "cuda: out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < c->nslots; i++)
+        if ((st = slot_init(e, c, &c->slots[i])) != ERT_OK)
+            goto fail;
+
+    if ((st = dnn_setup(e, c, c->slots[0].dnn)) != ERT_OK)
+        goto fail;
+    for (int i = 0; i < c->nslots; i++)
+        if (c->dnn_ws_size)
+            CUDA_TRY(e, cudaMalloc(&c->slots[i].dnn_ws, c->dnn_ws_size));
+
+    CUDA_TRY(e, cudaEventCreateWithFlags(&c->ev_caller, cudaEventDisableTiming));
+    CUDA_TRY(e, cudaMalloc((void **)&c->d_samples, B * sizeof(ert_sample)));
+    CUDA_TRY(e, cudaMalloc((void **)&c->d_logits, B * K * sizeof(float)));
+    CUDA_TRY(e, cudaHostAlloc((void **)&c->h_input, B * in_size * sizeof(float),
+                              cudaHostAllocDefault));
+    CUDA_TRY(e, cudaHostAlloc((void **)&c->h_samples, B * sizeof(ert_sample),
+                              cudaHostAllocDefault));
+    CUDA_TRY(e, cudaHostAlloc((void **)&c->h_logits, B * K * sizeof(float), cudaHostAllocDefault));
+    *out = c;
+    return ERT_OK;
+fail:
+    cuda_destroy(c);
+    return st != ERT_OK ? st : ERT_INTERNAL;
+}
+
+/* ---- one call ------------------------------------------------------------------------------ */
+
+typedef struct job {
+    cuda_slot *s;
+    int off, len;        /* original positions [off, off + len) */
+    int n;               /* rows still running */
+    int cur;             /* which of s->orig holds the rows' positions */
+    int pending;         /* exit whose count is not yet read, or -1 */
+    int finished;
+} job;
+
+typedef struct call {
+    const float *h_input;   /* ert_infer: the caller's host input, else NULL */
+    const float *d_input;   /* ert_infer_device: the caller's device input */
+    ert_sample *samples;    /* device results at original positions */
+    float *logits;          /* device [batch, K] or NULL */
+    int want_host;          /* copy results into pinned staging as jobs finish */
+    int32_t host_waits;
+    uint64_t macs;
+} call;
+
+static ert_status job_start(ert_engine *e, cuda_ctx *c, call *k, job *j)
+{
+    ert_status st = ERT_OK;
+    const ert_model *m = e->model;
+    const size_t in_size = shape_size(m->input);
+    cuda_slot *s = j->s;
+    float *x = s->buf[c->prog.stages[0].in_buf];
+    const float *src = x;
+    if (k->h_input)
+        CUDA_TRY(e, cudaMemcpyAsync(x, c->h_input + (size_t)j->off * in_size,
+                                    (size_t)j->len * in_size * sizeof(float),
+                                    cudaMemcpyHostToDevice, s->stream));
+    else
+        src = k->d_input + (size_t)j->off * in_size;
+    ert_norm_params np;
+    np.scale = m->input_scale;
+    for (int i = 0; i < 4; i++) {
+        np.mean[i] = m->mean[i];
+        np.inv_std[i] = 1.0f / m->std[i]; /* as the CPU's op_normalize */
+    }
+    KERNEL_TRY(e, ert_k_normalise(src, x, j->len, m->input.c, m->input.h * m->input.w, np,
+                                  s->stream));
+    KERNEL_TRY(e, ert_k_iota(s->orig[0], j->len, j->off, s->stream));
+    if (e->cfg.mode == ERT_MODE_MASKED)
+        CUDA_TRY(e, cudaMemsetAsync(s->done, 0, (size_t)j->len, s->stream));
+    return ERT_OK;
+fail:
+    return st;
+}
+
+/* Reads the survivors' count of the job's last compaction; blocks (and
+ * counts a host wait) only when it is not on the host yet. */
+static ert_status job_learn(ert_engine *e, call *k, job *j)
+{
+    ert_status st = ERT_OK;
+    if (j->pending < 0)
+        return ERT_OK;
+    cudaEvent_t ev = j->s->ev_count[j->pending];
+    cudaError_t q = cudaEventQuery(ev);
+    if (q == cudaErrorNotReady) {
+        /* not an error; clear it in case the runtime keeps it as the last
+           one, where the next launch check would find it */
+        (void)cudaGetLastError();
+        k->host_waits++;
+        CUDA_TRY(e, cudaEventSynchronize(ev));
+    } else if (q != cudaSuccess) {
+        CUDA_TRY(e, q);
+    }
+    j->n = j->s->h_count[j->pending];
+    j->pending = -1;
+    if (j->n == 0)
+        j->finished = 1;
+    return ERT_OK;
+fail:
+    return st;
+}
+
+/* Enqueues stage si for the job's j->n rows. */
+static ert_status job_stage(ert_engine *e, cuda_ctx *c, call *k, job *j, int si)
+{
+    ert_status st = ERT_OK;
+    const ert_model *m = e->model;
+    const prog_stage *ps = &c->prog.stages[si];
+    cuda_slot *s = j->s;
+    const int n = j->n;
+    const int last = si == c->prog.num_stages - 1;
+
+    for (int i = ps->backbone.begin; i < ps->backbone.end; i++)
+        if ((st = op_run(e, c, s, i, n)) != ERT_OK)
+            return st;
+    k->macs += (uint64_t)n * e->plan.stages[si].macs;
+    if (!ps->has_exit)
+        return ERT_OK;
+    for (int i = ps->head.begin; i < ps->conf.end; i++) /* head, then confidence */
+        if ((st = op_run(e, c, s, i, n)) != ERT_OK)
+            return st;
+    k->macs += (uint64_t)n * m->exits[si].head_macs;
+
+    ert_exit_args a;
+    memset(&a, 0, sizeof a);
+    a.logits = s->buf[ps->logits_buf];
+    a.conf = ps->conf_buf >= 0 ? s->buf[ps->conf_buf] : NULL;
+    a.orig = s->orig[j->cur];
+    a.n = n;
+    a.K = m->num_classes;
+    a.policy = (int)m->exits[si].policy;
+    a.threshold = e->thresholds[si];
+    a.exit_index = si;
+    a.samples = k->samples;
+    a.out_logits = k->logits;
+    if (last || ps->gather_buf < 0) {
+        /* FULL's final head, MASKED (rows already out are skipped), and the
+           last stage of COMPACTED: every row still there leaves */
+        a.done = e->cfg.mode == ERT_MODE_MASKED ? s->done : NULL;
+        KERNEL_TRY(e, ert_k_exit_decide(&a, s->stream));
+        if (last)
+            j->finished = 1;
+        return ERT_OK;
+    }
+    a.new_orig = s->orig[!j->cur];
+    a.src_row = s->src_row;
+    a.count = s->d_count + si;
+    KERNEL_TRY(e, ert_k_exit_compact(&a, s->stream));
+    CUDA_TRY(e, cudaMemcpyAsync(s->h_count + si, s->d_count + si, sizeof(int),
+                                cudaMemcpyDeviceToHost, s->stream));
+    CUDA_TRY(e, cudaEventRecord(s->ev_count[si], s->stream));
+    /* queued before the host waits for the count: the gather reads it on
+       the device and its grid covers all n rows */
+    KERNEL_TRY(e, ert_k_gather_rows(s->buf[ps->out_buf], s->buf[ps->gather_buf], s->src_row,
+                                    s->d_count + si, n, ps->out_row, s->stream));
+    j->cur = !j->cur;
+    j->pending = si;
+    return ERT_OK;
+fail:
+    return st;
+}
+
+/* Copies a finished job's results into the pinned staging. */
+static ert_status job_results_to_host(ert_engine *e, cuda_ctx *c, call *k, job *j)
+{
+    ert_status st = ERT_OK;
+    const size_t K = (size_t)e->model->num_classes;
+    cudaStream_t ss = j->s->stream;
+    CUDA_TRY(e, cudaMemcpyAsync(c->h_samples + j->off, k->samples + j->off,
+                                (size_t)j->len * sizeof(ert_sample), cudaMemcpyDeviceToHost, ss));
+    if (k->logits)
+        CUDA_TRY(e, cudaMemcpyAsync(c->h_logits + (size_t)j->off * K, k->logits + (size_t)j->off * K,
+                                    (size_t)j->len * K * sizeof(float), cudaMemcpyDeviceToHost,
+                                    ss));
+    return ERT_OK;
+fail:
+    return st;
+}
+
+/* Runs the whole batch as min(inflight, batch) interleaved jobs. */
+static ert_status run_batch(ert_engine *e, cuda_ctx *c, call *k, int batch, job *jobs,
+                            int *njobs_out)
+{
+    ert_status st = ERT_OK;
+    int nj = c->nslots < batch ? c->nslots : batch;
+    *njobs_out = nj;
+    for (int i = 0; i < nj; i++) {
+        job *j = &jobs[i];
+        memset(j, 0, sizeof *j);
+        j->s = &c->slots[i];
+        j->off = (int)((long long)batch * i / nj);
+        j->len = (int)((long long)batch * (i + 1) / nj) - j->off;
+        j->n = j->len;
+        j->pending = -1;
+        if ((st = job_start(e, c, k, j)) != ERT_OK)
+            return st;
+    }
+    for (int si = 0; si < c->prog.num_stages; si++) {
+        for (int i = 0; i < nj; i++) {
+            job *j = &jobs[i];
+            if (j->finished)
+                continue;
+            if ((st = job_learn(e, k, j)) != ERT_OK)
+                return st;
+            if (!j->finished && (st = job_stage(e, c, k, j, si)) != ERT_OK)
+                return st;
+            if (j->finished && k->want_host && (st = job_results_to_host(e, c, k, j)) != ERT_OK)
+                return st;
+        }
+    }
+    return ERT_OK;
+}
+
+static ert_status cuda_infer(ert_engine *e, const float *input, int batch, ert_result *out)
+{
+    ert_status st = ERT_OK;
+    cuda_ctx *c = e->ctx;
+    const ert_model *m = e->model;
+    const size_t K = (size_t)m->num_classes;
+    job jobs[ERT_CUDA_MAX_INFLIGHT];
+    int nj = 0;
+    CUDA_TRY(e, cudaSetDevice(c->device));
+
+    /* pinned staging: the copies below run asynchronously from it */
+    memcpy(c->h_input, input, (size_t)batch * shape_size(m->input) * sizeof(float));
+    call k = {.h_input = input, .samples = c->d_samples,
+              .logits = out->logits ? c->d_logits : NULL, .want_host = 1};
+    st = run_batch(e, c, &k, batch, jobs, &nj);
+    /* also after a failure: nothing may still be queued on our buffers */
+    for (int i = 0; i < nj; i++)
+        CUDA_TRY(e, cudaStreamSynchronize(jobs[i].s->stream)); /* results: not a counted wait */
+    if (st != ERT_OK)
+        return st;
+    memcpy(out->samples, c->h_samples, (size_t)batch * sizeof(ert_sample));
+    if (out->logits)
+        memcpy(out->logits, c->h_logits, (size_t)batch * K * sizeof(float));
+    out->macs_executed = k.macs;
+    out->host_waits = k.host_waits;
+    return ERT_OK;
+fail:
+    return st;
+}
+
+static ert_status cuda_infer_device(ert_engine *e, const void *d_input, int batch,
+                                    ert_device_result *out, void *stream)
+{
+    ert_status st = ERT_OK;
+    cuda_ctx *c = e->ctx;
+    cudaStream_t cs = (cudaStream_t)stream;
+    job jobs[ERT_CUDA_MAX_INFLIGHT];
+    int nj = 0;
+    CUDA_TRY(e, cudaSetDevice(c->device));
+
+    int used = c->nslots < batch ? c->nslots : batch;
+    if (cs) {
+        /* our streams start after what the caller queued before the call */
+        CUDA_TRY(e, cudaEventRecord(c->ev_caller, cs));
+        for (int i = 0; i < used; i++)
+            CUDA_TRY(e, cudaStreamWaitEvent(c->slots[i].stream, c->ev_caller, 0));
+    }
+    call k = {.d_input = d_input, .samples = out->samples, .logits = out->logits};
+    st = run_batch(e, c, &k, batch, jobs, &nj);
+    if (st != ERT_OK) {
+        for (int i = 0; i < nj; i++)
+            cudaStreamSynchronize(jobs[i].s->stream);
+        (void)cudaGetLastError();
+        return st;
+    }
+    for (int i = 0; i < nj; i++) {
+        if (cs) {
+            /* the caller's later work sees the results */
+            CUDA_TRY(e, cudaEventRecord(jobs[i].s->ev_done, jobs[i].s->stream));
+            CUDA_TRY(e, cudaStreamWaitEvent(cs, jobs[i].s->ev_done, 0));
+        } else {
+            /* no stream to order after: the results are ready on return (a
+               plain cudaMemcpy on the legacy stream would not wait for our
+               non-blocking streams). Not a counted wait. */
+            CUDA_TRY(e, cudaStreamSynchronize(jobs[i].s->stream));
+        }
+    }
+    out->host_waits = k.host_waits;
+    return ERT_OK;
+fail:
+    return st;
+}
+
+const backend_ops cuda_backend_ops = {
+    .name = "cuda",
+    .kind = ERT_BACKEND_CUDA,
+    .create = cuda_create,
+    .destroy = cuda_destroy,
+    .infer = cuda_infer,
+    .infer_device = cuda_infer_device,
+};

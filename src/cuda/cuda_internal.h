@@ -1,0 +1,90 @@
+/* cuda_internal.h - the CUDA backend's context, shared by its .c files.
+ *
+ * backend.c   create/destroy, the per-batch schedule (jobs over slots)
+ * ops.c       the ops: convolution and pooling through cuDNN's legacy API,
+ *             linear through cuBLAS, the rest through the kernels/ .cu files
+ * program.c   the model compiled into ops and buffers (no CUDA calls)
+ */
+#ifndef ERT_CUDA_INTERNAL_H
+#define ERT_CUDA_INTERNAL_H
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+#include <cudnn.h>
+
+#include "backend.h"
+#include "program.h"
+
+/* cuBLAS workspace per slot: NVIDIA's recommended size for Hopper (the
+ * cublasSetWorkspace documentation: 32 MiB on sm_90). Set explicitly so
+ * cuBLAS never allocates behind our back (and graph capture stays legal). */
+#define ERT_CUBLAS_WORKSPACE ((size_t)32 << 20)
+/* Upper bound of the one cuDNN workspace per slot; the algorithm of each
+ * convolution is chosen among those that fit it at max_batch. */
+#define ERT_CUDNN_WORKSPACE_CAP ((size_t)256 << 20)
+
+/* cuDNN state of one conv or pool op. The tensor descriptors are reset to the
+ * op's row count before each call (see dnn_conv). */
+typedef struct dnn_op {
+    cudnnTensorDescriptor_t x, y, bias;
+    cudnnFilterDescriptor_t w;
+    cudnnConvolutionDescriptor_t conv;
+    cudnnPoolingDescriptor_t pool;
+    cudnnConvolutionFwdAlgo_t algo; /* chosen at create for max_batch */
+    int fused;                      /* conv + bias + ReLU in one cuDNN call */
+    /* the algorithm and workspace for the row count last set */
+    int last_n;
+    cudnnConvolutionFwdAlgo_t last_algo;
+    size_t last_ws;
+} dnn_op;
+
+/* One batch in flight: a stream and everything its kernels write. */
+typedef struct cuda_slot {
+    cudaStream_t stream;
+    cudaEvent_t ev_count[ERT_MAX_EXITS]; /* the survivors' count of exit s is on the host */
+    cudaEvent_t ev_done;                 /* the slot's work for a call is done */
+    cublasHandle_t blas;
+    cudnnHandle_t dnn;
+    void *blas_ws;
+    void *dnn_ws;
+    float *buf[PROG_MAX_BUF];  /* activations: max_act * max_batch floats each */
+    int *orig[2];              /* [max_batch] rows' original positions, ping-pong */
+    int *src_row;              /* [max_batch] survivors' rows before the gather */
+    int *d_count;              /* [ERT_MAX_EXITS] survivors after exit s */
+    unsigned char *done;       /* [max_batch] MASKED: row already out */
+    int *h_count;              /* pinned [ERT_MAX_EXITS] */
+} cuda_slot;
+
+typedef struct cuda_ctx {
+    int device;
+    program prog;
+    dnn_op *dnn;               /* [prog.nops]; used by conv and pool ops */
+    cudnnActivationDescriptor_t relu;
+    size_t dnn_ws_size;        /* bytes of each slot's cuDNN workspace */
+    float *d_weights;          /* the model's weight block, on the device */
+    cuda_slot *slots;
+    int nslots;
+    float *h_input;            /* pinned [max_batch * input size] */
+    ert_sample *h_samples;     /* pinned [max_batch] */
+    float *h_logits;           /* pinned [max_batch * K] */
+    ert_sample *d_samples;     /* device [max_batch] (ert_infer's results) */
+    float *d_logits;           /* device [max_batch * K] */
+    cudaEvent_t ev_caller;     /* infer_device: the caller's stream reached the call */
+} cuda_ctx;
+
+/* The device copy of a pointer into model->weights (NULL stays NULL). */
+static inline const float *dev_weight(const cuda_ctx *c, const ert_model *m, const float *w)
+{
+    return w ? c->d_weights + (w - m->weights) : NULL;
+}
+
+/* Creates the cuDNN descriptors of every conv and pool op, checks cuDNN's
+ * output shapes against the model's, and picks each convolution's algorithm
+ * (handle: any slot's). Sets c->dnn, c->relu and c->dnn_ws_size. */
+ert_status dnn_setup(ert_engine *e, cuda_ctx *c, cudnnHandle_t handle);
+void dnn_teardown(cuda_ctx *c);
+
+/* Enqueues op prog.ops[op_index] for n rows on slot s's stream. */
+ert_status op_run(ert_engine *e, cuda_ctx *c, cuda_slot *s, int op_index, int n);
+
+#endif /* ERT_CUDA_INTERNAL_H */

@@ -1,0 +1,76 @@
+/* program.h - a model compiled into a flat list of device ops, with buffers.
+ *
+ * Built once at engine creation, with no CUDA call, so the host tests can
+ * check it without a GPU. Every op reads and writes activation buffers named
+ * by index 0..nbuf-1; each buffer holds plan->max_act floats per sample for
+ * cfg.max_batch samples. The execution (src/cuda/backend.c) walks the stages
+ * and runs each op on the rows still active.
+ *
+ * Buffer assignment: a layer list runs with the buffers its caller still
+ * needs marked protected; ReLU and sigmoid work in place on a buffer the
+ * list owns (or are fused into the conv/linear/add before them), every other
+ * op writes a free buffer. Residuals do not nest (FORMAT.md), so a head over
+ * a residual needs at most: the stage output, the block input, the body's
+ * output, and two for the shortcut: 5. PROG_MAX_BUF leaves room.
+ */
+#ifndef ERT_CUDA_PROGRAM_H
+#define ERT_CUDA_PROGRAM_H
+
+#include "backend.h"
+
+/* op.act holds kernels.h's ERT_ACT_NONE / ERT_ACT_RELU / ERT_ACT_SIGMOID. */
+
+#define PROG_MAX_BUF 8
+
+typedef enum prog_op_kind {
+    OP_CONV = 0,  /* cuDNN convolution, + bias, + fused ReLU when op.act */
+    OP_MAXPOOL,   /* cuDNN pooling */
+    OP_AVGPOOL,   /* cuDNN pooling, padding counted in the divisor */
+    OP_GAP,       /* global average pooling kernel */
+    OP_LINEAR,    /* cuBLAS SGEMM + bias/activation kernel */
+    OP_ACT,       /* activation kernel: out = act(in) (in == out: in place) */
+    OP_ADD        /* out = act(in + in2), the residual join */
+} prog_op_kind;
+
+typedef struct prog_op {
+    prog_op_kind kind;
+    const layer *l;     /* conv, pools, linear: the model layer */
+    int in, in2, out;   /* buffers (in2: OP_ADD only, else -1) */
+    int act;            /* applied to the output */
+    shape3 in_shape, out_shape; /* per sample */
+} prog_op;
+
+typedef struct prog_range {
+    int begin, end;     /* ops [begin, end) */
+} prog_range;
+
+typedef struct prog_stage {
+    prog_range backbone, head, conf;
+    int has_exit;       /* an exit decision runs after this stage */
+    int in_buf;         /* the stage's input rows */
+    int out_buf;        /* the backbone output, which the heads read */
+    int logits_buf;     /* [n, K] logits (may equal out_buf: empty final head) */
+    int conf_buf;       /* [n, 1] confidence head output, or -1 */
+    int gather_buf;     /* COMPACTED early exits: the survivors go here; else -1 */
+    size_t out_row;     /* floats per sample of out_buf's rows */
+} prog_stage;
+
+typedef struct program {
+    prog_op *ops;
+    int nops;
+    prog_stage stages[ERT_MAX_EXITS];
+    int num_stages;
+    int nbuf;           /* buffers the ops use */
+    ert_mode mode;
+} program;
+
+/* Compiles model m (with plan p) for the given mode. On failure writes a
+ * message to err and returns its status (ERT_UNSUPPORTED for a layer the
+ * device path cannot run, ERT_OUT_OF_MEMORY, ERT_INTERNAL when a buffer
+ * would not fit the plan). *out owns its ops afterwards: program_free. */
+ert_status program_build(const ert_model *m, const plan *p, ert_mode mode, program *out,
+                         ert_error *err);
+
+void program_free(program *prog);
+
+#endif /* ERT_CUDA_PROGRAM_H */
