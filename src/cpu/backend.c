@@ -6,7 +6,7 @@
  *            other three (run_layers never writes its input), so the stage's
  *            output survives the heads and feeds the next stage.
  *   col      im2col scratch (plus the batched conv's GEMM output) for
- *            COL_ROWS rows
+ *            CONV_CHUNK_MAX rows, and op_linear's padded tile
  *   conf     the confidence head's output, one float per row
  *   orig     COMPACTED: each active row's original sample index
  *   done     MASKED: whether a row has exited already
@@ -19,9 +19,6 @@
 #include "cpu/ops.h"
 #include "policy.h"
 #include "util.h"
-
-/* Rows the im2col scratch holds for a batched conv GEMM. */
-#define COL_ROWS 16
 
 typedef struct cpu_ctx {
     float *act[4];
@@ -56,19 +53,25 @@ static ert_status cpu_create(ert_engine *e, void **out)
     cpu_ctx *c = calloc(1, sizeof *c);
     if (!c)
         return engine_fail(e, ERT_OUT_OF_MEMORY, "cpu backend: out of memory");
-    /* im2col scratch for chunks of up to COL_ROWS rows, (max_col + max_act)
-     * each (op_conv2d). Not max_batch rows: a GEMM over all rows at once
-     * measured slower than per sample once the columns leave the cache
+    /* im2col scratch for chunks of up to CONV_CHUNK_MAX rows, (max_col +
+     * max_act) each (op_conv2d). Not max_batch rows: a GEMM over all rows at
+     * once measured slower than per sample once the columns leave the cache
      * (ops.c), so the chunks stay small, and so does this buffer. */
     c->conv_batched = 1;
-    size_t col_row;
+    /* Sized for CONV_CHUNK_MAX rows whatever max_batch is, so an engine's
+     * chunking (and with it the rounding) never depends on max_batch; and
+     * for op_linear's padded tile of GEMM_ROWS rows in and out. */
+    size_t col_row, tile;
     if (!size_mul(p->max_act, B, &c->act_cap) || !size_add(p->max_col, p->max_act, &col_row) ||
-        !size_mul(col_row, B < COL_ROWS ? B : COL_ROWS, &c->col_cap) ||
+        !size_mul(col_row, CONV_CHUNK_MAX, &c->col_cap) ||
+        !size_mul(p->max_act, 2 * GEMM_ROWS, &tile) ||
         c->act_cap > SIZE_MAX / sizeof(float) ||
-        c->col_cap > SIZE_MAX / sizeof(float)) {
+        c->col_cap > SIZE_MAX / sizeof(float) || tile > SIZE_MAX / sizeof(float)) {
         cpu_destroy(c);
         return engine_fail(e, ERT_OUT_OF_MEMORY, "cpu backend: buffer sizes overflow");
     }
+    if (tile > c->col_cap)
+        c->col_cap = tile;
     for (int i = 0; i < 4; i++)
         c->act[i] = malloc(sizeof(float) * (c->act_cap ? c->act_cap : 1));
     c->col = malloc(sizeof(float) * (c->col_cap ? c->col_cap : 1));

@@ -26,6 +26,24 @@ size_t conv_col_floats(const conv_params *p, shape3 in_s, int n)
     return (size_t)(p->in_ch / p->groups) * p->kh * p->kw * (size_t)ho * wo * (size_t)n;
 }
 
+int conv_chunk_rows(const conv_params *p, shape3 in_s)
+{
+    if (conv_is_pointwise(p))
+        return 1;
+    int ho = conv_out_dim(in_s.h, p->kh, p->stride_h, p->pad_h, p->dil_h);
+    int wo = conv_out_dim(in_s.w, p->kw, p->stride_w, p->pad_w, p->dil_w);
+    size_t hw = (size_t)ho * wo;
+    size_t nb = (CONV_GEMM_COLS + hw - 1) / hw;
+    return nb < CONV_CHUNK_MAX ? (int)nb : CONV_CHUNK_MAX;
+}
+
+size_t conv_chunk_row_floats(const conv_params *p, shape3 in_s)
+{
+    int ho = conv_out_dim(in_s.h, p->kh, p->stride_h, p->pad_h, p->dil_h);
+    int wo = conv_out_dim(in_s.w, p->kw, p->stride_w, p->pad_w, p->dil_w);
+    return conv_col_floats(p, in_s, 1) + (size_t)(p->out_ch / p->groups) * ho * wo;
+}
+
 /* im2col of one sample, one group.
  *   x    [cin_g, H, W]: the group's input channels of one sample
  *   col  rows (c*kh + i)*kw + j, each of length ld; this sample's columns
@@ -117,26 +135,30 @@ void op_conv2d(const conv_params *p, shape3 in_s, const float *in, int n, float 
      * the cache (up to 2x at 256 rows); it only pays where a sample has few
      * output pixels (7x7), so rows are batched just up to a GEMM width the
      * BLAS kernels run well on. */
-    size_t per_row = (size_t)kdim * hw + (size_t)cout_g * hw; /* col + one group's output */
-    int nb = (int)((CONV_GEMM_COLS + hw - 1) / hw);
-    if (nb > n)
-        nb = n;
-    if ((size_t)nb * per_row > col_cap)
-        nb = (int)(col_cap / per_row);
-    if (batched && nb > 1) {
+    /* The chunk size depends on the layer alone, never on n or on where the
+     * rows came from: the last chunk is padded with zero columns. A GEMM's
+     * rounding depends on its shape (OpenBLAS picks kernels and blockings by
+     * size), but not on where a column sits inside a call of a given shape
+     * (measured), so a row's result is the same whatever batch it is in.
+     * That is what makes MASKED and COMPACTED agree bit for bit. */
+    int nb = conv_chunk_rows(p, in_s);
+    if (batched && nb > 1 && (size_t)nb * conv_chunk_row_floats(p, in_s) <= col_cap) {
         /* Per chunk of nb rows and per group: tmp [cout_g, nb*HW] = W_g *
          * col [kdim, nb*HW], then scattered to NCHW with the bias and ReLU
          * (a pass the per-sample path spends on the bias anyway). */
+        const size_t ld = hw * nb;
+        float *tmp = col + (size_t)kdim * ld;
         for (int s0 = 0; s0 < n; s0 += nb) {
             int m = n - s0 < nb ? n - s0 : nb;
-            size_t ld = hw * m;
-            float *tmp = col + (size_t)kdim * ld;
             const float *x0 = in + s0 * in_row;
             float *o0 = out + s0 * out_row;
             for (int gi = 0; gi < g; gi++) {
                 for (int s = 0; s < m; s++)
                     im2col(p, cin_g, in_s.h, in_s.w, ho, wo, x0 + s * in_row + gi * cin_g * hw_in,
                            col + s * hw, ld);
+                for (int k = 0; m < nb && k < kdim; k++) /* padding columns */
+                    memset(col + (size_t)k * ld + (size_t)m * hw, 0,
+                           sizeof(float) * (nb - m) * hw);
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cout_g, (int)ld, kdim,
                             1.0f, p->weight + gi * wg, kdim, col, (int)ld, 0.0f, tmp, (int)ld);
                 for (int co = 0; co < cout_g; co++) {
@@ -148,7 +170,7 @@ void op_conv2d(const conv_params *p, shape3 in_s, const float *in, int n, float 
                         if (relu) {
                             for (size_t q = 0; q < hw; q++) {
                                 float v = t[q] + b;
-                                o[q] = v > 0.0f ? v : 0.0f;
+                                o[q] = v < 0.0f ? 0.0f : v; /* NaN stays NaN, as op_relu */
                             }
                         } else {
                             for (size_t q = 0; q < hw; q++)
@@ -179,20 +201,40 @@ void op_conv2d(const conv_params *p, shape3 in_s, const float *in, int n, float 
 
 /* ==== linear ================================================================== */
 
-void op_linear(const linear_params *p, const float *in, int n, float *out, int relu)
+/* One GEMM of exactly GEMM_ROWS rows: out [GEMM_ROWS, fout] = bias + in W^T. */
+static void linear_tile(const linear_params *p, const float *in, float *out)
 {
     /* (not I/O: cblas.h pulls in complex.h, which defines I) */
     const int fin = p->in_features, fout = p->out_features;
-    for (int s = 0; s < n; s++) {
+    for (int s = 0; s < GEMM_ROWS; s++) {
         float *o = out + (size_t)s * fout;
         if (p->bias)
             memcpy(o, p->bias, sizeof(float) * fout);
         else
             memset(o, 0, sizeof(float) * fout);
     }
-    /* out [n, fout] = in [n, fin] * W^T, W stored [fout, fin] */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, fout, fin, 1.0f, in, fin, p->weight,
-                fin, 1.0f, out, fout);
+    /* W stored [fout, fin] */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, GEMM_ROWS, fout, fin, 1.0f, in, fin,
+                p->weight, fin, 1.0f, out, fout);
+}
+
+void op_linear(const linear_params *p, const float *in, int n, float *out, int relu,
+               float *tile)
+{
+    /* Tiles of exactly GEMM_ROWS rows, the last one padded through `tile`:
+     * a row's result then does not depend on n (see op_conv2d). */
+    const size_t fin = (size_t)p->in_features, fout = (size_t)p->out_features;
+    int full = n / GEMM_ROWS * GEMM_ROWS;
+    for (int s0 = 0; s0 < full; s0 += GEMM_ROWS)
+        linear_tile(p, in + s0 * fin, out + s0 * fout);
+    if (full < n) {
+        int m = n - full;
+        float *tin = tile, *tout = tile + GEMM_ROWS * fin;
+        memcpy(tin, in + full * fin, sizeof(float) * m * fin);
+        memset(tin + m * fin, 0, sizeof(float) * (GEMM_ROWS - m) * fin);
+        linear_tile(p, tin, tout);
+        memcpy(out + full * fout, tout, sizeof(float) * m * fout);
+    }
     if (relu)
         op_relu(out, out, (size_t)n * fout);
 }
@@ -400,7 +442,7 @@ static const float *run_range(const layer *items, int count, const float *cur, i
             i += fuse_relu;
             break;
         case LAYER_LINEAR:
-            op_linear(&L->p.linear, cur, n, dst, fuse_relu);
+            op_linear(&L->p.linear, cur, n, dst, fuse_relu, ws->col);
             i += fuse_relu;
             break;
         case LAYER_MAXPOOL2D:

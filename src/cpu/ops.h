@@ -22,16 +22,31 @@ static inline int conv_out_dim(int in, int k, int stride, int pad, int dil)
 
 /* ---- single ops ----------------------------------------------------------- */
 
+/* Batch invariance: every GEMM runs with a shape that depends on the layer
+ * alone (linear: tiles of GEMM_ROWS rows; conv: chunks of
+ * conv_chunk_rows() samples), the last tile padded. OpenBLAS rounds a row the
+ * same wherever it sits inside a call of one shape, so a sample's outputs are
+ * bit-identical whatever batch it runs in, and MASKED, COMPACTED and a
+ * sample run alone agree exactly. */
+#define GEMM_ROWS 32
+/* Most samples a batched conv chunk holds (the scratch is sized for it). */
+#define CONV_CHUNK_MAX 16
+
+/* Samples per batched conv GEMM for this layer (1: per sample). */
+int conv_chunk_rows(const conv_params *p, shape3 in_s);
+/* Scratch floats a batched conv needs per chunk row: im2col + one group's
+ * output. */
+size_t conv_chunk_row_floats(const conv_params *p, shape3 in_s);
+
 /* Convolution as im2col + SGEMM, plus bias and (relu=1) a fused ReLU.
  *   in   [n, p->in_ch, in_s.h, in_s.w]
  *   out  [n, p->out_ch, Ho, Wo]   (Ho/Wo from conv_out_dim)
  *   col  scratch of col_cap floats: at least conv_col_floats(p, in_s, 1)
- *        (per-sample im2col). With batched=1, rows are also taken in
- *        chunks: one im2col and one GEMM per group for the chunk, the chunk
- *        as wide as ops.c's CONV_GEMM_COLS asks and as col_cap holds at
- *        conv_col_floats(p, in_s, 1) + (out_ch/groups)*Ho*Wo floats per row;
- *        a chunk of one row runs per sample. The two agree to float
- *        rounding (the GEMM may block the sums differently).
+ *        (per-sample im2col). With batched=1 and conv_chunk_rows() > 1,
+ *        rows run in chunks of conv_chunk_rows() samples (one im2col and one
+ *        GEMM per group per chunk), which needs conv_chunk_rows() *
+ *        conv_chunk_row_floats() floats; with less, per sample. The two
+ *        agree to float rounding only: an engine always uses one of them.
  * A 1x1, stride-1, pad-0 conv skips im2col: the input already is the column
  * matrix. Groups run as one GEMM per group. */
 void op_conv2d(const conv_params *p, shape3 in_s, const float *in, int n, float *out,
@@ -41,11 +56,14 @@ void op_conv2d(const conv_params *p, shape3 in_s, const float *in, int n, float 
  * (in_ch/groups * kh * kw) * (n * Ho * Wo). 0 for a 1x1/stride-1/pad-0 conv. */
 size_t conv_col_floats(const conv_params *p, shape3 in_s, int n);
 
-/* Fully connected: out = in W^T + b, one SGEMM over the rows.
- *   in   [n, p->in_features]   (any per-sample shape of in_features values)
- *   out  [n, p->out_features]
+/* Fully connected: out = in W^T + b, SGEMMs of GEMM_ROWS rows.
+ *   in    [n, p->in_features]   (any per-sample shape of in_features values)
+ *   out   [n, p->out_features]
+ *   tile  scratch of GEMM_ROWS * (in_features + out_features) floats for the
+ *         padded last tile
  * relu=1 applies a fused ReLU. */
-void op_linear(const linear_params *p, const float *in, int n, float *out, int relu);
+void op_linear(const linear_params *p, const float *in, int n, float *out, int relu,
+               float *tile);
 
 /* Max pooling; padding is -inf (PyTorch requires pad <= k/2, so every window
  * holds at least one input element; one that held none would give -inf).
@@ -77,8 +95,9 @@ void op_normalize(shape3 s, const float *in, int n, float *out, float scale,
 /* ---- layer lists ---------------------------------------------------------- */
 
 /* Scratch for run_layers: three buffers of act_cap floats each, and the
- * im2col scratch. act_cap must hold n * (the largest per-sample activation
- * in the list, residual internals included). */
+ * im2col scratch, which also serves op_linear's tile (so it holds at least
+ * GEMM_ROWS * 2 * the largest activation). act_cap must hold n * (the
+ * largest per-sample activation in the list, residual internals included). */
 typedef struct ops_ws {
     float *buf[3];
     size_t act_cap; /* floats per buffer */

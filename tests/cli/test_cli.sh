@@ -133,22 +133,11 @@ assert 0.5 < comp["accuracy"] < 0.95, comp["accuracy"]
 EOF
     ok
 
-    # MASKED and COMPACTED give every sample the same exit and class; the
-    # scores agree to float rounding (BLAS rounds differently on fewer rows)
-    python3 - "$W/$kind-masked.csv" "$W/$kind-compacted.csv" "$N" <<'EOF' ||
-import sys
-a = open(sys.argv[1]).read().splitlines()
-b = open(sys.argv[2]).read().splitlines()
-n = int(sys.argv[3])
-assert a[0] == b[0] == "index,exit,class,score", a[0]
-assert len(a) == len(b) == n + 1
-for i, (x, y) in enumerate(zip(a[1:], b[1:])):
-    x, y = x.split(","), y.split(",")
-    assert x[0] == y[0] == str(i)
-    assert x[1:3] == y[1:3], (i, x, y)
-    sx, sy = float(x[3]), float(y[3])
-    assert abs(sx - sy) <= 1e-5 * max(1.0, abs(sx)), (i, sx, sy)
-EOF
+    # MASKED and COMPACTED predictions are identical, byte for byte: the CPU
+    # backend is batch-invariant (src/cpu/ops.h)
+    head -1 "$W/$kind-masked.csv" | grep -qx "index,exit,class,score" &&
+        [ "$(wc -l < "$W/$kind-masked.csv")" -eq $((N + 1)) ] &&
+        cmp -s "$W/$kind-masked.csv" "$W/$kind-compacted.csv" ||
         fail "$kind: MASKED and COMPACTED predictions differ"
     ok
 
