@@ -4,8 +4,8 @@
  * Loading: read model.json (bounded), check the top-level fields, open the
  * weights, then parse the graph twice (model_parse.h): once to validate and
  * count the weight floats, once to fill the single weight block with batch
- * norm folded. model_finalize then computes shapes and MACs and checks that
- * the layers fit together.
+ * norm folded. model_finalize (model_finalize.c) then computes shapes and
+ * MACs and checks that the layers fit together.
  */
 #include "model.h"
 
@@ -22,8 +22,6 @@
 #include "util.h"
 
 #define MAX_JSON_BYTES (16L * 1024 * 1024)
-/* Floats per sample of any one activation; far beyond any model we run. */
-#define MAX_ACT_FLOATS ((uint64_t)1 << 30)
 
 /* ---- the names of enums ---------------------------------------------------- */
 
@@ -75,222 +73,6 @@ const char *ert_policy_string(ert_policy_kind p)
     case ERT_POLICY_CONFIDENCE_HEAD: return "confidence_head";
     }
     return "unknown";
-}
-
-/* ---- finalize: shapes, MACs, graph checks ------------------------------------ */
-
-static int u64_mul(uint64_t a, uint64_t b, uint64_t *out)
-{
-    if (a != 0 && b > UINT64_MAX / a)
-        return 0;
-    *out = a * b;
-    return 1;
-}
-
-static const char *model_file(const ert_model *m) { return m->path[0] ? m->path : "model"; }
-
-/* Output extent of a window op: floor((n + 2p - eff) / s) + 1, or 0 when the
- * window does not fit. */
-static int64_t window_out(int64_t n, int64_t pad, int64_t eff, int64_t stride)
-{
-    int64_t num = n + 2 * pad - eff;
-    return num < 0 ? 0 : num / stride + 1;
-}
-
-static ert_status finalize_list(const ert_model *m, layer_list *l, const char *where, int nested,
-                                shape3 in, shape3 *out, uint64_t *macs, ert_error *err);
-
-#define LFAIL(...) ert_fail(err, ERT_FORMAT, __VA_ARGS__)
-
-static ert_status finalize_layer(const ert_model *m, layer *l, const char *where, int nested,
-                                 ert_error *err)
-{
-    const char *f = model_file(m);
-    shape3 in = l->in, o = in;
-    uint64_t macs = 0;
-    switch (l->kind) {
-    case LAYER_CONV2D: {
-        const conv_params *c = &l->p.conv;
-        if (c->in_ch < 1 || c->out_ch < 1 || c->groups < 1 || c->kh < 1 || c->kw < 1 ||
-            c->stride_h < 1 || c->stride_w < 1 || c->pad_h < 0 || c->pad_w < 0 || c->dil_h < 1 ||
-            c->dil_w < 1)
-            return LFAIL("%s: %s layer '%s': conv2d parameters out of range", f, where, l->name);
-        if (c->in_ch % c->groups || c->out_ch % c->groups)
-            return LFAIL("%s: %s layer '%s': groups %d does not divide in_channels %d and out_channels %d",
-                         f, where, l->name, c->groups, c->in_ch, c->out_ch);
-        if (c->in_ch != in.c)
-            return LFAIL("%s: %s layer '%s': in_channels is %d, but its input has %d channels", f,
-                         where, l->name, c->in_ch, in.c);
-        if (!c->weight || !c->bias)
-            return LFAIL("%s: %s layer '%s': conv2d without weight or bias", f, where, l->name);
-        int64_t oh = window_out(in.h, c->pad_h, (int64_t)c->dil_h * (c->kh - 1) + 1, c->stride_h);
-        int64_t ow = window_out(in.w, c->pad_w, (int64_t)c->dil_w * (c->kw - 1) + 1, c->stride_w);
-        if (oh < 1 || ow < 1)
-            return LFAIL("%s: %s layer '%s': the kernel does not fit the %dx%d input (output would be empty)",
-                         f, where, l->name, in.h, in.w);
-        o = (shape3){c->out_ch, (int)oh, (int)ow};
-        uint64_t a;
-        if (!u64_mul((uint64_t)c->out_ch * (uint64_t)oh, (uint64_t)ow, &a) ||
-            !u64_mul(a, (uint64_t)(c->in_ch / c->groups), &a) ||
-            !u64_mul(a, (uint64_t)c->kh * (uint64_t)c->kw, &macs))
-            return LFAIL("%s: %s layer '%s': MAC count overflows", f, where, l->name);
-        break;
-    }
-    case LAYER_MAXPOOL2D:
-    case LAYER_AVGPOOL2D: {
-        const pool_params *p = &l->p.pool;
-        if (p->kh < 1 || p->kw < 1 || p->stride_h < 1 || p->stride_w < 1 || p->pad_h < 0 ||
-            p->pad_w < 0 || p->pad_h > p->kh / 2 || p->pad_w > p->kw / 2)
-            return LFAIL("%s: %s layer '%s': pooling parameters out of range", f, where, l->name);
-        int64_t oh = window_out(in.h, p->pad_h, p->kh, p->stride_h);
-        int64_t ow = window_out(in.w, p->pad_w, p->kw, p->stride_w);
-        if (oh < 1 || ow < 1)
-            return LFAIL("%s: %s layer '%s': the %dx%d window does not fit the %dx%d input", f, where,
-                         l->name, p->kh, p->kw, in.h, in.w);
-        o = (shape3){in.c, (int)oh, (int)ow};
-        break;
-    }
-    case LAYER_GLOBAL_AVGPOOL: o = (shape3){in.c, 1, 1}; break;
-    case LAYER_FLATTEN: o = (shape3){(int)shape_size(in), 1, 1}; break;
-    case LAYER_RELU:
-    case LAYER_SIGMOID: break;
-    case LAYER_LINEAR: {
-        const linear_params *p = &l->p.linear;
-        if (p->in_features < 1 || p->out_features < 1 || !p->weight)
-            return LFAIL("%s: %s layer '%s': linear parameters out of range", f, where, l->name);
-        if ((size_t)p->in_features != shape_size(in))
-            return LFAIL("%s: %s layer '%s': in_features is %d, but its input has %zu values (%dx%dx%d)",
-                         f, where, l->name, p->in_features, shape_size(in), in.c, in.h, in.w);
-        o = (shape3){p->out_features, 1, 1};
-        macs = (uint64_t)p->in_features * (uint64_t)p->out_features;
-        break;
-    }
-    case LAYER_RESIDUAL: {
-        if (nested)
-            return LFAIL("%s: %s layer '%s': residuals do not nest", f, where, l->name);
-        residual_params *r = &l->p.residual;
-        char sub[256];
-        shape3 ob = {0, 0, 0}, os = {0, 0, 0};
-        uint64_t mb = 0, ms = 0;
-        if (r->body.count < 1)
-            return LFAIL("%s: %s layer '%s': empty residual body", f, where, l->name);
-        snprintf(sub, sizeof sub, "%s layer '%s' body", where, l->name);
-        ert_status st = finalize_list(m, &r->body, sub, 1, in, &ob, &mb, err);
-        if (st != ERT_OK)
-            return st;
-        snprintf(sub, sizeof sub, "%s layer '%s' shortcut", where, l->name);
-        if ((st = finalize_list(m, &r->shortcut, sub, 1, in, &os, &ms, err)) != ERT_OK)
-            return st;
-        if (ob.c != os.c || ob.h != os.h || ob.w != os.w)
-            return LFAIL("%s: %s layer '%s': the body gives %dx%dx%d but the shortcut %dx%dx%d", f,
-                         where, l->name, ob.c, ob.h, ob.w, os.c, os.h, os.w);
-        o = ob;
-        macs = mb + ms;
-        break;
-    }
-    case LAYER_BATCHNORM2D:
-    case LAYER_DROPOUT:
-        return ert_fail(err, ERT_INVALID_ARGUMENT, "%s: %s layer '%s': %s must be removed before finalize",
-                        f, where, l->name, l->kind == LAYER_DROPOUT ? "dropout" : "batchnorm2d");
-    default:
-        return ert_fail(err, ERT_INVALID_ARGUMENT, "%s: %s layer '%s': unknown layer kind %d", f,
-                        where, l->name, (int)l->kind);
-    }
-    if (o.c < 1 || o.h < 1 || o.w < 1 || shape_size(o) > MAX_ACT_FLOATS)
-        return LFAIL("%s: %s layer '%s': output %dx%dx%d is empty or too large", f, where, l->name,
-                     o.c, o.h, o.w);
-    l->out = o;
-    l->macs = macs;
-    return ERT_OK;
-}
-
-static ert_status finalize_list(const ert_model *m, layer_list *l, const char *where, int nested,
-                                shape3 in, shape3 *out, uint64_t *macs, ert_error *err)
-{
-    uint64_t total = 0;
-    for (int i = 0; i < l->count; i++) {
-        l->items[i].in = in;
-        ert_status st = finalize_layer(m, &l->items[i], where, nested, err);
-        if (st != ERT_OK)
-            return st;
-        in = l->items[i].out;
-        if (total > UINT64_MAX - l->items[i].macs)
-            return LFAIL("%s: %s: MAC count overflows", model_file(m), where);
-        total += l->items[i].macs;
-    }
-    *out = in;
-    *macs = total;
-    return ERT_OK;
-}
-
-static int threshold_ok(ert_policy_kind p, float t)
-{
-    if (!isfinite(t))
-        return 0;
-    return p == ERT_POLICY_ENTROPY ? t >= 0.0f : (t >= 0.0f && t <= 1.0f);
-}
-
-ert_status model_finalize(ert_model *m, ert_error *err)
-{
-    if (!m)
-        return ert_fail(err, ERT_INVALID_ARGUMENT, "model_finalize: NULL model");
-    const char *f = model_file(m);
-    shape3 in = m->input;
-    if (in.c < 1 || in.h < 1 || in.w < 1 || in.c > 4 || shape_size(in) > MAX_ACT_FLOATS)
-        return LFAIL("%s: input.shape: %dx%dx%d out of range", f, in.c, in.h, in.w);
-    if (m->num_classes < 1)
-        return LFAIL("%s: num_classes: must be >= 1", f);
-    if (m->backbone.count < 1)
-        return LFAIL("%s: backbone: has no computing layer", f);
-    if (m->num_exits < 1 || m->num_exits > ERT_MAX_EXITS)
-        return LFAIL("%s: exits: %d exits, must be 1 to %d with the final head", f, m->num_exits,
-                     ERT_MAX_EXITS);
-    shape3 bout;
-    ert_status st = finalize_list(m, &m->backbone, "backbone", 0, in, &bout, &m->backbone_macs, err);
-    if (st != ERT_OK)
-        return st;
-
-    int last = m->backbone.count - 1;
-    for (int e = 0; e < m->num_exits; e++) {
-        exit_def *x = &m->exits[e];
-        int final = e == m->num_exits - 1;
-        char where[160];
-        if (final) {
-            if (x->after != last || x->policy != ERT_POLICY_NONE)
-                return LFAIL("%s: final: must follow the last backbone layer with no policy", f);
-            snprintf(where, sizeof where, "final.head");
-        } else {
-            if (x->after < 0 || x->after >= last)
-                return LFAIL("%s: exits[%d].after: must name a backbone layer before the last one", f, e);
-            if (e > 0 && x->after <= m->exits[e - 1].after)
-                return LFAIL("%s: exits[%d].after: exits must follow distinct layers in backbone order",
-                             f, e);
-            if (x->policy == ERT_POLICY_NONE || !threshold_ok(x->policy, x->threshold))
-                return LFAIL("%s: exits[%d].policy: missing policy or threshold out of range", f, e);
-            snprintf(where, sizeof where, "exits[%d].head", e);
-        }
-        shape3 hin = m->backbone.items[x->after].out, hout = {0, 0, 0}, cout = {0, 0, 0};
-        uint64_t hm = 0, cm = 0;
-        if ((st = finalize_list(m, &x->head, where, 0, hin, &hout, &hm, err)) != ERT_OK)
-            return st;
-        if (shape_size(hout) != (size_t)m->num_classes)
-            return LFAIL("%s: %s: ends in %dx%dx%d = %zu values, expected num_classes = %d", f, where,
-                         hout.c, hout.h, hout.w, shape_size(hout), m->num_classes);
-        if (x->policy == ERT_POLICY_CONFIDENCE_HEAD) {
-            snprintf(where, sizeof where, "exits[%d].confidence", e);
-            if (x->confidence.count < 1)
-                return LFAIL("%s: %s: required for the confidence_head policy", f, where);
-            if ((st = finalize_list(m, &x->confidence, where, 0, hin, &cout, &cm, err)) != ERT_OK)
-                return st;
-            if (shape_size(cout) != 1)
-                return LFAIL("%s: %s: ends in %zu values, expected 1", f, where, shape_size(cout));
-        } else if (x->confidence.count) {
-            return LFAIL("%s: exits[%d].confidence: only for the confidence_head policy", f, e);
-        }
-        x->head_macs = hm + cm;
-    }
-    m->macs_full = m->backbone_macs + m->exits[m->num_exits - 1].head_macs;
-    return ERT_OK;
 }
 
 /* ---- loading ------------------------------------------------------------------ */
@@ -458,7 +240,7 @@ static ert_status parse_policy(parse_ctx *c, const cJSON *ex, const char *field,
     if ((st = json_get_number(c, p, f, "threshold", 0, 0, &t)) != ERT_OK)
         return st;
     x->threshold = (float)t;
-    if (!threshold_ok(x->policy, x->threshold))
+    if (!model_threshold_ok(x->policy, x->threshold))
         return ert_fail(c->err, ERT_FORMAT, "%s: %s.threshold: %g is out of range (%s)", c->file, f,
                         t, x->policy == ERT_POLICY_ENTROPY ? ">= 0" : "[0, 1]");
     return ERT_OK;

@@ -315,12 +315,12 @@ static ert_status parse_pool(parse_ctx *c, const cJSON *o, const char *f, pool_p
     if (cJSON_IsFalse(x))
         return ert_fail(c->err, ERT_UNSUPPORTED,
                         "%s: %s.count_include_pad: false not supported (padding counts)", c->file, f);
-    long long d;
-    if ((st = json_get_int(c, o, f, "dilation", 1, 1, 1, MAX_DIM, &d)))
+    int dh, dw;
+    if ((st = get_pair(c, o, f, "dilation", 1, 1, 1, MAX_DIM, &dh, &dw)))
         return st;
-    if (d != 1)
-        return ert_fail(c->err, ERT_UNSUPPORTED, "%s: %s.dilation: %lld not supported (1 only)",
-                        c->file, f, d);
+    if (dh != 1 || dw != 1)
+        return ert_fail(c->err, ERT_UNSUPPORTED, "%s: %s.dilation: %dx%d not supported (1 only)",
+                        c->file, f, dh, dw);
     /* PyTorch's rule; it also keeps every window partly inside the input. */
     if (pp->pad_h > pp->kh / 2 || pp->pad_w > pp->kw / 2)
         return ert_fail(c->err, ERT_FORMAT, "%s: %s.padding: must be at most half the kernel size",
