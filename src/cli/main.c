@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench.h"
 #include "cli.h"
 
 static const char USAGE[] =
@@ -138,6 +139,8 @@ int main(int argc, char **argv)
     }
     if (strcmp(verb, "run") == 0)
         return finish(cmd_run(argc - 1, argv + 1));
+    if (strcmp(verb, "bench") == 0)
+        return finish(bench_main(argc - 1, argv + 1));
     if (strcmp(verb, "inspect") == 0)
         return finish(cmd_inspect(argc - 1, argv + 1));
     if (verb[0] == '-')

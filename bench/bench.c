@@ -1,0 +1,751 @@
+/* bench.c - `exitrt bench`: the sweep.
+ *
+ * For one model: pick the bench inputs, calibrate each exit profile's
+ * thresholds on them (bench/calibrate.c), then for each backend and batch
+ * size time FULL, MASKED and COMPACTED with every profile. Reps of the
+ * modes and profiles are interleaved (rep r of every cell, then rep r+1),
+ * so that a slow patch of a shared machine hits every cell alike and the
+ * ratios between cells stay fair. FULL does not depend on the thresholds:
+ * it is measured once per backend and batch and reported under every
+ * profile.
+ */
+#include "bench.h"
+
+#include <cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bench_run.h"
+#include "calibrate.h"
+#include "data.h"
+
+static const char *USAGE =
+    "usage: exitrt bench MODEL [options]\n"
+    "  --data FILE          inputs (.npy or IDX); default: the model's sample data,\n"
+    "                       else deterministic random inputs\n"
+    "  --batches LIST       batch sizes (default 1,8,64,256,1024)\n"
+    "  --profile [NAME=]S1,S2,...  add an exit profile: target share per early exit\n"
+    "                       (defaults: none, late-heavy 0.1,0.1, balanced 0.5,0.25,\n"
+    "                       early-heavy 0.8,0.1); may be repeated\n"
+    "  --modes LIST         full,masked,compacted (default all; FULL is always measured)\n"
+    "  --device cpu|cuda|all  (default all: the CPU and CUDA when present)\n"
+    "  --reps N             timed reps per cell, median taken (default 5)\n"
+    "  --warmup N           warm-up batches per cell (default 3)\n"
+    "  --rep-samples N      samples per rep (default 1024; at least one batch)\n"
+    "  --threads N          CPU threads, exitrt and PyTorch (default: online CPUs)\n"
+    "  --inflight N         CUDA batches in flight (default 1)\n"
+    "  --json FILE          every cell as JSON (schema: bench/README.md)\n"
+    "  --plot FILE.png      throughput and efficiency vs batch size (gnuplot)\n"
+    "  --peer               run bench/torch_peer.py (python: $ERT_PYTHON or\n"
+    "                       /usr/bin/python3) and print exitrt / PyTorch\n"
+    "  --quick              batches 64,256, profiles none+balanced, 3 reps\n";
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ---- options ------------------------------------------------------------- */
+
+static int parse_int(const char *s, int lo, int hi, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+/* "1,8,64" -> ints in [lo, hi]. */
+static int parse_int_list(const char *s, int lo, int hi, int *out, int cap, int *n)
+{
+    char buf[512];
+    if (strlen(s) >= sizeof buf)
+        return -1;
+    strcpy(buf, s);
+    *n = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        if (*n >= cap || parse_int(tok, lo, hi, &out[*n]) != 0)
+            return -1;
+        (*n)++;
+    }
+    return *n > 0 ? 0 : -1;
+}
+
+static void add_profile(bench_run *r, const char *name, const double *s, int n)
+{
+    bench_profile *p = &r->prof[r->nprof++];
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "%s", name);
+    for (int i = 0; i < n; i++)
+        p->shares[i] = s[i];
+    p->nshares = n;
+}
+
+/* "[NAME=]0.5,0.25": shares in [0, 1] summing to at most 1. */
+static int parse_profile(bench_run *r, const char *arg)
+{
+    if (r->nprof >= BENCH_MAX_PROFILES)
+        return -1;
+    char buf[256];
+    if (strlen(arg) >= sizeof buf)
+        return -1;
+    strcpy(buf, arg);
+    char *name = NULL, *list = buf, *eq = strchr(buf, '=');
+    if (eq) {
+        *eq = '\0';
+        name = buf;
+        list = eq + 1;
+    }
+    double s[ERT_MAX_EXITS], sum = 0.0;
+    int n = 0;
+    for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        char *end;
+        double v = strtod(tok, &end);
+        if (end == tok || *end || !(v >= 0.0 && v <= 1.0) || n >= ERT_MAX_EXITS - 1)
+            return -1;
+        s[n++] = v;
+        sum += v;
+    }
+    if (n == 0 || sum > 1.0 + 1e-9)
+        return -1;
+    add_profile(r, name && *name ? name : arg, s, n);
+    return 0;
+}
+
+static int parse_modes(bench_run *r, const char *s)
+{
+    char buf[128];
+    if (strlen(s) >= sizeof buf)
+        return -1;
+    strcpy(buf, s);
+    memset(r->mode_on, 0, sizeof r->mode_on);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        if (!strcmp(tok, "full"))
+            r->mode_on[ERT_MODE_FULL] = 1;
+        else if (!strcmp(tok, "masked"))
+            r->mode_on[ERT_MODE_MASKED] = 1;
+        else if (!strcmp(tok, "compacted"))
+            r->mode_on[ERT_MODE_COMPACTED] = 1;
+        else
+            return -1;
+    }
+    return 0;
+}
+
+typedef struct bench_opts {
+    const char *model, *data, *json, *plot, *device, *batches, *modes;
+    const char *profiles[BENCH_MAX_PROFILES];
+    int nprofiles;
+} bench_opts;
+
+/* Returns 0, or 2 after printing a usage error. */
+static int parse_args(int argc, char **argv, bench_run *r, bench_opts *o)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            fputs(USAGE, stdout);
+            return 3;
+        }
+        if (!strcmp(a, "--quick")) {
+            r->quick = 1;
+            continue;
+        }
+        if (!strcmp(a, "--peer")) {
+            r->peer_requested = 1;
+            continue;
+        }
+        if (strncmp(a, "--", 2) != 0) {
+            if (o->model) {
+                fprintf(stderr, "exitrt bench: more than one MODEL ('%s')\n", a);
+                return 2;
+            }
+            o->model = a;
+            continue;
+        }
+        /* --opt VALUE or --opt=VALUE */
+        char key[32];
+        const char *val = strchr(a, '=');
+        size_t klen = val ? (size_t)(val - a) : strlen(a);
+        if (klen >= sizeof key) {
+            fprintf(stderr, "exitrt bench: unknown option '%s'\n%s", a, USAGE);
+            return 2;
+        }
+        memcpy(key, a, klen);
+        key[klen] = '\0';
+        if (val)
+            val++;
+        else if (i + 1 < argc)
+            val = argv[++i];
+        else {
+            fprintf(stderr, "exitrt bench: %s needs a value\n", key);
+            return 2;
+        }
+        int bad = 0;
+        if (!strcmp(key, "--data"))
+            o->data = val;
+        else if (!strcmp(key, "--json"))
+            o->json = val;
+        else if (!strcmp(key, "--plot"))
+            o->plot = val;
+        else if (!strcmp(key, "--device"))
+            o->device = val;
+        else if (!strcmp(key, "--batches"))
+            o->batches = val;
+        else if (!strcmp(key, "--modes"))
+            o->modes = val;
+        else if (!strcmp(key, "--profile")) {
+            if (o->nprofiles >= BENCH_MAX_PROFILES - 4)
+                bad = 1;
+            else
+                o->profiles[o->nprofiles++] = val;
+        } else if (!strcmp(key, "--reps"))
+            bad = parse_int(val, 1, 1000, &r->reps);
+        else if (!strcmp(key, "--warmup"))
+            bad = parse_int(val, 0, 1000, &r->warmup);
+        else if (!strcmp(key, "--rep-samples"))
+            bad = parse_int(val, 1, 1 << 24, &r->rep_samples);
+        else if (!strcmp(key, "--threads"))
+            bad = parse_int(val, 1, 1024, &r->threads);
+        else if (!strcmp(key, "--inflight"))
+            bad = parse_int(val, 1, 16, &r->inflight);
+        else {
+            fprintf(stderr, "exitrt bench: unknown option '%s'\n%s", key, USAGE);
+            return 2;
+        }
+        if (bad) {
+            fprintf(stderr, "exitrt bench: bad value '%s' for %s\n", val, key);
+            return 2;
+        }
+    }
+    if (!o->model) {
+        fputs(USAGE, stderr);
+        return 2;
+    }
+    return 0;
+}
+
+/* Applies defaults and --quick, then the explicit options over them. */
+static int setup_sweep(bench_run *r, const bench_opts *o, int reps_given)
+{
+    static const double late[] = {0.1, 0.1}, bal[] = {0.5, 0.25}, early[] = {0.8, 0.1};
+    static const double zero[] = {0.0};
+    if (r->quick) {
+        r->batches[0] = 64;
+        r->batches[1] = 256;
+        r->nbatches = 2;
+        add_profile(r, "none", zero, 1);
+        add_profile(r, "balanced", bal, 2);
+        if (!reps_given)
+            r->reps = 3;
+    } else {
+        static const int defb[] = {1, 8, 64, 256, 1024};
+        for (int i = 0; i < 5; i++)
+            r->batches[i] = defb[i];
+        r->nbatches = 5;
+        add_profile(r, "none", zero, 1);
+        add_profile(r, "late-heavy", late, 2);
+        add_profile(r, "balanced", bal, 2);
+        add_profile(r, "early-heavy", early, 2);
+    }
+    if (o->batches &&
+        parse_int_list(o->batches, 1, 1 << 20, r->batches, BENCH_MAX_BATCHES, &r->nbatches)) {
+        fprintf(stderr, "exitrt bench: bad --batches '%s' (e.g. 1,8,64)\n", o->batches);
+        return 2;
+    }
+    for (int i = 0; i < o->nprofiles; i++)
+        if (parse_profile(r, o->profiles[i])) {
+            fprintf(stderr,
+                    "exitrt bench: bad --profile '%s' (e.g. 0.5,0.25 or name=0.5,0.25: "
+                    "shares in [0,1] summing to <= 1)\n",
+                    o->profiles[i]);
+            return 2;
+        }
+    r->mode_on[0] = r->mode_on[1] = r->mode_on[2] = 1;
+    if (o->modes && parse_modes(r, o->modes)) {
+        fprintf(stderr, "exitrt bench: bad --modes '%s'\n", o->modes);
+        return 2;
+    }
+    const char *dev = o->device ? o->device : "all";
+    if (!strcmp(dev, "cpu"))
+        r->backend_on[ERT_BACKEND_CPU] = 1;
+    else if (!strcmp(dev, "cuda"))
+        r->backend_on[ERT_BACKEND_CUDA] = 1;
+    else if (!strcmp(dev, "all")) {
+        r->backend_on[ERT_BACKEND_CPU] = 1;
+        r->backend_on[ERT_BACKEND_CUDA] = ert_cuda_available();
+    } else {
+        fprintf(stderr, "exitrt bench: bad --device '%s' (cpu, cuda or all)\n", dev);
+        return 2;
+    }
+    if (r->backend_on[ERT_BACKEND_CUDA] && !ert_cuda_available()) {
+        fprintf(stderr, "exitrt bench: --device cuda, but %s\n",
+#ifdef ERT_HAVE_CUDA
+                "no CUDA device is available"
+#else
+                "this build of exitrt has no CUDA backend"
+#endif
+        );
+        return 1;
+    }
+    return 0;
+}
+
+/* ---- inputs ---------------------------------------------------------------- */
+
+/* Whether model.json says its weights are random: a "random_weights": true
+ * member, or a name containing "random" (the GPU-scale generators in
+ * models/ write both). */
+static int model_is_random(const ert_model *m)
+{
+    FILE *f = fopen(m->path, "rb");
+    if (!f)
+        return 0;
+    char *buf = NULL;
+    long len = -1;
+    if (fseek(f, 0, SEEK_END) == 0 && (len = ftell(f)) > 0 && len < (64L << 20) &&
+        fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)len + 1)) &&
+        fread(buf, 1, (size_t)len, f) == (size_t)len)
+        buf[len] = '\0';
+    else {
+        free(buf);
+        buf = NULL;
+    }
+    fclose(f);
+    if (!buf)
+        return 0;
+    cJSON *j = cJSON_Parse(buf);
+    free(buf);
+    int rnd = 0;
+    if (j) {
+        const cJSON *rw = cJSON_GetObjectItemCaseSensitive(j, "random_weights");
+        const cJSON *nm = cJSON_GetObjectItemCaseSensitive(j, "name");
+        rnd = cJSON_IsTrue(rw) || (cJSON_IsString(nm) && strstr(nm->valuestring, "random"));
+        cJSON_Delete(j);
+    }
+    return rnd;
+}
+
+/* Deterministic inputs: normal-ish values in the network's units, mapped
+ * back to raw units through the model's normalisation. */
+static void random_inputs(const ert_model *m, float *x, size_t rows)
+{
+    uint64_t s = 0x9E3779B97F4A7C15ull;
+    size_t hw = (size_t)m->input.h * (size_t)m->input.w;
+    for (size_t i = 0; i < rows * m->input.c * hw; i++) {
+        double u = 0.0;
+        for (int k = 0; k < 4; k++) { /* Irwin-Hall: sum of 4 uniforms, var 1/3 */
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            u += (double)(s >> 11) * (1.0 / 9007199254740992.0);
+        }
+        double z = (u - 2.0) * sqrt(3.0);
+        int c = (int)((i / hw) % (size_t)m->input.c);
+        x[i] = (float)((z * m->std[c] + m->mean[c]) / m->input_scale);
+    }
+}
+
+static int load_inputs(bench_run *r, const char *data)
+{
+    const ert_model *m = r->model;
+    int maxb = 0;
+    for (int i = 0; i < r->nbatches; i++)
+        maxb = r->batches[i] > maxb ? r->batches[i] : maxb;
+    r->n = maxb;
+    r->input_size = ert_model_input_size(m);
+    size_t rows = (size_t)r->n + (size_t)maxb;
+    r->inputs = malloc(rows * r->input_size * sizeof(float));
+    if (!r->inputs) {
+        fprintf(stderr, "exitrt bench: out of memory for %zu inputs\n", rows);
+        return -1;
+    }
+    const char *path = data ? data : ert_model_sample_data(m);
+    if (!path) {
+        random_inputs(m, r->inputs, (size_t)r->n);
+        snprintf(r->input_desc, sizeof r->input_desc,
+                 "deterministic random inputs (the model names no sample data)");
+    } else {
+        ert_dataset d;
+        ert_error err;
+        if (ert_dataset_load(path, &d, &err) != ERT_OK) {
+            fprintf(stderr, "exitrt bench: %s\n", err.msg);
+            return -1;
+        }
+        if (d.sample_size != r->input_size || d.count == 0) {
+            fprintf(stderr, "exitrt bench: %s: %zu values per sample, the model takes %zu\n",
+                    path, d.sample_size, r->input_size);
+            ert_dataset_free(&d);
+            return -1;
+        }
+        for (size_t i = 0; i < (size_t)r->n; i++)
+            memcpy(r->inputs + i * r->input_size,
+                   d.values + (i % d.count) * r->input_size, r->input_size * sizeof(float));
+        snprintf(r->input_desc, sizeof r->input_desc, "%s%s: first %d samples%s",
+                 data ? "" : "the model's sample data ", path, r->n,
+                 d.count < (size_t)r->n ? " (repeated: the file holds fewer)" : "");
+        ert_dataset_free(&d);
+    }
+    /* rows wrap: a batch may start anywhere in [0, n) and read contiguously */
+    for (size_t i = 0; i < (size_t)maxb; i++)
+        memcpy(r->inputs + ((size_t)r->n + i) * r->input_size,
+               r->inputs + (i % (size_t)r->n) * r->input_size, r->input_size * sizeof(float));
+    return 0;
+}
+
+/* ---- calibration ----------------------------------------------------------- */
+
+/* Every exit's score on the n inputs (one CPU engine in MASKED mode), then
+ * each profile's thresholds; then the same engine runs the inputs with the
+ * thresholds, to record each sample's exit as an engine decides it. */
+static int calibrate(bench_run *r)
+{
+    ert_model *m = r->model;
+    int E = r->num_exits, chunk = r->n < 256 ? r->n : 256;
+    ert_engine_config cfg = ert_engine_config_default();
+    cfg.backend = ERT_BACKEND_CPU;
+    cfg.mode = ERT_MODE_MASKED;
+    cfg.max_batch = chunk;
+    cfg.threads = r->threads;
+    ert_engine *e = NULL;
+    ert_error err;
+    float *scores = malloc(sizeof *scores * (size_t)r->n * (size_t)E);
+    ert_sample *smp = malloc(sizeof *smp * (size_t)chunk);
+    int rc = -1;
+    if (!scores || !smp) {
+        fprintf(stderr, "exitrt bench: out of memory\n");
+        goto done;
+    }
+    if (ert_engine_create(m, &cfg, &e, &err) != ERT_OK) {
+        fprintf(stderr, "exitrt bench: calibration engine: %s\n", err.msg);
+        goto done;
+    }
+    for (int b = 0; b < r->n; b += chunk) {
+        int nb = r->n - b < chunk ? r->n - b : chunk;
+        if (ert_engine_scores(e, r->inputs + (size_t)b * r->input_size, nb,
+                              scores + (size_t)b * (size_t)E) != ERT_OK) {
+            fprintf(stderr, "exitrt bench: scores: %s\n", ert_engine_error(e));
+            goto done;
+        }
+    }
+    ert_policy_kind kinds[ERT_MAX_EXITS];
+    for (int x = 0; x < E; x++)
+        kinds[x] = ert_model_exit_policy(m, x);
+    for (int p = 0; p < r->nprof; p++) {
+        bench_profile *pr = &r->prof[p];
+        pr->exits = malloc(sizeof *pr->exits * (size_t)r->n);
+        if (!pr->exits ||
+            calib_profile(E, kinds, scores, r->n, pr->shares, pr->nshares, pr->thresholds,
+                          pr->targets, pr->calibrated, NULL) != 0) {
+            fprintf(stderr, "exitrt bench: calibration failed (out of memory?)\n");
+            goto done;
+        }
+        for (int x = 0; x < E - 1; x++)
+            if (ert_engine_set_threshold(e, x, pr->thresholds[x]) != ERT_OK) {
+                fprintf(stderr, "exitrt bench: %s\n", ert_engine_error(e));
+                goto done;
+            }
+        memset(pr->achieved, 0, sizeof pr->achieved);
+        for (int b = 0; b < r->n; b += chunk) {
+            int nb = r->n - b < chunk ? r->n - b : chunk;
+            ert_result res = {.samples = smp};
+            if (ert_infer(e, r->inputs + (size_t)b * r->input_size, nb, &res) != ERT_OK) {
+                fprintf(stderr, "exitrt bench: %s\n", ert_engine_error(e));
+                goto done;
+            }
+            for (int i = 0; i < nb; i++) {
+                pr->exits[b + i] = smp[i].exit_index;
+                pr->achieved[smp[i].exit_index]++;
+            }
+        }
+    }
+    rc = 0;
+done:
+    ert_engine_free(e);
+    free(scores);
+    free(smp);
+    return rc;
+}
+
+/* ---- timing ----------------------------------------------------------------- */
+
+/* A cell being measured: its engine and what its reps have gathered. */
+typedef struct cell_acc {
+    ert_engine *eng;
+    int profile;
+    double *rep_s;     /* [reps] */
+    double *lat_s;     /* [reps * batches_per_rep] */
+    int nrep, nlat;
+    int32_t counts[ERT_MAX_EXITS]; /* the first rep's */
+    uint64_t macs;     /* the first rep's */
+    long waits;        /* all reps */
+} cell_acc;
+
+static int set_profile(bench_run *r, ert_engine *e, int p)
+{
+    for (int x = 0; x < r->num_exits - 1; x++)
+        if (ert_engine_set_threshold(e, x, r->prof[p].thresholds[x]) != ERT_OK) {
+            fprintf(stderr, "exitrt bench: %s\n", ert_engine_error(e));
+            return -1;
+        }
+    return 0;
+}
+
+/* nb batches of `batch` rows, starting where the previous batch ended
+ * (cycling through the n inputs). timed: record into a. */
+static int run_batches(bench_run *r, cell_acc *a, int batch, int nb, ert_sample *smp,
+                       int timed, int first)
+{
+    double t0 = now_s();
+    for (int k = 0; k < nb; k++) {
+        size_t start = ((size_t)k * (size_t)batch) % (size_t)r->n;
+        ert_result res = {.samples = smp};
+        double tb = now_s();
+        if (ert_infer(a->eng, r->inputs + start * r->input_size, batch, &res) != ERT_OK) {
+            fprintf(stderr, "exitrt bench: %s\n", ert_engine_error(a->eng));
+            return -1;
+        }
+        if (!timed)
+            continue;
+        a->lat_s[a->nlat++] = now_s() - tb;
+        a->waits += res.host_waits;
+        if (first) {
+            for (int x = 0; x < r->num_exits; x++)
+                a->counts[x] += res.exit_counts[x];
+            a->macs += res.macs_executed;
+        }
+    }
+    if (timed)
+        a->rep_s[a->nrep++] = now_s() - t0;
+    return 0;
+}
+
+static bench_cell *new_cell(bench_run *r)
+{
+    if (r->ncells == r->cap) {
+        int cap = r->cap ? 2 * r->cap : 64;
+        bench_cell *c = realloc(r->cells, sizeof *c * (size_t)cap);
+        if (!c)
+            return NULL;
+        r->cells = c;
+        r->cap = cap;
+    }
+    bench_cell *c = &r->cells[r->ncells++];
+    memset(c, 0, sizeof *c);
+    c->torch_samples_per_s = -1.0;
+    c->torch_best_ee = -1.0;
+    return c;
+}
+
+static double median(const double *v, int n, double *scratch)
+{
+    return calib_percentile(v, n, 0.5, scratch);
+}
+
+/* Times every mode and profile for one backend and batch size. */
+static int sweep_batch(bench_run *r, ert_backend be, int batch)
+{
+    int P = r->nprof;
+    int nb = (r->rep_samples + batch - 1) / batch;
+    int spr = nb * batch;
+    /* acc[0]: FULL; acc[1 + 2p]: MASKED, acc[2 + 2p]: COMPACTED of profile p */
+    int nacc = 1 + 2 * P;
+    cell_acc *acc = calloc((size_t)nacc, sizeof *acc);
+    ert_sample *smp = malloc(sizeof *smp * (size_t)batch);
+    double *scratch = malloc(sizeof(double) * (size_t)(r->reps * nb + r->reps));
+    ert_engine *eng[3] = {NULL, NULL, NULL};
+    int rc = -1;
+    if (!acc || !smp || !scratch)
+        goto oom;
+    for (int m = 0; m < 3; m++) {
+        if (m != ERT_MODE_FULL && !r->mode_on[m])
+            continue;
+        ert_engine_config cfg = ert_engine_config_default();
+        cfg.backend = be;
+        cfg.mode = (ert_mode)m;
+        cfg.max_batch = batch;
+        cfg.threads = r->threads;
+        cfg.inflight = r->inflight;
+        ert_error err;
+        ert_status st = ert_engine_create(r->model, &cfg, &eng[m], &err);
+        if (st != ERT_OK) {
+            fprintf(stderr, "exitrt bench: %s batch %d %s: %s%s\n", ert_backend_string(be),
+                    batch, ert_mode_string((ert_mode)m), err.msg,
+                    st == ERT_OUT_OF_MEMORY ? " (batch size skipped)" : "");
+            rc = st == ERT_OUT_OF_MEMORY ? 1 : -1;
+            goto done;
+        }
+    }
+    for (int i = 0; i < nacc; i++) {
+        int m = i == 0 ? ERT_MODE_FULL : (i % 2 ? ERT_MODE_MASKED : ERT_MODE_COMPACTED);
+        acc[i].eng = eng[m];
+        acc[i].profile = i == 0 ? -1 : (i - 1) / 2;
+        acc[i].rep_s = calloc((size_t)r->reps, sizeof(double));
+        acc[i].lat_s = calloc((size_t)r->reps * (size_t)nb, sizeof(double));
+        if (!acc[i].rep_s || !acc[i].lat_s)
+            goto oom;
+    }
+
+    /* warm-up, then reps interleaved across cells */
+    for (int rep = -1; rep < r->reps; rep++) {
+        for (int i = 0; i < nacc; i++) {
+            cell_acc *a = &acc[i];
+            if (!a->eng)
+                continue;
+            if (a->profile >= 0 && set_profile(r, a->eng, a->profile))
+                goto done;
+            int timed = rep >= 0;
+            int n = timed ? nb : r->warmup;
+            if (n > 0 && run_batches(r, a, batch, n, smp, timed, rep == 0))
+                goto done;
+        }
+    }
+
+    double full_sps = 0.0;
+    for (int i = 0; i < nacc; i++) {
+        cell_acc *a = &acc[i];
+        if (!a->eng)
+            continue;
+        double sps = (double)spr / median(a->rep_s, a->nrep, scratch);
+        if (i == 0)
+            full_sps = sps;
+        /* FULL is reported under every profile */
+        int p0 = i == 0 ? 0 : a->profile, p1 = i == 0 ? P : a->profile + 1;
+        for (int p = p0; p < p1; p++) {
+            if (i == 0 && !r->mode_on[ERT_MODE_FULL])
+                break;
+            bench_cell *c = new_cell(r);
+            if (!c)
+                goto oom;
+            c->backend = be;
+            c->profile = p;
+            c->batch = batch;
+            c->mode = ert_engine_mode(a->eng);
+            c->reps = a->nrep;
+            c->batches_per_rep = nb;
+            c->samples_per_rep = spr;
+            c->samples_per_s = sps;
+            c->p50_ms = 1e3 * calib_percentile(a->lat_s, a->nlat, 0.50, scratch);
+            c->p99_ms = 1e3 * calib_percentile(a->lat_s, a->nlat, 0.99, scratch);
+            c->macs_per_sample = (double)a->macs / spr;
+            memcpy(c->exit_counts, a->counts, sizeof c->exit_counts);
+            /* the ideal is the profile's: for FULL take the COMPACTED
+               cell's counts (FULL itself exits nobody early) */
+            const int32_t *cnt = a->counts;
+            if (i == 0 && acc[2 + 2 * p].eng)
+                cnt = acc[2 + 2 * p].counts;
+            else if (i == 0 && acc[1 + 2 * p].eng)
+                cnt = acc[1 + 2 * p].counts;
+            c->ideal_macs_per_sample = (double)plan_ideal_macs(r->model, &r->plan, cnt) / spr;
+            c->ideal_speedup = calib_ideal_speedup(r->model, &r->plan, cnt);
+            c->speedup = full_sps > 0.0 ? sps / full_sps : 0.0;
+            c->efficiency = calib_efficiency(c->speedup, c->ideal_speedup);
+            c->host_waits_per_batch = (double)a->waits / (double)(a->nrep * nb);
+        }
+    }
+    rc = 0;
+    goto done;
+oom:
+    fprintf(stderr, "exitrt bench: out of memory\n");
+done:
+    if (acc)
+        for (int i = 0; i < nacc; i++) {
+            free(acc[i].rep_s);
+            free(acc[i].lat_s);
+        }
+    for (int m = 0; m < 3; m++)
+        ert_engine_free(eng[m]);
+    free(acc);
+    free(smp);
+    free(scratch);
+    return rc;
+}
+
+/* ---- main ------------------------------------------------------------------ */
+
+int bench_main(int argc, char **argv)
+{
+    bench_run r;
+    bench_opts o;
+    memset(&r, 0, sizeof r);
+    memset(&o, 0, sizeof o);
+    r.reps = 5;
+    r.warmup = 3;
+    r.rep_samples = 1024;
+    r.inflight = 1;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    r.threads = ncpu > 0 ? (int)ncpu : 1;
+    int reps_default = r.reps;
+
+    int rc = parse_args(argc, argv, &r, &o);
+    if (rc)
+        return rc == 3 ? 0 : rc;
+    rc = setup_sweep(&r, &o, r.reps != reps_default);
+    if (rc)
+        return rc;
+    r.model_path = o.model;
+    time_t t = time(NULL);
+    strftime(r.date, sizeof r.date, "%Y-%m-%d %H:%M:%S", localtime(&t));
+
+    ert_error err;
+    if (ert_model_load(o.model, &r.model, &err) != ERT_OK) {
+        fprintf(stderr, "exitrt bench: %s\n", err.msg);
+        return 1;
+    }
+    rc = 1;
+    r.num_exits = ert_model_num_exits(r.model);
+    plan_build(r.model, &r.plan);
+    r.random_weights = model_is_random(r.model);
+    if (load_inputs(&r, o.data))
+        goto done;
+    double t0 = now_s();
+    if (calibrate(&r))
+        goto done;
+    fprintf(stderr, "exitrt bench: calibrated %d profiles on %d inputs (%.1fs)\n", r.nprof,
+            r.n, now_s() - t0);
+
+    for (int be = ERT_BACKEND_CPU; be <= ERT_BACKEND_CUDA; be++) {
+        if (!r.backend_on[be])
+            continue;
+        for (int i = 0; i < r.nbatches; i++) {
+            double tb = now_s();
+            int st = sweep_batch(&r, (ert_backend)be, r.batches[i]);
+            if (st < 0)
+                goto done;
+            fprintf(stderr, "exitrt bench: %s batch %d done (%.1fs)\n",
+                    ert_backend_string((ert_backend)be), r.batches[i], now_s() - tb);
+        }
+    }
+    if (r.peer_requested && bench_run_peer(&r) == 0)
+        r.peer_ok = 1;
+
+    bench_print_table(&r, stdout);
+    fflush(stdout);
+    rc = 0;
+    if (o.json && bench_write_json(&r, o.json)) {
+        fprintf(stderr, "exitrt bench: could not write %s\n", o.json);
+        rc = 1;
+    }
+    if (o.plot && bench_write_plot(&r, o.plot))
+        rc = 1;
+done:
+    for (int p = 0; p < r.nprof; p++)
+        free(r.prof[p].exits);
+    free(r.cells);
+    free(r.inputs);
+    ert_model_free(r.model);
+    return rc;
+}

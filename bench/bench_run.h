@@ -1,0 +1,96 @@
+/* bench_run.h - what one `exitrt bench` run holds, shared by bench.c (the
+ * sweep), bench_report.c (table, JSON, plot) and bench_peer.c (the PyTorch peer). */
+#ifndef ERT_BENCH_RUN_H
+#define ERT_BENCH_RUN_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "exitrt.h"
+#include "model.h"
+#include "plan.h"
+
+#define BENCH_MAX_BATCHES 16
+#define BENCH_MAX_PROFILES 16
+#define BENCH_NAME_LEN 48
+
+typedef struct bench_profile {
+    char name[BENCH_NAME_LEN];
+    double shares[ERT_MAX_EXITS]; /* target share per early exit, as given */
+    int nshares;
+    /* calibration on the N bench inputs */
+    float thresholds[ERT_MAX_EXITS];  /* early exits only */
+    int32_t targets[ERT_MAX_EXITS];   /* samples wanted per exit (final: the rest) */
+    int32_t calibrated[ERT_MAX_EXITS];/* samples per exit the scores give */
+    int32_t achieved[ERT_MAX_EXITS];  /* samples per exit an engine gave (CPU, MASKED) */
+    int32_t *exits;                   /* [N] each sample's exit (that engine) */
+    /* the peer's check of its exit decisions against `exits` */
+    int peer_checked;
+    int peer_mismatch_masked, peer_mismatch_compacted;
+} bench_profile;
+
+/* One measured cell: backend x profile x batch x mode. */
+typedef struct bench_cell {
+    ert_backend backend;
+    int profile;                /* index into run->prof */
+    int batch;
+    ert_mode mode;
+    int reps, batches_per_rep, samples_per_rep;
+    double samples_per_s;       /* samples_per_rep / median rep time */
+    double p50_ms, p99_ms;      /* per-batch latency over every timed batch */
+    double macs_per_sample;     /* executed (ert_result.macs_executed) */
+    double ideal_macs_per_sample; /* plan_ideal_macs for the cell's exit counts */
+    double ideal_speedup;       /* full MACs / ideal MACs */
+    double speedup;             /* samples/s over FULL's, same backend and batch */
+    double efficiency;          /* speedup / ideal_speedup */
+    double host_waits_per_batch;
+    int32_t exit_counts[ERT_MAX_EXITS]; /* summed over one rep */
+    double torch_samples_per_s; /* the peer, same device/profile/batch/mode; < 0: none */
+    double torch_best_ee;       /* the peer's best of MASKED/COMPACTED; < 0: none */
+} bench_cell;
+
+typedef struct bench_run {
+    const char *model_path;
+    ert_model *model;
+    plan plan;
+    int num_exits;
+    int random_weights;
+    char input_desc[1200];      /* where the bench inputs came from */
+    int n;                      /* bench inputs: max batch size */
+    float *inputs;              /* [(n + max batch) * input size]: rows wrap around */
+    size_t input_size;
+
+    int batches[BENCH_MAX_BATCHES], nbatches;
+    bench_profile prof[BENCH_MAX_PROFILES];
+    int nprof;
+    int mode_on[3];             /* requested modes (FULL is always measured) */
+    int backend_on[3];          /* indexed by ert_backend */
+    int reps, warmup, rep_samples, threads, inflight;
+    int quick;
+
+    bench_cell *cells;
+    int ncells, cap;
+
+    int peer_requested, peer_ok;
+    char peer_note[512];        /* why the peer did not run, or its version */
+    char date[32];
+} bench_run;
+
+/* bench_report.c */
+void bench_print_table(const bench_run *r, FILE *out);
+/* Writes every cell as JSON (schema in bench/README.md). 0 on success. */
+int bench_write_json(const bench_run *r, const char *path);
+/* Draws throughput and efficiency against batch size per mode with
+ * gnuplot. 0 on success; on failure prints why to stderr. */
+int bench_write_plot(const bench_run *r, const char *path);
+
+/* bench_peer.c: runs bench/torch_peer.py on the same inputs, thresholds and batch
+ * sizes, fills the cells' torch figures and the profiles' decision checks.
+ * Returns 0 when the peer ran; otherwise sets r->peer_note. */
+int bench_run_peer(bench_run *r);
+
+/* Writes a C-order float32 or int32 array as .npy. 0 on success. */
+int bench_write_npy(const char *path, const void *data, int is_int32, const int64_t *dims,
+                    int ndim);
+
+#endif /* ERT_BENCH_RUN_H */

@@ -1,0 +1,479 @@
+#!/usr/bin/python3
+"""The PyTorch peer of `exitrt bench`: the same exported weights, the same
+inputs, the same thresholds and batch sizes, timed by the same rules, in
+eager PyTorch (fp32).
+
+    torch_peer.py --model DIR --inputs X.npy [--exits E.npy] --out OUT.json
+                  --profile NAME=T1,T2 [--profile ...] [--batches 64,256]
+                  [--modes full,masked,compacted] [--reps 5] [--warmup 3]
+                  [--rep-samples 1024] [--threads 2] [--device cpu|cuda|all]
+
+The model is read from model.json and its safetensors file with json,
+struct and numpy only (not models/export.py), and built as torch modules
+layer by layer; batch norm stays an nn.BatchNorm2d in eval mode (the same
+math as exitrt's folding, up to rounding).
+
+Modes, as the two ways in the threads this project grew from:
+  full       every sample through the backbone and the final head
+  masked     every stage and every exit head on every sample; each sample's
+             output picked by its first confident exit (torch.where)
+  compacted  after each exit the samples that left are dropped by boolean
+             indexing; the survivor count is read on the host (`.item()`,
+             i.e. `if mask.any()`), as the forum thread does
+Timing: per cell, `warmup` batches, then `reps` reps of ceil(rep_samples /
+batch) batches cycling through the inputs; samples/s from the median rep;
+p50/p99 of the per-batch latencies. Each batch starts from host memory and
+ends with its exits and logits on the host (the contract of ert_infer). On
+CUDA: CUDA events, a synchronize per batch, TF32 off.
+
+Exit decisions: for every profile the masked and compacted runs over all
+inputs are compared with exitrt's per-sample exits (--exits, [profiles, N]
+int32, in --profile order); mismatches are counted and reported, never
+hidden. Prints one JSON object to --out (and a summary to stdout).
+"""
+import argparse
+import json
+import os
+import struct
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+# ---------------------------------------------------------------------------
+# The model file
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        raw = f.read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n].decode("utf-8"))
+    header.pop("__metadata__", None)
+    out = {}
+    for name, info in header.items():
+        if info["dtype"] != "F32":
+            raise ValueError(f"{path}: tensor {name}: dtype {info['dtype']}, F32 expected")
+        b, e = info["data_offsets"]
+        out[name] = np.frombuffer(raw, dtype="<f4", count=(e - b) // 4,
+                                  offset=8 + n + b).reshape(info["shape"])
+    return out
+
+
+def pair(v, default=None):
+    if v is None:
+        v = default
+    return (int(v), int(v)) if isinstance(v, (int, float)) else (int(v[0]), int(v[1]))
+
+
+class Residual(nn.Module):
+    def __init__(self, body, shortcut, relu):
+        super().__init__()
+        self.body = body
+        self.shortcut = shortcut
+        self.relu = relu
+
+    def forward(self, x):
+        y = self.body(x) + (self.shortcut(x) if self.shortcut is not None else x)
+        return torch.relu(y) if self.relu else y
+
+
+class FlatLinear(nn.Linear):
+    """exitrt's linear reads any per-sample shape of in_features values."""
+
+    def forward(self, x):
+        return super().forward(x.flatten(1) if x.dim() > 2 else x)
+
+
+class Normalize(nn.Module):
+    def __init__(self, c, scale, mean, std):
+        super().__init__()
+        self.scale = float(scale)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1))
+
+    def forward(self, x):
+        return (x * self.scale - self.mean) / self.std
+
+
+def tensor(w, name):
+    return torch.from_numpy(np.array(w[name], dtype=np.float32))
+
+
+def build_layer(L, w):
+    t = L["type"]
+    if t == "conv2d":
+        kh, kw = pair(L["kernel_size"])
+        m = nn.Conv2d(int(L["in_channels"]), int(L["out_channels"]), (kh, kw),
+                      stride=pair(L.get("stride"), 1), padding=pair(L.get("padding"), 0),
+                      dilation=pair(L.get("dilation"), 1), groups=int(L.get("groups", 1)),
+                      bias="bias" in L)
+        m.weight.data = tensor(w, L["weight"])
+        if "bias" in L:
+            m.bias.data = tensor(w, L["bias"])
+        return m
+    if t == "batchnorm2d":
+        m = nn.BatchNorm2d(int(L["num_features"]), eps=float(L.get("eps", 1e-5)))
+        m.weight.data = tensor(w, L["weight"])
+        m.bias.data = tensor(w, L["bias"])
+        m.running_mean.data = tensor(w, L["running_mean"])
+        m.running_var.data = tensor(w, L["running_var"])
+        return m
+    if t == "relu":
+        return nn.ReLU()
+    if t == "sigmoid":
+        return nn.Sigmoid()
+    if t == "maxpool2d":
+        k = pair(L["kernel_size"])
+        return nn.MaxPool2d(k, stride=pair(L.get("stride"), k), padding=pair(L.get("padding"), 0))
+    if t == "avgpool2d":
+        k = pair(L["kernel_size"])
+        return nn.AvgPool2d(k, stride=pair(L.get("stride"), k), padding=pair(L.get("padding"), 0),
+                            count_include_pad=True)
+    if t == "global_avgpool":
+        return nn.AdaptiveAvgPool2d(1)
+    if t == "flatten":
+        return nn.Flatten(1)
+    if t == "linear":
+        m = FlatLinear(int(L["in_features"]), int(L["out_features"]), bias="bias" in L)
+        m.weight.data = tensor(w, L["weight"])
+        if "bias" in L:
+            m.bias.data = tensor(w, L["bias"])
+        return m
+    if t == "dropout":
+        return nn.Identity()
+    if t == "residual":
+        sc = L.get("shortcut") or []
+        return Residual(build_list(L["body"], w), build_list(sc, w) if sc else None,
+                        L.get("activation", "relu") == "relu")
+    raise ValueError(f"layer '{L.get('name')}': type {t} is not supported by the peer")
+
+
+def build_list(layers, w):
+    return nn.Sequential(*[build_layer(L, w) for L in layers])
+
+
+POLICY = {"entropy": 1, "max_prob": 2, "margin": 3, "confidence_head": 4}
+
+
+class MultiExit(nn.Module):
+    """stages[s] runs the backbone up to exit s; heads[s] is exit s's head
+    (the final head last); confs[s] its confidence layers or None."""
+
+    def __init__(self, path):
+        super().__init__()
+        if os.path.isdir(path):
+            path = os.path.join(path, "model.json")
+        with open(path) as f:
+            j = json.load(f)
+        d = os.path.dirname(path)
+        w = read_safetensors(os.path.join(d, j["weights"]))
+        c, h, wd = j["input"]["shape"]
+        inp = j["input"]
+        mean = inp.get("mean", [0.0])
+        std = inp.get("std", [1.0])
+        mean = mean * c if len(mean) == 1 else mean
+        std = std * c if len(std) == 1 else std
+        self.shape = (c, h, wd)
+        self.K = int(j["num_classes"])
+        self.norm = Normalize(c, inp.get("scale", 1.0), mean, std)
+        names = [L["name"] for L in j["backbone"]]
+        stages, heads, confs, self.kinds, self.exit_names = [], [], [], [], []
+        begin = 0
+        for e in j["exits"]:
+            end = names.index(e["after"]) + 1
+            stages.append(build_list(j["backbone"][begin:end], w))
+            heads.append(build_list(e["head"], w))
+            confs.append(build_list(e["confidence"], w) if e.get("confidence") else None)
+            self.kinds.append(POLICY[e["policy"]["type"]])
+            self.exit_names.append(e["name"])
+            begin = end
+        stages.append(build_list(j["backbone"][begin:], w))
+        heads.append(build_list(j["final"]["head"], w))
+        confs.append(None)
+        self.kinds.append(0)
+        self.exit_names.append(j["final"].get("name", "final"))
+        self.stages = nn.ModuleList(stages)
+        self.heads = nn.ModuleList(heads)
+        self.confs = nn.ModuleList([cf if cf is not None else nn.Identity() for cf in confs])
+        self.has_conf = [cf is not None for cf in confs]
+        self.E = len(stages)
+        self.eval()
+
+
+# ---------------------------------------------------------------------------
+# Exit policies: exitrt's formulas (src/policy.h), float32
+
+
+def policy_exits(kind, z, conf, thr):
+    """Boolean [n]: whether each row leaves at an exit of this kind."""
+    finite = torch.isfinite(z).all(dim=1)
+    if kind == POLICY["confidence_head"]:
+        s = conf.reshape(-1)
+    else:
+        top = torch.topk(z, min(2, z.shape[1]), dim=1).values
+        m = top[:, :1]
+        d = z - m
+        e = torch.exp(d)
+        s_ = e.sum(dim=1)
+        if kind == POLICY["entropy"]:
+            s = torch.clamp_min(torch.log(s_) - (e * d).sum(dim=1) / s_, 0.0)
+        elif kind == POLICY["margin"]:
+            s = ((1.0 - torch.exp(top[:, 1] - top[:, 0])) / s_ if z.shape[1] > 1
+                 else torch.ones_like(s_))
+        else:
+            s = 1.0 / s_
+    ok = finite & torch.isfinite(s)
+    return ok & ((s < thr) if kind == POLICY["entropy"] else (s >= thr))
+
+
+def run_full(M, x):
+    h = M.norm(x)
+    for st in M.stages:
+        h = st(h)
+    z = M.heads[-1](h).reshape(h.shape[0], -1)
+    return z, torch.full((x.shape[0],), M.E - 1, dtype=torch.int32, device=x.device)
+
+
+def run_masked(M, x, thr):
+    """Every stage and head on every row; each row's output by its first
+    confident exit, selected by mask."""
+    n = x.shape[0]
+    h = M.norm(x)
+    out = None
+    ex = torch.full((n,), M.E - 1, dtype=torch.int32, device=x.device)
+    done = torch.zeros(n, dtype=torch.bool, device=x.device)
+    for s in range(M.E):
+        h = M.stages[s](h)
+        z = M.heads[s](h).reshape(n, -1)
+        if s == M.E - 1:
+            out = z if out is None else torch.where(done[:, None], out, z)
+            break
+        conf = M.confs[s](h) if M.has_conf[s] else None
+        take = policy_exits(M.kinds[s], z, conf, thr[s]) & ~done
+        out = z if out is None else torch.where(take[:, None], z, out)
+        ex = torch.where(take, torch.full_like(ex, s), ex)
+        done = done | take
+    return out, ex
+
+
+def run_compacted(M, x, thr):
+    """Survivors boolean-indexed after each exit; the host reads whether
+    anyone left (a sync per exit, as the forum thread's .item())."""
+    n = x.shape[0]
+    h = M.norm(x)
+    out = torch.empty((n, M.K), dtype=torch.float32, device=x.device)
+    ex = torch.full((n,), M.E - 1, dtype=torch.int32, device=x.device)
+    idx = torch.arange(n, device=x.device)
+    for s in range(M.E):
+        h = M.stages[s](h)
+        z = M.heads[s](h).reshape(h.shape[0], -1)
+        if s == M.E - 1:
+            out[idx] = z
+            break
+        conf = M.confs[s](h) if M.has_conf[s] else None
+        take = policy_exits(M.kinds[s], z, conf, thr[s])
+        if take.any().item():
+            out[idx[take]] = z[take]
+            ex[idx[take]] = s
+            keep = ~take
+            h, idx = h[keep], idx[keep]
+            if h.shape[0] == 0:
+                break
+    return out, ex
+
+
+def infer(M, mode, x, thr):
+    if mode == "full":
+        return run_full(M, x)
+    if mode == "masked":
+        return run_masked(M, x, thr)
+    return run_compacted(M, x, thr)
+
+
+# ---------------------------------------------------------------------------
+# Timing
+
+
+class Cell:
+    def __init__(self, mode, profile):
+        self.mode, self.profile = mode, profile
+        self.rep_s, self.lat_s = [], []
+        self.counts = None
+
+
+def median(v):
+    return float(np.median(np.asarray(v)))
+
+
+def pct(v, q):
+    """Nearest rank, as the C side (calib_percentile)."""
+    a = np.sort(np.asarray(v))
+    r = int(np.ceil(q * len(a)))
+    return float(a[min(max(r, 1), len(a)) - 1])
+
+
+def run_batches(M, dev, xs, n, batch, nb, cell, thr, timed, first):
+    """nb batches of `batch` rows from host memory, results back on the host."""
+    cuda = dev.type == "cuda"
+    t0 = time.perf_counter()
+    if cuda:
+        ev0 = torch.cuda.Event(enable_timing=True)
+        ev1 = torch.cuda.Event(enable_timing=True)
+        r0 = torch.cuda.Event(enable_timing=True)
+        r1 = torch.cuda.Event(enable_timing=True)
+        r0.record()
+    counts = np.zeros(M.E, dtype=np.int64)
+    for k in range(nb):
+        start = (k * batch) % n
+        xb = xs[start:start + batch]
+        if cuda:
+            ev0.record()
+        else:
+            tb = time.perf_counter()
+        z, ex = infer(M, cell.mode, xb.to(dev), thr)
+        z, ex = z.cpu(), ex.cpu()
+        if cuda:
+            ev1.record()
+            ev1.synchronize()
+            lat = ev0.elapsed_time(ev1) / 1e3
+        else:
+            lat = time.perf_counter() - tb
+        if timed:
+            cell.lat_s.append(lat)
+            if first:
+                counts += np.bincount(ex.numpy(), minlength=M.E)
+    if timed:
+        if cuda:
+            r1.record()
+            r1.synchronize()
+            cell.rep_s.append(r0.elapsed_time(r1) / 1e3)
+        else:
+            cell.rep_s.append(time.perf_counter() - t0)
+        if first:
+            cell.counts = counts
+
+
+def sweep_device(M, dev, x, profiles, args, out):
+    n = x.shape[0]
+    maxb = max(args.batches)
+    # rows wrap, as in the bench: any start in [0, n) reads batch rows
+    reps_idx = np.arange(n + maxb) % n
+    xs = torch.from_numpy(np.ascontiguousarray(x[reps_idx]))
+    if dev.type == "cuda":
+        xs = xs.pin_memory()
+    Mdev = M.to(dev)
+    modes = args.modes
+    for batch in args.batches:
+        nb = (args.rep_samples + batch - 1) // batch
+        cells = [Cell("full", None)]
+        for pname, thr in profiles:
+            for mode in ("masked", "compacted"):
+                if mode in modes:
+                    cells.append(Cell(mode, pname))
+        thr_of = dict(profiles)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for rep in range(-1, args.reps):
+                for c in cells:
+                    thr = thr_of.get(c.profile)
+                    k = nb if rep >= 0 else args.warmup
+                    if k > 0:
+                        run_batches(Mdev, dev, xs, n, batch, k, c, thr, rep >= 0, rep == 0)
+        for c in cells:
+            out.append({"device": dev.type, "profile": c.profile, "batch": batch,
+                        "mode": c.mode, "reps": len(c.rep_s),
+                        "samples_per_rep": nb * batch,
+                        "samples_per_s": nb * batch / median(c.rep_s),
+                        "p50_ms": 1e3 * pct(c.lat_s, 0.50), "p99_ms": 1e3 * pct(c.lat_s, 0.99),
+                        "exit_counts": [int(v) for v in c.counts]})
+        print(f"torch_peer: {dev.type} batch {batch} done ({time.perf_counter() - t0:.1f}s)",
+              flush=True)
+
+
+def check_decisions(M, x, profiles, exits):
+    """Each profile's exits over all inputs (masked and compacted, CPU) against
+    exitrt's."""
+    res = []
+    n = x.shape[0]
+    xt = torch.from_numpy(x)
+    with torch.inference_mode():
+        for p, (pname, thr) in enumerate(profiles):
+            d = {"profile": pname}
+            for mode in ("masked", "compacted"):
+                ex = np.concatenate([infer(M, mode, xt[b:b + 256], thr)[1].numpy()
+                                     for b in range(0, n, 256)])
+                d[f"counts_{mode}"] = np.bincount(ex, minlength=M.E).tolist()
+                if exits is not None:
+                    d[f"mismatch_{mode}"] = int(np.sum(ex != exits[p]))
+            res.append(d)
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description="the PyTorch peer of exitrt bench")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--inputs", required=True)
+    ap.add_argument("--exits")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--profile", action="append", default=[])
+    ap.add_argument("--batches", default="64,256")
+    ap.add_argument("--modes", default="full,masked,compacted")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--rep-samples", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "all"])
+    args = ap.parse_args()
+    args.batches = [int(b) for b in args.batches.split(",")]
+    args.modes = args.modes.split(",")
+
+    torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    M = MultiExit(args.model)
+    x = np.load(args.inputs).astype(np.float32, copy=False)
+    if x.shape[1:] != M.shape:
+        sys.exit(f"torch_peer: inputs {x.shape}, the model takes [N, {M.shape}]")
+    exits = np.load(args.exits) if args.exits else None
+    profiles = []
+    for p in args.profile:
+        name, _, ts = p.partition("=")
+        thr = [float(t) for t in ts.split(",") if t != ""]
+        if len(thr) != M.E - 1:
+            sys.exit(f"torch_peer: profile {name}: {len(thr)} thresholds, the model has "
+                     f"{M.E - 1} early exits")
+        profiles.append((name, thr))
+    if exits is not None and exits.shape != (len(profiles), x.shape[0]):
+        sys.exit(f"torch_peer: exits {exits.shape}, expected {(len(profiles), x.shape[0])}")
+
+    devices = []
+    if args.device in ("cpu", "all"):
+        devices.append(torch.device("cpu"))
+    if args.device in ("cuda", "all"):
+        if torch.cuda.is_available():
+            devices.append(torch.device("cuda"))
+        elif args.device == "cuda":
+            sys.exit("torch_peer: --device cuda, but torch sees no CUDA device")
+
+    decisions = check_decisions(M, x, profiles, exits)
+    for d in decisions:
+        if d.get("mismatch_masked") or d.get("mismatch_compacted"):
+            print(f"torch_peer: profile {d['profile']}: exit decisions differ from exitrt's on "
+                  f"{d['mismatch_masked']} (masked) / {d['mismatch_compacted']} (compacted) "
+                  f"of {x.shape[0]} samples", flush=True)
+    cells = []
+    for dev in devices:
+        sweep_device(M, dev, x, profiles, args, cells)
+    res = {"format": "exitrt-torch-peer", "version": 1, "torch": torch.__version__,
+           "threads": torch.get_num_threads(), "devices": [d.type for d in devices],
+           "tf32": False, "cells": cells, "decisions": decisions}
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
