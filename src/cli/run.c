@@ -373,12 +373,13 @@ int cmd_run(int argc, char **argv)
         rc = cli_error(CLI_FAIL, "%s", err.msg[0] ? err.msg : ert_status_string(st));
         goto done;
     }
+    if ((rc = apply_thresholds(&o, m, e)))
+        goto done;
 #ifdef ERT_HAVE_CUDA
+    /* after every check that can fail, so an error stays one stderr line */
     if (o.device == ERT_BACKEND_AUTO && ert_engine_backend(e) == ERT_BACKEND_CPU)
         fprintf(stderr, "exitrt: note: no usable CUDA device, running on the CPU\n");
 #endif
-    if ((rc = apply_thresholds(&o, m, e)))
-        goto done;
 
     samples = calloc(n, sizeof *samples);
     if (o.logits)
