@@ -199,15 +199,158 @@ typedef struct ert_device_result {
 
 /* Runs a batch whose input already lives on the GPU (CUDA backend only).
  * d_input: device [batch, C, H, W] floats in raw units. cuda_stream: a
- * cudaStream_t to order the work after (NULL: the engine's own stream). The
- * results are written on the device; the call returns without waiting for
- * them unless the mode needs row counts on the host. Work enqueued on
- * cuda_stream after this call sees the results. */
+ * cudaStream_t. The engine's work starts after what is already enqueued on
+ * it, and work enqueued on it after this call sees the results; the call
+ * itself waits only where the mode needs row counts on the host
+ * (COMPACTED). With cuda_stream NULL the call returns once the results are
+ * written (it synchronises), since nothing else could order after it. */
 ert_status ert_infer_device(ert_engine *e, const void *d_input, int batch,
                             ert_device_result *out, void *cuda_stream);
 
 /* Whether this build has the CUDA backend, and whether a device is usable. */
 int ert_cuda_available(void);
+
+/* ---- stream (refill) ----------------------------------------------------- *
+ *
+ * A stream runs samples through an engine stage by stage, each stage with its
+ * own queue of rows waiting for it. Samples that exit leave their queue; the
+ * survivors join the next stage's queue, where they sit beside samples that
+ * entered later. So every stage keeps running full batches (the engine's
+ * width is used) while each sample still does only the work of the exits it
+ * passed: the slots that exited samples free are refilled by the next
+ * samples in line.
+ *
+ *   ert_stream *s;
+ *   ert_stream_create(engine, NULL, &s, &err);      // defaults
+ *   ert_stream_submit(s, x, n, NULL);               // ids 0..n-1
+ *   ert_stream_flush(s);                            // run what is queued
+ *   ert_stream_poll(s, res, NULL, max, &got);       // finished samples
+ *   ert_stream_free(s);
+ *
+ * Results: each sample gets exactly the exit, class, score and logits that
+ * ert_infer gives for it on the same engine in ERT_MODE_MASKED (or, for an
+ * engine in ERT_MODE_FULL, the final head's): bit for bit on the CPU backend,
+ * to float rounding on CUDA. Results come back in the order samples finish,
+ * which is not the order they were submitted in; ids tell them apart.
+ *
+ * Scheduling (the rule is in src/stream.c's header comment): a stage runs
+ * when its queue holds a full batch; a partial batch runs only on
+ * ert_stream_flush, or on submit/poll when the oldest queued sample has
+ * waited longer than the deadline. Work runs inside submit, poll and flush
+ * only: a stream has no thread of its own.
+ *
+ * Memory is bounded and allocated at create: at most `queue` samples are
+ * admitted at a time (queued in some stage, or finished and not yet polled);
+ * a submit that would exceed that is refused with ERT_QUEUE_FULL. Queues hold
+ * host memory: stage 0 `queue` input rows, each later stage min(queue,
+ * 2 * batch) rows of its input activation, plus `queue` results with logits.
+ *
+ * The engine: a stream holds its engine's busy flag only during its own
+ * calls, so ert_infer and other streams may use the same engine between
+ * them (and get ERT_BUSY during them). A stream reads the engine's
+ * thresholds at every stage run: a threshold changed while samples are in
+ * flight applies to the stages they run after the change. Free every stream
+ * before its engine. A stream is not thread-safe (one thread at a time). */
+
+typedef struct ert_stream ert_stream;
+
+/* Which full batch runs first when several stages hold one. */
+typedef enum ert_stream_schedule {
+    ERT_SCHEDULE_DEEPEST_FIRST = 0, /* the default: bounds latency and memory */
+    ERT_SCHEDULE_SHALLOWEST_FIRST   /* the alternative, for measurement */
+} ert_stream_schedule;
+
+typedef struct ert_stream_config {
+    int batch;          /* rows per stage run, 1..engine max_batch;
+                           0: the engine's max_batch */
+    int queue;          /* samples admitted at a time (queued or finished and
+                           not yet polled), >= 1; 0: 4 * batch */
+    double deadline_ms; /* a partial batch runs on submit/poll once the oldest
+                           queued sample was submitted this long ago; 0: at
+                           every call; negative or +inf: never (flush only) */
+    ert_stream_schedule schedule;
+} ert_stream_config;
+
+/* Defaults: batch 0 (the engine's max_batch), queue 0 (4 * batch),
+ * deadline 2 ms, deepest stage first. */
+ert_stream_config ert_stream_config_default(void);
+
+/* Creates a stream on engine e (any backend whose engine supports streams:
+ * CPU and CUDA; any mode: MASKED and COMPACTED engines give early exits,
+ * FULL gives every sample the final head). cfg NULL: the defaults.
+ * Allocates every queue here. On success *out owns the stream (free with
+ * ert_stream_free, before the engine). On failure *out is NULL and err
+ * says why: ERT_INVALID_ARGUMENT for a bad config, ERT_UNSUPPORTED when the
+ * backend has no stage runner, ERT_OUT_OF_MEMORY. */
+ert_status ert_stream_create(ert_engine *e, const ert_stream_config *cfg, ert_stream **out,
+                             ert_error *err);
+
+/* Frees the stream and every result not yet polled. NULL is accepted. */
+void ert_stream_free(ert_stream *s);
+
+/* Enqueues n samples, all or nothing. inputs: [n, C, H, W] floats in raw
+ * units (as ert_infer; copied, the caller keeps its buffer). ids: [n] caller
+ * ids returned with the results, or NULL: each sample's id is then its
+ * submission index over the stream's life (0, 1, 2, ...). Then runs the work
+ * that is ready (full batches, and partial ones past the deadline).
+ * Returns ERT_QUEUE_FULL, having enqueued and run nothing, when the n
+ * samples do not fit beside those admitted (poll to make room);
+ * ERT_INVALID_ARGUMENT when n < 0 or n > the queue capacity (they could
+ * never fit); ERT_BUSY when the engine is in another call. n == 0 only runs
+ * ready work. A stage that fails leaves the stream as it was before that
+ * stage run (a later call retries it); the message is on ert_stream_error. */
+ert_status ert_stream_submit(ert_stream *s, const float *inputs, int n, const uint64_t *ids);
+
+/* One finished sample. */
+typedef struct ert_stream_result {
+    uint64_t id;        /* as submitted */
+    ert_sample sample;  /* exit, class, score: as ert_result's */
+    double latency_s;   /* from its submit call to the end of the stage run it
+                           left in */
+} ert_stream_result;
+
+/* Runs the ready work (as submit does), then moves up to max finished
+ * samples, oldest finished first, into results[0 .. *got) and, when logits
+ * is not NULL, their logits into logits[0 .. *got * num_classes). Polled
+ * samples leave the stream and free their room in the queue. Never waits
+ * for a partial batch: samples short of a full batch and not past the
+ * deadline stay queued (flush runs them). results may be NULL when max is 0.
+ * Returns ERT_OK with *got = 0 when nothing is finished. */
+ert_status ert_stream_poll(ert_stream *s, ert_stream_result *results, float *logits, int max,
+                           int *got);
+
+/* Runs stages, partial batches included, until no sample is queued in any
+ * stage: every admitted sample is finished and waits for poll. */
+ert_status ert_stream_flush(ert_stream *s);
+
+/* Counters over the stream's life. */
+typedef struct ert_stream_stats {
+    int32_t num_stages;       /* == the model's exits */
+    int32_t batch;            /* rows per stage run */
+    int32_t queue;            /* samples admitted at a time, at most */
+    int32_t admitted;         /* now: queued in a stage or finished, not polled */
+    uint64_t submitted;       /* samples accepted by submit */
+    uint64_t finished;        /* samples that left at an exit */
+    uint64_t polled;          /* results handed out by poll */
+    uint64_t exit_counts[ERT_MAX_EXITS];  /* finished samples per exit */
+    uint64_t stage_rows[ERT_MAX_EXITS];   /* rows run through stage s: the rows
+                                             that entered it */
+    uint64_t stage_runs[ERT_MAX_EXITS];   /* stage runs ... */
+    uint64_t stage_partial_runs[ERT_MAX_EXITS]; /* ... of them with < batch rows */
+    uint64_t padding_rows;    /* rows computed beyond the real ones (0 today) */
+    uint64_t macs_executed;   /* multiply-accumulates run, padding included */
+    uint64_t macs_ideal;      /* the ideal early-exit cost of the finished
+                                 samples' exits (plan.h); equals macs_executed
+                                 (less padding) once nothing is queued */
+    uint64_t macs_full;       /* finished * the full network's per sample */
+    uint64_t nonfinite_samples; /* submitted samples holding NaN or Inf */
+} ert_stream_stats;
+
+/* Fills *out with the stream's counters (zeros for a NULL stream). */
+void ert_stream_get_stats(const ert_stream *s, ert_stream_stats *out);
+
+/* The message of the stream's last failure ("" if none). */
+const char *ert_stream_error(const ert_stream *s);
 
 #ifdef __cplusplus
 }
