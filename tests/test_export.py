@@ -1,0 +1,680 @@
+#!/usr/bin/env python3
+"""Exporter round trip: PyTorch -> models/export.py -> the exitrt CLI.
+
+    python3 tests/test_export.py EXITRT_BINARY WORK_DIR
+
+For small, randomly initialised networks of every supported layer kind (a
+Linear/ReLU MLP; a conv/BN/ReLU/maxpool/avgpool CNN with stride, padding,
+groups and dilation; a basic-block ResNet; a bottleneck ResNet laid out as
+torchvision's ResNet class; a model with learned confidence heads) it
+exports the model with golden inputs, runs `exitrt run` on those inputs in
+the full, masked and compacted modes, and checks against PyTorch:
+  - each sample's exit equals the one the policy formulas of
+    models/FORMAT.md give on PyTorch's logits (entropy < thr; max_prob,
+    margin, confidence >= thr; the final head otherwise),
+  - its class equals the argmax of PyTorch's logits at that exit,
+  - its logits (--logits) are within relative error 1e-4 of PyTorch's.
+Threshold sets: chosen so that samples spread over the exits, a sweep of
+others, and for every exit j one that sends every sample to exit j, so the
+logits of every exit are compared for every input. The shipped models'
+golden files (models/*/golden.safetensors) are checked the same way.
+
+A sample whose PyTorch score lies within float noise of a threshold (so
+that C and PyTorch may round to different sides) is left out of the exit
+check; its logits are still compared at the exit exitrt chose.
+
+Exits 77 ("skipped: ...") when PyTorch is not installed. Devices: cpu, plus
+cuda when /dev/nvidia0 exists (or as ERT_TEST_DEVICES=cpu,cuda says).
+"""
+import csv
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+import traceback
+
+try:
+    import numpy as np
+    import torch
+    import torch.nn as nn
+except ImportError:
+    print("skipped: python3-torch not installed")
+    sys.exit(77)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "models"))
+import export as ex  # noqa: E402
+
+try:
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+    BLOCKS_FROM = "torchvision"
+except ImportError:
+    from blocks import BasicBlock, Bottleneck
+    BLOCKS_FROM = "models/blocks.py"
+
+REL_TOL = 1e-4
+N = 37          # golden batch: odd, larger than --batch
+BATCH = 16      # exitrt's batch: 37 = 16 + 16 + 5
+
+
+# ---------------------------------------------------------------------------
+# the networks
+
+
+def randomise(model, seed):
+    """Seeded random weights, with BN statistics and affine parameters away
+    from their defaults, so folding them is really tested; eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                fan_in = m.weight[0].numel()
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (1.5 / math.sqrt(fan_in)))
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+            elif isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                    m.bias.copy_(torch.randn(c, generator=g) * 0.2)
+    model.eval()
+
+
+def _last_linear(m):
+    lin = [c for c in m.modules() if isinstance(c, nn.Linear)]
+    return lin[-1] if lin else None
+
+
+@torch.no_grad()
+def calibrate(spec, x):
+    """Rescales the last Linear of every head so that its logits have a
+    standard deviation near 3 (confidence heads: pre-sigmoid values centred
+    on 0 with deviation 2) on x: random networks otherwise give logits so
+    small or so large that every sample gets the same exit decision."""
+    g = ex.Graph(spec["backbone"], spec["exits"], spec["final"])
+    heads = [(e["head"], 3.0, False) for e in g.exits]
+    heads += [(e["confidence"], 2.0, True) for e in g.exits if e["confidence"] is not None]
+    heads.append((g.final, 3.0, False))
+    inputs = {}
+
+    def grab(key):
+        def hook(mod, inp, out):
+            inputs[key] = out.detach()
+        return hook
+    handles = []
+    for k, (m, _, _) in enumerate(heads):
+        lin = _last_linear(m) if m is not None else None
+        if lin is not None:
+            handles.append(lin.register_forward_hook(grab(k)))
+    inp = spec["norm"]
+    c = x.shape[1]
+    mean = torch.tensor(np.broadcast_to(np.asarray(inp.get("mean", 0.0), np.float32), (c,)).copy())
+    std = torch.tensor(np.broadcast_to(np.asarray(inp.get("std", 1.0), np.float32), (c,)).copy())
+    xn = (torch.as_tensor(x) * inp.get("scale", 1.0) - mean.view(1, c, 1, 1)) / std.view(1, c, 1, 1)
+    g.forward(xn)
+    for h in handles:
+        h.remove()
+    for k, (m, target, centre) in enumerate(heads):
+        if k not in inputs:
+            continue
+        lin = _last_linear(m)
+        out = inputs[k]
+        f = target / max(float(out.std()), 1e-6)
+        lin.weight.mul_(f)
+        if lin.bias is not None:
+            lin.bias.mul_(f)
+            if centre:
+                lin.bias.sub_(float(out.mean()) * f)
+
+
+def mlp():
+    bb = nn.Sequential()
+    bb.add_module("flatten", nn.Flatten())
+    bb.add_module("fc1", nn.Linear(2 * 6 * 6, 40))
+    bb.add_module("relu1", nn.ReLU())
+    bb.add_module("fc2", nn.Linear(40, 32))
+    bb.add_module("relu2", nn.ReLU(inplace=True))
+    bb.add_module("drop", nn.Dropout(0.3))
+    bb.add_module("fc3", nn.Linear(32, 24, bias=False))
+    bb.add_module("relu3", nn.ReLU())
+    exits = {"relu1": (nn.Linear(40, 7), {"type": "max_prob", "threshold": 0.5}),
+             "relu2": (nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 7)),
+                       {"type": "margin", "threshold": 0.3, "name": "mid"})}
+    return dict(backbone=bb, exits=exits, final=nn.Linear(24, 7), shape=(2, 6, 6), K=7,
+                norm=dict(scale=1 / 255, mean=[0.5, 0.25], std=[0.5, 0.2]), raw=255.0)
+
+
+def cnn():
+    bb = nn.Sequential()
+    bb.add_module("conv1", nn.Conv2d(3, 8, 3, padding=1))
+    bb.add_module("bn1", nn.BatchNorm2d(8))
+    bb.add_module("relu1", nn.ReLU())
+    bb.add_module("pool1", nn.MaxPool2d(2))                                    # 8x8x8
+    bb.add_module("conv2", nn.Conv2d(8, 12, (3, 5), stride=(2, 1), padding=(1, 2),
+                                     groups=4, bias=False))                    # 12x4x8
+    bb.add_module("bn2", nn.BatchNorm2d(12, eps=1e-3))
+    bb.add_module("relu2", nn.ReLU(inplace=True))
+    bb.add_module("conv3", nn.Conv2d(12, 12, 3, padding=2, dilation=2, groups=12))
+    bb.add_module("bn3", nn.BatchNorm2d(12, affine=False))
+    bb.add_module("relu3", nn.ReLU())
+    bb.add_module("pool3", nn.AvgPool2d(3, stride=2, padding=1))              # 12x2x4
+    bb.add_module("conv4", nn.Conv2d(12, 16, 1))
+    bb.add_module("relu4", nn.ReLU())
+    bb.add_module("pool4", nn.MaxPool2d(3, stride=1, padding=1))              # 16x2x4
+    bb.add_module("conv5", nn.Conv2d(16, 16, 3, padding="same"))
+    bb.add_module("relu5", nn.ReLU())
+    exits = {
+        "pool1": (nn.Sequential(nn.AvgPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 4, 5)),
+                  {"type": "entropy", "threshold": 1.0}),
+        "pool3": (nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(),
+                                nn.Linear(12, 5)),
+                  {"type": "max_prob", "threshold": 0.5}),
+    }
+    final = nn.Sequential(nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(16, 5))
+    return dict(backbone=bb, exits=exits, final=final, shape=(3, 16, 16), K=5,
+                norm=dict(scale=1.0, mean=[0.1, -0.2, 0.3], std=[1.5, 0.8, 1.1]), raw=1.0)
+
+
+def _stage(block, inp, planes, blocks, stride):
+    down = None
+    if stride != 1 or inp != planes * block.expansion:
+        down = nn.Sequential(nn.Conv2d(inp, planes * block.expansion, 1, stride=stride,
+                                       bias=False),
+                             nn.BatchNorm2d(planes * block.expansion))
+    layers = [block(inp, planes, stride, down)]
+    layers += [block(planes * block.expansion, planes) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+def basic_resnet():
+    """A Sequential backbone of BasicBlock stages; one exit keyed by a stage,
+    one by a nested block path."""
+    bb = nn.Sequential()
+    bb.add_module("conv1", nn.Conv2d(1, 8, 3, padding=1, bias=False))
+    bb.add_module("bn1", nn.BatchNorm2d(8))
+    bb.add_module("relu", nn.ReLU(inplace=True))
+    bb.add_module("layer1", _stage(BasicBlock, 8, 8, 2, 1))
+    bb.add_module("layer2", _stage(BasicBlock, 8, 16, 2, 2))
+    bb.add_module("layer3", _stage(BasicBlock, 16, 24, 1, 2))
+    bb.add_module("avgpool", nn.AdaptiveAvgPool2d(1))
+    bb.add_module("flatten", nn.Flatten())
+
+    def head(c):
+        return nn.Sequential(nn.Conv2d(c, 8, 3, stride=2, padding=1, bias=False),
+                             nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                             nn.Flatten(), nn.Linear(8, 10))
+    exits = {"layer1": (head(8), {"type": "entropy", "threshold": 1.5}),
+             "layer2.0": (head(16), {"type": "margin", "threshold": 0.2})}
+    return dict(backbone=bb, exits=exits, final=nn.Linear(24, 10), shape=(1, 12, 12),
+                K=10, norm=dict(scale=1 / 255, mean=0.286, std=0.353), raw=255.0)
+
+
+class TinyResNet(nn.Module):
+    """torchvision's ResNet layout (the attribute names the exporter
+    recognises, and its forward), at a small width."""
+
+    def __init__(self, block, layers, widths, num_classes):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, widths[0], 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        inp = widths[0]
+        for i, (n, w) in enumerate(zip(layers, widths)):
+            setattr(self, f"layer{i + 1}", _stage(block, inp, w, n, 1 if i == 0 else 2))
+            inp = w * block.expansion
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(inp, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def bottleneck_resnet():
+    net = TinyResNet(Bottleneck, [2, 1, 1, 1], [4, 8, 8, 16], 6)
+
+    def head(c):
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 6))
+    exits = {"layer1": (head(16), {"type": "max_prob", "threshold": 0.4}),
+             "layer3": (head(32), {"type": "entropy", "threshold": 1.0})}
+    return dict(backbone=net, exits=exits, final=None, shape=(3, 32, 32), K=6,
+                norm=dict(scale=1 / 255, mean=[0.485, 0.456, 0.406],
+                          std=[0.229, 0.224, 0.225]), raw=255.0)
+
+
+def confidence():
+    bb = nn.Sequential()
+    bb.add_module("block1", nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6),
+                                          nn.ReLU(), nn.MaxPool2d(2)))
+    bb.add_module("block2", nn.Sequential(nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8),
+                                          nn.ReLU(), nn.MaxPool2d(2)))
+    bb.add_module("block3", nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()))
+    exits = {
+        "block1": (nn.Sequential(nn.Flatten(), nn.Linear(6 * 7 * 7, 10)),
+                   {"type": "confidence_head", "threshold": 0.5},
+                   nn.Sequential(nn.Flatten(), nn.Linear(6 * 7 * 7, 1), nn.Sigmoid())),
+        "block2": (nn.Sequential(nn.Flatten(), nn.Linear(8 * 3 * 3, 10)),
+                   {"type": "confidence_head", "threshold": 0.5},
+                   nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 1),
+                                 nn.Sigmoid())),
+    }
+    final = nn.Sequential(nn.Flatten(), nn.Linear(8 * 3 * 3, 10))
+    return dict(backbone=bb, exits=exits, final=final, shape=(1, 14, 14), K=10,
+                norm=dict(scale=1 / 255, mean=0.286, std=0.353), raw=255.0)
+
+
+def torchvision_resnet():
+    """torchvision's own ResNet class (BasicBlock, one block per stage), exits
+    by module name after layer1 and layer2, the final head its fc."""
+    from torchvision.models.resnet import ResNet
+    net = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10)
+
+    def head(c):
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10))
+    exits = {"layer1": (head(64), {"type": "margin", "threshold": 0.5}),
+             "layer2": (head(128), {"type": "max_prob", "threshold": 0.8})}
+    return dict(backbone=net, exits=exits, final=None, shape=(3, 32, 32), K=10,
+                norm=dict(scale=1 / 255, mean=[0.485, 0.456, 0.406],
+                          std=[0.229, 0.224, 0.225]), raw=255.0)
+
+
+CASES = [("mlp", mlp), ("cnn", cnn), ("resnet_basic", basic_resnet),
+         ("resnet_bottleneck", bottleneck_resnet), ("confidence", confidence)]
+if BLOCKS_FROM == "torchvision":
+    CASES.append(("torchvision_resnet", torchvision_resnet))
+
+
+# ---------------------------------------------------------------------------
+# expected decisions (models/FORMAT.md, src/policy.h), from PyTorch's logits
+
+
+def softmax_scores(kind, z, conf):
+    """Policy scores [N] in float64 from logits [N,K] (and confidence)."""
+    if kind == "confidence_head":
+        return conf.reshape(-1).astype(np.float64)
+    z = z.astype(np.float64)
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    if kind == "entropy":
+        return -(p * np.log(np.where(p > 0, p, 1.0))).sum(1)
+    s = np.sort(p, 1)
+    if kind == "margin":
+        return s[:, -1] - s[:, -2] if z.shape[1] > 1 else np.ones(len(z))
+    return s[:, -1]
+
+
+def expected(golden, exits, thresholds):
+    """Exit index per sample and a mask of samples whose decision is within
+    float noise of a threshold somewhere on their path."""
+    n = golden["input"].shape[0]
+    taken = np.full(n, len(exits))
+    unsure = np.zeros(n, bool)
+    left = np.ones(n, bool)
+    for i, e in enumerate(exits):
+        kind, thr = e["policy"]["type"], thresholds[e["name"]]
+        z = golden[f"logits.{e['name']}"]
+        conf = golden.get(f"confidence.{e['name']}")
+        score = softmax_scores(kind, z, conf)
+        # how far C's score may plausibly be from PyTorch's: float32 logits
+        # of the two differ by ~1e-6 relative (REL_TOL is the bound we test);
+        # a probability moves by at most the logits' change
+        noise = 2e-5 * np.maximum(1.0, np.abs(z).max(1)) + 1e-6
+        if kind == "entropy":
+            go = score < thr
+            sure = np.full(n, thr <= 0.0) | (thr > math.log(z.shape[1]) + 1e-3)
+            noise = noise * (1 + math.log(z.shape[1]))
+        else:
+            go = score >= thr
+            sure = np.full(n, thr <= 0.0)
+        unsure |= left & ~sure & (np.abs(score - thr) <= noise)
+        taken[left & go] = i
+        left &= ~go
+    return taken, unsure
+
+
+def spread_thresholds(golden, exits, share):
+    """Per exit, a threshold that lets about `share` of the samples reaching
+    it leave, placed in the widest gap between their scores near that share:
+    a mix of samples exits everywhere, and none lies close to a threshold."""
+    n = golden["input"].shape[0]
+    left = np.ones(n, bool)
+    out = {}
+    for e in exits:
+        kind = e["policy"]["type"]
+        s = softmax_scores(kind, golden[f"logits.{e['name']}"],
+                           golden.get(f"confidence.{e['name']}"))
+        v = np.sort(s[left])
+        m = len(v)
+        if m < 2:
+            thr = 0.0 if kind == "entropy" else 1.0
+        else:
+            # entropy exits below the threshold, the others at or above it:
+            # a threshold between v[j] and v[j+1] lets j+1 (or m-j-1) leave
+            want = share * m - 1 if kind == "entropy" else m - 1 - share * m
+            r = max(2, int(0.15 * m))
+            lo = int(min(max(round(want) - r, 0), m - 2))
+            hi = int(min(max(round(want) + r, lo), m - 2))
+            j = lo + int(np.argmax(np.diff(v)[lo:hi + 1]))
+            thr = float((v[j] + v[j + 1]) / 2)
+        if kind != "entropy":
+            thr = min(max(thr, 0.0), 1.0)
+        out[e["name"]] = thr
+        left &= ~(s < thr if kind == "entropy" else s >= thr)
+    return out
+
+
+def forcing_thresholds(exits, j):
+    """Sends every sample to exit j: exits before j never fire, exit j always
+    (j == len(exits): the final head)."""
+    out = {}
+    for i, e in enumerate(exits):
+        ent = e["policy"]["type"] == "entropy"
+        if i < j:
+            out[e["name"]] = 0.0 if ent else 1.0
+        elif i == j:
+            out[e["name"]] = 1000.0 if ent else 0.0
+        else:
+            out[e["name"]] = e["policy"]["threshold"]
+    return out
+
+
+# ---------------------------------------------------------------------------
+# running exitrt
+
+
+class Failure(Exception):
+    pass
+
+
+def run_cli(exe, model_dir, data, mode, device, thresholds, work, tag):
+    pred = os.path.join(work, f"{tag}.csv")
+    logits = os.path.join(work, f"{tag}.npy")
+    for p in (pred, logits):
+        if os.path.exists(p):
+            os.remove(p)
+    cmd = [exe, "run", model_dir, "--data", data, "--device", device, "--mode", mode,
+           "--batch", str(BATCH), "--predictions", pred, "--logits", logits]
+    for name, thr in thresholds.items():
+        cmd += ["--threshold", f"{name}={thr!r}"]
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    text = r.stdout.decode("utf-8", "replace")
+    if r.returncode != 0:
+        raise Failure(f"exitrt failed (rc {r.returncode}): {' '.join(cmd)}\n{text[-2000:]}")
+    for p in (pred, logits):
+        if not os.path.exists(p):
+            raise Failure(f"exitrt wrote no {p}: {' '.join(cmd)}\n{text[-2000:]}")
+    return read_predictions(pred), np.load(logits), cmd
+
+
+def read_predictions(path):
+    """index,exit,class,score rows (a header line is allowed); exit may be
+    an index or a name."""
+    rows = []
+    with open(path, newline="") as f:
+        for rec in csv.reader(f):
+            if not rec or rec[0].strip().lower() == "index":
+                continue
+            if len(rec) < 4:
+                raise Failure(f"{path}: row {rec}: index,exit,class,score expected")
+            rows.append((int(rec[0]), rec[1].strip(), int(rec[2]), float(rec[3])))
+    return rows
+
+
+def check_run(model, golden, exits, thresholds, mode, device, exe, model_dir, data, work, tag):
+    names = [e["name"] for e in exits] + [model["final"]["name"]]
+    n = golden["input"].shape[0]
+    if mode == "full":
+        want, unsure = np.full(n, len(exits)), np.zeros(n, bool)
+    else:
+        want, unsure = expected(golden, exits, thresholds)
+    rows, logits, cmd = run_cli(exe, model_dir, data, mode, device, thresholds, work, tag)
+    where = f"{tag}: {' '.join(cmd)}"
+    if len(rows) != n or sorted(r[0] for r in rows) != list(range(n)):
+        raise Failure(f"{where}: {len(rows)} prediction rows for {n} samples")
+    if logits.shape != (n, model["num_classes"]) or logits.dtype != np.float32:
+        raise Failure(f"{where}: --logits gave {logits.dtype} {logits.shape}, "
+                      f"float32 [{n},{model['num_classes']}] expected")
+    errors = []
+    worst = 0.0
+    for idx, ex_field, cls, _score in sorted(rows):
+        got = int(ex_field) if ex_field.lstrip("-").isdigit() else (
+            names.index(ex_field) if ex_field in names else None)
+        if got is None or not 0 <= got < len(names):
+            errors.append(f"sample {idx}: exit {ex_field!r} is not an exit")
+            continue
+        if got != want[idx] and not unsure[idx]:
+            errors.append(f"sample {idx}: exit {names[got]}, PyTorch's policy says "
+                          f"{names[want[idx]]}")
+            continue
+        ref = golden[f"logits.{names[got]}"][idx]
+        if cls != int(np.argmax(ref)):
+            errors.append(f"sample {idx}: class {cls}, PyTorch's argmax at {names[got]} "
+                          f"is {int(np.argmax(ref))}")
+        z = logits[idx]
+        rel = float(np.max(np.abs(z.astype(np.float64) - ref)) /
+                    max(float(np.max(np.abs(ref))), 1e-30))
+        worst = max(worst, rel if np.all(np.isfinite(z)) else math.inf)
+        if not rel < REL_TOL:
+            errors.append(f"sample {idx} at {names[got]}: logits relative error {rel:.3g} "
+                          f"(exitrt {z[:4]}..., PyTorch {ref[:4]}...)")
+        if cls != int(np.argmax(z)):
+            errors.append(f"sample {idx}: class {cls} is not the argmax of its own logits")
+    if errors:
+        raise Failure(f"{where}:\n  " + "\n  ".join(errors[:12]) +
+                      (f"\n  ... {len(errors) - 12} more" if len(errors) > 12 else ""))
+    counts = np.bincount(want, minlength=len(names))
+    return worst, counts, int(unsure.sum())
+
+
+def check_model(model_dir, exe, work, devices, label):
+    """All modes and threshold sets against the golden file of model_dir."""
+    model = json.load(open(os.path.join(model_dir, "model.json")))
+    golden, meta = ex.read_safetensors(os.path.join(model_dir, "golden.safetensors"))
+    if meta.get("format") != "exitrt-golden" or meta.get("version") != "1":
+        raise Failure(f"{label}: golden metadata {meta}")
+    golden = {k: np.asarray(v) for k, v in golden.items()}
+    exits = model["exits"]
+    for e in exits:
+        if f"logits.{e['name']}" not in golden:
+            raise Failure(f"{label}: golden file lacks logits.{e['name']}")
+    os.makedirs(work, exist_ok=True)
+    data = os.path.join(work, "input.npy")
+    np.save(data, golden["input"].astype(np.float32))
+    sets = [("shipped", {e["name"]: e["policy"]["threshold"] for e in exits})]
+    for q in (0.3, 0.5, 0.7):
+        sets.append((f"spread{q}", spread_thresholds(golden, exits, q)))
+    for j in range(len(exits) + 1):
+        sets.append((f"all-at-{j}", forcing_thresholds(exits, j)))
+    results = []
+    for device in devices:
+        w, c, u = check_run(model, golden, exits, {}, "full", device, exe, model_dir, data,
+                            work, f"{device}-full")
+        results.append(f"{device} full ok (max rel err {w:.2g})")
+        for mode in ("masked", "compacted"):
+            worst = 0.0
+            for name, thr in sets:
+                w, counts, unsure = check_run(model, golden, exits, thr, mode, device, exe,
+                                              model_dir, data, work, f"{device}-{mode}-{name}")
+                worst = max(worst, w)
+                if name.startswith("spread") and mode == "masked" and device == devices[0]:
+                    results.append(f"{name}: exits {counts.tolist()}"
+                                   + (f", {unsure} near a threshold" if unsure else ""))
+            results.append(f"{device} {mode} ok over {len(sets)} threshold sets "
+                           f"(max rel err {worst:.2g})")
+    return results
+
+
+# ---------------------------------------------------------------------------
+# exporter-only checks (no exitrt needed)
+
+
+def expect_error(fn, *needles):
+    try:
+        fn()
+    except ex.ExportError as e:
+        msg = str(e)
+        missing = [s for s in needles if s not in msg]
+        if missing:
+            raise Failure(f"export error {msg!r} does not name {missing}")
+        return
+    raise Failure(f"export did not fail (expected an error naming {needles})")
+
+
+def exporter_checks(work):
+    out = os.path.join(work, "errors")
+
+    def exp(bb, exits=None, final=None, shape=(1, 4, 4)):
+        return lambda: ex.export(bb, exits or {}, final, out, shape, 2)
+    expect_error(exp(nn.Sequential(nn.Flatten(), nn.Linear(16, 2), nn.Tanh())), "2", "Tanh")
+    inner = nn.Sequential()
+    inner.add_module("conv", nn.Conv2d(1, 2, 3))
+    inner.add_module("act", nn.GELU())
+    bb = nn.Sequential()
+    bb.add_module("stem", inner)
+    bb.add_module("flat", nn.Flatten())
+    bb.add_module("fc", nn.Linear(8, 2))
+    expect_error(exp(bb), "stem.act", "GELU")
+    expect_error(exp(nn.Sequential(nn.Flatten(), nn.Linear(16, 2)),
+                     {"nope": (nn.Linear(16, 2), {"type": "entropy", "threshold": 1})}),
+                 "nope")
+    expect_error(exp(nn.Sequential(nn.BatchNorm2d(1), nn.Flatten(), nn.Linear(16, 2))),
+                 "batch norm")
+    expect_error(exp(nn.Sequential(nn.Flatten(), nn.Linear(16, 2), nn.ReLU()),
+                     {"1": (nn.Linear(2, 3), {"type": "entropy", "threshold": 1})}),
+                 "exit1", "2 values")
+    expect_error(exp(nn.Sequential(nn.Flatten(), nn.Linear(16, 4), nn.ReLU()),
+                     {"1": (nn.Linear(4, 2), {"type": "max_prob", "threshold": 1.5})},
+                     nn.Linear(4, 2)), "threshold")
+    expect_error(exp(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"),
+                                   nn.Flatten(), nn.Linear(32, 2))), "padding_mode")
+
+    class NotABlock(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(1, 1, 3, padding=1), nn.BatchNorm2d(1)
+            self.conv2, self.bn2 = nn.Conv2d(1, 1, 3, padding=1), nn.BatchNorm2d(1)
+            self.extra = nn.ReLU()
+    expect_error(exp(nn.Sequential(NotABlock(), nn.Flatten(), nn.Linear(16, 2))),
+                 "NotABlock", "extra")
+
+    class WrongForward(nn.Module):
+        """A BasicBlock's structure, without the residual addition."""
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(1, 1, 3, padding=1), nn.BatchNorm2d(1)
+            self.conv2, self.bn2 = nn.Conv2d(1, 1, 3, padding=1), nn.BatchNorm2d(1)
+            self.relu = nn.ReLU()
+
+        def forward(self, x):
+            return self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
+    m = nn.Sequential(WrongForward(), nn.Flatten(), nn.Linear(16, 2))
+    randomise(m, 5)
+    expect_error(exp(m), "self-check")
+
+    # safetensors layout: header length, padding, offsets
+    path = os.path.join(work, "t.safetensors")
+    ex.write_safetensors(path, {"b": np.arange(3, dtype=np.float32),
+                                "a": np.ones((2, 2), np.float32)}, {"k": "v"})
+    raw = open(path, "rb").read()
+    hlen = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + hlen])
+    if hlen % 8 or header["__metadata__"] != {"k": "v"} or len(raw) != 8 + hlen + 28:
+        raise Failure(f"safetensors layout: header length {hlen}, file {len(raw)} bytes")
+    t, _ = ex.read_safetensors(path)
+    if t["b"].tolist() != [0, 1, 2] or t["a"].shape != (2, 2):
+        raise Failure("safetensors round trip")
+
+
+# ---------------------------------------------------------------------------
+
+
+def main():
+    if len(sys.argv) != 3:
+        print(__doc__)
+        return 2
+    exe, work = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
+    os.makedirs(work, exist_ok=True)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    devices = os.environ.get("ERT_TEST_DEVICES")
+    devices = (devices.split(",") if devices else
+               ["cpu"] + (["cuda"] if os.path.exists("/dev/nvidia0") else []))
+    print(f"torch {torch.__version__}, blocks from {BLOCKS_FROM}, devices {devices}")
+    failed = 0
+    try:
+        exporter_checks(work)
+        print("exporter checks: ok")
+    except Exception as e:  # noqa: BLE001
+        failed += 1
+        print(f"exporter checks: FAIL: {e}")
+        traceback.print_exc()
+    have_exe = os.path.isfile(exe) and os.access(exe, os.X_OK)
+    if not have_exe:
+        failed += 1
+        print(f"FAIL: {exe} is not an executable; the C side is not checked")
+    for i, (name, build) in enumerate(CASES):
+        try:
+            torch.manual_seed(100 + i)
+            spec = build()
+            mods = [spec["backbone"]] + ([spec["final"]] if spec["final"] is not None else [])
+            for v in spec["exits"].values():
+                mods += [m for m in ex.exit_spec(v)[::2] if m is not None]
+            holder = nn.ModuleList(mods)
+            randomise(holder, 100 + i)
+            g = torch.Generator().manual_seed(200 + i)
+            x = (torch.rand((N,) + spec["shape"], generator=g) * spec["raw"]).numpy()
+            if spec["raw"] == 255.0:
+                x = np.round(x)
+            x[0] = 0.0  # an all-zero input (raw units)
+            calibrate(spec, x)
+            model_dir = os.path.join(work, name)
+            model = ex.export(spec["backbone"], spec["exits"], spec["final"], model_dir,
+                              spec["shape"], spec["K"], input_norm=spec["norm"],
+                              name=f"test-{name}", golden_inputs=x)
+            # the golden file holds what PyTorch computes for the raw input
+            golden, _ = ex.read_safetensors(os.path.join(model_dir, "golden.safetensors"))
+            if not np.array_equal(golden["input"], x.astype(np.float32)):
+                raise Failure("golden input differs from the input given")
+            kinds = [e["policy"]["type"] for e in model["exits"]]
+            print(f"{name}: exported ({len(model['backbone'])} backbone layers, exits "
+                  f"{[(e['name'], e['after'], e['policy']['type']) for e in model['exits']]},"
+                  f" {ex.model_macs(model)['full']} MACs)")
+            if "confidence_head" in kinds and not any(k.startswith("confidence.") for k in golden):
+                raise Failure("golden file lacks the confidence outputs")
+            if have_exe:
+                for line in check_model(model_dir, exe, os.path.join(work, name + "-run"),
+                                        devices, name):
+                    print(f"  {line}")
+        except Exception as e:  # noqa: BLE001
+            failed += 1
+            print(f"{name}: FAIL: {e}")
+            if not isinstance(e, Failure):
+                traceback.print_exc()
+    shipped = sorted(glob.glob(os.path.join(ROOT, "models", "*", "golden.safetensors")))
+    for path in shipped:
+        model_dir = os.path.dirname(path)
+        name = os.path.basename(model_dir)
+        if not have_exe:
+            break
+        try:
+            print(f"{name} (shipped golden file):")
+            for line in check_model(model_dir, exe, os.path.join(work, "shipped-" + name),
+                                    devices, name):
+                print(f"  {line}")
+            print(f"{name} (shipped golden file): ok")
+        except Exception as e:  # noqa: BLE001
+            failed += 1
+            print(f"{name} (shipped golden file): FAIL: {e}")
+            if not isinstance(e, Failure):
+                traceback.print_exc()
+    print(f"{failed} failure(s)" if failed else "all export round trips passed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
