@@ -39,6 +39,8 @@ static const char *USAGE =
     "  --rep-samples N      samples per rep (default 1024; at least one batch)\n"
     "  --threads N          CPU threads, exitrt and PyTorch (default: online CPUs)\n"
     "  --inflight N         CUDA batches in flight (default 1)\n"
+    "  --graph-buckets K    CUDA COMPACTED: size-bucketed graphs, 0 = off (default:\n"
+    "                       $ERT_GRAPH_BUCKETS, else 0)\n"
     "  --json FILE          every cell as JSON (schema: bench/README.md)\n"
     "  --plot FILE.png      throughput and efficiency vs batch size (gnuplot)\n"
     "  --peer               run bench/torch_peer.py (python: $ERT_PYTHON or\n"
@@ -224,6 +226,8 @@ static int parse_args(int argc, char **argv, bench_run *r, bench_opts *o)
             bad = parse_int(val, 1, 1024, &r->threads);
         else if (!strcmp(key, "--inflight"))
             bad = parse_int(val, 1, 16, &r->inflight);
+        else if (!strcmp(key, "--graph-buckets"))
+            bad = parse_int(val, 0, 64, &r->graph_buckets);
         else {
             fprintf(stderr, "exitrt bench: unknown option '%s'\n%s", key, USAGE);
             return 2;
@@ -498,6 +502,7 @@ typedef struct cell_acc {
     int nrep, nlat;
     int32_t counts[ERT_MAX_EXITS]; /* the first rep's */
     uint64_t macs;     /* the first rep's */
+    uint64_t macs_padding; /* the first rep's: bucket padding (CUDA graphs) */
     long waits;        /* all reps */
 } cell_acc;
 
@@ -533,6 +538,7 @@ static int run_batches(bench_run *r, cell_acc *a, int batch, int nb, ert_sample 
             for (int x = 0; x < r->num_exits; x++)
                 a->counts[x] += res.exit_counts[x];
             a->macs += res.macs_executed;
+            a->macs_padding += res.macs_padding;
         }
     }
     if (timed)
@@ -586,6 +592,8 @@ static int sweep_batch(bench_run *r, ert_backend be, int batch)
         cfg.max_batch = batch;
         cfg.threads = r->threads;
         cfg.inflight = r->inflight;
+        if (r->graph_buckets >= 0)
+            cfg.graph_buckets = r->graph_buckets;
         ert_error err;
         ert_status st = ert_engine_create(r->model, &cfg, &eng[m], &err);
         if (st != ERT_OK) {
@@ -648,6 +656,7 @@ static int sweep_batch(bench_run *r, ert_backend be, int batch)
             c->p50_ms = 1e3 * calib_percentile(a->lat_s, a->nlat, 0.50, scratch);
             c->p99_ms = 1e3 * calib_percentile(a->lat_s, a->nlat, 0.99, scratch);
             c->macs_per_sample = (double)a->macs / spr;
+            c->padding_macs_per_sample = (double)a->macs_padding / spr;
             memcpy(c->exit_counts, a->counts, sizeof c->exit_counts);
             /* the ideal is the profile's: for FULL take the COMPACTED
                cell's counts (FULL itself exits nobody early) */
@@ -693,6 +702,7 @@ int bench_main(int argc, char **argv)
     r.warmup = 3;
     r.rep_samples = 1024;
     r.inflight = 1;
+    r.graph_buckets = -1;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     r.threads = ncpu > 0 ? (int)ncpu : 1;
 

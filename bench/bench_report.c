@@ -43,6 +43,15 @@ void bench_print_table(const bench_run *r, FILE *out)
             (double)m->macs_full / 1e6, r->threads, r->reps, r->rep_samples, r->warmup,
             r->date);
     fprintf(out, "  inputs: %s\n", r->input_desc);
+    if (r->backend_on[ERT_BACKEND_CUDA]) {
+        fprintf(out, "  cuda: %d batch(es) in flight, graph buckets ", r->inflight);
+        if (r->graph_buckets >= 0)
+            fprintf(out, "%d\n", r->graph_buckets);
+        else
+            fprintf(out, "the engine default ($ERT_GRAPH_BUCKETS or 0)\n");
+        fprintf(out, "  cuda timing: host wall clock around ert_infer, which returns with the "
+                     "results on the host (input and output copies included)\n");
+    }
     if (r->random_weights)
         fprintf(out, "  random weights: throughput depends only on routing, which the profile "
                      "fixes\n");
@@ -146,6 +155,8 @@ int bench_write_json(const bench_run *r, const char *path)
     cJSON_AddNumberToObject(root, "reps", r->reps);
     cJSON_AddNumberToObject(root, "warmup_batches", r->warmup);
     cJSON_AddNumberToObject(root, "rep_samples", r->rep_samples);
+    cJSON_AddNumberToObject(root, "inflight", r->inflight);
+    cJSON_AddNumberToObject(root, "graph_buckets", r->graph_buckets);
     cJSON_AddNumberToObject(root, "macs_full", (double)m->macs_full);
     cJSON *exits = cJSON_AddArrayToObject(root, "exits");
     for (int x = 0; x < E; x++) {
@@ -195,6 +206,7 @@ int bench_write_json(const bench_run *r, const char *path)
         cJSON_AddNumberToObject(o, "p50_ms", c->p50_ms);
         cJSON_AddNumberToObject(o, "p99_ms", c->p99_ms);
         cJSON_AddNumberToObject(o, "macs_per_sample", c->macs_per_sample);
+        cJSON_AddNumberToObject(o, "padding_macs_per_sample", c->padding_macs_per_sample);
         cJSON_AddNumberToObject(o, "ideal_macs_per_sample", c->ideal_macs_per_sample);
         cJSON_AddNumberToObject(o, "ideal_speedup", c->ideal_speedup);
         cJSON_AddNumberToObject(o, "speedup", c->speedup);

@@ -39,6 +39,7 @@ typedef struct bench_cell {
     double samples_per_s;       /* samples_per_rep / median rep time */
     double p50_ms, p99_ms;      /* per-batch latency over every timed batch */
     double macs_per_sample;     /* executed (ert_result.macs_executed) */
+    double padding_macs_per_sample; /* ert_result.macs_padding: bucket padding */
     double ideal_macs_per_sample; /* plan_ideal_macs for the cell's exit counts */
     double ideal_speedup;       /* full MACs / ideal MACs */
     double speedup;             /* samples/s over FULL's, same backend and batch */
@@ -66,6 +67,7 @@ typedef struct bench_run {
     int mode_on[3];             /* requested modes (FULL is always measured) */
     int backend_on[3];          /* indexed by ert_backend */
     int reps, warmup, rep_samples, threads, inflight;
+    int graph_buckets;          /* -1: the engine's default */
     int quick;
 
     bench_cell *cells;

@@ -300,6 +300,8 @@ Test(bench_json, documented_keys_and_types, .timeout = 120)
     cr_assert_eq(get(j, "reps", is_num)->valueint, 1);
     get(j, "warmup_batches", is_num);
     get(j, "rep_samples", is_num);
+    get(j, "inflight", is_num);
+    get(j, "graph_buckets", is_num);
     get(j, "macs_full", is_num);
     const cJSON *exits = get(j, "exits", is_arr);
     int E = cJSON_GetArraySize(exits);
@@ -348,6 +350,7 @@ Test(bench_json, documented_keys_and_types, .timeout = 120)
         get(c, "p50_ms", is_num);
         get(c, "p99_ms", is_num);
         cr_assert(get(c, "macs_per_sample", is_num)->valuedouble > 0);
+        cr_assert_float_eq(get(c, "padding_macs_per_sample", is_num)->valuedouble, 0.0, 0.0);
         cr_assert(get(c, "ideal_macs_per_sample", is_num)->valuedouble > 0);
         get(c, "ideal_speedup", is_num);
         get(c, "speedup", is_num);
