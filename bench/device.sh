@@ -13,10 +13,23 @@
 #             exit kernel's warp-total scan)
 #   cli       per bundled model (models/*/model.json): exitrt run --device cpu
 #             and --device cuda in each mode; predictions must match (exit and
-#             class exactly, score to 1e-4); host waits from the JSON report
+#             class exactly, score to 1e-4); host waits from the JSON report.
+#             Mode "compacted-graphs" is COMPACTED with ERT_GRAPH_BUCKETS=8
+#             (size-bucketed CUDA graphs, src/cuda/graph.c): host waits 0
+#   graphs    the whole test_gpu suite again with ERT_GRAPH_BUCKETS=8, so
+#             every COMPACTED engine of the mode tests runs through the
+#             bucketed graphs (test_graphs.c runs in `tests` either way), and
+#             compute-sanitizer memcheck on the graph tests alone
+#   benchg    per bundled model: exitrt bench --device cuda, once wait-based
+#             (ERT_GRAPH_BUCKETS=0) and once bucketed (ERT_GRAPH_BUCKETS=8),
+#             batches BENCH_BATCHES (default 1,8,64,256,1024), JSON to the logs
+#             and a side-by-side table of COMPACTED samples/s and host waits
+#             in the summary (issue 7's measurement)
 # Each step has its own time limit (seconds: T_TESTS, T_MEMCHECK, T_RACECHECK,
-# T_CLI) so the whole stays inside one 10-minute device call; FILTER narrows
-# the sanitizer runs (a Criterion --filter, default: all tests).
+# T_CLI, T_GRAPHS, T_BENCHG) so the whole stays inside one 10-minute device
+# call (when it would not, split it: STEPS='env tests' then STEPS='graphs
+# benchg'); FILTER narrows the sanitizer runs (a Criterion --filter, default:
+# all tests).
 #
 # Output in $OUT (at most 8 files come back): summary.txt (one line per
 # check: PASS / FAIL / SKIP and why) and logs.tgz (every log).
@@ -29,7 +42,9 @@
 #   - cudnnConvolutionBiasActivationForward with z = y and alpha2 = 0 on
 #     uninitialised (possibly NaN) y: results must not be NaN (tests nonfinite)
 #   - the algorithm chosen per conv (FMA math, no TF32) and the workspace
-#   - host waits: MASKED 0, COMPACTED <= early exits per batch (cli step)
+#   - host waits: MASKED 0, COMPACTED <= early exits per batch (cli step);
+#     compacted-graphs 0 (if not 0, the graphs fell back: ert_engine_note()
+#     says why -- the graphs tests print it when they fail)
 set -uo pipefail
 
 root=$PWD
@@ -38,7 +53,7 @@ mkdir -p "$out"
 logs=$(mktemp -d)
 summary=$out/summary.txt
 : >"$summary"
-steps=${STEPS:-env tests memcheck racecheck cli}
+steps=${STEPS:-env tests memcheck racecheck cli graphs benchg}
 filter=${FILTER:-}
 dl=$root/.devlibs
 bin=$dl/bin
@@ -144,9 +159,13 @@ if has_step cli; then
         found=1
         m=$(dirname "$mj")
         name=$(basename "$m")
-        for mode in full masked compacted; do
+        for mode in full masked compacted compacted-graphs; do
+            gb=0
+            cmode=$mode
+            [ "$mode" = compacted-graphs ] && { gb=8; cmode=compacted; }
             for dev in cpu cuda; do
-                timeout "${T_CLI:-60}" "$bin/exitrt" run "$m" --device "$dev" --mode "$mode" --json \
+                ERT_GRAPH_BUCKETS=$gb timeout "${T_CLI:-60}" "$bin/exitrt" run "$m" --device "$dev" \
+                    --mode "$cmode" --json \
                     --predictions "$logs/$name-$mode-$dev.csv" >"$logs/$name-$mode-$dev.json" \
                     2>"$logs/$name-$mode-$dev.err"
                 rc=$?
@@ -191,5 +210,73 @@ PY
         done
     done
     [ $found -eq 1 ] || note "SKIP cli: no models/*/model.json in this checkout"
+fi
+
+# ---- graphs: the suite through the bucketed graphs --------------------------------------
+if has_step graphs; then
+    ERT_GRAPH_BUCKETS=8 step test_gpu-graphs8 "${T_GRAPHS:-150}" "$bin/test_gpu" --jobs 1 --verbose
+    step memcheck-graphs "${T_GRAPHS:-150}" compute-sanitizer --tool memcheck --leak-check full \
+        --target-processes all --error-exitcode 99 "$bin/test_gpu" --jobs 1 --filter 'graphs/*'
+fi
+
+# ---- benchg: bucketed vs wait-based COMPACTED, same call, same inputs ---------------------
+if has_step benchg; then
+    found=0
+    for mj in models/*/model.json; do
+        [ -e "$mj" ] || continue
+        found=1
+        m=$(dirname "$mj")
+        name=$(basename "$m")
+        for gb in 0 8; do
+            ERT_GRAPH_BUCKETS=$gb timeout "${T_BENCHG:-120}" "$bin/exitrt" bench "$m" --device cuda \
+                --batches "${BENCH_BATCHES:-1,8,64,256,1024}" --reps 3 --warmup 2 \
+                --json "$logs/bench-$name-graphs$gb.json" >"$logs/bench-$name-graphs$gb.txt" 2>&1
+            rc=$?
+            [ $rc -eq 0 ] || note "FAIL benchg $name graphs=$gb: exit $rc ($(tail -2 "$logs/bench-$name-graphs$gb.txt" | tr '\n' ' '))"
+        done
+        python3 - "$logs/bench-$name-graphs0.json" "$logs/bench-$name-graphs8.json" "$name" \
+            >>"$summary" 2>&1 <<'PY'
+import json, sys
+a, b, name = sys.argv[1:4]
+def cells(path):
+    # schema: bench/README.md; keep what is there, never fail the run on it
+    try:
+        j = json.load(open(path))
+    except Exception as e:
+        print(f"SKIP benchg {name}: {path}: {e}")
+        return {}
+    out = {}
+    def walk(o):
+        if isinstance(o, dict):
+            if str(o.get("mode", "")).lower() == "compacted" and "batch" in o:
+                key = (o.get("backend"), o.get("profile"), o.get("batch"))
+                out[key] = o
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, list):
+            for v in o:
+                walk(v)
+    walk(j)
+    return out
+wa, gr = cells(a), cells(b)
+def get(o, *names):
+    for n in names:
+        if n in o:
+            return o[n]
+    return None
+for key in sorted(set(wa) & set(gr), key=lambda k: (str(k[1]), k[2] or 0)):
+    x, y = wa[key], gr[key]
+    sx = get(x, "samples_per_s"); sy = get(y, "samples_per_s")
+    hx = get(x, "host_waits_per_batch"); hy = get(y, "host_waits_per_batch")
+    ex = get(x, "efficiency"); ey = get(y, "efficiency")
+    ratio = f"{sy / sx:.2f}x" if sx and sy else "?"
+    print(f"INFO benchg {name} {key[0]} profile {key[1]} batch {key[2]}: COMPACTED wait-based "
+          f"{sx} samples/s (eff {ex}, {hx} waits/batch), bucketed {sy} samples/s (eff {ey}, "
+          f"{hy} waits/batch): {ratio}")
+if not (set(wa) & set(gr)):
+    print(f"SKIP benchg {name}: no COMPACTED cells found in the two JSON files (schema?)")
+PY
+    done
+    [ $found -eq 1 ] || note "SKIP benchg: no models/*/model.json in this checkout"
 fi
 note "done"

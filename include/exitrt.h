@@ -128,10 +128,22 @@ typedef struct ert_engine_config {
     int threads;     /* CPU: BLAS threads; 0 = leave the BLAS default */
     int device;      /* CUDA: device ordinal */
     int inflight;    /* CUDA: batches in flight on their own streams (>= 1) */
+    /* CUDA, COMPACTED: 0 = the wait-based path (the host learns each row
+     * count); K in [1, 64] = size-bucketed CUDA graphs with no host wait:
+     * each stage is captured for K row counts (multiples of
+     * ceil(max_batch / K)) and a conditional node on the device picks the
+     * smallest bucket holding the survivors. If capture or instantiation
+     * fails the engine falls back to the wait-based path and says why in
+     * ert_engine_note(). Ignored by the other modes and by the CPU. */
+    int graph_buckets;
 } ert_engine_config;
 
 /* Defaults: AUTO backend, COMPACTED mode, max_batch 256, threads 0,
- * device 0, inflight 1. */
+ * device 0, inflight 1, graph_buckets 0 -- or the value of the environment
+ * variable ERT_GRAPH_BUCKETS (an integer in [0, 64]) when it is set, so that
+ * programs that leave the field alone (exitrt run, exitrt bench, the test
+ * suites) can be switched to the bucketed path without a rebuild. The
+ * default stays 0 until the bucketed path has been verified on a GPU. */
 ert_engine_config ert_engine_config_default(void);
 
 /* Creates an engine for model m. Buffers are sized for cfg->max_batch once,
@@ -149,6 +161,12 @@ ert_mode ert_engine_mode(const ert_engine *e);
 /* The message of the engine's last failure ("" if none). Valid until the
  * next call on the engine. */
 const char *ert_engine_error(const ert_engine *e);
+
+/* A line about how the engine runs that is not an error ("" if none), set at
+ * creation. CUDA COMPACTED with graph_buckets > 0: "graphs: on: ..." (the
+ * buckets) or "graphs: off: <reason>" (the fallback to the wait-based path,
+ * e.g. a library call that could not be captured). Valid while e lives. */
+const char *ert_engine_note(const ert_engine *e);
 
 /* Overrides exit i's threshold for later calls. Rejects the final head, a
  * NaN, and values outside the policy's range ([0,1] for probabilities and
@@ -174,6 +192,19 @@ typedef struct ert_result {
     uint64_t macs_full;         /* the full network's, for this batch */
     int32_t host_waits;         /* blocking host waits on the device */
     int32_t nonfinite_samples;  /* samples whose input held NaN or Inf */
+    /* Size-bucketed graphs (graph_buckets > 0 and ert_engine_note() says
+     * "graphs: on"); otherwise padding_rows = 0, macs_padding = 0 and every
+     * bucket[s] = -1. Read from counters the device wrote, copied back with
+     * the results. */
+    int32_t padding_rows;         /* rows run only to fill buckets, summed over
+                                     stages (and sub-batches when inflight > 1);
+                                     they never reach the results */
+    int32_t bucket[ERT_MAX_EXITS]; /* stage s: the bucket index the device chose
+                                     (rows run = (bucket + 1) * step, at most
+                                     max_batch), the largest over sub-batches;
+                                     -1 when no row entered the stage */
+    uint64_t macs_padding;        /* MACs spent on padding rows; not counted in
+                                     macs_executed, which stays the rows' own work */
 } ert_result;
 
 /* Runs a batch. input: [batch, C, H, W] floats in the model's raw units (the

@@ -1,21 +1,38 @@
-/* exit.cu - exit decisions, results at original positions, stable compaction.
+/* exit.cu - exit decisions, results at original positions, stable compaction,
+ * and in a bucketed graph the choice of the next stage's bucket.
  *
  * The policy math is policy.h's, the same functions the CPU backend calls, so
  * the two backends cannot drift (they can still differ by the last bits of
  * expf/logf and of the logits themselves). */
 #include "kernels.h"
 #include "compact_math.h"
+#include "switch.cuh"
 
 #define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
 
+/* The rows to decide: n, or in a bucketed graph the real count the device
+ * holds (the rows past it are bucket padding). */
+static __device__ __forceinline__ int rows_of(const ert_exit_args &a)
+{
+    if (!a.d_n)
+        return a.n;
+    int n = *a.d_n;
+    return n < a.n ? n : a.n;
+}
+
+static __device__ __forceinline__ float threshold_of(const ert_exit_args &a)
+{
+    return a.d_threshold ? *a.d_threshold : a.threshold;
+}
+
 /* Scores row i; when it exits, writes its sample and logits at orig[i].
  * Returns whether it exited. */
-static __device__ int decide_row(const ert_exit_args &a, int i)
+static __device__ int decide_row(const ert_exit_args &a, int i, float thr)
 {
     const float *z = a.logits + (size_t)i * a.K;
     float conf = a.conf ? a.conf[i] : 0.0f;
     float score = ert_policy_score(a.policy, z, a.K, conf);
-    if (!ert_policy_exits(a.policy, score, a.threshold))
+    if (!ert_policy_exits(a.policy, score, thr))
         return 0;
     int o = a.orig[i];
     ert_sample smp;
@@ -35,10 +52,12 @@ static __device__ int decide_row(const ert_exit_args &a, int i)
 
 static __global__ void exit_decide_kernel(ert_exit_args a)
 {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < a.n; i += gridDim.x * blockDim.x) {
+    const int n = rows_of(a);
+    const float thr = threshold_of(a);
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
         if (a.done && a.done[i])
             continue;
-        if (decide_row(a, i) && a.done)
+        if (decide_row(a, i, thr) && a.done)
             a.done[i] = 1;
     }
 }
@@ -56,6 +75,8 @@ extern "C" cudaError_t ert_k_exit_decide(const ert_exit_args *a, cudaStream_t s)
     if (!a || a->n < 1 || a->K < 1 || !a->logits || !a->orig || !a->samples)
         return cudaErrorInvalidValue;
     if (a->policy == ERT_POLICY_CONFIDENCE_HEAD && !a->conf)
+        return cudaErrorInvalidValue;
+    if (a->sw.on) /* the last stage has no next bucket to choose */
         return cudaErrorInvalidValue;
     return launch_exit_decide(*a, s);
 }
@@ -75,10 +96,12 @@ static __global__ void exit_compact_kernel(ert_exit_args a)
     const int warp = threadIdx.x / ERT_WARP;
     const int nwarps = blockDim.x / ERT_WARP;
     int base = 0; /* survivors of earlier tiles; the same in every thread */
+    const int n = rows_of(a);
+    const float thr = threshold_of(a);
 
-    for (int tile = 0; tile < a.n; tile += blockDim.x) {
+    for (int tile = 0; tile < n; tile += blockDim.x) {
         int i = tile + threadIdx.x;
-        int keep = i < a.n ? !decide_row(a, i) : 0;
+        int keep = i < n ? !decide_row(a, i, thr) : 0;
         unsigned ballot = __ballot_sync(0xffffffffu, keep);
         if (lane == 0)
             warp_excl[warp] = __popc(ballot);
@@ -107,8 +130,13 @@ static __global__ void exit_compact_kernel(ert_exit_args a)
         /* warp_excl and tile_total are rewritten by the next tile */
         __syncthreads();
     }
-    if (threadIdx.x == 0)
+    if (threadIdx.x == 0) {
         *a.count = base;
+        /* the count is final here (one block): in a bucketed graph, choose
+           the next stage's body now, with no host in the loop */
+        if (a.sw.on)
+            ert_switch_select(a.sw, base);
+    }
 }
 
 static cudaError_t launch_exit_compact(const ert_exit_args &a, cudaStream_t s)
@@ -121,6 +149,9 @@ extern "C" cudaError_t ert_k_exit_compact(const ert_exit_args *a, cudaStream_t s
 {
     if (!a || a->n < 1 || a->K < 1 || !a->logits || !a->orig || !a->samples || !a->new_orig ||
         !a->src_row || !a->count || a->done)
+        return cudaErrorInvalidValue;
+    if (a->sw.on && (!a->sw.stats || a->sw.stage < 1 || a->sw.stage >= ERT_MAX_EXITS ||
+                     a->sw.step < 1 || a->sw.nbuckets < 1))
         return cudaErrorInvalidValue;
     if (a->policy == ERT_POLICY_CONFIDENCE_HEAD && !a->conf)
         return cudaErrorInvalidValue;

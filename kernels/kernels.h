@@ -61,6 +61,19 @@ cudaError_t ert_k_gather_rows(const float *src, float *dst, const int *src_row,
 
 /* ---- exit.cu ------------------------------------------------------------------ */
 
+/* In a bucketed graph (src/cuda/graph.c): the SWITCH conditional node that
+ * runs stage `stage`, and how a row count picks its body (bucket_math.h).
+ * One thread calls cudaGraphSetConditional(handle, bucket) and records the
+ * rows and bucket in stats[ERT_STATS_ROWS + stage], [ERT_STATS_BUCKET +
+ * stage]. Only valid in a kernel launched from the graph that owns handle. */
+typedef struct ert_switch_args {
+    cudaGraphConditionalHandle handle;
+    int on;               /* 0: no switch to set (every path but the graphs) */
+    int stage;            /* the stage whose bucket is chosen */
+    int step, nbuckets, max_rows;
+    int *stats;           /* device [ERT_STATS_LEN] */
+} ert_switch_args;
+
 /* One exit over n active rows in their current order. */
 typedef struct ert_exit_args {
     const float *logits;  /* [n, K] */
@@ -76,6 +89,13 @@ typedef struct ert_exit_args {
     int *new_orig;        /* compact: [n] survivors' original positions */
     int *src_row;         /* compact: [n] survivors' rows in the current order */
     int *count;           /* compact: one int, the number of survivors */
+    /* bucketed graphs (NULL / off elsewhere): */
+    const int *d_n;       /* the real row count on the device (<= n); rows
+                             [*d_n, n) are bucket padding: never scored,
+                             written or kept. n then bounds the launch. */
+    const float *d_threshold; /* read instead of threshold: a captured graph
+                                 sees later ert_engine_set_threshold calls */
+    ert_switch_args sw;   /* compact: select the next stage's bucket */
 } ert_exit_args;
 
 /* Scores every row not yet done, and writes the rows that exit (sample and
@@ -86,6 +106,21 @@ cudaError_t ert_k_exit_decide(const ert_exit_args *a, cudaStream_t s);
 /* The same decision, plus the stable compaction of the survivors in one
  * thread block: new_orig/src_row [0, *count) in their current order. */
 cudaError_t ert_k_exit_compact(const ert_exit_args *a, cudaStream_t s);
+
+/* ---- graph.cu ------------------------------------------------------------------ */
+
+/* Before each launch of a bucketed graph, on the slot's stream: writes the
+ * sub-batch's row count to *d_rows and thr[0..nthr) to d_thr, passed by
+ * value (no pinned staging that a later call could overwrite before the
+ * copy ran). nthr <= ERT_MAX_EXITS. */
+cudaError_t ert_k_graph_prep(int *d_rows, int rows, float *d_thr, const float *thr, int nthr,
+                             cudaStream_t s);
+
+/* The graph's first node: resets sw.stats (rows 0, bucket -1 for every
+ * stage), then selects stage 0's bucket for *d_rows rows (sw.stage = 0).
+ * With sw.on = 0 only the reset (a warm-up launch outside the graph, so the
+ * kernel's module is loaded before any capture). */
+cudaError_t ert_k_graph_root(const int *d_rows, ert_switch_args sw, cudaStream_t s);
 
 #ifdef __cplusplus
 }

@@ -23,7 +23,9 @@ typedef struct backend_ops {
     void (*destroy)(void *ctx);
     /* Runs a host batch in e->cfg.mode with e->thresholds. Fills
      * out->samples, out->logits (when not NULL), out->macs_executed and
-     * out->host_waits. engine.c fills the rest. */
+     * out->host_waits, and (bucketed graphs only) out->padding_rows,
+     * out->bucket and out->macs_padding, which engine.c sets to 0 / -1 / 0
+     * before the call. engine.c fills the rest. */
     ert_status (*infer)(ert_engine *e, const float *input, int batch, ert_result *out);
     /* Optional (NULL: unsupported): every exit's score for every row,
      * scores[row * num_exits + exit], computing every head. */
@@ -43,6 +45,7 @@ struct ert_engine {
     float thresholds[ERT_MAX_EXITS];
     char err[ERT_ERROR_LEN];
     atomic_int busy;
+    char note[ERT_ERROR_LEN]; /* ert_engine_note(); the backend sets it at create */
 };
 
 /* Records a printf-style message on the engine and returns status. */

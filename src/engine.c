@@ -27,6 +27,22 @@ int ert_cuda_available(void)
 #endif
 }
 
+/* Most row-count buckets per stage (each is a captured graph body). */
+#define ENGINE_MAX_GRAPH_BUCKETS 64
+
+/* ERT_GRAPH_BUCKETS when it holds an integer in [0, 64], else 0. */
+static int env_graph_buckets(void)
+{
+    const char *v = getenv("ERT_GRAPH_BUCKETS");
+    if (!v || !*v)
+        return 0;
+    char *end = NULL;
+    long k = strtol(v, &end, 10);
+    if (*end != '\0' || k < 0 || k > ENGINE_MAX_GRAPH_BUCKETS)
+        return 0;
+    return (int)k;
+}
+
 ert_engine_config ert_engine_config_default(void)
 {
     ert_engine_config c = {
@@ -36,6 +52,7 @@ ert_engine_config ert_engine_config_default(void)
         .threads = 0,
         .device = 0,
         .inflight = 1,
+        .graph_buckets = env_graph_buckets(),
     };
     return c;
 }
@@ -79,6 +96,10 @@ ert_status ert_engine_create(ert_model *m, const ert_engine_config *cfg, ert_eng
         return ert_fail(err, ERT_INVALID_ARGUMENT,
                         "ert_engine_create: threads must be >= 0, inflight in [1, 16], "
                         "device >= 0");
+    if (cfg->graph_buckets < 0 || cfg->graph_buckets > ENGINE_MAX_GRAPH_BUCKETS)
+        return ert_fail(err, ERT_INVALID_ARGUMENT,
+                        "ert_engine_create: graph_buckets %d out of range [0, %d]",
+                        cfg->graph_buckets, ENGINE_MAX_GRAPH_BUCKETS);
     const backend_ops *ops = pick_backend(cfg->backend);
     if (!ops) {
 #ifdef ERT_HAVE_CUDA
@@ -126,6 +147,7 @@ void ert_engine_free(ert_engine *e)
 ert_backend ert_engine_backend(const ert_engine *e) { return e ? e->backend : ERT_BACKEND_AUTO; }
 ert_mode ert_engine_mode(const ert_engine *e) { return e ? e->cfg.mode : ERT_MODE_FULL; }
 const char *ert_engine_error(const ert_engine *e) { return e ? e->err : "engine is NULL"; }
+const char *ert_engine_note(const ert_engine *e) { return e ? e->note : ""; }
 
 ert_status ert_engine_set_threshold(ert_engine *e, int i, float t)
 {
@@ -203,6 +225,10 @@ ert_status ert_infer(ert_engine *e, const float *input, int batch, ert_result *o
     memset(out->exit_counts, 0, sizeof out->exit_counts);
     out->macs_executed = 0;
     out->host_waits = 0;
+    out->padding_rows = 0;
+    out->macs_padding = 0;
+    for (int i = 0; i < ERT_MAX_EXITS; i++)
+        out->bucket[i] = -1;
     st = e->ops->infer(e, input, batch, out);
     if (st == ERT_OK) {
         for (int b = 0; b < batch; b++) {

@@ -22,13 +22,16 @@
  * results to reach host memory is inherent in a synchronous call returning
  * host results and is not counted; ert_infer_device with a caller stream
  * does not wait for results at all. So: FULL and MASKED 0; COMPACTED at most
- * one per early exit per job.
+ * one per early exit per job -- or 0 with size-bucketed graphs
+ * (cfg.graph_buckets > 0, graph.c), where the device picks each stage's
+ * launch size itself.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "cuda_check.h"
 #include "cuda_internal.h"
+#include "graph.h"
 #include "kernels.h"
 #include "util.h"
 
@@ -82,6 +85,7 @@ static void cuda_destroy(void *ctx)
     if (!c)
         return;
     cudaSetDevice(c->device);
+    graph_free(c); /* before the slots whose streams and buffers it uses */
     if (c->slots) {
         for (int i = 0; i < c->nslots; i++)
             slot_free(&c->slots[i]);
@@ -210,6 +214,10 @@ static ert_status cuda_create(ert_engine *e, void **out)
     CUDA_TRY(e, cudaHostAlloc((void **)&c->h_samples, B * sizeof(ert_sample),
                               cudaHostAllocDefault));
     CUDA_TRY(e, cudaHostAlloc((void **)&c->h_logits, B * K * sizeof(float), cudaHostAllocDefault));
+    /* COMPACTED with graph_buckets > 0: bucketed graphs, or the wait-based
+       path when they cannot be built (graph.h; e->note says which) */
+    if ((st = graph_setup(e, c)) != ERT_OK)
+        goto fail;
     *out = c;
     return ERT_OK;
 fail:
@@ -418,6 +426,8 @@ static ert_status cuda_infer(ert_engine *e, const float *input, int batch, ert_r
 
     /* pinned staging: the copies below run asynchronously from it */
     memcpy(c->h_input, input, (size_t)batch * shape_size(m->input) * sizeof(float));
+    if (c->graphs)
+        return graph_infer(e, c, batch, out);
     call k = {.h_input = input, .samples = c->d_samples,
               .logits = out->logits ? c->d_logits : NULL, .want_host = 1};
     st = run_batch(e, c, &k, batch, jobs, &nj);
@@ -445,6 +455,8 @@ static ert_status cuda_infer_device(ert_engine *e, const void *d_input, int batc
     job jobs[ERT_CUDA_MAX_INFLIGHT];
     int nj = 0;
     CUDA_TRY(e, cudaSetDevice(c->device));
+    if (c->graphs)
+        return graph_infer_device(e, c, d_input, batch, out, cs);
 
     int used = c->nslots < batch ? c->nslots : batch;
     if (cs) {

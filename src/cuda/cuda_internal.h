@@ -70,6 +70,7 @@ typedef struct cuda_ctx {
     ert_sample *d_samples;     /* device [max_batch] (ert_infer's results) */
     float *d_logits;           /* device [max_batch * K] */
     cudaEvent_t ev_caller;     /* infer_device: the caller's stream reached the call */
+    struct graph_state *graphs; /* bucketed graphs (graph.c), or NULL: wait-based */
 } cuda_ctx;
 
 /* The device copy of a pointer into model->weights (NULL stays NULL). */

@@ -1,0 +1,423 @@
+/* test_graphs.c - COMPACTED through size-bucketed CUDA graphs
+ * (cfg.graph_buckets > 0, src/cuda/graph.c) against the wait-based MASKED
+ * path on the same device and against the CPU backend.
+ *
+ * Compiled into test_cpu and test_gpu like every file here. The graph tests
+ * are about the CUDA backend: in test_cpu (and without a device) they skip;
+ * the config and CPU checks at the end run everywhere. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../kernels/bucket_math.h"
+#include "backend_test.h"
+#include "model.h"
+#include "plan.h"
+#include "policy.h"
+
+#ifdef ERT_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+#define GB_MAX 100 /* max_batch of the graph engines: not a multiple of any step below */
+
+static void need_cuda_graphs(void)
+{
+    if (ERT_TEST_BACKEND != ERT_BACKEND_CUDA)
+        cr_skip_test("about the CUDA backend's graphs: runs in test_gpu");
+    if (!ert_cuda_available())
+        cr_skip_test("no CUDA device");
+}
+
+static ert_engine *engine_k(ert_model *m, ert_backend be, ert_mode mode, int max_batch, int k,
+                            int inflight)
+{
+    ert_engine_config cfg = ert_engine_config_default();
+    cfg.backend = be;
+    cfg.mode = mode;
+    cfg.max_batch = max_batch;
+    cfg.graph_buckets = k;
+    cfg.inflight = inflight;
+    ert_engine *e = NULL;
+    ert_error err = {{0}};
+    ert_status st = ert_engine_create(m, &cfg, &e, &err);
+    cr_assert_eq(st, ERT_OK, "ert_engine_create (%s, %s, max_batch %d, graph_buckets %d): %s: %s",
+                 ert_backend_string(be), ert_mode_string(mode), max_batch, k,
+                 ert_status_string(st), err.msg);
+    return e;
+}
+
+static int starts_with(const char *s, const char *p) { return strncmp(s, p, strlen(p)) == 0; }
+
+static int near_threshold(float score, float thr)
+{
+    return fabsf(score - thr) <= 1e-4f * (1.0f + fabsf(thr));
+}
+
+/* 1e-4 relative with a floor of 1e-4 of the row's scale (as test_modes'
+ * reference check); NaN and infinities must match exactly. */
+static void check_logits(const float *got, const float *want, int k, const char *what, int row)
+{
+    float scale = 0.0f;
+    for (int j = 0; j < k; j++)
+        if (isfinite(want[j]))
+            scale = fmaxf(scale, fabsf(want[j]));
+    for (int j = 0; j < k; j++) {
+        if (!isfinite(want[j]) || !isfinite(got[j])) {
+            cr_assert((isnan(want[j]) && isnan(got[j])) || want[j] == got[j],
+                      "%s: row %d logit %d: %g vs %g", what, row, j, got[j], want[j]);
+            continue;
+        }
+        float tol = 1e-4f * fabsf(want[j]) + 1e-4f * scale + 1e-6f;
+        cr_assert(fabsf(got[j] - want[j]) <= tol, "%s: row %d logit %d: %.9g vs %.9g", what, row,
+                  j, got[j], want[j]);
+    }
+}
+
+/* Samples and logits of `got` against `want`: the same exit (or a flip of
+ * a score within rounding of its threshold), class and logits. Returns the
+ * flips. */
+static int compare(ert_engine *e, const tb_result *got, const tb_result *want, int batch,
+                   const char *what)
+{
+    int flips = 0, K = got->k;
+    for (int i = 0; i < batch; i++) {
+        const ert_sample *g = &got->samples[i], *w = &want->samples[i];
+        if (g->exit_index != w->exit_index) {
+            const ert_sample *early = g->exit_index < w->exit_index ? g : w;
+            cr_assert(near_threshold(early->score, ert_engine_threshold(e, early->exit_index)),
+                      "%s: sample %d: exit %d vs %d (score %.9g)", what, i, g->exit_index,
+                      w->exit_index, early->score);
+            flips++;
+            continue;
+        }
+        cr_assert_eq(g->predicted, w->predicted, "%s: sample %d: class %d vs %d", what, i,
+                     g->predicted, w->predicted);
+        check_logits(got->logits + (size_t)i * K, want->logits + (size_t)i * K, K, what, i);
+    }
+    cr_assert_leq(flips, batch / 100 + 1, "%s: %d exits differ in a batch of %d", what, flips,
+                  batch);
+    return flips;
+}
+
+/* The per-batch figures of a bucketed result, recomputed from its samples:
+ * rows entering each stage per sub-batch (cut as the backend cuts them),
+ * the bucket each must have run, the padding and its MACs. */
+static void check_figures(const ert_model *m, const plan *p, const tb_result *t, int batch,
+                          int max_batch, int k, int inflight)
+{
+    const int E = ert_model_num_exits(m);
+    const int step = ert_bucket_step(max_batch, k), nb = ert_bucket_count(max_batch, step);
+    uint64_t cost[ERT_MAX_EXITS];
+    for (int s = 0; s < E; s++)
+        cost[s] = p->stages[s].macs + m->exits[s].head_macs;
+    const int nj = inflight < batch ? inflight : batch;
+    int bucket[ERT_MAX_EXITS];
+    for (int s = 0; s < ERT_MAX_EXITS; s++)
+        bucket[s] = -1;
+    int pad = 0;
+    uint64_t pad_macs = 0, macs = 0;
+    for (int j = 0; j < nj; j++) {
+        int off = (int)((long long)batch * j / nj);
+        int len = (int)((long long)batch * (j + 1) / nj) - off;
+        int32_t stats[ERT_STATS_LEN];
+        for (int s = 0; s < ERT_MAX_EXITS; s++) {
+            int rows = 0;
+            for (int i = off; i < off + len; i++)
+                rows += t->samples[i].exit_index >= s;
+            stats[ERT_STATS_ROWS + s] = s < E ? rows : 0;
+            stats[ERT_STATS_BUCKET + s] = s < E && rows ? ert_bucket_of(rows, step, nb) : -1;
+            if (stats[ERT_STATS_BUCKET + s] > bucket[s])
+                bucket[s] = stats[ERT_STATS_BUCKET + s];
+            if (s < E)
+                macs += (uint64_t)rows * cost[s];
+        }
+        uint64_t pm = 0;
+        pad += ert_padding_rows(stats, E, step, max_batch, cost, &pm);
+        pad_macs += pm;
+    }
+    for (int s = 0; s < ERT_MAX_EXITS; s++)
+        cr_assert_eq(t->r.bucket[s], bucket[s], "batch %d stage %d: bucket %d, expected %d", batch,
+                     s, t->r.bucket[s], bucket[s]);
+    cr_assert_eq(t->r.padding_rows, pad, "batch %d: %d padding rows, expected %d", batch,
+                 t->r.padding_rows, pad);
+    cr_assert_eq(t->r.macs_padding, pad_macs);
+    cr_assert_eq(t->r.macs_executed, macs);
+    cr_assert_eq(t->r.macs_executed, plan_ideal_macs(m, p, t->r.exit_counts));
+    cr_assert_eq(t->r.host_waits, 0, "batch %d: %d host waits in the bucketed path", batch,
+                 t->r.host_waits);
+}
+
+static void random_thresholds(const ert_model *m, mw_rng *r, float *thr)
+{
+    int k = ert_model_num_classes(m);
+    for (int i = 0; i < ert_model_num_exits(m) - 1; i++) {
+        float u = mw_rng_uniform(r);
+        switch (ert_model_exit_policy(m, i)) {
+        case ERT_POLICY_ENTROPY: thr[i] = u * logf((float)k); break;
+        case ERT_POLICY_MAX_PROB: thr[i] = 1.0f / k + u * (1.0f - 1.0f / k); break;
+        default: thr[i] = u; break;
+        }
+    }
+}
+
+/* set -1: nobody leaves early; set -2: everybody at the first exit */
+static void bound_thresholds(const ert_model *m, int everybody_first, float *thr)
+{
+    int k = ert_model_num_classes(m);
+    for (int i = 0; i < ert_model_num_exits(m) - 1; i++) {
+        int entropy = ert_model_exit_policy(m, i) == ERT_POLICY_ENTROPY;
+        int leave = everybody_first && i == 0;
+        thr[i] = leave ? (entropy ? logf((float)k) + 1.0f : 0.0f) : (entropy ? 0.0f : 1.0f);
+    }
+}
+
+/* The bucketed engine (K buckets, inflight slots) against MASKED on the
+ * device and MASKED on the CPU over the model's thresholds, `sets` random
+ * ones and the two bounds, at batch 1, max and sizes around the steps. */
+static void bucketed_sweep(mw_kind kind, uint64_t seed, int k, int inflight, int sets)
+{
+    need_cuda_graphs();
+    ert_model *m = tb_random_model(seed, kind);
+    plan p;
+    plan_build(m, &p);
+    const int E = ert_model_num_exits(m), K = ert_model_num_classes(m);
+    ert_engine *es[3] = {
+        engine_k(m, ERT_BACKEND_CUDA, ERT_MODE_COMPACTED, GB_MAX, k, inflight),
+        engine_k(m, ERT_BACKEND_CUDA, ERT_MODE_MASKED, GB_MAX, 0, 1),
+        engine_k(m, ERT_BACKEND_CPU, ERT_MODE_MASKED, GB_MAX, 0, 1),
+    };
+    cr_assert(starts_with(ert_engine_note(es[0]), "graphs: on"),
+              "the graphs did not come up: %s", ert_engine_note(es[0]));
+
+    size_t per = ert_model_input_size(m);
+    float *x = malloc(sizeof(float) * per * GB_MAX);
+    cr_assert_not_null(x);
+    mw_random_input(x, per * GB_MAX, seed * 11 + 5);
+    tb_result r[3];
+    for (int i = 0; i < 3; i++)
+        tb_result_init(&r[i], GB_MAX, K);
+
+    const int step = ert_bucket_step(GB_MAX, k);
+    int batches[] = {1, step - 1, step, step + 1, 2 * step + 3, GB_MAX - 1, GB_MAX};
+    mw_rng rng = mw_rng_seed(seed + 77);
+    float thr[ERT_MAX_EXITS];
+    long early = 0;
+    for (int set = -2; set <= sets; set++) {
+        if (set != 0) { /* 0: the model's own thresholds */
+            if (set < 0)
+                bound_thresholds(m, set == -2, thr);
+            else
+                random_thresholds(m, &rng, thr);
+            for (int x_ = 0; x_ < E - 1; x_++)
+                for (int j = 0; j < 3; j++)
+                    cr_assert_eq(ert_engine_set_threshold(es[j], x_, thr[x_]), ERT_OK, "%s",
+                                 ert_engine_error(es[j]));
+        }
+        for (size_t b = 0; b < sizeof batches / sizeof batches[0]; b++) {
+            int batch = batches[b];
+            if (batch < 1 || batch > GB_MAX)
+                continue;
+            size_t off = ((size_t)(set + 2) * 7 + b * 3) % (GB_MAX - batch + 1);
+            const float *in = x + off * per;
+            for (int j = 0; j < 3; j++)
+                tb_infer(es[j], in, batch, &r[j]);
+            compare(es[1], &r[0], &r[1], batch, "bucketed vs MASKED (cuda)");
+            compare(es[2], &r[0], &r[2], batch, "bucketed vs MASKED (cpu)");
+            check_figures(m, &p, &r[0], batch, GB_MAX, k, inflight);
+            if (set == -2)
+                for (int i = 0; i < batch; i++)
+                    cr_assert_eq(r[0].samples[i].exit_index, 0,
+                                 "everybody at the first exit: sample %d left at %d", i,
+                                 r[0].samples[i].exit_index);
+            early += batch - r[0].r.exit_counts[E - 1];
+        }
+    }
+    cr_assert_gt(early, 0, "no sample left early: the sweep tested no compaction");
+    for (int i = 0; i < 3; i++) {
+        tb_result_free(&r[i]);
+        ert_engine_free(es[i]);
+    }
+    free(x);
+    ert_model_free(m);
+}
+
+Test(graphs, mlp) { bucketed_sweep(MW_MLP, 31, 8, 1, 6); }
+Test(graphs, cnn_confidence_head) { bucketed_sweep(MW_CNN, 32, 8, 1, 6); }
+Test(graphs, resnet) { bucketed_sweep(MW_RESNET, 33, 8, 1, 6); }
+Test(graphs, resnet_one_bucket) { bucketed_sweep(MW_RESNET, 34, 1, 1, 3); }
+Test(graphs, resnet_many_buckets) { bucketed_sweep(MW_RESNET, 35, 64, 1, 3); }
+Test(graphs, resnet_inflight) { bucketed_sweep(MW_RESNET, 36, 5, 3, 3); }
+
+/* A forced capture or instantiation failure: the engine still comes up, on
+ * the wait-based path, says why, and computes the same results. */
+static void fallback(const char *fault)
+{
+    need_cuda_graphs();
+    cr_assert_eq(setenv("ERT_GRAPH_FAULT", fault, 1), 0);
+    ert_model *m = tb_random_model(41, MW_RESNET);
+    const int K = ert_model_num_classes(m);
+    ert_engine *g = engine_k(m, ERT_BACKEND_CUDA, ERT_MODE_COMPACTED, GB_MAX, 8, 1);
+    unsetenv("ERT_GRAPH_FAULT");
+    ert_engine *w = engine_k(m, ERT_BACKEND_CUDA, ERT_MODE_MASKED, GB_MAX, 0, 1);
+    cr_assert(starts_with(ert_engine_note(g), "graphs: off: "), "ERT_GRAPH_FAULT=%s: note '%s'",
+              fault, ert_engine_note(g));
+    cr_assert_str_empty(ert_engine_error(g));
+
+    size_t per = ert_model_input_size(m);
+    float *x = malloc(sizeof(float) * per * GB_MAX);
+    cr_assert_not_null(x);
+    mw_random_input(x, per * GB_MAX, 4141);
+    tb_result rg, rw;
+    tb_result_init(&rg, GB_MAX, K);
+    tb_result_init(&rw, GB_MAX, K);
+    tb_infer(g, x, 57, &rg);
+    tb_infer(w, x, 57, &rw);
+    compare(w, &rg, &rw, 57, "fallback vs MASKED");
+    for (int s = 0; s < ERT_MAX_EXITS; s++)
+        cr_assert_eq(rg.r.bucket[s], -1);
+    cr_assert_eq(rg.r.padding_rows, 0);
+    cr_assert_eq(rg.r.macs_padding, 0u);
+    tb_result_free(&rg);
+    tb_result_free(&rw);
+    ert_engine_free(g);
+    ert_engine_free(w);
+    free(x);
+    ert_model_free(m);
+}
+
+Test(graphs, fallback_on_a_host_node) { fallback("host-node"); }
+Test(graphs, fallback_on_instantiate) { fallback("instantiate"); }
+
+/* Other modes do not use graphs, and say so. */
+Test(graphs, masked_ignores_buckets)
+{
+    need_cuda_graphs();
+    ert_model *m = tb_random_model(42, MW_MLP);
+    ert_engine *e = engine_k(m, ERT_BACKEND_CUDA, ERT_MODE_MASKED, 16, 8, 1);
+    cr_assert(starts_with(ert_engine_note(e), "graphs: not used"), "note '%s'",
+              ert_engine_note(e));
+    ert_engine_free(e);
+    ert_model_free(m);
+}
+
+#ifdef ERT_HAVE_CUDA
+/* ert_infer_device through the graphs: the same results as ert_infer. */
+Test(graphs, infer_device)
+{
+    need_cuda_graphs();
+    ert_model *m = tb_random_model(43, MW_CNN);
+    const int K = ert_model_num_classes(m), n = 77;
+    ert_engine *g = engine_k(m, ERT_BACKEND_CUDA, ERT_MODE_COMPACTED, GB_MAX, 8, 2);
+    cr_assert(starts_with(ert_engine_note(g), "graphs: on"), "%s", ert_engine_note(g));
+    size_t per = ert_model_input_size(m);
+    float *x = malloc(sizeof(float) * per * n);
+    cr_assert_not_null(x);
+    mw_random_input(x, per * n, 4343);
+    tb_result want, got;
+    tb_result_init(&want, n, K);
+    tb_result_init(&got, n, K);
+    tb_infer(g, x, n, &want);
+
+    float *d_x = NULL, *d_logits = NULL;
+    ert_sample *d_samples = NULL;
+    cr_assert_eq(cudaMalloc((void **)&d_x, sizeof(float) * per * n), cudaSuccess);
+    cr_assert_eq(cudaMalloc((void **)&d_samples, sizeof(ert_sample) * n), cudaSuccess);
+    cr_assert_eq(cudaMalloc((void **)&d_logits, sizeof(float) * K * n), cudaSuccess);
+    cr_assert_eq(cudaMemcpy(d_x, x, sizeof(float) * per * n, cudaMemcpyHostToDevice),
+                 cudaSuccess);
+    ert_device_result dr = {.samples = d_samples, .logits = d_logits};
+    ert_status st = ert_infer_device(g, d_x, n, &dr, NULL);
+    cr_assert_eq(st, ERT_OK, "%s", ert_engine_error(g));
+    cr_assert_eq(dr.host_waits, 0);
+    cr_assert_eq(cudaMemcpy(got.samples, d_samples, sizeof(ert_sample) * n,
+                            cudaMemcpyDeviceToHost), cudaSuccess);
+    cr_assert_eq(cudaMemcpy(got.logits, d_logits, sizeof(float) * K * n, cudaMemcpyDeviceToHost),
+                 cudaSuccess);
+    for (int i = 0; i < n; i++) {
+        cr_assert_eq(got.samples[i].exit_index, want.samples[i].exit_index, "sample %d", i);
+        cr_assert_eq(got.samples[i].predicted, want.samples[i].predicted, "sample %d", i);
+        check_logits(got.logits + (size_t)i * K, want.logits + (size_t)i * K, K,
+                     "infer_device vs infer", i);
+    }
+    cudaFree(d_x);
+    cudaFree(d_samples);
+    cudaFree(d_logits);
+    tb_result_free(&want);
+    tb_result_free(&got);
+    ert_engine_free(g);
+    free(x);
+    ert_model_free(m);
+}
+#endif
+
+/* ---- everywhere -------------------------------------------------------------------- */
+
+Test(graphs_config, range_checked)
+{
+    ert_model *m = tb_random_model(44, MW_MLP);
+    ert_engine_config cfg = ert_engine_config_default();
+    cfg.backend = ERT_BACKEND_CPU;
+    ert_engine *e = NULL;
+    ert_error err = {{0}};
+    cfg.graph_buckets = -1;
+    cr_assert_eq(ert_engine_create(m, &cfg, &e, &err), ERT_INVALID_ARGUMENT);
+    cr_assert_null(e);
+    cfg.graph_buckets = 65;
+    cr_assert_eq(ert_engine_create(m, &cfg, &e, &err), ERT_INVALID_ARGUMENT);
+    cr_assert(strstr(err.msg, "graph_buckets") != NULL, "%s", err.msg);
+    cfg.graph_buckets = 64;
+    cr_assert_eq(ert_engine_create(m, &cfg, &e, &err), ERT_OK, "%s", err.msg);
+    ert_engine_free(e);
+    ert_model_free(m);
+}
+
+Test(graphs_config, default_from_environment)
+{
+    unsetenv("ERT_GRAPH_BUCKETS");
+    cr_assert_eq(ert_engine_config_default().graph_buckets, 0);
+    setenv("ERT_GRAPH_BUCKETS", "8", 1);
+    cr_assert_eq(ert_engine_config_default().graph_buckets, 8);
+    setenv("ERT_GRAPH_BUCKETS", "64", 1);
+    cr_assert_eq(ert_engine_config_default().graph_buckets, 64);
+    const char *bad[] = {"65", "-1", "8x", "x", ""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        setenv("ERT_GRAPH_BUCKETS", bad[i], 1);
+        cr_assert_eq(ert_engine_config_default().graph_buckets, 0, "'%s'", bad[i]);
+    }
+    unsetenv("ERT_GRAPH_BUCKETS");
+}
+
+/* The CPU backend has no host waits to remove: graph_buckets changes
+ * nothing there, and the figures say no bucket ran. */
+Test(graphs_config, cpu_ignores_buckets)
+{
+    ert_model *m = tb_random_model(45, MW_RESNET);
+    const int K = ert_model_num_classes(m), n = 37;
+    ert_engine *a = engine_k(m, ERT_BACKEND_CPU, ERT_MODE_COMPACTED, 64, 8, 1);
+    ert_engine *b = engine_k(m, ERT_BACKEND_CPU, ERT_MODE_COMPACTED, 64, 0, 1);
+    cr_assert_str_empty(ert_engine_note(a));
+    size_t per = ert_model_input_size(m);
+    float *x = malloc(sizeof(float) * per * n);
+    cr_assert_not_null(x);
+    mw_random_input(x, per * n, 4545);
+    tb_result ra, rb;
+    tb_result_init(&ra, n, K);
+    tb_result_init(&rb, n, K);
+    tb_infer(a, x, n, &ra);
+    tb_infer(b, x, n, &rb);
+    cr_assert(memcmp(ra.samples, rb.samples, sizeof(ert_sample) * n) == 0);
+    cr_assert(memcmp(ra.logits, rb.logits, sizeof(float) * K * n) == 0);
+    cr_assert_eq(ra.r.padding_rows, 0);
+    cr_assert_eq(ra.r.macs_padding, 0u);
+    for (int s = 0; s < ERT_MAX_EXITS; s++)
+        cr_assert_eq(ra.r.bucket[s], -1);
+    cr_assert_eq(ra.r.macs_executed, rb.r.macs_executed);
+    tb_result_free(&ra);
+    tb_result_free(&rb);
+    ert_engine_free(a);
+    ert_engine_free(b);
+    free(x);
+    ert_model_free(m);
+}
