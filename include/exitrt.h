@@ -295,14 +295,16 @@ typedef struct ert_stream_config {
     int batch;          /* rows per stage run, 1..engine max_batch;
                            0: the engine's max_batch */
     int queue;          /* samples admitted at a time (queued or finished and
-                           not yet polled), >= 1; 0: 4 * batch */
+                           not yet polled), >= 1; 0: max(4, stages + 1) *
+                           batch, which leaves room for a partial batch
+                           waiting in every stage plus a full one */
     double deadline_ms; /* a partial batch runs on submit/poll once the oldest
                            queued sample was submitted this long ago; 0: at
                            every call; negative or +inf: never (flush only) */
     ert_stream_schedule schedule;
 } ert_stream_config;
 
-/* Defaults: batch 0 (the engine's max_batch), queue 0 (4 * batch),
+/* Defaults: batch 0 (the engine's max_batch), queue 0 (see above),
  * deadline 2 ms, deepest stage first. */
 ert_stream_config ert_stream_config_default(void);
 
@@ -328,7 +330,10 @@ void ert_stream_free(ert_stream *s);
  * samples do not fit beside those admitted (poll to make room);
  * ERT_INVALID_ARGUMENT when n < 0 or n > the queue capacity (they could
  * never fit); ERT_BUSY when the engine is in another call. n == 0 only runs
- * ready work. A stage that fails leaves the stream as it was before that
+ * ready work. A queue can also fill with samples that wait in partial
+ * batches (more likely with a queue below (stages + 1) * batch); when a poll
+ * then finds nothing finished, flush (or wait for the deadline) to move
+ * them. A stage that fails leaves the stream as it was before that
  * stage run (a later call retries it); the message is on ert_stream_error. */
 ert_status ert_stream_submit(ert_stream *s, const float *inputs, int n, const uint64_t *ids);
 
@@ -346,7 +351,10 @@ typedef struct ert_stream_result {
  * samples leave the stream and free their room in the queue. Never waits
  * for a partial batch: samples short of a full batch and not past the
  * deadline stay queued (flush runs them). results may be NULL when max is 0.
- * Returns ERT_OK with *got = 0 when nothing is finished. */
+ * Returns ERT_OK with *got = 0 when nothing is finished. When a stage run
+ * fails, its status is returned (message on ert_stream_error), the stream
+ * is as it was before that run, and *got still counts the results handed
+ * out. */
 ert_status ert_stream_poll(ert_stream *s, ert_stream_result *results, float *logits, int max,
                            int *got);
 

@@ -33,6 +33,24 @@ typedef struct backend_ops {
     /* Optional (NULL: unsupported). */
     ert_status (*infer_device)(ert_engine *e, const void *d_input, int batch,
                                ert_device_result *out, void *stream);
+    /* Optional (NULL: no streams). One stage of the refill stream
+     * (src/stream.c) on n rows, 1 <= n <= cfg.max_batch, host memory:
+     *   in      [n, plan.stages[stage].in]: stage 0 raw input rows
+     *           (normalised inside), later stages the previous stage's
+     *           output as this op wrote it; read only
+     *   out     [n, plan.stages[stage].out]: the survivors' stage output,
+     *           compacted: survivor j (in row order) at row j. Not written
+     *           for the last stage (everyone exits there)
+     *   res     [n] and logits [n, K]: written at row i for each exiting row
+     *   exited  [n]: 1 for a row that left at exit `stage`, else 0
+     *   macs    incremented by the multiply-accumulates run
+     * The exit decision is policy.h's with e->thresholds[stage]; in
+     * ERT_MODE_FULL only the last stage has a head (nobody leaves earlier).
+     * A row's results must not depend on the other rows of the call, so
+     * the stream equals MASKED on the same engine. No allocation per call. */
+    ert_status (*run_stage)(ert_engine *e, int stage, const float *in, int n, float *out,
+                            ert_sample *res, float *logits, unsigned char *exited,
+                            uint64_t *macs);
 } backend_ops;
 
 struct ert_engine {

@@ -60,6 +60,10 @@ typedef struct run_report {
     ert_mode mode;
     ert_backend device;
     int batch;
+    /* --mode refill: the mode prints as "refill", plus the per-sample
+       latency from submit to finish */
+    int refill;
+    double latency_p50_s, latency_p99_s;
 } run_report;
 
 /* The human report on stdout. */

@@ -28,7 +28,7 @@ void report_print_text(const run_report *r)
     printf("data     %s (%s samples)\n", r->data, cli_commas(r->samples, a, sizeof a));
     printf("labels   %s\n", r->labels ? r->labels : "none (no accuracy)");
     printf("device   %s, mode %s, batch %d\n", ert_backend_string(r->device),
-           ert_mode_string(r->mode), r->batch);
+           r->refill ? "refill" : ert_mode_string(r->mode), r->batch);
     printf("\n");
     printf("  %-16s %-16s %9s %9s %8s %9s\n", "exit", "policy", "threshold", "taken", "share",
            "accuracy");
@@ -59,6 +59,9 @@ void report_print_text(const run_report *r)
     else
         printf(", %.1f%% more than the full network\n", 100.0 * (ratio - 1.0));
     printf("throughput   %.1f samples/s (%.3f s in inference)\n", samples_per_s(r), r->seconds);
+    if (r->refill)
+        printf("latency      p50 %.3f ms, p99 %.3f ms (submit to finish)\n",
+               1e3 * r->latency_p50_s, 1e3 * r->latency_p99_s);
     if (r->host_waits)
         printf("host waits   %llu\n", (unsigned long long)r->host_waits);
     if (r->nonfinite_samples)
@@ -130,7 +133,11 @@ int report_print_json(const run_report *r)
     ADD("compute_saved", cJSON_CreateNumber(1.0 - macs_ratio(r)));
     ADD("samples_per_s", cJSON_CreateNumber(samples_per_s(r)));
     ADD("seconds", cJSON_CreateNumber(r->seconds));
-    ADD("mode", cJSON_CreateString(ert_mode_string(r->mode)));
+    ADD("mode", cJSON_CreateString(r->refill ? "refill" : ert_mode_string(r->mode)));
+    if (r->refill) {
+        ADD("latency_p50_ms", cJSON_CreateNumber(1e3 * r->latency_p50_s));
+        ADD("latency_p99_ms", cJSON_CreateNumber(1e3 * r->latency_p99_s));
+    }
     ADD("device", cJSON_CreateString(ert_backend_string(r->device)));
     ADD("batch", cJSON_CreateNumber(r->batch));
     ADD("host_waits", cJSON_CreateNumber((double)r->host_waits));

@@ -26,8 +26,15 @@ static const char RUN_USAGE[] =
     "                       model's sample labels when --data is not given)\n"
     "  --device D           cpu, cuda or auto (default auto: CUDA when a\n"
     "                       device is present)\n"
-    "  --mode M             full, masked or compacted (default compacted)\n"
-    "  --batch N            samples per inference call (default 256)\n"
+    "  --mode M             full, masked, compacted or refill (default\n"
+    "                       compacted). refill: a stream (ert_stream_*) whose\n"
+    "                       stages each run full batches, exited samples'\n"
+    "                       slots taken by the next in line; reports latency\n"
+    "  --batch N            samples per inference call, refill: rows per\n"
+    "                       stage run (default 256)\n"
+    "  --deadline MS        refill: run a partial batch once the oldest queued\n"
+    "                       sample waited MS ms (default: never; flush at end)\n"
+    "  --schedule S         refill: deepest (default) or shallowest stage first\n"
     "  --threshold EXIT=V   override an exit's threshold; EXIT is its name or\n"
     "                       index; may be repeated\n"
     "  --threads N          CPU: BLAS threads (default: the BLAS default)\n"
@@ -46,6 +53,10 @@ typedef struct run_opts {
     const char *model, *data, *labels, *predictions, *logits;
     ert_backend device;
     ert_mode mode;
+    int refill;           /* --mode refill: through a stream */
+    double deadline_ms;   /* refill: < 0 never */
+    ert_stream_schedule schedule;
+    int refill_opts;      /* --deadline or --schedule given */
     long batch, threads, inflight, limit;
     int json;
     int num_thresholds;
@@ -59,6 +70,7 @@ static int parse_args(int argc, char **argv, run_opts *o)
     o->mode = ERT_MODE_COMPACTED;
     o->batch = 256;
     o->inflight = 1;
+    o->deadline_ms = -1.0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
         int r;
@@ -107,8 +119,31 @@ static int parse_args(int argc, char **argv, run_opts *o)
                 o->mode = ERT_MODE_MASKED;
             else if (strcmp(v, "compacted") == 0)
                 o->mode = ERT_MODE_COMPACTED;
+            else if (strcmp(v, "refill") == 0)
+                o->refill = 1; /* on a COMPACTED engine: the stream ignores the mode */
             else
-                return cli_error(CLI_USAGE, "--mode: '%s' is not full, masked or compacted", v);
+                return cli_error(CLI_USAGE,
+                                 "--mode: '%s' is not full, masked, compacted or refill", v);
+            if (strcmp(v, "refill") != 0)
+                o->refill = 0;
+        } else if (OPT("--deadline")) {
+            if (r < 0)
+                return CLI_USAGE;
+            float d;
+            if (!cli_parse_float(v, &d) || d < 0)
+                return cli_error(CLI_USAGE, "--deadline: '%s' is not a number of ms >= 0", v);
+            o->deadline_ms = d;
+            o->refill_opts = 1;
+        } else if (OPT("--schedule")) {
+            if (r < 0)
+                return CLI_USAGE;
+            if (strcmp(v, "deepest") == 0)
+                o->schedule = ERT_SCHEDULE_DEEPEST_FIRST;
+            else if (strcmp(v, "shallowest") == 0)
+                o->schedule = ERT_SCHEDULE_SHALLOWEST_FIRST;
+            else
+                return cli_error(CLI_USAGE, "--schedule: '%s' is not deepest or shallowest", v);
+            o->refill_opts = 1;
         } else if (OPT("--batch")) {
             if (r < 0)
                 return CLI_USAGE;
@@ -150,6 +185,8 @@ static int parse_args(int argc, char **argv, run_opts *o)
     }
     if (!o->model)
         return cli_error(CLI_USAGE, "run: no MODEL given (see 'exitrt run --help')");
+    if (o->refill_opts && !o->refill)
+        return cli_error(CLI_USAGE, "--deadline and --schedule need --mode refill");
     return 0;
 }
 
@@ -227,6 +264,106 @@ static void progress_end(progress *p)
 {
     if (p->shown)
         fputs("\r\033[K", stderr);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* --mode refill: the data set through a stream, a batch per submit (polling
+ * after each; a full queue is retried after the poll), then a flush. Ids are
+ * left to the stream, so a sample's id is its index, and samples[] and
+ * logits[] end up in sample order as in the other modes. Fills the
+ * figures of rep; the time counted is the time inside the stream calls. */
+static int run_refill(const run_opts *o, ert_engine *e, const float *x, size_t n, size_t per,
+                      int K, int batch, ert_sample *samples, float *logits, run_report *rep,
+                      progress *prog)
+{
+    ert_stream_config sc = ert_stream_config_default();
+    sc.batch = batch;
+    sc.deadline_ms = o->deadline_ms;
+    sc.schedule = o->schedule;
+    ert_stream *s = NULL;
+    ert_stream_result *res = NULL;
+    float *z = NULL;
+    double *lat = NULL;
+    ert_error err = {{0}};
+    ert_stream_stats ss;
+    int rc = 0, flushed = 0;
+    ert_status st = ert_stream_create(e, &sc, &s, &err);
+    if (st != ERT_OK)
+        return cli_error(CLI_FAIL, "%s", err.msg[0] ? err.msg : ert_status_string(st));
+    ert_stream_get_stats(s, &ss);
+    res = calloc((size_t)ss.queue, sizeof *res);
+    if (logits)
+        z = calloc((size_t)ss.queue, (size_t)K * sizeof *z);
+    lat = calloc(n, sizeof *lat);
+    if (!res || (logits && !z) || !lat) {
+        rc = cli_error(CLI_FAIL, "out of memory for the stream's results");
+        goto done;
+    }
+    size_t off = 0, done_n = 0;
+    while (done_n < n) {
+        double t0 = now_s();
+        int full = 0, got = 0;
+        if (off < n) {
+            int b = (int)(n - off < (size_t)batch ? n - off : (size_t)batch);
+            st = ert_stream_submit(s, x + off * per, b, NULL);
+            if (st == ERT_OK)
+                off += (size_t)b;
+            full = st == ERT_QUEUE_FULL;
+        } else if (!flushed) {
+            st = ert_stream_flush(s);
+            flushed = 1;
+        }
+        if (st == ERT_OK || full)
+            st = ert_stream_poll(s, res, z, ss.queue, &got);
+        /* every stage holds a partial batch and the queue has no room for
+           another: only a flush moves them (ert_stream_submit) */
+        if (st == ERT_OK && full && got == 0)
+            st = ert_stream_flush(s);
+        rep->seconds += now_s() - t0;
+        if (st != ERT_OK) {
+            progress_end(prog);
+            rc = cli_error(CLI_FAIL, "refill failed near sample %zu: %s", off,
+                           ert_stream_error(s)[0] ? ert_stream_error(s) : ert_status_string(st));
+            goto done;
+        }
+        for (int i = 0; i < got; i++) {
+            size_t id = (size_t)res[i].id;
+            if (id >= n) {
+                rc = cli_error(CLI_FAIL, "refill: the stream returned unknown id %zu", id);
+                goto done;
+            }
+            samples[id] = res[i].sample;
+            if (logits)
+                memcpy(logits + id * (size_t)K, z + (size_t)i * K, sizeof(float) * (size_t)K);
+            lat[done_n++] = res[i].latency_s;
+        }
+        if (flushed && got == 0 && done_n < n) {
+            rc = cli_error(CLI_FAIL, "refill: %zu samples missing after the flush", n - done_n);
+            goto done;
+        }
+        progress_update(prog, done_n, n);
+    }
+    progress_end(prog);
+    ert_stream_get_stats(s, &ss);
+    rep->refill = 1;
+    rep->macs_executed = ss.macs_executed;
+    rep->macs_full = ss.macs_full;
+    rep->nonfinite_samples = ss.nonfinite_samples;
+    qsort(lat, n, sizeof *lat, cmp_double);
+    /* nearest rank */
+    rep->latency_p50_s = lat[(size_t)ceil(0.50 * (double)n) - 1];
+    rep->latency_p99_s = lat[(size_t)ceil(0.99 * (double)n) - 1];
+done:
+    free(lat);
+    free(z);
+    free(res);
+    ert_stream_free(s);
+    return rc;
 }
 
 /* Opens an output file before any work is done, so a bad path fails fast. */
@@ -406,7 +543,10 @@ int cmd_run(int argc, char **argv)
     }
 
     progress prog = {.tty = isatty(STDERR_FILENO), .start = now_s()};
-    for (size_t off = 0; off < n; off += (size_t)cfg.max_batch) {
+    if (o.refill && (rc = run_refill(&o, e, data.values, n, per, K, cfg.max_batch, samples,
+                                     logits, &rep, &prog)))
+        goto done;
+    for (size_t off = 0; !o.refill && off < n; off += (size_t)cfg.max_batch) {
         int b = (int)(n - off < (size_t)cfg.max_batch ? n - off : (size_t)cfg.max_batch);
         ert_result res;
         memset(&res, 0, sizeof res);

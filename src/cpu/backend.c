@@ -242,6 +242,62 @@ static ert_status cpu_scores(ert_engine *e, const float *input, int batch, float
     return cpu_run(e, input, batch, NULL, scores);
 }
 
+/* One stage of the refill stream (backend.h's run_stage): the same ops,
+ * buffers and decisions as cpu_run, on rows whose input lives in the
+ * stream's queue. Batch invariance (ops.h) makes every row's output equal
+ * MASKED's bit for bit. */
+static ert_status cpu_run_stage(ert_engine *e, int s, const float *in, int n, float *out,
+                                ert_sample *res, float *logits, unsigned char *exited,
+                                uint64_t *macs)
+{
+    cpu_ctx *c = e->ctx;
+    const ert_model *m = e->model;
+    const plan *p = &e->plan;
+    const stage *st = &p->stages[s];
+    const exit_def *x = &m->exits[s];
+    const int K = m->num_classes;
+    const int last = s == p->num_stages - 1;
+
+    if (e->cfg.threads > 0)
+        openblas_set_num_threads(e->cfg.threads);
+    const float *cur = in;
+    if (s == 0) {
+        op_normalize(m->input, in, n, c->act[0], m->input_scale, m->mean, m->std);
+        cur = c->act[0];
+    }
+    ops_ws ws = ws_without(c, cur);
+    layer_list range = {m->backbone.items + st->begin, st->end - st->begin};
+    /* y: one of the act buffers, or `cur` itself for a stage of reshapes */
+    const float *y = run_layers(&range, cur, n, &ws);
+    *macs += (uint64_t)n * st->macs;
+    const size_t row = shape_size(st->out);
+
+    if (e->cfg.mode == ERT_MODE_FULL && !last) {
+        /* no early heads: every row goes on */
+        memcpy(out, y, sizeof(float) * row * (size_t)n);
+        memset(exited, 0, (size_t)n);
+        return ERT_OK;
+    }
+    const float *z = run_heads(c, x, y, n);
+    *macs += (uint64_t)n * x->head_macs;
+    int kept = 0;
+    for (int r = 0; r < n; r++) {
+        float score;
+        exited[r] = (unsigned char)row_decides(e, c, s, z, r, &score);
+        if (exited[r]) {
+            const float *zr = z + (size_t)r * K;
+            res[r].exit_index = s;
+            res[r].predicted = ert_argmax(zr, K);
+            res[r].score = score;
+            memcpy(logits + (size_t)r * K, zr, sizeof(float) * K);
+        } else if (!last) {
+            memcpy(out + (size_t)kept * row, y + (size_t)r * row, sizeof(float) * row);
+            kept++;
+        }
+    }
+    return ERT_OK;
+}
+
 const backend_ops cpu_backend_ops = {
     .name = "cpu",
     .kind = ERT_BACKEND_CPU,
@@ -250,4 +306,5 @@ const backend_ops cpu_backend_ops = {
     .infer = cpu_infer,
     .scores = cpu_scores,
     .infer_device = NULL,
+    .run_stage = cpu_run_stage,
 };

@@ -498,4 +498,5 @@ const backend_ops cuda_backend_ops = {
     .destroy = cuda_destroy,
     .infer = cuda_infer,
     .infer_device = cuda_infer_device,
+    .run_stage = cuda_run_stage,
 };

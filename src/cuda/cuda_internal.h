@@ -4,6 +4,7 @@
  * ops.c       the ops: convolution and pooling through cuDNN's legacy API,
  *             linear through cuBLAS, the rest through the kernels/ .cu files
  * program.c   the model compiled into ops and buffers (no CUDA calls)
+ * stage.c     one stage of the refill stream (src/stream.c)
  */
 #ifndef ERT_CUDA_INTERNAL_H
 #define ERT_CUDA_INTERNAL_H
@@ -87,5 +88,9 @@ void dnn_teardown(cuda_ctx *c);
 
 /* Enqueues op prog.ops[op_index] for n rows on slot s's stream. */
 ert_status op_run(ert_engine *e, cuda_ctx *c, cuda_slot *s, int op_index, int n);
+
+/* backend.h's run_stage, for the refill stream (stage.c). */
+ert_status cuda_run_stage(ert_engine *e, int stage, const float *in, int n, float *out,
+                          ert_sample *res, float *logits, unsigned char *exited, uint64_t *macs);
 
 #endif /* ERT_CUDA_INTERNAL_H */
