@@ -21,7 +21,7 @@
 #             bucketed graphs (test_graphs.c runs in `tests` either way), and
 #             compute-sanitizer memcheck on the graph tests alone
 #   benchg    per bundled model: exitrt bench --device cuda, once wait-based
-#             (ERT_GRAPH_BUCKETS=0) and once bucketed (ERT_GRAPH_BUCKETS=8),
+#             (--graph-buckets 0) and once bucketed (--graph-buckets 8),
 #             batches BENCH_BATCHES (default 1,8,64,256,1024), JSON to the logs
 #             and a side-by-side table of COMPACTED samples/s and host waits
 #             in the summary (issue 7's measurement)
@@ -228,7 +228,7 @@ if has_step benchg; then
         m=$(dirname "$mj")
         name=$(basename "$m")
         for gb in 0 8; do
-            ERT_GRAPH_BUCKETS=$gb timeout "${T_BENCHG:-120}" "$bin/exitrt" bench "$m" --device cuda \
+            timeout "${T_BENCHG:-120}" "$bin/exitrt" bench "$m" --device cuda --graph-buckets "$gb" \
                 --batches "${BENCH_BATCHES:-1,8,64,256,1024}" --reps 3 --warmup 2 \
                 --json "$logs/bench-$name-graphs$gb.json" >"$logs/bench-$name-graphs$gb.txt" 2>&1
             rc=$?
