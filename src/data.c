@@ -27,6 +27,11 @@
 #define NPY_MAX_HEADER 65536
 #define DATA_MAX_DIMS 8
 #define CHUNK_BYTES ((size_t)1 << 20)
+/* deflate expands at most ~1032:1; a gzip file of n bytes cannot hold more
+ * than this many decompressed bytes, so a header announcing more is refused
+ * before anything is allocated for it. */
+#define GZ_MAX_RATIO 1032
+#define GZ_SLACK 65536
 
 typedef enum dtype { DT_F4 = 0, DT_U1, DT_I4, DT_I8 } dtype;
 
@@ -55,6 +60,7 @@ typedef struct reader {
     const char *path;
     ert_error *err;
     size_t offset;   /* decompressed bytes read so far */
+    uint64_t file_size; /* on disk (compressed when gzipped) */
 } reader;
 
 /* ---- stream ------------------------------------------------------------- */
@@ -64,7 +70,8 @@ static ert_status rd_open(reader *r, const char *path, ert_error *err)
     memset(r, 0, sizeof *r);
     r->path = path;
     r->err = err;
-    int fd = open(path, O_RDONLY);
+    /* O_NONBLOCK: opening a FIFO must not hang (regular files ignore it). */
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
     if (fd < 0)
         return ert_fail(err, ERT_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
@@ -72,12 +79,17 @@ static ert_status rd_open(reader *r, const char *path, ert_error *err)
         close(fd);
         return ert_fail(err, ERT_IO, "%s: not a regular file", path);
     }
+    r->file_size = (uint64_t)st.st_size;
     r->gz = gzdopen(fd, "rb");
     if (!r->gz) {
         close(fd);
         return ert_fail(err, ERT_OUT_OF_MEMORY, "%s: cannot start reading (zlib)", path);
     }
-    gzbuffer(r->gz, 256 * 1024);
+    /* zlib's buffers (2x this for gzip): large for big files, small for small ones */
+    unsigned buf = 256 * 1024;
+    if ((uint64_t)st.st_size < buf)
+        buf = st.st_size < 8192 ? 8192 : (unsigned)st.st_size;
+    gzbuffer(r->gz, buf);
     return ERT_OK;
 }
 
@@ -129,6 +141,27 @@ static ert_status rd_exact(reader *r, void *buf, size_t n, const char *what)
                         "%s: truncated: %s needs %zu bytes from byte %zu, the file has %lld",
                         r->path, what, n, at, got);
     }
+    return ERT_OK;
+}
+
+/* Before allocating for `bytes` of data: can the rest of the file hold them?
+ * Plain files exactly; gzip ones by the deflate ratio bound. */
+static ert_status rd_can_hold(reader *r, size_t bytes)
+{
+    uint64_t avail;
+    if (gzdirect(r->gz)) {
+        avail = r->file_size > r->offset ? r->file_size - r->offset : 0;
+        if (bytes > avail)
+            return ert_fail(r->err, ERT_FORMAT,
+                            "%s: truncated: data needs %zu bytes from byte %zu, the file has %llu",
+                            r->path, bytes, r->offset, (unsigned long long)avail);
+        return ERT_OK;
+    }
+    avail = r->file_size * GZ_MAX_RATIO + GZ_SLACK;
+    if (bytes > avail)
+        return ert_fail(r->err, ERT_FORMAT,
+                        "%s: truncated: data needs %zu bytes, more than a %llu-byte gzip file can hold",
+                        r->path, bytes, (unsigned long long)r->file_size);
     return ERT_OK;
 }
 
@@ -473,7 +506,8 @@ static ert_status read_payload(reader *r, const array_info *info, void *dst, con
     if (!conv) /* stored exactly as we keep it */
         return rd_exact(r, dst, info->bytes, "data");
     size_t esz = dtype_size(info->type);
-    unsigned char *buf = malloc(CHUNK_BYTES);
+    size_t chunk = info->bytes < CHUNK_BYTES ? info->bytes : CHUNK_BYTES;
+    unsigned char *buf = malloc(chunk ? chunk : 1);
     if (!buf)
         return ert_fail(r->err, ERT_OUT_OF_MEMORY, "%s: out of memory", r->path);
     ert_status st = ERT_OK;
@@ -520,6 +554,8 @@ ert_status ert_dataset_load(const char *path, ert_dataset *out, ert_error *err)
                       path, DATA_MAX_BYTES);
         goto fail;
     }
+    if ((st = rd_can_hold(&r, info.bytes)))
+        goto fail;
     out->values = malloc(fbytes);
     if (!out->values) {
         st = ert_fail(err, ERT_OUT_OF_MEMORY, "%s: out of memory for %zu bytes", path, fbytes);
@@ -610,6 +646,8 @@ ert_status ert_labels_load(const char *path, ert_labels *out, ert_error *err)
         st = ert_fail(err, ERT_FORMAT, "%s: the file holds no labels", path);
         goto fail;
     }
+    if ((st = rd_can_hold(&r, info.bytes)))
+        goto fail;
     out->values = malloc(info.elems * sizeof(int32_t)); /* <= elems * 8 <= bound */
     if (!out->values) {
         st = ert_fail(err, ERT_OUT_OF_MEMORY, "%s: out of memory", path);

@@ -92,9 +92,10 @@ ert_status ert_engine_create(ert_model *m, const ert_engine_config *cfg, ert_eng
     if ((unsigned)cfg->backend > ERT_BACKEND_CUDA)
         return ert_fail(err, ERT_INVALID_ARGUMENT, "ert_engine_create: unknown backend %d",
                         (int)cfg->backend);
-    if (cfg->threads < 0 || cfg->inflight < 1 || cfg->inflight > 16 || cfg->device < 0)
+    if (cfg->threads < 0 || cfg->threads > 4096 || cfg->inflight < 1 || cfg->inflight > 16 ||
+        cfg->device < 0)
         return ert_fail(err, ERT_INVALID_ARGUMENT,
-                        "ert_engine_create: threads must be >= 0, inflight in [1, 16], "
+                        "ert_engine_create: threads must be in [0, 4096], inflight in [1, 16], "
                         "device >= 0");
     if (cfg->graph_buckets < 0 || cfg->graph_buckets > ENGINE_MAX_GRAPH_BUCKETS)
         return ert_fail(err, ERT_INVALID_ARGUMENT,
@@ -128,7 +129,11 @@ ert_status ert_engine_create(ert_model *m, const ert_engine_config *cfg, ert_eng
         free(e);
         return st;
     }
-    m->engines++;
+    if (!model_acquire(m)) { /* ert_model_free ran meanwhile, from another thread */
+        ops->destroy(e->ctx);
+        free(e);
+        return ert_fail(err, ERT_INVALID_ARGUMENT, "ert_engine_create: the model was freed");
+    }
     *out = e;
     return ERT_OK;
 }
@@ -140,8 +145,7 @@ void ert_engine_free(ert_engine *e)
     e->ops->destroy(e->ctx);
     ert_model *m = e->model;
     free(e);
-    if (--m->engines == 0 && m->freed)
-        model_destroy(m);
+    model_release(m);
 }
 
 ert_backend ert_engine_backend(const ert_engine *e) { return e ? e->backend : ERT_BACKEND_AUTO; }

@@ -10,18 +10,20 @@
 #include "model.h"
 
 #include <errno.h>
+#include <float.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "model_parse.h"
 #include "safetensors.h"
 #include "util.h"
 
-#define MAX_JSON_BYTES (16L * 1024 * 1024)
 
 /* ---- the names of enums ---------------------------------------------------- */
 
@@ -89,27 +91,54 @@ static void dir_of(char *out, size_t len, const char *path)
         snprintf(out, len, "%.*s", (int)(slash - path), path);
 }
 
+/* Reads a whole model.json, at most MODEL_MAX_JSON_BYTES. */
 static ert_status read_text(const char *path, char **out, ert_error *err)
 {
     *out = NULL;
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
+    /* O_NONBLOCK: opening a FIFO must not hang; only regular files are read. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
         return ert_fail(err, ERT_IO, "%s: cannot open: %s", path, strerror(errno));
-    char *buf = malloc(MAX_JSON_BYTES + 1);
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return ert_fail(err, ERT_IO, "%s: not a regular file", path);
+    }
+    if (sb.st_size > MODEL_MAX_JSON_BYTES) {
+        close(fd);
+        return ert_fail(err, ERT_FORMAT, "%s: %lld bytes, larger than the limit of %ld bytes", path,
+                        (long long)sb.st_size, (long)MODEL_MAX_JSON_BYTES);
+    }
+    /* Sized by the file, plus one byte to notice a file that grew meanwhile. */
+    size_t cap = (size_t)sb.st_size + 1;
+    char *buf = malloc(cap + 1);
     if (!buf) {
-        fclose(fp);
+        close(fd);
         return ert_fail(err, ERT_OUT_OF_MEMORY, "%s: out of memory", path);
     }
-    size_t n = fread(buf, 1, MAX_JSON_BYTES + 1, fp);
-    int bad = ferror(fp);
-    fclose(fp);
-    if (bad) {
-        free(buf);
-        return ert_fail(err, ERT_IO, "%s: read error", path);
+    size_t n = 0;
+    while (n < cap) {
+        ssize_t got = read(fd, buf + n, cap - n);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0) {
+            int e = errno;
+            free(buf);
+            close(fd);
+            return ert_fail(err, ERT_IO, "%s: read error: %s", path, strerror(e));
+        }
+        if (got == 0)
+            break;
+        n += (size_t)got;
     }
-    if (n > MAX_JSON_BYTES) {
+    close(fd);
+    if (n != (size_t)sb.st_size) {
         free(buf);
-        return ert_fail(err, ERT_FORMAT, "%s: larger than %ld bytes", path, MAX_JSON_BYTES);
+        return ert_fail(err, ERT_IO, "%s: the file changed while it was read", path);
+    }
+    if (memchr(buf, '\0', n)) {
+        free(buf);
+        return ert_fail(err, ERT_FORMAT, "%s: holds a NUL byte; not a JSON text file", path);
     }
     buf[n] = '\0';
     *out = buf;
@@ -153,10 +182,10 @@ static ert_status get_norm(parse_ctx *c, const cJSON *input, const char *key, fl
                         c->file, key, n, C);
     for (int i = 0; i < n; i++) {
         const cJSON *x = cJSON_IsArray(j) ? cJSON_GetArrayItem(j, i) : j;
-        if (!cJSON_IsNumber(x) || !isfinite(x->valuedouble))
-            return ert_fail(c->err, ERT_FORMAT, "%s: input.%s[%d]: must be a finite number", c->file,
-                            key, i);
-        if (strcmp(key, "std") == 0 && !(x->valuedouble > 0))
+        if (!cJSON_IsNumber(x) || !(fabs(x->valuedouble) <= FLT_MAX))
+            return ert_fail(c->err, ERT_FORMAT, "%s: input.%s[%d]: must be a finite float32 number",
+                            c->file, key, i);
+        if (strcmp(key, "std") == 0 && !((float)x->valuedouble > 0.0f))
             return ert_fail(c->err, ERT_FORMAT, "%s: input.std[%d]: must be > 0", c->file, i);
         v[i] = (float)x->valuedouble;
     }
@@ -189,6 +218,9 @@ static ert_status parse_input(parse_ctx *c, const cJSON *root, ert_model *m)
     ert_status st = json_get_number(c, in, "input", "scale", 1, 1.0, &scale);
     if (st != ERT_OK)
         return st;
+    if (!(fabs(scale) <= FLT_MAX))
+        return ert_fail(c->err, ERT_FORMAT, "%s: input.scale: %g is out of the float32 range",
+                        c->file, scale);
     m->input_scale = (float)scale;
     if ((st = get_norm(c, in, "mean", 0.0f, d[0], m->mean)) != ERT_OK)
         return st;
@@ -239,7 +271,8 @@ static ert_status parse_policy(parse_ctx *c, const cJSON *ex, const char *field,
     double t;
     if ((st = json_get_number(c, p, f, "threshold", 0, 0, &t)) != ERT_OK)
         return st;
-    x->threshold = (float)t;
+    /* range-check in double first: a double beyond FLT_MAX has no float */
+    x->threshold = fabs(t) <= FLT_MAX ? (float)t : NAN;
     if (!model_threshold_ok(x->policy, x->threshold))
         return ert_fail(c->err, ERT_FORMAT, "%s: %s.threshold: %g is out of range (%s)", c->file, f,
                         t, x->policy == ERT_POLICY_ENTROPY ? ">= 0" : "[0, 1]");
@@ -397,6 +430,7 @@ ert_status ert_model_load(const char *path, ert_model **out, ert_error *err)
     ert_model *m = calloc(1, sizeof *m);
     if (!m)
         return ert_fail(err, ERT_OUT_OF_MEMORY, "%s: out of memory", path);
+    pthread_mutex_init(&m->lock, NULL);
     char *text = NULL;
     cJSON *root = NULL;
     st_file st_w = {0};
@@ -465,6 +499,11 @@ ert_status ert_model_load(const char *path, ert_model **out, ert_error *err)
         goto fail;
     free_graph(m);
     size_t n = c.used, bytes;
+    if (n > MODEL_MAX_WEIGHT_FLOATS) {
+        st = ert_fail(err, ERT_FORMAT, "%s: the layers take %zu weight floats, more than the limit of %llu",
+                      m->path, n, (unsigned long long)MODEL_MAX_WEIGHT_FLOATS);
+        goto fail;
+    }
     if (!size_mul(n ? n : 1, sizeof(float), &bytes) || !(m->weights = malloc(bytes))) {
         st = ert_fail(err, ERT_OUT_OF_MEMORY, "%s: out of memory for %zu weight floats", m->path, n);
         goto fail;
@@ -501,6 +540,7 @@ void model_destroy(ert_model *m)
         return;
     free_graph(m);
     free(m->weights);
+    pthread_mutex_destroy(&m->lock);
     free(m);
 }
 
@@ -508,11 +548,31 @@ void ert_model_free(ert_model *m)
 {
     if (!m)
         return;
-    if (m->engines > 0) {
-        m->freed = 1; /* the last ert_engine_free releases it */
-        return;
-    }
-    model_destroy(m);
+    pthread_mutex_lock(&m->lock);
+    atomic_store(&m->freed, 1); /* with engines alive, the last ert_engine_free releases it */
+    int last = atomic_load(&m->engines) == 0;
+    pthread_mutex_unlock(&m->lock);
+    if (last)
+        model_destroy(m);
+}
+
+int model_acquire(ert_model *m)
+{
+    pthread_mutex_lock(&m->lock);
+    int ok = !atomic_load(&m->freed);
+    if (ok)
+        atomic_fetch_add(&m->engines, 1);
+    pthread_mutex_unlock(&m->lock);
+    return ok;
+}
+
+void model_release(ert_model *m)
+{
+    pthread_mutex_lock(&m->lock);
+    int last = atomic_fetch_sub(&m->engines, 1) == 1 && atomic_load(&m->freed);
+    pthread_mutex_unlock(&m->lock);
+    if (last)
+        model_destroy(m);
 }
 
 /* ---- getters -------------------------------------------------------------------- */

@@ -9,6 +9,8 @@
 #ifndef ERT_MODEL_H
 #define ERT_MODEL_H
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -123,8 +125,12 @@ struct ert_model {
     float *weights;         /* one block owning every folded tensor */
     size_t weights_len;     /* floats */
 
-    int engines;            /* live engines using this model */
-    int freed;              /* ert_model_free was called while engines lived */
+    /* Engines hold the model (exitrt.h: freeing a model with live engines
+     * only marks it). Engines are created and freed from any thread, so the
+     * decision to release the model is taken under `lock`. */
+    atomic_int engines;     /* live engines using this model */
+    atomic_int freed;       /* ert_model_free was called while engines lived */
+    pthread_mutex_t lock;   /* zeroed = PTHREAD_MUTEX_INITIALIZER (glibc) */
 };
 
 /* Computes every layer's in/out shape and MACs, every exit's head_macs,
@@ -137,5 +143,11 @@ ert_status model_finalize(ert_model *m, ert_error *err);
 
 /* Releases the model now (no engine check). */
 void model_destroy(ert_model *m);
+
+/* An engine takes the model: 0 when ert_model_free was already called
+ * (then nothing is taken). */
+int model_acquire(ert_model *m);
+/* An engine lets it go; the last one releases a model the user freed. */
+void model_release(ert_model *m);
 
 #endif /* ERT_MODEL_H */

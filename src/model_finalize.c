@@ -188,6 +188,7 @@ ert_status model_finalize(ert_model *m, ert_error *err)
         return st;
 
     int last = m->backbone.count - 1;
+    uint64_t all = m->backbone_macs; /* backbone + every head: what MASKED runs */
     for (int e = 0; e < m->num_exits; e++) {
         exit_def *x = &m->exits[e];
         int final = e == m->num_exits - 1;
@@ -224,8 +225,16 @@ ert_status model_finalize(ert_model *m, ert_error *err)
         } else if (x->confidence.count) {
             return LFAIL("%s: exits[%d].confidence: only for the confidence_head policy", f, e);
         }
+        if (hm > MODEL_MAX_MACS || cm > MODEL_MAX_MACS - hm)
+            return LFAIL("%s: exits[%d]: the head takes more than %llu MACs per sample", f, e,
+                         (unsigned long long)MODEL_MAX_MACS);
         x->head_macs = hm + cm;
+        all = all > UINT64_MAX - x->head_macs ? UINT64_MAX : all + x->head_macs;
     }
+    /* Bounded so that any batch's MAC count (x max_batch <= 2^20) fits 64 bits. */
+    if (all > MODEL_MAX_MACS)
+        return LFAIL("%s: the backbone and heads take %llu MACs per sample, more than the limit of %llu",
+                     f, (unsigned long long)all, (unsigned long long)MODEL_MAX_MACS);
     m->macs_full = m->backbone_macs + m->exits[m->num_exits - 1].head_macs;
     return ERT_OK;
 }

@@ -190,7 +190,10 @@ static float tensor_at(const st_tensor *t, size_t i)
 static float *take(parse_ctx *c, size_t n, const st_tensor *t)
 {
     float *dst = c->block ? c->block + c->used : NULL;
-    c->used += n;
+    /* Saturates instead of wrapping: a tensor named by many layers is copied
+     * for each, and model.c checks the total against MODEL_MAX_WEIGHT_FLOATS
+     * after the counting pass. */
+    c->used = n > SIZE_MAX - c->used ? SIZE_MAX : c->used + n;
     if (dst) {
         if (t)
             memcpy(dst, t->data, n * sizeof *dst);
@@ -401,6 +404,9 @@ ert_status parse_layer_list(parse_ctx *c, const cJSON *arr, const char *field, i
     if (!cJSON_IsArray(arr))
         return ert_fail(c->err, ERT_FORMAT, "%s: %s: missing or not an array", c->file, field);
     int n = cJSON_GetArraySize(arr);
+    if (n > MODEL_MAX_LAYERS)
+        return ert_fail(c->err, ERT_FORMAT, "%s: %s: %d layers, more than the limit of %d", c->file,
+                        field, n, MODEL_MAX_LAYERS);
     char (*names)[ERT_NAME_LEN] = calloc((size_t)n + 1, sizeof *names);
     int *index = calloc((size_t)n + 1, sizeof *index);
     out->items = calloc((size_t)n + 1, sizeof *out->items);

@@ -18,8 +18,6 @@
 
 #include "util.h"
 
-/* A header larger than this is not a weights file we want to parse. */
-#define ST_MAX_HEADER ((uint64_t)100 * 1024 * 1024)
 /* Offsets and dims are JSON numbers (doubles): beyond 2^53 they are inexact. */
 #define ST_MAX_INT 9007199254740992.0
 
@@ -195,6 +193,11 @@ static ert_status parse_header(const char *path, const char *hdr, size_t hlen, u
         goto done;
     }
     int n = cJSON_GetArraySize(root);
+    if (n - (cJSON_GetObjectItemCaseSensitive(root, "__metadata__") ? 1 : 0) > ST_MAX_TENSORS) {
+        st = ert_fail(err, ERT_FORMAT, "%s: header: %d tensors, more than the limit of %d", path,
+                      n, ST_MAX_TENSORS);
+        goto done;
+    }
     f->tensors = calloc((size_t)n + 1, sizeof *f->tensors);
     if (!f->tensors) {
         st = ert_fail(err, ERT_OUT_OF_MEMORY, "%s: out of memory", path);
@@ -233,6 +236,13 @@ static ert_status parse_header(const char *path, const char *hdr, size_t hlen, u
             goto done;
         }
     }
+    f->by_name = malloc(((size_t)f->num_tensors + 1) * sizeof *f->by_name);
+    if (!f->by_name) {
+        st = ert_fail(err, ERT_OUT_OF_MEMORY, "%s: out of memory", path);
+        goto done;
+    }
+    for (int i = 0; i < f->num_tensors; i++)
+        f->by_name[i] = order[i];
     /* Overlap: sorted by start, each non-empty tensor must begin at or after
      * the end of every earlier one. */
     qsort(order, (size_t)f->num_tensors, sizeof *order, cmp_offset);
@@ -255,6 +265,27 @@ done:
     return st;
 }
 
+/* Checks the length prefix of f->map[f->size] and parses the header. */
+static ert_status parse_file(const char *path, st_file *f, ert_error *err)
+{
+    const unsigned char *b = f->map;
+    size_t size = f->size;
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--)
+        hlen = (hlen << 8) | b[i];
+    if (hlen > ST_MAX_HEADER)
+        return ert_fail(err, ERT_FORMAT, "%s: header length %llu exceeds the limit of %llu bytes",
+                        path, (unsigned long long)hlen, (unsigned long long)ST_MAX_HEADER);
+    if (hlen > size - 8)
+        return ert_fail(err, ERT_FORMAT,
+                        "%s: header length %llu exceeds the file (%zu bytes after the length)", path,
+                        (unsigned long long)hlen, size - 8);
+    if (hlen < 2)
+        return ert_fail(err, ERT_FORMAT, "%s: header length %llu is too short for a JSON object",
+                        path, (unsigned long long)hlen);
+    return parse_header(path, (const char *)b + 8, (size_t)hlen, size - 8 - hlen, f, err);
+}
+
 ert_status st_open(const char *path, st_file *f, ert_error *err)
 {
     if (!f)
@@ -263,7 +294,8 @@ ert_status st_open(const char *path, st_file *f, ert_error *err)
     if (!path)
         return ert_fail(err, ERT_INVALID_ARGUMENT, "st_open: NULL path");
     ert_status st;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO named as the weights must not hang the open. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return ert_fail(err, ERT_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
@@ -294,31 +326,32 @@ ert_status st_open(const char *path, st_file *f, ert_error *err)
     f->map = map;
     f->size = size;
 
-    const unsigned char *b = map;
-    uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--)
-        hlen = (hlen << 8) | b[i];
-    if (hlen > ST_MAX_HEADER) {
-        st = ert_fail(err, ERT_FORMAT, "%s: header length %llu exceeds the limit of %llu bytes",
-                      path, (unsigned long long)hlen, (unsigned long long)ST_MAX_HEADER);
-        goto fail;
-    }
-    if (hlen > size - 8) {
-        st = ert_fail(err, ERT_FORMAT, "%s: header length %llu exceeds the file (%zu bytes after the length)",
-                      path, (unsigned long long)hlen, size - 8);
-        goto fail;
-    }
-    if (hlen < 2) {
-        st = ert_fail(err, ERT_FORMAT, "%s: header length %llu is too short for a JSON object",
-                      path, (unsigned long long)hlen);
-        goto fail;
-    }
-    st = parse_header(path, (const char *)b + 8, (size_t)hlen, size - 8 - hlen, f, err);
-    if (st != ERT_OK)
+    f->owns_map = 1;
+    if ((st = parse_file(path, f, err)) != ERT_OK)
         goto fail;
     return ERT_OK;
 fail:
     st_close(f);
+    return st;
+}
+
+ert_status st_open_memory(const char *name, const void *buf, size_t len, st_file *f,
+                          ert_error *err)
+{
+    if (!f)
+        return ert_fail(err, ERT_INVALID_ARGUMENT, "st_open_memory: NULL file");
+    memset(f, 0, sizeof *f);
+    if (!name || (!buf && len))
+        return ert_fail(err, ERT_INVALID_ARGUMENT, "st_open_memory: NULL %s", name ? "buffer" : "name");
+    if (len < 8)
+        return ert_fail(err, ERT_FORMAT, "%s: file is %zu bytes, too short for a safetensors header",
+                        name, len);
+    snprintf(f->path, sizeof f->path, "%s", name);
+    f->map = (void *)buf; /* borrowed, read only */
+    f->size = len;
+    ert_status st = parse_file(name, f, err);
+    if (st != ERT_OK)
+        st_close(f);
     return st;
 }
 
@@ -336,18 +369,27 @@ void st_close(st_file *f)
     free(f->meta_keys);
     free(f->meta_values);
     free(f->metadata_json);
-    if (f->map)
+    free(f->by_name);
+    if (f->map && f->owns_map)
         munmap(f->map, f->size);
     memset(f, 0, sizeof *f);
 }
 
 const st_tensor *st_find(const st_file *f, const char *name)
 {
-    if (!f || !name)
+    if (!f || !name || !f->by_name)
         return NULL;
-    for (int i = 0; i < f->num_tensors; i++)
-        if (strcmp(f->tensors[i].name, name) == 0)
-            return &f->tensors[i];
+    int lo = 0, hi = f->num_tensors - 1;
+    while (lo <= hi) {
+        int mid = lo + (hi - lo) / 2;
+        int c = strcmp(f->by_name[mid]->name, name);
+        if (c == 0)
+            return f->by_name[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
+    }
     return NULL;
 }
 

@@ -13,7 +13,10 @@
 
 #include "exitrt.h"
 
+/* Limits (models/FORMAT.md, "Limits"). */
 #define ST_MAX_DIMS 8
+#define ST_MAX_HEADER ((uint64_t)100 * 1024 * 1024) /* header JSON bytes */
+#define ST_MAX_TENSORS 65536                        /* tensors per file */
 
 typedef enum st_dtype { ST_F32 = 0, ST_OTHER } st_dtype;
 
@@ -38,6 +41,8 @@ typedef struct st_file {
     char **meta_keys;          /* the __metadata__ entries, for st_metadata */
     char **meta_values;
     int num_meta;
+    const st_tensor **by_name; /* tensors sorted by name, for st_find */
+    int owns_map;              /* 1: map came from mmap (st_open) */
 } st_file;
 
 /* Opens and validates path. On failure returns a status, writes the message
@@ -45,7 +50,13 @@ typedef struct st_file {
 ert_status st_open(const char *path, st_file *f, ert_error *err);
 void st_close(st_file *f);
 
-/* The tensor with this name, or NULL. */
+/* The same checks on a file already in memory: buf[len] is borrowed (it must
+ * outlive f and is never written); name stands for the path in messages.
+ * Used by the fuzzer, and by callers that hold the bytes already. */
+ert_status st_open_memory(const char *name, const void *buf, size_t len, st_file *f,
+                          ert_error *err);
+
+/* The tensor with this name, or NULL (binary search: O(log n)). */
 const st_tensor *st_find(const st_file *f, const char *name);
 
 /* A __metadata__ string value, or NULL. */
