@@ -227,7 +227,7 @@ def finish(model, name, out_dir, x_test, y_test, train_seconds, extra_args=None)
 
 
 def main(build, name, description, epochs, batch_size, lr, loss_weights,
-         optimizer="adam", weight_decay=0.0, augment=None, seed=0):
+         optimizer="adam", weight_decay=0.0, augment=None, seed=0, threads=2):
     """Command line of a training script: trains (or, with --export-only,
     loads the checkpoint), then evaluates and exports to models/<name>/."""
     import argparse
@@ -236,7 +236,9 @@ def main(build, name, description, epochs, batch_size, lr, loss_weights,
     ap.add_argument("--batch-size", type=int, default=batch_size)
     ap.add_argument("--lr", type=float, default=lr)
     ap.add_argument("--seed", type=int, default=seed)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=threads,
+                    help="torch CPU threads (the result depends on it: keep the "
+                         f"default, {threads}, to reproduce the shipped weights)")
     ap.add_argument("--data-dir", default=TRAIN_DIR,
                     help="directory of the training split's IDX files (default: "
                          "Debian's dataset-fashion-mnist)")

@@ -23,7 +23,7 @@ BEGIN, END = "<!-- exitrt tables begin -->", "<!-- exitrt tables end -->"
 
 
 def run(exe, model_dir, thresholds, mode="compacted"):
-    cmd = [exe, "run", model_dir, "--device", "cpu", "--mode", mode, "--json"]
+    cmd = [exe, "run", model_dir, "--device", "cpu", "--threads", "1", "--mode", mode, "--json"]
     for name, v in thresholds.items():
         cmd += ["--threshold", f"{name}={v!r}"]
     r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
@@ -50,7 +50,10 @@ def tables(exe, model_dir):
     names = [e["name"] for e in exits] + [model["final"]["name"]]
     lines = []
     full = run(exe, model_dir, {}, mode="full")
-    lines.append(f"Measured with `exitrt run {os.path.basename(model_dir)} --device cpu` on the "
+    ver = subprocess.run([exe, "--version"], stdout=subprocess.PIPE,
+                         check=False).stdout.decode().strip() or "exitrt"
+    lines.append(f"Measured with `exitrt run {os.path.basename(model_dir)} --device cpu` "
+                 f"({ver.replace('(', '').replace(')', '')}) on the "
                  f"{full['samples']:,} test images; the full network executes "
                  f"{full['macs_full'] // full['samples']:,} MACs per sample.\n")
     lines.append("**Every exit on every sample** (exits before it disabled, it always taken):\n")
@@ -62,7 +65,9 @@ def tables(exe, model_dir):
             if r["exits"][j]["taken"] != r["samples"]:
                 # a max_prob/margin/confidence score of exactly 1.0 cannot be
                 # kept from exiting at an earlier exit: say so
-                note = f" ({r['samples'] - r['exits'][j]['taken']} samples left earlier)"
+                note = (f" (of the {r['exits'][j]['taken']:,} samples that reach it: "
+                        f"{r['samples'] - r['exits'][j]['taken']:,} leave earlier with a "
+                        "score of exactly 1, which no threshold holds back)")
             else:
                 note = ""
             lines.append(f"| {n} | {exits[j]['after']} | {exits[j]['policy']['type']} | "
