@@ -29,6 +29,7 @@ typedef struct cpu_ctx {
     int *dst;                /* [max_batch] compaction index */
     unsigned char *done;     /* [max_batch] */
     int conv_batched;
+    int tile_rows;           /* linear GEMM tile (ops.h) */
 } cpu_ctx;
 
 static void cpu_destroy(void *p)
@@ -60,11 +61,12 @@ static ert_status cpu_create(ert_engine *e, void **out)
     c->conv_batched = 1;
     /* Sized for CONV_CHUNK_MAX rows whatever max_batch is, so an engine's
      * chunking (and with it the rounding) never depends on max_batch; and
-     * for op_linear's padded tile of GEMM_ROWS rows in and out. */
+     * for op_linear's padded tile of tile_rows rows in and out. */
+    c->tile_rows = linear_tile_rows(e->cfg.max_batch);
     size_t col_row, tile;
     if (!size_mul(p->max_act, B, &c->act_cap) || !size_add(p->max_col, p->max_act, &col_row) ||
         !size_mul(col_row, CONV_CHUNK_MAX, &c->col_cap) ||
-        !size_mul(p->max_act, 2 * GEMM_ROWS, &tile) ||
+        !size_mul(p->max_act, 2 * (size_t)c->tile_rows, &tile) ||
         c->act_cap > SIZE_MAX / sizeof(float) ||
         c->col_cap > SIZE_MAX / sizeof(float) || tile > SIZE_MAX / sizeof(float)) {
         cpu_destroy(c);
@@ -96,7 +98,7 @@ static ert_status cpu_create(ert_engine *e, void **out)
 static ops_ws ws_without(const cpu_ctx *c, const float *busy)
 {
     ops_ws ws = {.act_cap = c->act_cap, .col = c->col, .col_cap = c->col_cap,
-                 .conv_batched = c->conv_batched};
+                 .conv_batched = c->conv_batched, .tile_rows = c->tile_rows};
     int k = 0;
     for (int i = 0; i < 4; i++)
         if (c->act[i] != busy && k < 3)

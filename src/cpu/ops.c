@@ -201,12 +201,12 @@ void op_conv2d(const conv_params *p, shape3 in_s, const float *in, int n, float 
 
 /* ==== linear ================================================================== */
 
-/* One GEMM of exactly GEMM_ROWS rows: out [GEMM_ROWS, fout] = bias + in W^T. */
-static void linear_tile(const linear_params *p, const float *in, float *out)
+/* One GEMM of exactly t rows: out [t, fout] = bias + in W^T. */
+static void linear_tile(const linear_params *p, const float *in, float *out, int t)
 {
     /* (not I/O: cblas.h pulls in complex.h, which defines I) */
     const int fin = p->in_features, fout = p->out_features;
-    for (int s = 0; s < GEMM_ROWS; s++) {
+    for (int s = 0; s < t; s++) {
         float *o = out + (size_t)s * fout;
         if (p->bias)
             memcpy(o, p->bias, sizeof(float) * fout);
@@ -214,25 +214,33 @@ static void linear_tile(const linear_params *p, const float *in, float *out)
             memset(o, 0, sizeof(float) * fout);
     }
     /* W stored [fout, fin] */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, GEMM_ROWS, fout, fin, 1.0f, in, fin,
-                p->weight, fin, 1.0f, out, fout);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t, fout, fin, 1.0f, in, fin, p->weight,
+                fin, 1.0f, out, fout);
+}
+
+int linear_tile_rows(int max_batch)
+{
+    int t = GEMM_ROWS_MIN;
+    while (t < GEMM_ROWS_MAX && 4 * t <= max_batch)
+        t *= 2;
+    return t;
 }
 
 void op_linear(const linear_params *p, const float *in, int n, float *out, int relu,
-               float *tile)
+               int t, float *tile)
 {
-    /* Tiles of exactly GEMM_ROWS rows, the last one padded through `tile`:
-     * a row's result then does not depend on n (see op_conv2d). */
+    /* Tiles of exactly t rows, the last one padded through `tile`: a row's
+     * result then does not depend on n (see op_conv2d). */
     const size_t fin = (size_t)p->in_features, fout = (size_t)p->out_features;
-    int full = n / GEMM_ROWS * GEMM_ROWS;
-    for (int s0 = 0; s0 < full; s0 += GEMM_ROWS)
-        linear_tile(p, in + s0 * fin, out + s0 * fout);
+    int full = n / t * t;
+    for (int s0 = 0; s0 < full; s0 += t)
+        linear_tile(p, in + s0 * fin, out + s0 * fout, t);
     if (full < n) {
         int m = n - full;
-        float *tin = tile, *tout = tile + GEMM_ROWS * fin;
+        float *tin = tile, *tout = tile + t * fin;
         memcpy(tin, in + full * fin, sizeof(float) * m * fin);
-        memset(tin + m * fin, 0, sizeof(float) * (GEMM_ROWS - m) * fin);
-        linear_tile(p, tin, tout);
+        memset(tin + m * fin, 0, sizeof(float) * (t - m) * fin);
+        linear_tile(p, tin, tout, t);
         memcpy(out + full * fout, tout, sizeof(float) * m * fout);
     }
     if (relu)
@@ -442,7 +450,7 @@ static const float *run_range(const layer *items, int count, const float *cur, i
             i += fuse_relu;
             break;
         case LAYER_LINEAR:
-            op_linear(&L->p.linear, cur, n, dst, fuse_relu, ws->col);
+            op_linear(&L->p.linear, cur, n, dst, fuse_relu, ws->tile_rows, ws->col);
             i += fuse_relu;
             break;
         case LAYER_MAXPOOL2D:

@@ -22,13 +22,27 @@ static inline int conv_out_dim(int in, int k, int stride, int pad, int dil)
 
 /* ---- single ops ----------------------------------------------------------- */
 
-/* Batch invariance: every GEMM runs with a shape that depends on the layer
- * alone (linear: tiles of GEMM_ROWS rows; conv: chunks of
- * conv_chunk_rows() samples), the last tile padded. OpenBLAS rounds a row the
- * same wherever it sits inside a call of one shape, so a sample's outputs are
- * bit-identical whatever batch it runs in, and MASKED, COMPACTED and a
- * sample run alone agree exactly. */
-#define GEMM_ROWS 32
+/* Batch invariance: every GEMM runs with a shape that does not depend on n
+ * (linear: tiles of a fixed number of rows, chosen per engine from its
+ * max_batch; conv: chunks of conv_chunk_rows() samples, chosen per layer),
+ * the last tile padded. OpenBLAS rounds a row the same wherever it sits
+ * inside a call of one shape, but differently in calls of other shapes
+ * (gemv for one row, other kernels for small problems), so a sample's
+ * outputs are bit-identical whatever batch it runs in on one engine, and
+ * MASKED, COMPACTED and refill agree exactly.
+ *
+ * The tile is a trade: each call packs the whole weight matrix, so small
+ * tiles repack often (a 1024x1024 layer ran at 54% of the one-call GEMM's
+ * speed with 32-row tiles, 72% with 64), while large tiles pad the few rows
+ * that survive late exits. Measured on fmnist-mlp3 (bench/RESULTS.md):
+ * 64-row tiles were fastest at batch 256 in every mode, 32-row tiles for
+ * the early-exit modes at batch 64. */
+#define GEMM_ROWS_MIN 16
+#define GEMM_ROWS_MAX 64
+
+/* Linear tile rows for an engine of this max_batch: the largest power of
+ * two in [GEMM_ROWS_MIN, GEMM_ROWS_MAX] that is at most max_batch / 2. */
+int linear_tile_rows(int max_batch);
 /* Most samples a batched conv chunk holds (the scratch is sized for it). */
 #define CONV_CHUNK_MAX 16
 
@@ -56,13 +70,13 @@ void op_conv2d(const conv_params *p, shape3 in_s, const float *in, int n, float 
  * (in_ch/groups * kh * kw) * (n * Ho * Wo). 0 for a 1x1/stride-1/pad-0 conv. */
 size_t conv_col_floats(const conv_params *p, shape3 in_s, int n);
 
-/* Fully connected: out = in W^T + b, SGEMMs of GEMM_ROWS rows.
+/* Fully connected: out = in W^T + b, SGEMMs of exactly t rows.
  *   in    [n, p->in_features]   (any per-sample shape of in_features values)
  *   out   [n, p->out_features]
- *   tile  scratch of GEMM_ROWS * (in_features + out_features) floats for the
- *         padded last tile
+ *   tile  scratch of t * (in_features + out_features) floats for the padded
+ *         last tile
  * relu=1 applies a fused ReLU. */
-void op_linear(const linear_params *p, const float *in, int n, float *out, int relu,
+void op_linear(const linear_params *p, const float *in, int n, float *out, int relu, int t,
                float *tile);
 
 /* Max pooling; padding is -inf (PyTorch requires pad <= k/2, so every window
@@ -96,7 +110,7 @@ void op_normalize(shape3 s, const float *in, int n, float *out, float scale,
 
 /* Scratch for run_layers: three buffers of act_cap floats each, and the
  * im2col scratch, which also serves op_linear's tile (so it holds at least
- * GEMM_ROWS * 2 * the largest activation). act_cap must hold n * (the
+ * tile_rows * 2 * the largest activation). act_cap must hold n * (the
  * largest per-sample activation in the list, residual internals included). */
 typedef struct ops_ws {
     float *buf[3];
@@ -104,6 +118,7 @@ typedef struct ops_ws {
     float *col;
     size_t col_cap;   /* floats */
     int conv_batched; /* op_conv2d's `batched` */
+    int tile_rows;    /* op_linear's t */
 } ops_ws;
 
 /* Runs the layers of `list` on n rows.

@@ -237,8 +237,9 @@ Test(ops, linear)
                                        .bias = with_bias ? b : NULL};
                     for (int i = 0; i < n * fout; i++)
                         out[i] = NAN;
-                    float *tile = malloc(sizeof(float) * GEMM_ROWS * (fin + fout));
-                    op_linear(&p, in, n, out, relu, tile);
+                    int t = (relu + with_bias) % 2 ? GEMM_ROWS_MIN : GEMM_ROWS_MAX;
+                    float *tile = malloc(sizeof(float) * t * (fin + fout));
+                    op_linear(&p, in, n, out, relu, t, tile);
                     free(tile);
                     check_close(out, ref, ab, (size_t)n * fout, "linear");
                     free(wt);
@@ -530,8 +531,8 @@ static float *apply(const layer *l, const float *x, int n)
     }
     case LAYER_LINEAR: {
         const linear_params *lp = &l->p.linear;
-        float *tile = malloc(sizeof(float) * GEMM_ROWS * (lp->in_features + lp->out_features));
-        op_linear(lp, x, n, y, 0, tile);
+        float *tile = malloc(sizeof(float) * 32 * (lp->in_features + lp->out_features));
+        op_linear(lp, x, n, y, 0, 32, tile);
         free(tile);
         break;
     }
@@ -622,7 +623,7 @@ Test(ops, run_layers_residual_pipeline)
             memcpy(keep, in, sizeof(float) * in_len);
             size_t act = layers_max_act(&list);
             cr_assert_geq(act, (size_t)8 * 12 * 12, "layers_max_act %zu", act);
-            ops_ws ws = {.act_cap = act * n, .col_cap = (3 * 9 * 144 + act) * n,
+            ops_ws ws = {.act_cap = act * n, .col_cap = (3 * 9 * 144 + act) * n, .tile_rows = 16,
                          .conv_batched = batched};
             for (int i = 0; i < 3; i++) {
                 ws.buf[i] = malloc(sizeof(float) * ws.act_cap);
@@ -655,7 +656,7 @@ Test(ops, run_layers_residual_pipeline)
 Test(ops, run_layers_reshape_only_and_empty)
 {
     float in[12] = {0}, b0[12], b1[12], b2[12];
-    ops_ws ws = {.buf = {b0, b1, b2}, .act_cap = 12, .col = NULL, .col_cap = 0};
+    ops_ws ws = {.buf = {b0, b1, b2}, .act_cap = 12, .col = NULL, .col_cap = 0, .tile_rows = 16};
     layer fl = L_simple(LAYER_FLATTEN, (shape3){3, 2, 2});
     layer_list one = {&fl, 1}, none = {NULL, 0};
     cr_assert_eq(run_layers(&one, in, 1, &ws), in);
@@ -695,7 +696,8 @@ Test(ops, run_layers_residual_first_on_readonly_input)
         size_t in_len = shape_size(s) * n;
         float *in = rnd_array(in_len), *keep = malloc(sizeof(float) * in_len);
         memcpy(keep, in, sizeof(float) * in_len);
-        ops_ws ws = {.act_cap = 144 * n, .col_cap = (4 * 9 * 36 + 144) * n, .conv_batched = 1};
+        ops_ws ws = {.act_cap = 144 * n, .col_cap = (4 * 9 * 36 + 144) * n, .conv_batched = 1,
+                     .tile_rows = 16};
         for (int i = 0; i < 3; i++)
             ws.buf[i] = malloc(sizeof(float) * ws.act_cap);
         ws.col = malloc(sizeof(float) * ws.col_cap);
@@ -727,7 +729,7 @@ Test(ops, run_layers_residual_first_on_readonly_input)
 Test(ops, batch_invariant)
 {
     float *w[6][2];
-    const int N = 40;
+    const int N = 70; /* more than the largest tile */
     layer ls[6];
     ls[0] = L_conv((shape3){16, 14, 14}, 32, 3, 1, 1, 1, w[0]);  /* chunked GEMMs */
     ls[1] = L_conv((shape3){1, 28, 28}, 16, 3, 1, 1, 1, w[1]);   /* per sample */
@@ -743,21 +745,23 @@ Test(ops, batch_invariant)
         size_t cap = 0;
         if (l->kind == LAYER_CONV2D)
             cap = conv_chunk_rows(&l->p.conv, l->in) * conv_chunk_row_floats(&l->p.conv, l->in);
-        if (cap < GEMM_ROWS * (in_row + out_row))
-            cap = GEMM_ROWS * (in_row + out_row);
+        if (cap < GEMM_ROWS_MAX * (in_row + out_row))
+            cap = GEMM_ROWS_MAX * (in_row + out_row);
         float *col = malloc(sizeof(float) * cap);
-        for (int n = N; n >= 1; n--) {
-            float *dst = n == N ? all : part;
-            const float *src = x + (size_t)(N - n) * in_row;
-            if (l->kind == LAYER_CONV2D)
-                op_conv2d(&l->p.conv, l->in, src, n, dst, 0, col, cap, 1);
-            else
-                op_linear(&l->p.linear, src, n, dst, 0, col);
-            if (n < N)
-                cr_assert(memcmp(part, all + (size_t)(N - n) * out_row,
-                                 sizeof(float) * out_row * n) == 0,
-                          "layer %d: rows differ when run in a batch of %d", li, n);
-        }
+        for (int t = GEMM_ROWS_MIN; t <= GEMM_ROWS_MAX; t *= 2)
+            for (int n = N; n >= 1; n--) {
+                float *dst = n == N ? all : part;
+                const float *src = x + (size_t)(N - n) * in_row;
+                if (l->kind == LAYER_CONV2D)
+                    op_conv2d(&l->p.conv, l->in, src, n, dst, 0, col, cap, 1);
+                else
+                    op_linear(&l->p.linear, src, n, dst, 0, t, col);
+                if (n < N)
+                    cr_assert(memcmp(part, all + (size_t)(N - n) * out_row,
+                                     sizeof(float) * out_row * n) == 0,
+                              "layer %d, tile %d: rows differ when run in a batch of %d", li, t,
+                              n);
+            }
         free(x);
         free(all);
         free(part);
@@ -765,4 +769,14 @@ Test(ops, batch_invariant)
         free(w[li][0]);
         free(w[li][1]);
     }
+}
+
+Test(ops, linear_tile_rows)
+{
+    cr_assert_eq(linear_tile_rows(1), GEMM_ROWS_MIN);
+    cr_assert_eq(linear_tile_rows(32), 16);
+    cr_assert_eq(linear_tile_rows(64), 32);
+    cr_assert_eq(linear_tile_rows(100), 32);
+    cr_assert_eq(linear_tile_rows(128), 64);
+    cr_assert_eq(linear_tile_rows(1 << 20), GEMM_ROWS_MAX);
 }
