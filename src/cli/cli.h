@@ -60,6 +60,7 @@ typedef struct run_report {
     ert_mode mode;
     ert_backend device;
     int batch;
+    const char *note;     /* the engine's note (e.g. why CUDA graphs are off), "" if none */
     /* --mode refill: the mode prints as "refill", plus the per-sample
        latency from submit to finish */
     int refill;

@@ -20,6 +20,8 @@ static const char USAGE[] =
     "  run MODEL [options]   run a data set through the model and report\n"
     "                        accuracy, exits taken, compute saved, throughput\n"
     "  inspect MODEL         print the graph, stages, exits, parameters and MACs\n"
+    "  bench MODEL [options] time FULL, MASKED and COMPACTED over batch sizes and\n"
+    "                        exit profiles against the ideal (and PyTorch: --peer)\n"
     "\n"
     "  exitrt <command> --help   options of a command\n"
     "  exitrt --version          the version\n"

@@ -64,6 +64,8 @@ void report_print_text(const run_report *r)
                1e3 * r->latency_p50_s, 1e3 * r->latency_p99_s);
     if (r->host_waits)
         printf("host waits   %llu\n", (unsigned long long)r->host_waits);
+    if (r->note && r->note[0])
+        printf("engine       %s\n", r->note);
     if (r->nonfinite_samples)
         printf("warning      %llu samples held NaN or Inf inputs\n",
                (unsigned long long)r->nonfinite_samples);
@@ -141,6 +143,7 @@ int report_print_json(const run_report *r)
     ADD("device", cJSON_CreateString(ert_backend_string(r->device)));
     ADD("batch", cJSON_CreateNumber(r->batch));
     ADD("host_waits", cJSON_CreateNumber((double)r->host_waits));
+    ADD("engine_note", cJSON_CreateString(r->note ? r->note : ""));
     ADD("nonfinite_samples", cJSON_CreateNumber((double)r->nonfinite_samples));
 #undef ADD
     char *text = ok ? cJSON_PrintUnformatted(o) : NULL;

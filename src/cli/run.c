@@ -39,6 +39,9 @@ static const char RUN_USAGE[] =
     "                       index; may be repeated\n"
     "  --threads N          CPU: BLAS threads (default: the BLAS default)\n"
     "  --inflight N         CUDA: batches in flight (default 1)\n"
+    "  --graph-buckets K    CUDA, compacted: size-bucketed graphs with K row-count\n"
+    "                       buckets, no host waits; 0 = off (default:\n"
+    "                       $ERT_GRAPH_BUCKETS, else 0)\n"
     "  --limit N            run only the first N samples\n"
     "  --json               print the report as one JSON object\n"
     "  --predictions FILE   write index,exit,class,score per sample as CSV\n"
@@ -57,7 +60,7 @@ typedef struct run_opts {
     double deadline_ms;   /* refill: < 0 never */
     ert_stream_schedule schedule;
     int refill_opts;      /* --deadline or --schedule given */
-    long batch, threads, inflight, limit;
+    long batch, threads, inflight, limit, graph_buckets;
     int json;
     int num_thresholds;
     const char *thresholds[MAX_THRESHOLDS]; /* "EXIT=VALUE" */
@@ -70,6 +73,7 @@ static int parse_args(int argc, char **argv, run_opts *o)
     o->mode = ERT_MODE_COMPACTED;
     o->batch = 256;
     o->inflight = 1;
+    o->graph_buckets = -1; /* the library's default */
     o->deadline_ms = -1.0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
@@ -160,6 +164,12 @@ static int parse_args(int argc, char **argv, run_opts *o)
                 return CLI_USAGE;
             if (!cli_parse_long(v, 1, 16, &o->inflight))
                 return cli_error(CLI_USAGE, "--inflight: '%s' is not an integer in [1, 16]", v);
+        } else if (OPT("--graph-buckets")) {
+            if (r < 0)
+                return CLI_USAGE;
+            if (!cli_parse_long(v, 0, 64, &o->graph_buckets))
+                return cli_error(CLI_USAGE, "--graph-buckets: '%s' is not an integer in [0, 64]",
+                                 v);
         } else if (OPT("--limit")) {
             if (r < 0)
                 return CLI_USAGE;
@@ -506,6 +516,8 @@ int cmd_run(int argc, char **argv)
     cfg.max_batch = (int)((size_t)o.batch < n ? (size_t)o.batch : n);
     cfg.threads = (int)o.threads;
     cfg.inflight = (int)o.inflight;
+    if (o.graph_buckets >= 0)
+        cfg.graph_buckets = (int)o.graph_buckets;
     if ((st = ert_engine_create(m, &cfg, &e, &err)) != ERT_OK) {
         rc = cli_error(CLI_FAIL, "%s", err.msg[0] ? err.msg : ert_status_string(st));
         goto done;
@@ -535,6 +547,7 @@ int cmd_run(int argc, char **argv)
     rep.num_exits = ert_model_num_exits(m);
     rep.mode = ert_engine_mode(e);
     rep.device = ert_engine_backend(e);
+    rep.note = ert_engine_note(e);
     rep.batch = cfg.max_batch;
     for (int x = 0; x < rep.num_exits; x++) {
         rep.exits[x].name = ert_model_exit_name(m, x);
