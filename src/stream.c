@@ -251,6 +251,8 @@ ert_status ert_stream_create(ert_engine *e, const ert_stream_config *cfg, ert_st
 /* Copies k rows starting at ring slot `at` (wrapping) into dst, or back. */
 static void ring_read(const ring *r, int at, int k, float *dst)
 {
+    if (k <= 0) /* nothing to copy; dst may be NULL */
+        return;
     int first = r->cap - at < k ? r->cap - at : k;
     memcpy(dst, r->act + (size_t)at * r->row, sizeof(float) * r->row * (size_t)first);
     if (k > first)
@@ -259,6 +261,8 @@ static void ring_read(const ring *r, int at, int k, float *dst)
 
 static void ring_write(ring *r, int at, int k, const float *src)
 {
+    if (k <= 0) /* an empty submit: src may be NULL */
+        return;
     int first = r->cap - at < k ? r->cap - at : k;
     memcpy(r->act + (size_t)at * r->row, src, sizeof(float) * r->row * (size_t)first);
     if (k > first)
