@@ -12,6 +12,7 @@
  *   done     MASKED: whether a row has exited already
  */
 #include <cblas.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -90,6 +91,12 @@ static ert_status cpu_create(ert_engine *e, void **out)
                            "im2col floats (max_batch %d)",
                            act, col, e->cfg.max_batch);
     }
+    snprintf(e->note, sizeof e->note, "%s",
+             ops_blas_batch_invariant()
+                 ? "cpu: batch-invariant (the BLAS rounds rows alike wherever they sit): the "
+                   "modes agree bit for bit"
+                 : "cpu: the BLAS rounds rows by their place in a call: the modes agree to "
+                   "float rounding, not bit for bit");
     *out = c;
     return ERT_OK;
 }

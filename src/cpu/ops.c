@@ -4,6 +4,8 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ==== convolution ============================================================ */
@@ -216,6 +218,48 @@ static void linear_tile(const linear_params *p, const float *in, float *out, int
     /* W stored [fout, fin] */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t, fout, fin, 1.0f, in, fin, p->weight,
                 fin, 1.0f, out, fout);
+}
+
+int ops_blas_batch_invariant(void)
+{
+    /* Shapes like a hidden layer and a classifier head, tiles of 16 and 64
+     * rows: one row placed first and last among different neighbours. */
+    static const int shapes[2][3] = {{256, 96, GEMM_ROWS_MAX}, {64, 10, GEMM_ROWS_MIN}};
+    int ok = 1;
+    for (int si = 0; si < 2 && ok; si++) {
+        const int K = shapes[si][0], N = shapes[si][1], T = shapes[si][2];
+        float *a = malloc(sizeof(float) * (size_t)T * K), *w = malloc(sizeof(float) * (size_t)N * K);
+        float *c0 = malloc(sizeof(float) * (size_t)T * N), *c1 = malloc(sizeof(float) * (size_t)T * N);
+        if (!a || !w || !c0 || !c1) {
+            ok = 0; /* cannot tell: claim nothing */
+        } else {
+            uint32_t x = 12345u + (uint32_t)si;
+            for (int i = 0; i < N * K; i++)
+                w[i] = (float)((x = x * 1664525u + 1013904223u) >> 8) * 0x1p-24f - 0.5f;
+            for (int i = 0; i < T * K; i++)
+                a[i] = (float)((x = x * 1664525u + 1013904223u) >> 8) * 0x1p-24f - 0.5f;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, K, 1.0f, a, K, w, K, 0.0f,
+                        c0, N);
+            /* move row 0 to the last slot, shift the others up */
+            float *b = malloc(sizeof(float) * (size_t)T * K);
+            if (!b) {
+                ok = 0;
+            } else {
+                memcpy(b, a + K, sizeof(float) * (size_t)(T - 1) * K);
+                memcpy(b + (size_t)(T - 1) * K, a, sizeof(float) * K);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, K, 1.0f, b, K, w, K,
+                            0.0f, c1, N);
+                ok = memcmp(c0, c1 + (size_t)(T - 1) * N, sizeof(float) * N) == 0 &&
+                     memcmp(c0 + N, c1, sizeof(float) * (size_t)(T - 1) * N) == 0;
+                free(b);
+            }
+        }
+        free(a);
+        free(w);
+        free(c0);
+        free(c1);
+    }
+    return ok;
 }
 
 int linear_tile_rows(int max_batch)

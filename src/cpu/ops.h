@@ -29,7 +29,12 @@ static inline int conv_out_dim(int in, int k, int stride, int pad, int dil)
  * inside a call of one shape, but differently in calls of other shapes
  * (gemv for one row, other kernels for small problems), so a sample's
  * outputs are bit-identical whatever batch it runs in on one engine, and
- * MASKED, COMPACTED and refill agree exactly.
+ * MASKED, COMPACTED and refill agree exactly -- provided the BLAS kernels
+ * round a row the same at every position inside a call. OpenBLAS's AVX-512
+ * (SkylakeX) kernels do; its Haswell/Zen kernels do not (measured: with
+ * OPENBLAS_CORETYPE=Haswell a row's result depends on its slot in the tile),
+ * and there the modes agree to float rounding only.
+ * ops_blas_batch_invariant() tells which, and the engine's note says it.
  *
  * The tile is a trade: each call packs the whole weight matrix, so small
  * tiles repack often (a 1024x1024 layer ran at 54% of the one-call GEMM's
@@ -39,6 +44,11 @@ static inline int conv_out_dim(int in, int k, int stride, int pad, int dil)
  * the early-exit modes at batch 64. */
 #define GEMM_ROWS_MIN 16
 #define GEMM_ROWS_MAX 64
+
+/* 1 when the BLAS rounds a row the same at every position of a GEMM call of
+ * one shape (probed on two small shapes, ~1 ms), so the backend is
+ * batch-invariant; 0 when not, or when it cannot tell. */
+int ops_blas_batch_invariant(void);
 
 /* Linear tile rows for an engine of this max_batch: the largest power of
  * two in [GEMM_ROWS_MIN, GEMM_ROWS_MAX] that is at most max_batch / 2. */

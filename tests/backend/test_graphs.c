@@ -397,7 +397,8 @@ Test(graphs_config, cpu_ignores_buckets)
     const int K = ert_model_num_classes(m), n = 37;
     ert_engine *a = engine_k(m, ERT_BACKEND_CPU, ERT_MODE_COMPACTED, 64, 8, 1);
     ert_engine *b = engine_k(m, ERT_BACKEND_CPU, ERT_MODE_COMPACTED, 64, 0, 1);
-    cr_assert_str_empty(ert_engine_note(a));
+    /* the CPU's note speaks of its BLAS, never of graphs */
+    cr_assert_null(strstr(ert_engine_note(a), "graph"), "%s", ert_engine_note(a));
     size_t per = ert_model_input_size(m);
     float *x = malloc(sizeof(float) * per * n);
     cr_assert_not_null(x);

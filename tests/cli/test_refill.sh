@@ -11,6 +11,7 @@
 # names the mode and gives latency percentiles, as text and as JSON; the
 # refill-only options are usage errors without --mode refill.
 set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
 
 EXITRT=$1
 MAKE_MODEL=$2
@@ -59,18 +60,24 @@ same_as_masked() {
     run_ok "$EXITRT" run "$m" --device cpu --mode refill --batch "$batch" ${COMMON[@]+"${COMMON[@]}"} "$@" \
         --predictions "$W/$name.refill.csv" --logits "$W/$name.refill.npy" --json
     cp "$W/out" "$W/$name.refill.json"
-    cmp -s "$W/$name.masked.csv" "$W/$name.refill.csv" ||
+    # byte for byte where the CPU backend is batch-invariant on this BLAS
+    # (its note says so; src/cpu/ops.h), else to float rounding
+    local exact
+    exact=$(json_get "$W/$name.masked.json" 'int(j["engine_note"].startswith("cpu: batch-invariant"))')
+    python3 "$HERE/same_predictions.py" "$W/$name.masked.csv" "$W/$name.refill.csv" "$exact" ||
         fail "$name ($*): refill's predictions differ from MASKED's"
-    cmp -s "$W/$name.masked.npy" "$W/$name.refill.npy" ||
+    [ "$exact" = 0 ] || cmp -s "$W/$name.masked.npy" "$W/$name.refill.npy" ||
         fail "$name ($*): refill's logits differ from MASKED's"
     local r=$W/$name.refill.json q=$W/$name.masked.json c=$W/$name.compacted.json
     [ "$(json_get "$r" 'j["mode"]')" = refill ] || fail "$name: JSON mode is not refill"
-    [ "$(json_get "$r" '[e["taken"] for e in j["exits"]]')" = \
+    # (exact figures need exact exits: see above)
+    [ "$exact" = 0 ] || [ "$(json_get "$r" '[e["taken"] for e in j["exits"]]')" = \
       "$(json_get "$q" '[e["taken"] for e in j["exits"]]')" ] || fail "$name: exit counts differ"
-    [ "$(json_get "$r" 'j["accuracy"]')" = "$(json_get "$q" 'j["accuracy"]')" ] ||
+    [ "$exact" = 0 ] || [ "$(json_get "$r" 'j["accuracy"]')" = "$(json_get "$q" 'j["accuracy"]')" ] ||
         fail "$name: accuracy differs"
     # refill runs each sample through the stages it needs, as COMPACTED does
-    [ "$(json_get "$r" 'j["macs_executed"]')" = "$(json_get "$c" 'j["macs_executed"]')" ] ||
+    [ "$exact" = 0 ] ||
+        [ "$(json_get "$r" 'j["macs_executed"]')" = "$(json_get "$c" 'j["macs_executed"]')" ] ||
         fail "$name: refill MACs differ from COMPACTED's"
     [ "$(json_get "$r" '0 <= j["latency_p50_ms"] <= j["latency_p99_ms"]')" = True ] ||
         fail "$name: latency percentiles"
