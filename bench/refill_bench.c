@@ -57,22 +57,8 @@ ert_status refill_bench_run(ert_engine *e, const float *x, size_t n, size_t per,
     int flushed = 0;
     while (got_n < n) {
         double t0 = now_s();
-        int full = 0, got = 0;
-        st = ERT_OK;
-        if (off < n) {
-            int b = (int)(n - off < (size_t)ss.batch ? n - off : (size_t)ss.batch);
-            st = ert_stream_submit(s, x + off * per, b, NULL);
-            if (st == ERT_OK)
-                off += (size_t)b;
-            full = st == ERT_QUEUE_FULL;
-        } else if (!flushed) {
-            st = ert_stream_flush(s);
-            flushed = 1;
-        }
-        if (st == ERT_OK || full)
-            st = ert_stream_poll(s, res, NULL, ss.queue, &got);
-        if (st == ERT_OK && full && got == 0)
-            st = ert_stream_flush(s);
+        int got = 0;
+        st = refill_step(s, x, n, per, ss.batch, &off, &flushed, res, NULL, ss.queue, &got);
         out->seconds += now_s() - t0;
         if (st != ERT_OK) {
             fail(err, st, "run", ert_stream_error(s));
@@ -109,5 +95,29 @@ done:
     free(lat);
     free(res);
     ert_stream_free(s);
+    return st;
+}
+
+ert_status refill_step(ert_stream *s, const float *x, size_t n, size_t per, int batch,
+                       size_t *off, int *flushed, ert_stream_result *res, float *z, int cap,
+                       int *got)
+{
+    ert_status st = ERT_OK;
+    int full = 0;
+    *got = 0;
+    if (*off < n) {
+        int b = (int)(n - *off < (size_t)batch ? n - *off : (size_t)batch);
+        st = ert_stream_submit(s, x + *off * per, b, NULL);
+        if (st == ERT_OK)
+            *off += (size_t)b;
+        full = st == ERT_QUEUE_FULL;
+    } else if (!*flushed) {
+        st = ert_stream_flush(s);
+        *flushed = 1;
+    }
+    if (st == ERT_OK || full)
+        st = ert_stream_poll(s, res, z, cap, got);
+    if (st == ERT_OK && full && *got == 0)
+        st = ert_stream_flush(s);
     return st;
 }

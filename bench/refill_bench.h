@@ -42,4 +42,15 @@ ert_status refill_bench_run(ert_engine *e, const float *x, size_t n, size_t per,
                             double deadline_ms, ert_stream_schedule schedule,
                             ert_sample *samples, refill_bench_result *out, ert_error *err);
 
+/* One step of driving stream s over n inputs x (per floats each), shared by
+ * refill_bench_run and `exitrt run --mode refill`: submits the next batch
+ * from *off (advancing it), or flushes once when all are in (*flushed), then
+ * polls up to cap finished samples into res (and logits z, when not NULL).
+ * When the queue is full and nothing finished, every stage holds a partial
+ * batch: only a flush moves them (ert_stream_submit), so it flushes. *got
+ * receives the count polled. Returns the first failing status. */
+ert_status refill_step(ert_stream *s, const float *x, size_t n, size_t per, int batch,
+                       size_t *off, int *flushed, ert_stream_result *res, float *z, int cap,
+                       int *got);
+
 #endif /* ERT_REFILL_BENCH_H */

@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "refill_bench.h"
 #include "cli.h"
 #include "data.h"
 
@@ -317,23 +318,8 @@ static int run_refill(const run_opts *o, ert_engine *e, const float *x, size_t n
     size_t off = 0, done_n = 0;
     while (done_n < n) {
         double t0 = now_s();
-        int full = 0, got = 0;
-        if (off < n) {
-            int b = (int)(n - off < (size_t)batch ? n - off : (size_t)batch);
-            st = ert_stream_submit(s, x + off * per, b, NULL);
-            if (st == ERT_OK)
-                off += (size_t)b;
-            full = st == ERT_QUEUE_FULL;
-        } else if (!flushed) {
-            st = ert_stream_flush(s);
-            flushed = 1;
-        }
-        if (st == ERT_OK || full)
-            st = ert_stream_poll(s, res, z, ss.queue, &got);
-        /* every stage holds a partial batch and the queue has no room for
-           another: only a flush moves them (ert_stream_submit) */
-        if (st == ERT_OK && full && got == 0)
-            st = ert_stream_flush(s);
+        int got = 0;
+        st = refill_step(s, x, n, per, batch, &off, &flushed, res, z, ss.queue, &got);
         rep->seconds += now_s() - t0;
         if (st != ERT_OK) {
             progress_end(prog);
