@@ -1,37 +1,82 @@
 #!/usr/bin/env bash
-# device-pack.sh - run HERE (the build machine), from anywhere: builds the CUDA
-# build and packs what bench/device.sh needs on the lent GPU machine into
-# .devlibs/ (git-ignored), which the device run must name in `carry`:
+# device-pack.sh - run HERE (a machine without a GPU): builds the CUDA build,
+# computes the CPU reference predictions, and packs what bench/device.sh
+# needs on the GPU machine into one compressed file, .devlibs/pack.tgz
+# (git-ignored), which the device call carries:
 #
-#   .devlibs/bin/   exitrt, test_gpu, test_cpu
-#   .devlibs/lib/   the small non-CUDA libraries they need (Criterion and its
-#                   dependencies, OpenBLAS, cJSON, zlib), via
-#                   ../shared/device/pack-host-libs.sh (override: PACK_HOST_LIBS)
-#   .devlibs/paths  the source and build directories compiled into the tests
-#                   (ERT_SOURCE_DIR, ERT_BINARY_DIR): device.sh links them to
-#                   the checkout there, so the tests find models and fixtures
+#   run(command="bench/device.sh", carry=[".devlibs"], timeout_s=480)
 #
-# Then, with the device tool:  run(command="bench/device.sh", carry=[".devlibs"])
-# Environment: BUILD (default build-cuda under the repo), JOBS (default 2).
+# The pack holds:
+#   bin/     exitrt and test_gpu
+#   lib/     the non-CUDA shared libraries they need (OpenBLAS, cJSON, zlib,
+#            Criterion and its chain), found with ldd; the C runtime and the
+#            CUDA, cuBLAS and cuDNN libraries stay behind (the GPU machine has
+#            its own; the latter are far too large to carry)
+#   refs/    the CPU backend's predictions, logits and report on the first
+#            REF_SAMPLES (default 2000) test samples of each bundled model,
+#            in FULL and MASKED (on the CPU, COMPACTED and refill equal MASKED
+#            bit for bit or within tolerance.h), so no device time goes to
+#            the CPU
+#   paths    the source and build directories compiled into the tests;
+#            device.sh points them at the checkout there
+#   commit, tree-status
+#
+# Fails (exit 1) when the working tree plus the pack would exceed 60 MiB: the
+# device call refuses more than 64 MiB before anything runs.
+# Environment: BUILD (default build-cuda under the repo), JOBS (default 2),
+# REF_SAMPLES.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD:-$root/build-cuda}
 jobs=${JOBS:-2}
-pack=${PACK_HOST_LIBS:-$root/../shared/device/pack-host-libs.sh}
+nref=${REF_SAMPLES:-2000}
+limit_kib=$((60 * 1024))
 
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
-make -C "$build" -j"$jobs" exitrt_cli test_gpu test_cpu
+cmake --build "$build" -j"$jobs" --target exitrt_cli test_gpu >/dev/null
 [ -x "$build/tests/test_gpu" ] || { echo "device-pack: no test_gpu: is the CUDA backend ON?" >&2; exit 1; }
+
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage/bin" "$stage/lib" "$stage/refs"
+cp "$build/exitrt" "$build/tests/test_gpu" "$stage/bin/"
+
+# The shared libraries a bare GPU machine lacks: all that ldd resolves but the
+# C runtime and the CUDA ones.
+skip='^(linux-vdso|ld-linux|libc\.so|libm\.so|libdl\.so|libpthread\.so|librt\.so|libresolv\.so|libgcc_s\.so|libstdc\+\+\.so|libcuda\.so|libcudart|libcublas|libcudnn|libnvrtc|libnvJitLink)'
+for b in "$stage"/bin/*; do
+    ldd "$b" | awk '/=> \// {print $1, $3}' | while read -r name path; do
+        [[ $name =~ $skip ]] && continue
+        [ -e "$stage/lib/$name" ] || cp -L "$path" "$stage/lib/$name"
+    done
+done
+
+# CPU references: the same command line device.sh runs with --device cuda.
+for mj in "$root"/models/*/model.json; do
+    m=$(dirname "$mj")
+    name=$(basename "$m")
+    for mode in full masked; do
+        p=$stage/refs/$name-$mode
+        "$build/exitrt" run "$m" --device cpu --mode "$mode" --limit "$nref" --json \
+            --predictions "$p.csv" --logits "$p.npy" >"$p.json"
+    done
+done
+
+printf 'source %s\nbuild %s\n' "$root" "$build" >"$stage/paths"
+git -C "$root" rev-parse HEAD >"$stage/commit" 2>/dev/null || echo unknown >"$stage/commit"
+git -C "$root" status --short >"$stage/tree-status" 2>/dev/null || true
+echo "$nref" >"$stage/ref-samples"
 
 dest=$root/.devlibs
 rm -rf "$dest"
-mkdir -p "$dest/bin" "$dest/lib"
-cp "$build/exitrt" "$build/tests/test_gpu" "$build/tests/test_cpu" "$dest/bin/"
-"$pack" "$dest/lib" "$dest/bin/exitrt" "$dest/bin/test_gpu" "$dest/bin/test_cpu"
-printf 'source %s\nbuild %s\n' "$root" "$build" >"$dest/paths"
-git -C "$root" rev-parse HEAD >"$dest/commit" 2>/dev/null || echo unknown >"$dest/commit"
-git -C "$root" status --short >"$dest/tree-status" 2>/dev/null || true
-du -sh "$dest"
-# the device call carries the working tree and .devlibs together: 64 MiB at most
-kb=$(( $(du -sk "$dest" | cut -f1) + $(git -C "$root" ls-files -co --exclude-standard -z | xargs -0 du -ck 2>/dev/null | tail -1 | cut -f1) ))
-[ "$kb" -lt 62000 ] || echo "device-pack: warning: tree + .devlibs = ${kb} KiB, near or over the 64 MiB carry limit" >&2
+mkdir -p "$dest"
+tar czf "$dest/pack.tgz" -C "$stage" .
+
+pack_kib=$(du -sk "$dest" | cut -f1)
+tree_kib=$(git -C "$root" ls-files -co --exclude-standard -z | (cd "$root" && xargs -0 du -ck) | tail -1 | cut -f1)
+total=$((pack_kib + tree_kib))
+echo "device-pack: pack ${pack_kib} KiB ($(du -sk "$stage" | cut -f1) KiB unpacked), tree ${tree_kib} KiB, together ${total} KiB of at most ${limit_kib}"
+if [ "$total" -gt "$limit_kib" ]; then
+    echo "device-pack: FAIL: tree + pack is ${total} KiB, over ${limit_kib} KiB: the device call would be refused" >&2
+    exit 1
+fi

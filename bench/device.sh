@@ -1,80 +1,77 @@
 #!/usr/bin/env bash
-# device.sh - the whole GPU check, run ON THE LENT GPU MACHINE from the repo
-# root, after bench/device-pack.sh ran here and with .devlibs carried:
+# device.sh - the GPU check: one device call that fits the lease and returns
+# a verdict. Prepare here with bench/device-pack.sh, then:
 #
-#   run(command="bench/device.sh", carry=[".devlibs"], timeout_s=600)
-#   run(command="STEPS='tests cli' bench/device.sh", carry=[".devlibs"])
+#   run(command="bench/device.sh", carry=[".devlibs"], timeout_s=480)
 #
-# Steps (STEPS, default all of them, in this order):
-#   env       nvidia-smi, driver, nvcc, the cuDNN/cuBLAS libraries found
-#   tests     test_gpu (the backend tests on the CUDA backend) and test_cpu
-#   memcheck  compute-sanitizer memcheck (+ leak check) on test_gpu
-#   racecheck compute-sanitizer racecheck on test_gpu (shared memory: the
-#             exit kernel's warp-total scan)
-#   cli       per bundled model (models/*/model.json): exitrt run --device cpu
-#             and --device cuda in each mode; predictions must match (exit and
-#             class exactly, score to 1e-4); host waits from the JSON report.
-#             Mode "compacted-graphs" is COMPACTED with ERT_GRAPH_BUCKETS=8
-#             (size-bucketed CUDA graphs, src/cuda/graph.c): host waits 0
-#   graphs    the whole test_gpu suite again with ERT_GRAPH_BUCKETS=8, so
-#             every COMPACTED engine of the mode tests runs through the
-#             bucketed graphs (test_graphs.c runs in `tests` either way), and
-#             compute-sanitizer memcheck on the graph tests alone
-#   benchg    per bundled model: exitrt bench --device cuda, once wait-based
-#             (--graph-buckets 0) and once bucketed (--graph-buckets 8),
-#             batches BENCH_BATCHES (default 1,8,64,256,1024), JSON to the logs
-#             and a side-by-side table of COMPACTED samples/s and host waits
-#             in the summary (issue 7's measurement)
-# Each step has its own time limit (seconds: T_TESTS, T_MEMCHECK, T_RACECHECK,
-# T_CLI, T_GRAPHS, T_BENCHG) so the whole stays inside one 10-minute device
-# call (when it would not, split it: STEPS='env tests' then STEPS='graphs
-# benchg'); FILTER narrows the sanitizer runs (a Criterion --filter, default:
-# all tests).
+# and, without a GPU (CI does this): bench/device.sh --dry-run
 #
-# Output in $OUT (at most 8 files come back): summary.txt (one line per
-# check: PASS / FAIL / SKIP and why) and logs.tgz (every log).
+# Steps, in order of value; each writes its verdict line to $OUT/summary.txt
+# and its log to $OUT the moment it ends, so a call killed at its limit still
+# returns everything done so far. A step that could end after DEADLINE
+# seconds (default 440; give the call timeout_s=480) is skipped and says so.
+#   carry     the pack unpacks; tree + pack under 60 MiB; every carried binary
+#             resolves its non-CUDA libraries from the pack (proves the
+#             packaging; the dry run ends here)
+#   env       GPU, driver, CUDA runtime, cuDNN, cuBLAS versions (exitrt
+#             version), the libraries each binary loads (env.txt)
+#   cli       per bundled model, `exitrt run --device cuda` on the first 2000
+#             test samples in full, masked, compacted, compacted with 8 graph
+#             buckets and refill, each against the CPU reference carried in
+#             the pack (tests/cuda/compare_predictions.py, the rule of
+#             tests/common/tolerance.h): proves the CUDA backend computes
+#             what the CPU does on real models, and reports host waits
+#             (cli.txt; the CUDA outputs in preds.tgz)
+#   tests     test_gpu area by area (tests.txt): the backend tests on random
+#             models against the CPU and a float64 reference
+#   sanitize  compute-sanitizer memcheck and racecheck on one small test each
+#             (sanitize.txt)
+#   bench     exitrt bench --quick on fmnist-resnet, wait-based and with
+#             graph buckets, if time remains (bench.tgz: text and JSON)
+# At most 8 files come back: summary.txt env.txt cli.txt preds.tgz tests.txt
+# sanitize.txt bench.tgz.
 #
-# Findings from GPU runs: none yet -- written without a GPU; the first GPU
-# session runs it and records here what it saw (versions, failures, fixes).
-# Things to look at first on that run:
-#   - whether the binaries built against cuDNN 9.19 / CUDA 13.0 here load with
-#     the machine's pip cuDNN/cuBLAS (ldd on .devlibs/bin/test_gpu, env.txt)
-#   - cudnnConvolutionBiasActivationForward with z = y and alpha2 = 0 on
-#     uninitialised (possibly NaN) y: results must not be NaN (tests nonfinite)
-#   - the algorithm chosen per conv (FMA math, no TF32) and the workspace
-#   - host waits: MASKED 0, COMPACTED <= early exits per batch (cli step);
-#     compacted-graphs 0 (if not 0, the graphs fell back: ert_engine_note()
-#     says why -- the graphs tests print it when they fail)
+# What GPU runs found (newest first; bench/RESULTS.md has the figures):
+#   (none yet)
 set -uo pipefail
 
 root=$PWD
+dry=0
+[ "${1:-}" = "--dry-run" ] && dry=1
 out=${OUT:-$root/device-out}
 mkdir -p "$out"
-logs=$(mktemp -d)
 summary=$out/summary.txt
 : >"$summary"
-steps=${STEPS:-env tests memcheck racecheck cli graphs benchg}
-filter=${FILTER:-}
-dl=$root/.devlibs
-bin=$dl/bin
+deadline=${DEADLINE:-440}
+pack=$root/.devlibs/pack.tgz
+work=$(mktemp -d /tmp/ert-device.XXXXXX)
+limit_kib=$((60 * 1024))
 
 note() { echo "$*" | tee -a "$summary"; }
-has_step() { case " $steps " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
-finish() {
-    (cd "$logs" && tar czf "$out/logs.tgz" .) 2>/dev/null
-    rm -rf "$logs"
+late() { # late NAME LIMIT: skip the step when it could end past the deadline
+    if [ $((SECONDS + $2)) -gt "$deadline" ]; then
+        note "SKIP $1: ${SECONDS}s elapsed + its ${2}s limit would pass the ${deadline}s deadline"
+        return 0
+    fi
+    return 1
 }
-trap finish EXIT
 
-if [ ! -x "$bin/test_gpu" ]; then
-    note "FAIL setup: .devlibs/bin/test_gpu missing: run bench/device-pack.sh here and carry .devlibs"
+# ---- carry ----------------------------------------------------------------------------
+if [ ! -f "$pack" ]; then
+    note "FAIL carry: .devlibs/pack.tgz missing: run bench/device-pack.sh here and carry .devlibs"
     exit 1
 fi
-note "commit $(cat "$dl/commit" 2>/dev/null) (tree status at pack time in logs: tree-status)"
-cp "$dl/tree-status" "$logs/" 2>/dev/null
+tar xzf "$pack" -C "$work" || { note "FAIL carry: cannot unpack $pack"; exit 1; }
+bin=$work/bin
+pack_kib=$(du -sk "$root/.devlibs" | cut -f1)
+if git -C "$root" rev-parse >/dev/null 2>&1; then
+    tree_kib=$(git -C "$root" ls-files -co --exclude-standard -z | xargs -0 du -ck 2>/dev/null | tail -1 | cut -f1)
+else
+    tree_kib=$(du -sk --exclude=.devlibs --exclude='build*' "$root" | cut -f1)
+fi
+note "commit $(cat "$work/commit"), packed tree status: $(tr '\n' ' ' <"$work/tree-status" | head -c 200)"
 
-# ---- libraries: the carried small ones, then the machine's CUDA ones ----------------
-libpath=$dl/lib
+libpath=$work/lib
 site=$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null)
 if [ -n "$site" ]; then
     for d in $(find "$site/nvidia" -maxdepth 3 -type d -name lib 2>/dev/null | sort); do
@@ -86,6 +83,32 @@ for d in /usr/local/cuda/lib64 /usr/local/cuda/lib; do
 done
 export LD_LIBRARY_PATH=$libpath${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 
+cuda_lib='lib(cuda|cudart|cublas|cublasLt|cudnn[a-z_]*|nvrtc|nvJitLink)\.so'
+sys_lib='(linux-vdso|ld-linux|libc|libm|libdl|libpthread|librt|libresolv|libgcc_s|libstdc\+\+)\.so'
+carry_ok=1
+for b in "$bin"/*; do
+    while read -r name _ path _; do
+        [[ $name =~ ^$cuda_lib || $name =~ ^$sys_lib ]] && continue
+        case $path in
+        "$work"/lib/*) ;;
+        *) note "FAIL carry: $(basename "$b") loads $name from '${path:-nowhere}', not from the pack"
+           carry_ok=0 ;;
+        esac
+    done < <(ldd "$b" | awk '/=>/ {print $1, $2, $3, $4}')
+done
+total=$((tree_kib + pack_kib))
+if [ "$total" -gt "$limit_kib" ]; then
+    note "FAIL carry: tree ${tree_kib} KiB + pack ${pack_kib} KiB = ${total} KiB, over ${limit_kib}"
+    carry_ok=0
+fi
+[ $carry_ok -eq 1 ] && note "PASS carry: tree ${tree_kib} KiB + pack ${pack_kib} KiB = ${total} KiB (limit ${limit_kib}); every binary's non-CUDA libraries come from the pack"
+if [ $dry -eq 1 ]; then
+    note "dry run: stopped before the first step that needs a device"
+    rm -rf "$work"
+    [ $carry_ok -eq 1 ]
+    exit
+fi
+
 # The tests open models and fixtures under the source and build paths compiled
 # into them: point those paths at this checkout.
 while read -r kind path; do
@@ -95,188 +118,103 @@ while read -r kind path; do
     elif [ "$kind" = build ] && [ ! -e "$path" ]; then
         mkdir -p "$path"
     fi
-done <"$dl/paths"
+done <"$work/paths"
 
-# ---- env ----------------------------------------------------------------------------
-if has_step env; then
-    {
-        echo "== nvidia-smi"; nvidia-smi
-        echo "== nvcc"; nvcc --version
-        echo "== compute-sanitizer"; compute-sanitizer --version
-        echo "== LD_LIBRARY_PATH"; echo "$LD_LIBRARY_PATH" | tr ':' '\n'
-        echo "== cuDNN / cuBLAS / cudart found"
-        for d in $(echo "$LD_LIBRARY_PATH" | tr ':' ' '); do
-            ls "$d" 2>/dev/null | grep -E '^lib(cudnn|cublas|cudart)' | sed "s|^|$d/|"
-        done
-        echo "== ldd test_gpu"; ldd "$bin/test_gpu"
-        echo "== torch"; python3 -c 'import torch; print(torch.__version__, "cudnn", torch.backends.cudnn.version(), "cuda", torch.version.cuda)'
-    } >"$logs/env.txt" 2>&1
-    gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
-    note "env: ${gpu:-no nvidia-smi output}"
-    if ldd "$bin/test_gpu" | grep -q 'not found'; then
-        note "FAIL env: unresolved libraries: $(ldd "$bin/test_gpu" | grep 'not found' | tr '\n' ' ')"
+# ---- env ------------------------------------------------------------------------------
+{
+    echo "== nvidia-smi"; nvidia-smi
+    echo "== exitrt version"; "$bin/exitrt" version
+    echo "== nvcc"; nvcc --version
+    echo "== compute-sanitizer"; compute-sanitizer --version
+    echo "== python CUDA packages"
+    python3 -m pip list 2>/dev/null | grep -iE '^(nvidia-(cudnn|cublas|cuda-runtime)|torch) '
+    echo "== LD_LIBRARY_PATH"; echo "$LD_LIBRARY_PATH" | tr ':' '\n'
+    for b in "$bin"/*; do echo "== ldd $(basename "$b")"; ldd "$b"; done
+} >"$out/env.txt" 2>&1
+gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
+note "env: ${gpu:-no nvidia-smi output}; $("$bin/exitrt" version 2>&1 | tr '\n' ' ')"
+for b in "$bin"/*; do
+    if ldd "$b" | grep -q 'not found'; then
+        note "FAIL env: $(basename "$b"): unresolved: $(ldd "$b" | grep 'not found' | tr -s ' \t\n' ' ')"
     fi
-fi
+done
 
-# Runs a command with a time limit, its output to a log; notes PASS/FAIL/SKIP.
+# Runs a command with a time limit, its output appended to a log in $OUT;
+# notes PASS/FAIL/SKIP with the last lines on failure.
 step() {
-    local name=$1 limit=$2
-    shift 2
-    timeout "$limit" "$@" >"$logs/$name.log" 2>&1
+    local name=$1 limit=$2 log=$3
+    shift 3
+    late "$name" "$limit" && return 0
+    local t0=$SECONDS
+    echo "==== $name: $*" >>"$log"
+    timeout "$limit" "$@" >>"$log" 2>&1
     local rc=$?
+    local took=$((SECONDS - t0))
     case $rc in
-    0) note "PASS $name" ;;
-    77) note "SKIP $name (exit 77: no CUDA device seen)" ;;
+    0) note "PASS $name (${took}s)" ;;
+    77) note "SKIP $name (exit 77: no usable CUDA device)" ;;
     124) note "FAIL $name: timed out after ${limit}s" ;;
-    *) note "FAIL $name: exit $rc (last lines: $(tail -3 "$logs/$name.log" | tr '\n' ' '))" ;;
+    *) note "FAIL $name: exit $rc after ${took}s: $(tail -4 "$log" | tr -s '\n' ' ' | head -c 600)" ;;
     esac
-    grep -E 'Synthesis|ERROR SUMMARY|RACECHECK SUMMARY' "$logs/$name.log" | sed "s/^/    $name: /" >>"$summary"
     return 0
 }
 
-crit_filter=()
-[ -n "$filter" ] && crit_filter=(--filter "$filter")
-
-if has_step tests; then
-    step test_gpu "${T_TESTS:-150}" "$bin/test_gpu" --jobs 1 --verbose
-    step test_cpu "${T_TESTS:-150}" "$bin/test_cpu" --jobs 4
-fi
-# Criterion forks a process per test: the sanitizer must follow children.
-if has_step memcheck; then
-    step memcheck "${T_MEMCHECK:-200}" compute-sanitizer --tool memcheck --leak-check full \
-        --target-processes all --error-exitcode 99 "$bin/test_gpu" --jobs 1 "${crit_filter[@]}"
-fi
-if has_step racecheck; then
-    step racecheck "${T_RACECHECK:-150}" compute-sanitizer --tool racecheck --racecheck-report all \
-        --target-processes all --error-exitcode 99 "$bin/test_gpu" --jobs 1 "${crit_filter[@]}"
-fi
-
-# ---- cli: CPU vs CUDA predictions on the bundled models --------------------------------
-if has_step cli; then
-    found=0
-    for mj in models/*/model.json; do
-        [ -e "$mj" ] || continue
-        found=1
-        m=$(dirname "$mj")
-        name=$(basename "$m")
-        for mode in full masked compacted compacted-graphs; do
-            gb=0
-            cmode=$mode
-            [ "$mode" = compacted-graphs ] && { gb=8; cmode=compacted; }
-            for dev in cpu cuda; do
-                ERT_GRAPH_BUCKETS=$gb timeout "${T_CLI:-60}" "$bin/exitrt" run "$m" --device "$dev" \
-                    --mode "$cmode" --json \
-                    --predictions "$logs/$name-$mode-$dev.csv" >"$logs/$name-$mode-$dev.json" \
-                    2>"$logs/$name-$mode-$dev.err"
-                rc=$?
-                [ $rc -eq 0 ] || note "FAIL cli $name $mode $dev: exit $rc ($(head -c 300 "$logs/$name-$mode-$dev.err"))"
-            done
-            python3 - "$logs/$name-$mode-cpu.csv" "$logs/$name-$mode-cuda.csv" \
-                "$logs/$name-$mode-cuda.json" "$name $mode" >>"$summary" 2>&1 <<'PY'
-import csv, json, sys
-a, b, rep, what = sys.argv[1:5]
-try:
-    ra = list(csv.DictReader(open(a)))
-    rb = list(csv.DictReader(open(b)))
-except OSError as e:
-    print(f"FAIL cli {what}: {e}")
-    sys.exit(0)
-if len(ra) != len(rb):
-    print(f"FAIL cli {what}: {len(ra)} cpu rows, {len(rb)} cuda rows")
-    sys.exit(0)
-diff = [i for i, (x, y) in enumerate(zip(ra, rb))
-        if x["exit"] != y["exit"] or x["class"] != y["class"]]
-sd = max((abs(float(x["score"]) - float(y["score"])) for x, y in zip(ra, rb)
-          if x["exit"] == y["exit"]), default=0.0)
-waits = ""
-try:
-    j = json.load(open(rep))
-    def find(o, key):
-        if isinstance(o, dict):
-            for k, v in o.items():
-                if k == key:
-                    yield v
-                yield from find(v, key)
-        elif isinstance(o, list):
-            for v in o:
-                yield from find(v, key)
-    waits = " host_waits " + ",".join(str(v) for v in find(j, "host_waits"))
-except Exception as e:
-    waits = f" (no JSON report: {e})"
-ok = not diff and sd <= 1e-4
-print(f"{'PASS' if ok else 'FAIL'} cli {what}: {len(ra)} rows, {len(diff)} exit/class "
-      f"differences (first {diff[:5]}), max score difference {sd:.3g}{waits}")
-PY
-        done
+# ---- cli: CUDA vs the carried CPU references --------------------------------------------
+nref=$(cat "$work/ref-samples")
+preds=$work/preds
+mkdir -p "$preds"
+for mj in models/*/model.json; do
+    m=$(dirname "$mj")
+    name=$(basename "$m")
+    for mode in full masked compacted compacted-graphs refill; do
+        late "cli $name $mode" 60 && continue
+        args=(--mode "$mode")
+        ref=masked
+        case $mode in
+        full) ref=full ;;
+        compacted-graphs) args=(--mode compacted --graph-buckets 8) ;;
+        esac
+        p=$preds/$name-$mode-cuda
+        t0=$SECONDS
+        timeout 60 "$bin/exitrt" run "$m" --device cuda "${args[@]}" --limit "$nref" --json \
+            --predictions "$p.csv" --logits "$p.npy" >"$p.json" 2>"$p.err"
+        rc=$?
+        {
+            echo "==== cli $name $mode: exit $rc in $((SECONDS - t0))s"
+            cat "$p.err"
+        } >>"$out/cli.txt"
+        if [ $rc -ne 0 ]; then
+            note "FAIL cli $name $mode: exit $rc: $(head -c 400 "$p.err")"
+            continue
+        fi
+        python3 tests/cuda/compare_predictions.py "$work/refs/$name-$ref" "$p" \
+            "cli $name $mode" >>"$summary" 2>>"$out/cli.txt"
+        tail -1 "$summary"
     done
-    [ $found -eq 1 ] || note "SKIP cli: no models/*/model.json in this checkout"
-fi
+done
+tar czf "$out/preds.tgz" -C "$preds" . 2>/dev/null
 
-# ---- graphs: the suite through the bucketed graphs --------------------------------------
-if has_step graphs; then
-    ERT_GRAPH_BUCKETS=8 step test_gpu-graphs8 "${T_GRAPHS:-150}" "$bin/test_gpu" --jobs 1 --verbose
-    step memcheck-graphs "${T_GRAPHS:-150}" compute-sanitizer --tool memcheck --leak-check full \
-        --target-processes all --error-exitcode 99 "$bin/test_gpu" --jobs 1 --filter 'graphs/*'
-fi
+# ---- tests: test_gpu area by area ----------------------------------------------------------
+for area in device_order unfused modes modes_vs_reference graphs graphs_config stream; do
+    step "test_gpu $area" 90 "$out/tests.txt" "$bin/test_gpu" --jobs 1 --verbose --filter "$area/*"
+done
 
-# ---- benchg: bucketed vs wait-based COMPACTED, same call, same inputs ---------------------
-if has_step benchg; then
-    found=0
-    for mj in models/*/model.json; do
-        [ -e "$mj" ] || continue
-        found=1
-        m=$(dirname "$mj")
-        name=$(basename "$m")
-        for gb in 0 8; do
-            timeout "${T_BENCHG:-120}" "$bin/exitrt" bench "$m" --device cuda --graph-buckets "$gb" \
-                --batches "${BENCH_BATCHES:-1,8,64,256,1024}" --reps 3 --warmup 2 \
-                --json "$logs/bench-$name-graphs$gb.json" >"$logs/bench-$name-graphs$gb.txt" 2>&1
-            rc=$?
-            [ $rc -eq 0 ] || note "FAIL benchg $name graphs=$gb: exit $rc ($(tail -2 "$logs/bench-$name-graphs$gb.txt" | tr '\n' ' '))"
-        done
-        python3 - "$logs/bench-$name-graphs0.json" "$logs/bench-$name-graphs8.json" "$name" \
-            >>"$summary" 2>&1 <<'PY'
-import json, sys
-a, b, name = sys.argv[1:4]
-def cells(path):
-    # schema: bench/README.md; keep what is there, never fail the run on it
-    try:
-        j = json.load(open(path))
-    except Exception as e:
-        print(f"SKIP benchg {name}: {path}: {e}")
-        return {}
-    out = {}
-    def walk(o):
-        if isinstance(o, dict):
-            if str(o.get("mode", "")).lower() == "compacted" and "batch" in o:
-                key = (o.get("backend"), o.get("profile"), o.get("batch"))
-                out[key] = o
-            for v in o.values():
-                walk(v)
-        elif isinstance(o, list):
-            for v in o:
-                walk(v)
-    walk(j)
-    return out
-wa, gr = cells(a), cells(b)
-def get(o, *names):
-    for n in names:
-        if n in o:
-            return o[n]
-    return None
-for key in sorted(set(wa) & set(gr), key=lambda k: (str(k[1]), k[2] or 0)):
-    x, y = wa[key], gr[key]
-    sx = get(x, "samples_per_s"); sy = get(y, "samples_per_s")
-    hx = get(x, "host_waits_per_batch"); hy = get(y, "host_waits_per_batch")
-    ex = get(x, "efficiency"); ey = get(y, "efficiency")
-    ratio = f"{sy / sx:.2f}x" if sx and sy else "?"
-    print(f"INFO benchg {name} {key[0]} profile {key[1]} batch {key[2]}: COMPACTED wait-based "
-          f"{sx} samples/s (eff {ex}, {hx} waits/batch), bucketed {sy} samples/s (eff {ey}, "
-          f"{hy} waits/batch): {ratio}")
-if not (set(wa) & set(gr)):
-    print(f"SKIP benchg {name}: no COMPACTED cells found in the two JSON files (schema?)")
-PY
-    done
-    [ $found -eq 1 ] || note "SKIP benchg: no models/*/model.json in this checkout"
-fi
-note "done"
+# ---- sanitize: one small test each (Criterion forks: follow the children) ------------------
+step "memcheck" 150 "$out/sanitize.txt" compute-sanitizer --tool memcheck \
+    --leak-check full --target-processes all --error-exitcode 99 \
+    "$bin/test_gpu" --jobs 1 --filter 'device_order/compacted_null_stream'
+step "racecheck" 120 "$out/sanitize.txt" compute-sanitizer --tool racecheck \
+    --racecheck-report all --target-processes all --error-exitcode 99 \
+    "$bin/test_gpu" --jobs 1 --filter 'device_order/compacted_null_stream'
+grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitize.txt" | sed 's/^/    /' >>"$summary"
+
+# ---- bench: a short one if time remains -----------------------------------------------------
+b=$work/bench
+mkdir -p "$b"
+for gb in 0 8; do
+    step "bench fmnist-resnet graph-buckets $gb" 60 "$b/bench.txt" "$bin/exitrt" bench \
+        models/fmnist-resnet --device cuda --quick --graph-buckets "$gb" --batches 1,64,256,1024 \
+        --json "$b/bench-fmnist-resnet-gb$gb.json"
+    tar czf "$out/bench.tgz" -C "$b" .
+done
+note "done in ${SECONDS}s"

@@ -233,13 +233,24 @@ typedef struct ert_device_result {
  * cudaStream_t. The engine's work starts after what is already enqueued on
  * it, and work enqueued on it after this call sees the results; the call
  * itself waits only where the mode needs row counts on the host
- * (COMPACTED). With cuda_stream NULL the call returns once the results are
- * written (it synchronises), since nothing else could order after it. */
+ * (COMPACTED). With cuda_stream NULL the engine's work starts after what is
+ * already enqueued on the legacy default stream (cudaStreamLegacy: a plain
+ * cudaMemcpy of the input, say; a program built with per-thread default
+ * streams passes cudaStreamPerThread instead), and the call returns once the
+ * results are written (it synchronises), since nothing else could order
+ * after it. */
 ert_status ert_infer_device(ert_engine *e, const void *d_input, int batch,
                             ert_device_result *out, void *cuda_stream);
 
 /* Whether this build has the CUDA backend, and whether a device is usable. */
 int ert_cuda_available(void);
+
+/* One line naming CUDA device `device` (name, compute capability, SMs,
+ * memory) and the CUDA driver, runtime, cuDNN and cuBLAS versions in use,
+ * into buf (cap bytes, always terminated). ERT_NO_DEVICE when the device
+ * cannot be queried (the line then says why, with the library versions);
+ * ERT_UNSUPPORTED in a build without the CUDA backend. */
+ert_status ert_cuda_info(int device, char *buf, size_t cap);
 
 /* ---- stream (refill) ----------------------------------------------------- *
  *

@@ -27,6 +27,17 @@ int ert_cuda_available(void)
 #endif
 }
 
+#ifndef ERT_HAVE_CUDA
+ert_status ert_cuda_info(int device, char *buf, size_t cap)
+{
+    (void)device;
+    if (!buf || cap == 0)
+        return ERT_INVALID_ARGUMENT;
+    snprintf(buf, cap, "built without the CUDA backend");
+    return ERT_UNSUPPORTED;
+}
+#endif
+
 /* Most row-count buckets per stage (each is a captured graph body). */
 #define ENGINE_MAX_GRAPH_BUCKETS 64
 

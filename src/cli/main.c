@@ -137,6 +137,11 @@ int main(int argc, char **argv)
                "CPU backend; built without CUDA"
 #endif
         );
+#ifdef ERT_HAVE_CUDA
+        char info[512];
+        ert_cuda_info(0, info, sizeof info);
+        printf("cuda: %s\n", info);
+#endif
         return finish(CLI_OK);
     }
     if (strcmp(verb, "run") == 0)

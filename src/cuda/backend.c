@@ -26,6 +26,7 @@
  * (cfg.graph_buckets > 0, graph.c), where the device picks each stage's
  * launch size itself.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -206,6 +207,10 @@ static ert_status cuda_create(ert_engine *e, void **out)
         if (c->dnn_ws_size)
             CUDA_TRY(e, cudaMalloc(&c->slots[i].dnn_ws, c->dnn_ws_size));
 
+    char fell[ERT_ERROR_LEN];
+    if ((st = dnn_try_fused(e, c, fell, sizeof fell)) != ERT_OK)
+        goto fail;
+
     CUDA_TRY(e, cudaEventCreateWithFlags(&c->ev_caller, cudaEventDisableTiming));
     CUDA_TRY(e, cudaMalloc((void **)&c->d_samples, B * sizeof(ert_sample)));
     CUDA_TRY(e, cudaMalloc((void **)&c->d_logits, B * K * sizeof(float)));
@@ -218,6 +223,10 @@ static ert_status cuda_create(ert_engine *e, void **out)
        path when they cannot be built (graph.h; e->note says which) */
     if ((st = graph_setup(e, c)) != ERT_OK)
         goto fail;
+    if (fell[0]) {
+        size_t len = strlen(e->note);
+        snprintf(e->note + len, sizeof e->note - len, "%s%s", len ? "; " : "", fell);
+    }
     *out = c;
     return ERT_OK;
 fail:
@@ -446,6 +455,21 @@ fail:
     return st;
 }
 
+/* Our slot streams are non-blocking: nothing orders them after the caller's
+ * work unless we say so. The first `used` slots wait for what is already
+ * enqueued on cs, or with cs NULL on the legacy default stream (a plain
+ * cudaMemcpy of the input, say). */
+ert_status order_after_caller(ert_engine *e, cuda_ctx *c, cudaStream_t cs, int used)
+{
+    ert_status st = ERT_OK;
+    CUDA_TRY(e, cudaEventRecord(c->ev_caller, cs ? cs : cudaStreamLegacy));
+    for (int i = 0; i < used; i++)
+        CUDA_TRY(e, cudaStreamWaitEvent(c->slots[i].stream, c->ev_caller, 0));
+    return ERT_OK;
+fail:
+    return st;
+}
+
 static ert_status cuda_infer_device(ert_engine *e, const void *d_input, int batch,
                                     ert_device_result *out, void *stream)
 {
@@ -459,12 +483,8 @@ static ert_status cuda_infer_device(ert_engine *e, const void *d_input, int batc
         return graph_infer_device(e, c, d_input, batch, out, cs);
 
     int used = c->nslots < batch ? c->nslots : batch;
-    if (cs) {
-        /* our streams start after what the caller queued before the call */
-        CUDA_TRY(e, cudaEventRecord(c->ev_caller, cs));
-        for (int i = 0; i < used; i++)
-            CUDA_TRY(e, cudaStreamWaitEvent(c->slots[i].stream, c->ev_caller, 0));
-    }
+    if ((st = order_after_caller(e, c, cs, used)) != ERT_OK)
+        return st;
     call k = {.d_input = d_input, .samples = out->samples, .logits = out->logits};
     st = run_batch(e, c, &k, batch, jobs, &nj);
     if (st != ERT_OK) {

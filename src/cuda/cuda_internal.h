@@ -86,8 +86,21 @@ static inline const float *dev_weight(const cuda_ctx *c, const ert_model *m, con
 ert_status dnn_setup(ert_engine *e, cuda_ctx *c, cudnnHandle_t handle);
 void dnn_teardown(cuda_ctx *c);
 
+/* Runs every fused conv+bias+ReLU once on slot 0 (at max_batch and at one
+ * row, after the workspaces exist); a conv whose fused call cuDNN refuses
+ * (NOT_SUPPORTED, BAD_PARAM) runs as the plain convolution plus the
+ * bias/activation kernel from then on. fell: "" when none fell back, else
+ * the note's sentence naming them. Test hook: ert_cuda_test_unfused != 0
+ * makes every fused call count as refused. */
+ert_status dnn_try_fused(ert_engine *e, cuda_ctx *c, char *fell, size_t cap);
+extern int ert_cuda_test_unfused;
+
 /* Enqueues op prog.ops[op_index] for n rows on slot s's stream. */
 ert_status op_run(ert_engine *e, cuda_ctx *c, cuda_slot *s, int op_index, int n);
+
+/* ert_infer_device: slots [0, used) start after the work already enqueued
+ * on cs, or on the legacy default stream when cs is NULL. */
+ert_status order_after_caller(ert_engine *e, cuda_ctx *c, cudaStream_t cs, int used);
 
 /* backend.h's run_stage, for the refill stream (stage.c). */
 ert_status cuda_run_stage(ert_engine *e, int stage, const float *in, int n, float *out,

@@ -624,12 +624,8 @@ ert_status graph_infer_device(ert_engine *e, cuda_ctx *c, const float *d_input, 
     const size_t in_size = shape_size(m->input);
     const int nj = c->nslots < batch ? c->nslots : batch;
 
-    if (cs) {
-        /* our streams start after what the caller queued before the call */
-        CUDA_TRY(e, cudaEventRecord(c->ev_caller, cs));
-        for (int j = 0; j < nj; j++)
-            CUDA_TRY(e, cudaStreamWaitEvent(c->slots[j].stream, c->ev_caller, 0));
-    }
+    if ((st = order_after_caller(e, c, cs, nj)) != ERT_OK)
+        return st;
     for (int j = 0; j < nj; j++) {
         cuda_slot *s = &c->slots[j];
         graph_slot *gs = &g->slots[j];

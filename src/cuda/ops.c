@@ -23,6 +23,7 @@
  * over CUBLAS_PEDANTIC_MATH, which would also rule out split-K reductions
  * that are exact float32 all the same.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -200,6 +201,80 @@ void dnn_teardown(cuda_ctx *c)
         cudnnDestroyActivationDescriptor(c->relu);
         c->relu = NULL;
     }
+}
+
+/* ---- the fused conv, tried once --------------------------------------------------- */
+
+int ert_cuda_test_unfused = 0;
+
+/* Whether a cuDNN status says "this call is not for this configuration"
+ * (the NOT_SUPPORTED and BAD_PARAM families of cuDNN 9), rather than a
+ * failure of the device or the library. */
+static int dnn_refused(cudnnStatus_t r)
+{
+    return (r >= CUDNN_STATUS_BAD_PARAM && r < CUDNN_STATUS_BAD_PARAM + 1000) ||
+           (r >= CUDNN_STATUS_NOT_SUPPORTED && r < CUDNN_STATUS_NOT_SUPPORTED + 1000);
+}
+
+static ert_status set_rows(ert_engine *e, cuda_ctx *c, cuda_slot *s, const prog_op *op, dnn_op *d,
+                           int n);
+
+ert_status dnn_try_fused(ert_engine *e, cuda_ctx *c, char *fell, size_t cap)
+{
+    ert_status st = ERT_OK;
+    cuda_slot *s = &c->slots[0];
+    const size_t B = (size_t)e->cfg.max_batch;
+    int nfused = 0, nfell = 0;
+    size_t used = 0;
+    fell[0] = '\0';
+    for (int i = 0; i < c->prog.nops; i++) {
+        const prog_op *op = &c->prog.ops[i];
+        dnn_op *d = &c->dnn[i];
+        if (op->kind != OP_CONV || !d->fused || !op->l->p.conv.bias)
+            continue;
+        nfused++;
+        cudnnStatus_t r = CUDNN_STATUS_SUCCESS;
+        if (ert_cuda_test_unfused) {
+            r = CUDNN_STATUS_NOT_SUPPORTED;
+        } else {
+            /* defined data in, at both ends of the row counts COMPACTED runs */
+            CUDA_TRY(e, cudaMemsetAsync(s->buf[op->in], 0,
+                                        B * shape_size(op->in_shape) * sizeof(float), s->stream));
+            CUDA_TRY(e, cudaMemsetAsync(s->buf[op->out], 0,
+                                        B * shape_size(op->out_shape) * sizeof(float), s->stream));
+            const float *w = dev_weight(c, e->model, op->l->p.conv.weight);
+            const float *b = dev_weight(c, e->model, op->l->p.conv.bias);
+            const int rows[2] = {(int)B, 1};
+            for (int k = 0; k < 2 && r == CUDNN_STATUS_SUCCESS; k++) {
+                if ((st = set_rows(e, c, s, op, d, rows[k])) != ERT_OK)
+                    return st;
+                r = cudnnConvolutionBiasActivationForward(
+                    s->dnn, &ONE, d->x, s->buf[op->in], d->w, w, d->conv, d->last_algo, s->dnn_ws,
+                    c->dnn_ws_size, &ZERO, d->y, s->buf[op->out], d->bias, b, c->relu, d->y,
+                    s->buf[op->out]);
+            }
+            CUDA_TRY(e, cudaStreamSynchronize(s->stream));
+        }
+        if (r == CUDNN_STATUS_SUCCESS)
+            continue;
+        if (!dnn_refused(r))
+            return engine_fail(e, ERT_CUDA, "cuda: conv %s: trying the fused conv+bias+ReLU: %s",
+                               op->l->name, cudnnGetErrorString(r));
+        d->fused = 0; /* the plain convolution + the bias/activation kernel */
+        nfell++;
+        int w = snprintf(fell + used, cap - used, "%s%s", nfell > 1 ? ", " : "", op->l->name);
+        if (w > 0 && (size_t)w < cap - used)
+            used += (size_t)w;
+    }
+    if (nfell) {
+        char list[ERT_ERROR_LEN / 2];
+        snprintf(list, sizeof list, "%s", fell);
+        snprintf(fell, cap, "convs: %d of %d fused conv+bias+ReLU calls refused by cuDNN, run "
+                 "unfused: %s", nfell, nfused, list);
+    }
+    return ERT_OK;
+fail:
+    return st;
 }
 
 /* ---- run ---------------------------------------------------------------------------- */

@@ -16,6 +16,7 @@
 
 #include "cpu/ops.h"
 #include "backend_test.h"
+#include "tolerance.h"
 #include "plan.h"
 #include "policy.h"
 
@@ -187,12 +188,6 @@ static int take(collect *c, ert_stream *s, int K, int max, int want_logits)
     return got;
 }
 
-/* A score this close to the threshold may fall on either side on two
- * computations that differ by float rounding (model_writer.h). */
-static int near_threshold(float score, float thr)
-{
-    return fabsf(score - thr) <= 1e-4f * (1.0f + fabsf(thr));
-}
 
 /* Every sample came back once, with MASKED's results. */
 static void check_results(const fixture *f, const collect *c)
@@ -217,25 +212,25 @@ static void check_results(const fixture *f, const collect *c)
         if (a->exit_index != b->exit_index) {
             const ert_sample *early = a->exit_index < b->exit_index ? a : b;
             float thr = ert_engine_threshold(f->e, early->exit_index);
-            cr_assert(near_threshold(early->score, thr),
+            cr_assert(tol_near_threshold(early->score, thr),
                       "sample %d: stream exit %d, MASKED %d (score %.9g, thr %.9g)", i,
                       b->exit_index, a->exit_index, early->score, thr);
             flips++;
             continue;
         }
-        cr_assert(fabsf(a->score - b->score) <= 1e-4f * (1.0f + fabsf(a->score)),
+        cr_assert(tol_score_ok(b->score, a->score),
                   "sample %d: score %.9g, MASKED %.9g", i, b->score, a->score);
         if (c->has_logits[i]) {
             float scale = 0.0f;
             for (int j = 0; j < f->K; j++)
                 scale = fmaxf(scale, fabsf(al[j]));
             for (int j = 0; j < f->K; j++)
-                cr_assert(fabsf(al[j] - bl[j]) <= 1e-4f * (fabsf(al[j]) + scale) + 1e-6f,
+                cr_assert(tol_logit_ok(bl[j], al[j], scale),
                           "sample %d logit %d: %.9g, MASKED %.9g", i, j, bl[j], al[j]);
             cr_assert_eq(b->predicted, ert_argmax(bl, f->K));
         }
     }
-    cr_assert_leq(flips, f->N / 100 + 1, "%d exits differ of %d", flips, f->N);
+    cr_assert(tol_flips_ok(flips, f->N), "%d exits differ of %d", flips, f->N);
 }
 
 /* The counters of a stream that has handed out all N samples. */
