@@ -23,6 +23,7 @@
 #include "bench_run.h"
 #include "calibrate.h"
 #include "data.h"
+#include "ert_commit.h"
 
 static const char *USAGE =
     "usage: exitrt bench MODEL [options]\n"
@@ -714,7 +715,10 @@ int bench_main(int argc, char **argv)
         return rc;
     r.model_path = o.model;
     time_t t = time(NULL);
-    strftime(r.date, sizeof r.date, "%Y-%m-%d %H:%M:%S", localtime(&t));
+    strftime(r.date, sizeof r.date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
+    r.commit = ERT_COMMIT;
+    if (r.backend_on[ERT_BACKEND_CUDA])
+        cuda_info_query(0, &r.cuda);
 
     ert_error err;
     if (ert_model_load(o.model, &r.model, &err) != ERT_OK) {

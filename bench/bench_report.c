@@ -43,7 +43,17 @@ void bench_print_table(const bench_run *r, FILE *out)
             (double)m->macs_full / 1e6, r->threads, r->reps, r->rep_samples, r->warmup,
             r->date);
     fprintf(out, "  inputs: %s\n", r->input_desc);
+    fprintf(out, "  commit: %s\n", r->commit ? r->commit : "unknown");
     if (r->backend_on[ERT_BACKEND_CUDA]) {
+        const cuda_info *ci = &r->cuda;
+        if (ci->present)
+            fprintf(out, "  gpu: %s (sm_%d%d, %d SMs); driver %s (CUDA %d.%d), runtime %d.%d; "
+                         "cuDNN %d.%d.%d; cuBLAS %d.%d.%d\n",
+                    ci->name, ci->cc_major, ci->cc_minor, ci->sms, ci->kernel_driver,
+                    ci->driver / 1000,
+                    ci->driver % 1000 / 10, ci->runtime / 1000, ci->runtime % 1000 / 10,
+                    ci->cudnn / 10000, ci->cudnn % 10000 / 100, ci->cudnn % 100, ci->cublas[0],
+                    ci->cublas[1], ci->cublas[2]);
         fprintf(out, "  cuda: %d batch(es) in flight, graph buckets ", r->inflight);
         if (r->graph_buckets >= 0)
             fprintf(out, "%d\n", r->graph_buckets);
@@ -147,6 +157,27 @@ int bench_write_json(const bench_run *r, const char *path)
     cJSON_AddStringToObject(root, "format", "exitrt-bench");
     cJSON_AddNumberToObject(root, "version", 1);
     cJSON_AddStringToObject(root, "date", r->date);
+    cJSON_AddStringToObject(root, "commit", r->commit ? r->commit : "unknown");
+    if (r->backend_on[ERT_BACKEND_CUDA] && r->cuda.present) {
+        const cuda_info *ci = &r->cuda;
+        char v[32];
+        cJSON *g = cJSON_AddObjectToObject(root, "gpu");
+        cJSON_AddStringToObject(g, "name", ci->name);
+        snprintf(v, sizeof v, "sm_%d%d", ci->cc_major, ci->cc_minor);
+        cJSON_AddStringToObject(g, "arch", v);
+        cJSON_AddNumberToObject(g, "sms", ci->sms);
+        cJSON_AddNumberToObject(g, "memory_gib", ci->mem_gib);
+        cJSON_AddStringToObject(g, "driver", ci->kernel_driver);
+        snprintf(v, sizeof v, "%d.%d", ci->driver / 1000, ci->driver % 1000 / 10);
+        cJSON_AddStringToObject(g, "cuda_driver", v);
+        snprintf(v, sizeof v, "%d.%d", ci->runtime / 1000, ci->runtime % 1000 / 10);
+        cJSON_AddStringToObject(g, "cuda_runtime", v);
+        snprintf(v, sizeof v, "%d.%d.%d", ci->cudnn / 10000, ci->cudnn % 10000 / 100,
+                 ci->cudnn % 100);
+        cJSON_AddStringToObject(g, "cudnn", v);
+        snprintf(v, sizeof v, "%d.%d.%d", ci->cublas[0], ci->cublas[1], ci->cublas[2]);
+        cJSON_AddStringToObject(g, "cublas", v);
+    }
     cJSON_AddStringToObject(root, "model", r->model_path);
     cJSON_AddBoolToObject(root, "random_weights", r->random_weights);
     cJSON_AddStringToObject(root, "inputs", r->input_desc);

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "cuda_info.h"
 #include "exitrt.h"
 #include "model.h"
 #include "plan.h"
@@ -75,7 +76,9 @@ typedef struct bench_run {
 
     int peer_requested, peer_ok;
     char peer_note[512];        /* why the peer did not run, or its version */
-    char date[32];
+    char date[32];              /* UTC, ISO 8601 */
+    const char *commit;         /* the build's `git describe` (ert_commit.h) */
+    cuda_info cuda;             /* device 0 and the CUDA libraries, when the CUDA backend runs */
 } bench_run;
 
 /* bench_report.c */

@@ -32,7 +32,15 @@
 # sanitize.txt bench.tgz.
 #
 # What GPU runs found (newest first; bench/RESULTS.md has the figures):
-#   (none yet)
+#   2026-11-29, run 1 (commit b7a6ccd; NVIDIA H200, driver 580.159.04, CUDA
+#     13.0, cuDNN 9.19.0, cuBLAS 13.1.0; 88 s of command time): the first run
+#     of the CUDA backend anywhere. The carried binaries loaded; all 15 CLI
+#     comparisons passed (3 models x full/masked/compacted/graphs/refill,
+#     2000 samples: 0 threshold flips, worst logit error 6.1e-7 of the row's
+#     scale); test_gpu 45 of 46 passed; memcheck and racecheck clean. The one
+#     failure was the test's own: unfused/resnet_matches_cpu asked the model
+#     writer for a ResNet with seed 73, which it cannot make (fixed: seed 74).
+#     The size-bucketed graphs came up on every model ("graphs: on").
 set -uo pipefail
 
 root=$PWD

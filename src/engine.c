@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "cuda_info.h"
 #include "util.h"
 
 ert_status engine_fail(ert_engine *e, ert_status status, const char *fmt, ...)
@@ -28,6 +29,14 @@ int ert_cuda_available(void)
 }
 
 #ifndef ERT_HAVE_CUDA
+int cuda_info_query(int device, cuda_info *out)
+{
+    (void)device;
+    memset(out, 0, sizeof *out);
+    snprintf(out->error, sizeof out->error, "built without the CUDA backend");
+    return 0;
+}
+
 ert_status ert_cuda_info(int device, char *buf, size_t cap)
 {
     (void)device;

@@ -9,6 +9,7 @@
 
 #include "bench.h"
 #include "cli.h"
+#include "ert_commit.h"
 
 static const char USAGE[] =
     "usage: exitrt <command> [options]\n"
@@ -130,7 +131,7 @@ int main(int argc, char **argv)
         return finish(CLI_OK);
     }
     if (strcmp(verb, "--version") == 0 || strcmp(verb, "version") == 0) {
-        printf("exitrt %d.%d (%s)\n", ERT_VERSION_MAJOR, ERT_VERSION_MINOR,
+        printf("exitrt %d.%d, commit %s (%s)\n", ERT_VERSION_MAJOR, ERT_VERSION_MINOR, ERT_COMMIT,
 #ifdef ERT_HAVE_CUDA
                "CPU and CUDA backends"
 #else

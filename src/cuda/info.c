@@ -1,42 +1,74 @@
-/* info.c - ert_cuda_info(): the device and library versions in one line,
- * for reports, benchmarks and bug reports. */
+/* info.c - the device and library versions (cuda_info.h), and
+ * ert_cuda_info(), which prints them as one line. */
 #include <stdio.h>
+#include <string.h>
 
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <cudnn.h>
 
 #include "backend.h"
+#include "cuda_info.h"
 
-static int ver_major(int v) { return v / 1000; }
-static int ver_minor(int v) { return v % 1000 / 10; }
+int cuda_info_query(int device, cuda_info *out)
+{
+    memset(out, 0, sizeof *out);
+    out->built = 1;
+    (void)cudaDriverGetVersion(&out->driver);
+    (void)cudaRuntimeGetVersion(&out->runtime);
+    cublasGetProperty(MAJOR_VERSION, &out->cublas[0]);
+    cublasGetProperty(MINOR_VERSION, &out->cublas[1]);
+    cublasGetProperty(PATCH_LEVEL, &out->cublas[2]);
+    out->cudnn = (int)cudnnGetVersion();
+    out->cudnn_built = CUDNN_VERSION;
+    FILE *f = fopen("/proc/driver/nvidia/version", "r");
+    if (f) {
+        char line[256];
+        /* "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.159.04  <date>" */
+        if (fgets(line, sizeof line, f)) {
+            char *k = strstr(line, "Kernel Module");
+            if (k)
+                sscanf(k + strlen("Kernel Module"), " %31s", out->kernel_driver);
+        }
+        fclose(f);
+    }
+    struct cudaDeviceProp p;
+    cudaError_t r = cudaGetDeviceProperties(&p, device);
+    if (r != cudaSuccess) {
+        (void)cudaGetLastError();
+        snprintf(out->error, sizeof out->error, "no CUDA device %d (%s)", device,
+                 cudaGetErrorString(r));
+        return 0;
+    }
+    out->present = 1;
+    snprintf(out->name, sizeof out->name, "%s", p.name);
+    out->cc_major = p.major;
+    out->cc_minor = p.minor;
+    out->sms = p.multiProcessorCount;
+    out->mem_gib = (double)p.totalGlobalMem / (1 << 30);
+    return 1;
+}
+
+#define CUDA_VER(v) (v) / 1000, (v) % 1000 / 10
+#define DNN_VER(v) (v) / 10000, (v) % 10000 / 100, (v) % 100
 
 ert_status ert_cuda_info(int device, char *buf, size_t cap)
 {
     if (!buf || cap == 0)
         return ERT_INVALID_ARGUMENT;
-    int drv = 0, rt = 0, blas[3] = {0, 0, 0};
-    (void)cudaDriverGetVersion(&drv);
-    (void)cudaRuntimeGetVersion(&rt);
-    cublasGetProperty(MAJOR_VERSION, &blas[0]);
-    cublasGetProperty(MINOR_VERSION, &blas[1]);
-    cublasGetProperty(PATCH_LEVEL, &blas[2]);
-    size_t dnn = cudnnGetVersion(); /* 91900 for 9.19.0 */
+    cuda_info i;
+    cuda_info_query(device, &i);
     char libs[256];
     snprintf(libs, sizeof libs,
-             "CUDA driver %d.%d, runtime %d.%d; cuDNN %zu.%zu.%zu (built with %d.%d.%d); "
+             "driver %s (CUDA %d.%d), runtime %d.%d; cuDNN %d.%d.%d (built with %d.%d.%d); "
              "cuBLAS %d.%d.%d",
-             ver_major(drv), ver_minor(drv), ver_major(rt), ver_minor(rt), dnn / 10000,
-             dnn % 10000 / 100, dnn % 100, CUDNN_MAJOR, CUDNN_MINOR, CUDNN_PATCHLEVEL, blas[0],
-             blas[1], blas[2]);
-    struct cudaDeviceProp p;
-    cudaError_t r = cudaGetDeviceProperties(&p, device);
-    if (r != cudaSuccess) {
-        (void)cudaGetLastError();
-        snprintf(buf, cap, "no CUDA device %d (%s); %s", device, cudaGetErrorString(r), libs);
+             i.kernel_driver[0] ? i.kernel_driver : "?", CUDA_VER(i.driver), CUDA_VER(i.runtime), DNN_VER(i.cudnn), DNN_VER(i.cudnn_built),
+             i.cublas[0], i.cublas[1], i.cublas[2]);
+    if (!i.present) {
+        snprintf(buf, cap, "%s; %s", i.error, libs);
         return ERT_NO_DEVICE;
     }
-    snprintf(buf, cap, "%s (sm_%d%d, %d SMs, %.1f GiB); %s", p.name, p.major, p.minor,
-             p.multiProcessorCount, (double)p.totalGlobalMem / (1 << 30), libs);
+    snprintf(buf, cap, "%s (sm_%d%d, %d SMs, %.1f GiB); %s", i.name, i.cc_major, i.cc_minor,
+             i.sms, i.mem_gib, libs);
     return ERT_OK;
 }
