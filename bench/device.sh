@@ -24,10 +24,10 @@
 #             (cli.txt; the CUDA outputs in preds.tgz)
 #   tests     test_gpu area by area (tests.txt): the backend tests on random
 #             models against the CPU and a float64 reference
-#   sanitize  compute-sanitizer memcheck and racecheck on one small test each
-#             (sanitize.txt)
-#   bench     exitrt bench --quick on fmnist-resnet, wait-based and with
-#             graph buckets, if time remains (bench.tgz: text and JSON)
+#   sanitize  compute-sanitizer memcheck on two small tests (one wait-based, one
+#             through the graphs) and racecheck on one (sanitize.txt)
+#   bench     exitrt bench --quick on each bundled model, wait-based and with
+#             8 graph buckets, if time remains (bench.tgz: text and JSON)
 # At most 8 files come back: summary.txt env.txt cli.txt preds.tgz tests.txt
 # sanitize.txt bench.tgz.
 #
@@ -208,9 +208,11 @@ for area in device_order unfused modes modes_vs_reference graphs graphs_config s
 done
 
 # ---- sanitize: one small test each (Criterion forks: follow the children) ------------------
-step "memcheck" 150 "$out/sanitize.txt" compute-sanitizer --tool memcheck \
-    --leak-check full --target-processes all --error-exitcode 99 \
-    "$bin/test_gpu" --jobs 1 --filter 'device_order/compacted_null_stream'
+for t in device_order/compacted_null_stream graphs/infer_device; do
+    step "memcheck $t" 150 "$out/sanitize.txt" compute-sanitizer --tool memcheck \
+        --leak-check full --target-processes all --error-exitcode 99 \
+        "$bin/test_gpu" --jobs 1 --filter "$t"
+done
 step "racecheck" 120 "$out/sanitize.txt" compute-sanitizer --tool racecheck \
     --racecheck-report all --target-processes all --error-exitcode 99 \
     "$bin/test_gpu" --jobs 1 --filter 'device_order/compacted_null_stream'
@@ -219,10 +221,12 @@ grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitize.txt" | sed 's/^/    /' 
 # ---- bench: a short one if time remains -----------------------------------------------------
 b=$work/bench
 mkdir -p "$b"
-for gb in 0 8; do
-    step "bench fmnist-resnet graph-buckets $gb" 60 "$b/bench.txt" "$bin/exitrt" bench \
-        models/fmnist-resnet --device cuda --quick --graph-buckets "$gb" --batches 1,64,256,1024 \
-        --json "$b/bench-fmnist-resnet-gb$gb.json"
-    tar czf "$out/bench.tgz" -C "$b" .
+for m in fmnist-resnet fmnist-cnn-conf fmnist-mlp3; do
+    for gb in 0 8; do
+        step "bench $m graph-buckets $gb" 60 "$b/bench.txt" "$bin/exitrt" bench \
+            "models/$m" --device cuda --quick --graph-buckets "$gb" --batches 1,64,256,1024 \
+            --json "$b/gpu-$m-gb$gb.json"
+        tar czf "$out/bench.tgz" -C "$b" .
+    done
 done
 note "done in ${SECONDS}s"

@@ -245,39 +245,16 @@ typedef struct job {
     int finished;
 } job;
 
-typedef struct call {
-    const float *h_input;   /* ert_infer: the caller's host input, else NULL */
-    const float *d_input;   /* ert_infer_device: the caller's device input */
-    ert_sample *samples;    /* device results at original positions */
-    float *logits;          /* device [batch, K] or NULL */
-    int want_host;          /* copy results into pinned staging as jobs finish */
-    int32_t host_waits;
-    uint64_t macs;
-} call;
-
-static ert_status job_start(ert_engine *e, cuda_ctx *c, call *k, job *j)
+static ert_status job_start(ert_engine *e, cuda_ctx *c, cuda_call *k, job *j)
 {
     ert_status st = ERT_OK;
-    const ert_model *m = e->model;
-    const size_t in_size = shape_size(m->input);
+    const size_t in_size = shape_size(e->model->input);
     cuda_slot *s = j->s;
-    float *x = s->buf[c->prog.stages[0].in_buf];
-    const float *src = x;
-    if (k->h_input)
-        CUDA_TRY(e, cudaMemcpyAsync(x, c->h_input + (size_t)j->off * in_size,
+    if (!k->d_input)
+        CUDA_TRY(e, cudaMemcpyAsync(s->buf[c->prog.stages[0].in_buf],
+                                    c->h_input + (size_t)j->off * in_size,
                                     (size_t)j->len * in_size * sizeof(float),
                                     cudaMemcpyHostToDevice, s->stream));
-    else
-        src = k->d_input + (size_t)j->off * in_size;
-    ert_norm_params np;
-    np.scale = m->input_scale;
-    for (int i = 0; i < 4; i++) {
-        np.mean[i] = m->mean[i];
-        np.inv_std[i] = 1.0f / m->std[i]; /* as the CPU's op_normalize */
-    }
-    KERNEL_TRY(e, ert_k_normalise(src, x, j->len, m->input.c, m->input.h * m->input.w, np,
-                                  s->stream));
-    KERNEL_TRY(e, ert_k_iota(s->orig[0], j->len, j->off, s->stream));
     if (e->cfg.mode == ERT_MODE_MASKED)
         CUDA_TRY(e, cudaMemsetAsync(s->done, 0, (size_t)j->len, s->stream));
     return ERT_OK;
@@ -287,7 +264,7 @@ fail:
 
 /* Reads the survivors' count of the job's last compaction; blocks (and
  * counts a host wait) only when it is not on the host yet. */
-static ert_status job_learn(ert_engine *e, call *k, job *j)
+static ert_status job_learn(ert_engine *e, cuda_call *k, job *j)
 {
     ert_status st = ERT_OK;
     if (j->pending < 0)
@@ -312,68 +289,41 @@ fail:
     return st;
 }
 
-/* Enqueues stage si for the job's j->n rows. */
-static ert_status job_stage(ert_engine *e, cuda_ctx *c, call *k, job *j, int si)
+/* Enqueues stage si for the job's j->n rows (stage_enqueue); an early exit
+ * of COMPACTED leaves its survivors' count on its way to the host. */
+static ert_status job_stage(ert_engine *e, cuda_ctx *c, cuda_call *k, job *j, int si)
 {
-    ert_status st = ERT_OK;
-    const ert_model *m = e->model;
     const prog_stage *ps = &c->prog.stages[si];
     cuda_slot *s = j->s;
-    const int n = j->n;
     const int last = si == c->prog.num_stages - 1;
-
-    for (int i = ps->backbone.begin; i < ps->backbone.end; i++)
-        if ((st = op_run(e, c, s, i, n)) != ERT_OK)
-            return st;
-    k->macs += (uint64_t)n * e->plan.stages[si].macs;
-    if (!ps->has_exit)
-        return ERT_OK;
-    for (int i = ps->head.begin; i < ps->conf.end; i++) /* head, then confidence */
-        if ((st = op_run(e, c, s, i, n)) != ERT_OK)
-            return st;
-    k->macs += (uint64_t)n * m->exits[si].head_macs;
-
-    ert_exit_args a;
-    memset(&a, 0, sizeof a);
-    a.logits = s->buf[ps->logits_buf];
-    a.conf = ps->conf_buf >= 0 ? s->buf[ps->conf_buf] : NULL;
-    a.orig = s->orig[j->cur];
-    a.n = n;
-    a.K = m->num_classes;
-    a.policy = (int)m->exits[si].policy;
-    a.threshold = e->thresholds[si];
-    a.exit_index = si;
-    a.samples = k->samples;
-    a.out_logits = k->logits;
-    if (last || ps->gather_buf < 0) {
-        /* FULL's final head, MASKED (rows already out are skipped), and the
-           last stage of COMPACTED: every row still there leaves */
-        a.done = e->cfg.mode == ERT_MODE_MASKED ? s->done : NULL;
-        KERNEL_TRY(e, ert_k_exit_decide(&a, s->stream));
-        if (last)
-            j->finished = 1;
-        return ERT_OK;
+    const int compact = ps->has_exit && !last && ps->gather_buf >= 0;
+    stage_args a = {.si = si, .n = j->n, .iota_base = -1, .cur = j->cur,
+                    .done = e->cfg.mode == ERT_MODE_MASKED ? s->done : NULL,
+                    .samples = k->samples, .logits = k->logits,
+                    .gather_buf = compact ? ps->gather_buf : -1};
+    if (si == 0) {
+        const size_t in_size = shape_size(e->model->input);
+        a.norm_src = k->d_input ? k->d_input + (size_t)j->off * in_size : s->buf[ps->in_buf];
+        a.iota_base = j->off;
     }
-    a.new_orig = s->orig[!j->cur];
-    a.src_row = s->src_row;
-    a.count = s->d_count + si;
-    KERNEL_TRY(e, ert_k_exit_compact(&a, s->stream));
-    CUDA_TRY(e, cudaMemcpyAsync(s->h_count + si, s->d_count + si, sizeof(int),
-                                cudaMemcpyDeviceToHost, s->stream));
-    CUDA_TRY(e, cudaEventRecord(s->ev_count[si], s->stream));
-    /* queued before the host waits for the count: the gather reads it on
-       the device and its grid covers all n rows */
-    KERNEL_TRY(e, ert_k_gather_rows(s->buf[ps->out_buf], s->buf[ps->gather_buf], s->src_row,
-                                    s->d_count + si, n, ps->out_row, s->stream));
-    j->cur = !j->cur;
-    j->pending = si;
+    if (compact) {
+        a.h_count = s->h_count + si;
+        a.count_event = s->ev_count[si];
+    }
+    ert_status st = stage_enqueue(e, c, s, &a, &k->macs);
+    if (st != ERT_OK)
+        return st;
+    if (compact) {
+        j->cur = !j->cur;
+        j->pending = si;
+    } else if (last) {
+        j->finished = 1;
+    }
     return ERT_OK;
-fail:
-    return st;
 }
 
 /* Copies a finished job's results into the pinned staging. */
-static ert_status job_results_to_host(ert_engine *e, cuda_ctx *c, call *k, job *j)
+static ert_status job_results_to_host(ert_engine *e, cuda_ctx *c, cuda_call *k, job *j)
 {
     ert_status st = ERT_OK;
     const size_t K = (size_t)e->model->num_classes;
@@ -389,19 +339,19 @@ fail:
     return st;
 }
 
-/* Runs the whole batch as min(inflight, batch) interleaved jobs. */
-static ert_status run_batch(ert_engine *e, cuda_ctx *c, call *k, int batch, job *jobs,
-                            int *njobs_out)
+/* The wait-based path: the whole batch as min(inflight, batch) interleaved
+ * jobs. */
+static ert_status run_batch(ert_engine *e, cuda_ctx *c, cuda_call *k, int batch, int *njobs_out)
 {
     ert_status st = ERT_OK;
+    job jobs[ERT_CUDA_MAX_INFLIGHT];
     int nj = c->nslots < batch ? c->nslots : batch;
     *njobs_out = nj;
     for (int i = 0; i < nj; i++) {
         job *j = &jobs[i];
         memset(j, 0, sizeof *j);
         j->s = &c->slots[i];
-        j->off = (int)((long long)batch * i / nj);
-        j->len = (int)((long long)batch * (i + 1) / nj) - j->off;
+        cuda_job_span(batch, nj, i, &j->off, &j->len);
         j->n = j->len;
         j->pending = -1;
         if ((st = job_start(e, c, k, j)) != ERT_OK)
@@ -423,33 +373,51 @@ static ert_status run_batch(ert_engine *e, cuda_ctx *c, call *k, int batch, job 
     return ERT_OK;
 }
 
+void cuda_job_span(int batch, int nj, int j, int *off, int *len)
+{
+    *off = (int)((long long)batch * j / nj);
+    *len = (int)((long long)batch * (j + 1) / nj) - *off;
+}
+
+/* The call through the graphs or the wait-based path. */
+static ert_status run_call(ert_engine *e, cuda_ctx *c, cuda_call *k, int batch, int *nj)
+{
+    return c->graphs ? graph_run(e, c, k, batch, nj) : run_batch(e, c, k, batch, nj);
+}
+
 static ert_status cuda_infer(ert_engine *e, const float *input, int batch, ert_result *out)
 {
     ert_status st = ERT_OK;
     cuda_ctx *c = e->ctx;
-    const ert_model *m = e->model;
-    const size_t K = (size_t)m->num_classes;
-    job jobs[ERT_CUDA_MAX_INFLIGHT];
+    const size_t K = (size_t)e->model->num_classes;
     int nj = 0;
     CUDA_TRY(e, cudaSetDevice(c->device));
 
-    /* pinned staging: the copies below run asynchronously from it */
-    memcpy(c->h_input, input, (size_t)batch * shape_size(m->input) * sizeof(float));
-    if (c->graphs)
-        return graph_infer(e, c, batch, out);
-    call k = {.h_input = input, .samples = c->d_samples,
-              .logits = out->logits ? c->d_logits : NULL, .want_host = 1};
-    st = run_batch(e, c, &k, batch, jobs, &nj);
+    /* pinned staging: the copies run asynchronously from it */
+    memcpy(c->h_input, input, (size_t)batch * shape_size(e->model->input) * sizeof(float));
+    cuda_call k = {.samples = c->d_samples, .logits = out->logits ? c->d_logits : NULL,
+                   .want_host = 1};
+    st = run_call(e, c, &k, batch, &nj);
     /* also after a failure: nothing may still be queued on our buffers */
-    for (int i = 0; i < nj; i++)
-        CUDA_TRY(e, cudaStreamSynchronize(jobs[i].s->stream)); /* results: not a counted wait */
-    if (st != ERT_OK)
+    cudaError_t sync = cudaSuccess;
+    for (int i = 0; i < nj; i++) {
+        cudaError_t r = cudaStreamSynchronize(c->slots[i].stream); /* results: not a counted wait */
+        if (sync == cudaSuccess)
+            sync = r;
+    }
+    if (st == ERT_OK && sync != cudaSuccess)
+        CUDA_TRY(e, sync);
+    if (st != ERT_OK) {
+        (void)cudaGetLastError();
         return st;
+    }
     memcpy(out->samples, c->h_samples, (size_t)batch * sizeof(ert_sample));
     if (out->logits)
         memcpy(out->logits, c->h_logits, (size_t)batch * K * sizeof(float));
     out->macs_executed = k.macs;
     out->host_waits = k.host_waits;
+    if (c->graphs)
+        graph_figures(c, nj, out);
     return ERT_OK;
 fail:
     return st;
@@ -476,33 +444,31 @@ static ert_status cuda_infer_device(ert_engine *e, const void *d_input, int batc
     ert_status st = ERT_OK;
     cuda_ctx *c = e->ctx;
     cudaStream_t cs = (cudaStream_t)stream;
-    job jobs[ERT_CUDA_MAX_INFLIGHT];
     int nj = 0;
     CUDA_TRY(e, cudaSetDevice(c->device));
-    if (c->graphs)
-        return graph_infer_device(e, c, d_input, batch, out, cs);
 
     int used = c->nslots < batch ? c->nslots : batch;
     if ((st = order_after_caller(e, c, cs, used)) != ERT_OK)
         return st;
-    call k = {.d_input = d_input, .samples = out->samples, .logits = out->logits};
-    st = run_batch(e, c, &k, batch, jobs, &nj);
+    cuda_call k = {.d_input = d_input, .samples = out->samples, .logits = out->logits};
+    st = run_call(e, c, &k, batch, &nj);
     if (st != ERT_OK) {
         for (int i = 0; i < nj; i++)
-            cudaStreamSynchronize(jobs[i].s->stream);
+            cudaStreamSynchronize(c->slots[i].stream);
         (void)cudaGetLastError();
         return st;
     }
     for (int i = 0; i < nj; i++) {
+        cuda_slot *s = &c->slots[i];
         if (cs) {
             /* the caller's later work sees the results */
-            CUDA_TRY(e, cudaEventRecord(jobs[i].s->ev_done, jobs[i].s->stream));
-            CUDA_TRY(e, cudaStreamWaitEvent(cs, jobs[i].s->ev_done, 0));
+            CUDA_TRY(e, cudaEventRecord(s->ev_done, s->stream));
+            CUDA_TRY(e, cudaStreamWaitEvent(cs, s->ev_done, 0));
         } else {
             /* no stream to order after: the results are ready on return (a
                plain cudaMemcpy on the legacy stream would not wait for our
                non-blocking streams). Not a counted wait. */
-            CUDA_TRY(e, cudaStreamSynchronize(jobs[i].s->stream));
+            CUDA_TRY(e, cudaStreamSynchronize(s->stream));
         }
     }
     out->host_waits = k.host_waits;

@@ -4,7 +4,8 @@
  * ops.c       the ops: convolution and pooling through cuDNN's legacy API,
  *             linear through cuBLAS, the rest through the kernels/ .cu files
  * program.c   the model compiled into ops and buffers (no CUDA calls)
- * stage.c     one stage of the refill stream (src/stream.c)
+ * stage.c     the one stage path (stage_enqueue), and the refill stream's
+ *             stage op (src/stream.c)
  */
 #ifndef ERT_CUDA_INTERNAL_H
 #define ERT_CUDA_INTERNAL_H
@@ -14,6 +15,7 @@
 #include <cudnn.h>
 
 #include "backend.h"
+#include "kernels.h"
 #include "program.h"
 
 /* cuBLAS workspace per slot: NVIDIA's recommended size for Hopper (the
@@ -97,6 +99,51 @@ extern int ert_cuda_test_unfused;
 
 /* Enqueues op prog.ops[op_index] for n rows on slot s's stream. */
 ert_status op_run(ert_engine *e, cuda_ctx *c, cuda_slot *s, int op_index, int n);
+
+/* One ert_infer / ert_infer_device call, as the wait-based path
+ * (backend.c) and the graphs (graph.c) run it. */
+typedef struct cuda_call {
+    const float *d_input;   /* ert_infer_device: the caller's device input; NULL:
+                               ert_infer, whose input is in c->h_input (pinned) */
+    ert_sample *samples;    /* device results at original positions */
+    float *logits;          /* device [batch, K], or NULL: not wanted */
+    int want_host;          /* ert_infer: results into c->h_samples / c->h_logits */
+    int32_t host_waits;
+    uint64_t macs;          /* the wait-based path's count (graphs: graph_figures) */
+} cuda_call;
+
+/* The sub-batches ("jobs") of a call: job j of nj gets rows [off, off + len). */
+void cuda_job_span(int batch, int nj, int j, int *off, int *len);
+
+/* What a stage run needs besides the stage itself: where its row count
+ * lives, where its results go, and what follows the exit decision. */
+typedef struct stage_args {
+    int si;                 /* the stage */
+    int n;                  /* rows launched for: the exact count, or (graphs) the
+                               bucket's row count */
+    const int *d_n;         /* graphs: the real count on the device (<= n), else NULL */
+    const float *norm_src;  /* stage 0: raw rows to normalise into the stage's input
+                               buffer (may be that buffer); NULL: no normalisation */
+    int iota_base;          /* >= 0: first orig[cur][i] = iota_base + i */
+    int cur;                /* s->orig[cur] holds the rows' original positions */
+    unsigned char *done;    /* MASKED: rows already out (skipped, then marked); else NULL */
+    ert_sample *samples;    /* device results at original positions */
+    float *logits;          /* device [*, K] at original positions, or NULL */
+    const float *d_threshold; /* graphs: the threshold read on the device, else NULL */
+    int gather_buf;         /* >= 0: compact the survivors (count in s->d_count[si],
+                               positions in s->orig[!cur]) and gather their rows into
+                               this buffer; -1: decide only (MASKED, FULL, last stage) */
+    int *h_count;           /* with gather_buf: copy the count here (pinned) and */
+    cudaEvent_t count_event;/* record this event after the copy; NULL: neither */
+    ert_switch_args sw;     /* graphs: the exit kernel selects the next stage's bucket */
+} stage_args;
+
+/* Enqueues one stage on slot s's stream: [normalise, row ids,] the backbone
+ * ops, the head and confidence ops, the exit decision, and with gather_buf
+ * the compaction and the gather. Adds the MACs of n rows to *macs (NULL:
+ * not counted). The only place a stage is enqueued (stage.c). */
+ert_status stage_enqueue(ert_engine *e, cuda_ctx *c, cuda_slot *s, const stage_args *a,
+                         uint64_t *macs);
 
 /* ert_infer_device: slots [0, used) start after the work already enqueued
  * on cs, or on the legacy default stream when cs is NULL. */

@@ -76,77 +76,37 @@ void graph_free(cuda_ctx *c)
 /* ---- one body -------------------------------------------------------------------------- */
 
 /* Enqueues stage si for bucket rows R on slot i's stream, as graph.h's body
- * of switch si: the same ops as the wait-based path (backend.c job_stage),
- * with every row count read on the device. warm: an eager run before
- * capture, with the switch off; the caller has set the device counts to 0,
- * so the exit kernels score, write and keep nothing. */
+ * of switch si: stage_enqueue with every row count read on the device.
+ * warm: an eager run before capture, with the switch off; the caller has set
+ * the device counts to 0, so the exit kernels score, write and keep nothing. */
 static ert_status body_enqueue(ert_engine *e, cuda_ctx *c, graph_state *g, int i, int si, int R,
                                int warm)
 {
-    ert_status st = ERT_OK;
-    const ert_model *m = e->model;
-    const program *prog = &c->prog;
-    const prog_stage *ps = &prog->stages[si];
     cuda_slot *s = &c->slots[i];
     graph_slot *gs = &g->slots[i];
-    const int last = si == prog->num_stages - 1;
-    const int cur = si & 1; /* every stage but the last compacts: orig ping-pongs */
-
+    const prog_stage *ps = &c->prog.stages[si];
+    const int last = si == c->prog.num_stages - 1;
+    /* every stage but the last compacts, so the positions ping-pong */
+    stage_args a = {.si = si, .n = R, .d_n = si == 0 ? gs->d_rows : s->d_count + (si - 1),
+                    .iota_base = -1, .cur = si & 1, .samples = gs->d_samples,
+                    .logits = gs->d_logits, .d_threshold = gs->d_thr + si,
+                    .gather_buf = last ? -1 : ps->gather_buf};
     if (si == 0) {
         /* the raw input rows are in the stage's buffer (graph_run copied
            them there); padding rows are normalised too, and ignored */
-        float *x = s->buf[ps->in_buf];
-        ert_norm_params np;
-        np.scale = m->input_scale;
-        for (int k = 0; k < 4; k++) {
-            np.mean[k] = m->mean[k];
-            np.inv_std[k] = 1.0f / m->std[k]; /* as backend.c and the CPU's op_normalize */
-        }
-        KERNEL_TRY(e, ert_k_normalise(x, x, R, m->input.c, m->input.h * m->input.w, np,
-                                      s->stream));
-        KERNEL_TRY(e, ert_k_iota(s->orig[0], R, 0, s->stream));
+        a.norm_src = s->buf[ps->in_buf];
+        a.iota_base = 0;
     }
-    for (int k = ps->backbone.begin; k < ps->backbone.end; k++)
-        if ((st = op_run(e, c, s, k, R)) != ERT_OK)
-            return st;
-    for (int k = ps->head.begin; k < ps->conf.end; k++) /* head, then confidence */
-        if ((st = op_run(e, c, s, k, R)) != ERT_OK)
-            return st;
-
-    ert_exit_args a;
-    memset(&a, 0, sizeof a);
-    a.logits = s->buf[ps->logits_buf];
-    a.conf = ps->conf_buf >= 0 ? s->buf[ps->conf_buf] : NULL;
-    a.orig = s->orig[cur];
-    a.n = R;
-    a.K = m->num_classes;
-    a.policy = (int)m->exits[si].policy;
-    a.threshold = e->thresholds[si];
-    a.d_threshold = gs->d_thr + si;
-    a.exit_index = si;
-    a.samples = gs->d_samples;
-    a.out_logits = gs->d_logits;
-    a.d_n = si == 0 ? gs->d_rows : s->d_count + (si - 1);
-    if (last) {
-        KERNEL_TRY(e, ert_k_exit_decide(&a, s->stream));
-        return ERT_OK;
+    if (!last) {
+        a.sw.on = !warm;
+        a.sw.handle = gs->handle[si + 1];
+        a.sw.stage = si + 1;
+        a.sw.step = g->step;
+        a.sw.nbuckets = g->nbuckets;
+        a.sw.max_rows = g->max_rows;
+        a.sw.stats = gs->d_stats;
     }
-    a.new_orig = s->orig[!cur];
-    a.src_row = s->src_row;
-    a.count = s->d_count + si;
-    a.sw.on = !warm;
-    a.sw.handle = gs->handle[si + 1];
-    a.sw.stage = si + 1;
-    a.sw.step = g->step;
-    a.sw.nbuckets = g->nbuckets;
-    a.sw.max_rows = g->max_rows;
-    a.sw.stats = gs->d_stats;
-    KERNEL_TRY(e, ert_k_exit_compact(&a, s->stream));
-    KERNEL_TRY(e, ert_k_gather_rows(s->buf[ps->out_buf], s->buf[ps->gather_buf], s->src_row,
-                                    s->d_count + si, R, ps->out_row, s->stream));
-    return ERT_OK;
-fail:
-    return st;
+    return stage_enqueue(e, c, s, &a, NULL);
 }
 
 /* ---- capture ----------------------------------------------------------------------------- */
@@ -545,47 +505,43 @@ ert_status graph_setup(ert_engine *e, cuda_ctx *c)
 
 /* ---- calls -------------------------------------------------------------------------------- */
 
-/* The sub-batches: as backend.c's run_batch cuts them. */
-static void job_span(int batch, int nj, int j, int *off, int *len)
-{
-    *off = (int)((long long)batch * j / nj);
-    *len = (int)((long long)batch * (j + 1) / nj) - *off;
-}
-
-ert_status graph_infer(ert_engine *e, cuda_ctx *c, int batch, ert_result *out)
+ert_status graph_run(ert_engine *e, cuda_ctx *c, const cuda_call *k, int batch, int *njobs)
 {
     ert_status st = ERT_OK;
     graph_state *g = c->graphs;
-    const ert_model *m = e->model;
-    const size_t K = (size_t)m->num_classes;
-    const size_t in_size = shape_size(m->input);
+    const size_t K = (size_t)e->model->num_classes;
+    const size_t in_size = shape_size(e->model->input);
     const int nj = c->nslots < batch ? c->nslots : batch;
-
+    /* results straight from each graph's arrays to where the call wants them */
+    ert_sample *samples = k->want_host ? c->h_samples : k->samples;
+    float *logits = k->logits ? (k->want_host ? c->h_logits : k->logits) : NULL;
+    *njobs = nj;
     for (int j = 0; j < nj; j++) {
         cuda_slot *s = &c->slots[j];
         graph_slot *gs = &g->slots[j];
         int off, len;
-        job_span(batch, nj, j, &off, &len);
-        CUDA_TRY(e, cudaMemcpyAsync(s->buf[c->prog.stages[0].in_buf], c->h_input + off * in_size,
-                                    (size_t)len * in_size * sizeof(float), cudaMemcpyHostToDevice,
+        cuda_job_span(batch, nj, j, &off, &len);
+        const float *src = k->d_input ? k->d_input : c->h_input;
+        CUDA_TRY(e, cudaMemcpyAsync(s->buf[c->prog.stages[0].in_buf], src + (size_t)off * in_size,
+                                    (size_t)len * in_size * sizeof(float), cudaMemcpyDefault,
                                     s->stream));
         if ((st = graph_launch(e, c, j, len, e->thresholds)) != ERT_OK)
-            goto fail;
-        CUDA_TRY(e, cudaMemcpyAsync(c->h_samples + off, gs->d_samples,
-                                    (size_t)len * sizeof(ert_sample), cudaMemcpyDeviceToHost,
-                                    s->stream));
-        if (out->logits)
-            CUDA_TRY(e, cudaMemcpyAsync(c->h_logits + (size_t)off * K, gs->d_logits,
-                                        (size_t)len * K * sizeof(float), cudaMemcpyDeviceToHost,
+            return st;
+        CUDA_TRY(e, cudaMemcpyAsync(samples + off, gs->d_samples, (size_t)len * sizeof(ert_sample),
+                                    cudaMemcpyDefault, s->stream));
+        if (logits)
+            CUDA_TRY(e, cudaMemcpyAsync(logits + (size_t)off * K, gs->d_logits,
+                                        (size_t)len * K * sizeof(float), cudaMemcpyDefault,
                                         s->stream));
     }
-    /* the results' wait, one per stream: not a row-count wait */
-    for (int j = 0; j < nj; j++)
-        CUDA_TRY(e, cudaStreamSynchronize(c->slots[j].stream));
+    return ERT_OK;
+fail:
+    return st;
+}
 
-    memcpy(out->samples, c->h_samples, (size_t)batch * sizeof(ert_sample));
-    if (out->logits)
-        memcpy(out->logits, c->h_logits, (size_t)batch * K * sizeof(float));
+void graph_figures(const cuda_ctx *c, int nj, ert_result *out)
+{
+    const graph_state *g = c->graphs;
     uint64_t macs = 0, pad_macs = 0;
     int pad = 0;
     for (int s = 0; s < ERT_MAX_EXITS; s++)
@@ -605,59 +561,4 @@ ert_status graph_infer(ert_engine *e, cuda_ctx *c, int batch, ert_result *out)
     out->macs_padding = pad_macs;
     out->padding_rows = pad;
     out->host_waits = 0;
-    return ERT_OK;
-fail:
-    /* nothing may still be queued on our buffers */
-    for (int j = 0; j < nj; j++)
-        cudaStreamSynchronize(c->slots[j].stream);
-    (void)cudaGetLastError();
-    return st;
-}
-
-ert_status graph_infer_device(ert_engine *e, cuda_ctx *c, const float *d_input, int batch,
-                              ert_device_result *out, cudaStream_t cs)
-{
-    ert_status st = ERT_OK;
-    graph_state *g = c->graphs;
-    const ert_model *m = e->model;
-    const size_t K = (size_t)m->num_classes;
-    const size_t in_size = shape_size(m->input);
-    const int nj = c->nslots < batch ? c->nslots : batch;
-
-    if ((st = order_after_caller(e, c, cs, nj)) != ERT_OK)
-        return st;
-    for (int j = 0; j < nj; j++) {
-        cuda_slot *s = &c->slots[j];
-        graph_slot *gs = &g->slots[j];
-        int off, len;
-        job_span(batch, nj, j, &off, &len);
-        CUDA_TRY(e, cudaMemcpyAsync(s->buf[c->prog.stages[0].in_buf], d_input + off * in_size,
-                                    (size_t)len * in_size * sizeof(float),
-                                    cudaMemcpyDeviceToDevice, s->stream));
-        if ((st = graph_launch(e, c, j, len, e->thresholds)) != ERT_OK)
-            goto fail;
-        CUDA_TRY(e, cudaMemcpyAsync(out->samples + off, gs->d_samples,
-                                    (size_t)len * sizeof(ert_sample), cudaMemcpyDeviceToDevice,
-                                    s->stream));
-        if (out->logits)
-            CUDA_TRY(e, cudaMemcpyAsync(out->logits + (size_t)off * K, gs->d_logits,
-                                        (size_t)len * K * sizeof(float), cudaMemcpyDeviceToDevice,
-                                        s->stream));
-    }
-    for (int j = 0; j < nj; j++) {
-        cuda_slot *s = &c->slots[j];
-        if (cs) {
-            CUDA_TRY(e, cudaEventRecord(s->ev_done, s->stream));
-            CUDA_TRY(e, cudaStreamWaitEvent(cs, s->ev_done, 0));
-        } else {
-            CUDA_TRY(e, cudaStreamSynchronize(s->stream)); /* results ready: not counted */
-        }
-    }
-    out->host_waits = 0;
-    return ERT_OK;
-fail:
-    for (int j = 0; j < nj; j++)
-        cudaStreamSynchronize(c->slots[j].stream);
-    (void)cudaGetLastError();
-    return st;
 }

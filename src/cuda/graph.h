@@ -60,15 +60,16 @@ ert_status graph_setup(ert_engine *e, cuda_ctx *c);
 /* Frees c->graphs (NULL accepted) after its slots' streams are idle. */
 void graph_free(cuda_ctx *c);
 
-/* ert_infer through the graphs: the input is already in c->h_input (pinned).
- * Fills out->samples, logits, macs_executed, host_waits (0),
- * padding_rows, bucket, macs_padding. */
-ert_status graph_infer(ert_engine *e, cuda_ctx *c, int batch, ert_result *out);
+/* Enqueues call k through the graphs: per sub-batch (cut as
+ * cuda_job_span cuts them; *njobs of them) the input copy, the graph and
+ * the results' copies to where k wants them (host staging or the caller's
+ * device arrays). The caller synchronises or orders after the slots'
+ * streams, as for the wait-based path. */
+ert_status graph_run(ert_engine *e, cuda_ctx *c, const cuda_call *k, int batch, int *njobs);
 
-/* ert_infer_device through the graphs: results into out's device arrays,
- * ordered before later work on cs when cs is not NULL, else complete on
- * return. */
-ert_status graph_infer_device(ert_engine *e, cuda_ctx *c, const float *d_input, int batch,
-                              ert_device_result *out, cudaStream_t cs);
+/* After the slots' streams of a graph_run finished: out->macs_executed,
+ * macs_padding, padding_rows, bucket and host_waits (0) from the counters
+ * the graphs wrote. */
+void graph_figures(const cuda_ctx *c, int nj, ert_result *out);
 
 #endif /* ERT_CUDA_GRAPH_H */

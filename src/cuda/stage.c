@@ -1,20 +1,24 @@
-/* stage.c - one stage of the refill stream on the CUDA backend (backend.h's
- * run_stage; the stream itself is src/stream.c).
+/* stage.c - the one CUDA stage path, and the refill stream's stage op.
  *
- * COMPILED, NOT YET RUN ON A GPU. And host-staged: the stream's queues are
- * host memory, so every call copies the rows in (pageable memory, so the
- * copy is synchronous) and the survivors' rows, results and logits out, and
- * waits for the device twice (once for the survivors' count, once for the
- * copies). The device-side part is what the design asks for: the backbone
- * and head ops of the engine's program, the exit decision with stable
- * compaction (ert_k_exit_compact) and the gather of the survivors' rows
- * (ert_k_gather_rows) on the device, so only the survivors' rows cross the
- * bus. The next step is device-resident queues (the gather writing straight
- * into the next stage's device ring) and no host wait per stage run.
+ * stage_enqueue() is the only code that enqueues a stage: the wait-based
+ * schedule (backend.c), every body of the bucketed graphs (graph.c, by
+ * stream capture) and the refill stream's run_stage (below) call it, so a
+ * bug found in a stage is fixed once. What differs between them is data in
+ * stage_args: where the row count lives (host or device), where the results
+ * go, and what follows the exit decision.
  *
- * Resources: slot 0's stream, handles and buffers and the engine's d_samples
- * / d_logits, as ert_infer uses them; the engine's busy flag (held by the
- * stream for the call) keeps the two apart. Nothing is allocated here.
+ * cuda_run_stage (backend.h's run_stage for src/stream.c) is host-staged:
+ * the stream's queues are host memory, so every call copies the rows in
+ * (pageable memory, so the copy is synchronous) and the survivors' rows,
+ * results and logits out, and waits for the device twice (once for the
+ * survivors' count, once for the copies). The device-side part is what the
+ * design asks for: the stage's ops, the exit decision with stable
+ * compaction and the gather of the survivors on the device, so only the
+ * survivors' rows cross the bus. The next step is device-resident queues
+ * (the gather writing straight into the next stage's device ring) and no
+ * host wait per stage run. It uses slot 0's stream, handles and buffers and
+ * the engine's d_samples / d_logits, as ert_infer does; the engine's busy
+ * flag (held by the stream for the call) keeps the two apart.
  */
 #include <string.h>
 
@@ -22,17 +26,90 @@
 #include "cuda_internal.h"
 #include "kernels.h"
 
+ert_status stage_enqueue(ert_engine *e, cuda_ctx *c, cuda_slot *s, const stage_args *a,
+                         uint64_t *macs)
+{
+    ert_status st = ERT_OK;
+    const ert_model *m = e->model;
+    const prog_stage *ps = &c->prog.stages[a->si];
+    const int n = a->n;
+
+    if (a->norm_src) {
+        ert_norm_params np;
+        np.scale = m->input_scale;
+        for (int i = 0; i < 4; i++) {
+            np.mean[i] = m->mean[i];
+            np.inv_std[i] = 1.0f / m->std[i]; /* as the CPU's op_normalize */
+        }
+        KERNEL_TRY(e, ert_k_normalise(a->norm_src, s->buf[ps->in_buf], n, m->input.c,
+                                      m->input.h * m->input.w, np, s->stream));
+    }
+    if (a->iota_base >= 0)
+        KERNEL_TRY(e, ert_k_iota(s->orig[a->cur], n, a->iota_base, s->stream));
+    for (int i = ps->backbone.begin; i < ps->backbone.end; i++)
+        if ((st = op_run(e, c, s, i, n)) != ERT_OK)
+            return st;
+    if (macs)
+        *macs += (uint64_t)n * e->plan.stages[a->si].macs;
+    if (!ps->has_exit)
+        return ERT_OK;
+    for (int i = ps->head.begin; i < ps->conf.end; i++) /* head, then confidence */
+        if ((st = op_run(e, c, s, i, n)) != ERT_OK)
+            return st;
+    if (macs)
+        *macs += (uint64_t)n * m->exits[a->si].head_macs;
+
+    ert_exit_args x;
+    memset(&x, 0, sizeof x);
+    x.logits = s->buf[ps->logits_buf];
+    x.conf = ps->conf_buf >= 0 ? s->buf[ps->conf_buf] : NULL;
+    x.orig = s->orig[a->cur];
+    x.n = n;
+    x.K = m->num_classes;
+    x.policy = (int)m->exits[a->si].policy;
+    x.threshold = e->thresholds[a->si];
+    x.d_threshold = a->d_threshold;
+    x.exit_index = a->si;
+    x.samples = a->samples;
+    x.out_logits = a->logits;
+    x.d_n = a->d_n;
+    if (a->gather_buf < 0) {
+        x.done = a->done;
+        KERNEL_TRY(e, ert_k_exit_decide(&x, s->stream));
+        return ERT_OK;
+    }
+    x.new_orig = s->orig[!a->cur];
+    x.src_row = s->src_row;
+    x.count = s->d_count + a->si;
+    x.sw = a->sw;
+    KERNEL_TRY(e, ert_k_exit_compact(&x, s->stream));
+    if (a->h_count) {
+        /* the count on its way to the host before the gather is queued, so
+           the host's wait for it overlaps the gather */
+        CUDA_TRY(e, cudaMemcpyAsync(a->h_count, x.count, sizeof(int), cudaMemcpyDeviceToHost,
+                                    s->stream));
+        CUDA_TRY(e, cudaEventRecord(a->count_event, s->stream));
+    }
+    /* the gather reads the count on the device; its grid covers all n rows */
+    KERNEL_TRY(e, ert_k_gather_rows(s->buf[ps->out_buf], s->buf[a->gather_buf], s->src_row,
+                                    x.count, n, ps->out_row, s->stream));
+    return ERT_OK;
+fail:
+    return st;
+}
+
+/* ---- the refill stream's stage op ------------------------------------------------------ */
+
 ert_status cuda_run_stage(ert_engine *e, int si, const float *in, int n, float *out,
                           ert_sample *res, float *logits, unsigned char *exited, uint64_t *macs)
 {
     ert_status st = ERT_OK;
     cuda_ctx *c = e->ctx;
-    const ert_model *m = e->model;
     const program *prog = &c->prog;
     const prog_stage *ps = &prog->stages[si];
     cuda_slot *s = &c->slots[0];
     const int last = si == prog->num_stages - 1;
-    const size_t K = (size_t)m->num_classes;
+    const size_t K = (size_t)e->model->num_classes;
     const size_t in_row = shape_size(e->plan.stages[si].in);
     CUDA_TRY(e, cudaSetDevice(c->device));
 
@@ -40,59 +117,15 @@ ert_status cuda_run_stage(ert_engine *e, int si, const float *in, int n, float *
     float *x = s->buf[ps->in_buf];
     CUDA_TRY(e, cudaMemcpyAsync(x, in, (size_t)n * in_row * sizeof(float),
                                 cudaMemcpyHostToDevice, s->stream));
-    if (si == 0) {
-        ert_norm_params np;
-        np.scale = m->input_scale;
-        for (int i = 0; i < 4; i++) {
-            np.mean[i] = m->mean[i];
-            np.inv_std[i] = 1.0f / m->std[i]; /* as the CPU's op_normalize */
-        }
-        KERNEL_TRY(e, ert_k_normalise(x, x, n, m->input.c, m->input.h * m->input.w, np,
-                                      s->stream));
-    }
-    for (int i = ps->backbone.begin; i < ps->backbone.end; i++)
-        if ((st = op_run(e, c, s, i, n)) != ERT_OK)
-            goto fail;
-    *macs += (uint64_t)n * e->plan.stages[si].macs;
-
-    if (!ps->has_exit) {
-        /* ERT_MODE_FULL before the final head: every row goes on */
-        CUDA_TRY(e, cudaMemcpyAsync(out, s->buf[ps->out_buf], (size_t)n * ps->out_row *
-                                                                  sizeof(float),
-                                    cudaMemcpyDeviceToHost, s->stream));
-        CUDA_TRY(e, cudaStreamSynchronize(s->stream));
-        memset(exited, 0, (size_t)n);
-        return ERT_OK;
-    }
-    for (int i = ps->head.begin; i < ps->conf.end; i++) /* head, then confidence */
-        if ((st = op_run(e, c, s, i, n)) != ERT_OK)
-            goto fail;
-    *macs += (uint64_t)n * m->exits[si].head_macs;
-
-    /* rows are their own original positions; a row that stays keeps the
-       poison exit index -1, which is how `exited` is read back */
-    KERNEL_TRY(e, ert_k_iota(s->orig[0], n, 0, s->stream));
-    CUDA_TRY(e, cudaMemsetAsync(c->d_samples, 0xff, (size_t)n * sizeof(ert_sample), s->stream));
-    ert_exit_args a;
-    memset(&a, 0, sizeof a);
-    a.logits = s->buf[ps->logits_buf];
-    a.conf = ps->conf_buf >= 0 ? s->buf[ps->conf_buf] : NULL;
-    a.orig = s->orig[0];
-    a.n = n;
-    a.K = (int)K;
-    a.policy = (int)m->exits[si].policy;
-    a.threshold = e->thresholds[si];
-    a.exit_index = si;
-    a.samples = c->d_samples;
-    a.out_logits = c->d_logits;
-
-    int kept = 0;
-    if (last) {
-        KERNEL_TRY(e, ert_k_exit_decide(&a, s->stream));
-    } else {
-        /* the gather's target: the COMPACTED program's, else any buffer but
-           the stage output (after the exit kernel, the others are dead) */
-        int g = ps->gather_buf;
+    /* a row that stays keeps the poison exit index -1: how `exited` is read */
+    if (ps->has_exit)
+        CUDA_TRY(e, cudaMemsetAsync(c->d_samples, 0xff, (size_t)n * sizeof(ert_sample),
+                                    s->stream));
+    /* the gather's target: the COMPACTED program's, else any buffer but the
+       stage output (after the exit kernel, the others are dead) */
+    int g = -1;
+    if (ps->has_exit && !last) {
+        g = ps->gather_buf;
         for (int b = 0; g < 0 && b < prog->nbuf; b++)
             if (b != ps->out_buf)
                 g = b;
@@ -100,12 +133,24 @@ ert_status cuda_run_stage(ert_engine *e, int si, const float *in, int n, float *
             st = engine_fail(e, ERT_INTERNAL, "cuda stage %d: no buffer to gather into", si);
             goto fail;
         }
-        a.new_orig = s->orig[1];
-        a.src_row = s->src_row;
-        a.count = s->d_count + si;
-        KERNEL_TRY(e, ert_k_exit_compact(&a, s->stream));
-        KERNEL_TRY(e, ert_k_gather_rows(s->buf[ps->out_buf], s->buf[g], s->src_row,
-                                        s->d_count + si, n, ps->out_row, s->stream));
+    }
+    /* rows are their own original positions */
+    stage_args a = {.si = si, .n = n, .norm_src = si == 0 ? x : NULL, .iota_base = 0,
+                    .samples = c->d_samples, .logits = c->d_logits, .gather_buf = g};
+    if ((st = stage_enqueue(e, c, s, &a, macs)) != ERT_OK)
+        goto fail;
+
+    if (!ps->has_exit) {
+        /* ERT_MODE_FULL before the final head: every row goes on */
+        CUDA_TRY(e, cudaMemcpyAsync(out, s->buf[ps->out_buf],
+                                    (size_t)n * ps->out_row * sizeof(float),
+                                    cudaMemcpyDeviceToHost, s->stream));
+        CUDA_TRY(e, cudaStreamSynchronize(s->stream));
+        memset(exited, 0, (size_t)n);
+        return ERT_OK;
+    }
+    int kept = 0;
+    if (!last) {
         CUDA_TRY(e, cudaMemcpyAsync(s->h_count + si, s->d_count + si, sizeof(int),
                                     cudaMemcpyDeviceToHost, s->stream));
         CUDA_TRY(e, cudaStreamSynchronize(s->stream)); /* the count, for the copy size */
