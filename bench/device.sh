@@ -28,6 +28,10 @@
 #             through the graphs) and racecheck on one (sanitize.txt)
 #   bench     exitrt bench --quick on each bundled model, wait-based and with
 #             8 graph buckets, if time remains (bench.tgz: text and JSON)
+# STEPS (default "cli tests sanitize bench") picks the steps after env, e.g.
+# STEPS=bench for a benchmark-only call. Bench knobs: BENCH_ARGS (default
+# "--quick --batches 1,64,256,1024"), BENCH_PEER=1 adds the PyTorch peer on
+# the GPU (python3 there has torch), BENCH_MODELS (default all three).
 # At most 8 files come back: summary.txt env.txt cli.txt preds.tgz tests.txt
 # sanitize.txt bench.tgz.
 #
@@ -51,6 +55,8 @@ mkdir -p "$out"
 summary=$out/summary.txt
 : >"$summary"
 deadline=${DEADLINE:-440}
+steps=" ${STEPS:-cli tests sanitize bench} "
+want() { case $steps in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 pack=$root/.devlibs/pack.tgz
 work=$(mktemp -d /tmp/ert-device.XXXXXX)
 limit_kib=$((60 * 1024))
@@ -168,6 +174,7 @@ step() {
 }
 
 # ---- cli: CUDA vs the carried CPU references --------------------------------------------
+if want cli; then
 nref=$(cat "$work/ref-samples")
 preds=$work/preds
 mkdir -p "$preds"
@@ -201,13 +208,15 @@ for mj in models/*/model.json; do
     done
 done
 tar czf "$out/preds.tgz" -C "$preds" . 2>/dev/null
+fi
 
 # ---- tests: test_gpu area by area ----------------------------------------------------------
-for area in device_order unfused modes modes_vs_reference graphs graphs_config stream; do
+want tests && for area in device_order unfused modes modes_vs_reference graphs graphs_config stream; do
     step "test_gpu $area" 90 "$out/tests.txt" "$bin/test_gpu" --jobs 1 --verbose --filter "$area/*"
 done
 
 # ---- sanitize: one small test each (Criterion forks: follow the children) ------------------
+if want sanitize; then
 for t in device_order/compacted_null_stream graphs/infer_device; do
     step "memcheck $t" 150 "$out/sanitize.txt" compute-sanitizer --tool memcheck \
         --leak-check full --target-processes all --error-exitcode 99 \
@@ -217,14 +226,21 @@ step "racecheck" 120 "$out/sanitize.txt" compute-sanitizer --tool racecheck \
     --racecheck-report all --target-processes all --error-exitcode 99 \
     "$bin/test_gpu" --jobs 1 --filter 'device_order/compacted_null_stream'
 grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitize.txt" | sed 's/^/    /' >>"$summary"
+fi
 
 # ---- bench: a short one if time remains -----------------------------------------------------
 b=$work/bench
 mkdir -p "$b"
-for m in fmnist-resnet fmnist-cnn-conf fmnist-mlp3; do
+export ERT_PYTHON=${ERT_PYTHON:-python3} # the peer: the python that has torch there
+want bench && for m in ${BENCH_MODELS:-fmnist-resnet fmnist-cnn-conf fmnist-mlp3}; do
     for gb in 0 8; do
-        step "bench $m graph-buckets $gb" 60 "$b/bench.txt" "$bin/exitrt" bench \
-            "models/$m" --device cuda --quick --graph-buckets "$gb" --batches 1,64,256,1024 \
+        peer=()
+        # the peer once per model, beside the bucketed graphs
+        [ "${BENCH_PEER:-0}" = 1 ] && [ "$gb" = 8 ] && peer=(--peer)
+        # shellcheck disable=SC2086
+        step "bench $m graph-buckets $gb${peer:+ peer}" "${BENCH_LIMIT:-60}" \
+            "$b/bench.txt" "$bin/exitrt" bench "models/$m" --device cuda --graph-buckets "$gb" \
+            ${BENCH_ARGS:---quick --batches 1,64,256,1024} "${peer[@]}" \
             --json "$b/gpu-$m-gb$gb.json"
         tar czf "$out/bench.tgz" -C "$b" .
     done

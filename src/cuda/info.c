@@ -24,11 +24,16 @@ int cuda_info_query(int device, cuda_info *out)
     FILE *f = fopen("/proc/driver/nvidia/version", "r");
     if (f) {
         char line[256];
-        /* "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.159.04  <date>" */
+        /* "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04
+           Release Build ...", or without "Open" and "for": the version is the
+           first word after "Module" that starts with a digit and holds a dot */
         if (fgets(line, sizeof line, f)) {
-            char *k = strstr(line, "Kernel Module");
-            if (k)
-                sscanf(k + strlen("Kernel Module"), " %31s", out->kernel_driver);
+            char *k = strstr(line, "Module");
+            for (char *w = k ? strtok(k, " \t\n") : NULL; w; w = strtok(NULL, " \t\n"))
+                if (w[0] >= '0' && w[0] <= '9' && strchr(w, '.')) {
+                    snprintf(out->kernel_driver, sizeof out->kernel_driver, "%s", w);
+                    break;
+                }
         }
         fclose(f);
     }
