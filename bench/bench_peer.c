@@ -247,7 +247,7 @@ int bench_run_peer(bench_run *r)
     if (pid == 0) {
         /* the peer's stdout (progress) joins our stderr; results go to --out */
         dup2(STDERR_FILENO, STDOUT_FILENO);
-        execv(py, argv);
+        execvp(py, argv); /* ERT_PYTHON may be a bare name, found on PATH */
         fprintf(stderr, "exitrt bench: cannot run %s: %s\n", py, strerror(errno));
         _exit(127);
     }

@@ -31,7 +31,8 @@
 # STEPS (default "cli tests sanitize bench") picks the steps after env, e.g.
 # STEPS=bench for a benchmark-only call. Bench knobs: BENCH_ARGS (default
 # "--quick --batches 1,64,256,1024"), BENCH_PEER=1 adds the PyTorch peer on
-# the GPU (python3 there has torch), BENCH_MODELS (default all three).
+# the GPU (python3 there has torch), BENCH_MODELS (default all three),
+# BENCH_GB (graph-bucket settings, default "0 8"; the peer runs beside 8).
 # At most 8 files come back: summary.txt env.txt cli.txt preds.tgz tests.txt
 # sanitize.txt bench.tgz.
 #
@@ -233,7 +234,7 @@ b=$work/bench
 mkdir -p "$b"
 export ERT_PYTHON=${ERT_PYTHON:-python3} # the peer: the python that has torch there
 want bench && for m in ${BENCH_MODELS:-fmnist-resnet fmnist-cnn-conf fmnist-mlp3}; do
-    for gb in 0 8; do
+    for gb in ${BENCH_GB:-0 8}; do
         peer=()
         # the peer once per model, beside the bucketed graphs
         [ "${BENCH_PEER:-0}" = 1 ] && [ "$gb" = 8 ] && peer=(--peer)
