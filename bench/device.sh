@@ -37,6 +37,16 @@
 # sanitize.txt bench.tgz.
 #
 # What GPU runs found (newest first; bench/RESULTS.md has the figures):
+#   2026-11-29, runs 3 and 4 (commits b10bdec, 905dce9; STEPS=bench): the
+#     benchmarks of bench/RESULTS.md. The peer did not start in run 3 (execv
+#     of a bare "python3"; bench_peer.c now uses execvp). Findings: at these
+#     model sizes the GPU is launch-bound; the bucketed graphs run COMPACTED
+#     2.6-5.9x faster than eager FULL on the ResNet at batch 8-256; eager FULL
+#     trails PyTorch at batch 1024 (host staging copy, no graph for FULL).
+#   2026-11-29, run 2 (commit 717aba3, after the one-stage-path refactor):
+#     everything passed: 15/15 CLI comparisons, test_gpu 46/46, memcheck on
+#     a wait-based and a graph test, racecheck. The bench JSON's driver read
+#     "for" (the open kernel module's version line; parser fixed).
 #   2026-11-29, run 1 (commit b7a6ccd; NVIDIA H200, driver 580.159.04, CUDA
 #     13.0, cuDNN 9.19.0, cuBLAS 13.1.0; 88 s of command time): the first run
 #     of the CUDA backend anywhere. The carried binaries loaded; all 15 CLI
