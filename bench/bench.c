@@ -24,6 +24,7 @@
 #include "calibrate.h"
 #include "data.h"
 #include "ert_commit.h"
+#include "tools.h"
 
 static const char *USAGE =
     "usage: exitrt bench MODEL [options]\n"
@@ -593,7 +594,7 @@ static int sweep_batch(bench_run *r, ert_backend be, int batch)
         cfg.max_batch = batch;
         cfg.threads = r->threads;
         cfg.inflight = r->inflight;
-        if (r->graph_buckets >= 0)
+        if (r->graph_buckets >= 0) /* bench_main resolves -1 to the tools' default */
             cfg.graph_buckets = r->graph_buckets;
         ert_error err;
         ert_status st = ert_engine_create(r->model, &cfg, &eng[m], &err);
@@ -714,6 +715,8 @@ int bench_main(int argc, char **argv)
     if (rc)
         return rc;
     r.model_path = o.model;
+    if (r.graph_buckets < 0)
+        r.graph_buckets = tools_graph_buckets_default();
     time_t t = time(NULL);
     strftime(r.date, sizeof r.date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
     r.commit = ERT_COMMIT;

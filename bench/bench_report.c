@@ -54,11 +54,8 @@ void bench_print_table(const bench_run *r, FILE *out)
                     ci->driver % 1000 / 10, ci->runtime / 1000, ci->runtime % 1000 / 10,
                     ci->cudnn / 10000, ci->cudnn % 10000 / 100, ci->cudnn % 100, ci->cublas[0],
                     ci->cublas[1], ci->cublas[2]);
-        fprintf(out, "  cuda: %d batch(es) in flight, graph buckets ", r->inflight);
-        if (r->graph_buckets >= 0)
-            fprintf(out, "%d\n", r->graph_buckets);
-        else
-            fprintf(out, "the engine default ($ERT_GRAPH_BUCKETS or 0)\n");
+        fprintf(out, "  cuda: %d batch(es) in flight, graph buckets %d\n", r->inflight,
+                r->graph_buckets);
         fprintf(out, "  cuda timing: host wall clock around ert_infer, which returns with the "
                      "results on the host (input and output copies included)\n");
     }

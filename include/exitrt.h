@@ -29,8 +29,26 @@
 extern "C" {
 #endif
 
+/* The version of this header. ert_version() gives the library's, which a
+ * program linked against the shared library may find newer; the ABI stays
+ * the same within one major version (the shared library's SONAME is
+ * libexitrt.so.<major>). */
 #define ERT_VERSION_MAJOR 0
-#define ERT_VERSION_MINOR 1
+#define ERT_VERSION_MINOR 2
+#define ERT_VERSION_PATCH 0
+
+/* ERT_API marks what the shared library exports (everything else is hidden);
+ * ERT_NODISCARD makes the compiler warn when a status is ignored. */
+#if defined(__GNUC__) || defined(__clang__)
+#define ERT_API __attribute__((visibility("default")))
+#define ERT_NODISCARD __attribute__((warn_unused_result))
+#else
+#define ERT_API
+#define ERT_NODISCARD
+#endif
+
+/* The library's version as "MAJOR.MINOR.PATCH" (a static string). */
+ERT_API const char *ert_version(void);
 
 /* Exits per model, the final head included. */
 #define ERT_MAX_EXITS 16
@@ -51,7 +69,7 @@ typedef enum ert_status {
 } ert_status;
 
 /* A static string naming the status ("ok", "format error", ...). */
-const char *ert_status_string(ert_status s);
+ERT_API const char *ert_status_string(ert_status s);
 
 typedef struct ert_error {
     char msg[ERT_ERROR_LEN];
@@ -77,9 +95,9 @@ typedef enum ert_policy_kind {
     ERT_POLICY_CONFIDENCE_HEAD  /* exits when the learned head's output >= threshold */
 } ert_policy_kind;
 
-const char *ert_backend_string(ert_backend b);
-const char *ert_mode_string(ert_mode m);
-const char *ert_policy_string(ert_policy_kind p);
+ERT_API const char *ert_backend_string(ert_backend b);
+ERT_API const char *ert_mode_string(ert_mode m);
+ERT_API const char *ert_policy_string(ert_policy_kind p);
 
 typedef struct ert_model ert_model;
 typedef struct ert_engine ert_engine;
@@ -91,33 +109,34 @@ typedef struct ert_engine ert_engine;
  * whole file and folds batch norm into the preceding convolutions.
  * On success *out owns the model (free with ert_model_free). On failure *out
  * is NULL and err (if not NULL) names the file, the field and the problem. */
+ERT_API ERT_NODISCARD
 ert_status ert_model_load(const char *path, ert_model **out, ert_error *err);
 
 /* Frees a model. NULL is accepted. If engines created from it are still
  * alive, the model is released when the last of them is freed. */
-void ert_model_free(ert_model *m);
+ERT_API void ert_model_free(ert_model *m);
 
 /* Number of exits, the final head included (>= 1). The final head is exit
  * ert_model_num_exits() - 1. */
-int ert_model_num_exits(const ert_model *m);
-int ert_model_num_classes(const ert_model *m);
+ERT_API int ert_model_num_exits(const ert_model *m);
+ERT_API int ert_model_num_classes(const ert_model *m);
 /* Floats per input sample (C*H*W), and the shape. */
-size_t ert_model_input_size(const ert_model *m);
-void ert_model_input_shape(const ert_model *m, int *c, int *h, int *w);
+ERT_API size_t ert_model_input_size(const ert_model *m);
+ERT_API void ert_model_input_shape(const ert_model *m, int *c, int *h, int *w);
 /* The exit's name, or NULL when i is out of range. */
-const char *ert_model_exit_name(const ert_model *m, int i);
+ERT_API const char *ert_model_exit_name(const ert_model *m, int i);
 /* The exit's index by name, or -1. */
-int ert_model_exit_index(const ert_model *m, const char *name);
-ert_policy_kind ert_model_exit_policy(const ert_model *m, int i);
+ERT_API int ert_model_exit_index(const ert_model *m, const char *name);
+ERT_API ert_policy_kind ert_model_exit_policy(const ert_model *m, int i);
 /* The threshold the model file sets for exit i (NaN for the final head). */
-float ert_model_exit_threshold(const ert_model *m, int i);
+ERT_API float ert_model_exit_threshold(const ert_model *m, int i);
 /* Multiply-accumulates per sample of the full network: backbone and final
  * head, no early heads. */
-uint64_t ert_model_macs_full(const ert_model *m);
+ERT_API uint64_t ert_model_macs_full(const ert_model *m);
 /* The sample data file and label file the model directory names, as paths
  * joined with the model directory, or NULL when none. */
-const char *ert_model_sample_data(const ert_model *m);
-const char *ert_model_sample_labels(const ert_model *m);
+ERT_API const char *ert_model_sample_data(const ert_model *m);
+ERT_API const char *ert_model_sample_labels(const ert_model *m);
 
 /* ---- engine -------------------------------------------------------------- */
 
@@ -144,35 +163,37 @@ typedef struct ert_engine_config {
  * programs that leave the field alone (exitrt run, exitrt bench, the test
  * suites) can be switched to the bucketed path without a rebuild. The
  * default stays 0 until the bucketed path has been verified on a GPU. */
-ert_engine_config ert_engine_config_default(void);
+ERT_API ert_engine_config ert_engine_config_default(void);
 
 /* Creates an engine for model m. Buffers are sized for cfg->max_batch once,
  * here. With ERT_BACKEND_AUTO and no usable CUDA device the CPU backend is
  * used (ert_engine_backend() tells which). On failure *out is NULL and err
  * says why; nothing is leaked. */
+ERT_API ERT_NODISCARD
 ert_status ert_engine_create(ert_model *m, const ert_engine_config *cfg,
                              ert_engine **out, ert_error *err);
-void ert_engine_free(ert_engine *e);
+ERT_API void ert_engine_free(ert_engine *e);
 
 /* The backend the engine runs on (never AUTO), and its mode. */
-ert_backend ert_engine_backend(const ert_engine *e);
-ert_mode ert_engine_mode(const ert_engine *e);
+ERT_API ert_backend ert_engine_backend(const ert_engine *e);
+ERT_API ert_mode ert_engine_mode(const ert_engine *e);
 
 /* The message of the engine's last failure ("" if none). Valid until the
  * next call on the engine. */
-const char *ert_engine_error(const ert_engine *e);
+ERT_API const char *ert_engine_error(const ert_engine *e);
 
 /* A line about how the engine runs that is not an error ("" if none), set at
  * creation. CUDA COMPACTED with graph_buckets > 0: "graphs: on: ..." (the
  * buckets) or "graphs: off: <reason>" (the fallback to the wait-based path,
  * e.g. a library call that could not be captured). Valid while e lives. */
-const char *ert_engine_note(const ert_engine *e);
+ERT_API const char *ert_engine_note(const ert_engine *e);
 
 /* Overrides exit i's threshold for later calls. Rejects the final head, a
  * NaN, and values outside the policy's range ([0,1] for probabilities and
  * the confidence head, [0, log K] ... any value >= 0 for entropy). */
+ERT_API ERT_NODISCARD
 ert_status ert_engine_set_threshold(ert_engine *e, int exit_index, float threshold);
-float ert_engine_threshold(const ert_engine *e, int exit_index);
+ERT_API float ert_engine_threshold(const ert_engine *e, int exit_index);
 
 /* One sample's outcome. */
 typedef struct ert_sample {
@@ -211,6 +232,7 @@ typedef struct ert_result {
  * model's input normalisation is applied inside). 1 <= batch <= max_batch.
  * Fills out->samples (and out->logits when not NULL) at the samples' original
  * positions, and the per-batch figures. */
+ERT_API ERT_NODISCARD
 ert_status ert_infer(ert_engine *e, const float *input, int batch, ert_result *out);
 
 /* Every exit's policy score for every sample of a batch, for calibration
@@ -218,6 +240,7 @@ ert_status ert_infer(ert_engine *e, const float *input, int batch, ert_result *o
  * Runs every head on every sample, so it costs what MASKED costs, whatever
  * the engine's mode. scores: [batch * num_exits], row-major; the final
  * head's score is its max softmax probability. */
+ERT_API ERT_NODISCARD
 ert_status ert_engine_scores(ert_engine *e, const float *input, int batch, float *scores);
 
 /* Device-side results of ert_infer_device: device pointers the caller owns. */
@@ -239,17 +262,19 @@ typedef struct ert_device_result {
  * streams passes cudaStreamPerThread instead), and the call returns once the
  * results are written (it synchronises), since nothing else could order
  * after it. */
+ERT_API ERT_NODISCARD
 ert_status ert_infer_device(ert_engine *e, const void *d_input, int batch,
                             ert_device_result *out, void *cuda_stream);
 
 /* Whether this build has the CUDA backend, and whether a device is usable. */
-int ert_cuda_available(void);
+ERT_API int ert_cuda_available(void);
 
 /* One line naming CUDA device `device` (name, compute capability, SMs,
  * memory) and the CUDA driver, runtime, cuDNN and cuBLAS versions in use,
  * into buf (cap bytes, always terminated). ERT_NO_DEVICE when the device
  * cannot be queried (the line then says why, with the library versions);
  * ERT_UNSUPPORTED in a build without the CUDA backend. */
+ERT_API ERT_NODISCARD
 ert_status ert_cuda_info(int device, char *buf, size_t cap);
 
 /* ---- stream (refill) ----------------------------------------------------- *
@@ -317,7 +342,7 @@ typedef struct ert_stream_config {
 
 /* Defaults: batch 0 (the engine's max_batch), queue 0 (see above),
  * deadline 2 ms, deepest stage first. */
-ert_stream_config ert_stream_config_default(void);
+ERT_API ert_stream_config ert_stream_config_default(void);
 
 /* Creates a stream on engine e (any backend whose engine supports streams:
  * CPU and CUDA; any mode: MASKED and COMPACTED engines give early exits,
@@ -326,11 +351,12 @@ ert_stream_config ert_stream_config_default(void);
  * ert_stream_free, before the engine). On failure *out is NULL and err
  * says why: ERT_INVALID_ARGUMENT for a bad config, ERT_UNSUPPORTED when the
  * backend has no stage runner, ERT_OUT_OF_MEMORY. */
+ERT_API ERT_NODISCARD
 ert_status ert_stream_create(ert_engine *e, const ert_stream_config *cfg, ert_stream **out,
                              ert_error *err);
 
 /* Frees the stream and every result not yet polled. NULL is accepted. */
-void ert_stream_free(ert_stream *s);
+ERT_API void ert_stream_free(ert_stream *s);
 
 /* Enqueues n samples, all or nothing. inputs: [n, C, H, W] floats in raw
  * units (as ert_infer; copied, the caller keeps its buffer). ids: [n] caller
@@ -346,6 +372,7 @@ void ert_stream_free(ert_stream *s);
  * then finds nothing finished, flush (or wait for the deadline) to move
  * them. A stage that fails leaves the stream as it was before that
  * stage run (a later call retries it); the message is on ert_stream_error. */
+ERT_API ERT_NODISCARD
 ert_status ert_stream_submit(ert_stream *s, const float *inputs, int n, const uint64_t *ids);
 
 /* One finished sample. */
@@ -366,11 +393,13 @@ typedef struct ert_stream_result {
  * fails, its status is returned (message on ert_stream_error), the stream
  * is as it was before that run, and *got still counts the results handed
  * out. */
+ERT_API ERT_NODISCARD
 ert_status ert_stream_poll(ert_stream *s, ert_stream_result *results, float *logits, int max,
                            int *got);
 
 /* Runs stages, partial batches included, until no sample is queued in any
  * stage: every admitted sample is finished and waits for poll. */
+ERT_API ERT_NODISCARD
 ert_status ert_stream_flush(ert_stream *s);
 
 /* Counters over the stream's life. */
@@ -397,10 +426,10 @@ typedef struct ert_stream_stats {
 } ert_stream_stats;
 
 /* Fills *out with the stream's counters (zeros for a NULL stream). */
-void ert_stream_get_stats(const ert_stream *s, ert_stream_stats *out);
+ERT_API void ert_stream_get_stats(const ert_stream *s, ert_stream_stats *out);
 
 /* The message of the stream's last failure ("" if none). */
-const char *ert_stream_error(const ert_stream *s);
+ERT_API const char *ert_stream_error(const ert_stream *s);
 
 #ifdef __cplusplus
 }

@@ -19,6 +19,13 @@ ert_status engine_fail(ert_engine *e, ert_status status, const char *fmt, ...)
     return status;
 }
 
+#define ERT_STR_(x) #x
+#define ERT_STR(x) ERT_STR_(x)
+const char *ert_version(void)
+{
+    return ERT_STR(ERT_VERSION_MAJOR) "." ERT_STR(ERT_VERSION_MINOR) "." ERT_STR(ERT_VERSION_PATCH);
+}
+
 int ert_cuda_available(void)
 {
 #ifdef ERT_HAVE_CUDA
@@ -50,19 +57,6 @@ ert_status ert_cuda_info(int device, char *buf, size_t cap)
 /* Most row-count buckets per stage (each is a captured graph body). */
 #define ENGINE_MAX_GRAPH_BUCKETS 64
 
-/* ERT_GRAPH_BUCKETS when it holds an integer in [0, 64], else 0. */
-static int env_graph_buckets(void)
-{
-    const char *v = getenv("ERT_GRAPH_BUCKETS");
-    if (!v || !*v)
-        return 0;
-    char *end = NULL;
-    long k = strtol(v, &end, 10);
-    if (*end != '\0' || k < 0 || k > ENGINE_MAX_GRAPH_BUCKETS)
-        return 0;
-    return (int)k;
-}
-
 ert_engine_config ert_engine_config_default(void)
 {
     ert_engine_config c = {
@@ -72,7 +66,7 @@ ert_engine_config ert_engine_config_default(void)
         .threads = 0,
         .device = 0,
         .inflight = 1,
-        .graph_buckets = env_graph_buckets(),
+        .graph_buckets = 0,
     };
     return c;
 }

@@ -11,6 +11,7 @@
 #include "refill_bench.h"
 #include "cli.h"
 #include "data.h"
+#include "tools.h"
 
 static const char RUN_USAGE[] =
     "usage: exitrt run MODEL [options]\n"
@@ -502,8 +503,7 @@ int cmd_run(int argc, char **argv)
     cfg.max_batch = (int)((size_t)o.batch < n ? (size_t)o.batch : n);
     cfg.threads = (int)o.threads;
     cfg.inflight = (int)o.inflight;
-    if (o.graph_buckets >= 0)
-        cfg.graph_buckets = (int)o.graph_buckets;
+    cfg.graph_buckets = o.graph_buckets >= 0 ? (int)o.graph_buckets : tools_graph_buckets_default();
     if ((st = ert_engine_create(m, &cfg, &e, &err)) != ERT_OK) {
         rc = cli_error(CLI_FAIL, "%s", err.msg[0] ? err.msg : ert_status_string(st));
         goto done;

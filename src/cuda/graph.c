@@ -176,10 +176,13 @@ fail:
     return st;
 }
 
-/* The test hook of graph.h: ERT_GRAPH_FAULT names the failure to force. */
+const char *ert_cuda_test_graph_fault = NULL;
+
+/* The test hook of graph.h: ert_cuda_test_graph_fault names the failure to
+ * force. */
 static int fault_is(const char *what)
 {
-    const char *v = getenv("ERT_GRAPH_FAULT");
+    const char *v = ert_cuda_test_graph_fault;
     return v && strcmp(v, what) == 0;
 }
 
@@ -198,7 +201,7 @@ static ert_status body_capture(ert_engine *e, cuda_ctx *c, graph_state *g, int i
     if (st == ERT_OK && si == 0 && b == 0 && fault_is("host-node")) {
         cudaError_t r = cudaLaunchHostFunc(s->stream, fault_host_fn, NULL);
         if (r != cudaSuccess)
-            st = engine_fail(e, ERT_CUDA, "cudaLaunchHostFunc (ERT_GRAPH_FAULT) failed: %s",
+            st = engine_fail(e, ERT_CUDA, "cudaLaunchHostFunc (the test hook) failed: %s",
                              cudaGetErrorString(r));
     }
     /* always end the capture, also after a failure: the stream must leave
@@ -301,7 +304,7 @@ static ert_status slot_graph_build(ert_engine *e, cuda_ctx *c, graph_state *g, i
         tail = node;
     }
     if (fault_is("instantiate"))
-        return engine_fail(e, ERT_CUDA, "cudaGraphInstantiate: failure forced by ERT_GRAPH_FAULT");
+        return engine_fail(e, ERT_CUDA, "cudaGraphInstantiate: failure forced by the test hook");
     CUDA_TRY(e, cudaGraphInstantiate(&gs->exec, gs->graph, 0));
     CUDA_TRY(e, cudaGraphUpload(gs->exec, s->stream));
     return ERT_OK;

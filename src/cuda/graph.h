@@ -38,9 +38,9 @@
  * If any step fails (a call that cannot be captured, a node type a body
  * may not hold, instantiation), everything made here is freed, the engine
  * keeps the wait-based path, and e->note says "graphs: off: <reason>".
- * Test hook: the environment variable ERT_GRAPH_FAULT=host-node captures a
- * host function into the first body (a node no body may hold), and
- * ERT_GRAPH_FAULT=instantiate fails before instantiation, to exercise that
+ * Test hook (the library reads no environment): ert_cuda_test_graph_fault =
+ * "host-node" captures a host function into the first body (a node no body
+ * may hold), and "instantiate" fails before instantiation, to exercise that
  * fallback.
  */
 #ifndef ERT_CUDA_GRAPH_H
@@ -49,6 +49,9 @@
 #include "cuda_internal.h"
 
 typedef struct graph_state graph_state;
+
+/* The test hook above; NULL (the default): no fault. */
+extern const char *ert_cuda_test_graph_fault;
 
 /* Builds the bucketed graphs when the engine asks for them (COMPACTED,
  * cfg.graph_buckets > 0, at least one early exit), and sets e->note.
