@@ -8,6 +8,9 @@
 #
 # The pack holds:
 #   bin/     exitrt and test_gpu
+#   consumer/  the README's program (tests/api_example.c) built against the
+#            installed library: api_example-shared (CMake package, loads
+#            lib/libexitrt.so.0) and api_example-static (pkg-config --static)
 #   lib/     the non-CUDA shared libraries they need (OpenBLAS, cJSON, zlib,
 #            Criterion and its chain), found with ldd; the C runtime and the
 #            CUDA, cuBLAS and cuDNN libraries stay behind (the GPU machine has
@@ -33,7 +36,7 @@ nref=${REF_SAMPLES:-2000}
 limit_kib=$((60 * 1024))
 
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$build" -j"$jobs" --target exitrt_cli test_gpu >/dev/null
+cmake --build "$build" -j"$jobs" --target exitrt_cli test_gpu exitrt exitrt_static >/dev/null
 [ -x "$build/tests/test_gpu" ] || { echo "device-pack: no test_gpu: is the CUDA backend ON?" >&2; exit 1; }
 
 stage=$(mktemp -d)
@@ -61,6 +64,22 @@ for mj in "$root"/models/*/model.json; do
             --predictions "$p.csv" --logits "$p.npy" >"$p.json"
     done
 done
+
+# The library as a host program uses it: installed into a prefix, the
+# README's program built against it through the CMake package (shared) and
+# pkg-config (static); on the GPU both must print what `exitrt run` prints.
+prefix=$(mktemp -d)
+cmake --install "$build" --prefix "$prefix/p" >/dev/null
+cmake -S "$root/tests/packaging/consumer" -B "$prefix/c" -DCMAKE_PREFIX_PATH="$prefix/p" \
+    -DEXAMPLE_SOURCE="$root/tests/api_example.c" >/dev/null
+cmake --build "$prefix/c" >/dev/null
+mkdir -p "$stage/consumer"
+cp "$prefix/c/api_example" "$stage/consumer/api_example-shared"
+PKG_CONFIG_PATH=$prefix/p/lib/pkgconfig cc -o "$stage/consumer/api_example-static" \
+    "$root/tests/api_example.c" $(PKG_CONFIG_PATH=$prefix/p/lib/pkgconfig pkg-config --cflags exitrt) \
+    $(PKG_CONFIG_PATH=$prefix/p/lib/pkgconfig pkg-config --static --libs exitrt | sed 's/-lexitrt\b/-l:libexitrt.a/')
+cp -P "$prefix"/p/lib/libexitrt.so* "$stage/lib/"
+rm -rf "$prefix"
 
 printf 'source %s\nbuild %s\n' "$root" "$build" >"$stage/paths"
 git -C "$root" rev-parse HEAD >"$stage/commit" 2>/dev/null || echo unknown >"$stage/commit"

@@ -22,19 +22,23 @@
 #             tests/common/tolerance.h): proves the CUDA backend computes
 #             what the CPU does on real models, and reports host waits
 #             (cli.txt; the CUDA outputs in preds.tgz)
+#   lib       the README's host program, built here against the installed
+#             library (shared through the CMake package, static through
+#             pkg-config), on the GPU: its exit counts and MACs equal
+#             `exitrt run --device cuda` on the same 64 samples (lib.txt)
 #   tests     test_gpu area by area (tests.txt): the backend tests on random
 #             models against the CPU and a float64 reference
 #   sanitize  compute-sanitizer memcheck on two small tests (one wait-based, one
 #             through the graphs) and racecheck on one (sanitize.txt)
 #   bench     exitrt bench --quick on each bundled model, wait-based and with
 #             8 graph buckets, if time remains (bench.tgz: text and JSON)
-# STEPS (default "cli tests sanitize bench") picks the steps after env, e.g.
+# STEPS (default "cli lib tests sanitize bench") picks the steps after env, e.g.
 # STEPS=bench for a benchmark-only call. Bench knobs: BENCH_ARGS (default
 # "--quick --batches 1,64,256,1024"), BENCH_PEER=1 adds the PyTorch peer on
 # the GPU (python3 there has torch), BENCH_MODELS (default all three),
 # BENCH_GB (graph-bucket settings, default "0 8"; the peer runs beside 8).
-# At most 8 files come back: summary.txt env.txt cli.txt preds.tgz tests.txt
-# sanitize.txt bench.tgz.
+# At most 8 files come back: summary.txt env.txt cli.txt preds.tgz lib.txt
+# tests.txt sanitize.txt bench.tgz.
 #
 # What GPU runs found (newest first; bench/RESULTS.md has the figures):
 #   2026-11-29, runs 3 and 4 (commits b10bdec, 905dce9; STEPS=bench): the
@@ -66,7 +70,7 @@ mkdir -p "$out"
 summary=$out/summary.txt
 : >"$summary"
 deadline=${DEADLINE:-440}
-steps=" ${STEPS:-cli tests sanitize bench} "
+steps=" ${STEPS:-cli lib tests sanitize bench} "
 want() { case $steps in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 pack=$root/.devlibs/pack.tgz
 work=$(mktemp -d /tmp/ert-device.XXXXXX)
@@ -111,7 +115,7 @@ export LD_LIBRARY_PATH=$libpath${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 cuda_lib='lib(cuda|cudart|cublas|cublasLt|cudnn[a-z_]*|nvrtc|nvJitLink)\.so'
 sys_lib='(linux-vdso|ld-linux|libc|libm|libdl|libpthread|librt|libresolv|libgcc_s|libstdc\+\+)\.so'
 carry_ok=1
-for b in "$bin"/*; do
+for b in "$bin"/* "$work"/consumer/*; do
     while read -r name _ path _; do
         [[ $name =~ ^$cuda_lib || $name =~ ^$sys_lib ]] && continue
         case $path in
@@ -219,6 +223,35 @@ for mj in models/*/model.json; do
     done
 done
 tar czf "$out/preds.tgz" -C "$preds" . 2>/dev/null
+fi
+
+# ---- lib: the installed library from a host program, on the GPU ---------------------------
+if want lib && ! late lib 60; then
+    z=$work/zeros.npy
+    python3 -c "import numpy as np; np.save('$z', np.zeros((64, 1, 28, 28), np.float32))"
+    {
+        echo "==== lib: exitrt run --device cuda on 64 zero samples, then the host programs"
+        timeout 60 "$bin/exitrt" run models/fmnist-resnet --device cuda --data "$z" --batch 64 \
+            --json >"$work/lib-ref.json"
+        python3 - "$work/lib-ref.json" >"$work/lib-want.txt" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+for e in j["exits"]:
+    print(f"{e['name']}: {e['taken']} samples")
+print(f"MACs {j['macs_executed']} of {j['macs_full']}")
+PY
+        cat "$work/lib-want.txt"
+    } >>"$out/lib.txt" 2>&1
+    for p in "$work"/consumer/*; do
+        n=$(basename "$p")
+        timeout 60 "$p" models/fmnist-resnet >"$work/$n.out" 2>>"$out/lib.txt"
+        rc=$?
+        if [ $rc -eq 0 ] && diff -u "$work/lib-want.txt" "$work/$n.out" >>"$out/lib.txt"; then
+            note "PASS lib $n: $(tr '\n' ';' <"$work/$n.out") ($(ldd "$p" | grep -o 'libexitrt.so.0 => [^ ]*' || echo 'static'))"
+        else
+            note "FAIL lib $n: exit $rc: $(tr '\n' ';' <"$work/$n.out" | head -c 300)"
+        fi
+    done
 fi
 
 # ---- tests: test_gpu area by area ----------------------------------------------------------
