@@ -131,7 +131,7 @@ int main(int argc, char **argv)
         return finish(CLI_OK);
     }
     if (strcmp(verb, "--version") == 0 || strcmp(verb, "version") == 0) {
-        printf("exitrt %d.%d, commit %s (%s)\n", ERT_VERSION_MAJOR, ERT_VERSION_MINOR, ERT_COMMIT,
+        printf("exitrt %s, commit %s (%s)\n", ert_version(), ERT_COMMIT,
 #ifdef ERT_HAVE_CUDA
                "CPU and CUDA backends"
 #else

@@ -24,6 +24,25 @@ ert_engine *tb_engine(ert_model *m, ert_mode mode, int max_batch)
     return e;
 }
 
+ert_engine *tb_engine_on(ert_model *m, ert_backend be, ert_mode mode, int max_batch,
+                         int graph_buckets, int inflight)
+{
+    ert_engine_config cfg = ert_engine_config_default();
+    cfg.backend = be;
+    cfg.mode = mode;
+    cfg.max_batch = max_batch;
+    cfg.graph_buckets = graph_buckets;
+    cfg.inflight = inflight;
+    ert_engine *e = NULL;
+    ert_error err = {{0}};
+    ert_status st = ert_engine_create(m, &cfg, &e, &err);
+    cr_assert_eq(st, ERT_OK, "ert_engine_create (%s, %s, max_batch %d, graph_buckets %d, "
+                 "inflight %d): %s: %s",
+                 ert_backend_string(be), ert_mode_string(mode), max_batch, graph_buckets,
+                 inflight, ert_status_string(st), err.msg);
+    return e;
+}
+
 ert_model *tb_random_model(uint64_t seed, mw_kind kind)
 {
     char dir[256];

@@ -21,6 +21,12 @@
  * Free with ert_engine_free. */
 ert_engine *tb_engine(ert_model *m, ert_mode mode, int max_batch);
 
+/* An engine on backend be with the CUDA knobs too (graph_buckets, inflight);
+ * fails the test when creation fails, naming the settings. Does not skip:
+ * the caller checks for a device first. */
+ert_engine *tb_engine_on(ert_model *m, ert_backend be, ert_mode mode, int max_batch,
+                         int graph_buckets, int inflight);
+
 /* Writes a random model of this kind (mw_random_model) into a fresh temp
  * directory, loads it, removes the directory. Fails the test on error. */
 ert_model *tb_random_model(uint64_t seed, mw_kind kind);

@@ -46,15 +46,7 @@ static void late_input(ert_mode mode, int graph_buckets, int inflight)
     ert_model *m = tb_random_model(71, MW_CNN);
     const int K = ert_model_num_classes(m), n = 64;
     const size_t per = ert_model_input_size(m);
-    ert_engine_config cfg = ert_engine_config_default();
-    cfg.backend = ERT_BACKEND_CUDA;
-    cfg.mode = mode;
-    cfg.max_batch = n;
-    cfg.graph_buckets = graph_buckets;
-    cfg.inflight = inflight;
-    ert_engine *e = NULL;
-    ert_error err = {{0}};
-    cr_assert_eq(ert_engine_create(m, &cfg, &e, &err), ERT_OK, "%s", err.msg);
+    ert_engine *e = tb_engine_on(m, ERT_BACKEND_CUDA, mode, n, graph_buckets, inflight);
 
     float *x = NULL, *other = malloc(sizeof(float) * per * n);
     cr_assert_not_null(other);
@@ -108,18 +100,6 @@ Test(device_order, graphs_null_stream) { late_input(ERT_MODE_COMPACTED, 8, 2); }
 /* src/cuda/cuda_internal.h: every fused conv counts as refused while set. */
 extern int ert_cuda_test_unfused;
 
-static ert_engine *engine_on(ert_model *m, ert_backend be, int max_batch)
-{
-    ert_engine_config cfg = ert_engine_config_default();
-    cfg.backend = be;
-    cfg.mode = ERT_MODE_MASKED;
-    cfg.max_batch = max_batch;
-    ert_engine *e = NULL;
-    ert_error err = {{0}};
-    cr_assert_eq(ert_engine_create(m, &cfg, &e, &err), ERT_OK, "%s", err.msg);
-    return e;
-}
-
 static void unfused(mw_kind kind, uint64_t seed)
 {
     if (ERT_TEST_BACKEND != ERT_BACKEND_CUDA)
@@ -130,11 +110,11 @@ static void unfused(mw_kind kind, uint64_t seed)
     const int K = ert_model_num_classes(m), n = 48;
     const size_t per = ert_model_input_size(m);
     ert_cuda_test_unfused = 1;
-    ert_engine *g = engine_on(m, ERT_BACKEND_CUDA, n);
+    ert_engine *g = tb_engine_on(m, ERT_BACKEND_CUDA, ERT_MODE_MASKED, n, 0, 1);
     ert_cuda_test_unfused = 0;
     cr_assert(strstr(ert_engine_note(g), "run unfused: ") != NULL,
               "the note does not name the convs that fell back: '%s'", ert_engine_note(g));
-    ert_engine *c = engine_on(m, ERT_BACKEND_CPU, n);
+    ert_engine *c = tb_engine_on(m, ERT_BACKEND_CPU, ERT_MODE_MASKED, n, 0, 1);
     float *x = malloc(sizeof(float) * per * n);
     cr_assert_not_null(x);
     mw_random_input(x, per * n, 7301);

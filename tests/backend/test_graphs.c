@@ -31,24 +31,6 @@ static void need_cuda_graphs(void)
         cr_skip_test("no CUDA device");
 }
 
-static ert_engine *engine_k(ert_model *m, ert_backend be, ert_mode mode, int max_batch, int k,
-                            int inflight)
-{
-    ert_engine_config cfg = ert_engine_config_default();
-    cfg.backend = be;
-    cfg.mode = mode;
-    cfg.max_batch = max_batch;
-    cfg.graph_buckets = k;
-    cfg.inflight = inflight;
-    ert_engine *e = NULL;
-    ert_error err = {{0}};
-    ert_status st = ert_engine_create(m, &cfg, &e, &err);
-    cr_assert_eq(st, ERT_OK, "ert_engine_create (%s, %s, max_batch %d, graph_buckets %d): %s: %s",
-                 ert_backend_string(be), ert_mode_string(mode), max_batch, k,
-                 ert_status_string(st), err.msg);
-    return e;
-}
-
 static int starts_with(const char *s, const char *p) { return strncmp(s, p, strlen(p)) == 0; }
 
 
@@ -180,9 +162,9 @@ static void bucketed_sweep(mw_kind kind, uint64_t seed, int k, int inflight, int
     plan_build(m, &p);
     const int E = ert_model_num_exits(m), K = ert_model_num_classes(m);
     ert_engine *es[3] = {
-        engine_k(m, ERT_BACKEND_CUDA, ERT_MODE_COMPACTED, GB_MAX, k, inflight),
-        engine_k(m, ERT_BACKEND_CUDA, ERT_MODE_MASKED, GB_MAX, 0, 1),
-        engine_k(m, ERT_BACKEND_CPU, ERT_MODE_MASKED, GB_MAX, 0, 1),
+        tb_engine_on(m, ERT_BACKEND_CUDA, ERT_MODE_COMPACTED, GB_MAX, k, inflight),
+        tb_engine_on(m, ERT_BACKEND_CUDA, ERT_MODE_MASKED, GB_MAX, 0, 1),
+        tb_engine_on(m, ERT_BACKEND_CPU, ERT_MODE_MASKED, GB_MAX, 0, 1),
     };
     cr_assert(starts_with(ert_engine_note(es[0]), "graphs: on"),
               "the graphs did not come up: %s", ert_engine_note(es[0]));
@@ -262,9 +244,9 @@ static void fallback(const char *fault)
     SET_GRAPH_FAULT(fault);
     ert_model *m = tb_random_model(41, MW_RESNET);
     const int K = ert_model_num_classes(m);
-    ert_engine *g = engine_k(m, ERT_BACKEND_CUDA, ERT_MODE_COMPACTED, GB_MAX, 8, 1);
+    ert_engine *g = tb_engine_on(m, ERT_BACKEND_CUDA, ERT_MODE_COMPACTED, GB_MAX, 8, 1);
     SET_GRAPH_FAULT(NULL);
-    ert_engine *w = engine_k(m, ERT_BACKEND_CUDA, ERT_MODE_MASKED, GB_MAX, 0, 1);
+    ert_engine *w = tb_engine_on(m, ERT_BACKEND_CUDA, ERT_MODE_MASKED, GB_MAX, 0, 1);
     cr_assert(starts_with(ert_engine_note(g), "graphs: off: "), "fault %s: note '%s'",
               fault, ert_engine_note(g));
     cr_assert_str_empty(ert_engine_error(g));
@@ -299,7 +281,7 @@ Test(graphs, masked_ignores_buckets)
 {
     need_cuda_graphs();
     ert_model *m = tb_random_model(42, MW_MLP);
-    ert_engine *e = engine_k(m, ERT_BACKEND_CUDA, ERT_MODE_MASKED, 16, 8, 1);
+    ert_engine *e = tb_engine_on(m, ERT_BACKEND_CUDA, ERT_MODE_MASKED, 16, 8, 1);
     cr_assert(starts_with(ert_engine_note(e), "graphs: not used"), "note '%s'",
               ert_engine_note(e));
     ert_engine_free(e);
@@ -313,7 +295,7 @@ Test(graphs, infer_device)
     need_cuda_graphs();
     ert_model *m = tb_random_model(43, MW_CNN);
     const int K = ert_model_num_classes(m), n = 77;
-    ert_engine *g = engine_k(m, ERT_BACKEND_CUDA, ERT_MODE_COMPACTED, GB_MAX, 8, 2);
+    ert_engine *g = tb_engine_on(m, ERT_BACKEND_CUDA, ERT_MODE_COMPACTED, GB_MAX, 8, 2);
     cr_assert(starts_with(ert_engine_note(g), "graphs: on"), "%s", ert_engine_note(g));
     size_t per = ert_model_input_size(m);
     float *x = malloc(sizeof(float) * per * n);
@@ -392,8 +374,8 @@ Test(graphs_config, cpu_ignores_buckets)
 {
     ert_model *m = tb_random_model(45, MW_RESNET);
     const int K = ert_model_num_classes(m), n = 37;
-    ert_engine *a = engine_k(m, ERT_BACKEND_CPU, ERT_MODE_COMPACTED, 64, 8, 1);
-    ert_engine *b = engine_k(m, ERT_BACKEND_CPU, ERT_MODE_COMPACTED, 64, 0, 1);
+    ert_engine *a = tb_engine_on(m, ERT_BACKEND_CPU, ERT_MODE_COMPACTED, 64, 8, 1);
+    ert_engine *b = tb_engine_on(m, ERT_BACKEND_CPU, ERT_MODE_COMPACTED, 64, 0, 1);
     /* the CPU's note speaks of its BLAS, never of graphs */
     cr_assert_null(strstr(ert_engine_note(a), "graph"), "%s", ert_engine_note(a));
     size_t per = ert_model_input_size(m);

@@ -53,8 +53,8 @@ static void check_logits_ref(const float *got, const float *ref, int k, const ch
         scale = fmaxf(scale, fabsf(ref[j]));
     for (int j = 0; j < k; j++) {
         cr_assert(isfinite(got[j]), "%s: row %d logit %d = %g", what, row, j, got[j]);
-        cr_assert(tol_logit_ok(got[j], ref[j], scale), "%s: row %d logit %d: %.9g, reference %.9g", what,
-                  row, j, got[j], ref[j]);
+        cr_assert(tol_logit_ok(got[j], ref[j], scale), "%s: row %d logit %d: %.9g, reference %.9g",
+                  what, row, j, got[j], ref[j]);
     }
 }
 
@@ -333,7 +333,8 @@ Test(modes, batch_independent)
         const ert_sample *b = &f.mr.comp.samples[i];
         if (one.samples[0].exit_index != b->exit_index) {
             const ert_sample *early = b->exit_index < one.samples[0].exit_index ? b : &one.samples[0];
-            cr_assert(tol_near_threshold(early->score, ert_engine_threshold(f.es[2], early->exit_index)),
+            cr_assert(tol_near_threshold(early->score,
+                                         ert_engine_threshold(f.es[2], early->exit_index)),
                       "row %d: exit %d in the batch, %d alone", i, b->exit_index,
                       one.samples[0].exit_index);
             continue;
@@ -402,7 +403,8 @@ static void vs_reference(mw_kind kind, uint64_t seed)
         const ert_sample *a = &f.mr.masked.samples[i];
         if (a->exit_index != rs[i].exit_index) {
             const ert_sample *early = a->exit_index < rs[i].exit_index ? a : &rs[i];
-            cr_assert(tol_near_threshold(early->score, ert_model_exit_threshold(f.m, early->exit_index)),
+            cr_assert(tol_near_threshold(early->score,
+                                         ert_model_exit_threshold(f.m, early->exit_index)),
                       "sample %d: exit %d, reference %d", i, a->exit_index, rs[i].exit_index);
             flips++;
             continue;
