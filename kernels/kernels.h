@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <cuda_runtime_api.h>
 
+#include "act.h"
 #include "exitrt.h"
 
 #ifdef __cplusplus
@@ -33,7 +34,6 @@ cudaError_t ert_k_normalise(const float *x, float *y, int n, int C, int HW, ert_
 /* idx[i] = base + i for i < n. */
 cudaError_t ert_k_iota(int *idx, int n, int base, cudaStream_t s);
 
-enum { ERT_ACT_NONE = 0, ERT_ACT_RELU = 1, ERT_ACT_SIGMOID = 2 };
 
 /* y[r, c, p] = act(y[r, c, p] + bias[c]) in place; y [n, C, HW]; bias [C]
  * or NULL. ReLU keeps NaN (as PyTorch). */

@@ -174,7 +174,7 @@ static ert_status cuda_create(ert_engine *e, void **out)
     CUDA_TRY(e, cudaSetDevice(c->device));
 
     ert_error perr;
-    st = program_build(m, &e->plan, e->cfg.mode, &c->prog, &perr);
+    st = program_build(m, &e->plan, e->cfg.mode, NULL, &c->prog, &perr);
     if (st != ERT_OK) {
         engine_fail(e, st, "%s", perr.msg);
         goto fail;

@@ -124,11 +124,10 @@ Test(compact_math, block_replay_equals_compact_index)
     cr_assert_eq(cases, 19 * 6 * 4);
 }
 
-#ifdef ERT_HAVE_CUDA
-/* ---- program: symbolic execution ------------------------------------------------ */
+/* ---- program: symbolic execution (every build: src/program.c has no CUDA) ----------- */
 
-#include "../../kernels/kernels.h"
-#include "cuda/program.h"
+#include "act.h"
+#include "program.h"
 #include "model_writer.h"
 #include "plan.h"
 
@@ -188,17 +187,23 @@ static void sym_run(const program *g, prog_range r, uint64_t *buf)
         } else {
             cr_assert_neq(op->in, op->out, "op %d (%s) runs in place", i, op->l->name);
             v = h_layer(op->l, buf[op->in]);
+            if (op->in2 >= 0) { /* a conv with a fused residual join */
+                cr_assert_eq(op->kind, OP_CONV, "op %d: in2 on a non-conv", i);
+                cr_assert(op->in2 < g->nbuf && op->in2 != op->out && op->in != op->out);
+                v = mix(mix(T_ADD, v), buf[op->in2]);
+            }
         }
         buf[op->out] = h_act(v, op->act);
     }
 }
 
 /* Compiles m for mode and checks every stage's values and buffer roles. */
-static void check_program(const ert_model *m, const plan *p, ert_mode mode)
+static void check_program(const ert_model *m, const plan *p, ert_mode mode,
+                          const program_opts *opts)
 {
     program g;
     ert_error err = {{0}};
-    ert_status st = program_build(m, p, mode, &g, &err);
+    ert_status st = program_build(m, p, mode, opts, &g, &err);
     cr_assert_eq(st, ERT_OK, "program_build: %s", err.msg);
     cr_assert(g.nbuf >= 1 && g.nbuf <= PROG_MAX_BUF);
     cr_assert_eq(g.num_stages, m->num_exits);
@@ -262,8 +267,11 @@ Test(program, random_models_all_modes)
         cr_assert_eq(ert_model_load(dir, &m, &err), ERT_OK, "%s", err.msg);
         plan p;
         plan_build(m, &p);
-        for (int mode = ERT_MODE_FULL; mode <= ERT_MODE_COMPACTED; mode++)
-            check_program(m, &p, (ert_mode)mode);
+        program_opts fused = {.fuse_residual = 1};
+        for (int mode = ERT_MODE_FULL; mode <= ERT_MODE_COMPACTED; mode++) {
+            check_program(m, &p, (ert_mode)mode, NULL);
+            check_program(m, &p, (ert_mode)mode, &fused);
+        }
         ert_model_free(m);
         mw_rmtree(dir);
     }
@@ -326,13 +334,30 @@ Test(program, residual_heads_and_fusion)
     p.stages[0] = (stage){0, 2, {4, 4, 4}, {4, 4, 4}, 0};
     p.stages[1] = (stage){2, 6, {4, 4, 4}, {4, 1, 1}, 0};
     p.max_act = 64;
-    for (int mode = ERT_MODE_FULL; mode <= ERT_MODE_COMPACTED; mode++)
-        check_program(m, &p, (ert_mode)mode);
+    program_opts fused = {.fuse_residual = 1};
+    for (int mode = ERT_MODE_FULL; mode <= ERT_MODE_COMPACTED; mode++) {
+        check_program(m, &p, (ert_mode)mode, NULL);
+        check_program(m, &p, (ert_mode)mode, &fused);
+    }
+
+    /* fused: no OP_ADD is left, and both joins are convs with in2 */
+    program f;
+    ert_error ferr;
+    cr_assert_eq(program_build(m, &p, ERT_MODE_MASKED, &fused, &f, &ferr), ERT_OK, "%s",
+                 ferr.msg);
+    int adds = 0, joins = 0;
+    for (int i = 0; i < f.nops; i++) {
+        adds += f.ops[i].kind == OP_ADD;
+        joins += f.ops[i].kind == OP_CONV && f.ops[i].in2 >= 0;
+    }
+    cr_assert_eq(adds, 0);
+    cr_assert_eq(joins, 2);
+    program_free(&f);
 
     /* the ReLU after "stem" is fused into it; the one in the body too */
     program g;
     ert_error err;
-    cr_assert_eq(program_build(m, &p, ERT_MODE_MASKED, &g, &err), ERT_OK, "%s", err.msg);
+    cr_assert_eq(program_build(m, &p, ERT_MODE_MASKED, NULL, &g, &err), ERT_OK, "%s", err.msg);
     cr_assert_eq(g.ops[0].kind, OP_CONV);
     cr_assert_eq(g.ops[0].act, ERT_ACT_RELU);
     int acts = 0;
@@ -347,7 +372,7 @@ Test(program, residual_heads_and_fusion)
 
     /* a plan whose largest activation is too small is refused, not overrun */
     p.max_act = 16;
-    cr_assert_eq(program_build(m, &p, ERT_MODE_FULL, &g, &err), ERT_INTERNAL);
+    cr_assert_eq(program_build(m, &p, ERT_MODE_FULL, NULL, &g, &err), ERT_INTERNAL);
     free(m);
 }
-#endif /* ERT_HAVE_CUDA */
+

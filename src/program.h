@@ -1,10 +1,11 @@
-/* program.h - a model compiled into a flat list of device ops, with buffers.
+/* program.h - a model compiled into a flat list of ops, with buffers.
  *
- * Built once at engine creation, with no CUDA call, so the host tests can
- * check it without a GPU. Every op reads and writes activation buffers named
- * by index 0..nbuf-1; each buffer holds plan->max_act floats per sample for
- * cfg.max_batch samples. The execution (src/cuda/backend.c) walks the stages
- * and runs each op on the rows still active.
+ * Built once at engine creation, with no library call, so the host tests
+ * check it in every build. Every op reads and writes activation buffers
+ * named by index 0..nbuf-1; each buffer holds one activation per sample for
+ * cfg.max_batch samples. The CUDA backend (src/cuda/) and the CPU backend's
+ * oneDNN path (src/cpu/dnnl.c) walk the stages and run each op on the rows
+ * still active.
  *
  * Buffer assignment: a layer list runs with the buffers its caller still
  * needs marked protected; ReLU and sigmoid work in place on a buffer the
@@ -13,17 +14,19 @@
  * a residual needs at most: the stage output, the block input, the body's
  * output, and two for the shortcut: 5. PROG_MAX_BUF leaves room.
  */
-#ifndef ERT_CUDA_PROGRAM_H
-#define ERT_CUDA_PROGRAM_H
+#ifndef ERT_PROGRAM_H
+#define ERT_PROGRAM_H
 
+#include "act.h"
 #include "backend.h"
 
-/* op.act holds kernels.h's ERT_ACT_NONE / ERT_ACT_RELU / ERT_ACT_SIGMOID. */
+/* op.act holds act.h's ERT_ACT_NONE / ERT_ACT_RELU / ERT_ACT_SIGMOID. */
 
 #define PROG_MAX_BUF 8
 
 typedef enum prog_op_kind {
-    OP_CONV = 0,  /* cuDNN convolution, + bias, + fused ReLU when op.act */
+    OP_CONV = 0,  /* convolution + bias, then + in2 when in2 >= 0 (a fused
+                     residual join), then op.act */
     OP_MAXPOOL,   /* cuDNN pooling */
     OP_AVGPOOL,   /* cuDNN pooling, padding counted in the divisor */
     OP_GAP,       /* global average pooling kernel */
@@ -35,7 +38,8 @@ typedef enum prog_op_kind {
 typedef struct prog_op {
     prog_op_kind kind;
     const layer *l;     /* conv, pools, linear: the model layer */
-    int in, in2, out;   /* buffers (in2: OP_ADD only, else -1) */
+    int in, in2, out;   /* buffers (in2: OP_ADD, and OP_CONV with a fused
+                           residual join; else -1) */
     int act;            /* applied to the output */
     shape3 in_shape, out_shape; /* per sample */
 } prog_op;
@@ -64,13 +68,21 @@ typedef struct program {
     ert_mode mode;
 } program;
 
-/* Compiles model m (with plan p) for the given mode. On failure writes a
+/* How to compile. */
+typedef struct program_opts {
+    /* A residual block whose body ends in a convolution runs its shortcut
+     * first, then the body, and the body's last conv adds the shortcut and
+     * applies the block's ReLU itself (OP_CONV with in2): no OP_ADD. */
+    int fuse_residual;
+} program_opts;
+
+/* Compiles model m (with plan p) for the given mode (opts NULL: none). On failure writes a
  * message to err and returns its status (ERT_UNSUPPORTED for a layer the
  * device path cannot run, ERT_OUT_OF_MEMORY, ERT_INTERNAL when a buffer
  * would not fit the plan). *out owns its ops afterwards: program_free. */
-ert_status program_build(const ert_model *m, const plan *p, ert_mode mode, program *out,
-                         ert_error *err);
+ert_status program_build(const ert_model *m, const plan *p, ert_mode mode,
+                         const program_opts *opts, program *out, ert_error *err);
 
 void program_free(program *prog);
 
-#endif /* ERT_CUDA_PROGRAM_H */
+#endif /* ERT_PROGRAM_H */

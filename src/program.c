@@ -1,11 +1,10 @@
-/* program.c - compiles a model into device ops with buffer assignments.
- * No CUDA call here: see program.h. */
+/* program.c - compiles a model into ops with buffer assignments: see
+ * program.h. */
 #include "program.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels.h"
 #include "util.h"
 
 /* ---- builder state ------------------------------------------------------------- */
@@ -19,6 +18,7 @@ typedef struct builder {
     int nbuf;        /* high-water mark */
     ert_error *err;
     ert_status st;
+    program_opts opts;
 } builder;
 
 static int bit(int b) { return b >= 0 ? 1 << b : 0; }
@@ -33,7 +33,7 @@ static int buf_alloc(builder *b)
             return i;
         }
     }
-    b->st = ert_fail(b->err, ERT_INTERNAL, "cuda: more than %d activation buffers needed",
+    b->st = ert_fail(b->err, ERT_INTERNAL, "program: more than %d activation buffers needed",
                      PROG_MAX_BUF);
     return -1;
 }
@@ -49,7 +49,7 @@ static int emit(builder *b, prog_op op)
     program *g = b->prog;
     if (shape_size(op.out_shape) > b->p->max_act) {
         b->st = ert_fail(b->err, ERT_INTERNAL,
-                         "cuda: layer %s output (%zu floats) exceeds the plan's largest "
+                         "program: layer %s output (%zu floats) exceeds the plan's largest "
                          "activation (%zu)",
                          op.l ? op.l->name : "?", shape_size(op.out_shape), b->p->max_act);
         return -1;
@@ -58,7 +58,7 @@ static int emit(builder *b, prog_op op)
         int cap = b->cap ? 2 * b->cap : 32;
         prog_op *ops = realloc(g->ops, (size_t)cap * sizeof *ops);
         if (!ops) {
-            b->st = ert_fail(b->err, ERT_OUT_OF_MEMORY, "cuda: out of memory building the program");
+            b->st = ert_fail(b->err, ERT_OUT_OF_MEMORY, "program: out of memory building the program");
             return -1;
         }
         g->ops = ops;
@@ -84,6 +84,54 @@ static prog_op op_new(prog_op_kind kind, const layer *l, int in, int out, shape3
 }
 
 /* ---- layer lists ------------------------------------------------------------------ */
+
+static int run_list(builder *b, const layer *items, int count, int in, shape3 shape,
+                    unsigned protect);
+
+/* The last layer of a list that computes something (BN is folded away,
+ * dropout and flatten are no-ops), or NULL. */
+static const layer *last_computing(const layer_list *list)
+{
+    for (int i = list->count - 1; i >= 0; i--) {
+        layer_kind k = list->items[i].kind;
+        if (k != LAYER_BATCHNORM2D && k != LAYER_DROPOUT && k != LAYER_FLATTEN)
+            return &list->items[i];
+    }
+    return NULL;
+}
+
+/* program_opts.fuse_residual: the shortcut, then the body, whose last op (a
+ * conv) takes the shortcut as in2 and the block's activation. Returns the
+ * fused conv's op index; -2 when the block does not qualify (its body does
+ * not end in a conv), having emitted nothing; -1 on failure. */
+static int fused_residual(builder *b, const layer *l, int x, unsigned px, int owned)
+{
+    const residual_params *r = &l->p.residual;
+    const layer *lc = last_computing(&r->body);
+    if (!lc || lc->kind != LAYER_CONV2D)
+        return -2;
+    int sc = run_list(b, r->shortcut.items, r->shortcut.count, x, l->in, px);
+    if (sc < 0)
+        return -1;
+    int body = run_list(b, r->body.items, r->body.count, x, l->in, px | (unsigned)bit(sc));
+    if (body < 0)
+        return -1;
+    int at = b->prog->nops - 1;
+    prog_op *op = &b->prog->ops[at];
+    if (op->kind != OP_CONV || op->l != lc || op->out != body || op->act != ERT_ACT_NONE) {
+        b->st = ert_fail(b->err, ERT_INTERNAL, "program: residual %s: the body's last op is "
+                         "not its conv", l->name);
+        return -1;
+    }
+    op->in2 = sc;
+    op->act = r->relu_after ? ERT_ACT_RELU : ERT_ACT_NONE;
+    op->out_shape = l->out;
+    if (sc != x)
+        buf_free(b, sc);
+    if (owned)
+        buf_free(b, x);
+    return at;
+}
 
 /* Emits the ops of items[0..count) reading buffer `in` (shape `shape`).
  * Buffers in `protect` (in among them when the caller still needs it) are
@@ -146,6 +194,17 @@ static int run_list(builder *b, const layer *items, int count, int in, shape3 sh
             const residual_params *r = &l->p.residual;
             int x = cur;
             unsigned px = protect | (1u << x);
+            if (b->opts.fuse_residual) {
+                int at = fused_residual(b, l, x, px, owned);
+                if (at == -2)
+                    goto unfused;
+                if (at < 0)
+                    return -1;
+                cur = b->prog->ops[at].out;
+                last = r->relu_after ? -1 : at;
+                break;
+            }
+        unfused:;
             int body = run_list(b, r->body.items, r->body.count, x, l->in, px);
             if (body < 0)
                 return -1;
@@ -172,7 +231,7 @@ static int run_list(builder *b, const layer *items, int count, int in, shape3 sh
             break;
         }
         default:
-            b->st = ert_fail(b->err, ERT_UNSUPPORTED, "cuda: layer %s: kind %d not supported",
+            b->st = ert_fail(b->err, ERT_UNSUPPORTED, "program: layer %s: kind %d not supported",
                              l->name, (int)l->kind);
             return -1;
         }
@@ -184,14 +243,16 @@ static int run_list(builder *b, const layer *items, int count, int in, shape3 sh
 
 /* ---- stages -------------------------------------------------------------------------- */
 
-ert_status program_build(const ert_model *m, const plan *p, ert_mode mode, program *out,
-                         ert_error *err)
+ert_status program_build(const ert_model *m, const plan *p, ert_mode mode,
+                         const program_opts *opts, program *out, ert_error *err)
 {
     memset(out, 0, sizeof *out);
     out->mode = mode;
     builder b = {.m = m, .p = p, .prog = out, .err = err, .st = ERT_OK};
+    if (opts)
+        b.opts = *opts;
     if (p->num_stages != m->num_exits || p->num_stages < 1) {
-        b.st = ert_fail(err, ERT_INTERNAL, "cuda: plan has %d stages for %d exits",
+        b.st = ert_fail(err, ERT_INTERNAL, "program: plan has %d stages for %d exits",
                         p->num_stages, m->num_exits);
         goto fail;
     }
@@ -235,7 +296,7 @@ ert_status program_build(const ert_model *m, const plan *p, ert_mode mode, progr
                     goto fail;
                 if (cf == cur || cf == lg) {
                     b.st = ert_fail(err, ERT_UNSUPPORTED,
-                                    "cuda: exit %s: an empty confidence head", x->name);
+                                    "program: exit %s: an empty confidence head", x->name);
                     goto fail;
                 }
                 ps->conf_buf = cf;
