@@ -12,6 +12,7 @@
  *   done     MASKED: whether a row has exited already
  */
 #include <cblas.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +20,11 @@
 #include "backend.h"
 #include "cpu/ops.h"
 #include "policy.h"
+#include "program.h"
 #include "util.h"
+#ifdef ERT_HAVE_DNNL
+#include "cpu/dnnl.h"
+#endif
 
 typedef struct cpu_ctx {
     float *act[4];
@@ -31,6 +36,14 @@ typedef struct cpu_ctx {
     unsigned char *done;     /* [max_batch] */
     int conv_batched;
     int tile_rows;           /* linear GEMM tile (ops.h) */
+    int has_dnnl;            /* the oneDNN path is there */
+    unsigned char *finite;   /* [max_batch] a row's input is finite (oneDNN path) */
+    int *ids;                /* [max_batch] a group's rows (the two paths) */
+    float *staging;          /* [max_batch * largest stage input] a group's rows */
+#ifdef ERT_HAVE_DNNL
+    program prog;            /* the MASKED program: serves every mode */
+    dnnl_exec *dx;           /* the oneDNN path, or NULL: only the ops above */
+#endif
 } cpu_ctx;
 
 static void cpu_destroy(void *p)
@@ -45,7 +58,68 @@ static void cpu_destroy(void *p)
     free(c->orig);
     free(c->dst);
     free(c->done);
+    free(c->finite);
+    free(c->ids);
+    free(c->staging);
+#ifdef ERT_HAVE_DNNL
+    dx_free(c->dx);
+    program_free(&c->prog);
+#endif
     free(c);
+}
+
+/* Rows per oneDNN convolution call (dnnl.h). */
+#define DNNL_CONV_TILE 16
+
+static const char *BLAS_NOTE_EXACT =
+    "cpu: batch-invariant (the BLAS rounds rows alike wherever they sit): the modes agree "
+    "bit for bit";
+static const char *BLAS_NOTE_ROUNDING =
+    "cpu: the BLAS rounds rows by their place in a call: the modes agree to float rounding, "
+    "not bit for bit";
+
+/* The oneDNN path (dnnl.h) when this build has it and it can run the model,
+ * else the ops path; sets the engine's note either way. Only running out of
+ * memory fails the engine. */
+static ert_status dnnl_setup(ert_engine *e, cpu_ctx *c)
+{
+    const char *blas = ops_blas_batch_invariant() ? BLAS_NOTE_EXACT : BLAS_NOTE_ROUNDING;
+#ifdef ERT_HAVE_DNNL
+    program_opts o = {.fuse_residual = 1};
+    ert_error perr = {{0}};
+    char why[ERT_ERROR_LEN / 2] = "";
+    ert_status st = program_build(e->model, &e->plan, ERT_MODE_MASKED, &o, &c->prog, &perr);
+    if (st == ERT_OK) {
+        /* linear layers: the BLAS path's tile (ops.h); convs and the rest:
+           small tiles (convs ran as fast with 8 to 64 rows, and a small tile
+           pads a small batch less) */
+        int B = e->cfg.max_batch;
+        int tile_linear = B < c->tile_rows ? B : c->tile_rows;
+        int tile_conv = B < DNNL_CONV_TILE ? B : DNNL_CONV_TILE;
+        if (tile_linear < tile_conv && tile_linear == B)
+            tile_conv = B;
+        st = dx_create(e->model, &e->plan, &c->prog, B, tile_conv, tile_linear, e->cfg.threads,
+                       &c->dx, why, sizeof why);
+    } else {
+        snprintf(why, sizeof why, "%.200s", perr.msg);
+    }
+    if (st == ERT_OUT_OF_MEMORY)
+        return engine_fail(e, st, "cpu backend: %s", why);
+    if (st == ERT_OK) {
+        c->has_dnnl = 1;
+        snprintf(e->note, sizeof e->note, "cpu: %s: the modes agree %s", dx_describe(c->dx),
+                 dx_batch_invariant(c->dx) ? "bit for bit" : "to float rounding, not bit for bit");
+        return ERT_OK;
+    }
+    program_free(&c->prog);
+    snprintf(e->note, sizeof e->note, "cpu: oneDNN off (%.200s), OpenBLAS path; %s", why,
+             blas + 5);
+    return ERT_OK;
+#else
+    (void)c;
+    snprintf(e->note, sizeof e->note, "%s", blas);
+    return ERT_OK;
+#endif
 }
 
 static ert_status cpu_create(ert_engine *e, void **out)
@@ -91,12 +165,23 @@ static ert_status cpu_create(ert_engine *e, void **out)
                            "im2col floats (max_batch %d)",
                            act, col, e->cfg.max_batch);
     }
-    snprintf(e->note, sizeof e->note, "%s",
-             ops_blas_batch_invariant()
-                 ? "cpu: batch-invariant (the BLAS rounds rows alike wherever they sit): the "
-                   "modes agree bit for bit"
-                 : "cpu: the BLAS rounds rows by their place in a call: the modes agree to "
-                   "float rounding, not bit for bit");
+    /* the two paths' groups (see "the two paths" below) */
+    size_t in_max = 0, floats;
+    for (int s = 0; s < p->num_stages; s++)
+        if (shape_size(p->stages[s].in) > in_max)
+            in_max = shape_size(p->stages[s].in);
+    c->finite = malloc(B);
+    c->ids = malloc(sizeof(int) * B);
+    if (!size_mul(in_max, B, &floats) || floats > SIZE_MAX / sizeof(float) || !c->finite ||
+        !c->ids || !(c->staging = malloc(sizeof(float) * (floats ? floats : 1)))) {
+        cpu_destroy(c);
+        return engine_fail(e, ERT_OUT_OF_MEMORY, "cpu backend: out of memory for staging rows");
+    }
+    ert_status st = dnnl_setup(e, c);
+    if (st != ERT_OK) {
+        cpu_destroy(c);
+        return st;
+    }
     *out = c;
     return ERT_OK;
 }
@@ -113,31 +198,106 @@ static ops_ws ws_without(const cpu_ctx *c, const float *busy)
     return ws;
 }
 
-/* Runs exit s's heads on the n rows of y (the stage output).
- *   y       [n, stage out]
- *   return  the logits [n, K], in a buffer other than y (or y itself when
- *           the head is empty); c->conf[0..n) holds the confidence head's
- *           output when the exit has one. */
-static const float *run_heads(cpu_ctx *c, const exit_def *x, const float *y, int n)
+/* ---- the two paths ---------------------------------------------------------------------
+ *
+ * A row runs a stage on the oneDNN path (when the engine has one) unless its
+ * stage input holds a NaN or an infinity: oneDNN's ReLU turns NaN into 0,
+ * where PyTorch and the ops here keep it (ops.h), so such rows run the ops
+ * path. The choice depends on the row alone, and each path is
+ * batch-invariant on its own, so a row's results never depend on its
+ * neighbours. A NaN persists through the ops path, so a row with a NaN input
+ * stays there in every stage; in one call (cpu_run) a row keeps the path its
+ * model input chose for all stages, in the refill stream (cpu_run_stage) the
+ * path is chosen per stage from the stage input: the two differ only for a
+ * row whose infinities vanish in some stage (the ReLU of -inf), and then by
+ * float rounding. */
+
+static int row_finite(const float *x, size_t len)
 {
+    for (size_t i = 0; i < len; i++)
+        if (!isfinite(x[i]))
+            return 0;
+    return 1;
+}
+
+/* Where stage s's input rows sit for a path (dn: oneDNN): the program's
+ * input buffer of the stage, or an activation buffer of the ops path. */
+static float *stage_input(cpu_ctx *c, int dn, int s)
+{
+#ifdef ERT_HAVE_DNNL
+    if (dn)
+        return dx_buffer(c->dx, c->prog.stages[s].in_buf);
+#endif
+    (void)dn;
+    (void)s;
+    return c->act[0];
+}
+
+/* Runs stage s's backbone on the n rows of cur (on the oneDNN path, cur is
+ * the program's input buffer of the stage). Returns the stage output [n,
+ * stage out] (rows of the plan's size). */
+static const float *run_backbone(ert_engine *e, cpu_ctx *c, int dn, int s, const float *cur,
+                                 int n, ert_status *st)
+{
+    const ert_model *m = e->model;
+    const stage *sg = &e->plan.stages[s];
+    *st = ERT_OK;
+#ifdef ERT_HAVE_DNNL
+    if (dn) {
+        const prog_stage *ps = &c->prog.stages[s];
+        char why[ERT_ERROR_LEN / 2];
+        if ((*st = dx_run(c->dx, ps->backbone.begin, ps->backbone.end, n, why, sizeof why)) !=
+            ERT_OK)
+            engine_fail(e, *st, "cpu backend: %s", why);
+        return dx_buffer(c->dx, ps->out_buf);
+    }
+#endif
+    (void)dn;
+    ops_ws ws = ws_without(c, cur);
+    layer_list range = {m->backbone.items + sg->begin, sg->end - sg->begin};
+    return run_layers(&range, cur, n, &ws);
+}
+
+/* Runs exit s's heads on the n rows of y (the stage output).
+ *   return  the logits [n, K] (y itself when the head is empty); *conf: the
+ *           confidence head's output [n], or NULL when the exit has none */
+static const float *run_heads(ert_engine *e, cpu_ctx *c, int dn, int s, const float *y, int n,
+                              const float **conf, ert_status *st)
+{
+    const exit_def *x = &e->model->exits[s];
+    *conf = NULL;
+    *st = ERT_OK;
+#ifdef ERT_HAVE_DNNL
+    if (dn) {
+        const prog_stage *ps = &c->prog.stages[s];
+        char why[ERT_ERROR_LEN / 2];
+        if ((*st = dx_run(c->dx, ps->head.begin, ps->conf.end, n, why, sizeof why)) != ERT_OK)
+            engine_fail(e, *st, "cpu backend: %s", why);
+        if (ps->conf_buf >= 0)
+            *conf = dx_buffer(c->dx, ps->conf_buf);
+        return dx_buffer(c->dx, ps->logits_buf);
+    }
+#endif
+    (void)dn;
     ops_ws ws = ws_without(c, y);
     if (x->policy == ERT_POLICY_CONFIDENCE_HEAD && x->confidence.count > 0) {
         /* before the head: both use the same scratch */
         const float *cf = run_layers(&x->confidence, y, n, &ws);
         memcpy(c->conf, cf, sizeof(float) * (size_t)n);
+        *conf = c->conf;
     }
     return run_layers(&x->head, y, n, &ws);
 }
 
 /* Whether row r (of the n in z/conf) leaves at exit s, and its score. */
-static int row_decides(const ert_engine *e, const cpu_ctx *c, int s, const float *z, int r,
+static int row_decides(const ert_engine *e, const float *conf_col, int s, const float *z, int r,
                        float *score)
 {
     const ert_model *m = e->model;
     const int K = m->num_classes;
     int last = s == m->num_exits - 1;
     int kind = last ? ERT_POLICY_NONE : (int)m->exits[s].policy;
-    float conf = kind == ERT_POLICY_CONFIDENCE_HEAD ? c->conf[r] : 0.0f;
+    float conf = kind == ERT_POLICY_CONFIDENCE_HEAD && conf_col ? conf_col[r] : 0.0f;
     *score = ert_policy_score(kind, z + (size_t)r * K, K, conf);
     return ert_policy_exits(kind, *score, e->thresholds[s]);
 }
@@ -154,26 +314,37 @@ static void write_row(const ert_engine *e, ert_result *out, int sample, int s, c
         memcpy(out->logits + (size_t)sample * K, zr, sizeof(float) * K);
 }
 
-/* The whole batch. out == NULL: write every exit's score of every row into
- * scores[row * num_exits + exit] instead (MASKED work, no decisions). */
-static ert_status cpu_run(ert_engine *e, const float *input, int batch, ert_result *out,
-                          float *scores)
+/* The engine's thread count for the libraries it drives (0: their default). */
+static void set_threads(const ert_engine *e, const cpu_ctx *c)
 {
-    cpu_ctx *c = e->ctx;
+    if (e->cfg.threads <= 0)
+        return;
+#ifdef ERT_HAVE_DNNL
+    if (c->dx)
+        dx_set_threads(e->cfg.threads);
+#endif
+    (void)c;
+    openblas_set_num_threads(e->cfg.threads);
+}
+
+/* ---- one call ------------------------------------------------------------------------- */
+
+/* The n rows of input (contiguous) through every stage on one path; row i
+ * is sample ids[i] of the call (ids NULL: sample i). out == NULL: every
+ * exit's score of every row into scores[sample * num_exits + exit] instead
+ * (MASKED work, no decisions). Adds the MACs run to *macs. */
+static ert_status run_rows(ert_engine *e, cpu_ctx *c, int dn, const float *input, int n,
+                           const int *ids, ert_result *out, float *scores, uint64_t *macs)
+{
     const ert_model *m = e->model;
     const plan *p = &e->plan;
     const int E = m->num_exits;
     const ert_mode mode = scores ? ERT_MODE_MASKED : e->cfg.mode;
-    uint64_t macs = 0;
 
-    if (e->cfg.threads > 0)
-        openblas_set_num_threads(e->cfg.threads);
-
-    float *cur = c->act[0];
-    op_normalize(m->input, input, batch, cur, m->input_scale, m->mean, m->std);
-    int n = batch;
-    for (int i = 0; i < batch; i++) {
-        c->orig[i] = i;
+    float *cur = stage_input(c, dn, 0);
+    op_normalize(m->input, input, n, cur, m->input_scale, m->mean, m->std);
+    for (int i = 0; i < n; i++) {
+        c->orig[i] = ids ? ids[i] : i;
         c->done[i] = 0;
     }
 
@@ -181,30 +352,34 @@ static ert_status cpu_run(ert_engine *e, const float *input, int batch, ert_resu
         const stage *st = &p->stages[s];
         const exit_def *x = &m->exits[s];
         int last = s == p->num_stages - 1;
-        ops_ws ws = ws_without(c, cur);
-        layer_list range = {m->backbone.items + st->begin, st->end - st->begin};
-        /* y is one of the act buffers: the input was normalised into one */
-        float *y = (float *)run_layers(&range, cur, n, &ws);
-        macs += (uint64_t)n * st->macs;
+        ert_status rs;
+        /* y: the stage's output buffer (its input was normalised into another) */
+        float *y = (float *)run_backbone(e, c, dn, s, cur, n, &rs);
+        if (rs != ERT_OK)
+            return rs;
+        *macs += (uint64_t)n * st->macs;
         cur = y;
         if (mode == ERT_MODE_FULL && !last)
             continue;
 
-        const float *z = run_heads(c, x, y, n);
-        macs += (uint64_t)n * x->head_macs;
+        const float *conf;
+        const float *z = run_heads(e, c, dn, s, y, n, &conf, &rs);
+        if (rs != ERT_OK)
+            return rs;
+        *macs += (uint64_t)n * x->head_macs;
 
         if (scores) {
             for (int r = 0; r < n; r++)
-                row_decides(e, c, s, z, r, &scores[(size_t)r * E + s]);
+                row_decides(e, conf, s, z, r, &scores[(size_t)c->orig[r] * E + s]);
             continue;
         }
         if (mode != ERT_MODE_COMPACTED) {
-            /* FULL (last stage only) and MASKED: row r is sample r */
+            /* FULL (last stage only) and MASKED: every row stays in place */
             for (int r = 0; r < n; r++) {
                 float score;
-                if (c->done[r] || !row_decides(e, c, s, z, r, &score))
+                if (c->done[r] || !row_decides(e, conf, s, z, r, &score))
                     continue;
-                write_row(e, out, r, s, z, r, score);
+                write_row(e, out, c->orig[r], s, z, r, score);
                 c->done[r] = 1;
             }
             continue;
@@ -214,7 +389,7 @@ static ert_status cpu_run(ert_engine *e, const float *input, int batch, ert_resu
          * survivors move to the front of y, in order, with their indices. */
         for (int r = 0; r < n; r++) {
             float score;
-            c->done[r] = (unsigned char)row_decides(e, c, s, z, r, &score);
+            c->done[r] = (unsigned char)row_decides(e, conf, s, z, r, &score);
             if (c->done[r])
                 write_row(e, out, c->orig[r], s, z, r, score);
         }
@@ -234,11 +409,49 @@ static ert_status cpu_run(ert_engine *e, const float *input, int batch, ert_resu
         }
         n = kept;
     }
-    if (out) {
+    return ERT_OK;
+}
+
+/* The whole batch: rows with a finite input on the oneDNN path (when the
+ * engine has it), the others on the ops path (see "the two paths"). */
+static ert_status cpu_run(ert_engine *e, const float *input, int batch, ert_result *out,
+                          float *scores)
+{
+    cpu_ctx *c = e->ctx;
+    uint64_t macs = 0;
+    ert_status st = ERT_OK;
+    set_threads(e, c);
+    if (!c->has_dnnl) {
+        st = run_rows(e, c, 0, input, batch, NULL, out, scores, &macs);
+    } else {
+        const size_t per = shape_size(e->model->input);
+        int good = 0;
+        for (int i = 0; i < batch; i++)
+            c->finite[i] = (unsigned char)row_finite(input + (size_t)i * per, per);
+        for (int i = 0; i < batch; i++)
+            good += c->finite[i];
+        if (good == batch) {
+            st = run_rows(e, c, 1, input, batch, NULL, out, scores, &macs);
+        } else {
+            /* each group gathered into the staging rows, with its samples' ids */
+            for (int want = 1; want >= 0 && st == ERT_OK; want--) {
+                int k = 0;
+                for (int i = 0; i < batch; i++)
+                    if (c->finite[i] == want) {
+                        memcpy(c->staging + (size_t)k * per, input + (size_t)i * per,
+                               sizeof(float) * per);
+                        c->ids[k++] = i;
+                    }
+                if (k)
+                    st = run_rows(e, c, want, c->staging, k, c->ids, out, scores, &macs);
+            }
+        }
+    }
+    if (st == ERT_OK && out) {
         out->macs_executed = macs;
         out->host_waits = 0;
     }
-    return ERT_OK;
+    return st;
 }
 
 static ert_status cpu_infer(ert_engine *e, const float *input, int batch, ert_result *out)
@@ -251,58 +464,116 @@ static ert_status cpu_scores(ert_engine *e, const float *input, int batch, float
     return cpu_run(e, input, batch, NULL, scores);
 }
 
+/* ---- one stage of the refill stream ------------------------------------------------------- */
+
+/* Stage s for the n rows of `in` whose ids[k] are rows of the call, on one
+ * path: results at those rows of res/logits/exited, the stage output of
+ * every row in *y_out (NULL for a FULL stage without a head) in group order. */
+static ert_status stage_rows(ert_engine *e, cpu_ctx *c, int dn, int s, const float *in, int n,
+                             const int *ids, ert_sample *res, float *logits,
+                             unsigned char *exited, uint64_t *macs, const float **y_out)
+{
+    const ert_model *m = e->model;
+    const stage *st = &e->plan.stages[s];
+    const int K = m->num_classes;
+    const int last = s == e->plan.num_stages - 1;
+    const float *cur = in;
+    if (s == 0) {
+        float *x0 = stage_input(c, dn, 0);
+        op_normalize(m->input, in, n, x0, m->input_scale, m->mean, m->std);
+        cur = x0;
+    } else if (dn) {
+        /* the queue's rows into the program's input buffer of the stage */
+        float *xs = stage_input(c, dn, s);
+        memcpy(xs, in, sizeof(float) * shape_size(st->in) * (size_t)n);
+        cur = xs;
+    }
+    ert_status rs;
+    /* y: one of the act buffers, or `cur` itself for a stage of reshapes */
+    const float *y = run_backbone(e, c, dn, s, cur, n, &rs);
+    if (rs != ERT_OK)
+        return rs;
+    *macs += (uint64_t)n * st->macs;
+    *y_out = y;
+    if (e->cfg.mode == ERT_MODE_FULL && !last) {
+        for (int k = 0; k < n; k++)
+            exited[ids[k]] = 0; /* no early heads: every row goes on */
+        return ERT_OK;
+    }
+    const float *conf;
+    const float *z = run_heads(e, c, dn, s, y, n, &conf, &rs);
+    if (rs != ERT_OK)
+        return rs;
+    *macs += (uint64_t)n * m->exits[s].head_macs;
+    for (int k = 0; k < n; k++) {
+        float score;
+        int r = ids[k];
+        exited[r] = (unsigned char)row_decides(e, conf, s, z, k, &score);
+        if (exited[r]) {
+            const float *zr = z + (size_t)k * K;
+            res[r].exit_index = s;
+            res[r].predicted = ert_argmax(zr, K);
+            res[r].score = score;
+            memcpy(logits + (size_t)r * K, zr, sizeof(float) * K);
+        }
+    }
+    return ERT_OK;
+}
+
 /* One stage of the refill stream (backend.h's run_stage): the same ops,
  * buffers and decisions as cpu_run, on rows whose input lives in the
- * stream's queue. Batch invariance (ops.h) makes every row's output equal
- * MASKED's bit for bit. */
+ * stream's queue; each row on the path its stage input chooses. Batch
+ * invariance (ops.h) makes every row's output equal MASKED's bit for bit
+ * (but see "the two paths" above). */
 static ert_status cpu_run_stage(ert_engine *e, int s, const float *in, int n, float *out,
                                 ert_sample *res, float *logits, unsigned char *exited,
                                 uint64_t *macs)
 {
     cpu_ctx *c = e->ctx;
-    const ert_model *m = e->model;
-    const plan *p = &e->plan;
-    const stage *st = &p->stages[s];
-    const exit_def *x = &m->exits[s];
-    const int K = m->num_classes;
-    const int last = s == p->num_stages - 1;
+    const stage *st = &e->plan.stages[s];
+    const size_t in_row = shape_size(st->in), row = shape_size(st->out);
+    const int last = s == e->plan.num_stages - 1;
+    set_threads(e, c);
 
-    if (e->cfg.threads > 0)
-        openblas_set_num_threads(e->cfg.threads);
-    const float *cur = in;
-    if (s == 0) {
-        op_normalize(m->input, in, n, c->act[0], m->input_scale, m->mean, m->std);
-        cur = c->act[0];
-    }
-    ops_ws ws = ws_without(c, cur);
-    layer_list range = {m->backbone.items + st->begin, st->end - st->begin};
-    /* y: one of the act buffers, or `cur` itself for a stage of reshapes */
-    const float *y = run_layers(&range, cur, n, &ws);
-    *macs += (uint64_t)n * st->macs;
-    const size_t row = shape_size(st->out);
-
-    if (e->cfg.mode == ERT_MODE_FULL && !last) {
-        /* no early heads: every row goes on */
-        memcpy(out, y, sizeof(float) * row * (size_t)n);
-        memset(exited, 0, (size_t)n);
-        return ERT_OK;
-    }
-    const float *z = run_heads(c, x, y, n);
-    *macs += (uint64_t)n * x->head_macs;
-    int kept = 0;
+    /* the groups: rows whose stage input is finite (oneDNN), the others */
+    int ngroup[2] = {0, 0}; /* [path]: 0 ops, 1 oneDNN */
+    const float *grp_in[2] = {in, in};
     for (int r = 0; r < n; r++) {
-        float score;
-        exited[r] = (unsigned char)row_decides(e, c, s, z, r, &score);
-        if (exited[r]) {
-            const float *zr = z + (size_t)r * K;
-            res[r].exit_index = s;
-            res[r].predicted = ert_argmax(zr, K);
-            res[r].score = score;
-            memcpy(logits + (size_t)r * K, zr, sizeof(float) * K);
-        } else if (!last) {
-            memcpy(out + (size_t)kept * row, y + (size_t)r * row, sizeof(float) * row);
-            kept++;
+        c->finite[r] = (unsigned char)(c->has_dnnl && row_finite(in + (size_t)r * in_row, in_row));
+        ngroup[c->finite[r]]++;
+    }
+    const float *y[2] = {NULL, NULL};
+    for (int dn = 1; dn >= 0; dn--) {
+        if (!ngroup[dn])
+            continue;
+        int k = 0;
+        int *ids = dn ? c->ids : c->dst;
+        if (ngroup[dn] == n) {
+            for (int r = 0; r < n; r++)
+                ids[r] = r;
+        } else {
+            float *g = dn ? c->staging : c->staging + (size_t)ngroup[1] * in_row;
+            for (int r = 0; r < n; r++)
+                if (c->finite[r] == dn) {
+                    memcpy(g + (size_t)k * in_row, in + (size_t)r * in_row, sizeof(float) * in_row);
+                    ids[k++] = r;
+                }
+            grp_in[dn] = g;
         }
+        ert_status rs = stage_rows(e, c, dn, s, grp_in[dn], ngroup[dn], ids, res, logits, exited,
+                                   macs, &y[dn]);
+        if (rs != ERT_OK)
+            return rs;
+    }
+    if (last)
+        return ERT_OK;
+    /* the survivors in row order: survivor j at row j of out */
+    int kept = 0, at[2] = {0, 0};
+    for (int r = 0; r < n; r++) {
+        int dn = c->finite[r];
+        const float *yr = y[dn] + (size_t)at[dn]++ * row;
+        if (!exited[r])
+            memcpy(out + (size_t)kept++ * row, yr, sizeof(float) * row);
     }
     return ERT_OK;
 }

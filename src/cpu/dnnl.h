@@ -1,0 +1,71 @@
+/* dnnl.h - the CPU backend's oneDNN path: the engine's program (program.h)
+ * as oneDNN primitives.
+ *
+ * Every primitive is created once, at engine creation, for a fixed tile of
+ * `tile` rows, with the layouts oneDNN prefers (blocked, nChw16c on AVX-512
+ * machines, or channels-last where blocking would pad the channels); the
+ * weights are reordered into the primitive's layout once. A call runs the
+ * ops of a range one after the other, each over all tiles, the last tile
+ * padded: a primitive never
+ * sees another row count, so a row's result does not depend on how many rows
+ * the call has (batch invariance, ops.h), only -- possibly -- on its place
+ * inside the tile, which dx_create probes.
+ *
+ * Layouts keep the batch outermost: in nchw, nhwc and nChw16c alike a
+ * sample's activations are one contiguous row, so the backend's compaction
+ * (copying surviving rows) and the refill stream's queues work on rows of
+ * dx_row() floats whatever the layout. Logits and confidence outputs are
+ * plain [n, K] and [n, 1] rows; stage outputs are never padded, so a row is
+ * the plan's per-sample size.
+ *
+ * Nothing is allocated per call: buffers (for max_batch rows rounded up to
+ * whole tiles), weights and one scratchpad are made at creation.
+ */
+#ifndef ERT_CPU_DNNL_H
+#define ERT_CPU_DNNL_H
+
+#include <stddef.h>
+
+#include "backend.h"
+#include "program.h"
+
+typedef struct dnnl_exec dnnl_exec;
+
+/* Creates the primitives of prog (compiled with program_opts.fuse_residual)
+ * for tiles of tile_linear rows (linear layers) and tile_conv rows (every
+ * other op), both powers of two or max_batch, and buffers for max_batch
+ * rows. threads: the
+ * OpenMP threads to create them for (0: the default). On failure returns
+ * ERT_UNSUPPORTED (a primitive oneDNN cannot make: the reason in why) or
+ * ERT_OUT_OF_MEMORY. */
+ert_status dx_create(const ert_model *m, const plan *p, const program *prog, int max_batch,
+                     int tile_conv, int tile_linear, int threads, dnnl_exec **out, char *why,
+                     size_t cap);
+void dx_free(dnnl_exec *x);
+
+/* Runs ops [begin, end) of the program on rows [0, n) of the buffers, tile
+ * by tile. ERT_INTERNAL (reason in why) if oneDNN fails. */
+ert_status dx_run(dnnl_exec *x, int begin, int end, int n, char *why, size_t cap);
+
+/* Buffer b (program numbering): rows of the layout its last writer left. */
+float *dx_buffer(const dnnl_exec *x, int b);
+/* Floats per row of stage s's input buffer and of its output buffer. */
+size_t dx_in_row(const dnnl_exec *x, int s);
+size_t dx_out_row(const dnnl_exec *x, int s);
+
+/* 1 when a row's outputs do not depend on its place in a tile (probed at
+ * creation on the first stage), so the modes agree bit for bit. */
+int dx_batch_invariant(const dnnl_exec *x);
+
+/* What runs where, for the engine's note ("oneDNN 2.6.3: 21 convs (3
+ * residual joins fused), ... in nChw16c"). */
+const char *dx_describe(const dnnl_exec *x);
+
+/* Sets OpenMP's thread count for this thread's oneDNN calls (threads > 0). */
+void dx_set_threads(int threads);
+
+/* Test hook: non-zero makes dx_create fail as if a primitive were
+ * unsupported, so the engine's fallback to the BLAS path can be tested. */
+extern int ert_cpu_test_dnnl_fail;
+
+#endif /* ERT_CPU_DNNL_H */
