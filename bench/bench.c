@@ -95,6 +95,7 @@ static void add_profile(bench_run *r, const char *name, const double *s, int n)
     for (int i = 0; i < n; i++)
         p->shares[i] = s[i];
     p->nshares = n;
+    p->ort_mismatch = -1;
 }
 
 /* "[NAME=]0.5,0.25": shares in [0, 1] summing to at most 1. */
@@ -218,12 +219,16 @@ static int parse_args(int argc, char **argv, bench_run *r, bench_opts *o)
                 bad = 1;
             else
                 o->profiles[o->nprofiles++] = val;
-        } else if (!strcmp(key, "--reps"))
+        } else if (!strcmp(key, "--reps")) {
             bad = parse_int(val, 1, 1000, &r->reps);
-        else if (!strcmp(key, "--warmup"))
+            o->reps_given = 1;
+        } else if (!strcmp(key, "--warmup")) {
             bad = parse_int(val, 0, 1000, &r->warmup);
-        else if (!strcmp(key, "--rep-samples"))
+            o->warmup_given = 1;
+        } else if (!strcmp(key, "--rep-samples")) {
             bad = parse_int(val, 1, 1 << 24, &r->rep_samples);
+            o->rep_samples_given = 1;
+        }
         else if (!strcmp(key, "--threads"))
             bad = parse_int(val, 1, 1024, &r->threads);
         else if (!strcmp(key, "--inflight"))
@@ -562,6 +567,7 @@ static bench_cell *new_cell(bench_run *r)
     memset(c, 0, sizeof *c);
     c->torch_samples_per_s = -1.0;
     c->torch_best_ee = -1.0;
+    c->ort_samples_per_s = -1.0;
     return c;
 }
 

@@ -90,17 +90,25 @@ void bench_print_table(const bench_run *r, FILE *out)
         if (pr->peer_checked)
             fprintf(out, "; PyTorch decisions differ on %d (masked), %d (compacted) of %d",
                     pr->peer_mismatch_masked, pr->peer_mismatch_compacted, r->n);
+        if (pr->ort_mismatch >= 0)
+            fprintf(out, "; ONNX Runtime's on %d", pr->ort_mismatch);
         fputc('\n', out);
     }
     if (r->peer_requested)
-        fprintf(out, "  PyTorch peer: %s\n", r->peer_note);
+        fprintf(out, "  PyTorch peer: %s\n  ONNX Runtime peer: %s\n", r->peer_note,
+                r->ort_note[0] ? r->ort_note : "not run");
 
     int peer = r->peer_ok;
+    int ort = 0;
+    for (int i = 0; i < r->ncells; i++)
+        ort |= r->cells[i].ort_samples_per_s > 0;
     fprintf(out, "\n%-7s %-12s %6s %-10s %-16s %11s %8s %8s %10s %7s %7s %5s %6s", "backend",
             "profile", "batch", "mode", "exits %", "samples/s", "p50 ms", "p99 ms", "MMAC/smp",
             "ideal", "speedup", "eff", "waits");
     if (peer)
         fprintf(out, " %11s %7s %8s", "torch s/s", "x torch", "x bestEE");
+    if (ort)
+        fprintf(out, " %11s %7s", "ORT s/s", "x ORT");
     fputc('\n', out);
     for (int i = 0; i < r->ncells; i++) {
         const bench_cell *c = &r->cells[i];
@@ -121,11 +129,22 @@ void bench_print_table(const bench_run *r, FILE *out)
             else
                 fprintf(out, " %8s", "-");
         }
+        if (ort) {
+            if (c->ort_samples_per_s > 0)
+                fprintf(out, " %11.1f %6.2fx", c->ort_samples_per_s,
+                        c->samples_per_s / c->ort_samples_per_s);
+            else
+                fprintf(out, " %11s %7s", "-", "-");
+        }
         fputc('\n', out);
     }
     fprintf(out, "\nideal = full MACs / ideal early-exit MACs for the exits taken; speedup = "
                  "samples/s over FULL's (same backend, batch); eff = speedup / ideal; waits = "
                  "blocking host waits per batch");
+    if (ort)
+        fprintf(out, "; x ORT = exitrt / ONNX Runtime: FULL against its full network, "
+                     "COMPACTED against its early-exit pipeline (one session per stage and "
+                     "head, survivors gathered in NumPy)");
     if (peer)
         fprintf(out, "; x torch = exitrt / PyTorch, same mode; x bestEE = exitrt / PyTorch's "
                      "best early-exit mode (masked or compacted)");
@@ -214,12 +233,14 @@ int bench_write_json(const bench_run *r, const char *path)
             cJSON_AddNullToObject(o, "torch_mismatch_masked");
             cJSON_AddNullToObject(o, "torch_mismatch_compacted");
         }
+        cJSON_AddItemToObject(o, "ort_mismatch", num_or_null(pr->ort_mismatch));
         cJSON_AddItemToArray(profs, o);
     }
     cJSON *peer = cJSON_AddObjectToObject(root, "peer");
     cJSON_AddBoolToObject(peer, "requested", r->peer_requested);
     cJSON_AddBoolToObject(peer, "ran", r->peer_ok);
     cJSON_AddStringToObject(peer, "note", r->peer_note);
+    cJSON_AddStringToObject(peer, "ort_note", r->ort_note);
     cJSON *cells = cJSON_AddArrayToObject(root, "cells");
     for (int i = 0; i < r->ncells; i++) {
         const bench_cell *c = &r->cells[i];
@@ -244,6 +265,7 @@ int bench_write_json(const bench_run *r, const char *path)
         cJSON_AddItemToObject(o, "torch_samples_per_s", num_or_null(c->torch_samples_per_s));
         cJSON_AddItemToObject(o, "torch_best_ee_samples_per_s",
                               num_or_null(c->mode == ERT_MODE_FULL ? -1.0 : c->torch_best_ee));
+        cJSON_AddItemToObject(o, "ort_samples_per_s", num_or_null(c->ort_samples_per_s));
         cJSON_AddItemToArray(cells, o);
     }
     char *text = cJSON_Print(root);

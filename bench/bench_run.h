@@ -28,6 +28,7 @@ typedef struct bench_profile {
     /* the peer's check of its exit decisions against `exits` */
     int peer_checked;
     int peer_mismatch_masked, peer_mismatch_compacted;
+    int ort_mismatch;           /* ONNX Runtime pipeline vs exitrt; -1: not checked */
 } bench_profile;
 
 /* One measured cell: backend x profile x batch x mode. */
@@ -49,6 +50,8 @@ typedef struct bench_cell {
     int32_t exit_counts[ERT_MAX_EXITS]; /* summed over one rep */
     double torch_samples_per_s; /* the peer, same device/profile/batch/mode; < 0: none */
     double torch_best_ee;       /* the peer's best of MASKED/COMPACTED; < 0: none */
+    double ort_samples_per_s;   /* ONNX Runtime (CPU): FULL cells the full network,
+                                   COMPACTED cells its early-exit pipeline; < 0: none */
 } bench_cell;
 
 typedef struct bench_run {
@@ -76,6 +79,7 @@ typedef struct bench_run {
 
     int peer_requested, peer_ok;
     char peer_note[512];        /* why the peer did not run, or its version */
+    char ort_note[256];         /* ONNX Runtime: its version, or why it did not run */
     char date[32];              /* UTC, ISO 8601 */
     const char *commit;         /* the build's `git describe` (ert_commit.h) */
     cuda_info cuda;             /* device 0 and the CUDA libraries, when the CUDA backend runs */

@@ -6,7 +6,7 @@ eager PyTorch (fp32).
     torch_peer.py --model DIR --inputs X.npy [--exits E.npy] --out OUT.json
                   --profile NAME=T1,T2 [--profile ...] [--batches 64,256]
                   [--modes full,masked,compacted] [--reps 5] [--warmup 3]
-                  [--rep-samples 1024] [--threads 2] [--device cpu|cuda|all]
+                  [--rep-samples 1024] [--threads 2] [--device cpu|cuda|all] [--ort]
 
 The model is read from model.json and its safetensors file with json,
 struct and numpy only (not models/export.py), and built as torch modules
@@ -25,6 +25,10 @@ batch) batches cycling through the inputs; samples/s from the median rep;
 p50/p99 of the per-batch latencies. Each batch starts from host memory and
 ends with its exits and logits on the host (the contract of ert_infer). On
 CUDA: CUDA events, a synchronize per batch, TF32 off.
+
+--ort also times ONNX Runtime on the CPU, the full network and an
+early-exit pipeline (ort_peer.py), into cells of modes "ort-full" and
+"ort-pipeline".
 
 Exit decisions: for every profile the masked and compacted runs over all
 inputs are compared with exitrt's per-sample exits (--exits, [profiles, N]
@@ -427,6 +431,8 @@ def main():
     ap.add_argument("--rep-samples", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "all"])
+    ap.add_argument("--ort", action="store_true",
+                    help="also time ONNX Runtime on the CPU (ort_peer.py)")
     args = ap.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
     args.modes = args.modes.split(",")
@@ -468,9 +474,23 @@ def main():
     cells = []
     for dev in devices:
         sweep_device(M, dev, x, profiles, args, cells)
+    ort_note = None
+    if args.ort and any(d.type == "cpu" for d in devices):
+        import ort_peer
+        ort, why = ort_peer.import_ort()
+        if ort is None:
+            ort_note = f"not run: {why}"
+        else:
+            try:
+                ort_peer.sweep(ort, M, x, profiles, args, cells, decisions, exits)
+                ort_note = f"ONNX Runtime {ort.__version__}, CPU, {args.threads} threads"
+            except Exception as e:  # a model the exporter or ORT refuses: say so
+                ort_note = f"failed: {type(e).__name__}: {e}"
+        print(f"torch_peer: ONNX Runtime: {ort_note}", flush=True)
     res = {"format": "exitrt-torch-peer", "version": 1, "torch": torch.__version__,
            "threads": torch.get_num_threads(), "devices": [d.type for d in devices],
-           "tf32": False, "cells": cells, "decisions": decisions}
+           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+           "tf32": False, "cells": cells, "decisions": decisions, "ort": ort_note}
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
 

@@ -291,6 +291,7 @@ Test(bench_json, documented_keys_and_types, .timeout = 120)
     cr_assert_str_eq(get(j, "format", is_str)->valuestring, "exitrt-bench");
     cr_assert_eq(get(j, "version", is_num)->valueint, 1);
     get(j, "date", is_str);
+    get(j, "commit", is_str);
     get(j, "model", is_str);
     /* mw_random_model names its models "random" */
     cr_assert(cJSON_IsTrue(get(j, "random_weights", is_bool)));
@@ -325,11 +326,13 @@ Test(bench_json, documented_keys_and_types, .timeout = 120)
         num_array(get(p, "achieved", is_arr), E);
         get(p, "torch_mismatch_masked", is_num_or_null);
         get(p, "torch_mismatch_compacted", is_num_or_null);
+        get(p, "ort_mismatch", is_num_or_null);
     }
     const cJSON *peer = get(j, "peer", is_obj);
     cr_assert(cJSON_IsFalse(get(peer, "requested", is_bool)));
     get(peer, "ran", is_bool);
     get(peer, "note", is_str);
+    get(peer, "ort_note", is_str);
 
     const cJSON *cells = get(j, "cells", is_arr);
     /* 2 batches x 5 profiles x 3 modes */
@@ -364,9 +367,36 @@ Test(bench_json, documented_keys_and_types, .timeout = 120)
         cr_assert_eq(sum, 64);
         cr_assert(cJSON_IsNull(get(c, "torch_samples_per_s", is_num_or_null)));
         get(c, "torch_best_ee_samples_per_s", is_num_or_null);
+        cr_assert(cJSON_IsNull(get(c, "ort_samples_per_s", is_num_or_null)));
         if (!strcmp(mode, "full"))
             cr_assert_float_eq(get(c, "speedup", is_num)->valuedouble, 1.0, 1e-12);
     }
+    cJSON_Delete(j);
+    mw_rmtree(dir);
+}
+
+/* --quick sets reps, warm-up and samples per rep only where the command
+ * line did not. */
+Test(bench_json, quick_keeps_explicit_options, .timeout = 120)
+{
+    char dir[128], json[256];
+    cr_assert_eq(mw_tempdir(dir, sizeof dir), 0);
+    cr_assert_eq(mw_random_model(dir, 4, MW_MLP), 0);
+    snprintf(json, sizeof json, "%s/bench.json", dir);
+    char *argv[] = {"bench", dir, "--quick", "--reps", "2", "--warmup", "0", "--rep-samples",
+                    "300", "--threads", "1", "--device", "cpu", "--json", json, NULL};
+    cr_assert_eq(bench_main((int)(sizeof argv / sizeof argv[0]) - 1, argv), 0);
+    FILE *f = fopen(json, "rb");
+    cr_assert(f != NULL);
+    static char buf[1 << 20];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    cJSON *j = cJSON_Parse(buf);
+    cr_assert(j != NULL, "not JSON");
+    cr_assert_eq(get(j, "reps", is_num)->valueint, 2);
+    cr_assert_eq(get(j, "warmup_batches", is_num)->valueint, 0);
+    cr_assert_eq(get(j, "rep_samples", is_num)->valueint, 300);
     cJSON_Delete(j);
     mw_rmtree(dir);
 }
