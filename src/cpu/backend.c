@@ -220,73 +220,63 @@ static int row_finite(const float *x, size_t len)
     return 1;
 }
 
-/* Where stage s's input rows sit for a path (dn: oneDNN): the program's
- * input buffer of the stage, or an activation buffer of the ops path. */
-static float *stage_input(cpu_ctx *c, int dn, int s)
+/* Where stage 0's normalised input goes on a path (dn: oneDNN). */
+static float *stage0_input(cpu_ctx *c, int dn)
 {
 #ifdef ERT_HAVE_DNNL
     if (dn)
-        return dx_buffer(c->dx, c->prog.stages[s].in_buf);
+        return dx_io(c->dx, 0);
 #endif
     (void)dn;
-    (void)s;
     return c->act[0];
 }
 
-/* Runs stage s's backbone on the n rows of cur (on the oneDNN path, cur is
- * the program's input buffer of the stage). Returns the stage output [n,
- * stage out] (rows of the plan's size). */
-static const float *run_backbone(ert_engine *e, cpu_ctx *c, int dn, int s, const float *cur,
-                                 int n, ert_status *st)
+/* Stage s on the n rows of cur: the backbone, then with `heads` the exit's
+ * heads. Returns the stage output [n, stage out] (rows of the plan's size);
+ * with heads, *z the logits [n, K] (the output itself when the head is
+ * empty) and *conf the confidence head's output [n], or NULL when the exit
+ * has none. On the ops path the output is one of the act buffers (or cur
+ * itself for a stage of reshapes); on the oneDNN path one of dx_io(), the
+ * one cur is not. */
+static const float *run_stage_rows(ert_engine *e, cpu_ctx *c, int dn, int s, const float *cur,
+                                   int n, int heads, const float **z, const float **conf,
+                                   ert_status *st)
 {
     const ert_model *m = e->model;
     const stage *sg = &e->plan.stages[s];
+    const exit_def *x = &m->exits[s];
+    *z = *conf = NULL;
     *st = ERT_OK;
 #ifdef ERT_HAVE_DNNL
     if (dn) {
-        const prog_stage *ps = &c->prog.stages[s];
+        float *y = cur == dx_io(c->dx, 0) ? dx_io(c->dx, 1) : dx_io(c->dx, 0);
         char why[ERT_ERROR_LEN / 2];
-        if ((*st = dx_run(c->dx, ps->backbone.begin, ps->backbone.end, n, why, sizeof why)) !=
-            ERT_OK)
+        if ((*st = dx_stage(c->dx, s, n, heads, cur, y, why, sizeof why)) != ERT_OK) {
             engine_fail(e, *st, "cpu backend: %s", why);
-        return dx_buffer(c->dx, ps->out_buf);
+            return y;
+        }
+        if (heads) {
+            *z = dx_logits(c->dx);
+            *conf = dx_conf(c->dx, s);
+        }
+        return y;
     }
 #endif
     (void)dn;
     ops_ws ws = ws_without(c, cur);
     layer_list range = {m->backbone.items + sg->begin, sg->end - sg->begin};
-    return run_layers(&range, cur, n, &ws);
-}
-
-/* Runs exit s's heads on the n rows of y (the stage output).
- *   return  the logits [n, K] (y itself when the head is empty); *conf: the
- *           confidence head's output [n], or NULL when the exit has none */
-static const float *run_heads(ert_engine *e, cpu_ctx *c, int dn, int s, const float *y, int n,
-                              const float **conf, ert_status *st)
-{
-    const exit_def *x = &e->model->exits[s];
-    *conf = NULL;
-    *st = ERT_OK;
-#ifdef ERT_HAVE_DNNL
-    if (dn) {
-        const prog_stage *ps = &c->prog.stages[s];
-        char why[ERT_ERROR_LEN / 2];
-        if ((*st = dx_run(c->dx, ps->head.begin, ps->conf.end, n, why, sizeof why)) != ERT_OK)
-            engine_fail(e, *st, "cpu backend: %s", why);
-        if (ps->conf_buf >= 0)
-            *conf = dx_buffer(c->dx, ps->conf_buf);
-        return dx_buffer(c->dx, ps->logits_buf);
-    }
-#endif
-    (void)dn;
-    ops_ws ws = ws_without(c, y);
+    const float *y = run_layers(&range, cur, n, &ws);
+    if (!heads)
+        return y;
+    ws = ws_without(c, y);
     if (x->policy == ERT_POLICY_CONFIDENCE_HEAD && x->confidence.count > 0) {
         /* before the head: both use the same scratch */
         const float *cf = run_layers(&x->confidence, y, n, &ws);
         memcpy(c->conf, cf, sizeof(float) * (size_t)n);
         *conf = c->conf;
     }
-    return run_layers(&x->head, y, n, &ws);
+    *z = run_layers(&x->head, y, n, &ws);
+    return y;
 }
 
 /* Whether row r (of the n in z/conf) leaves at exit s, and its score. */
@@ -341,7 +331,7 @@ static ert_status run_rows(ert_engine *e, cpu_ctx *c, int dn, const float *input
     const int E = m->num_exits;
     const ert_mode mode = scores ? ERT_MODE_MASKED : e->cfg.mode;
 
-    float *cur = stage_input(c, dn, 0);
+    float *cur = stage0_input(c, dn);
     op_normalize(m->input, input, n, cur, m->input_scale, m->mean, m->std);
     for (int i = 0; i < n; i++) {
         c->orig[i] = ids ? ids[i] : i;
@@ -353,19 +343,16 @@ static ert_status run_rows(ert_engine *e, cpu_ctx *c, int dn, const float *input
         const exit_def *x = &m->exits[s];
         int last = s == p->num_stages - 1;
         ert_status rs;
+        const int heads = mode != ERT_MODE_FULL || last;
+        const float *z, *conf;
         /* y: the stage's output buffer (its input was normalised into another) */
-        float *y = (float *)run_backbone(e, c, dn, s, cur, n, &rs);
+        float *y = (float *)run_stage_rows(e, c, dn, s, cur, n, heads, &z, &conf, &rs);
         if (rs != ERT_OK)
             return rs;
         *macs += (uint64_t)n * st->macs;
         cur = y;
-        if (mode == ERT_MODE_FULL && !last)
+        if (!heads)
             continue;
-
-        const float *conf;
-        const float *z = run_heads(e, c, dn, s, y, n, &conf, &rs);
-        if (rs != ERT_OK)
-            return rs;
         *macs += (uint64_t)n * x->head_macs;
 
         if (scores) {
@@ -479,31 +466,25 @@ static ert_status stage_rows(ert_engine *e, cpu_ctx *c, int dn, int s, const flo
     const int last = s == e->plan.num_stages - 1;
     const float *cur = in;
     if (s == 0) {
-        float *x0 = stage_input(c, dn, 0);
+        float *x0 = stage0_input(c, dn);
         op_normalize(m->input, in, n, x0, m->input_scale, m->mean, m->std);
         cur = x0;
-    } else if (dn) {
-        /* the queue's rows into the program's input buffer of the stage */
-        float *xs = stage_input(c, dn, s);
-        memcpy(xs, in, sizeof(float) * shape_size(st->in) * (size_t)n);
-        cur = xs;
     }
     ert_status rs;
-    /* y: one of the act buffers, or `cur` itself for a stage of reshapes */
-    const float *y = run_backbone(e, c, dn, s, cur, n, &rs);
+    const int heads = e->cfg.mode != ERT_MODE_FULL || last;
+    const float *z, *conf;
+    /* y: one of the act buffers or dx_io(), or `cur` itself for a stage of
+       reshapes */
+    const float *y = run_stage_rows(e, c, dn, s, cur, n, heads, &z, &conf, &rs);
     if (rs != ERT_OK)
         return rs;
     *macs += (uint64_t)n * st->macs;
     *y_out = y;
-    if (e->cfg.mode == ERT_MODE_FULL && !last) {
+    if (!heads) {
         for (int k = 0; k < n; k++)
             exited[ids[k]] = 0; /* no early heads: every row goes on */
         return ERT_OK;
     }
-    const float *conf;
-    const float *z = run_heads(e, c, dn, s, y, n, &conf, &rs);
-    if (rs != ERT_OK)
-        return rs;
     *macs += (uint64_t)n * m->exits[s].head_macs;
     for (int k = 0; k < n; k++) {
         float score;

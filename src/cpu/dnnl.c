@@ -13,6 +13,10 @@
 
 int ert_cpu_test_dnnl_fail = 0;
 
+/* Rows per block (rounded to whole tiles): a block's activations through a
+ * stage stay in the L2 cache for the bundled models' sizes. */
+#define DX_BLOCK 64
+
 typedef struct dx_op {
     const prog_op *op;
     dnnl_primitive_t prim;
@@ -41,8 +45,11 @@ struct dnnl_exec {
     int tile_max, rows_alloc;   /* the larger; buffers hold rows_alloc rows */
     const program *prog;
     dx_op *ops;              /* [prog->nops] */
-    float *buf[PROG_MAX_BUF];
+    float *buf[PROG_MAX_BUF];   /* the program's buffers, for one block of rows */
+    int block;                  /* rows per block: a multiple of both tiles */
     size_t in_row[ERT_MAX_EXITS], out_row[ERT_MAX_EXITS];
+    float *io[2];               /* rows_alloc rows of the largest stage input/output */
+    float *logits, *conf;       /* rows_alloc rows of K floats, of one float */
     void *scratch;
     size_t scratch_size;
     int invariant;
@@ -623,6 +630,8 @@ static void mark_plain(const program *prog, unsigned char *plain_out)
     }
 }
 
+static ert_status run_ops(dnnl_exec *x, int begin, int end, int n, char *why, size_t cap);
+
 /* Batch invariance, probed: the first stage (backbone and heads) on one
  * tile of pseudo-random rows, then on the same rows rotated by one place;
  * every output row must come out bit for bit the same. */
@@ -657,7 +666,7 @@ static ert_status probe(dnnl_exec *x, char *why, size_t cap)
         for (int r = 0; r < T; r++)
             memcpy(dst + (size_t)((r + pass) % T) * in_row, in + (size_t)r * in_row,
                    sizeof(float) * in_row);
-        if ((st = dx_run(x, ps->backbone.begin, ps->conf.end, T, why, cap)) != ERT_OK)
+        if ((st = run_ops(x, ps->backbone.begin, ps->conf.end, T, why, cap)) != ERT_OK)
             break;
         const float *y = x->buf[ps->out_buf];
         const float *z = has_logits ? x->buf[ps->logits_buf] : NULL;
@@ -710,6 +719,11 @@ ert_status dx_create(const ert_model *m, const plan *p, const program *prog, int
        the smaller, and buffers in its whole tiles fit both */
     x->tile_max = tile_conv > tile_linear ? tile_conv : tile_linear;
     x->rows_alloc = (max_batch + x->tile_max - 1) / x->tile_max * x->tile_max;
+    /* blocks of rows run through all of a stage's ops while their
+       activations stay in the cache */
+    x->block = x->tile_max >= DX_BLOCK ? x->tile_max : DX_BLOCK / x->tile_max * x->tile_max;
+    if (x->block > x->rows_alloc)
+        x->block = x->rows_alloc;
     b.x = x;
     b.m = m;
     ert_status st = ERT_OK;
@@ -745,9 +759,23 @@ ert_status dx_create(const ert_model *m, const plan *p, const program *prog, int
                 b.need[ps->gather_buf] = x->out_row[s];
         }
     }
+    size_t io_row = 0;
+    for (int s = 0; s < prog->num_stages; s++) {
+        io_row = x->in_row[s] > io_row ? x->in_row[s] : io_row;
+        io_row = x->out_row[s] > io_row ? x->out_row[s] : io_row;
+    }
+    size_t io_floats = 0;
+    if (!size_mul(io_row, (size_t)x->rows_alloc, &io_floats) ||
+        !(x->io[0] = alloc_floats(io_floats)) || !(x->io[1] = alloc_floats(io_floats)) ||
+        !(x->logits = alloc_floats((size_t)x->rows_alloc * (size_t)m->num_classes)) ||
+        !(x->conf = alloc_floats((size_t)x->rows_alloc))) {
+        snprintf(why, cap, "out of memory for the stage rows (%zu floats per row)", io_row);
+        st = ERT_OUT_OF_MEMORY;
+        goto fail;
+    }
     for (int k = 0; k < prog->nbuf; k++) {
         size_t floats;
-        if (!size_mul(b.need[k], (size_t)x->rows_alloc, &floats) ||
+        if (!size_mul(b.need[k], (size_t)x->block, &floats) ||
             !(x->buf[k] = alloc_floats(floats))) {
             snprintf(why, cap, "out of memory for activation buffer %d (%zu floats per row)", k,
                      b.need[k]);
@@ -822,6 +850,10 @@ void dx_free(dnnl_exec *x)
     free(x->ops);
     for (int k = 0; k < PROG_MAX_BUF; k++)
         free(x->buf[k]);
+    free(x->io[0]);
+    free(x->io[1]);
+    free(x->logits);
+    free(x->conf);
     free(x->scratch);
     if (x->stream)
         dnnl_stream_destroy(x->stream);
@@ -832,7 +864,7 @@ void dx_free(dnnl_exec *x)
 
 /* ---- running ---------------------------------------------------------------------------- */
 
-ert_status dx_run(dnnl_exec *x, int begin, int end, int n, char *why, size_t cap)
+static ert_status run_ops(dnnl_exec *x, int begin, int end, int n, char *why, size_t cap)
 {
     /* op after op, each over all tiles: a buffer holds rows of one size at
        a time (ops reuse buffers with other row sizes), so tile after tile
@@ -891,8 +923,37 @@ ert_status dx_run(dnnl_exec *x, int begin, int end, int n, char *why, size_t cap
     return ERT_OK;
 }
 
-float *dx_buffer(const dnnl_exec *x, int b) { return x->buf[b]; }
-size_t dx_in_row(const dnnl_exec *x, int s) { return x->in_row[s]; }
-size_t dx_out_row(const dnnl_exec *x, int s) { return x->out_row[s]; }
+ert_status dx_stage(dnnl_exec *x, int s, int n, int heads, const float *in, float *out,
+                    char *why, size_t cap)
+{
+    const program *prog = x->prog;
+    const prog_stage *ps = &prog->stages[s];
+    const size_t K = (size_t)x->K;
+    heads = heads && ps->has_exit;
+    for (int b0 = 0; b0 < n; b0 += x->block) {
+        const int m = n - b0 < x->block ? n - b0 : x->block;
+        memcpy(x->buf[ps->in_buf], in + (size_t)b0 * x->in_row[s],
+               sizeof(float) * x->in_row[s] * (size_t)m);
+        ert_status st = run_ops(x, ps->backbone.begin, heads ? ps->conf.end : ps->backbone.end,
+                                m, why, cap);
+        if (st != ERT_OK)
+            return st;
+        memcpy(out + (size_t)b0 * x->out_row[s], x->buf[ps->out_buf],
+               sizeof(float) * x->out_row[s] * (size_t)m);
+        if (heads) {
+            memcpy(x->logits + (size_t)b0 * K, x->buf[ps->logits_buf], sizeof(float) * K * m);
+            if (ps->conf_buf >= 0)
+                memcpy(x->conf + b0, x->buf[ps->conf_buf], sizeof(float) * (size_t)m);
+        }
+    }
+    return ERT_OK;
+}
+
+float *dx_io(const dnnl_exec *x, int k) { return x->io[k]; }
+const float *dx_logits(const dnnl_exec *x) { return x->logits; }
+const float *dx_conf(const dnnl_exec *x, int s)
+{
+    return x->prog->stages[s].conf_buf >= 0 ? x->conf : NULL;
+}
 int dx_batch_invariant(const dnnl_exec *x) { return x->invariant; }
 const char *dx_describe(const dnnl_exec *x) { return x->desc; }

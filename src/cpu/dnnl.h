@@ -18,8 +18,8 @@
  * plain [n, K] and [n, 1] rows; stage outputs are never padded, so a row is
  * the plan's per-sample size.
  *
- * Nothing is allocated per call: buffers (for max_batch rows rounded up to
- * whole tiles), weights and one scratchpad are made at creation.
+ * Nothing is allocated per call: the program's buffers (for one block of
+ * rows), the stage rows, weights and one scratchpad are made at creation.
  */
 #ifndef ERT_CPU_DNNL_H
 #define ERT_CPU_DNNL_H
@@ -43,15 +43,22 @@ ert_status dx_create(const ert_model *m, const plan *p, const program *prog, int
                      size_t cap);
 void dx_free(dnnl_exec *x);
 
-/* Runs ops [begin, end) of the program on rows [0, n) of the buffers, tile
- * by tile. ERT_INTERNAL (reason in why) if oneDNN fails. */
-ert_status dx_run(dnnl_exec *x, int begin, int end, int n, char *why, size_t cap);
+/* Stage s on n rows (n <= max_batch): in [n, stage in] rows (plain, the
+ * plan's size) through the backbone into out [n, stage out]; with heads,
+ * also the exit's heads, whose logits [n, K] and confidence outputs [n]
+ * dx_logits() and dx_conf() then hold. The rows run in blocks, each through
+ * all the ops before the next (its activations stay in the cache); in and
+ * out may be dx_io() arrays but not the same one. ERT_INTERNAL (reason in
+ * why) if oneDNN fails. */
+ert_status dx_stage(dnnl_exec *x, int s, int n, int heads, const float *in, float *out,
+                    char *why, size_t cap);
 
-/* Buffer b (program numbering): rows of the layout its last writer left. */
-float *dx_buffer(const dnnl_exec *x, int b);
-/* Floats per row of stage s's input buffer and of its output buffer. */
-size_t dx_in_row(const dnnl_exec *x, int s);
-size_t dx_out_row(const dnnl_exec *x, int s);
+/* Two arrays of max_batch rows of the largest stage input or output, for
+ * the caller's stage inputs and outputs (ping-pong). */
+float *dx_io(const dnnl_exec *x, int k);
+const float *dx_logits(const dnnl_exec *x);
+/* NULL when stage s's exit has no confidence head. */
+const float *dx_conf(const dnnl_exec *x, int s);
 
 /* 1 when a row's outputs do not depend on its place in a tile (probed at
  * creation on the first stage), so the modes agree bit for bit. */
