@@ -130,7 +130,8 @@ static double peer_sps(const cJSON *cells, const char *dev, const char *profile,
         if (strcmp(d->valuestring, dev) || (int)b->valuedouble != batch ||
             strcmp(m->valuestring, mode))
             continue;
-        if (strcmp(mode, "full") != 0 &&
+        /* the full network's cells have no profile */
+        if (strcmp(mode, "full") != 0 && strcmp(mode, "ort-full") != 0 &&
             (!cJSON_IsString(p) || strcmp(p->valuestring, profile) != 0))
             continue;
         return s->valuedouble;

@@ -64,6 +64,8 @@ struct ert_engine {
     char err[ERT_ERROR_LEN];
     atomic_int busy;
     char note[ERT_ERROR_LEN]; /* ert_engine_note(); the backend sets it at create */
+    int exact_modes;          /* MASKED, COMPACTED and refill agree bit for bit
+                                 (the backend sets it at create; the note says so) */
 };
 
 /* Records a printf-style message on the engine and returns status. */

@@ -83,7 +83,8 @@ static const char *BLAS_NOTE_ROUNDING =
  * memory fails the engine. */
 static ert_status dnnl_setup(ert_engine *e, cpu_ctx *c)
 {
-    const char *blas = ops_blas_batch_invariant() ? BLAS_NOTE_EXACT : BLAS_NOTE_ROUNDING;
+    e->exact_modes = ops_blas_batch_invariant();
+    const char *blas = e->exact_modes ? BLAS_NOTE_EXACT : BLAS_NOTE_ROUNDING;
 #ifdef ERT_HAVE_DNNL
     program_opts o = {.fuse_residual = 1};
     ert_error perr = {{0}};
@@ -107,6 +108,7 @@ static ert_status dnnl_setup(ert_engine *e, cpu_ctx *c)
         return engine_fail(e, st, "cpu backend: %s", why);
     if (st == ERT_OK) {
         c->has_dnnl = 1;
+        e->exact_modes = dx_batch_invariant(c->dx);
         snprintf(e->note, sizeof e->note, "cpu: %s: the modes agree %s", dx_describe(c->dx),
                  dx_batch_invariant(c->dx) ? "bit for bit" : "to float rounding, not bit for bit");
         return ERT_OK;

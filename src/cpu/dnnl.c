@@ -32,6 +32,10 @@ typedef struct dx_op {
     dnnl_memory_t pre_src, pre_dst;
     float *pre_buf;
     size_t pre_src_row;
+    /* a linear layer as a matmul with a run-time row count: memory objects
+       for every count 1..block (made at creation), no padded tile */
+    int matmul;
+    dnnl_memory_t *mm_src, *mm_dst;
     /* a residual join the conv could not fuse: dst += src1 (+ activation)
        after it, in place */
     dnnl_primitive_t post;
@@ -54,7 +58,7 @@ struct dnnl_exec {
     size_t scratch_size;
     int invariant;
     int K;                   /* classes: floats per logits row */
-    char desc[256];
+    char desc[400];
 };
 
 /* ---- helpers ------------------------------------------------------------------------ */
@@ -141,7 +145,7 @@ typedef struct dx_build {
     size_t need[PROG_MAX_BUF];            /* floats per row each buffer must hold */
     unsigned char *plain_out;             /* [nops]: the op's output must be plain */
     dnnl_primitive_attr_t attr;           /* user scratchpad, + post-ops per op */
-    int fused_joins, separate_joins, reorders, nhwc, plain_forced;
+    int fused_joins, separate_joins, reorders, nhwc, plain_forced, matmuls;
 } dx_build;
 
 /* Primitive attributes: a user scratchpad, the op's fused residual join
@@ -378,6 +382,125 @@ static ert_status add_post_join(dx_build *b, dx_op *d, const_dnnl_primitive_desc
     return ERT_OK;
 }
 
+/* Whether a row of this layout is its values in plain (C, H, W) order, as
+ * the model's linear weights read them: plain layouts, and blocked or
+ * channels-last ones over 1x1 spatial dims with no channel padding. */
+static int row_is_plain(const dnnl_memory_desc_t *md)
+{
+    if (md->ndims == 2)
+        return md->format_kind == dnnl_blocked && md->format_desc.blocking.inner_nblks == 0 &&
+               md->format_desc.blocking.strides[1] == 1;
+    if (md->ndims != 4)
+        return 0;
+    dnnl_memory_desc_t plain;
+    dnnl_memory_desc_init_by_tag(&plain, 4, md->dims, dnnl_f32, dnnl_nchw);
+    if (dnnl_memory_desc_equal(md, &plain))
+        return 1;
+    return md->dims[2] == 1 && md->dims[3] == 1 && md_row(md) == (size_t)md->dims[1];
+}
+
+/* A linear layer over plain rows as a matmul with a run-time row count
+ * (DNNL_RUNTIME_DIM_VAL): one primitive serves every count, so the rows of
+ * a block run exactly, with no padded tile; a row's result does not depend
+ * on the count (oneDNN's gemm kernels, probed in dx_create) except for a
+ * single row, which takes another kernel and so always runs as two
+ * (dnnl.h). Returns ERT_UNSUPPORTED, having made nothing, where the layer
+ * does not qualify. */
+static ert_status make_matmul(dx_build *b, dx_op *d, const dnnl_memory_desc_t *src, char *why,
+                              size_t cap)
+{
+    dnnl_exec *x = b->x;
+    const prog_op *op = d->op;
+    const linear_params *lp = &op->l->p.linear;
+    if (!row_is_plain(src) || md_row(src) != (size_t)lp->in_features)
+        return ERT_UNSUPPORTED;
+    const dnnl_dim_t K = lp->in_features, N = lp->out_features;
+    dnnl_dims_t sd = {DNNL_RUNTIME_DIM_VAL, K}, wd = {K, N}, bd = {1, N},
+                dd = {DNNL_RUNTIME_DIM_VAL, N};
+    dnnl_memory_desc_t smd = md_tag(2, sd, dnnl_ab), wmd = md_tag(2, wd, dnnl_format_tag_any),
+                       bmd = md_tag(2, bd, dnnl_ab), dmd = md_tag(2, dd, dnnl_ab);
+    dnnl_matmul_desc_t desc;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    ert_status st = make_attr(b, op, NULL, op->act, &attr, why, cap);
+    if (st != ERT_OK)
+        return st;
+    dnnl_status_t r = dnnl_matmul_desc_init(&desc, &smd, &wmd, lp->bias ? &bmd : NULL, &dmd);
+    if (r == dnnl_success)
+        r = dnnl_primitive_desc_create(&pd, &desc, attr, x->eng, NULL);
+    dnnl_primitive_attr_destroy(attr);
+    if (r != dnnl_success)
+        return ERT_UNSUPPORTED;
+    if (best_is_ref(pd)) {
+        dnnl_primitive_desc_destroy(pd);
+        return ERT_UNSUPPORTED;
+    }
+    const char *impl = NULL;
+    dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
+    d->impl = impl;
+    d->matmul = 1;
+    d->tile = 1;
+    d->src_row = (size_t)K;
+    d->dst_row = (size_t)N;
+    r = dnnl_primitive_create(&d->prim, pd);
+    const dnnl_memory_desc_t *sp = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    if (r == dnnl_success && sp && dnnl_memory_desc_get_size(sp) > 0) {
+        r = dnnl_memory_create(&d->scratch, sp, x->eng, DNNL_MEMORY_NONE);
+        if (dnnl_memory_desc_get_size(sp) > x->scratch_size)
+            x->scratch_size = dnnl_memory_desc_get_size(sp);
+    }
+    /* the weights: the model's [N, K] is a [K, N] tensor in "ba" order */
+    const dnnl_memory_desc_t *wgot = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    dnnl_memory_desc_t wplain = md_tag(2, wd, dnnl_ba);
+    if (r == dnnl_success && !(d->wei_buf = alloc_floats(md_floats(wgot))))
+        r = dnnl_out_of_memory;
+    if (r == dnnl_success)
+        r = dnnl_memory_create(&d->wei, wgot, x->eng, d->wei_buf);
+    if (r == dnnl_success && lp->bias)
+        r = dnnl_memory_create(&d->bias, &bmd, x->eng, (void *)lp->bias);
+    dnnl_primitive_desc_t rpd = NULL;
+    if (r == dnnl_success)
+        r = dnnl_reorder_primitive_desc_create(&rpd, &wplain, x->eng, wgot, x->eng, NULL);
+    if (r == dnnl_success) {
+        dnnl_primitive_t reorder = NULL;
+        dnnl_memory_t from = NULL;
+        r = dnnl_primitive_create(&reorder, rpd);
+        if (r == dnnl_success)
+            r = dnnl_memory_create(&from, &wplain, x->eng, (void *)lp->weight);
+        if (r == dnnl_success) {
+            dnnl_exec_arg_t a[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, d->wei}};
+            r = dnnl_primitive_execute(reorder, x->stream, 2, a);
+            if (r == dnnl_success)
+                r = dnnl_stream_wait(x->stream);
+        }
+        if (from)
+            dnnl_memory_destroy(from);
+        if (reorder)
+            dnnl_primitive_destroy(reorder);
+        dnnl_primitive_desc_destroy(rpd);
+    }
+    dnnl_primitive_desc_destroy(pd);
+    /* memory objects for every row count a block can have */
+    d->mm_src = calloc((size_t)x->block + 1, sizeof *d->mm_src);
+    d->mm_dst = calloc((size_t)x->block + 1, sizeof *d->mm_dst);
+    if (!d->mm_src || !d->mm_dst)
+        r = dnnl_out_of_memory;
+    for (int m = 1; m <= x->block && r == dnnl_success; m++) {
+        dnnl_dims_t ms = {m, K}, md = {m, N};
+        dnnl_memory_desc_t a = md_tag(2, ms, dnnl_ab), c = md_tag(2, md, dnnl_ab);
+        r = dnnl_memory_create(&d->mm_src[m], &a, x->eng, DNNL_MEMORY_NONE);
+        if (r == dnnl_success)
+            r = dnnl_memory_create(&d->mm_dst[m], &c, x->eng, DNNL_MEMORY_NONE);
+    }
+    DX_TRY(r, op->l->name);
+    dnnl_dims_t od = {x->tile_max, N};
+    b->cur[op->out] = md_tag(2, od, dnnl_ab);
+    if ((size_t)N > b->need[op->out])
+        b->need[op->out] = (size_t)N;
+    b->matmuls++;
+    return ERT_OK;
+}
+
 static ert_status make_op(dx_build *b, int i, char *why, size_t cap)
 {
     dnnl_exec *x = b->x;
@@ -531,6 +654,9 @@ static ert_status make_op(dx_build *b, int i, char *why, size_t cap)
     }
     case OP_LINEAR: {
         const linear_params *lp = &op->l->p.linear;
+        if ((st = make_matmul(b, d, &src, why, cap)) != ERT_UNSUPPORTED)
+            break;
+        st = ERT_OK;
         ip_ctx c;
         memset(&c, 0, sizeof c);
         c.src = src;
@@ -632,22 +758,24 @@ static void mark_plain(const program *prog, unsigned char *plain_out)
 
 static ert_status run_ops(dnnl_exec *x, int begin, int end, int n, char *why, size_t cap);
 
-/* Batch invariance, probed: the first stage (backbone and heads) on one
- * tile of pseudo-random rows, then on the same rows rotated by one place;
- * every output row must come out bit for bit the same. */
+/* Batch invariance, probed on every stage (backbone and heads) with
+ * pseudo-random rows: P rows, the same rows rotated by one place, and the
+ * first P - 1 rows alone; every output row must come out bit for bit the
+ * same. That covers both ways a row could depend on the others: its place
+ * in a tile, and (matmuls of any row count) the count. */
 static ert_status probe(dnnl_exec *x, char *why, size_t cap)
 {
     const program *prog = x->prog;
-    const prog_stage *ps = &prog->stages[0];
-    const int T = x->tile_max;
+    const int P = x->block < 8 ? x->block : 8 > x->tile_max ? 8 : x->tile_max;
     x->invariant = 1;
-    if (T == 1)
-        return ERT_OK;
-    const size_t in_row = x->in_row[0], out_row = x->out_row[0];
-    const int has_logits = ps->has_exit;
-    const size_t K = has_logits ? (size_t)x->K : 0;
-    float *in = malloc(sizeof(float) * in_row * (size_t)T);
-    float *a = malloc(sizeof(float) * (out_row + K + 1) * (size_t)T);
+    size_t in_max = 0, out_max = 0;
+    for (int s = 0; s < prog->num_stages; s++) {
+        in_max = x->in_row[s] > in_max ? x->in_row[s] : in_max;
+        out_max = x->out_row[s] > out_max ? x->out_row[s] : out_max;
+    }
+    const size_t K = (size_t)x->K;
+    float *in = malloc(sizeof(float) * in_max * (size_t)P);
+    float *a = malloc(sizeof(float) * (out_max + K) * (size_t)P);
     if (!in || !a) {
         free(in);
         free(a);
@@ -655,32 +783,40 @@ static ert_status probe(dnnl_exec *x, char *why, size_t cap)
         return ERT_OUT_OF_MEMORY;
     }
     uint64_t h = 0x9e3779b97f4a7c15ull;
-    for (size_t k = 0; k < in_row * (size_t)T; k++) {
-        h ^= h << 13, h ^= h >> 7, h ^= h << 17;
-        in[k] = (float)((double)(h >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
-    }
     ert_status st = ERT_OK;
-    for (int pass = 0; pass < 2 && st == ERT_OK; pass++) {
-        /* pass 1: row r of pass 0 sits at row (r + 1) % T */
-        float *dst = x->buf[ps->in_buf];
-        for (int r = 0; r < T; r++)
-            memcpy(dst + (size_t)((r + pass) % T) * in_row, in + (size_t)r * in_row,
-                   sizeof(float) * in_row);
-        if ((st = run_ops(x, ps->backbone.begin, ps->conf.end, T, why, cap)) != ERT_OK)
-            break;
-        const float *y = x->buf[ps->out_buf];
-        const float *z = has_logits ? x->buf[ps->logits_buf] : NULL;
-        for (int r = 0; r < T && x->invariant; r++) {
-            int at = (r + pass) % T;
-            float *keep = a + (size_t)r * (out_row + K);
-            const float *yr = y + (size_t)at * out_row, *zr = z ? z + (size_t)at * K : NULL;
-            if (pass == 0) {
-                memcpy(keep, yr, sizeof(float) * out_row);
-                if (zr)
-                    memcpy(keep + out_row, zr, sizeof(float) * K);
-            } else if (memcmp(keep, yr, sizeof(float) * out_row) != 0 ||
-                       (zr && memcmp(keep + out_row, zr, sizeof(float) * K) != 0)) {
-                x->invariant = 0;
+    for (int s = 0; s < prog->num_stages && st == ERT_OK && x->invariant; s++) {
+        const prog_stage *ps = &prog->stages[s];
+        const size_t in_row = x->in_row[s], out_row = x->out_row[s];
+        const size_t k = ps->has_exit ? K : 0;
+        for (size_t q = 0; q < in_row * (size_t)P; q++) {
+            h ^= h << 13, h ^= h >> 7, h ^= h << 17;
+            in[q] = (float)((double)(h >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
+        }
+        for (int pass = 0; pass < 3 && st == ERT_OK; pass++) {
+            /* pass 1: row r of pass 0 sits at row (r + 1) % P; pass 2: the
+               first P - 1 rows alone */
+            const int rot = pass == 1, n = pass == 2 ? P - 1 : P;
+            if (n < 1)
+                break;
+            for (int r = 0; r < P; r++)
+                memcpy(x->buf[ps->in_buf] + (size_t)((r + rot) % P) * in_row,
+                       in + (size_t)r * in_row, sizeof(float) * in_row);
+            if ((st = run_ops(x, ps->backbone.begin, ps->conf.end, n, why, cap)) != ERT_OK)
+                break;
+            const float *y = x->buf[ps->out_buf];
+            const float *z = k ? x->buf[ps->logits_buf] : NULL;
+            for (int r = 0; r < n && x->invariant; r++) {
+                int at = (r + rot) % P;
+                float *keep = a + (size_t)r * (out_row + k);
+                const float *yr = y + (size_t)at * out_row, *zr = z ? z + (size_t)at * k : NULL;
+                if (pass == 0) {
+                    memcpy(keep, yr, sizeof(float) * out_row);
+                    if (zr)
+                        memcpy(keep + out_row, zr, sizeof(float) * k);
+                } else if (memcmp(keep, yr, sizeof(float) * out_row) != 0 ||
+                           (zr && memcmp(keep + out_row, zr, sizeof(float) * k) != 0)) {
+                    x->invariant = 0;
+                }
             }
         }
     }
@@ -724,6 +860,8 @@ ert_status dx_create(const ert_model *m, const plan *p, const program *prog, int
     x->block = x->tile_max >= DX_BLOCK ? x->tile_max : DX_BLOCK / x->tile_max * x->tile_max;
     if (x->block > x->rows_alloc)
         x->block = x->rows_alloc;
+    if (x->block < 2) /* a matmul runs one row as two */
+        x->block = x->rows_alloc = 2;
     b.x = x;
     b.m = m;
     ert_status st = ERT_OK;
@@ -804,13 +942,13 @@ ert_status dx_create(const ert_model *m, const plan *p, const program *prog, int
     }
     const dnnl_version_t *v = dnnl_version();
     snprintf(x->desc, sizeof x->desc,
-             "oneDNN %d.%d.%d, tiles of %d rows (linear %d): %d ops (%d convs; residual joins: "
-             "%d fused, %d after the conv; %d source reorders; %d outputs channels-last; %d "
-             "reference kernels); %s",
+             "oneDNN %d.%d.%d, %d-row tiles (inner products %d): %d ops: %d convs, joins %d "
+             "fused + %d after, %d reorders, %d channels-last, %d matmuls of any row count, "
+             "%d reference kernels; %s",
              v->major, v->minor, v->patch, tile_conv, tile_linear, prog->nops, nconv,
-             b.fused_joins, b.separate_joins, b.reorders, b.nhwc, nref,
-             x->invariant ? "a row's results do not depend on its place in a tile"
-                          : "a row's results depend on its place in a tile (rounding)");
+             b.fused_joins, b.separate_joins, b.reorders, b.nhwc, b.matmuls, nref,
+             x->invariant ? "rows do not depend on their place or count"
+                          : "rows depend on their place or count (rounding)");
     free(b.plain_out);
     *out = x;
     return ERT_OK;
@@ -845,6 +983,14 @@ void dx_free(dnnl_exec *x)
                 dnnl_memory_destroy(d->pre_dst);
             if (d->post_dst)
                 dnnl_memory_destroy(d->post_dst);
+            for (int k = 0; d->mm_src && k <= x->block; k++) {
+                if (d->mm_src[k])
+                    dnnl_memory_destroy(d->mm_src[k]);
+                if (d->mm_dst[k])
+                    dnnl_memory_destroy(d->mm_dst[k]);
+            }
+            free(d->mm_src);
+            free(d->mm_dst);
         }
     }
     free(x->ops);
@@ -873,6 +1019,25 @@ static ert_status run_ops(dnnl_exec *x, int begin, int end, int n, char *why, si
     for (int i = begin; i < end; i++) {
         dx_op *d = &x->ops[i];
         const prog_op *op = d->op;
+        if (d->matmul) {
+            /* all n rows at once; one row runs as two (dnnl.h) */
+            const int m = n < 2 ? 2 : n;
+            dnnl_memory_set_data_handle(d->mm_src[m], x->buf[op->in]);
+            dnnl_memory_set_data_handle(d->mm_dst[m], x->buf[op->out]);
+            dnnl_exec_arg_t a[5] = {{DNNL_ARG_SRC, d->mm_src[m]},
+                                    {DNNL_ARG_WEIGHTS, d->wei},
+                                    {DNNL_ARG_DST, d->mm_dst[m]}};
+            int na = 3;
+            if (d->bias)
+                a[na++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, d->bias};
+            if (d->scratch)
+                a[na++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, d->scratch};
+            if (dnnl_primitive_execute(d->prim, x->stream, na, a) != dnnl_success) {
+                snprintf(why, cap, "oneDNN: %s failed", op->l->name);
+                return ERT_INTERNAL;
+            }
+            continue;
+        }
         const int T = d->tile, tiles = (n + T - 1) / T;
         for (int t = 0; t < tiles; t++) {
             const size_t r0 = (size_t)t * (size_t)T;

@@ -1,5 +1,6 @@
 /* backend_test.c - see backend_test.h. */
 #include "backend_test.h"
+#include "backend.h"
 
 #include <criterion/criterion.h>
 #include <stdlib.h>
@@ -42,6 +43,8 @@ ert_engine *tb_engine_on(ert_model *m, ert_backend be, ert_mode mode, int max_ba
                  inflight, ert_status_string(st), err.msg);
     return e;
 }
+
+int tb_exact(const ert_engine *e) { return e->exact_modes; }
 
 ert_model *tb_random_model(uint64_t seed, mw_kind kind)
 {

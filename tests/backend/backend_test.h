@@ -27,6 +27,10 @@ ert_engine *tb_engine(ert_model *m, ert_mode mode, int max_batch);
 ert_engine *tb_engine_on(ert_model *m, ert_backend be, ert_mode mode, int max_batch,
                          int graph_buckets, int inflight);
 
+/* Whether the engine's modes agree bit for bit (its note says so): the CPU
+ * backend where its libraries round a row alike wherever it sits. */
+int tb_exact(const ert_engine *e);
+
 /* Writes a random model of this kind (mw_random_model) into a fresh temp
  * directory, loads it, removes the directory. Fails the test on error. */
 ert_model *tb_random_model(uint64_t seed, mw_kind kind);

@@ -21,8 +21,8 @@
 #include "policy.h"
 
 #define IS_CPU (ERT_TEST_BACKEND == ERT_BACKEND_CPU)
-/* bit-for-bit agreement: the CPU backend on a batch-invariant BLAS (cpu/ops.h) */
-#define EXACT (IS_CPU && ops_blas_batch_invariant())
+/* bit-for-bit agreement: an engine whose modes agree exactly (its note) */
+#define EXACT (tb_exact(f->e))
 #define NEVER (-1.0) /* deadline_ms: partial batches on flush only */
 
 /* ---- helpers ----------------------------------------------------------------- */

@@ -60,10 +60,10 @@ same_as_masked() {
     run_ok "$EXITRT" run "$m" --device cpu --mode refill --batch "$batch" ${COMMON[@]+"${COMMON[@]}"} "$@" \
         --predictions "$W/$name.refill.csv" --logits "$W/$name.refill.npy" --json
     cp "$W/out" "$W/$name.refill.json"
-    # byte for byte where the CPU backend is batch-invariant on this BLAS
-    # (its note says so; src/cpu/ops.h), else to float rounding
+    # byte for byte where the CPU backend is batch-invariant (its note says
+    # so: src/cpu/ops.h, src/cpu/dnnl.h), else to float rounding
     local exact
-    exact=$(json_get "$W/$name.masked.json" 'int(j["engine_note"].startswith("cpu: batch-invariant"))')
+    exact=$(json_get "$W/$name.masked.json" 'int(j["engine_note"].endswith("the modes agree bit for bit"))')
     python3 "$HERE/same_predictions.py" "$W/$name.masked.csv" "$W/$name.refill.csv" "$exact" ||
         fail "$name ($*): refill's predictions differ from MASKED's"
     [ "$exact" = 0 ] || cmp -s "$W/$name.masked.npy" "$W/$name.refill.npy" ||
