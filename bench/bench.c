@@ -576,14 +576,15 @@ static double median(const double *v, int n, double *scratch)
     return calib_percentile(v, n, 0.5, scratch);
 }
 
-/* Times every mode and profile for one backend and batch size. */
-static int sweep_batch(bench_run *r, ert_backend be, int batch)
+/* Times every mode and profile for one backend and batch size. With
+ * full_only, times FULL alone into *full_only and adds no cell. */
+static int sweep_batch(bench_run *r, ert_backend be, int batch, double *full_only)
 {
     int P = r->nprof;
     int nb = (r->rep_samples + batch - 1) / batch;
     int spr = nb * batch;
     /* acc[0]: FULL; acc[1 + 2p]: MASKED, acc[2 + 2p]: COMPACTED of profile p */
-    int nacc = 1 + 2 * P;
+    int nacc = full_only ? 1 : 1 + 2 * P;
     cell_acc *acc = calloc((size_t)nacc, sizeof *acc);
     ert_sample *smp = malloc(sizeof *smp * (size_t)batch);
     double *scratch = malloc(sizeof(double) * (size_t)(r->reps * nb + r->reps));
@@ -592,7 +593,7 @@ static int sweep_batch(bench_run *r, ert_backend be, int batch)
     if (!acc || !smp || !scratch)
         goto oom;
     for (int m = 0; m < 3; m++) {
-        if (m != ERT_MODE_FULL && !r->mode_on[m])
+        if (m != ERT_MODE_FULL && (!r->mode_on[m] || full_only))
             continue;
         ert_engine_config cfg = ert_engine_config_default();
         cfg.backend = be;
@@ -645,6 +646,10 @@ static int sweep_batch(bench_run *r, ert_backend be, int batch)
         double sps = (double)spr / median(a->rep_s, a->nrep, scratch);
         if (i == 0)
             full_sps = sps;
+        if (full_only) {
+            *full_only = sps;
+            break;
+        }
         /* FULL is reported under every profile */
         int p0 = i == 0 ? 0 : a->profile, p1 = i == 0 ? P : a->profile + 1;
         for (int p = p0; p < p1; p++) {
@@ -751,7 +756,7 @@ int bench_main(int argc, char **argv)
             continue;
         for (int i = 0; i < r.nbatches; i++) {
             double tb = now_s();
-            int st = sweep_batch(&r, (ert_backend)be, r.batches[i]);
+            int st = sweep_batch(&r, (ert_backend)be, r.batches[i], NULL);
             if (st < 0)
                 goto done;
             fprintf(stderr, "exitrt bench: %s batch %d done (%.1fs)\n",
@@ -760,6 +765,23 @@ int bench_main(int argc, char **argv)
     }
     if (r.peer_requested && bench_run_peer(&r) == 0)
         r.peer_ok = 1;
+    /* Drift: FULL at the largest batch of the first backend again, after
+     * everything else, against its cell. The ratios in the table compare
+     * cells measured minutes apart (the peers' last); on a machine whose
+     * speed moves (shared cores, a neighbour's load) this says by how much. */
+    for (int i = 0; i < r.ncells; i++) {
+        bench_cell *c = &r.cells[i];
+        if (c->mode != ERT_MODE_FULL || c->profile != 0)
+            continue;
+        if (r.drift_batch == 0 || c->batch > r.drift_batch ||
+            (int)c->backend < (int)r.drift_backend) {
+            r.drift_batch = c->batch;
+            r.drift_backend = c->backend;
+            r.drift_before = c->samples_per_s;
+        }
+    }
+    if (r.drift_batch > 0 && sweep_batch(&r, r.drift_backend, r.drift_batch, &r.drift_after) < 0)
+        r.drift_after = 0.0;
 
     bench_print_table(&r, stdout);
     fflush(stdout);

@@ -1,5 +1,6 @@
 /* bench_report.c - the bench's outputs: the table, the JSON file, the plot. */
 #include <cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,6 +98,16 @@ void bench_print_table(const bench_run *r, FILE *out)
     if (r->peer_requested)
         fprintf(out, "  PyTorch peer: %s\n  ONNX Runtime peer: %s\n", r->peer_note,
                 r->ort_note[0] ? r->ort_note : "not run");
+
+    if (r->drift_batch > 0 && r->drift_after > 0)
+        fprintf(out, "  drift: %s FULL at batch %d ran %.0f samples/s in its cell and %.0f at the "
+                     "end (%+.1f%%)%s\n",
+                ert_backend_string(r->drift_backend), r->drift_batch, r->drift_before,
+                r->drift_after, 100.0 * (r->drift_after / r->drift_before - 1.0),
+                fabs(r->drift_after / r->drift_before - 1.0) > 0.1
+                    ? ": the machine's speed moved during the run; ratios to cells timed far "
+                      "apart are off by as much"
+                    : "");
 
     int peer = r->peer_ok;
     int ort = 0;
@@ -241,6 +252,12 @@ int bench_write_json(const bench_run *r, const char *path)
     cJSON_AddBoolToObject(peer, "ran", r->peer_ok);
     cJSON_AddStringToObject(peer, "note", r->peer_note);
     cJSON_AddStringToObject(peer, "ort_note", r->ort_note);
+    cJSON *drift = cJSON_AddObjectToObject(root, "drift");
+    cJSON_AddNumberToObject(drift, "batch", r->drift_batch);
+    cJSON_AddStringToObject(drift, "backend",
+                            r->drift_batch ? ert_backend_string(r->drift_backend) : "");
+    cJSON_AddNumberToObject(drift, "before", r->drift_before);
+    cJSON_AddNumberToObject(drift, "after", r->drift_after);
     cJSON *cells = cJSON_AddArrayToObject(root, "cells");
     for (int i = 0; i < r->ncells; i++) {
         const bench_cell *c = &r->cells[i];

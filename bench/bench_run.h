@@ -80,6 +80,10 @@ typedef struct bench_run {
     int peer_requested, peer_ok;
     char peer_note[512];        /* why the peer did not run, or its version */
     char ort_note[256];         /* ONNX Runtime: its version, or why it did not run */
+    /* FULL at drift_batch on drift_backend, timed again at the end */
+    int drift_batch;
+    ert_backend drift_backend;
+    double drift_before, drift_after;
     char date[32];              /* UTC, ISO 8601 */
     const char *commit;         /* the build's `git describe` (ert_commit.h) */
     cuda_info cuda;             /* device 0 and the CUDA libraries, when the CUDA backend runs */

@@ -333,6 +333,9 @@ Test(bench_json, documented_keys_and_types, .timeout = 120)
     get(peer, "ran", is_bool);
     get(peer, "note", is_str);
     get(peer, "ort_note", is_str);
+    const cJSON *drift = get(j, "drift", is_obj);
+    cr_assert_eq(get(drift, "batch", is_num)->valueint, 64);
+    cr_assert(get(drift, "after", is_num)->valuedouble > 0);
 
     const cJSON *cells = get(j, "cells", is_arr);
     /* 2 batches x 5 profiles x 3 modes */
