@@ -239,9 +239,22 @@ ert_status ert_infer(ert_engine *e, const float *input, int batch, ert_result *o
  * (choosing thresholds that give a wanted share of samples per exit).
  * Runs every head on every sample, so it costs what MASKED costs, whatever
  * the engine's mode. scores: [batch * num_exits], row-major; the final
- * head's score is its max softmax probability. */
+ * head's score is its max softmax probability. The same as
+ * ert_engine_exit_outputs(e, input, batch, scores, NULL). */
 ERT_API ERT_NODISCARD
 ert_status ert_engine_scores(ert_engine *e, const float *input, int batch, float *scores);
+
+/* Every exit's policy score and predicted class for every sample of a batch
+ * (MASKED cost, whatever the engine's mode). scores: [batch * num_exits] or
+ * NULL; classes: [batch * num_exits] or NULL (argmax of that exit's logits,
+ * lowest index on ties, as ert_sample.predicted); not both NULL. Row-major:
+ * sample * num_exits + exit. Every exit is scored for every sample,
+ * whether or not an earlier exit would have taken it; where the sample does
+ * leave at an exit, its ert_sample there (ERT_MODE_MASKED) has this score
+ * and class. */
+ERT_API ERT_NODISCARD
+ert_status ert_engine_exit_outputs(ert_engine *e, const float *input, int batch, float *scores,
+                                   int32_t *classes);
 
 /* Device-side results of ert_infer_device: device pointers the caller owns. */
 typedef struct ert_device_result {

@@ -157,3 +157,31 @@ extern "C" cudaError_t ert_k_exit_compact(const ert_exit_args *a, cudaStream_t s
         return cudaErrorInvalidValue;
     return launch_exit_compact(*a, s);
 }
+
+/* ---- outputs: one thread per row, every row scored, nothing decided ------------ */
+
+static __global__ void exit_outputs_kernel(ert_exit_args a)
+{
+    const int n = rows_of(a);
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        const float *z = a.logits + (size_t)i * a.K;
+        const size_t at = (size_t)a.orig[i] * a.num_exits + a.exit_index;
+        if (a.out_scores)
+            a.out_scores[at] = ert_policy_score(a.policy, z, a.K, a.conf ? a.conf[i] : 0.0f);
+        if (a.out_classes)
+            a.out_classes[at] = ert_argmax(z, a.K);
+    }
+}
+
+extern "C" cudaError_t ert_k_exit_outputs(const ert_exit_args *a, cudaStream_t s)
+{
+    if (!a || a->n < 1 || a->K < 1 || !a->logits || !a->orig ||
+        (!a->out_scores && !a->out_classes) || a->num_exits < 1 || a->exit_index < 0 ||
+        a->exit_index >= a->num_exits)
+        return cudaErrorInvalidValue;
+    if (a->policy == ERT_POLICY_CONFIDENCE_HEAD && !a->conf)
+        return cudaErrorInvalidValue;
+    int block = 256;
+    exit_outputs_kernel<<<CEIL_DIV(a->n, block), block, 0, s>>>(*a);
+    return cudaGetLastError();
+}

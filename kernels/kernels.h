@@ -9,6 +9,7 @@
 #define ERT_KERNELS_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <cuda_runtime_api.h>
 
 #include "act.h"
@@ -89,6 +90,10 @@ typedef struct ert_exit_args {
     int *new_orig;        /* compact: [n] survivors' original positions */
     int *src_row;         /* compact: [n] survivors' rows in the current order */
     int *count;           /* compact: one int, the number of survivors */
+    float *out_scores;    /* outputs: [batch * num_exits] scores at (orig[i],
+                             exit_index), or NULL */
+    int32_t *out_classes; /* outputs: [batch * num_exits] classes, or NULL */
+    int num_exits;        /* outputs: the row stride of out_scores / out_classes */
     /* bucketed graphs (NULL / off elsewhere): */
     const int *d_n;       /* the real row count on the device (<= n); rows
                              [*d_n, n) are bucket padding: never scored,
@@ -106,6 +111,11 @@ cudaError_t ert_k_exit_decide(const ert_exit_args *a, cudaStream_t s);
 /* The same decision, plus the stable compaction of the survivors in one
  * thread block: new_orig/src_row [0, *count) in their current order. */
 cudaError_t ert_k_exit_compact(const ert_exit_args *a, cudaStream_t s);
+
+/* No decision: every row's score and class (argmax of its logits) into
+ * out_scores / out_classes[orig[i] * num_exits + exit_index] (either may be
+ * NULL, not both), for ert_engine_exit_outputs. Writes no sample. */
+cudaError_t ert_k_exit_outputs(const ert_exit_args *a, cudaStream_t s);
 
 /* ---- graph.cu ------------------------------------------------------------------ */
 

@@ -27,9 +27,12 @@ typedef struct backend_ops {
      * out->bucket and out->macs_padding, which engine.c sets to 0 / -1 / 0
      * before the call. engine.c fills the rest. */
     ert_status (*infer)(ert_engine *e, const float *input, int batch, ert_result *out);
-    /* Optional (NULL: unsupported): every exit's score for every row,
-     * scores[row * num_exits + exit], computing every head. */
-    ert_status (*scores)(ert_engine *e, const float *input, int batch, float *scores);
+    /* Optional (NULL: unsupported): every exit's score and class for every
+     * row, scores[row * num_exits + exit] and classes[...] (either may be
+     * NULL, not both), computing every head whatever e->cfg.mode (MASKED
+     * work, no decisions). ert_engine_exit_outputs and ert_engine_scores. */
+    ert_status (*exit_outputs)(ert_engine *e, const float *input, int batch, float *scores,
+                               int32_t *classes);
     /* Optional (NULL: unsupported). */
     ert_status (*infer_device)(ert_engine *e, const void *d_input, int batch,
                                ert_device_result *out, void *stream);

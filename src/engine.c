@@ -287,20 +287,32 @@ ert_status ert_infer_device(ert_engine *e, const void *d_input, int batch,
     return st;
 }
 
+ert_status ert_engine_exit_outputs(ert_engine *e, const float *input, int batch, float *scores,
+                                   int32_t *classes)
+{
+    if (!e)
+        return ERT_INVALID_ARGUMENT;
+    if (!scores && !classes)
+        return engine_fail(e, ERT_INVALID_ARGUMENT, "scores and classes are both NULL");
+    ert_status st = check_batch(e, input, batch, scores ? (const void *)scores : classes);
+    if (st != ERT_OK)
+        return st;
+    if (!e->ops->exit_outputs)
+        return engine_fail(e, ERT_UNSUPPORTED, "ert_engine_exit_outputs is not supported by the "
+                                               "%s backend", e->ops->name);
+    if (!engine_enter(e))
+        return engine_fail(e, ERT_BUSY, "the engine is running another call");
+    e->err[0] = '\0';
+    st = e->ops->exit_outputs(e, input, batch, scores, classes);
+    engine_leave(e);
+    return st;
+}
+
 ert_status ert_engine_scores(ert_engine *e, const float *input, int batch, float *scores)
 {
     if (!e)
         return ERT_INVALID_ARGUMENT;
-    ert_status st = check_batch(e, input, batch, scores);
-    if (st != ERT_OK)
-        return st;
-    if (!e->ops->scores)
-        return engine_fail(e, ERT_UNSUPPORTED, "ert_engine_scores is not supported by the %s "
-                                               "backend", e->ops->name);
-    if (!engine_enter(e))
-        return engine_fail(e, ERT_BUSY, "the engine is running another call");
-    e->err[0] = '\0';
-    st = e->ops->scores(e, input, batch, scores);
-    engine_leave(e);
-    return st;
+    if (!scores)
+        return engine_fail(e, ERT_INVALID_ARGUMENT, "scores is NULL");
+    return ert_engine_exit_outputs(e, input, batch, scores, NULL);
 }

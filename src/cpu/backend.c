@@ -323,15 +323,17 @@ static void set_threads(const ert_engine *e, const cpu_ctx *c)
 
 /* The n rows of input (contiguous) through every stage on one path; row i
  * is sample ids[i] of the call (ids NULL: sample i). out == NULL: every
- * exit's score of every row into scores[sample * num_exits + exit] instead
- * (MASKED work, no decisions). Adds the MACs run to *macs. */
+ * exit's score and class of every row into scores / classes[sample *
+ * num_exits + exit] instead (either may be NULL; MASKED work, no
+ * decisions). Adds the MACs run to *macs. */
 static ert_status run_rows(ert_engine *e, cpu_ctx *c, int dn, const float *input, int n,
-                           const int *ids, ert_result *out, float *scores, uint64_t *macs)
+                           const int *ids, ert_result *out, float *scores, int32_t *classes,
+                           uint64_t *macs)
 {
     const ert_model *m = e->model;
     const plan *p = &e->plan;
-    const int E = m->num_exits;
-    const ert_mode mode = scores ? ERT_MODE_MASKED : e->cfg.mode;
+    const int E = m->num_exits, K = m->num_classes;
+    const ert_mode mode = out ? e->cfg.mode : ERT_MODE_MASKED;
 
     float *cur = stage0_input(c, dn);
     op_normalize(m->input, input, n, cur, m->input_scale, m->mean, m->std);
@@ -357,9 +359,16 @@ static ert_status run_rows(ert_engine *e, cpu_ctx *c, int dn, const float *input
             continue;
         *macs += (uint64_t)n * x->head_macs;
 
-        if (scores) {
-            for (int r = 0; r < n; r++)
-                row_decides(e, conf, s, z, r, &scores[(size_t)c->orig[r] * E + s]);
+        if (!out) {
+            for (int r = 0; r < n; r++) {
+                size_t at = (size_t)c->orig[r] * E + s;
+                float score;
+                row_decides(e, conf, s, z, r, &score);
+                if (scores)
+                    scores[at] = score;
+                if (classes)
+                    classes[at] = ert_argmax(z + (size_t)r * K, K);
+            }
             continue;
         }
         if (mode != ERT_MODE_COMPACTED) {
@@ -404,14 +413,14 @@ static ert_status run_rows(ert_engine *e, cpu_ctx *c, int dn, const float *input
 /* The whole batch: rows with a finite input on the oneDNN path (when the
  * engine has it), the others on the ops path (see "the two paths"). */
 static ert_status cpu_run(ert_engine *e, const float *input, int batch, ert_result *out,
-                          float *scores)
+                          float *scores, int32_t *classes)
 {
     cpu_ctx *c = e->ctx;
     uint64_t macs = 0;
     ert_status st = ERT_OK;
     set_threads(e, c);
     if (!c->has_dnnl) {
-        st = run_rows(e, c, 0, input, batch, NULL, out, scores, &macs);
+        st = run_rows(e, c, 0, input, batch, NULL, out, scores, classes, &macs);
     } else {
         const size_t per = shape_size(e->model->input);
         int good = 0;
@@ -420,7 +429,7 @@ static ert_status cpu_run(ert_engine *e, const float *input, int batch, ert_resu
         for (int i = 0; i < batch; i++)
             good += c->finite[i];
         if (good == batch) {
-            st = run_rows(e, c, 1, input, batch, NULL, out, scores, &macs);
+            st = run_rows(e, c, 1, input, batch, NULL, out, scores, classes, &macs);
         } else {
             /* each group gathered into the staging rows, with its samples' ids */
             for (int want = 1; want >= 0 && st == ERT_OK; want--) {
@@ -432,7 +441,8 @@ static ert_status cpu_run(ert_engine *e, const float *input, int batch, ert_resu
                         c->ids[k++] = i;
                     }
                 if (k)
-                    st = run_rows(e, c, want, c->staging, k, c->ids, out, scores, &macs);
+                    st = run_rows(e, c, want, c->staging, k, c->ids, out, scores, classes,
+                                  &macs);
             }
         }
     }
@@ -445,12 +455,13 @@ static ert_status cpu_run(ert_engine *e, const float *input, int batch, ert_resu
 
 static ert_status cpu_infer(ert_engine *e, const float *input, int batch, ert_result *out)
 {
-    return cpu_run(e, input, batch, out, NULL);
+    return cpu_run(e, input, batch, out, NULL, NULL);
 }
 
-static ert_status cpu_scores(ert_engine *e, const float *input, int batch, float *scores)
+static ert_status cpu_exit_outputs(ert_engine *e, const float *input, int batch, float *scores,
+                                   int32_t *classes)
 {
-    return cpu_run(e, input, batch, NULL, scores);
+    return cpu_run(e, input, batch, NULL, scores, classes);
 }
 
 /* ---- one stage of the refill stream ------------------------------------------------------- */
@@ -567,7 +578,7 @@ const backend_ops cpu_backend_ops = {
     .create = cpu_create,
     .destroy = cpu_destroy,
     .infer = cpu_infer,
-    .scores = cpu_scores,
+    .exit_outputs = cpu_exit_outputs,
     .infer_device = NULL,
     .run_stage = cpu_run_stage,
 };

@@ -98,6 +98,12 @@ static void cuda_destroy(void *ctx)
     cudaFree(c->d_weights);
     cudaFree(c->d_samples);
     cudaFree(c->d_logits);
+    cudaFree(c->d_scores);
+    cudaFree(c->d_classes);
+    if (c->h_scores)
+        cudaFreeHost(c->h_scores);
+    if (c->h_classes)
+        cudaFreeHost(c->h_classes);
     if (c->h_input)
         cudaFreeHost(c->h_input);
     if (c->h_samples)
@@ -151,6 +157,7 @@ static ert_status cuda_create(ert_engine *e, void **out)
     const ert_model *m = e->model;
     const size_t B = (size_t)e->cfg.max_batch;
     const size_t K = (size_t)m->num_classes;
+    const size_t E = (size_t)m->num_exits;
     const size_t in_size = shape_size(m->input);
     *out = NULL;
 
@@ -173,8 +180,13 @@ static ert_status cuda_create(ert_engine *e, void **out)
     c->device = e->cfg.device;
     CUDA_TRY(e, cudaSetDevice(c->device));
 
+    /* FULL runs no early head in ert_infer, but ert_engine_exit_outputs
+       runs them all: such an engine gets the MASKED program (the same
+       backbone ops, plus the heads), and only its last stage decides
+       (stage_decides) */
     ert_error perr;
-    st = program_build(m, &e->plan, e->cfg.mode, NULL, &c->prog, &perr);
+    ert_mode pmode = e->cfg.mode == ERT_MODE_FULL ? ERT_MODE_MASKED : e->cfg.mode;
+    st = program_build(m, &e->plan, pmode, NULL, &c->prog, &perr);
     if (st != ERT_OK) {
         engine_fail(e, st, "%s", perr.msg);
         goto fail;
@@ -219,6 +231,11 @@ static ert_status cuda_create(ert_engine *e, void **out)
     CUDA_TRY(e, cudaHostAlloc((void **)&c->h_samples, B * sizeof(ert_sample),
                               cudaHostAllocDefault));
     CUDA_TRY(e, cudaHostAlloc((void **)&c->h_logits, B * K * sizeof(float), cudaHostAllocDefault));
+    CUDA_TRY(e, cudaMalloc((void **)&c->d_scores, B * E * sizeof(float)));
+    CUDA_TRY(e, cudaMalloc((void **)&c->d_classes, B * E * sizeof(int32_t)));
+    CUDA_TRY(e, cudaHostAlloc((void **)&c->h_scores, B * E * sizeof(float), cudaHostAllocDefault));
+    CUDA_TRY(e, cudaHostAlloc((void **)&c->h_classes, B * E * sizeof(int32_t),
+                              cudaHostAllocDefault));
     /* COMPACTED with graph_buckets > 0: bucketed graphs, or the wait-based
        path when they cannot be built (graph.h; e->note says which) */
     if ((st = graph_setup(e, c)) != ERT_OK)
@@ -477,12 +494,62 @@ fail:
     return st;
 }
 
+/* ert_engine_exit_outputs: the whole batch on slot 0 (its stream, handles
+ * and buffers, as the refill stream's stage op uses them; the engine's busy
+ * flag keeps the callers apart), every stage with its heads and the outputs
+ * kernel instead of a decision, nobody compacted, then one wait for the
+ * copies to the host. */
+static ert_status cuda_exit_outputs(ert_engine *e, const float *input, int batch, float *scores,
+                                    int32_t *classes)
+{
+    ert_status st = ERT_OK;
+    cuda_ctx *c = e->ctx;
+    const program *prog = &c->prog;
+    cuda_slot *s = &c->slots[0];
+    const size_t E = (size_t)prog->num_stages;
+    const size_t in_size = shape_size(e->model->input);
+    CUDA_TRY(e, cudaSetDevice(c->device));
+
+    memcpy(c->h_input, input, (size_t)batch * in_size * sizeof(float));
+    float *x = s->buf[prog->stages[0].in_buf];
+    CUDA_TRY(e, cudaMemcpyAsync(x, c->h_input, (size_t)batch * in_size * sizeof(float),
+                                cudaMemcpyHostToDevice, s->stream));
+    for (int si = 0; si < prog->num_stages; si++) {
+        /* rows stay where they are: their positions are 0..batch-1 throughout */
+        stage_args a = {.si = si, .n = batch, .norm_src = si == 0 ? x : NULL,
+                        .iota_base = si == 0 ? 0 : -1, .cur = 0, .samples = c->d_samples,
+                        .gather_buf = prog->stages[si].gather_buf,
+                        .out_scores = scores ? c->d_scores : NULL,
+                        .out_classes = classes ? c->d_classes : NULL};
+        if ((st = stage_enqueue(e, c, s, &a, NULL)) != ERT_OK)
+            goto fail;
+    }
+    if (scores)
+        CUDA_TRY(e, cudaMemcpyAsync(c->h_scores, c->d_scores, (size_t)batch * E * sizeof(float),
+                                    cudaMemcpyDeviceToHost, s->stream));
+    if (classes)
+        CUDA_TRY(e, cudaMemcpyAsync(c->h_classes, c->d_classes,
+                                    (size_t)batch * E * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                                    s->stream));
+    CUDA_TRY(e, cudaStreamSynchronize(s->stream));
+    if (scores)
+        memcpy(scores, c->h_scores, (size_t)batch * E * sizeof(float));
+    if (classes)
+        memcpy(classes, c->h_classes, (size_t)batch * E * sizeof(int32_t));
+    return ERT_OK;
+fail:
+    (void)cudaStreamSynchronize(s->stream); /* nothing may still use the buffers */
+    (void)cudaGetLastError();
+    return st;
+}
+
 const backend_ops cuda_backend_ops = {
     .name = "cuda",
     .kind = ERT_BACKEND_CUDA,
     .create = cuda_create,
     .destroy = cuda_destroy,
     .infer = cuda_infer,
+    .exit_outputs = cuda_exit_outputs,
     .infer_device = cuda_infer_device,
     .run_stage = cuda_run_stage,
 };

@@ -72,9 +72,23 @@ typedef struct cuda_ctx {
     float *h_logits;           /* pinned [max_batch * K] */
     ert_sample *d_samples;     /* device [max_batch] (ert_infer's results) */
     float *d_logits;           /* device [max_batch * K] */
+    float *d_scores;           /* device [max_batch * num_exits] (exit outputs) */
+    int32_t *d_classes;        /* device [max_batch * num_exits] */
+    float *h_scores;           /* pinned [max_batch * num_exits] */
+    int32_t *h_classes;        /* pinned [max_batch * num_exits] */
     cudaEvent_t ev_caller;     /* infer_device: the caller's stream reached the call */
     struct graph_state *graphs; /* bucketed graphs (graph.c), or NULL: wait-based */
 } cuda_ctx;
+
+/* Whether stage si runs its heads and exit decision in ert_infer and the
+ * refill stream. The program of an engine in FULL mode is the MASKED one
+ * (backend.c: ert_engine_exit_outputs needs every head), so there only the
+ * last stage decides; in the other modes every stage with a head does. */
+static inline int stage_decides(const ert_engine *e, const cuda_ctx *c, int si)
+{
+    return c->prog.stages[si].has_exit &&
+           (e->cfg.mode != ERT_MODE_FULL || si == c->prog.num_stages - 1);
+}
 
 /* The device copy of a pointer into model->weights (NULL stays NULL). */
 static inline const float *dev_weight(const cuda_ctx *c, const ert_model *m, const float *w)
@@ -136,12 +150,19 @@ typedef struct stage_args {
     int *h_count;           /* with gather_buf: copy the count here (pinned) and */
     cudaEvent_t count_event;/* record this event after the copy; NULL: neither */
     ert_switch_args sw;     /* graphs: the exit kernel selects the next stage's bucket */
+    /* ert_engine_exit_outputs: when either is set, every row's score and class
+       go here at [orig * num_exits + si] (device) instead of a decision; with
+       gather_buf >= 0 every row is then copied there, in place (nobody left) */
+    float *out_scores;
+    int32_t *out_classes;
 } stage_args;
 
 /* Enqueues one stage on slot s's stream: [normalise, row ids,] the backbone
- * ops, the head and confidence ops, the exit decision, and with gather_buf
- * the compaction and the gather. Adds the MACs of n rows to *macs (NULL:
- * not counted). The only place a stage is enqueued (stage.c). */
+ * ops, and where the stage decides (stage_decides) or outputs are asked for,
+ * the head and confidence ops, then the exit decision, and with gather_buf
+ * the compaction and the gather (or the outputs and a copy of every row).
+ * Adds the MACs of n rows to *macs (NULL: not counted). The only place a
+ * stage is enqueued (stage.c). */
 ert_status stage_enqueue(ert_engine *e, cuda_ctx *c, cuda_slot *s, const stage_args *a,
                          uint64_t *macs);
 

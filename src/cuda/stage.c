@@ -51,7 +51,8 @@ ert_status stage_enqueue(ert_engine *e, cuda_ctx *c, cuda_slot *s, const stage_a
             return st;
     if (macs)
         *macs += (uint64_t)n * e->plan.stages[a->si].macs;
-    if (!ps->has_exit)
+    const int outputs = a->out_scores || a->out_classes;
+    if (!(outputs ? ps->has_exit : stage_decides(e, c, a->si)))
         return ERT_OK;
     for (int i = ps->head.begin; i < ps->conf.end; i++) /* head, then confidence */
         if ((st = op_run(e, c, s, i, n)) != ERT_OK)
@@ -73,6 +74,18 @@ ert_status stage_enqueue(ert_engine *e, cuda_ctx *c, cuda_slot *s, const stage_a
     x.samples = a->samples;
     x.out_logits = a->logits;
     x.d_n = a->d_n;
+    if (outputs) {
+        x.out_scores = a->out_scores;
+        x.out_classes = a->out_classes;
+        x.num_exits = c->prog.num_stages;
+        KERNEL_TRY(e, ert_k_exit_outputs(&x, s->stream));
+        /* nobody leaves: the next stage reads every row from its input buffer */
+        if (a->gather_buf >= 0)
+            CUDA_TRY(e, cudaMemcpyAsync(s->buf[a->gather_buf], s->buf[ps->out_buf],
+                                        (size_t)n * ps->out_row * sizeof(float),
+                                        cudaMemcpyDeviceToDevice, s->stream));
+        return ERT_OK;
+    }
     if (a->gather_buf < 0) {
         x.done = a->done;
         KERNEL_TRY(e, ert_k_exit_decide(&x, s->stream));
@@ -109,6 +122,7 @@ ert_status cuda_run_stage(ert_engine *e, int si, const float *in, int n, float *
     const prog_stage *ps = &prog->stages[si];
     cuda_slot *s = &c->slots[0];
     const int last = si == prog->num_stages - 1;
+    const int decides = stage_decides(e, c, si);
     const size_t K = (size_t)e->model->num_classes;
     const size_t in_row = shape_size(e->plan.stages[si].in);
     CUDA_TRY(e, cudaSetDevice(c->device));
@@ -118,13 +132,13 @@ ert_status cuda_run_stage(ert_engine *e, int si, const float *in, int n, float *
     CUDA_TRY(e, cudaMemcpyAsync(x, in, (size_t)n * in_row * sizeof(float),
                                 cudaMemcpyHostToDevice, s->stream));
     /* a row that stays keeps the poison exit index -1: how `exited` is read */
-    if (ps->has_exit)
+    if (decides)
         CUDA_TRY(e, cudaMemsetAsync(c->d_samples, 0xff, (size_t)n * sizeof(ert_sample),
                                     s->stream));
     /* the gather's target: the COMPACTED program's, else any buffer but the
        stage output (after the exit kernel, the others are dead) */
     int g = -1;
-    if (ps->has_exit && !last) {
+    if (decides && !last) {
         g = ps->gather_buf;
         for (int b = 0; g < 0 && b < prog->nbuf; b++)
             if (b != ps->out_buf)
@@ -140,7 +154,7 @@ ert_status cuda_run_stage(ert_engine *e, int si, const float *in, int n, float *
     if ((st = stage_enqueue(e, c, s, &a, macs)) != ERT_OK)
         goto fail;
 
-    if (!ps->has_exit) {
+    if (!decides) {
         /* ERT_MODE_FULL before the final head: every row goes on */
         CUDA_TRY(e, cudaMemcpyAsync(out, s->buf[ps->out_buf],
                                     (size_t)n * ps->out_row * sizeof(float),

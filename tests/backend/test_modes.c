@@ -437,3 +437,131 @@ static void vs_reference(mw_kind kind, uint64_t seed)
 Test(modes_vs_reference, mlp) { vs_reference(MW_MLP, 21); }
 Test(modes_vs_reference, cnn) { vs_reference(MW_CNN, 22); }
 Test(modes_vs_reference, resnet) { vs_reference(MW_RESNET, 23); }
+
+/* ---- every exit's outputs (ert_engine_exit_outputs) ----------------------------- */
+
+/* Thresholds that send a sample to exit j: the exits before it never fire
+ * (entropy 0; the others 1, which only a probability or confidence rounding
+ * to exactly 1 passes), exit j fires for any finite score. */
+static void forcing_thresholds(const ert_model *m, int j, float *thr)
+{
+    for (int i = 0; i < ert_model_num_exits(m) - 1; i++) {
+        int entropy = ert_model_exit_policy(m, i) == ERT_POLICY_ENTROPY;
+        if (i < j)
+            thr[i] = entropy ? 0.0f : 1.0f;
+        else
+            thr[i] = entropy ? 3.0e38f : 0.0f;
+    }
+}
+
+/* The two largest logits of a row lie within the logit tolerance of each
+ * other: two backends may pick either class. */
+static int near_tie(const float *z, int k)
+{
+    float a = -INFINITY, b = -INFINITY, scale = 0.0f;
+    for (int j = 0; j < k; j++) {
+        scale = fmaxf(scale, fabsf(z[j]));
+        if (z[j] > a) {
+            b = a;
+            a = z[j];
+        } else if (z[j] > b) {
+            b = z[j];
+        }
+    }
+    return a - b <= ERT_TOL_LOGIT * (fabsf(a) + scale) + 1e-6f;
+}
+
+/* Every exit's score and class from each mode's engine against the sample
+ * MASKED sends to that exit when the thresholds force it there: its class
+ * is the argmax of the logits at that exit, and its score the one the
+ * decision saw (bit for bit on the CPU, where the call is MASKED's work on
+ * MASKED's path). The scores equal ert_engine_scores', with or without
+ * classes asked for. */
+static void exit_outputs(mw_kind kind, uint64_t seed)
+{
+    fixture f;
+    fixture_open(&f, seed, kind);
+    const int E = ert_model_num_exits(f.m), K = ert_model_num_classes(f.m), n = 64;
+    const int cpu = ERT_TEST_BACKEND == ERT_BACKEND_CPU;
+    const size_t cells = (size_t)n * E;
+    float *sc[3], *only_sc = malloc(sizeof(float) * cells), *old = malloc(sizeof(float) * cells);
+    int32_t *cl[3], *only_cl = malloc(sizeof(int32_t) * cells);
+    cr_assert(only_sc && old && only_cl);
+    for (int x = 0; x < 3; x++) {
+        sc[x] = malloc(sizeof(float) * cells);
+        cl[x] = malloc(sizeof(int32_t) * cells);
+        cr_assert(sc[x] && cl[x]);
+        for (size_t i = 0; i < cells; i++) {
+            sc[x][i] = -7.0f;
+            cl[x][i] = -7;
+        }
+        ert_engine *e = f.es[x];
+        cr_assert_eq(ert_engine_exit_outputs(e, f.x, n, sc[x], cl[x]), ERT_OK, "%s: %s",
+                     ert_mode_string(ert_engine_mode(e)), ert_engine_error(e));
+        cr_assert_eq(ert_engine_exit_outputs(e, f.x, n, only_sc, NULL), ERT_OK, "%s",
+                     ert_engine_error(e));
+        cr_assert_eq(ert_engine_exit_outputs(e, f.x, n, NULL, only_cl), ERT_OK, "%s",
+                     ert_engine_error(e));
+        cr_assert_eq(ert_engine_scores(e, f.x, n, old), ERT_OK, "%s", ert_engine_error(e));
+        cr_assert(memcmp(sc[x], only_sc, sizeof(float) * cells) == 0,
+                  "%s: the scores depend on whether classes were asked for",
+                  ert_mode_string(ert_engine_mode(e)));
+        cr_assert(memcmp(sc[x], old, sizeof(float) * cells) == 0,
+                  "%s: ert_engine_scores and ert_engine_exit_outputs differ",
+                  ert_mode_string(ert_engine_mode(e)));
+        cr_assert(memcmp(cl[x], only_cl, sizeof(int32_t) * cells) == 0);
+        for (size_t i = 0; i < cells; i++)
+            cr_assert(cl[x][i] >= 0 && cl[x][i] < K, "cell %zu: class %d", i, cl[x][i]);
+    }
+
+    tb_result forced;
+    tb_result_init(&forced, n, K);
+    float thr[ERT_MAX_EXITS];
+    for (int j = 0; j < E; j++) {
+        forcing_thresholds(f.m, j, thr);
+        set_thresholds(&f.es[1], 1, f.m, thr);
+        tb_infer(f.es[1], f.x, n, &forced);
+        int seen = 0;
+        for (int i = 0; i < n; i++) {
+            const ert_sample *s = &forced.samples[i];
+            if (s->exit_index != j)
+                continue; /* left earlier at a probability of exactly 1 */
+            seen++;
+            const float *z = forced.logits + (size_t)i * K;
+            cr_assert_eq(s->predicted, ert_argmax(z, K));
+            for (int x = 0; x < 3; x++) {
+                size_t at = (size_t)i * E + j;
+                const char *mode = ert_mode_string(ert_engine_mode(f.es[x]));
+                if (cpu) {
+                    cr_assert_eq(cl[x][at], s->predicted, "%s: sample %d exit %d: class %d, %d",
+                                 mode, i, j, cl[x][at], s->predicted);
+                    cr_assert(memcmp(&sc[x][at], &s->score, sizeof(float)) == 0,
+                              "%s: sample %d exit %d: score %.9g, MASKED %.9g", mode, i, j,
+                              sc[x][at], s->score);
+                } else {
+                    cr_assert(cl[x][at] == s->predicted || near_tie(z, K),
+                              "%s: sample %d exit %d: class %d, %d", mode, i, j, cl[x][at],
+                              s->predicted);
+                    cr_assert(tol_score_ok(sc[x][at], s->score),
+                              "%s: sample %d exit %d: score %.9g, MASKED %.9g", mode, i, j,
+                              sc[x][at], s->score);
+                }
+            }
+        }
+        cr_assert_geq(seen, n - n / 8, "exit %d: only %d of %d samples could be sent there", j,
+                      seen, n);
+    }
+    tb_result_free(&forced);
+    for (int x = 0; x < 3; x++) {
+        free(sc[x]);
+        free(cl[x]);
+    }
+    free(only_sc);
+    free(only_cl);
+    free(old);
+    fixture_close(&f);
+}
+
+Test(exit_outputs, mlp) { exit_outputs(MW_MLP, 24); }
+Test(exit_outputs, cnn_confidence_head) { exit_outputs(MW_CNN, 25); }
+Test(exit_outputs, resnet) { exit_outputs(MW_RESNET, 26); }

@@ -31,7 +31,18 @@ soname=$(objdump -p "$so" | awk '/SONAME/ {print $2}')
 syms=$(nm -D --defined-only "$so" | awk '{print $3}')
 bad=$(echo "$syms" | grep -v '^ert_' || true)
 [ -z "$bad" ] || fail "libexitrt.so exports symbols outside ert_*: $(echo $bad | head -c 400)"
-echo "exported: $(echo "$syms" | wc -l) symbols, all ert_*"
+# and they are exactly the functions exitrt.h marks ERT_API (a new call that
+# is declared but not exported, or the reverse, shows here)
+api=$(/usr/bin/python3 - "$src/include/exitrt.h" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+for decl in re.findall(r"^ERT_API\b([^(;]*)\(", text, re.M):
+    print(re.findall(r"ert_\w+", decl)[-1])
+PY
+)
+diff <(echo "$api" | sort) <(echo "$syms" | sort) >&2 ||
+    fail "the exported symbols differ from exitrt.h's ERT_API functions (< header, > library)"
+echo "exported: $(echo "$syms" | wc -l) symbols, all ert_*, the $(echo "$api" | wc -l) ERT_API functions of exitrt.h"
 
 # ---- the README's program is tests/api_example.c ----------------------------------------
 /usr/bin/python3 - "$src/README.md" "$example" <<'PY' || fail "README's C program differs from tests/api_example.c"

@@ -253,6 +253,15 @@ Test(api_misuse, infer_bad_arguments)
     cr_assert_eq(ert_engine_scores(NULL, x, 1, scores), ERT_INVALID_ARGUMENT);
     expect_engine_fail(e, ert_engine_scores(e, NULL, 1, scores), ERT_INVALID_ARGUMENT, "is NULL");
     expect_engine_fail(e, ert_engine_scores(e, x, 1, NULL), ERT_INVALID_ARGUMENT, "is NULL");
+    int32_t classes[8 * ERT_MAX_EXITS];
+    cr_assert_eq(ert_engine_exit_outputs(NULL, x, 1, scores, classes), ERT_INVALID_ARGUMENT);
+    expect_engine_fail(e, ert_engine_exit_outputs(e, x, 1, NULL, NULL), ERT_INVALID_ARGUMENT,
+                       "both NULL");
+    expect_engine_fail(e, ert_engine_exit_outputs(e, NULL, 1, NULL, classes),
+                       ERT_INVALID_ARGUMENT, "input is NULL");
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        expect_engine_fail(e, ert_engine_exit_outputs(e, x, bad[i], NULL, classes),
+                           ERT_INVALID_ARGUMENT, "out of range [1, 4]");
 
     /* the device entry point on a CPU engine */
     ert_device_result dr = {.samples = s};
@@ -393,6 +402,8 @@ Test(api_misuse, concurrent_call_is_busy)
     atomic_store(&e->busy, 1);
     expect_engine_fail(e, ert_infer(e, x, 2, &r), ERT_BUSY, "running another call");
     expect_engine_fail(e, ert_engine_scores(e, x, 2, scores), ERT_BUSY, "running another call");
+    expect_engine_fail(e, ert_engine_exit_outputs(e, x, 2, scores, NULL), ERT_BUSY,
+                       "running another call");
     atomic_store(&e->busy, 0);
     cr_assert_eq(ert_infer(e, x, 2, &r), ERT_OK, "%s", ert_engine_error(e));
     free(x);
