@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "data.h"
 #include "exitrt.h"
 
 #define CLI_OK 0
@@ -32,8 +33,30 @@ const char *cli_commas(uint64_t v, char *buf, size_t len);
  * value (message printed). */
 int cli_opt_value(int argc, char **argv, int *i, const char *name, const char **value);
 
+/* "0.3" for 0.3f: the shortest decimal that reads back as the same float. */
+double cli_float_decimal(float v);
+
+/* A command's data set and labels. */
+typedef struct cli_samples {
+    const char *data_path;   /* --data, or the model's sample data */
+    const char *labels_path; /* --labels, the model's sample labels (when
+                                --data was not given), or NULL */
+    ert_dataset data;
+    ert_labels labels;       /* count 0 without labels */
+} cli_samples;
+
+/* Loads data (NULL: the model's sample data, and then its sample labels
+ * unless labels is given) and labels, and checks them against the model:
+ * values per sample, as many labels as samples, labels in [0, K). With
+ * need_labels, having no labels is a usage error. Returns 0, or the CLI
+ * status after printing the error (free *out either way). */
+int cli_load_samples(const char *model_path, const ert_model *m, const char *data,
+                     const char *labels, int need_labels, cli_samples *out);
+void cli_samples_free(cli_samples *s);
+
 int cmd_run(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
+int cmd_calibrate(int argc, char **argv);
 
 /* ---- the run report (report.c) ---- */
 

@@ -23,6 +23,9 @@ static const char USAGE[] =
     "  inspect MODEL         print the graph, stages, exits, parameters and MACs\n"
     "  bench MODEL [options] time FULL, MASKED and COMPACTED over batch sizes and\n"
     "                        exit profiles against the ideal (and PyTorch: --peer)\n"
+    "  calibrate MODEL [options]\n"
+    "                        choose the exits' thresholds for an accuracy target\n"
+    "                        at the least compute, checked on held-out samples\n"
     "\n"
     "  exitrt <command> --help   options of a command\n"
     "  exitrt --version          the version\n"
@@ -152,6 +155,8 @@ int main(int argc, char **argv)
         return finish(bench_main(argc - 1, argv + 1));
     if (strcmp(verb, "inspect") == 0)
         return finish(cmd_inspect(argc - 1, argv + 1));
+    if (strcmp(verb, "calibrate") == 0)
+        return finish(cmd_calibrate(argc - 1, argv + 1));
     if (verb[0] == '-')
         return cli_error(CLI_USAGE, "unknown option '%s' (see 'exitrt --help')", verb);
     return cli_error(CLI_USAGE, "unknown command '%s' (see 'exitrt --help')", verb);

@@ -73,7 +73,7 @@ void report_print_text(const run_report *r)
 
 /* A float as the shortest decimal that reads back as the same float, so
  * 0.3f prints as 0.3, not 0.300000011920929. */
-static double float_decimal(float v)
+double cli_float_decimal(float v)
 {
     char buf[32];
     for (int prec = 6; prec <= 9; prec++) {
@@ -123,7 +123,7 @@ int report_print_json(const run_report *r)
              cJSON_AddStringToObject(j, "name", e->name) &&
              cJSON_AddStringToObject(j, "policy",
                                      final ? "final" : ert_policy_string(e->policy)) &&
-             cJSON_AddItemToObject(j, "threshold", num_or_null(!final, float_decimal(e->threshold))) &&
+             cJSON_AddItemToObject(j, "threshold", num_or_null(!final, cli_float_decimal(e->threshold))) &&
              cJSON_AddNumberToObject(j, "taken", (double)e->taken) &&
              cJSON_AddNumberToObject(j, "share", share(e->taken, r->samples)) &&
              cJSON_AddItemToObject(j, "accuracy", num_or_null(r->labels && e->taken,

@@ -15,47 +15,8 @@ MAKE_MODEL=$2
 W=$3
 SRC=${4:-}
 
-rm -rf "$W"
-mkdir -p "$W"
-
-checks=0
-fail() {
-    echo "FAIL: $*" >&2
-    exit 1
-}
-ok() {
-    checks=$((checks + 1))
-}
-
-# expect_status WANT CMD... : runs CMD with stdout and stderr captured in
-# $W/out and $W/err; fails unless its status is WANT.
-expect_status() {
-    local want=$1
-    shift
-    local rc=0
-    "$@" >"$W/out" 2>"$W/err" || rc=$?
-    if [ "$rc" -ne "$want" ]; then
-        echo "--- stdout" >&2; head -20 "$W/out" >&2
-        echo "--- stderr" >&2; head -20 "$W/err" >&2
-        fail "status $rc (want $want): $*"
-    fi
-    ok
-}
-
-# expect_error CMD... : status 1 or 2 (never a signal, never 0) and exactly
-# one line on stderr, "exitrt: ...".
-expect_error() {
-    local rc=0
-    "$@" >"$W/out" 2>"$W/err" || rc=$?
-    [ "$rc" -eq 1 ] || [ "$rc" -eq 2 ] || fail "status $rc (want 1 or 2): $*"
-    [ "$(wc -l <"$W/err")" -eq 1 ] || { cat "$W/err" >&2; fail "stderr is not one line: $*"; }
-    grep -q '^exitrt: ' "$W/err" || fail "stderr does not start with 'exitrt: ': $*"
-    ok
-}
-
-json_get() { # json_get FILE PYTHON-EXPRESSION-ON-j
-    python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"
-}
+# shellcheck source=tests/cli/lib.sh
+. "$HERE/lib.sh"
 
 # ---- help and version ---------------------------------------------------------
 expect_status 0 "$EXITRT" --help

@@ -18,29 +18,11 @@ MAKE_MODEL=$2
 W=$3
 SRC=${4:-}
 
-rm -rf "$W"
-mkdir -p "$W"
+# shellcheck source=tests/cli/lib.sh
+. "$HERE/lib.sh"
 
-checks=0
-fail() {
-    echo "FAIL: $*" >&2
-    exit 1
-}
-
-# run_ok CMD... : status 0, stdout in $W/out, stderr in $W/err
-run_ok() {
-    local rc=0
-    "$@" >"$W/out" 2>"$W/err" || rc=$?
-    if [ "$rc" -ne 0 ]; then
-        echo "--- stdout" >&2; head -20 "$W/out" >&2
-        echo "--- stderr" >&2; head -20 "$W/err" >&2
-        fail "status $rc: $*"
-    fi
-    checks=$((checks + 1))
-}
-
-json_get() { # json_get FILE PYTHON-EXPRESSION-ON-j
-    python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"
+run_ok() { # run_ok CMD... : expect_status 0
+    expect_status 0 "$@"
 }
 
 # same_as_masked MODEL NAME BATCH ARGS... : refill at BATCH with ARGS against
