@@ -135,9 +135,11 @@ static int parse_args(int argc, char **argv, run_opts *o)
         } else if (OPT("--deadline")) {
             if (r < 0)
                 return CLI_USAGE;
-            float d;
-            if (!cli_parse_float(v, &d) || d < 0)
-                return cli_error(CLI_USAGE, "--deadline: '%s' is not a number of ms >= 0", v);
+            double d;
+            const char *why = tools_parse_double(v, &d);
+            if (why || d < 0)
+                return cli_error(CLI_USAGE, "--deadline: '%s' %s", v,
+                                 why ? why : "is negative (a number of ms >= 0)");
             o->deadline_ms = d;
             o->refill_opts = 1;
         } else if (OPT("--schedule")) {
@@ -230,9 +232,9 @@ static int apply_thresholds(const run_opts *o, const ert_model *m, ert_engine *e
                              spec, name, names[0] ? names : "none");
         }
         float v;
-        if (!cli_parse_float(eq + 1, &v))
-            return cli_error(CLI_USAGE, "--threshold %s: '%s' is not a finite number", spec,
-                             eq + 1);
+        const char *why = tools_parse_float(eq + 1, &v);
+        if (why)
+            return cli_error(CLI_USAGE, "--threshold %s: '%s' %s", spec, eq + 1, why);
         if (ert_engine_set_threshold(e, idx, v) != ERT_OK)
             return cli_error(CLI_USAGE, "--threshold %s: %s", spec, ert_engine_error(e));
     }

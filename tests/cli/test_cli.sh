@@ -243,6 +243,24 @@ done
 final=$(json_get "$W/mlp-compacted.json" 'j["exits"][-1]["name"]')
 expect_status 2 "$EXITRT" run "$M" --threshold "$final=0.5"
 
+# ---- numbers on the command line, read as model.json's numbers are --------------------
+# An underflow is a number (strtof's ERANGE once made 1e-38 "not a finite
+# number"); overflow, NaN, infinities and text are refused, saying which.
+expect_status 0 "$EXITRT" run "$M" --json --threshold 0=1e-38
+[ "$(json_get "$W/out" 'j["exits"][0]["threshold"]')" = 1e-38 ] || fail "--threshold 0=1e-38 not kept"
+expect_status 0 "$EXITRT" run "$M" --json --threshold 0=1e-60
+[ "$(json_get "$W/out" 'j["exits"][0]["threshold"]')" = 0 ] || fail "--threshold 0=1e-60 is not 0"
+for c in "1e39:is beyond the float32 range" "abc:is not a number" \
+    "0.5x:is not a number (text after the number)" "nan:is NaN" "inf:is infinite" \
+    ":is not a number (empty)"; do
+    expect_status 2 "$EXITRT" run "$M" --threshold "0=${c%%:*}"
+    grep -qF -- "--threshold 0=${c%%:*}: '${c%%:*}' ${c#*:}" "$W/err" ||
+        fail "--threshold 0=${c%%:*}: message '$(cat "$W/err")' lacks '${c#*:}'"
+done
+expect_status 0 "$EXITRT" run "$M" --mode refill --deadline 1e-400 --json
+expect_status 2 "$EXITRT" run "$M" --mode refill --deadline 1e999
+grep -q "beyond the range of a double" "$W/err" || fail "--deadline 1e999 message"
+
 # ---- the trained models, when present ---------------------------------------------
 if [ -n "$SRC" ]; then
     for d in "$SRC"/models/fmnist-*/; do
