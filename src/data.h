@@ -1,7 +1,7 @@
-/* data.h - reading input and label files: .npy (float32 or uint8, C order)
- * and IDX (ubyte), gzipped or not (decided by the magic bytes, not the
- * name). Files are untrusted input: every error names the file and the
- * problem, and sizes are bounded and overflow-checked. */
+/* data.h - reading input and label files: .npy (float32, float64 or uint8
+ * inputs, integer labels; C order) and IDX (ubyte), gzipped or not (decided
+ * by the magic bytes, not the name). Files are untrusted input: every error
+ * names the file and the problem, and sizes are bounded and overflow-checked. */
 #ifndef ERT_DATA_H
 #define ERT_DATA_H
 
@@ -11,7 +11,9 @@
 #include "exitrt.h"
 
 typedef struct ert_dataset {
-    float *values;     /* [count * sample_size] as floats (uint8 converted) */
+    float *values;     /* [count * sample_size] as floats (uint8 and float64
+                          converted; float64 beyond the float range becomes
+                          an infinity, as numpy's astype(np.float32) gives) */
     size_t count;      /* samples */
     size_t sample_size;/* values per sample (product of the dims after the first) */
     int ndim;

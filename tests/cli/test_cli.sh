@@ -207,6 +207,36 @@ expect_error "$EXITRT" run "$W/mlp" --data "$W/truncated.npy"
 grep -q truncated "$W/err" || fail "truncated data message"
 expect_error "$EXITRT" run "$W/mlp" --predictions "$W/no/such/dir/p.csv"
 
+# ---- numpy's default dtypes: float64 inputs, int64 labels -------------------------------
+# (the same values as inputs.npy and labels.npy, written without numpy)
+python3 - "$W/mlp" <<'EOF' || fail "writing the float64 and int64 copies"
+import struct, sys
+d = sys.argv[1]
+def read(p):
+    b = open(p, "rb").read()
+    hl = struct.unpack("<H", b[8:10])[0]
+    return b[10:10 + hl].decode().rstrip(), b[10 + hl:]
+def write(p, header, data):
+    h = header + " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
+    open(p, "wb").write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(h)) + h.encode() + data)
+h, x = read(d + "/inputs.npy")
+v = struct.unpack(f"<{len(x) // 4}f", x)
+write(d + "/inputs-f8.npy", h.replace("'<f4'", "'<f8'"), struct.pack(f"<{len(v)}d", *v))
+h, y = read(d + "/labels.npy")
+v = struct.unpack(f"<{len(y) // 4}i", y)
+write(d + "/labels-i8.npy", h.replace("'<i4'", "'<i8'"), struct.pack(f"<{len(v)}q", *v))
+EOF
+expect_status 0 "$EXITRT" run "$W/mlp" --data "$W/mlp/inputs.npy" --labels "$W/mlp/labels.npy" \
+    --device cpu --json --predictions "$W/f4.csv"
+cp "$W/out" "$W/f4.json"
+expect_status 0 "$EXITRT" run "$W/mlp" --data "$W/mlp/inputs-f8.npy" --labels "$W/mlp/labels-i8.npy" \
+    --device cpu --json --predictions "$W/f8.csv"
+cmp -s "$W/f4.csv" "$W/f8.csv" || fail "float64 inputs give other predictions than the same values as float32"
+[ "$(json_get "$W/out" 'j["accuracy"]')" = "$(json_get "$W/f4.json" 'j["accuracy"]')" ] ||
+    fail "int64 labels give another accuracy than the same labels as int32"
+expect_error "$EXITRT" run "$W/mlp" --data "$W/mlp/inputs.npy" --labels "$W/mlp/inputs-f8.npy"
+grep -q "labels must be integers (u1, i4 or i8), not float64" "$W/err" || fail "float64 labels message"
+
 # ---- malformed models ---------------------------------------------------------------
 bad() { # bad NAME: a copy of the mlp model to break
     rm -rf "${W:?}/bad-$1"

@@ -1,6 +1,8 @@
 /* test_data.c - the .npy and IDX readers (src/data.c), against files written
  * here byte by byte, plain and gzipped, and a set of malformed files. */
 #include <criterion/criterion.h>
+#include <float.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -205,6 +207,70 @@ Test(data, npy_one_dim_is_one_value_per_sample)
     ert_dataset_free(&d);
 }
 
+/* float64 (numpy's default dtype) is read as float32, rounded as numpy's
+ * astype(np.float32) rounds: beyond the float range an infinity (from
+ * halfway between FLT_MAX and 2^128 on) or FLT_MAX (below that), NaN
+ * stays NaN, tiny values become subnormals or zero. */
+static void check_f8(int version, int gz)
+{
+    const double v[2 * 6] = {0.1, -2.25, 1e300, -1e300, NAN, 1e-40,
+                             1e-50, 3.4028235e38, 3.40282356e38, -3.40282357e38, 65504.0,
+                             0x1.ffffffp127};
+    const float want[12] = {0.1f, -2.25f, INFINITY, -INFINITY, NAN, 1e-40f,
+                            0.0f, FLT_MAX, FLT_MAX, -INFINITY, 65504.0f, INFINITY};
+    const char *p = write_npy("d.npy", version,
+                              "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 6), }", v,
+                              sizeof v, gz);
+    ert_dataset d;
+    ert_error err = {{0}};
+    cr_assert_eq(ert_dataset_load(p, &d, &err), ERT_OK, "%s", err.msg);
+    cr_assert_eq(d.count, 2);
+    cr_assert_eq(d.sample_size, 6);
+    cr_assert_eq(d.was_uint8, 0);
+    for (int i = 0; i < 12; i++) {
+        if (isnan(want[i]))
+            cr_assert(isnan(d.values[i]), "value %d: %g, want NaN", i, (double)d.values[i]);
+        else
+            cr_assert_eq(d.values[i], want[i], "value %d: %a, want %a", i, (double)d.values[i],
+                         (double)want[i]);
+    }
+    ert_dataset_free(&d);
+}
+
+Test(data, npy_f8_v1) { check_f8(1, 0); }
+Test(data, npy_f8_v3_gzip) { check_f8(3, 1); }
+
+Test(data, npy_f8_sizes_checked)
+{
+    double v[6] = {0};
+    /* 2x3 doubles announced, 47 bytes there */
+    bytes b = npy_bytes(1, "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }", v,
+                        sizeof v);
+    const char *p = write_file("t.npy", b.p, b.n - 1, 0);
+    ert_dataset d;
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
+    p = write_file("t.npy.gz", b.p, b.n - 1, 1);
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
+    free(b.p);
+    /* 600M doubles: 2.4 GB as float32, within the bound, but 4.8 GB stored */
+    p = write_npy("h.npy", 1, "{'descr': '<f8', 'fortran_order': False, 'shape': (600000000,), }",
+                  v, sizeof v, 0);
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "the data is too large");
+    /* a plain file shorter than the data it announces: refused before allocating */
+    p = write_npy("s.npy", 1, "{'descr': '<f8', 'fortran_order': False, 'shape': (100000000,), }",
+                  v, sizeof v, 0);
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "data needs 800000000 bytes");
+    /* one more double than announced */
+    p = write_npy("l.npy", 1, "{'descr': '<f8', 'fortran_order': False, 'shape': (5,), }", v,
+                  sizeof v, 0);
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "longer than its header");
+    /* float64 labels are refused like float32 ones */
+    ert_labels l;
+    p = write_npy("y.npy", 1, "{'descr': '<f8', 'fortran_order': False, 'shape': (6,), }", v,
+                  sizeof v, 0);
+    assert_fails(ert_labels_load(p, &l, &e_), ERT_UNSUPPORTED, "not float64");
+}
+
 static void check_idx(int gz)
 {
     enum { N = 3, H = 4, W = 5 };
@@ -378,11 +444,15 @@ Test(data, npy_fortran_order)
 Test(data, npy_unsupported_dtype)
 {
     double v[6] = {0};
+    /* big-endian float64, half precision */
     const char *p = write_npy("d.npy", 1,
-                              "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }", v,
+                              "{'descr': '>f8', 'fortran_order': False, 'shape': (2, 3), }", v,
                               sizeof v, 0);
     ert_dataset d;
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_UNSUPPORTED, "'<f8'");
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_UNSUPPORTED, "'>f8'");
+    p = write_npy("h.npy", 1, "{'descr': '<f2', 'fortran_order': False, 'shape': (2, 3), }", v, 12,
+                  0);
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_UNSUPPORTED, "float64 '<f8'");
     /* big-endian float32 */
     p = write_npy("b.npy", 1, "{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }", v,
                   24, 0);
@@ -390,7 +460,8 @@ Test(data, npy_unsupported_dtype)
     /* integers are labels, not inputs */
     p = write_npy("i.npy", 1, "{'descr': '<i4', 'fortran_order': False, 'shape': (2, 3), }", v,
                   24, 0);
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_UNSUPPORTED, "float32 or uint8");
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_UNSUPPORTED,
+                 "input data must be float32, float64 or uint8, not int32");
     /* and floats are not labels */
     ert_labels l;
     p = write_npy("l.npy", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (6,), }", v, 24,
