@@ -426,9 +426,9 @@ static int load_inputs(bench_run *r, const char *data)
             fprintf(stderr, "exitrt bench: %s\n", err.msg);
             return -1;
         }
-        if (d.sample_size != r->input_size || d.count == 0) {
-            fprintf(stderr, "exitrt bench: %s: %zu values per sample, the model takes %zu\n",
-                    path, d.sample_size, r->input_size);
+        if (ert_dataset_check_shape(&d, path, m->input.c, m->input.h, m->input.w, &err) !=
+            ERT_OK) {
+            fprintf(stderr, "exitrt bench: %s\n", err.msg);
             ert_dataset_free(&d);
             return -1;
         }

@@ -15,6 +15,7 @@
 #include <float.h>
 #include <limits.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -625,6 +626,62 @@ fail:
     rd_close(&r);
     ert_dataset_free(out);
     return st;
+}
+
+/* dims[from..n) as "AxBxC" into buf. */
+static const char *fmt_dims(char *buf, size_t len, const int64_t *dims, int from, int n)
+{
+    buf[0] = '\0';
+    for (int i = from; i < n; i++) {
+        size_t l = strlen(buf);
+        snprintf(buf + l, len - l, "%s%lld", i > from ? "x" : "", (long long)dims[i]);
+    }
+    return buf;
+}
+
+ert_status ert_dataset_check_shape(const ert_dataset *d, const char *path, int c, int h, int w,
+                                   ert_error *err)
+{
+    size_t per = (size_t)c * (size_t)h * (size_t)w;
+    char shape[160];
+    fmt_dims(shape, sizeof shape, d->dims, 1, d->ndim);
+    if (d->sample_size != per)
+        return ert_fail(err, ERT_FORMAT,
+                        "%s: each sample has %zu value%s (%s), the model takes %dx%dx%d = %zu", path,
+                        d->sample_size, d->sample_size == 1 ? "" : "s",
+                        shape[0] ? shape : "1-D data", c, h, w, per);
+    /* Dimensions of size 1 do not change the order of the values: the two
+       layouts agree when their other dimensions do, or when the data has
+       at most one (flat: [N, C*H*W], or [N] for a one-value input). */
+    const int64_t model[3] = {c, h, w};
+    int64_t a[DATA_MAX_DIMS], b[3];
+    int na = 0, nb = 0;
+    for (int i = 1; i < d->ndim; i++)
+        if (d->dims[i] != 1)
+            a[na++] = d->dims[i];
+    for (int i = 0; i < 3; i++)
+        if (model[i] != 1)
+            b[nb++] = model[i];
+    int same = na == nb;
+    for (int i = 0; same && i < na; i++)
+        same = a[i] == b[i];
+    if (na <= 1 || same)
+        return ERT_OK;
+    const int64_t *x = d->dims;
+    const char *hint = "";
+    if (d->ndim == 4 && x[1] == h && x[2] == w && x[3] == c)
+        hint = " (channels last? numpy: x.transpose(0, 3, 1, 2))";
+    else if (d->ndim == 4 && x[1] == c && x[2] == w && x[3] == h)
+        hint = " (height and width swapped? numpy: x.transpose(0, 1, 3, 2))";
+    else if (c == 1 && d->ndim == 3 && x[1] == w && x[2] == h)
+        hint = " (height and width swapped? numpy: x.transpose(0, 2, 1))";
+    char hw[48] = "";
+    if (c == 1)
+        snprintf(hw, sizeof hw, ", [N, %d, %d]", h, w);
+    return ert_fail(err, ERT_FORMAT,
+                    "%s: samples of shape %s do not match the model's input %dx%dx%d: the same %zu "
+                    "values in another layout%s; accepted: [N, %d, %d, %d]%s or [N, %zu]",
+                    path, shape, c, h, w, per, hint, c, h, w, hw, per);
 }
 
 void ert_dataset_free(ert_dataset *d)

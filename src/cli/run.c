@@ -462,19 +462,10 @@ int cmd_run(int argc, char **argv)
         goto done;
     }
     size_t per = ert_model_input_size(m);
-    if (data.sample_size != per) {
-        int c, h, w;
-        ert_model_input_shape(m, &c, &h, &w);
-        char shape[160] = "";
-        for (int d = 1; d < data.ndim; d++) {
-            size_t l = strlen(shape);
-            snprintf(shape + l, sizeof shape - l, "%s%lld", d > 1 ? "x" : "",
-                     (long long)data.dims[d]);
-        }
-        rc = cli_error(CLI_FAIL,
-                       "%s: each sample has %zu value%s (%s), the model takes %dx%dx%d = %zu",
-                       data_path, data.sample_size, data.sample_size == 1 ? "" : "s",
-                       shape[0] ? shape : "1-D data", c, h, w, per);
+    int c, h, w;
+    ert_model_input_shape(m, &c, &h, &w);
+    if ((st = ert_dataset_check_shape(&data, data_path, c, h, w, &err)) != ERT_OK) {
+        rc = cli_error(CLI_FAIL, "%s", err.msg);
         goto done;
     }
     size_t n = data.count;

@@ -237,6 +237,40 @@ cmp -s "$W/f4.csv" "$W/f8.csv" || fail "float64 inputs give other predictions th
 expect_error "$EXITRT" run "$W/mlp" --data "$W/mlp/inputs.npy" --labels "$W/mlp/inputs-f8.npy"
 grep -q "labels must be integers (u1, i4 or i8), not float64" "$W/err" || fail "float64 labels message"
 
+# ---- the layout of the samples: the model's [N, C, H, W], flat, or [N, H, W] for one channel
+python3 - "$W" <<'EOF' || fail "writing the reshaped copies"
+import struct, sys
+w = sys.argv[1]
+def reshape(src, dst, shape):
+    b = open(src, "rb").read()
+    hl = struct.unpack("<H", b[8:10])[0]
+    old = b[10:10 + hl].decode()
+    new = old[:old.index("'shape'")] + "'shape': (" + ", ".join(map(str, shape)) + "), }"
+    h = new + " " * ((64 - (10 + len(new) + 1) % 64) % 64) + "\n"
+    open(dst, "wb").write(b[:8] + struct.pack("<H", len(h)) + h.encode() + b[10 + hl:])
+reshape(f"{w}/cnn/inputs.npy", f"{w}/cnn-nchw.npy", (300, 3, 12, 12))
+reshape(f"{w}/cnn/inputs.npy", f"{w}/cnn-nhwc.npy", (300, 12, 12, 3))
+reshape(f"{w}/mlp/inputs.npy", f"{w}/mlp-nhw.npy", (300, 8, 8))
+reshape(f"{w}/mlp/inputs.npy", f"{w}/mlp-nchw.npy", (300, 1, 8, 8))
+reshape(f"{w}/mlp/inputs.npy", f"{w}/mlp-n64x1.npy", (300, 64, 1))
+reshape(f"{w}/mlp/inputs.npy", f"{w}/mlp-nhw-by-2.npy", (300, 4, 16))
+EOF
+for d in cnn-nchw:cnn mlp-nhw:mlp mlp-nchw:mlp mlp-n64x1:mlp; do
+    expect_status 0 "$EXITRT" run "$W/${d#*:}" --data "$W/${d%%:*}.npy" --device cpu --json
+done
+expect_error "$EXITRT" run "$W/cnn" --data "$W/cnn-nhwc.npy" --device cpu
+grep -qF "cnn-nhwc.npy: samples of shape 12x12x3 do not match the model's input 3x12x12" "$W/err" &&
+    grep -qF "channels last?" "$W/err" && grep -qF "accepted: [N, 3, 12, 12] or [N, 432]" "$W/err" ||
+    fail "channels-last data: $(cat "$W/err")"
+expect_error "$EXITRT" run "$W/mlp" --data "$W/mlp-nhw-by-2.npy" --device cpu
+grep -qF "samples of shape 4x16 do not match the model's input 1x8x8" "$W/err" &&
+    grep -qF "accepted: [N, 1, 8, 8], [N, 8, 8] or [N, 64]" "$W/err" ||
+    fail "4x16 data for an 8x8 model: $(cat "$W/err")"
+# the bench reads inputs too
+expect_status 1 "$EXITRT" bench "$W/cnn" --data "$W/cnn-nhwc.npy" --quick --device cpu
+grep -qF "exitrt bench: $W/cnn-nhwc.npy: samples of shape 12x12x3 do not match" "$W/err" ||
+    fail "bench: channels-last data: $(cat "$W/err")"
+
 # ---- malformed models ---------------------------------------------------------------
 bad() { # bad NAME: a copy of the mlp model to break
     rm -rf "${W:?}/bad-$1"

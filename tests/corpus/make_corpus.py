@@ -547,6 +547,14 @@ def data_cases():
          npy_bytes("<f4", shp, x, header="{'descr': '<f4")),
         ("wrong-sample-size.npy", "data", "wrong-sample-size.npy: each sample has 192 values (3x8x8), the model takes 2x8x8 = 128",
          npy_bytes("<f4", (4, 3, 8, 8), bytes(4 * 4 * 3 * 64))),
+        ("channels-last.npy", "data",
+         "channels-last.npy: samples of shape 8x8x2 do not match the model's input 2x8x8: the same 128 "
+         "values in another layout (channels last? numpy: x.transpose(0, 3, 1, 2)); "
+         "accepted: [N, 2, 8, 8] or [N, 128]",
+         npy_bytes("<f4", (4, 8, 8, 2), f4(X.transpose(0, 2, 3, 1)))),
+        ("idx-4x16-for-8x8", "data",
+         "idx-4x16-for-8x8: samples of shape 2x4x16 do not match the model's input 2x8x8",
+         idx_bytes(8, [4, 2, 4, 16], bytes(4 * 128))),
         ("idx-float-type", "data", "idx-float-type: IDX data type 0x0d is not supported (unsigned byte 0x08 only)",
          idx_bytes(0x0D, [4, 2, 8, 8], bytes(4 * 512))),
         ("idx-zero-dims", "data", "idx-zero-dims: IDX header has 0 dimensions (1..8)", idx_bytes(8, [], b"")),

@@ -611,3 +611,81 @@ Test(data, null_arguments)
     ert_labels l;
     cr_assert_eq(ert_labels_load(NULL, &l, NULL), ERT_INVALID_ARGUMENT);
 }
+
+/* ---- the layout of the samples against the model's input --------------------- */
+
+/* A data set of n samples with these dims after the first (no values: the
+ * check reads the shape only). */
+static ert_dataset shaped(int ndim, const int64_t *dims)
+{
+    ert_dataset d = {0};
+    d.ndim = ndim;
+    d.count = 5;
+    d.dims[0] = 5;
+    d.sample_size = 1;
+    for (int i = 1; i < ndim; i++) {
+        d.dims[i] = dims[i - 1];
+        d.sample_size *= (size_t)dims[i - 1];
+    }
+    return d;
+}
+
+static void shape_ok(int c, int h, int w, int ndim, const int64_t *dims)
+{
+    ert_dataset d = shaped(ndim, dims);
+    ert_error err = {{0}};
+    cr_assert_eq(ert_dataset_check_shape(&d, "x.npy", c, h, w, &err), ERT_OK,
+                 "model %dx%dx%d, %d dims: %s", c, h, w, ndim, err.msg);
+}
+
+static void shape_bad(int c, int h, int w, int ndim, const int64_t *dims, const char *want1,
+                      const char *want2)
+{
+    ert_dataset d = shaped(ndim, dims);
+    ert_error err = {{0}};
+    cr_assert_eq(ert_dataset_check_shape(&d, path_of("x.npy"), c, h, w, &err), ERT_FORMAT,
+                 "model %dx%dx%d, %d dims: accepted", c, h, w, ndim);
+    cr_assert_not_null(strstr(err.msg, g_dir), "'%s' names no file", err.msg);
+    cr_assert_not_null(strstr(err.msg, want1), "'%s' lacks '%s'", err.msg, want1);
+    cr_assert_not_null(strstr(err.msg, want2), "'%s' lacks '%s'", err.msg, want2);
+    cr_assert_null(strchr(err.msg, '\n'));
+}
+
+Test(data, layout_accepted)
+{
+    const int64_t nchw[3] = {3, 30, 34}, flat[1] = {3060}, ones[5] = {1, 3, 30, 1, 34};
+    shape_ok(3, 30, 34, 4, nchw);
+    shape_ok(3, 30, 34, 2, flat);
+    shape_ok(3, 30, 34, 6, ones); /* size-1 dims do not move any value */
+    const int64_t hw[2] = {28, 28}, chw[3] = {1, 28, 28}, hwc[3] = {28, 28, 1};
+    const int64_t f784[1] = {784}, col[2] = {784, 1};
+    shape_ok(1, 28, 28, 3, hw); /* Fashion-MNIST as it comes */
+    shape_ok(1, 28, 28, 4, chw);
+    shape_ok(1, 28, 28, 4, hwc); /* one channel: channels last is the same order */
+    shape_ok(1, 28, 28, 2, f784);
+    shape_ok(1, 28, 28, 3, col);
+    shape_ok(1, 1, 1, 1, NULL); /* [N] for a one-value input */
+}
+
+Test(data, layout_refused_naming_both_shapes)
+{
+    const int64_t nhwc[3] = {30, 34, 3}, swapped[3] = {3, 34, 30}, merged[2] = {3, 1020},
+                  hwflat[2] = {1020, 3};
+    shape_bad(3, 30, 34, 4, nhwc,
+              "samples of shape 30x34x3 do not match the model's input 3x30x34: the same 3060 "
+              "values in another layout (channels last? numpy: x.transpose(0, 3, 1, 2))",
+              "accepted: [N, 3, 30, 34] or [N, 3060]");
+    shape_bad(3, 30, 34, 4, swapped, "samples of shape 3x34x30 do not match the model's input 3x30x34",
+              "height and width swapped? numpy: x.transpose(0, 1, 3, 2)");
+    shape_bad(3, 30, 34, 3, merged, "samples of shape 3x1020 do not match", "another layout;");
+    shape_bad(3, 30, 34, 3, hwflat, "samples of shape 1020x3 do not match", "another layout;");
+    const int64_t wh[2] = {20, 28};
+    shape_bad(1, 28, 20, 3, wh, "samples of shape 20x28 do not match the model's input 1x28x20",
+              "(height and width swapped? numpy: x.transpose(0, 2, 1)); accepted: [N, 1, 28, 20], "
+              "[N, 28, 20] or [N, 560]");
+    /* another number of values: the size message */
+    const int64_t small[3] = {3, 30, 33};
+    shape_bad(3, 30, 34, 4, small, "each sample has 2970 values (3x30x33)",
+              "the model takes 3x30x34 = 3060");
+    shape_bad(3, 30, 34, 1, NULL, "each sample has 1 value (1-D data)", "= 3060");
+}
