@@ -296,6 +296,16 @@ case("exits-out-of-order", "model.json: exits[1].after: 'relu1' comes before exi
     lambda j, t: ex(j, 1).update(after="relu1"))
 case("exits-same-layer", "model.json: exits[1].after: 'drop' gives the same output as exits[0]'s layer")(
     lambda j, t: (ex(j, 0).update(after="res1"), ex(j, 1).update(after="drop")))
+# dropout is a no-op and batch norm is folded into its conv (FORMAT.md, "Where an exit reads")
+case("exit-after-leading-dropout",
+     "model.json: exits[0].after: 'd0' has no computing layer before it (a dropout is a no-op at inference)")(
+    lambda j, t: (j["backbone"].insert(0, L("d0", "dropout")), ex(j, 0).update(after="d0")))
+case("exit-before-trailing-dropout",
+     "model.json: exits[1].after: 'flat' is the end of the backbone (only dropout follows it")(
+    lambda j, t: (j["backbone"].append(L("d9", "dropout")), ex(j, 1).update(after="flat")))
+case("exit-between-conv-and-bn",
+     "model.json: exits[0].after: 'conv1' is followed by batchnorm2d 'bn1', which is folded into it")(
+    lambda j, t: ex(j, 0).update(after="conv1"))
 case("exit-name-duplicate", "model.json: exits[1].name: 'e1' is already the name of exits[0]")(
     lambda j, t: ex(j, 1).update(name="e1"))
 case("final-name-duplicate", "model.json: final.name: 'e2' is already the name of exits[1]")(

@@ -447,13 +447,28 @@ BAD(exit_after_unknown_layer, ERT_FORMAT, "exits[0].after: 'nolayer' is not a to
     set_str(EX(r), "after", "nolayer"))
 BAD(exit_after_last_layer, ERT_FORMAT, "exits[0].after: 'flatten' is the end of the backbone",
     set_str(EX(r), "after", "flatten"))
-BAD(exit_after_leading_dropout, ERT_FORMAT, "has no computing layer before it",
+BAD(exit_after_leading_dropout, ERT_FORMAT,
+    "exits[0].after: 'd0' has no computing layer before it (a dropout is a no-op at inference): "
+    "the exit would read the input",
     cJSON_InsertItemInArray(J(r, "backbone"), 0, cJSON_Parse("{\"name\":\"d0\",\"type\":\"dropout\"}"));
     set_str(EX(r), "after", "d0"))
-BAD(two_exits_one_layer, ERT_FORMAT, "at most one exit per layer",
+BAD(two_exits_one_layer, ERT_FORMAT,
+    "exits[1].after: 'drop' gives the same output as exits[0]'s layer (a dropout is a no-op at "
+    "inference); at most one exit per layer",
     /* relu1 and pool1 differ, but pool1 and drop give the same output */
     cJSON *e2 = cJSON_Duplicate(EX(r), 1); set_str(e2, "name", "e2"); set_str(e2, "after", "drop");
     cJSON_AddItemToArray(J(r, "exits"), e2))
+BAD(exit_before_trailing_dropout, ERT_FORMAT,
+    "exits[0].after: 'flatten' is the end of the backbone (only dropout follows it, a no-op at "
+    "inference); the final head reads it",
+    cJSON_AddItemToArray(J(r, "backbone"), cJSON_Parse("{\"name\":\"d9\",\"type\":\"dropout\"}"));
+    set_str(EX(r), "after", "flatten"))
+/* bn1 is folded into conv1: conv1's own output is never computed, and an
+ * exit there would silently read the batch-normalised one */
+BAD(exit_between_conv_and_batchnorm, ERT_FORMAT,
+    "exits[0].after: 'conv1' is followed by batchnorm2d 'bn1', which is folded into it (the conv's "
+    "output without it is never computed); attach the exit after 'bn1'",
+    set_str(EX(r), "after", "conv1"))
 BAD(exits_out_of_order, ERT_FORMAT, "exits must be in backbone order",
     cJSON *e2 = cJSON_Duplicate(EX(r), 1); set_str(e2, "name", "e2"); set_str(e2, "after", "relu1");
     cJSON_AddItemToArray(J(r, "exits"), e2))
@@ -584,4 +599,43 @@ Test(model_bad, missing_model_json)
     ert_error err = {{0}};
     cr_assert_eq(ert_model_load(dir, &m, &err), ERT_IO);
     cr_assert(strstr(err.msg, "model.json: cannot open"), "%s", err.msg);
+}
+
+/* ---- where an exit reads ------------------------------------------------------------- */
+
+/* Writes the base model mutated by mut and loads it. */
+static ert_model *load_mutated(void (*mut)(cJSON *))
+{
+    cJSON *r = cJSON_Parse(BASE_JSON);
+    cr_assert_not_null(r);
+    mut(r);
+    char *text = cJSON_PrintUnformatted(r);
+    cJSON_Delete(r);
+    cr_assert_not_null(text);
+    cr_assert_eq(mw_write_text(json_path, text), 0);
+    cJSON_free(text);
+    return load_ok(dir);
+}
+
+static void after_drop(cJSON *r) { set_str(EX(r), "after", "drop"); }
+static void after_bn1(cJSON *r)
+{
+    set_str(EX(r), "after", "bn1");
+    /* [4,6,6] there: pool it to the head's 36 inputs */
+    cJSON_InsertItemInArray(J(EX(r), "head"), 0,
+                            cJSON_Parse("{\"name\":\"p\",\"type\":\"maxpool2d\",\"kernel_size\":2}"));
+}
+
+/* A dropout is a no-op: an exit after it reads the layer before (pool1);
+ * an exit after a batchnorm2d reads the conv it is folded into. */
+Test(model, exit_after_dropout_or_batchnorm)
+{
+    ert_model *m = load_mutated(after_drop);
+    cr_assert_eq(m->exits[0].after, 2);
+    cr_assert_str_eq(m->backbone.items[2].name, "pool1");
+    ert_model_free(m);
+    m = load_mutated(after_bn1);
+    cr_assert_eq(m->exits[0].after, 0);
+    cr_assert_str_eq(m->backbone.items[0].name, "conv1");
+    ert_model_free(m);
 }
