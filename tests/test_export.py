@@ -7,9 +7,9 @@ For small, randomly initialised networks of every supported layer kind (a
 Linear/ReLU MLP; a conv/BN/ReLU/maxpool/avgpool CNN with stride, padding,
 groups and dilation; a basic-block ResNet; a bottleneck ResNet laid out as
 torchvision's ResNet class; a model with learned confidence heads; Dropout
-next to exit points) it exports the model with golden inputs, runs `exitrt
-run` on those inputs in the full, masked and compacted modes, and checks
-against PyTorch:
+next to exit points; a one-class model) it exports the model with golden
+inputs, runs `exitrt run` on those inputs in the full, masked and compacted
+modes, and checks against PyTorch:
   - each sample's exit equals the one the policy formulas of
     models/FORMAT.md give on PyTorch's logits (entropy < thr; max_prob,
     margin, confidence >= thr; the final head otherwise),
@@ -325,9 +325,26 @@ def dropout_net():
                 check=check_dropout_net)
 
 
+def one_class():
+    """num_classes 1 (models/FORMAT.md, "One class"): every head is
+    certain, so entropy is 0 and max_prob and margin are 1."""
+    bb = nn.Sequential()
+    bb.add_module("flatten", nn.Flatten())
+    bb.add_module("fc1", nn.Linear(2 * 5 * 5, 12))
+    bb.add_module("relu1", nn.ReLU())
+    bb.add_module("fc2", nn.Linear(12, 12))
+    bb.add_module("relu2", nn.ReLU())
+    bb.add_module("fc3", nn.Linear(12, 8))
+    bb.add_module("relu3", nn.ReLU())
+    exits = {"relu1": (nn.Linear(12, 1), {"type": "entropy", "threshold": 0.5}),
+             "relu2": (nn.Linear(12, 1), {"type": "margin", "threshold": 0.9})}
+    return dict(backbone=bb, exits=exits, final=nn.Linear(8, 1), shape=(2, 5, 5), K=1,
+                norm=dict(scale=1 / 255), raw=255.0, check=check_one_class)
+
+
 CASES = [("mlp", mlp), ("cnn", cnn), ("resnet_basic", basic_resnet),
          ("resnet_bottleneck", bottleneck_resnet), ("confidence", confidence),
-         ("dropout", dropout_net)]
+         ("dropout", dropout_net), ("one_class", one_class)]
 if BLOCKS_FROM == "torchvision":
     CASES.append(("torchvision_resnet", torchvision_resnet))
 
@@ -608,6 +625,31 @@ def check_dropout_net(model, model_dir, exe, work):
         raise Failure("the model with its dropout layers written gives other results")
     return ["no Dropout written; exits after relu1 and block.1; the same model with "
             "dropout layers gives the same results bit for bit"]
+
+
+def check_one_class(model, model_dir, exe, work):
+    """One class: entropy exits below any positive threshold (score 0),
+    margin and max_prob exits at any threshold (score 1), class 0 always."""
+    if not exe:
+        return []
+    data = os.path.join(work, "input.npy")
+    n = np.load(data).shape[0]
+    e1, e2 = (e["name"] for e in model["exits"])
+    for args, want_exit, want_score in (
+            ((f"--threshold={e1}=1e-30",), 0, 0.0),
+            ((f"--threshold={e1}=0", f"--threshold={e2}=1"), 1, 1.0),
+            ((f"--threshold={e1}=0", f"--threshold={e2}=0"), 1, 1.0)):
+        rows, logits = run_plain(exe, model_dir, data, work, "one-class", *args)
+        got = {(int(r[1]), r[2], r[3]) for r in rows}
+        if len(rows) != n or got != {(want_exit, 0, want_score)}:
+            raise Failure(f"{' '.join(args)}: (exit, class, score) {sorted(got)[:4]}, want "
+                          f"{(want_exit, 0, want_score)} for all {n} samples")
+    r = subprocess.run([exe, "inspect", model_dir], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=60)
+    if r.returncode != 0:
+        raise Failure(f"exitrt inspect: {r.stdout.decode('utf-8', 'replace')}")
+    return ["1 class: entropy exits at any threshold > 0 (score 0), margin at any (score 1), "
+            "class 0"]
 
 
 # ---------------------------------------------------------------------------

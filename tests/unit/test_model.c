@@ -42,7 +42,7 @@ static const char *BASE_JSON =
 typedef struct base_weights {
     float c1w[4 * 2 * 3 * 3], g[4], b[4], mean[4], var[4];
     float c2w[6 * 2 * 3 * 2], c2b[6], ew[3 * 36], eb[3], fw[3 * 18], fb[3];
-    float cw[36], cb[1], xw[2 * 36];
+    float cw[36], cb[1], xw[2 * 36], ow[18];
 } base_weights;
 
 static char dir[64];
@@ -74,10 +74,12 @@ static void write_weights(int f16_conv1)
     fill(&r, W.cw, 36, -1, 2);
     fill(&r, W.cb, 1, -1, 2);
     fill(&r, W.xw, 72, -1, 2);
+    fill(&r, W.ow, 18, -1, 2);
     mw_st *st = mw_st_new();
     cr_assert_not_null(st);
     int64_t c1[4] = {4, 2, 3, 3}, s4[1] = {4}, c2[4] = {6, 2, 3, 2}, s6[1] = {6};
     int64_t e[2] = {3, 36}, s3[1] = {3}, f[2] = {3, 18}, cw[2] = {1, 36}, s1[1] = {1}, xw[2] = {2, 36};
+    int64_t ow[2] = {1, 18};
     int rc = 0;
     if (f16_conv1) {
         uint16_t h[72] = {0};
@@ -98,6 +100,7 @@ static void write_weights(int f16_conv1)
     rc |= mw_st_add(st, "conf.w", 2, cw, W.cw); /* for mutations */
     rc |= mw_st_add(st, "conf.b", 1, s1, W.cb);
     rc |= mw_st_add(st, "x.w", 2, xw, W.xw);
+    rc |= mw_st_add(st, "one.w", 2, ow, W.ow); /* a one-class final head */
     float neg[4] = {1, -2, 1, 1};
     rc |= mw_st_add(st, "neg.v", 1, s4, neg);
     rc |= mw_st_write(st, st_path);
@@ -601,7 +604,7 @@ Test(model_bad, missing_model_json)
     cr_assert(strstr(err.msg, "model.json: cannot open"), "%s", err.msg);
 }
 
-/* ---- where an exit reads ------------------------------------------------------------- */
+/* ---- where an exit reads; one-class models ------------------------------------------ */
 
 /* Writes the base model mutated by mut and loads it. */
 static ert_model *load_mutated(void (*mut)(cJSON *))
@@ -638,4 +641,67 @@ Test(model, exit_after_dropout_or_batchnorm)
     cr_assert_eq(m->exits[0].after, 0);
     cr_assert_str_eq(m->backbone.items[0].name, "conv1");
     ert_model_free(m);
+}
+
+static const char *g_policy;
+
+static void one_class(cJSON *r)
+{
+    set_num(r, "num_classes", 1);
+    cJSON *fc = I(J(EX(r), "head"), 1);
+    set_num(fc, "out_features", 1);
+    set_str(fc, "weight", "conf.w");
+    set_str(fc, "bias", "conf.b");
+    cJSON *ff = I(J(J(r, "final"), "head"), 0);
+    set_num(ff, "out_features", 1);
+    set_str(ff, "weight", "one.w");
+    cJSON_DeleteItemFromObject(ff, "bias");
+    set_str(J(EX(r), "policy"), "type", g_policy);
+    set_num(J(EX(r), "policy"), "threshold", 0.5);
+}
+
+/* num_classes 1 (models/FORMAT.md, "One class"): the loader takes it, and
+ * every policy sees a certain head (entropy 0, max_prob and margin 1):
+ * an exit takes every sample at any threshold but entropy's 0, class 0. */
+Test(model, one_class_exits)
+{
+    static const struct {
+        const char *policy;
+        float threshold, score;
+        int exits;
+    } cases[] = {
+        {"entropy", 0.5f, 0.0f, 1},   {"entropy", 1e-30f, 0.0f, 1}, {"entropy", 0.0f, 1.0f, 0},
+        {"max_prob", 1.0f, 1.0f, 1},  {"max_prob", 0.0f, 1.0f, 1},  {"margin", 1.0f, 1.0f, 1},
+        {"margin", 0.25f, 1.0f, 1},
+    };
+    enum { N = 6 };
+    float x[N * 72];
+    mw_random_input(x, N * 72, 9);
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        g_policy = cases[c].policy;
+        ert_model *m = load_mutated(one_class);
+        cr_assert_eq(ert_model_num_classes(m), 1);
+        ert_engine_config cfg = ert_engine_config_default();
+        cfg.backend = ERT_BACKEND_CPU;
+        cfg.mode = ERT_MODE_MASKED;
+        cfg.max_batch = N;
+        ert_engine *e = NULL;
+        ert_error err = {{0}};
+        cr_assert_eq(ert_engine_create(m, &cfg, &e, &err), ERT_OK, "%s", err.msg);
+        cr_assert_eq(ert_engine_set_threshold(e, 0, cases[c].threshold), ERT_OK);
+        ert_sample s[N];
+        float z[N];
+        ert_result res = {.samples = s, .logits = z};
+        cr_assert_eq(ert_infer(e, x, N, &res), ERT_OK, "%s", ert_engine_error(e));
+        for (int i = 0; i < N; i++) {
+            cr_assert_eq(s[i].exit_index, cases[c].exits ? 0 : 1, "%s %g: sample %d exit %d",
+                         cases[c].policy, (double)cases[c].threshold, i, s[i].exit_index);
+            cr_assert_eq(s[i].predicted, 0);
+            cr_assert_eq(s[i].score, cases[c].score, "%s %g: score %g", cases[c].policy,
+                         (double)cases[c].threshold, (double)s[i].score);
+            cr_assert(isfinite(z[i]));
+        }
+        ert_engine_free(e);
+        ert_model_free(m);
+    }
 }
