@@ -98,14 +98,19 @@ static void add_profile(bench_run *r, const char *name, const double *s, int n)
     p->ort_mismatch = -1;
 }
 
-/* "[NAME=]0.5,0.25": shares in [0, 1] summing to at most 1. */
-static int parse_profile(bench_run *r, const char *arg)
+/* "[NAME=]0.5,0.25": shares in [0, 1] summing to at most 1. Returns 0, or
+ * -1 with what is wrong in why. */
+static int parse_profile(bench_run *r, const char *arg, char *why, size_t whylen)
 {
-    if (r->nprof >= BENCH_MAX_PROFILES)
+    if (r->nprof >= BENCH_MAX_PROFILES) {
+        snprintf(why, whylen, "too many profiles");
         return -1;
+    }
     char buf[256];
-    if (strlen(arg) >= sizeof buf)
+    if (strlen(arg) >= sizeof buf) {
+        snprintf(why, whylen, "too long");
         return -1;
+    }
     strcpy(buf, arg);
     char *name = NULL, *list = buf, *eq = strchr(buf, '=');
     if (eq) {
@@ -117,15 +122,31 @@ static int parse_profile(bench_run *r, const char *arg)
     int n = 0;
     for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok;
          tok = strtok_r(NULL, ",", &save)) {
-        char *end;
-        double v = strtod(tok, &end);
-        if (end == tok || *end || !(v >= 0.0 && v <= 1.0) || n >= ERT_MAX_EXITS - 1)
+        double v;
+        const char *bad = tools_parse_double(tok, &v);
+        if (bad) {
+            snprintf(why, whylen, "'%s' %s", tok, bad);
             return -1;
+        }
+        if (!(v >= 0.0 && v <= 1.0)) {
+            snprintf(why, whylen, "share %s is not in [0, 1]", tok);
+            return -1;
+        }
+        if (n >= ERT_MAX_EXITS - 1) {
+            snprintf(why, whylen, "more than %d shares (one per early exit)", ERT_MAX_EXITS - 1);
+            return -1;
+        }
         s[n++] = v;
         sum += v;
     }
-    if (n == 0 || sum > 1.0 + 1e-9)
+    if (n == 0) {
+        snprintf(why, whylen, "no shares");
         return -1;
+    }
+    if (sum > 1.0 + 1e-9) {
+        snprintf(why, whylen, "the shares sum to %g, more than 1", sum);
+        return -1;
+    }
     add_profile(r, name && *name ? name : arg, s, n);
     return 0;
 }
@@ -284,14 +305,16 @@ static int setup_sweep(bench_run *r, const bench_opts *o)
         fprintf(stderr, "exitrt bench: bad --batches '%s' (e.g. 1,8,64)\n", o->batches);
         return 2;
     }
-    for (int i = 0; i < o->nprofiles; i++)
-        if (parse_profile(r, o->profiles[i])) {
+    for (int i = 0; i < o->nprofiles; i++) {
+        char why[160];
+        if (parse_profile(r, o->profiles[i], why, sizeof why)) {
             fprintf(stderr,
-                    "exitrt bench: bad --profile '%s' (e.g. 0.5,0.25 or name=0.5,0.25: "
+                    "exitrt bench: bad --profile '%s': %s (e.g. 0.5,0.25 or name=0.5,0.25: "
                     "shares in [0,1] summing to <= 1)\n",
-                    o->profiles[i]);
+                    o->profiles[i], why);
             return 2;
         }
+    }
     r->mode_on[0] = r->mode_on[1] = r->mode_on[2] = 1;
     if (o->modes && parse_modes(r, o->modes)) {
         fprintf(stderr, "exitrt bench: bad --modes '%s'\n", o->modes);
@@ -403,9 +426,9 @@ static int load_inputs(bench_run *r, const char *data)
             fprintf(stderr, "exitrt bench: %s\n", err.msg);
             return -1;
         }
-        if (d.sample_size != r->input_size || d.count == 0) {
-            fprintf(stderr, "exitrt bench: %s: %zu values per sample, the model takes %zu\n",
-                    path, d.sample_size, r->input_size);
+        if (ert_dataset_check_shape(&d, path, m->input.c, m->input.h, m->input.w, &err) !=
+            ERT_OK) {
+            fprintf(stderr, "exitrt bench: %s\n", err.msg);
             ert_dataset_free(&d);
             return -1;
         }

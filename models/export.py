@@ -18,6 +18,17 @@ dict with keys head, policy, confidence. The policy dict holds "type" and
 "threshold", and optionally "name" (default exit1, exit2, ... in backbone
 order).
 
+Where an exit reads (the rule models/FORMAT.md states for the loader too):
+Dropout computes nothing at inference and is not written, so an exit keyed
+by a Dropout (or by an Identity, or by a Sequential ending in them) reads
+the output of the nearest computing layer before it, and its "after" names
+that layer. Batch norm is folded into the convolution before it, so an exit
+may follow the BatchNorm2d but not sit between the two. After that
+resolution every exit needs its own layer, not the last computing one (the
+final head's place), and not before the first (the network's input): a
+network with an exit there is refused with ExportError at export, not
+written for the loader to refuse.
+
 The backbone's layer list ("top-level layers" in FORMAT.md):
   - an nn.Sequential: its children, in order. A child that is itself an
     nn.Sequential (a ResNet stage such as torchvision's layer1) is flattened
@@ -33,7 +44,8 @@ Anything else is rejected.
 Supported modules: Conv2d (zeros padding), BatchNorm2d (written with its
 running statistics; the loader folds it into the preceding convolution),
 ReLU, Sigmoid, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1) (global_avgpool),
-Flatten, Linear, Dropout/Dropout2d (no-ops), Identity (dropped),
+Flatten, Linear, Dropout/Dropout2d and Identity (not written: no-ops at
+inference),
 nn.Sequential (flattened), and residual blocks: torchvision BasicBlock and
 Bottleneck, or any block with their structure, i.e. children conv1, bn1,
 conv2, bn2 [, conv3, bn3], ReLU modules named relu/relu1/relu2/relu3, and an
@@ -61,6 +73,10 @@ FORMAT_VERSION = 1
 GOLDEN_VERSION = "1"
 POLICIES = ("entropy", "max_prob", "margin", "confidence_head")
 MAX_EXITS = 16  # the final head included
+# Modules that compute nothing at inference: not written (an exit keyed by
+# one reads the computing layer before it). nn.Identity is left out of the
+# layer list altogether.
+NO_OPS = (nn.Dropout, nn.Dropout2d)
 
 
 class ExportError(ValueError):
@@ -138,7 +154,8 @@ def _is_torchvision_resnet(m):
 def backbone_layers(backbone):
     """The backbone's top-level layer list [(name, module)] and a map from
     every name an exit may be keyed by to the index of the layer it attaches
-    after. Also returns the default final head (a torchvision ResNet's fc)."""
+    after (-1: before the first layer). Also returns the default final head
+    (a torchvision ResNet's fc)."""
     default_final = None
     if isinstance(backbone, nn.Sequential):
         top = list(backbone.named_children())
@@ -158,14 +175,9 @@ def backbone_layers(backbone):
         if isinstance(m, nn.Sequential):
             for cn, c in m.named_children():
                 add(f"{name}.{cn}", c)
-            if len(m) == 0:
-                return
-        elif isinstance(m, nn.Identity):
-            return
-        else:
+        elif not isinstance(m, nn.Identity):
             layers.append((name, m))
-        if layers:
-            where[name] = len(layers) - 1
+        where[name] = len(layers) - 1
 
     for name, m in top:
         add(name, m)
@@ -176,8 +188,10 @@ def backbone_layers(backbone):
 
 class Graph:
     """A resolved multi-exit network: layers [(name, module)], exits in
-    backbone order [dict(name, after (layer index), head, policy,
-    confidence)], final head module or None."""
+    backbone order [dict(name, key, after (index of the layer the key names,
+    where forward() runs the exit, as in training), at (index of the
+    computing layer whose output the exit reads at inference: the "after"
+    written), head, policy, confidence)], final head module or None."""
 
     def __init__(self, backbone, exits, final_head):
         self.layers, where, default_final = backbone_layers(backbone)
@@ -194,21 +208,47 @@ class Graph:
                     f"{', '.join(sorted(where))})")
             found.append((where[key], key, head, policy, conf))
         found.sort(key=lambda t: t[0])
+        # What exitrt runs (module docstring, "Where an exit reads")
+        computing = [i for i, (_, m) in enumerate(self.layers) if not isinstance(m, NO_OPS)]
+        if not computing:
+            raise ExportError("backbone: no computing layer (Dropout only)")
+        last = computing[-1]
+        noop = "Dropout computes nothing at inference"
         self.exits = []
-        seen_after, seen_names = {}, set()
+        seen_at, seen_names = {}, set()
         for i, (idx, key, head, policy, conf) in enumerate(found):
             name = policy.pop("name", None) or f"exit{i + 1}"
-            if idx in seen_after:
-                raise ExportError(f"exits at '{seen_after[idx]}' and '{key}' "
-                                  "attach after the same layer")
-            if idx == len(self.layers) - 1:
-                raise ExportError(f"exit at '{key}': after the last backbone "
-                                  "layer; that is the final head's place")
+            at = max((j for j in computing if j <= idx), default=-1)
+            if at < 0:
+                raise ExportError(
+                    f"exit at '{key}': no computing layer before it (Dropout and Identity "
+                    "compute nothing at inference), so it "
+                    "would read the network's input; an exit attaches after a "
+                    "backbone layer")
+            lname = self.layers[at][0]
+            via = f" ('{key}' reads its output: {noop})" if idx != at else ""
+            if at in seen_at:
+                raise ExportError(f"exits at '{seen_at[at]}' and '{key}' attach after "
+                                  f"the same layer '{lname}'{via}; at most one exit "
+                                  "per layer")
+            if at == last:
+                tail = (f" (only Dropout follows it: {noop})"
+                        if last < len(self.layers) - 1 else "")
+                raise ExportError(f"exit at '{key}': after the last computing backbone "
+                                  f"layer '{lname}'{tail}; that is the final head's place")
+            nxt = next(j for j in computing if j > at)
+            if (isinstance(self.layers[at][1], nn.Conv2d)
+                    and isinstance(self.layers[nxt][1], nn.BatchNorm2d)):
+                bn = self.layers[nxt][0]
+                raise ExportError(
+                    f"exit at '{key}': between Conv2d '{lname}' and BatchNorm2d '{bn}', "
+                    "which exitrt folds into the convolution (its output without the "
+                    f"batch norm is never computed); attach the exit after '{bn}'")
             if name in seen_names or name == self.final_name:
                 raise ExportError(f"exit name '{name}' used twice")
-            seen_after[idx] = key
+            seen_at[at] = key
             seen_names.add(name)
-            self.exits.append(dict(name=name, key=key, after=idx, head=head,
+            self.exits.append(dict(name=name, key=key, after=idx, at=at, head=head,
                                    policy=policy, confidence=conf))
         if len(self.exits) + 1 > MAX_EXITS:
             raise ExportError(f"{len(self.exits)} early exits; at most "
@@ -359,8 +399,8 @@ class Translator:
             return [dict(name=lname, type="relu")]
         if isinstance(m, nn.Sigmoid):
             return [dict(name=lname, type="sigmoid")]
-        if isinstance(m, (nn.Dropout, nn.Dropout2d)):
-            return [dict(name=lname, type="dropout")]
+        if isinstance(m, NO_OPS):
+            return []  # computes nothing at inference (Graph: where exits read)
         if isinstance(m, nn.MaxPool2d):
             if _pair(m.dilation) != [1, 1] or m.ceil_mode or m.return_indices:
                 raise ExportError(f"{here}: dilation, ceil_mode and return_indices "
@@ -659,7 +699,7 @@ def export(backbone, exits, final_head, out_dir, input_shape, num_classes,
                 if isinstance(m, nn.Sequential):
                     return tr.sequence(tr.children(m, ""), prefix, where)
                 return tr.sequence([(_short(m), "", m)], prefix, where)
-            ej = {"name": e["name"], "after": g.layers[e["after"]][0],
+            ej = {"name": e["name"], "after": g.layers[e["at"]][0],
                   "head": seq(e["head"], f"exits.{e['name']}.head", f"exit '{e['name']}' head"),
                   "policy": _check_policy(e["name"], e["policy"])}
             if e["confidence"] is not None:

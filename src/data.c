@@ -12,7 +12,10 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <float.h>
 #include <limits.h>
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -33,7 +36,7 @@
 #define GZ_MAX_RATIO 1032
 #define GZ_SLACK 65536
 
-typedef enum dtype { DT_F4 = 0, DT_U1, DT_I4, DT_I8 } dtype;
+typedef enum dtype { DT_F4 = 0, DT_U1, DT_I4, DT_I8, DT_F8 } dtype;
 
 static size_t dtype_size(dtype t)
 {
@@ -41,7 +44,18 @@ static size_t dtype_size(dtype t)
     case DT_F4: return 4;
     case DT_U1: return 1;
     case DT_I4: return 4;
-    default: return 8;
+    default: return 8; /* DT_I8, DT_F8 */
+    }
+}
+
+static const char *dtype_name(dtype t)
+{
+    switch (t) {
+    case DT_F4: return "float32";
+    case DT_U1: return "uint8";
+    case DT_I4: return "int32";
+    case DT_I8: return "int64";
+    default: return "float64";
     }
 }
 
@@ -317,6 +331,10 @@ static ert_status parse_descr(reader *r, const char *d, array_info *info)
         info->type = DT_F4;
         return ERT_OK;
     }
+    if (strcmp(d, "<f8") == 0) { /* numpy's default float */
+        info->type = DT_F8;
+        return ERT_OK;
+    }
     if (strcmp(d, "<i4") == 0) {
         info->type = DT_I4;
         return ERT_OK;
@@ -326,8 +344,8 @@ static ert_status parse_descr(reader *r, const char *d, array_info *info)
         return ERT_OK;
     }
     return ert_fail(r->err, ERT_UNSUPPORTED,
-                    "%s: unsupported dtype '%s' (float32 '<f4' or uint8 '|u1'; labels also "
-                    "'<i4', '<i8')",
+                    "%s: unsupported dtype '%s' (inputs: float32 '<f4', float64 '<f8' or uint8 "
+                    "'|u1'; labels: '|u1', '<i4' or '<i8')",
                     r->path, d);
 }
 
@@ -501,6 +519,33 @@ static void conv_u1_f32(const unsigned char *s, size_t n, void *dst, size_t at)
         o[i] = (float)s[i];
 }
 
+/* float64 to float32 as IEEE rounding (and numpy's astype) gives it: C
+ * leaves a conversion beyond the float range undefined, so it is spelt
+ * out: magnitudes from halfway between FLT_MAX and 2^128 on become
+ * infinities (which the engine then reports as non-finite inputs), those
+ * below it FLT_MAX; NaN stays NaN; tiny values become subnormals or zero. */
+static float f64_to_f32(double v)
+{
+    if (fabs(v) > FLT_MAX) {
+        float big = fabs(v) < 0x1.ffffffp127 ? FLT_MAX : INFINITY;
+        return v < 0 ? -big : big;
+    }
+    return (float)v;
+}
+
+static void conv_f8_f32(const unsigned char *s, size_t n, void *dst, size_t at)
+{
+    float *o = (float *)dst + at;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t u = 0;
+        for (int j = 7; j >= 0; j--) /* little-endian, whatever the host */
+            u = u << 8 | s[8 * i + j];
+        double v;
+        memcpy(&v, &u, sizeof v);
+        o[i] = f64_to_f32(v);
+    }
+}
+
 static ert_status read_payload(reader *r, const array_info *info, void *dst, convert_fn conv)
 {
     if (!conv) /* stored exactly as we keep it */
@@ -536,8 +581,10 @@ ert_status ert_dataset_load(const char *path, ert_dataset *out, ert_error *err)
     ert_status st = read_header(&r, path, err, &info);
     if (st)
         goto fail;
-    if (info.type != DT_F4 && info.type != DT_U1) {
-        st = ert_fail(err, ERT_UNSUPPORTED, "%s: input data must be float32 or uint8", path);
+    if (info.type != DT_F4 && info.type != DT_F8 && info.type != DT_U1) {
+        st = ert_fail(err, ERT_UNSUPPORTED,
+                      "%s: input data must be float32, float64 or uint8, not %s", path,
+                      dtype_name(info.type));
         goto fail;
     }
     if (info.ndim < 1) {
@@ -548,6 +595,8 @@ ert_status ert_dataset_load(const char *path, ert_dataset *out, ert_error *err)
         st = ert_fail(err, ERT_FORMAT, "%s: the array holds no values", path);
         goto fail;
     }
+    /* float64 is converted while it is read: the bound applies to both the
+       stored bytes (info_sizes) and the float32 array */
     size_t fbytes;
     if (!size_mul(info.elems, sizeof(float), &fbytes) || fbytes > DATA_MAX_BYTES) {
         st = ert_fail(err, ERT_FORMAT, "%s: the data is too large (over %zu bytes as float32)",
@@ -561,7 +610,8 @@ ert_status ert_dataset_load(const char *path, ert_dataset *out, ert_error *err)
         st = ert_fail(err, ERT_OUT_OF_MEMORY, "%s: out of memory for %zu bytes", path, fbytes);
         goto fail;
     }
-    if ((st = read_payload(&r, &info, out->values, info.type == DT_U1 ? conv_u1_f32 : NULL)))
+    convert_fn conv = info.type == DT_U1 ? conv_u1_f32 : info.type == DT_F8 ? conv_f8_f32 : NULL;
+    if ((st = read_payload(&r, &info, out->values, conv)))
         goto fail;
     if ((st = rd_expect_end(&r)))
         goto fail;
@@ -576,6 +626,62 @@ fail:
     rd_close(&r);
     ert_dataset_free(out);
     return st;
+}
+
+/* dims[from..n) as "AxBxC" into buf. */
+static const char *fmt_dims(char *buf, size_t len, const int64_t *dims, int from, int n)
+{
+    buf[0] = '\0';
+    for (int i = from; i < n; i++) {
+        size_t l = strlen(buf);
+        snprintf(buf + l, len - l, "%s%lld", i > from ? "x" : "", (long long)dims[i]);
+    }
+    return buf;
+}
+
+ert_status ert_dataset_check_shape(const ert_dataset *d, const char *path, int c, int h, int w,
+                                   ert_error *err)
+{
+    size_t per = (size_t)c * (size_t)h * (size_t)w;
+    char shape[160];
+    fmt_dims(shape, sizeof shape, d->dims, 1, d->ndim);
+    if (d->sample_size != per)
+        return ert_fail(err, ERT_FORMAT,
+                        "%s: each sample has %zu value%s (%s), the model takes %dx%dx%d = %zu", path,
+                        d->sample_size, d->sample_size == 1 ? "" : "s",
+                        shape[0] ? shape : "1-D data", c, h, w, per);
+    /* Dimensions of size 1 do not change the order of the values: the two
+       layouts agree when their other dimensions do, or when the data has
+       at most one (flat: [N, C*H*W], or [N] for a one-value input). */
+    const int64_t model[3] = {c, h, w};
+    int64_t a[DATA_MAX_DIMS], b[3];
+    int na = 0, nb = 0;
+    for (int i = 1; i < d->ndim; i++)
+        if (d->dims[i] != 1)
+            a[na++] = d->dims[i];
+    for (int i = 0; i < 3; i++)
+        if (model[i] != 1)
+            b[nb++] = model[i];
+    int same = na == nb;
+    for (int i = 0; same && i < na; i++)
+        same = a[i] == b[i];
+    if (na <= 1 || same)
+        return ERT_OK;
+    const int64_t *x = d->dims;
+    const char *hint = "";
+    if (d->ndim == 4 && x[1] == h && x[2] == w && x[3] == c)
+        hint = " (channels last? numpy: x.transpose(0, 3, 1, 2))";
+    else if (d->ndim == 4 && x[1] == c && x[2] == w && x[3] == h)
+        hint = " (height and width swapped? numpy: x.transpose(0, 1, 3, 2))";
+    else if (c == 1 && d->ndim == 3 && x[1] == w && x[2] == h)
+        hint = " (height and width swapped? numpy: x.transpose(0, 2, 1))";
+    char hw[48] = "";
+    if (c == 1)
+        snprintf(hw, sizeof hw, ", [N, %d, %d]", h, w);
+    return ert_fail(err, ERT_FORMAT,
+                    "%s: samples of shape %s do not match the model's input %dx%dx%d: the same %zu "
+                    "values in another layout%s; accepted: [N, %d, %d, %d]%s or [N, %zu]",
+                    path, shape, c, h, w, per, hint, c, h, w, hw, per);
 }
 
 void ert_dataset_free(ert_dataset *d)
@@ -631,9 +737,9 @@ ert_status ert_labels_load(const char *path, ert_labels *out, ert_error *err)
     ert_status st = read_header(&r, path, err, &info);
     if (st)
         goto fail;
-    if (info.type == DT_F4) {
-        st = ert_fail(err, ERT_UNSUPPORTED, "%s: labels must be integers (u1, i4 or i8), not float32",
-                      path);
+    if (info.type == DT_F4 || info.type == DT_F8) {
+        st = ert_fail(err, ERT_UNSUPPORTED, "%s: labels must be integers (u1, i4 or i8), not %s",
+                      path, dtype_name(info.type));
         goto fail;
     }
     /* (N,) or (N, 1) */

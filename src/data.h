@@ -1,7 +1,7 @@
-/* data.h - reading input and label files: .npy (float32 or uint8, C order)
- * and IDX (ubyte), gzipped or not (decided by the magic bytes, not the
- * name). Files are untrusted input: every error names the file and the
- * problem, and sizes are bounded and overflow-checked. */
+/* data.h - reading input and label files: .npy (float32, float64 or uint8
+ * inputs, integer labels; C order) and IDX (ubyte), gzipped or not (decided
+ * by the magic bytes, not the name). Files are untrusted input: every error
+ * names the file and the problem, and sizes are bounded and overflow-checked. */
 #ifndef ERT_DATA_H
 #define ERT_DATA_H
 
@@ -11,7 +11,9 @@
 #include "exitrt.h"
 
 typedef struct ert_dataset {
-    float *values;     /* [count * sample_size] as floats (uint8 converted) */
+    float *values;     /* [count * sample_size] as floats (uint8 and float64
+                          converted; float64 beyond the float range becomes
+                          an infinity, as numpy's astype(np.float32) gives) */
     size_t count;      /* samples */
     size_t sample_size;/* values per sample (product of the dims after the first) */
     int ndim;
@@ -26,6 +28,18 @@ typedef struct ert_labels {
 
 ert_status ert_dataset_load(const char *path, ert_dataset *out, ert_error *err);
 void ert_dataset_free(ert_dataset *d);
+
+/* Whether the samples of d (read from path) fit a model input of shape
+ * [c, h, w]: the same number of values per sample, in the order the model
+ * reads them. Accepted after the sample dimension N: the model's [C, H, W],
+ * the same with dimensions of size 1 left out or added ([H, W] for one
+ * channel, as Fashion-MNIST comes), or one flat dimension of C*H*W. Any
+ * other shape of as many values (channels last, height and width swapped)
+ * would be read in the wrong order and is refused. The message names the
+ * file and both shapes. Every command that reads inputs for a model calls
+ * this (exitrt run, exitrt bench). */
+ert_status ert_dataset_check_shape(const ert_dataset *d, const char *path, int c, int h, int w,
+                                   ert_error *err);
 
 /* Labels: IDX1 ubyte, or .npy of integer (u1, i4, i8) values. */
 ert_status ert_labels_load(const char *path, ert_labels *out, ert_error *err);

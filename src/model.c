@@ -326,22 +326,38 @@ static ert_status parse_graph(parse_ctx *c, const cJSON *root, ert_model *m)
                           c->file, f, after);
             goto done;
         }
+        /* Where the exit reads (FORMAT.md, "Where an exit reads"): a dropout
+           is a no-op, so it reads the layer before; a conv2d's own output
+           does not exist when a batchnorm2d is folded into it. */
         x->after = map.index[raw];
+        int is_dropout = map.kinds[raw] == LAYER_DROPOUT;
+        const char *noop = is_dropout ? " (a dropout is a no-op at inference)" : "";
+        if (map.kinds[raw] == LAYER_CONV2D && raw + 1 < map.count &&
+            map.kinds[raw + 1] == LAYER_BATCHNORM2D) {
+            st = ert_fail(c->err, ERT_FORMAT,
+                          "%s: %s.after: '%s' is followed by batchnorm2d '%s', which is folded into it "
+                          "(the conv's output without it is never computed); attach the exit after '%s'",
+                          c->file, f, after, map.names[raw + 1], map.names[raw + 1]);
+            goto done;
+        }
         if (x->after < 0) {
-            st = ert_fail(c->err, ERT_FORMAT, "%s: %s.after: '%s' has no computing layer before it",
-                          c->file, f, after);
+            st = ert_fail(c->err, ERT_FORMAT,
+                          "%s: %s.after: '%s' has no computing layer before it%s: the exit would "
+                          "read the input",
+                          c->file, f, after, noop);
             goto done;
         }
         if (x->after == last) {
             st = ert_fail(c->err, ERT_FORMAT,
-                          "%s: %s.after: '%s' is the end of the backbone; the final head reads it",
-                          c->file, f, after);
+                          "%s: %s.after: '%s' is the end of the backbone%s; the final head reads it",
+                          c->file, f, after,
+                          raw + 1 < map.count ? " (only dropout follows it, a no-op at inference)" : "");
             goto done;
         }
         if (e > 0 && x->after == m->exits[e - 1].after) {
             st = ert_fail(c->err, ERT_FORMAT,
-                          "%s: %s.after: '%s' gives the same output as exits[%d]'s layer; at most one exit per layer",
-                          c->file, f, after, e - 1);
+                          "%s: %s.after: '%s' gives the same output as exits[%d]'s layer%s; at most one exit per layer",
+                          c->file, f, after, e - 1, noop);
             goto done;
         }
         if (e > 0 && x->after < m->exits[e - 1].after) {
@@ -390,8 +406,7 @@ static ert_status parse_graph(parse_ctx *c, const cJSON *root, ert_model *m)
         goto done;
     m->num_exits = ne + 1;
 done:
-    free(map.names);
-    free(map.index);
+    name_map_free(&map);
     return st;
 }
 

@@ -408,10 +408,11 @@ ert_status parse_layer_list(parse_ctx *c, const cJSON *arr, const char *field, i
         return ert_fail(c->err, ERT_FORMAT, "%s: %s: %d layers, more than the limit of %d", c->file,
                         field, n, MODEL_MAX_LAYERS);
     char (*names)[ERT_NAME_LEN] = calloc((size_t)n + 1, sizeof *names);
+    layer_kind *kinds = calloc((size_t)n + 1, sizeof *kinds);
     int *index = calloc((size_t)n + 1, sizeof *index);
     out->items = calloc((size_t)n + 1, sizeof *out->items);
     ert_status st = ERT_OK;
-    if (!names || !index || !out->items) {
+    if (!names || !kinds || !index || !out->items) {
         st = ert_fail(c->err, ERT_OUT_OF_MEMORY, "%s: out of memory", c->file);
         goto fail;
     }
@@ -451,6 +452,7 @@ ert_status parse_layer_list(parse_ctx *c, const cJSON *arr, const char *field, i
                           f, type);
             goto fail;
         }
+        kinds[i] = (layer_kind)kind;
         if (kind == LAYER_RESIDUAL && nested) {
             st = ert_fail(c->err, ERT_UNSUPPORTED, "%s: %s: residuals do not nest", c->file, f);
             goto fail;
@@ -490,16 +492,27 @@ ert_status parse_layer_list(parse_ctx *c, const cJSON *arr, const char *field, i
     }
     if (map) {
         map->names = names;
+        map->kinds = kinds;
         map->index = index;
         map->count = n;
     } else {
         free(names);
+        free(kinds);
         free(index);
     }
     return ERT_OK;
 fail:
     free(names);
+    free(kinds);
     free(index);
     layer_list_free(out);
     return st;
+}
+
+void name_map_free(name_map *map)
+{
+    free(map->names);
+    free(map->kinds);
+    free(map->index);
+    memset(map, 0, sizeof *map);
 }

@@ -30,11 +30,14 @@ typedef struct parse_ctx {
 } parse_ctx;
 
 /* Where each layer of a top-level list went: names[i] is the JSON list's
- * i-th layer name, index[i] the position in the parsed list of the layer
- * whose output equals its output (a batchnorm maps to its conv, a dropout to
- * the layer before it, -1 when there is none). */
+ * i-th layer name, kinds[i] its type, index[i] the position in the parsed
+ * list of the layer whose output equals its output (a batchnorm maps to its
+ * conv, a dropout to the layer before it, -1 when there is none). A conv2d
+ * followed by a batchnorm2d also maps to itself, but its parsed output is
+ * the folded one: its own output is never computed (kinds[i + 1] says). */
 typedef struct name_map {
     char (*names)[ERT_NAME_LEN];
+    layer_kind *kinds;
     int *index;
     int count;
 } name_map;
@@ -42,9 +45,10 @@ typedef struct name_map {
 /* Parses arr (a JSON array of layers; field is its path, e.g. "backbone" or
  * "exits[0].head") into out. nested: inside a residual (no residual
  * allowed). map may be NULL; otherwise it is allocated and filled, and the
- * caller frees names and index. On failure out is emptied. */
+ * caller frees it with name_map_free. On failure out is emptied. */
 ert_status parse_layer_list(parse_ctx *c, const cJSON *arr, const char *field, int nested,
                             layer_list *out, name_map *map);
+void name_map_free(name_map *map);
 
 void layer_list_free(layer_list *l);
 

@@ -6,9 +6,10 @@
 For small, randomly initialised networks of every supported layer kind (a
 Linear/ReLU MLP; a conv/BN/ReLU/maxpool/avgpool CNN with stride, padding,
 groups and dilation; a basic-block ResNet; a bottleneck ResNet laid out as
-torchvision's ResNet class; a model with learned confidence heads) it
-exports the model with golden inputs, runs `exitrt run` on those inputs in
-the full, masked and compacted modes, and checks against PyTorch:
+torchvision's ResNet class; a model with learned confidence heads; Dropout
+next to exit points; a one-class model) it exports the model with golden
+inputs, runs `exitrt run` on those inputs in the full, masked and compacted
+modes, and checks against PyTorch:
   - each sample's exit equals the one the policy formulas of
     models/FORMAT.md give on PyTorch's logits (entropy < thr; max_prob,
     margin, confidence >= thr; the final head otherwise),
@@ -18,6 +19,13 @@ Threshold sets: chosen so that samples spread over the exits, a sweep of
 others, and for every exit j one that sends every sample to exit j, so the
 logits of every exit are compared for every input. The shipped models'
 golden files (models/*/golden.safetensors) are checked the same way.
+
+Where an exit reads (models/FORMAT.md): the networks whose Dropout leaves
+an exit without a layer of its own (after another exit's layer, before a
+trailing Dropout, after a leading one) and an exit between a conv and its
+batch norm are refused by the exporter, and the model.json it used to write
+for them is refused by exitrt with the same reason; a Dropout written by an
+older exporter gives the same results as none.
 
 A sample whose PyTorch score lies within float noise of a threshold (so
 that C and PyTorch may round to different sides) is left out of the exit
@@ -31,6 +39,7 @@ import glob
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import traceback
@@ -284,8 +293,58 @@ def torchvision_resnet():
                           std=[0.229, 0.224, 0.225]), raw=255.0)
 
 
+def dropout_net():
+    """Dropout next to exit points wherever the rule (models/FORMAT.md,
+    "Where an exit reads") still gives each exit a layer of its own: a
+    leading Dropout, one between a conv and its batch norm, exits keyed by a
+    Dropout and by a Sequential ending in one, a trailing Dropout, and
+    Dropout in the heads. None of them is written; the exits read relu1 and
+    block.1, and the logits must still be PyTorch's."""
+    bb = nn.Sequential()
+    bb.add_module("drop_in", nn.Dropout(0.2))
+    bb.add_module("conv1", nn.Conv2d(2, 6, 3, padding=1))
+    bb.add_module("drop_bn", nn.Dropout2d(0.1))
+    bb.add_module("bn1", nn.BatchNorm2d(6))
+    bb.add_module("relu1", nn.ReLU())
+    bb.add_module("drop1", nn.Dropout2d(0.3))
+    bb.add_module("block", nn.Sequential(nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU(),
+                                         nn.Dropout(0.5)))                    # 8x4x4
+    bb.add_module("conv3", nn.Conv2d(8, 8, 3, padding=1))
+    bb.add_module("relu3", nn.ReLU())
+    bb.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    bb.add_module("flatten", nn.Flatten())
+    bb.add_module("drop_out", nn.Dropout())
+
+    def head(c):
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(), nn.Linear(c, 4))
+    exits = {"drop1": (head(6), {"type": "entropy", "threshold": 1.0}),
+             "block": (head(8), {"type": "max_prob", "threshold": 0.5})}
+    final = nn.Sequential(nn.Dropout(0.4), nn.Linear(8, 4))
+    return dict(backbone=bb, exits=exits, final=final, shape=(2, 8, 8), K=4,
+                norm=dict(scale=1.0, mean=[0.5, 0.4], std=[0.3, 0.2]), raw=1.0,
+                check=check_dropout_net)
+
+
+def one_class():
+    """num_classes 1 (models/FORMAT.md, "One class"): every head is
+    certain, so entropy is 0 and max_prob and margin are 1."""
+    bb = nn.Sequential()
+    bb.add_module("flatten", nn.Flatten())
+    bb.add_module("fc1", nn.Linear(2 * 5 * 5, 12))
+    bb.add_module("relu1", nn.ReLU())
+    bb.add_module("fc2", nn.Linear(12, 12))
+    bb.add_module("relu2", nn.ReLU())
+    bb.add_module("fc3", nn.Linear(12, 8))
+    bb.add_module("relu3", nn.ReLU())
+    exits = {"relu1": (nn.Linear(12, 1), {"type": "entropy", "threshold": 0.5}),
+             "relu2": (nn.Linear(12, 1), {"type": "margin", "threshold": 0.9})}
+    return dict(backbone=bb, exits=exits, final=nn.Linear(8, 1), shape=(2, 5, 5), K=1,
+                norm=dict(scale=1 / 255), raw=255.0, check=check_one_class)
+
+
 CASES = [("mlp", mlp), ("cnn", cnn), ("resnet_basic", basic_resnet),
-         ("resnet_bottleneck", bottleneck_resnet), ("confidence", confidence)]
+         ("resnet_bottleneck", bottleneck_resnet), ("confidence", confidence),
+         ("dropout", dropout_net), ("one_class", one_class)]
 if BLOCKS_FROM == "torchvision":
     CASES.append(("torchvision_resnet", torchvision_resnet))
 
@@ -511,6 +570,89 @@ def check_model(model_dir, exe, work, devices, label):
 
 
 # ---------------------------------------------------------------------------
+# per-case checks beyond the golden comparison
+
+
+def run_plain(exe, model_dir, data, work, tag, *args):
+    """exitrt run in MASKED mode on the CPU: (prediction rows, logits)."""
+    pred, logits = os.path.join(work, f"{tag}.csv"), os.path.join(work, f"{tag}.npy")
+    cmd = [exe, "run", model_dir, "--data", data, "--device", "cpu", "--mode", "masked",
+           "--batch", str(BATCH), "--predictions", pred, "--logits", logits, *args]
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    if r.returncode != 0:
+        raise Failure(f"exitrt failed (rc {r.returncode}): {' '.join(cmd)}\n"
+                      f"{r.stdout.decode('utf-8', 'replace')[-2000:]}")
+    return read_predictions(pred), np.load(logits)
+
+
+def check_dropout_net(model, model_dir, exe, work):
+    """No Dropout is written and the exits read the layers before their
+    keys; the model.json the exporter used to write (dropout layers kept,
+    exits "after" them) loads and gives the same results bit for bit: the
+    loader's rule and the exporter's are one."""
+    def types(layers):
+        for L in layers:
+            yield L["type"]
+            for sub in ("body", "shortcut"):
+                yield from types(L.get(sub, []))
+    every = list(types(model["backbone"])) + list(types(model["final"]["head"]))
+    for e in model["exits"]:
+        every += list(types(e["head"]))
+    if "dropout" in every:
+        raise Failure("a dropout layer was written")
+    afters = [e["after"] for e in model["exits"]]
+    if afters != ["relu1", "block.1"]:
+        raise Failure(f"exits after {afters}, want relu1 and block.1 (the layers before the "
+                      "Dropouts they are keyed by)")
+    if not exe:
+        return ["no Dropout written; exits after relu1 and block.1"]
+    old = json.loads(json.dumps(model))
+    bb = old["backbone"]
+    for where, name in (("relu1", "drop1"), ("block.1", "block.2"), ("flatten", "drop_out")):
+        bb.insert([L["name"] for L in bb].index(where) + 1, {"name": name, "type": "dropout"})
+    bb.insert(0, {"name": "drop_in", "type": "dropout"})
+    old["exits"][0]["after"], old["exits"][1]["after"] = "drop1", "block.2"
+    old_dir = os.path.join(work, "dropout-as-written-before")
+    shutil.rmtree(old_dir, ignore_errors=True)  # WORK_DIR is kept between runs
+    os.makedirs(old_dir)
+    with open(os.path.join(old_dir, "model.json"), "w") as f:
+        json.dump(old, f)
+    shutil.copy(os.path.join(model_dir, "model.safetensors"), old_dir)
+    data = os.path.join(work, "input.npy")
+    a = run_plain(exe, model_dir, data, work, "dropout-new")
+    b = run_plain(exe, old_dir, data, work, "dropout-old")
+    if a[0] != b[0] or not np.array_equal(a[1], b[1]):
+        raise Failure("the model with its dropout layers written gives other results")
+    return ["no Dropout written; exits after relu1 and block.1; the same model with "
+            "dropout layers gives the same results bit for bit"]
+
+
+def check_one_class(model, model_dir, exe, work):
+    """One class: entropy exits below any positive threshold (score 0),
+    margin and max_prob exits at any threshold (score 1), class 0 always."""
+    if not exe:
+        return []
+    data = os.path.join(work, "input.npy")
+    n = np.load(data).shape[0]
+    e1, e2 = (e["name"] for e in model["exits"])
+    for args, want_exit, want_score in (
+            ((f"--threshold={e1}=1e-30",), 0, 0.0),
+            ((f"--threshold={e1}=0", f"--threshold={e2}=1"), 1, 1.0),
+            ((f"--threshold={e1}=0", f"--threshold={e2}=0"), 1, 1.0)):
+        rows, logits = run_plain(exe, model_dir, data, work, "one-class", *args)
+        got = {(int(r[1]), r[2], r[3]) for r in rows}
+        if len(rows) != n or got != {(want_exit, 0, want_score)}:
+            raise Failure(f"{' '.join(args)}: (exit, class, score) {sorted(got)[:4]}, want "
+                          f"{(want_exit, 0, want_score)} for all {n} samples")
+    r = subprocess.run([exe, "inspect", model_dir], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=60)
+    if r.returncode != 0:
+        raise Failure(f"exitrt inspect: {r.stdout.decode('utf-8', 'replace')}")
+    return ["1 class: entropy exits at any threshold > 0 (score 0), margin at any (score 1), "
+            "class 0"]
+
+
+# ---------------------------------------------------------------------------
 # exporter-only checks (no exitrt needed)
 
 
@@ -524,6 +666,79 @@ def expect_error(fn, *needles):
             raise Failure(f"export error {msg!r} does not name {missing}")
         return
     raise Failure(f"export did not fail (expected an error naming {needles})")
+
+
+def _seq(*named):
+    bb = nn.Sequential()
+    for name, m in named:
+        bb.add_module(name, m)
+    return bb
+
+
+def dropout_refusals():
+    """(backbone, exits, message parts) of the three ways a Dropout next to
+    an exit point leaves an exit without a layer of its own (input [1,4,4],
+    2 classes, final head Linear(8, 2))."""
+    def ex_(c):
+        return (nn.Sequential(nn.Flatten(), nn.Linear(c, 2)), {"type": "entropy", "threshold": 1})
+    mlp_ = [("flatten", nn.Flatten()), ("fc1", nn.Linear(16, 8)), ("relu1", nn.ReLU())]
+    return [
+        # (a) an exit after a Dropout that follows another exit's layer
+        (_seq(*mlp_, ("drop1", nn.Dropout()), ("fc2", nn.Linear(8, 8)), ("relu2", nn.ReLU())),
+         {"relu1": ex_(8), "drop1": ex_(8)},
+         ["exits at 'relu1' and 'drop1' attach after the same layer 'relu1'",
+          "Dropout computes nothing at inference", "at most one exit per layer"]),
+        # (b) an exit before a trailing Dropout
+        (_seq(*mlp_, ("fc2", nn.Linear(8, 8)), ("relu2", nn.ReLU()), ("drop", nn.Dropout())),
+         {"relu2": ex_(8)},
+         ["exit at 'relu2': after the last computing backbone layer 'relu2'",
+          "only Dropout follows it", "the final head's place"]),
+        # (c) an exit after a leading Dropout
+        (_seq(("drop0", nn.Dropout()), *mlp_, ("fc2", nn.Linear(8, 8))),
+         {"drop0": ex_(16)},
+         ["exit at 'drop0': no computing layer before it", "would read the network's input"]),
+    ]
+
+
+def loader_refuses_the_same(exe, work):
+    """The loader's side of the rule: the model.json the exporter used to
+    write for the three networks of dropout_refusals (dropout layers kept,
+    "after" naming them) is refused by exitrt with one line saying why."""
+    base = _seq(("flatten", nn.Flatten()), ("fc1", nn.Linear(16, 8)), ("relu1", nn.ReLU()),
+                ("fc2", nn.Linear(8, 8)), ("relu2", nn.ReLU()), ("fc3", nn.Linear(8, 8)),
+                ("relu3", nn.ReLU()))
+    exits = {"relu1": (nn.Linear(8, 2), {"type": "entropy", "threshold": 1}),
+             "relu2": (nn.Linear(8, 2), {"type": "max_prob", "threshold": 0.5})}
+    d = os.path.join(work, "dropout-loader")
+    model = ex.export(base, exits, nn.Linear(8, 2), os.path.join(d, "base"), (1, 4, 4), 2)
+    drop = {"type": "dropout"}
+
+    def insert(j, at, name):
+        j["backbone"].insert(at, dict(drop, name=name))
+    cases = [
+        ("a", lambda j: (insert(j, 3, "drop1"), j["exits"][1].update(after="drop1")),
+         "exits[1].after: 'drop1' gives the same output as exits[0]'s layer (a dropout is a "
+         "no-op at inference); at most one exit per layer"),
+        ("b", lambda j: (insert(j, len(j["backbone"]), "drop"), j["exits"][1].update(after="relu3")),
+         "exits[1].after: 'relu3' is the end of the backbone (only dropout follows it"),
+        ("c", lambda j: (insert(j, 0, "drop0"), j["exits"][0].update(after="drop0")),
+         "exits[0].after: 'drop0' has no computing layer before it (a dropout is a no-op at "
+         "inference): the exit would read the input"),
+    ]
+    for tag, mutate, want in cases:
+        j = json.loads(json.dumps(model))
+        mutate(j)
+        cd = os.path.join(d, tag)
+        os.makedirs(cd, exist_ok=True)
+        with open(os.path.join(cd, "model.json"), "w") as f:
+            json.dump(j, f)
+        shutil.copy(os.path.join(d, "base", "model.safetensors"), cd)
+        r = subprocess.run([exe, "inspect", cd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=60)
+        err = r.stderr.decode("utf-8", "replace")
+        if r.returncode != 1 or want not in err or err.count("\n") != 1:
+            raise Failure(f"case ({tag}): exitrt inspect gave status {r.returncode}, stderr "
+                          f"{err!r}; want status 1 and one line with {want!r}")
 
 
 def exporter_checks(work):
@@ -577,6 +792,22 @@ def exporter_checks(work):
     randomise(m, 5)
     expect_error(exp(m), "self-check")
 
+    # Where an exit reads (models/FORMAT.md): Dropout is a no-op, so these
+    # exits have no layer of their own; they used to be written, and the
+    # loader refused them (loader_refuses_the_same checks its side)
+    for bb, exits, needles in dropout_refusals():
+        expect_error(exp(bb, exits, nn.Linear(8, 2)), *needles)
+    bb = nn.Sequential()
+    bb.add_module("conv1", nn.Conv2d(1, 2, 3, padding=1))
+    bb.add_module("bn1", nn.BatchNorm2d(2))
+    bb.add_module("relu1", nn.ReLU())
+    bb.add_module("flatten", nn.Flatten())
+    bb.add_module("fc", nn.Linear(32, 8))
+    expect_error(exp(bb, {"conv1": (nn.Sequential(nn.Flatten(), nn.Linear(32, 2)),
+                                    {"type": "entropy", "threshold": 1})}, nn.Linear(8, 2)),
+                 "exit at 'conv1': between Conv2d 'conv1' and BatchNorm2d 'bn1'",
+                 "attach the exit after 'bn1'")
+
     # safetensors layout: header length, padding, offsets
     path = os.path.join(work, "t.safetensors")
     ex.write_safetensors(path, {"b": np.arange(3, dtype=np.float32),
@@ -617,6 +848,15 @@ def main():
     if not have_exe:
         failed += 1
         print(f"FAIL: {exe} is not an executable; the C side is not checked")
+    else:
+        try:
+            loader_refuses_the_same(exe, work)
+            print("loader refuses what the exporter refuses (Dropout next to exits): ok")
+        except Exception as e:  # noqa: BLE001
+            failed += 1
+            print(f"loader refuses what the exporter refuses: FAIL: {e}")
+            if not isinstance(e, Failure):
+                traceback.print_exc()
     for i, (name, build) in enumerate(CASES):
         try:
             torch.manual_seed(100 + i)
@@ -649,6 +889,10 @@ def main():
             if have_exe:
                 for line in check_model(model_dir, exe, os.path.join(work, name + "-run"),
                                         devices, name):
+                    print(f"  {line}")
+            if "check" in spec:
+                for line in spec["check"](model, model_dir, exe if have_exe else None,
+                                          os.path.join(work, name + "-run")):
                     print(f"  {line}")
         except Exception as e:  # noqa: BLE001
             failed += 1

@@ -20,9 +20,10 @@
  * become spaces) and returns code. */
 int cli_error(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* Strict number parsing: the whole string, in range. 1 on success. */
+/* Strict integer parsing: the whole string, in range. 1 on success.
+ * (Floating-point options: tools_parse_float and tools_parse_double,
+ * tools.h, shared with the bench.) */
 int cli_parse_long(const char *s, long min, long max, long *out);
-int cli_parse_float(const char *s, float *out);
 
 /* "1,234,567" into buf. */
 const char *cli_commas(uint64_t v, char *buf, size_t len);

@@ -1,6 +1,5 @@
 /* main.c - the `exitrt` command: verb dispatch, help, shared helpers. */
 #include <errno.h>
-#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -56,19 +55,6 @@ int cli_parse_long(const char *s, long min, long max, long *out)
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno || *end || v < min || v > max)
-        return 0;
-    *out = v;
-    return 1;
-}
-
-int cli_parse_float(const char *s, float *out)
-{
-    if (!s || !*s)
-        return 0;
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || *end || !isfinite(v))
         return 0;
     *out = v;
     return 1;

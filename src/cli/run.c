@@ -22,10 +22,11 @@ static const char RUN_USAGE[] =
     "full network's, and the throughput.\n"
     "\n"
     "options:\n"
-    "  --data FILE          input samples: .npy (float32 or uint8) or IDX,\n"
-    "                       gzipped or not (default: the model's sample data)\n"
-    "  --labels FILE        labels: IDX or .npy of integers (default: the\n"
-    "                       model's sample labels when --data is not given)\n"
+    "  --data FILE          input samples: .npy (float32, float64 or uint8) or\n"
+    "                       IDX, gzipped or not (default: the model's sample data)\n"
+    "  --labels FILE        labels: IDX or .npy of integers (uint8, int32 or\n"
+    "                       int64; default: the model's sample labels when --data\n"
+    "                       is not given)\n"
     "  --device D           cpu, cuda or auto (default auto: CUDA when a\n"
     "                       device is present)\n"
     "  --mode M             full, masked, compacted or refill (default\n"
@@ -135,9 +136,11 @@ static int parse_args(int argc, char **argv, run_opts *o)
         } else if (OPT("--deadline")) {
             if (r < 0)
                 return CLI_USAGE;
-            float d;
-            if (!cli_parse_float(v, &d) || d < 0)
-                return cli_error(CLI_USAGE, "--deadline: '%s' is not a number of ms >= 0", v);
+            double d;
+            const char *why = tools_parse_double(v, &d);
+            if (why || d < 0)
+                return cli_error(CLI_USAGE, "--deadline: '%s' %s", v,
+                                 why ? why : "is negative (a number of ms >= 0)");
             o->deadline_ms = d;
             o->refill_opts = 1;
         } else if (OPT("--schedule")) {
@@ -230,9 +233,9 @@ static int apply_thresholds(const run_opts *o, const ert_model *m, ert_engine *e
                              spec, name, names[0] ? names : "none");
         }
         float v;
-        if (!cli_parse_float(eq + 1, &v))
-            return cli_error(CLI_USAGE, "--threshold %s: '%s' is not a finite number", spec,
-                             eq + 1);
+        const char *why = tools_parse_float(eq + 1, &v);
+        if (why)
+            return cli_error(CLI_USAGE, "--threshold %s: '%s' %s", spec, eq + 1, why);
         if (ert_engine_set_threshold(e, idx, v) != ERT_OK)
             return cli_error(CLI_USAGE, "--threshold %s: %s", spec, ert_engine_error(e));
     }
@@ -459,19 +462,10 @@ int cmd_run(int argc, char **argv)
         goto done;
     }
     size_t per = ert_model_input_size(m);
-    if (data.sample_size != per) {
-        int c, h, w;
-        ert_model_input_shape(m, &c, &h, &w);
-        char shape[160] = "";
-        for (int d = 1; d < data.ndim; d++) {
-            size_t l = strlen(shape);
-            snprintf(shape + l, sizeof shape - l, "%s%lld", d > 1 ? "x" : "",
-                     (long long)data.dims[d]);
-        }
-        rc = cli_error(CLI_FAIL,
-                       "%s: each sample has %zu value%s (%s), the model takes %dx%dx%d = %zu",
-                       data_path, data.sample_size, data.sample_size == 1 ? "" : "s",
-                       shape[0] ? shape : "1-D data", c, h, w, per);
+    int c, h, w;
+    ert_model_input_shape(m, &c, &h, &w);
+    if ((st = ert_dataset_check_shape(&data, data_path, c, h, w, &err)) != ERT_OK) {
+        rc = cli_error(CLI_FAIL, "%s", err.msg);
         goto done;
     }
     size_t n = data.count;

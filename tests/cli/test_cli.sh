@@ -168,6 +168,70 @@ expect_error "$EXITRT" run "$W/mlp" --data "$W/truncated.npy"
 grep -q truncated "$W/err" || fail "truncated data message"
 expect_error "$EXITRT" run "$W/mlp" --predictions "$W/no/such/dir/p.csv"
 
+# ---- numpy's default dtypes: float64 inputs, int64 labels -------------------------------
+# (the same values as inputs.npy and labels.npy, written without numpy)
+python3 - "$W/mlp" <<'EOF' || fail "writing the float64 and int64 copies"
+import struct, sys
+d = sys.argv[1]
+def read(p):
+    b = open(p, "rb").read()
+    hl = struct.unpack("<H", b[8:10])[0]
+    return b[10:10 + hl].decode().rstrip(), b[10 + hl:]
+def write(p, header, data):
+    h = header + " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
+    open(p, "wb").write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(h)) + h.encode() + data)
+h, x = read(d + "/inputs.npy")
+v = struct.unpack(f"<{len(x) // 4}f", x)
+write(d + "/inputs-f8.npy", h.replace("'<f4'", "'<f8'"), struct.pack(f"<{len(v)}d", *v))
+h, y = read(d + "/labels.npy")
+v = struct.unpack(f"<{len(y) // 4}i", y)
+write(d + "/labels-i8.npy", h.replace("'<i4'", "'<i8'"), struct.pack(f"<{len(v)}q", *v))
+EOF
+expect_status 0 "$EXITRT" run "$W/mlp" --data "$W/mlp/inputs.npy" --labels "$W/mlp/labels.npy" \
+    --device cpu --json --predictions "$W/f4.csv"
+cp "$W/out" "$W/f4.json"
+expect_status 0 "$EXITRT" run "$W/mlp" --data "$W/mlp/inputs-f8.npy" --labels "$W/mlp/labels-i8.npy" \
+    --device cpu --json --predictions "$W/f8.csv"
+cmp -s "$W/f4.csv" "$W/f8.csv" || fail "float64 inputs give other predictions than the same values as float32"
+[ "$(json_get "$W/out" 'j["accuracy"]')" = "$(json_get "$W/f4.json" 'j["accuracy"]')" ] ||
+    fail "int64 labels give another accuracy than the same labels as int32"
+expect_error "$EXITRT" run "$W/mlp" --data "$W/mlp/inputs.npy" --labels "$W/mlp/inputs-f8.npy"
+grep -q "labels must be integers (u1, i4 or i8), not float64" "$W/err" || fail "float64 labels message"
+
+# ---- the layout of the samples: the model's [N, C, H, W], flat, or [N, H, W] for one channel
+python3 - "$W" <<'EOF' || fail "writing the reshaped copies"
+import struct, sys
+w = sys.argv[1]
+def reshape(src, dst, shape):
+    b = open(src, "rb").read()
+    hl = struct.unpack("<H", b[8:10])[0]
+    old = b[10:10 + hl].decode()
+    new = old[:old.index("'shape'")] + "'shape': (" + ", ".join(map(str, shape)) + "), }"
+    h = new + " " * ((64 - (10 + len(new) + 1) % 64) % 64) + "\n"
+    open(dst, "wb").write(b[:8] + struct.pack("<H", len(h)) + h.encode() + b[10 + hl:])
+reshape(f"{w}/cnn/inputs.npy", f"{w}/cnn-nchw.npy", (300, 3, 12, 12))
+reshape(f"{w}/cnn/inputs.npy", f"{w}/cnn-nhwc.npy", (300, 12, 12, 3))
+reshape(f"{w}/mlp/inputs.npy", f"{w}/mlp-nhw.npy", (300, 8, 8))
+reshape(f"{w}/mlp/inputs.npy", f"{w}/mlp-nchw.npy", (300, 1, 8, 8))
+reshape(f"{w}/mlp/inputs.npy", f"{w}/mlp-n64x1.npy", (300, 64, 1))
+reshape(f"{w}/mlp/inputs.npy", f"{w}/mlp-nhw-by-2.npy", (300, 4, 16))
+EOF
+for d in cnn-nchw:cnn mlp-nhw:mlp mlp-nchw:mlp mlp-n64x1:mlp; do
+    expect_status 0 "$EXITRT" run "$W/${d#*:}" --data "$W/${d%%:*}.npy" --device cpu --json
+done
+expect_error "$EXITRT" run "$W/cnn" --data "$W/cnn-nhwc.npy" --device cpu
+grep -qF "cnn-nhwc.npy: samples of shape 12x12x3 do not match the model's input 3x12x12" "$W/err" &&
+    grep -qF "channels last?" "$W/err" && grep -qF "accepted: [N, 3, 12, 12] or [N, 432]" "$W/err" ||
+    fail "channels-last data: $(cat "$W/err")"
+expect_error "$EXITRT" run "$W/mlp" --data "$W/mlp-nhw-by-2.npy" --device cpu
+grep -qF "samples of shape 4x16 do not match the model's input 1x8x8" "$W/err" &&
+    grep -qF "accepted: [N, 1, 8, 8], [N, 8, 8] or [N, 64]" "$W/err" ||
+    fail "4x16 data for an 8x8 model: $(cat "$W/err")"
+# the bench reads inputs too
+expect_status 1 "$EXITRT" bench "$W/cnn" --data "$W/cnn-nhwc.npy" --quick --device cpu
+grep -qF "exitrt bench: $W/cnn-nhwc.npy: samples of shape 12x12x3 do not match" "$W/err" ||
+    fail "bench: channels-last data: $(cat "$W/err")"
+
 # ---- malformed models ---------------------------------------------------------------
 bad() { # bad NAME: a copy of the mlp model to break
     rm -rf "${W:?}/bad-$1"
@@ -203,6 +267,24 @@ for args in "" "bogus" "--bogus" "run" "inspect" "run $M --bogus" "run $M --batc
 done
 final=$(json_get "$W/mlp-compacted.json" 'j["exits"][-1]["name"]')
 expect_status 2 "$EXITRT" run "$M" --threshold "$final=0.5"
+
+# ---- numbers on the command line, read as model.json's numbers are --------------------
+# An underflow is a number (strtof's ERANGE once made 1e-38 "not a finite
+# number"); overflow, NaN, infinities and text are refused, saying which.
+expect_status 0 "$EXITRT" run "$M" --json --threshold 0=1e-38
+[ "$(json_get "$W/out" 'j["exits"][0]["threshold"]')" = 1e-38 ] || fail "--threshold 0=1e-38 not kept"
+expect_status 0 "$EXITRT" run "$M" --json --threshold 0=1e-60
+[ "$(json_get "$W/out" 'j["exits"][0]["threshold"]')" = 0 ] || fail "--threshold 0=1e-60 is not 0"
+for c in "1e39:is beyond the float32 range" "abc:is not a number" \
+    "0.5x:is not a number (text after the number)" "nan:is NaN" "inf:is infinite" \
+    ":is not a number (empty)"; do
+    expect_status 2 "$EXITRT" run "$M" --threshold "0=${c%%:*}"
+    grep -qF -- "--threshold 0=${c%%:*}: '${c%%:*}' ${c#*:}" "$W/err" ||
+        fail "--threshold 0=${c%%:*}: message '$(cat "$W/err")' lacks '${c#*:}'"
+done
+expect_status 0 "$EXITRT" run "$M" --mode refill --deadline 1e-400 --json
+expect_status 2 "$EXITRT" run "$M" --mode refill --deadline 1e999
+grep -q "beyond the range of a double" "$W/err" || fail "--deadline 1e999 message"
 
 # ---- the trained models, when present ---------------------------------------------
 if [ -n "$SRC" ]; then

@@ -296,6 +296,16 @@ case("exits-out-of-order", "model.json: exits[1].after: 'relu1' comes before exi
     lambda j, t: ex(j, 1).update(after="relu1"))
 case("exits-same-layer", "model.json: exits[1].after: 'drop' gives the same output as exits[0]'s layer")(
     lambda j, t: (ex(j, 0).update(after="res1"), ex(j, 1).update(after="drop")))
+# dropout is a no-op and batch norm is folded into its conv (FORMAT.md, "Where an exit reads")
+case("exit-after-leading-dropout",
+     "model.json: exits[0].after: 'd0' has no computing layer before it (a dropout is a no-op at inference)")(
+    lambda j, t: (j["backbone"].insert(0, L("d0", "dropout")), ex(j, 0).update(after="d0")))
+case("exit-before-trailing-dropout",
+     "model.json: exits[1].after: 'flat' is the end of the backbone (only dropout follows it")(
+    lambda j, t: (j["backbone"].append(L("d9", "dropout")), ex(j, 1).update(after="flat")))
+case("exit-between-conv-and-bn",
+     "model.json: exits[0].after: 'conv1' is followed by batchnorm2d 'bn1', which is folded into it")(
+    lambda j, t: ex(j, 0).update(after="conv1"))
 case("exit-name-duplicate", "model.json: exits[1].name: 'e1' is already the name of exits[0]")(
     lambda j, t: ex(j, 1).update(name="e1"))
 case("final-name-duplicate", "model.json: final.name: 'e2' is already the name of exits[1]")(
@@ -514,8 +524,11 @@ def data_cases():
          npy_bytes("<f4", shp, x).replace(b"NUMPY\x01", b"NUMPY\x04", 1)),
         ("header-not-dict.npy", "data", "header-not-dict.npy: malformed .npy header: not a dict",
          npy_bytes("<f4", shp, x, header="['descr', '<f4']")),
-        ("dtype-f8.npy", "data", "dtype-f8.npy: unsupported dtype '<f8'",
-         npy_bytes("<f8", shp, np.asarray(X, "<f8").tobytes())),
+        ("dtype-f8-big-endian.npy", "data", "dtype-f8-big-endian.npy: unsupported dtype '>f8'",
+         npy_bytes(">f8", shp, np.asarray(X, ">f8").tobytes())),
+        ("dtype-f8-truncated.npy", "data",
+         "dtype-f8-truncated.npy: truncated: data needs 4096 bytes from byte 128, the file has 4095",
+         npy_bytes("<f8", shp, np.asarray(X, "<f8").tobytes())[:-1]),
         ("dtype-big-endian.npy", "data", "dtype-big-endian.npy: unsupported dtype '>f4'",
          npy_bytes(">f4", shp, np.asarray(X, ">f4").tobytes())),
         ("fortran.npy", "data", "fortran.npy: fortran_order True is not supported", npy_bytes("<f4", shp, x, fortran=True)),
@@ -544,6 +557,14 @@ def data_cases():
          npy_bytes("<f4", shp, x, header="{'descr': '<f4")),
         ("wrong-sample-size.npy", "data", "wrong-sample-size.npy: each sample has 192 values (3x8x8), the model takes 2x8x8 = 128",
          npy_bytes("<f4", (4, 3, 8, 8), bytes(4 * 4 * 3 * 64))),
+        ("channels-last.npy", "data",
+         "channels-last.npy: samples of shape 8x8x2 do not match the model's input 2x8x8: the same 128 "
+         "values in another layout (channels last? numpy: x.transpose(0, 3, 1, 2)); "
+         "accepted: [N, 2, 8, 8] or [N, 128]",
+         npy_bytes("<f4", (4, 8, 8, 2), f4(X.transpose(0, 2, 3, 1)))),
+        ("idx-4x16-for-8x8", "data",
+         "idx-4x16-for-8x8: samples of shape 2x4x16 do not match the model's input 2x8x8",
+         idx_bytes(8, [4, 2, 4, 16], bytes(4 * 128))),
         ("idx-float-type", "data", "idx-float-type: IDX data type 0x0d is not supported (unsigned byte 0x08 only)",
          idx_bytes(0x0D, [4, 2, 8, 8], bytes(4 * 512))),
         ("idx-zero-dims", "data", "idx-zero-dims: IDX header has 0 dimensions (1..8)", idx_bytes(8, [], b"")),
@@ -561,6 +582,8 @@ def data_cases():
          gz(npy_bytes("<f4", shp, x) + b"extra")),
         ("labels-float.npy", "labels", "labels-float.npy: labels must be integers (u1, i4 or i8), not float32",
          npy_bytes("<f4", (4,), f4([0, 1, 2, 0]))),
+        ("labels-float64.npy", "labels", "labels-float64.npy: labels must be integers (u1, i4 or i8), not float64",
+         npy_bytes("<f8", (4,), np.array([0, 1, 2, 0], "<f8").tobytes())),
         ("labels-2d.npy", "labels", "labels-2d.npy: labels must be one-dimensional (got 2 dimensions)",
          npy_bytes("<i4", (4, 2), np.zeros(8, "<i4").tobytes())),
         ("labels-negative.npy", "labels", "labels-negative.npy: label 1 is negative or out of range",
@@ -694,6 +717,7 @@ def main_seeds(out):
     x = f4(X)
     seeds = {
         "npy-f4": npy_bytes("<f4", X.shape, x),
+        "npy-f8": npy_bytes("<f8", (2, 3), np.array([0.5, -1e300, 1e-320, 3.4028235e38, 0, 1], "<f8").tobytes()),
         "npy-u1-v2": npy_bytes("|u1", (2, 8), bytes(range(16)), version=2),
         "npy-i8-labels": npy_bytes("<i8", (3,), np.array([0, 1, 2], "<i8").tobytes()),
         "npy-i4-labels": npy_bytes("<i4", (3, 1), np.array([0, 1, 2], "<i4").tobytes(), version=3),

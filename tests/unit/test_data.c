@@ -1,6 +1,8 @@
 /* test_data.c - the .npy and IDX readers (src/data.c), against files written
  * here byte by byte, plain and gzipped, and a set of malformed files. */
 #include <criterion/criterion.h>
+#include <float.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -205,6 +207,70 @@ Test(data, npy_one_dim_is_one_value_per_sample)
     ert_dataset_free(&d);
 }
 
+/* float64 (numpy's default dtype) is read as float32, rounded as numpy's
+ * astype(np.float32) rounds: beyond the float range an infinity (from
+ * halfway between FLT_MAX and 2^128 on) or FLT_MAX (below that), NaN
+ * stays NaN, tiny values become subnormals or zero. */
+static void check_f8(int version, int gz)
+{
+    const double v[2 * 6] = {0.1, -2.25, 1e300, -1e300, NAN, 1e-40,
+                             1e-50, 3.4028235e38, 3.40282356e38, -3.40282357e38, 65504.0,
+                             0x1.ffffffp127};
+    const float want[12] = {0.1f, -2.25f, INFINITY, -INFINITY, NAN, 1e-40f,
+                            0.0f, FLT_MAX, FLT_MAX, -INFINITY, 65504.0f, INFINITY};
+    const char *p = write_npy("d.npy", version,
+                              "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 6), }", v,
+                              sizeof v, gz);
+    ert_dataset d;
+    ert_error err = {{0}};
+    cr_assert_eq(ert_dataset_load(p, &d, &err), ERT_OK, "%s", err.msg);
+    cr_assert_eq(d.count, 2);
+    cr_assert_eq(d.sample_size, 6);
+    cr_assert_eq(d.was_uint8, 0);
+    for (int i = 0; i < 12; i++) {
+        if (isnan(want[i]))
+            cr_assert(isnan(d.values[i]), "value %d: %g, want NaN", i, (double)d.values[i]);
+        else
+            cr_assert_eq(d.values[i], want[i], "value %d: %a, want %a", i, (double)d.values[i],
+                         (double)want[i]);
+    }
+    ert_dataset_free(&d);
+}
+
+Test(data, npy_f8_v1) { check_f8(1, 0); }
+Test(data, npy_f8_v3_gzip) { check_f8(3, 1); }
+
+Test(data, npy_f8_sizes_checked)
+{
+    double v[6] = {0};
+    /* 2x3 doubles announced, 47 bytes there */
+    bytes b = npy_bytes(1, "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }", v,
+                        sizeof v);
+    const char *p = write_file("t.npy", b.p, b.n - 1, 0);
+    ert_dataset d;
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
+    p = write_file("t.npy.gz", b.p, b.n - 1, 1);
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
+    free(b.p);
+    /* 600M doubles: 2.4 GB as float32, within the bound, but 4.8 GB stored */
+    p = write_npy("h.npy", 1, "{'descr': '<f8', 'fortran_order': False, 'shape': (600000000,), }",
+                  v, sizeof v, 0);
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "the data is too large");
+    /* a plain file shorter than the data it announces: refused before allocating */
+    p = write_npy("s.npy", 1, "{'descr': '<f8', 'fortran_order': False, 'shape': (100000000,), }",
+                  v, sizeof v, 0);
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "data needs 800000000 bytes");
+    /* one more double than announced */
+    p = write_npy("l.npy", 1, "{'descr': '<f8', 'fortran_order': False, 'shape': (5,), }", v,
+                  sizeof v, 0);
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "longer than its header");
+    /* float64 labels are refused like float32 ones */
+    ert_labels l;
+    p = write_npy("y.npy", 1, "{'descr': '<f8', 'fortran_order': False, 'shape': (6,), }", v,
+                  sizeof v, 0);
+    assert_fails(ert_labels_load(p, &l, &e_), ERT_UNSUPPORTED, "not float64");
+}
+
 static void check_idx(int gz)
 {
     enum { N = 3, H = 4, W = 5 };
@@ -378,11 +444,15 @@ Test(data, npy_fortran_order)
 Test(data, npy_unsupported_dtype)
 {
     double v[6] = {0};
+    /* big-endian float64, half precision */
     const char *p = write_npy("d.npy", 1,
-                              "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }", v,
+                              "{'descr': '>f8', 'fortran_order': False, 'shape': (2, 3), }", v,
                               sizeof v, 0);
     ert_dataset d;
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_UNSUPPORTED, "'<f8'");
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_UNSUPPORTED, "'>f8'");
+    p = write_npy("h.npy", 1, "{'descr': '<f2', 'fortran_order': False, 'shape': (2, 3), }", v, 12,
+                  0);
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_UNSUPPORTED, "float64 '<f8'");
     /* big-endian float32 */
     p = write_npy("b.npy", 1, "{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }", v,
                   24, 0);
@@ -390,7 +460,8 @@ Test(data, npy_unsupported_dtype)
     /* integers are labels, not inputs */
     p = write_npy("i.npy", 1, "{'descr': '<i4', 'fortran_order': False, 'shape': (2, 3), }", v,
                   24, 0);
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_UNSUPPORTED, "float32 or uint8");
+    assert_fails(ert_dataset_load(p, &d, &e_), ERT_UNSUPPORTED,
+                 "input data must be float32, float64 or uint8, not int32");
     /* and floats are not labels */
     ert_labels l;
     p = write_npy("l.npy", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (6,), }", v, 24,
@@ -539,4 +610,82 @@ Test(data, null_arguments)
     cr_assert_eq(ert_dataset_load("x", NULL, &e), ERT_INVALID_ARGUMENT);
     ert_labels l;
     cr_assert_eq(ert_labels_load(NULL, &l, NULL), ERT_INVALID_ARGUMENT);
+}
+
+/* ---- the layout of the samples against the model's input --------------------- */
+
+/* A data set of n samples with these dims after the first (no values: the
+ * check reads the shape only). */
+static ert_dataset shaped(int ndim, const int64_t *dims)
+{
+    ert_dataset d = {0};
+    d.ndim = ndim;
+    d.count = 5;
+    d.dims[0] = 5;
+    d.sample_size = 1;
+    for (int i = 1; i < ndim; i++) {
+        d.dims[i] = dims[i - 1];
+        d.sample_size *= (size_t)dims[i - 1];
+    }
+    return d;
+}
+
+static void shape_ok(int c, int h, int w, int ndim, const int64_t *dims)
+{
+    ert_dataset d = shaped(ndim, dims);
+    ert_error err = {{0}};
+    cr_assert_eq(ert_dataset_check_shape(&d, "x.npy", c, h, w, &err), ERT_OK,
+                 "model %dx%dx%d, %d dims: %s", c, h, w, ndim, err.msg);
+}
+
+static void shape_bad(int c, int h, int w, int ndim, const int64_t *dims, const char *want1,
+                      const char *want2)
+{
+    ert_dataset d = shaped(ndim, dims);
+    ert_error err = {{0}};
+    cr_assert_eq(ert_dataset_check_shape(&d, path_of("x.npy"), c, h, w, &err), ERT_FORMAT,
+                 "model %dx%dx%d, %d dims: accepted", c, h, w, ndim);
+    cr_assert_not_null(strstr(err.msg, g_dir), "'%s' names no file", err.msg);
+    cr_assert_not_null(strstr(err.msg, want1), "'%s' lacks '%s'", err.msg, want1);
+    cr_assert_not_null(strstr(err.msg, want2), "'%s' lacks '%s'", err.msg, want2);
+    cr_assert_null(strchr(err.msg, '\n'));
+}
+
+Test(data, layout_accepted)
+{
+    const int64_t nchw[3] = {3, 30, 34}, flat[1] = {3060}, ones[5] = {1, 3, 30, 1, 34};
+    shape_ok(3, 30, 34, 4, nchw);
+    shape_ok(3, 30, 34, 2, flat);
+    shape_ok(3, 30, 34, 6, ones); /* size-1 dims do not move any value */
+    const int64_t hw[2] = {28, 28}, chw[3] = {1, 28, 28}, hwc[3] = {28, 28, 1};
+    const int64_t f784[1] = {784}, col[2] = {784, 1};
+    shape_ok(1, 28, 28, 3, hw); /* Fashion-MNIST as it comes */
+    shape_ok(1, 28, 28, 4, chw);
+    shape_ok(1, 28, 28, 4, hwc); /* one channel: channels last is the same order */
+    shape_ok(1, 28, 28, 2, f784);
+    shape_ok(1, 28, 28, 3, col);
+    shape_ok(1, 1, 1, 1, NULL); /* [N] for a one-value input */
+}
+
+Test(data, layout_refused_naming_both_shapes)
+{
+    const int64_t nhwc[3] = {30, 34, 3}, swapped[3] = {3, 34, 30}, merged[2] = {3, 1020},
+                  hwflat[2] = {1020, 3};
+    shape_bad(3, 30, 34, 4, nhwc,
+              "samples of shape 30x34x3 do not match the model's input 3x30x34: the same 3060 "
+              "values in another layout (channels last? numpy: x.transpose(0, 3, 1, 2))",
+              "accepted: [N, 3, 30, 34] or [N, 3060]");
+    shape_bad(3, 30, 34, 4, swapped, "samples of shape 3x34x30 do not match the model's input 3x30x34",
+              "height and width swapped? numpy: x.transpose(0, 1, 3, 2)");
+    shape_bad(3, 30, 34, 3, merged, "samples of shape 3x1020 do not match", "another layout;");
+    shape_bad(3, 30, 34, 3, hwflat, "samples of shape 1020x3 do not match", "another layout;");
+    const int64_t wh[2] = {20, 28};
+    shape_bad(1, 28, 20, 3, wh, "samples of shape 20x28 do not match the model's input 1x28x20",
+              "(height and width swapped? numpy: x.transpose(0, 2, 1)); accepted: [N, 1, 28, 20], "
+              "[N, 28, 20] or [N, 560]");
+    /* another number of values: the size message */
+    const int64_t small[3] = {3, 30, 33};
+    shape_bad(3, 30, 34, 4, small, "each sample has 2970 values (3x30x33)",
+              "the model takes 3x30x34 = 3060");
+    shape_bad(3, 30, 34, 1, NULL, "each sample has 1 value (1-D data)", "= 3060");
 }

@@ -42,7 +42,7 @@ static const char *BASE_JSON =
 typedef struct base_weights {
     float c1w[4 * 2 * 3 * 3], g[4], b[4], mean[4], var[4];
     float c2w[6 * 2 * 3 * 2], c2b[6], ew[3 * 36], eb[3], fw[3 * 18], fb[3];
-    float cw[36], cb[1], xw[2 * 36];
+    float cw[36], cb[1], xw[2 * 36], ow[18];
 } base_weights;
 
 static char dir[64];
@@ -74,10 +74,12 @@ static void write_weights(int f16_conv1)
     fill(&r, W.cw, 36, -1, 2);
     fill(&r, W.cb, 1, -1, 2);
     fill(&r, W.xw, 72, -1, 2);
+    fill(&r, W.ow, 18, -1, 2);
     mw_st *st = mw_st_new();
     cr_assert_not_null(st);
     int64_t c1[4] = {4, 2, 3, 3}, s4[1] = {4}, c2[4] = {6, 2, 3, 2}, s6[1] = {6};
     int64_t e[2] = {3, 36}, s3[1] = {3}, f[2] = {3, 18}, cw[2] = {1, 36}, s1[1] = {1}, xw[2] = {2, 36};
+    int64_t ow[2] = {1, 18};
     int rc = 0;
     if (f16_conv1) {
         uint16_t h[72] = {0};
@@ -98,6 +100,7 @@ static void write_weights(int f16_conv1)
     rc |= mw_st_add(st, "conf.w", 2, cw, W.cw); /* for mutations */
     rc |= mw_st_add(st, "conf.b", 1, s1, W.cb);
     rc |= mw_st_add(st, "x.w", 2, xw, W.xw);
+    rc |= mw_st_add(st, "one.w", 2, ow, W.ow); /* a one-class final head */
     float neg[4] = {1, -2, 1, 1};
     rc |= mw_st_add(st, "neg.v", 1, s4, neg);
     rc |= mw_st_write(st, st_path);
@@ -447,13 +450,28 @@ BAD(exit_after_unknown_layer, ERT_FORMAT, "exits[0].after: 'nolayer' is not a to
     set_str(EX(r), "after", "nolayer"))
 BAD(exit_after_last_layer, ERT_FORMAT, "exits[0].after: 'flatten' is the end of the backbone",
     set_str(EX(r), "after", "flatten"))
-BAD(exit_after_leading_dropout, ERT_FORMAT, "has no computing layer before it",
+BAD(exit_after_leading_dropout, ERT_FORMAT,
+    "exits[0].after: 'd0' has no computing layer before it (a dropout is a no-op at inference): "
+    "the exit would read the input",
     cJSON_InsertItemInArray(J(r, "backbone"), 0, cJSON_Parse("{\"name\":\"d0\",\"type\":\"dropout\"}"));
     set_str(EX(r), "after", "d0"))
-BAD(two_exits_one_layer, ERT_FORMAT, "at most one exit per layer",
+BAD(two_exits_one_layer, ERT_FORMAT,
+    "exits[1].after: 'drop' gives the same output as exits[0]'s layer (a dropout is a no-op at "
+    "inference); at most one exit per layer",
     /* relu1 and pool1 differ, but pool1 and drop give the same output */
     cJSON *e2 = cJSON_Duplicate(EX(r), 1); set_str(e2, "name", "e2"); set_str(e2, "after", "drop");
     cJSON_AddItemToArray(J(r, "exits"), e2))
+BAD(exit_before_trailing_dropout, ERT_FORMAT,
+    "exits[0].after: 'flatten' is the end of the backbone (only dropout follows it, a no-op at "
+    "inference); the final head reads it",
+    cJSON_AddItemToArray(J(r, "backbone"), cJSON_Parse("{\"name\":\"d9\",\"type\":\"dropout\"}"));
+    set_str(EX(r), "after", "flatten"))
+/* bn1 is folded into conv1: conv1's own output is never computed, and an
+ * exit there would silently read the batch-normalised one */
+BAD(exit_between_conv_and_batchnorm, ERT_FORMAT,
+    "exits[0].after: 'conv1' is followed by batchnorm2d 'bn1', which is folded into it (the conv's "
+    "output without it is never computed); attach the exit after 'bn1'",
+    set_str(EX(r), "after", "conv1"))
 BAD(exits_out_of_order, ERT_FORMAT, "exits must be in backbone order",
     cJSON *e2 = cJSON_Duplicate(EX(r), 1); set_str(e2, "name", "e2"); set_str(e2, "after", "relu1");
     cJSON_AddItemToArray(J(r, "exits"), e2))
@@ -584,4 +602,106 @@ Test(model_bad, missing_model_json)
     ert_error err = {{0}};
     cr_assert_eq(ert_model_load(dir, &m, &err), ERT_IO);
     cr_assert(strstr(err.msg, "model.json: cannot open"), "%s", err.msg);
+}
+
+/* ---- where an exit reads; one-class models ------------------------------------------ */
+
+/* Writes the base model mutated by mut and loads it. */
+static ert_model *load_mutated(void (*mut)(cJSON *))
+{
+    cJSON *r = cJSON_Parse(BASE_JSON);
+    cr_assert_not_null(r);
+    mut(r);
+    char *text = cJSON_PrintUnformatted(r);
+    cJSON_Delete(r);
+    cr_assert_not_null(text);
+    cr_assert_eq(mw_write_text(json_path, text), 0);
+    cJSON_free(text);
+    return load_ok(dir);
+}
+
+static void after_drop(cJSON *r) { set_str(EX(r), "after", "drop"); }
+static void after_bn1(cJSON *r)
+{
+    set_str(EX(r), "after", "bn1");
+    /* [4,6,6] there: pool it to the head's 36 inputs */
+    cJSON_InsertItemInArray(J(EX(r), "head"), 0,
+                            cJSON_Parse("{\"name\":\"p\",\"type\":\"maxpool2d\",\"kernel_size\":2}"));
+}
+
+/* A dropout is a no-op: an exit after it reads the layer before (pool1);
+ * an exit after a batchnorm2d reads the conv it is folded into. */
+Test(model, exit_after_dropout_or_batchnorm)
+{
+    ert_model *m = load_mutated(after_drop);
+    cr_assert_eq(m->exits[0].after, 2);
+    cr_assert_str_eq(m->backbone.items[2].name, "pool1");
+    ert_model_free(m);
+    m = load_mutated(after_bn1);
+    cr_assert_eq(m->exits[0].after, 0);
+    cr_assert_str_eq(m->backbone.items[0].name, "conv1");
+    ert_model_free(m);
+}
+
+static const char *g_policy;
+
+static void one_class(cJSON *r)
+{
+    set_num(r, "num_classes", 1);
+    cJSON *fc = I(J(EX(r), "head"), 1);
+    set_num(fc, "out_features", 1);
+    set_str(fc, "weight", "conf.w");
+    set_str(fc, "bias", "conf.b");
+    cJSON *ff = I(J(J(r, "final"), "head"), 0);
+    set_num(ff, "out_features", 1);
+    set_str(ff, "weight", "one.w");
+    cJSON_DeleteItemFromObject(ff, "bias");
+    set_str(J(EX(r), "policy"), "type", g_policy);
+    set_num(J(EX(r), "policy"), "threshold", 0.5);
+}
+
+/* num_classes 1 (models/FORMAT.md, "One class"): the loader takes it, and
+ * every policy sees a certain head (entropy 0, max_prob and margin 1):
+ * an exit takes every sample at any threshold but entropy's 0, class 0. */
+Test(model, one_class_exits)
+{
+    static const struct {
+        const char *policy;
+        float threshold, score;
+        int exits;
+    } cases[] = {
+        {"entropy", 0.5f, 0.0f, 1},   {"entropy", 1e-30f, 0.0f, 1}, {"entropy", 0.0f, 1.0f, 0},
+        {"max_prob", 1.0f, 1.0f, 1},  {"max_prob", 0.0f, 1.0f, 1},  {"margin", 1.0f, 1.0f, 1},
+        {"margin", 0.25f, 1.0f, 1},
+    };
+    enum { N = 6 };
+    float x[N * 72];
+    mw_random_input(x, N * 72, 9);
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        g_policy = cases[c].policy;
+        ert_model *m = load_mutated(one_class);
+        cr_assert_eq(ert_model_num_classes(m), 1);
+        ert_engine_config cfg = ert_engine_config_default();
+        cfg.backend = ERT_BACKEND_CPU;
+        cfg.mode = ERT_MODE_MASKED;
+        cfg.max_batch = N;
+        ert_engine *e = NULL;
+        ert_error err = {{0}};
+        cr_assert_eq(ert_engine_create(m, &cfg, &e, &err), ERT_OK, "%s", err.msg);
+        cr_assert_eq(ert_engine_set_threshold(e, 0, cases[c].threshold), ERT_OK);
+        ert_sample s[N];
+        float z[N];
+        ert_result res = {.samples = s, .logits = z};
+        cr_assert_eq(ert_infer(e, x, N, &res), ERT_OK, "%s", ert_engine_error(e));
+        for (int i = 0; i < N; i++) {
+            cr_assert_eq(s[i].exit_index, cases[c].exits ? 0 : 1, "%s %g: sample %d exit %d",
+                         cases[c].policy, (double)cases[c].threshold, i, s[i].exit_index);
+            cr_assert_eq(s[i].predicted, 0);
+            cr_assert_eq(s[i].score, cases[c].score, "%s %g: score %g", cases[c].policy,
+                         (double)cases[c].threshold, (double)s[i].score);
+            cr_assert(isfinite(z[i]));
+        }
+        ert_engine_free(e);
+        ert_model_free(m);
+    }
 }
