@@ -422,8 +422,7 @@ int cmd_run(int argc, char **argv)
 
     ert_model *m = NULL;
     ert_engine *e = NULL;
-    ert_dataset data = {0};
-    ert_labels labels = {0};
+    cli_samples smp = {0};
     ert_sample *samples = NULL;
     float *logits = NULL;
     FILE *pred_f = NULL, *logits_f = NULL;
@@ -443,53 +442,16 @@ int cmd_run(int argc, char **argv)
         goto done;
     }
 
-    const char *data_path = o.data, *labels_path = o.labels;
-    if (!data_path) {
-        data_path = ert_model_sample_data(m);
-        if (!data_path || !data_path[0]) {
-            rc = cli_error(CLI_USAGE, "%s: the model names no sample data; give --data FILE",
-                           o.model);
-            goto done;
-        }
-        if (!labels_path) {
-            labels_path = ert_model_sample_labels(m);
-            if (labels_path && !labels_path[0])
-                labels_path = NULL;
-        }
-    }
-    if ((st = ert_dataset_load(data_path, &data, &err)) != ERT_OK) {
-        rc = cli_error(CLI_FAIL, "%s", err.msg);
+    if ((rc = cli_load_samples(o.model, m, o.data, o.labels, 0, &smp)))
         goto done;
-    }
+    const char *data_path = smp.data_path, *labels_path = smp.labels_path;
+    const ert_dataset data = smp.data;
+    const ert_labels labels = smp.labels;
     size_t per = ert_model_input_size(m);
-    int c, h, w;
-    ert_model_input_shape(m, &c, &h, &w);
-    if ((st = ert_dataset_check_shape(&data, data_path, c, h, w, &err)) != ERT_OK) {
-        rc = cli_error(CLI_FAIL, "%s", err.msg);
-        goto done;
-    }
     size_t n = data.count;
     if (o.limit > 0 && (size_t)o.limit < n)
         n = (size_t)o.limit;
-
     int K = ert_model_num_classes(m);
-    if (labels_path) {
-        if ((st = ert_labels_load(labels_path, &labels, &err)) != ERT_OK) {
-            rc = cli_error(CLI_FAIL, "%s", err.msg);
-            goto done;
-        }
-        if (labels.count != data.count) {
-            rc = cli_error(CLI_FAIL, "%s has %zu labels but %s has %zu samples", labels_path,
-                           labels.count, data_path, data.count);
-            goto done;
-        }
-        for (size_t i = 0; i < n; i++)
-            if (labels.values[i] >= K) {
-                rc = cli_error(CLI_FAIL, "%s: label %zu is %d, the model has %d classes",
-                               labels_path, i, (int)labels.values[i], K);
-                goto done;
-            }
-    }
 
     ert_engine_config cfg = ert_engine_config_default();
     cfg.backend = o.device;
@@ -599,7 +561,6 @@ done:
     free(samples);
     ert_engine_free(e);
     ert_model_free(m);
-    ert_labels_free(&labels);
-    ert_dataset_free(&data);
+    cli_samples_free(&smp);
     return rc;
 }

@@ -28,22 +28,10 @@ int cli_load_samples(const char *model_path, const ert_model *m, const char *dat
         return cli_error(CLI_USAGE, "%s: no labels: give --labels FILE", out->data_path);
     if ((st = ert_dataset_load(out->data_path, &out->data, &err)) != ERT_OK)
         return cli_error(CLI_FAIL, "%s", err.msg);
-    size_t per = ert_model_input_size(m);
-    if (out->data.sample_size != per) {
-        int c, h, w;
-        ert_model_input_shape(m, &c, &h, &w);
-        char shape[160] = "";
-        for (int d = 1; d < out->data.ndim; d++) {
-            size_t l = strlen(shape);
-            snprintf(shape + l, sizeof shape - l, "%s%lld", d > 1 ? "x" : "",
-                     (long long)out->data.dims[d]);
-        }
-        return cli_error(CLI_FAIL,
-                         "%s: each sample has %zu value%s (%s), the model takes %dx%dx%d = %zu",
-                         out->data_path, out->data.sample_size,
-                         out->data.sample_size == 1 ? "" : "s", shape[0] ? shape : "1-D data", c,
-                         h, w, per);
-    }
+    int c, h, w;
+    ert_model_input_shape(m, &c, &h, &w);
+    if ((st = ert_dataset_check_shape(&out->data, out->data_path, c, h, w, &err)) != ERT_OK)
+        return cli_error(CLI_FAIL, "%s", err.msg);
     if (!out->labels_path)
         return 0;
     if ((st = ert_labels_load(out->labels_path, &out->labels, &err)) != ERT_OK)
