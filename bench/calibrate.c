@@ -9,6 +9,8 @@
 
 float calib_clamp_threshold(ert_policy_kind kind, float t)
 {
+    if (kind == ERT_POLICY_PATIENCE) /* streaks are integers: >= t iff >= ceil(t) */
+        return !(t >= 1.0f) ? 1.0f : isinf(t) ? 3.4e38f : ceilf(t);
     if (!(t >= 0.0f))
         return 0.0f; /* also NaN */
     if (kind != ERT_POLICY_ENTROPY && t > 1.0f)

@@ -18,12 +18,13 @@
 #include "plan.h"
 
 /* The valid threshold range of a policy (ert_engine_set_threshold's):
- * entropy [0, +inf), every other early-exit policy [0, 1]. */
+ * entropy [0, +inf), patience the integers >= 1 (t rounded up: a streak
+ * reaches t iff it reaches ceil(t)), every other early-exit policy [0, 1]. */
 float calib_clamp_threshold(ert_policy_kind kind, float t);
 
 /* Chooses a threshold for one exit so that as close to `take` of the n
  * scores as possible exit under the policy's rule (entropy: score < t;
- * max_prob, margin, confidence_head: score >= t). Non-finite scores never
+ * max_prob, margin, confidence_head, patience: score >= t). Non-finite scores never
  * exit and are never counted. The threshold falls between two consecutive
  * distinct sorted scores (their midpoint, for a margin against rounding
  * differences between engines), so ties move the count as a block: then the

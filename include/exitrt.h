@@ -92,7 +92,18 @@ typedef enum ert_policy_kind {
     ERT_POLICY_ENTROPY,         /* exits when softmax entropy < threshold */
     ERT_POLICY_MAX_PROB,        /* exits when max probability >= threshold */
     ERT_POLICY_MARGIN,          /* exits when top1 - top2 probability >= threshold */
-    ERT_POLICY_CONFIDENCE_HEAD  /* exits when the learned head's output >= threshold */
+    ERT_POLICY_CONFIDENCE_HEAD, /* exits when the learned head's output >= threshold */
+    /* Patience (PABEE): exits when the predicted class (argmax, lowest index
+     * on ties) has been the same at the last k exits, this one included,
+     * k = the threshold, an integer >= 1. Every earlier exit counts,
+     * whatever its policy; an exit with non-finite logits never exits and
+     * breaks the streak (it restarts at the next finite exit). So the first
+     * exit can fire only with k = 1, and the exit at index i never with
+     * k > i + 1. Its score is the streak length (ert_sample.score of a
+     * sample leaving there; NaN where the logits are not finite). Each
+     * sample carries its streak and class from exit to exit, through
+     * compaction and the refill stream's queues (src/policy.h). */
+    ERT_POLICY_PATIENCE
 } ert_policy_kind;
 
 ERT_API const char *ert_backend_string(ert_backend b);
@@ -190,7 +201,9 @@ ERT_API const char *ert_engine_note(const ert_engine *e);
 
 /* Overrides exit i's threshold for later calls. Rejects the final head, a
  * NaN, and values outside the policy's range ([0,1] for probabilities and
- * the confidence head, [0, log K] ... any value >= 0 for entropy). */
+ * the confidence head, [0, log K] ... any value >= 0 for entropy, a finite
+ * integer >= 1 for patience). The model loader checks a file's thresholds
+ * by the same rule (and also wants them finite). */
 ERT_API ERT_NODISCARD
 ert_status ert_engine_set_threshold(ert_engine *e, int exit_index, float threshold);
 ERT_API float ert_engine_threshold(const ert_engine *e, int exit_index);
@@ -200,7 +213,8 @@ typedef struct ert_sample {
     int32_t exit_index; /* the exit taken: 0 .. num_exits-1 */
     int32_t predicted;  /* argmax of that exit's logits (lowest index on ties) */
     float score;        /* the policy score at that exit (the final head's
-                           score is its max softmax probability) */
+                           score is its max softmax probability; a patience
+                           exit's is the streak length, 1.0, 2.0, ...) */
 } ert_sample;
 
 /* Results of one ert_infer call. The caller owns every array. */

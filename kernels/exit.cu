@@ -3,7 +3,10 @@
  *
  * The policy math is policy.h's, the same functions the CPU backend calls, so
  * the two backends cannot drift (they can still differ by the last bits of
- * expf/logf and of the logits themselves). */
+ * expf/logf and of the logits themselves). So is the patience state: each
+ * row's word sits at its original position (a.state[orig[i]]), which the
+ * compaction below carries along with the row (new_orig); nothing else
+ * needs to move. */
 #include "kernels.h"
 #include "compact_math.h"
 #include "switch.cuh"
@@ -25,13 +28,21 @@ static __device__ __forceinline__ float threshold_of(const ert_exit_args &a)
     return a.d_threshold ? *a.d_threshold : a.threshold;
 }
 
+/* Row i's score at this exit, its patience state (when kept) updated first:
+ * policy.h's ert_exit_score, as the CPU backend calls it. */
+static __device__ __forceinline__ float score_row(const ert_exit_args &a, int i, const float *z)
+{
+    float conf = a.conf ? a.conf[i] : 0.0f;
+    ert_patience *st = a.state ? a.state + a.orig[i] : NULL;
+    return ert_exit_score(a.policy, a.exit_index, z, a.K, conf, st);
+}
+
 /* Scores row i; when it exits, writes its sample and logits at orig[i].
  * Returns whether it exited. */
 static __device__ int decide_row(const ert_exit_args &a, int i, float thr)
 {
     const float *z = a.logits + (size_t)i * a.K;
-    float conf = a.conf ? a.conf[i] : 0.0f;
-    float score = ert_policy_score(a.policy, z, a.K, conf);
+    float score = score_row(a, i, z);
     if (!ert_policy_exits(a.policy, score, thr))
         return 0;
     int o = a.orig[i];
@@ -166,8 +177,9 @@ static __global__ void exit_outputs_kernel(ert_exit_args a)
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
         const float *z = a.logits + (size_t)i * a.K;
         const size_t at = (size_t)a.orig[i] * a.num_exits + a.exit_index;
+        float score = score_row(a, i, z); /* always: it moves the patience state on */
         if (a.out_scores)
-            a.out_scores[at] = ert_policy_score(a.policy, z, a.K, a.conf ? a.conf[i] : 0.0f);
+            a.out_scores[at] = score;
         if (a.out_classes)
             a.out_classes[at] = ert_argmax(z, a.K);
     }

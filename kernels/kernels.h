@@ -14,6 +14,7 @@
 
 #include "act.h"
 #include "exitrt.h"
+#include "policy.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -85,6 +86,11 @@ typedef struct ert_exit_args {
     float threshold;
     int exit_index;
     unsigned char *done;  /* decide: [n] rows already out (MASKED), or NULL */
+    ert_patience *state;  /* each row's patience state (policy.h) at
+                             state[orig[i]], updated with this exit by every
+                             row scored; NULL at the final head (no later
+                             exit reads it). Indexed by the original
+                             position, so compaction never moves it. */
     ert_sample *samples;  /* results at original positions */
     float *out_logits;    /* [batch, K] at original positions, or NULL */
     int *new_orig;        /* compact: [n] survivors' original positions */

@@ -16,7 +16,10 @@ the backbone layer after which they attach:
 A value is (head, policy) or (head, policy, confidence_module_or_None), or a
 dict with keys head, policy, confidence. The policy dict holds "type" and
 "threshold", and optionally "name" (default exit1, exit2, ... in backbone
-order).
+order). Types: entropy, max_prob, margin, confidence_head, and patience
+(PABEE: leaves once the predicted class was the same at the last k exits,
+this one included; its threshold is that k, an integer >= 1, written to
+model.json as an integer).
 
 Where an exit reads (the rule models/FORMAT.md states for the loader too):
 Dropout computes nothing at inference and is not written, so an exit keyed
@@ -71,7 +74,7 @@ import torch.nn.functional as F
 
 FORMAT_VERSION = 1
 GOLDEN_VERSION = "1"
-POLICIES = ("entropy", "max_prob", "margin", "confidence_head")
+POLICIES = ("entropy", "max_prob", "margin", "confidence_head", "patience")
 MAX_EXITS = 16  # the final head included
 # Modules that compute nothing at inference: not written (an exit keyed by
 # one reads the computing layer before it). nn.Identity is left out of the
@@ -641,8 +644,15 @@ def _check_policy(name, policy):
         raise ExportError(f"exit '{name}': policy type {ty!r}; one of {', '.join(POLICIES)}")
     if "threshold" not in policy:
         raise ExportError(f"exit '{name}': policy without a threshold")
-    thr = float(policy["threshold"])
-    if not math.isfinite(thr) or thr < 0 or (ty != "entropy" and thr > 1):
+    raw = policy["threshold"]
+    thr = float(raw)
+    if ty == "patience":
+        # a streak length: the loader takes only finite integers >= 1
+        if isinstance(raw, bool) or not math.isfinite(thr) or thr < 1 or not thr.is_integer():
+            raise ExportError(f"exit '{name}': patience threshold {raw!r} must be an integer "
+                              ">= 1 (the number of exits in a row that agree)")
+        thr = int(thr)
+    elif not math.isfinite(thr) or thr < 0 or (ty != "entropy" and thr > 1):
         raise ExportError(f"exit '{name}': threshold {thr} out of range for {ty}")
     extra = sorted(set(policy) - {"type", "threshold"})
     if extra:

@@ -14,6 +14,7 @@
 #include "exitrt.h"
 #include "model.h"
 #include "plan.h"
+#include "policy.h"
 
 typedef struct backend_ops {
     const char *name;
@@ -46,6 +47,10 @@ typedef struct backend_ops {
      *           for the last stage (everyone exits there)
      *   res     [n] and logits [n, K]: written at row i for each exiting row
      *   exited  [n]: 1 for a row that left at exit `stage`, else 0
+     *   state   [n]: each row's patience state (policy.h) after the exits
+     *           before this stage (not read at stage 0), updated in place
+     *           with this stage's exit (row i stays at i; the final head
+     *           leaves it alone). The stream keeps it beside the row.
      *   macs    incremented by the multiply-accumulates run
      * The exit decision is policy.h's with e->thresholds[stage]; in
      * ERT_MODE_FULL only the last stage has a head (nobody leaves earlier).
@@ -53,7 +58,7 @@ typedef struct backend_ops {
      * the stream equals MASKED on the same engine. No allocation per call. */
     ert_status (*run_stage)(ert_engine *e, int stage, const float *in, int n, float *out,
                             ert_sample *res, float *logits, unsigned char *exited,
-                            uint64_t *macs);
+                            ert_patience *state, uint64_t *macs);
 } backend_ops;
 
 struct ert_engine {

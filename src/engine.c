@@ -179,12 +179,11 @@ ert_status ert_engine_set_threshold(ert_engine *e, int i, float t)
     if (isnan(t))
         return engine_fail(e, ERT_INVALID_ARGUMENT, "exit '%s': threshold is NaN",
                            m->exits[i].name);
-    int entropy = m->exits[i].policy == ERT_POLICY_ENTROPY;
-    if (entropy ? !(t >= 0.0f) : !(t >= 0.0f && t <= 1.0f))
+    if (!model_threshold_ok(m->exits[i].policy, t))
         return engine_fail(e, ERT_INVALID_ARGUMENT,
                            "exit '%s': threshold %g out of range for policy %s (%s)",
                            m->exits[i].name, (double)t, ert_policy_string(m->exits[i].policy),
-                           entropy ? ">= 0" : "[0, 1]");
+                           model_threshold_range(m->exits[i].policy));
     e->thresholds[i] = t;
     return ERT_OK;
 }

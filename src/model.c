@@ -73,6 +73,7 @@ const char *ert_policy_string(ert_policy_kind p)
     case ERT_POLICY_MAX_PROB: return "max_prob";
     case ERT_POLICY_MARGIN: return "margin";
     case ERT_POLICY_CONFIDENCE_HEAD: return "confidence_head";
+    case ERT_POLICY_PATIENCE: return "patience";
     }
     return "unknown";
 }
@@ -260,7 +261,8 @@ static ert_status parse_policy(parse_ctx *c, const cJSON *ex, const char *field,
     } kinds[] = {{"entropy", ERT_POLICY_ENTROPY},
                  {"max_prob", ERT_POLICY_MAX_PROB},
                  {"margin", ERT_POLICY_MARGIN},
-                 {"confidence_head", ERT_POLICY_CONFIDENCE_HEAD}};
+                 {"confidence_head", ERT_POLICY_CONFIDENCE_HEAD},
+                 {"patience", ERT_POLICY_PATIENCE}};
     x->policy = ERT_POLICY_NONE;
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
         if (strcmp(type, kinds[i].name) == 0)
@@ -273,9 +275,9 @@ static ert_status parse_policy(parse_ctx *c, const cJSON *ex, const char *field,
         return st;
     /* range-check in double first: a double beyond FLT_MAX has no float */
     x->threshold = fabs(t) <= FLT_MAX ? (float)t : NAN;
-    if (!model_threshold_ok(x->policy, x->threshold))
+    if (!isfinite(x->threshold) || !model_threshold_ok(x->policy, x->threshold))
         return ert_fail(c->err, ERT_FORMAT, "%s: %s.threshold: %g is out of range (%s)", c->file, f,
-                        t, x->policy == ERT_POLICY_ENTROPY ? ">= 0" : "[0, 1]");
+                        t, model_threshold_range(x->policy));
     return ERT_OK;
 }
 

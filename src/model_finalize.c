@@ -162,9 +162,27 @@ static ert_status finalize_list(const ert_model *m, layer_list *l, const char *w
 
 int model_threshold_ok(ert_policy_kind p, float t)
 {
-    if (!isfinite(t))
-        return 0;
-    return p == ERT_POLICY_ENTROPY ? t >= 0.0f : (t >= 0.0f && t <= 1.0f);
+    switch (p) {
+    case ERT_POLICY_ENTROPY: return t >= 0.0f; /* NaN fails every comparison */
+    case ERT_POLICY_MAX_PROB:
+    case ERT_POLICY_MARGIN:
+    case ERT_POLICY_CONFIDENCE_HEAD: return t >= 0.0f && t <= 1.0f;
+    /* a streak length: 2.5 would act as 3, and a file or a calibrator
+       saying 2.5 has most likely mistaken the policy for another */
+    case ERT_POLICY_PATIENCE: return isfinite(t) && t >= 1.0f && t == floorf(t);
+    case ERT_POLICY_NONE: break;
+    }
+    return 0;
+}
+
+const char *model_threshold_range(ert_policy_kind p)
+{
+    switch (p) {
+    case ERT_POLICY_ENTROPY: return ">= 0";
+    case ERT_POLICY_PATIENCE: return "an integer >= 1";
+    case ERT_POLICY_NONE: return "none: the final head has no threshold";
+    default: return "[0, 1]";
+    }
 }
 
 ert_status model_finalize(ert_model *m, ert_error *err)
@@ -203,7 +221,8 @@ ert_status model_finalize(ert_model *m, ert_error *err)
             if (e > 0 && x->after <= m->exits[e - 1].after)
                 return LFAIL("%s: exits[%d].after: exits must follow distinct layers in backbone order",
                              f, e);
-            if (x->policy == ERT_POLICY_NONE || !model_threshold_ok(x->policy, x->threshold))
+            if (x->policy == ERT_POLICY_NONE || !isfinite(x->threshold) ||
+                !model_threshold_ok(x->policy, x->threshold))
                 return LFAIL("%s: exits[%d].policy: missing policy or threshold out of range", f, e);
             snprintf(where, sizeof where, "exits[%d].head", e);
         }

@@ -52,10 +52,6 @@ void name_map_free(name_map *map);
 
 void layer_list_free(layer_list *l);
 
-/* Whether t is a valid threshold for policy p: finite, >= 0 for entropy,
- * in [0, 1] for the others. (model_finalize.c) */
-int model_threshold_ok(ert_policy_kind p, float t);
-
 /* Field readers: obj[key], named "<field>.<key>" in messages (just "<key>"
  * when field is ""). A missing key takes the default when has_def, else is
  * an error. */

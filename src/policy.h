@@ -9,6 +9,10 @@
  *   max_prob         score = max softmax probability, exits when >= threshold
  *   margin           score = top1 - top2 probability, exits when >= threshold
  *   confidence_head  score = the head's sigmoid output, exits when >= threshold
+ *   patience         score = the streak: how many exits in a row, this one
+ *                    included, predicted this exit's class; exits when
+ *                    >= threshold (an integer k >= 1). Needs the row's state
+ *                    from the exits before (ert_exit_score, below)
  *   none (final)     score = max softmax probability, always exits
  * A non-finite logit or score never exits early.
  */
@@ -16,6 +20,7 @@
 #define ERT_POLICY_H
 
 #include <math.h>
+#include <stdint.h>
 
 #include "exitrt.h"
 
@@ -43,11 +48,14 @@ static inline ERT_HD int ert_argmax(const float *z, int k)
 
 /* The policy score of one row of k logits. conf: the confidence head's
  * output (only read by ERT_POLICY_CONFIDENCE_HEAD). Returns NaN when any
- * logit (or conf) is not finite. */
+ * logit (or conf) is not finite, and for ERT_POLICY_PATIENCE, whose score
+ * depends on the earlier exits too (ert_exit_score). */
 static inline ERT_HD float ert_policy_score(int kind, const float *z, int k, float conf)
 {
     if (kind == ERT_POLICY_CONFIDENCE_HEAD)
         return isfinite(conf) ? conf : NAN;
+    if (kind == ERT_POLICY_PATIENCE)
+        return NAN;
     float m = -INFINITY, m2 = -INFINITY;
     for (int i = 0; i < k; i++) {
         float v = z[i];
@@ -92,6 +100,79 @@ static inline ERT_HD int ert_policy_exits(int kind, float score, float threshold
     if (kind == ERT_POLICY_ENTROPY)
         return score < threshold;
     return score >= threshold;
+}
+
+/* ---- patience (PABEE: "BERT loses patience", Zhou et al. 2020) --------------------
+ *
+ * A patience exit with threshold k fires when the predicted class
+ * (ert_argmax) has been the same at the last k exits, this one included.
+ * Every exit before it counts, whatever its policy (every exit has class
+ * logits). An exit whose logits are not all finite never fires and breaks
+ * the streak, which restarts at the next exit with finite logits. So the
+ * first exit fires only with k = 1, and an exit at position p (0-based) never
+ * fires with k > p + 1.
+ *
+ * The state a row carries from exit to exit is one 32-bit word:
+ *   bits 0-7   the streak after the last exit: 0 before the first exit and
+ *              after an exit with non-finite logits, else 1..255
+ *   bits 8-31  the class of that streak
+ * Limits this implies: classes below 2^24 (model.json allows at most 65536)
+ * and streaks up to 255 (a model has at most ERT_MAX_EXITS = 16 exits; a
+ * longer streak would stay at 255). The backends keep the word per sample,
+ * indexed by the sample's position in the call, which compaction never
+ * changes (src/cpu/backend.c, kernels/exit.cu); the refill stream keeps it
+ * beside each queued row (src/stream.c). */
+typedef uint32_t ert_patience;
+
+#define ERT_PATIENCE_START 0u /* no exit seen yet */
+
+static inline ERT_HD int ert_patience_streak(ert_patience st) { return (int)(st & 0xffu); }
+static inline ERT_HD int ert_patience_class(ert_patience st) { return (int)(st >> 8); }
+
+/* The state after an exit whose logits are z[0..k), given the state after
+ * the exit before it. */
+static inline ERT_HD ert_patience ert_patience_update(ert_patience st, const float *z, int k)
+{
+    for (int i = 0; i < k; i++)
+        if (!isfinite(z[i]))
+            return ERT_PATIENCE_START;
+    uint32_t c = (uint32_t)ert_argmax(z, k);
+    uint32_t n = st & 0xffu;
+    if (n && (st >> 8) == c)
+        n += n < 0xffu;
+    else
+        n = 1;
+    return (c << 8) | n;
+}
+
+/* The patience policy's score of a row in state st: its streak, NaN after
+ * non-finite logits (as every policy's score is there). */
+static inline ERT_HD float ert_patience_score(ert_patience st)
+{
+    int n = ert_patience_streak(st);
+    return n ? (float)n : NAN;
+}
+
+/* Whether a patience exit with threshold k fires for a row in state st: the
+ * streak is at least k (ert_policy_exits on its score). */
+static inline ERT_HD int ert_patience_fires(ert_patience st, float k)
+{
+    return ert_policy_exits(ERT_POLICY_PATIENCE, ert_patience_score(st), k);
+}
+
+/* One row at exit `exit_index`: updates its patience state *st from the
+ * logits (every early exit does, whatever its policy; exit 0 starts afresh
+ * and never reads *st, so nobody needs to clear the state before a batch),
+ * then returns the exit's policy score. st NULL: no state kept, for the
+ * final head (whose state no later exit reads); patience then scores NaN. */
+static inline ERT_HD float ert_exit_score(int kind, int exit_index, const float *z, int k,
+                                          float conf, ert_patience *st)
+{
+    if (st)
+        *st = ert_patience_update(exit_index == 0 ? ERT_PATIENCE_START : *st, z, k);
+    if (kind == ERT_POLICY_PATIENCE)
+        return st ? ert_patience_score(*st) : NAN;
+    return ert_policy_score(kind, z, k, conf);
 }
 
 /* Stable compaction index over n rows: for each row that stays

@@ -3,8 +3,9 @@
  *
  * State. Stage s has a ring of rows waiting for it: their input activation
  * (stage 0: the raw input row as submitted; stage s > 0: stage s-1's output),
- * their id and their submit time. Rings are FIFO, so within every ring rows
- * keep their submission order. Finished samples wait in a results ring (the
+ * their id, their submit time and their patience state (policy.h: the
+ * streak and class of the exits they passed, which a patience exit reads).
+ * Rings are FIFO, so within every ring rows keep their submission order. Finished samples wait in a results ring (the
  * sample, its logits, its latency) until polled. Everything is allocated at
  * create:
  *   stage 0 ring        queue rows
@@ -61,6 +62,7 @@ typedef struct ring {
     float *act;       /* [cap, row] */
     uint64_t *id;     /* [cap] */
     uint64_t *t_sub;  /* [cap] submit time, ns (CLOCK_MONOTONIC) */
+    ert_patience *pst; /* [cap] patience state after the exits passed */
     size_t row;       /* floats per row */
     int cap, head, count;
 } ring;
@@ -81,6 +83,7 @@ struct ert_stream {
     ert_sample *res;         /* [batch] */
     float *logits;           /* [batch, K] */
     unsigned char *exited;   /* [batch] */
+    ert_patience *state;     /* [batch] the run's rows' patience states */
 
     int admitted;
     ert_stream_stats stats;
@@ -144,6 +147,7 @@ void ert_stream_free(ert_stream *s)
         free(s->q[i].act);
         free(s->q[i].id);
         free(s->q[i].t_sub);
+        free(s->q[i].pst);
     }
     free(s->done);
     free(s->done_logits);
@@ -152,6 +156,7 @@ void ert_stream_free(ert_stream *s)
     free(s->res);
     free(s->logits);
     free(s->exited);
+    free(s->state);
     free(s);
 }
 
@@ -213,7 +218,8 @@ ert_status ert_stream_create(ert_engine *e, const ert_stream_config *cfg, ert_st
         r->act = ok ? alloc_array(floats, sizeof(float)) : NULL;
         r->id = alloc_array((size_t)r->cap, sizeof(uint64_t));
         r->t_sub = alloc_array((size_t)r->cap, sizeof(uint64_t));
-        ok = ok && r->act && r->id && r->t_sub;
+        r->pst = alloc_array((size_t)r->cap, sizeof(ert_patience));
+        ok = ok && r->act && r->id && r->t_sub && r->pst;
         if (r->row > max_in)
             max_in = r->row;
         if (shape_size(e->plan.stages[i].out) > max_out)
@@ -230,8 +236,9 @@ ert_status ert_stream_create(ert_engine *e, const ert_stream_config *cfg, ert_st
         s->res = alloc_array(B, sizeof *s->res);
         s->logits = alloc_array(B * (size_t)s->K, sizeof(float));
         s->exited = alloc_array(B, 1);
+        s->state = alloc_array(B, sizeof(ert_patience));
         ok = s->done && s->done_logits && s->in_scratch && s->out_scratch && s->res &&
-             s->logits && s->exited;
+             s->logits && s->exited && s->state;
     }
     if (!ok) {
         ert_stream_free(s);
@@ -294,8 +301,12 @@ static ert_status run_stage(ert_stream *s, int si, int k)
     int direct = nq && tail + k <= nq->cap;
     float *out = direct ? nq->act + (size_t)tail * nq->row : s->out_scratch;
 
+    /* the rows' patience states travel beside them */
+    for (int i = 0; i < k; i++)
+        s->state[i] = q->pst[(q->head + i) % q->cap];
     uint64_t macs = 0;
-    ert_status st = e->ops->run_stage(e, si, in, k, out, s->res, s->logits, s->exited, &macs);
+    ert_status st = e->ops->run_stage(e, si, in, k, out, s->res, s->logits, s->exited, s->state,
+                                      &macs);
     if (st != ERT_OK)
         return stream_fail(s, st, e->err);
     uint64_t t = now_ns();
@@ -322,6 +333,7 @@ static ert_status run_stage(ert_stream *s, int si, int k)
             int to = (tail + j++) % nq->cap;
             nq->id[to] = q->id[at];
             nq->t_sub[to] = q->t_sub[at];
+            nq->pst[to] = s->state[i];
             continue;
         }
         int d = (s->done_head + s->done_count) % s->cfg.queue;
@@ -448,6 +460,7 @@ ert_status ert_stream_submit(ert_stream *s, const float *inputs, int n, const ui
         int at = (tail + i) % q->cap;
         q->id[at] = ids ? ids[i] : s->stats.submitted + (uint64_t)i;
         q->t_sub[at] = t;
+        q->pst[at] = ERT_PATIENCE_START;
         const float *x = inputs + (size_t)i * q->row;
         for (size_t j = 0; j < q->row; j++)
             if (!isfinite(x[j])) {

@@ -12,7 +12,8 @@ inputs, runs `exitrt run` on those inputs in the full, masked and compacted
 modes, and checks against PyTorch:
   - each sample's exit equals the one the policy formulas of
     models/FORMAT.md give on PyTorch's logits (entropy < thr; max_prob,
-    margin, confidence >= thr; the final head otherwise),
+    margin, confidence >= thr; patience: the class, PyTorch's argmax, the
+    same at the last thr exits; the final head otherwise),
   - its class equals the argmax of PyTorch's logits at that exit,
   - its logits (--logits) are within relative error 1e-4 of PyTorch's.
 Threshold sets: chosen so that samples spread over the exits, a sweep of
@@ -138,6 +139,41 @@ def calibrate(spec, x):
             lin.bias.mul_(f)
             if centre:
                 lin.bias.sub_(float(out.mean()) * f)
+
+
+@torch.no_grad()
+def favour_class0(spec, x):
+    """Raises class 0's bias in every head's last Linear until it wins for
+    about half of x there (and no sample of x is near a tie). Random heads each lean to a class of their own, so
+    their classes would agree by chance only and patience streaks of 2 or
+    more would be rare; now each exit splits its samples between class 0 and
+    its own favourite."""
+    g = ex.Graph(spec["backbone"], spec["exits"], spec["final"])
+    lins = [_last_linear(e["head"]) for e in g.exits] + [_last_linear(g.final)]
+    outs = {}
+
+    def grab(k):
+        def hook(mod, inp, out):
+            outs[k] = out.detach()
+        return hook
+    handles = [lin.register_forward_hook(grab(k)) for k, lin in enumerate(lins)]
+    inp = spec["norm"]
+    c = x.shape[1]
+    mean = torch.tensor(np.broadcast_to(np.asarray(inp.get("mean", 0.0), np.float32), (c,)).copy())
+    std = torch.tensor(np.broadcast_to(np.asarray(inp.get("std", 1.0), np.float32), (c,)).copy())
+    xn = (torch.as_tensor(x) * inp.get("scale", 1.0) - mean.view(1, c, 1, 1)) / std.view(1, c, 1, 1)
+    g.forward(xn)
+    for h in handles:
+        h.remove()
+    for k, lin in enumerate(lins):
+        z = outs[k]
+        # by how much class 0 trails the best other class, per sample; the
+        # shift goes into the widest gap between those near the median, so no
+        # sample is left with a near tie (classes are compared exactly)
+        v = np.sort((z[:, 1:].max(1).values - z[:, 0]).double().numpy())
+        lo, hi = int(0.3 * len(v)), min(int(0.7 * len(v)), len(v) - 1)
+        j = lo + int(np.argmax(np.diff(v)[lo:max(hi, lo + 1)]))
+        lin.bias[0] += float((v[j] + v[j + 1]) / 2)
 
 
 def mlp():
@@ -278,6 +314,24 @@ def confidence():
                 norm=dict(scale=1 / 255, mean=0.286, std=0.353), raw=255.0)
 
 
+def patience():
+    """Patience exits (k = 2, and 3 given as 3.0) after an entropy and a
+    confidence-head exit, whose classes count towards the streak too."""
+    bb = nn.Sequential()
+    bb.add_module("flatten", nn.Flatten())
+    for i, n_in in enumerate((36, 32, 32, 32, 32), 1):
+        bb.add_module(f"fc{i}", nn.Linear(n_in, 32))
+        bb.add_module(f"relu{i}", nn.ReLU())
+    exits = {"relu1": (nn.Linear(32, 6), {"type": "entropy", "threshold": 0.8}),
+             "relu2": (nn.Linear(32, 6), {"type": "confidence_head", "threshold": 0.9},
+                       nn.Sequential(nn.Linear(32, 1), nn.Sigmoid())),
+             "relu3": (nn.Linear(32, 6), {"type": "patience", "threshold": 2}),
+             "relu4": (nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 6)),
+                       {"type": "patience", "threshold": 3.0, "name": "late"})}
+    return dict(backbone=bb, exits=exits, final=nn.Linear(32, 6), shape=(1, 6, 6), K=6,
+                norm=dict(scale=1.0, mean=0.5, std=0.3), raw=1.0, favour0=True)
+
+
 def torchvision_resnet():
     """torchvision's own ResNet class (BasicBlock, one block per stage), exits
     by module name after layer1 and layer2, the final head its fc."""
@@ -347,6 +401,7 @@ CASES = [("mlp", mlp), ("cnn", cnn), ("resnet_basic", basic_resnet),
          ("dropout", dropout_net), ("one_class", one_class)]
 if BLOCKS_FROM == "torchvision":
     CASES.append(("torchvision_resnet", torchvision_resnet))
+CASES.append(("patience", patience))
 
 
 # ---------------------------------------------------------------------------
@@ -368,6 +423,37 @@ def softmax_scores(kind, z, conf):
     return s[:, -1]
 
 
+def logit_noise(z):
+    """How far C's float32 logits may plausibly be from PyTorch's: ~1e-6
+    relative (REL_TOL is the bound we test), per sample."""
+    return 2e-5 * np.maximum(1.0, np.abs(z).max(1)) + 1e-6
+
+
+def class_chain(golden, exits):
+    """Per early exit, in order: each sample's class (argmax, the first of
+    equals), whether its logits are finite, its patience streak (FORMAT.md:
+    equal classes at consecutive exits with finite logits, every exit
+    counting whatever its policy, broken by non-finite logits) and whether a
+    near tie of the top two logits here or at an earlier exit could change
+    that streak."""
+    out, streak, prev, shaky = [], None, None, None
+    for e in exits:
+        z = golden[f"logits.{e['name']}"].astype(np.float64)
+        fin = np.isfinite(z).all(1)
+        cls = np.argmax(np.where(np.isnan(z), -np.inf, z), 1)
+        top = np.sort(z, 1)
+        tie = fin & (top[:, -1] - top[:, -2] <= logit_noise(z)) if z.shape[1] > 1 \
+            else np.zeros(len(z), bool)
+        if streak is None:
+            streak = np.where(fin, 1, 0)
+        else:
+            streak = np.where(fin, np.where((streak > 0) & (cls == prev), streak + 1, 1), 0)
+        prev = cls
+        shaky = tie if shaky is None else shaky | tie
+        out.append(dict(cls=cls, fin=fin, streak=streak, shaky=shaky))
+    return out
+
+
 def expected(golden, exits, thresholds):
     """Exit index per sample and a mask of samples whose decision is within
     float noise of a threshold somewhere on their path."""
@@ -375,15 +461,22 @@ def expected(golden, exits, thresholds):
     taken = np.full(n, len(exits))
     unsure = np.zeros(n, bool)
     left = np.ones(n, bool)
+    chain = class_chain(golden, exits)
     for i, e in enumerate(exits):
         kind, thr = e["policy"]["type"], thresholds[e["name"]]
+        if kind == "patience":
+            go = chain[i]["fin"] & (chain[i]["streak"] >= thr)
+            unsure |= left & chain[i]["shaky"]
+            taken[left & go] = i
+            left &= ~go
+            continue
         z = golden[f"logits.{e['name']}"]
         conf = golden.get(f"confidence.{e['name']}")
         score = softmax_scores(kind, z, conf)
         # how far C's score may plausibly be from PyTorch's: float32 logits
         # of the two differ by ~1e-6 relative (REL_TOL is the bound we test);
         # a probability moves by at most the logits' change
-        noise = 2e-5 * np.maximum(1.0, np.abs(z).max(1)) + 1e-6
+        noise = logit_noise(z)
         if kind == "entropy":
             go = score < thr
             sure = np.full(n, thr <= 0.0) | (thr > math.log(z.shape[1]) + 1e-3)
@@ -404,8 +497,18 @@ def spread_thresholds(golden, exits, share):
     n = golden["input"].shape[0]
     left = np.ones(n, bool)
     out = {}
-    for e in exits:
+    chain = class_chain(golden, exits)
+    for i, e in enumerate(exits):
         kind = e["policy"]["type"]
+        if kind == "patience":
+            # the k in 1 .. i+1 (longer streaks cannot occur here) whose share
+            # of the samples still running is nearest `share`
+            s = chain[i]["streak"]
+            k = min(range(1, i + 2),
+                    key=lambda k: abs(np.mean(s[left] >= k) - share) if left.any() else 0)
+            out[e["name"]] = k
+            left &= ~(s >= k)
+            continue
         s = softmax_scores(kind, golden[f"logits.{e['name']}"],
                            golden.get(f"confidence.{e['name']}"))
         v = np.sort(s[left])
@@ -434,7 +537,13 @@ def forcing_thresholds(exits, j):
     out = {}
     for i, e in enumerate(exits):
         ent = e["policy"]["type"] == "entropy"
-        if i < j:
+        if e["policy"]["type"] == "patience":
+            # 16: no streak gets that long (16 exits at most); 1: any finite row
+            if i <= j:
+                out[e["name"]] = 16 if i < j else 1
+            else:
+                out[e["name"]] = e["policy"]["threshold"]
+        elif i < j:
             out[e["name"]] = 0.0 if ent else 1.0
         elif i == j:
             out[e["name"]] = 1000.0 if ent else 0.0
@@ -766,6 +875,10 @@ def exporter_checks(work):
     expect_error(exp(nn.Sequential(nn.Flatten(), nn.Linear(16, 4), nn.ReLU()),
                      {"1": (nn.Linear(4, 2), {"type": "max_prob", "threshold": 1.5})},
                      nn.Linear(4, 2)), "threshold")
+    for k in (2.5, 0, -1, True, float("inf")):
+        expect_error(exp(nn.Sequential(nn.Flatten(), nn.Linear(16, 4), nn.ReLU()),
+                         {"1": (nn.Linear(4, 2), {"type": "patience", "threshold": k})},
+                         nn.Linear(4, 2)), "exit1", "integer >= 1")
     expect_error(exp(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"),
                                    nn.Flatten(), nn.Linear(32, 2))), "padding_mode")
 
@@ -872,6 +985,8 @@ def main():
                 x = np.round(x)
             x[0] = 0.0  # an all-zero input (raw units)
             calibrate(spec, x)
+            if spec.get("favour0"):
+                favour_class0(spec, x)
             model_dir = os.path.join(work, name)
             model = ex.export(spec["backbone"], spec["exits"], spec["final"], model_dir,
                               spec["shape"], spec["K"], input_norm=spec["norm"],
@@ -886,6 +1001,14 @@ def main():
                   f" {ex.model_macs(model)['full']} MACs)")
             if "confidence_head" in kinds and not any(k.startswith("confidence.") for k in golden):
                 raise Failure("golden file lacks the confidence outputs")
+            for e in model["exits"]:
+                thr = e["policy"]["threshold"]
+                if e["policy"]["type"] == "patience" and (type(thr) is not int or thr < 1):
+                    raise Failure(f"exit {e['name']}: patience threshold {thr!r} is not written "
+                                  "as an integer")
+            with open(os.path.join(model_dir, "model.json")) as f:
+                if "patience" in kinds and '"threshold": 3.0' in f.read():
+                    raise Failure("model.json holds a patience threshold as 3.0")
             if have_exe:
                 for line in check_model(model_dir, exe, os.path.join(work, name + "-run"),
                                         devices, name):

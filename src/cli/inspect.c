@@ -203,6 +203,17 @@ int cmd_inspect(int argc, char **argv)
                final ? "final" : ert_policy_string(e->policy), thr,
                cli_commas(e->head_macs, a, sizeof a),
                cli_commas(list_params(&e->head) + list_params(&e->confidence), b, sizeof b));
+        if (!final && e->policy == ERT_POLICY_PATIENCE) {
+            if (e->threshold == 1.0f)
+                printf("      patience 1: a sample leaves here whenever its logits are finite\n");
+            else if (e->threshold > (float)(x + 1))
+                printf("      patience %s: never fires (exit %d is only the %d%s exit)\n", thr, x,
+                       x + 1, x == 0 ? "st" : x == 1 ? "nd" : x == 2 ? "rd" : "th");
+            else
+                printf("      patience %s: a sample leaves once its class was the same at the "
+                       "last %s exits (this one included)\n",
+                       thr, thr);
+        }
         if (e->head.count) {
             printf("      head:\n");
             print_list(&e->head, 3, -1);

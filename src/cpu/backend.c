@@ -10,6 +10,8 @@
  *   conf     the confidence head's output, one float per row
  *   orig     COMPACTED: each active row's original sample index
  *   done     MASKED: whether a row has exited already
+ *   pstate   each sample's patience state (policy.h), at its position in the
+ *            call: compaction moves rows, never this, and orig finds it
  */
 #include <cblas.h>
 #include <math.h>
@@ -34,6 +36,7 @@ typedef struct cpu_ctx {
     int *orig;               /* [max_batch] */
     int *dst;                /* [max_batch] compaction index */
     unsigned char *done;     /* [max_batch] */
+    ert_patience *pstate;    /* [max_batch] by sample position in the call */
     int conv_batched;
     int tile_rows;           /* linear GEMM tile (ops.h) */
     int has_dnnl;            /* the oneDNN path is there */
@@ -58,6 +61,7 @@ static void cpu_destroy(void *p)
     free(c->orig);
     free(c->dst);
     free(c->done);
+    free(c->pstate);
     free(c->finite);
     free(c->ids);
     free(c->staging);
@@ -158,8 +162,9 @@ static ert_status cpu_create(ert_engine *e, void **out)
     c->orig = malloc(sizeof(int) * B);
     c->dst = malloc(sizeof(int) * B);
     c->done = malloc(B);
+    c->pstate = malloc(sizeof(ert_patience) * B);
     if (!c->act[0] || !c->act[1] || !c->act[2] || !c->act[3] || !c->col || !c->conf ||
-        !c->orig || !c->dst || !c->done) {
+        !c->orig || !c->dst || !c->done || !c->pstate) {
         size_t act = c->act_cap, col = c->col_cap;
         cpu_destroy(c);
         return engine_fail(e, ERT_OUT_OF_MEMORY,
@@ -281,16 +286,18 @@ static const float *run_stage_rows(ert_engine *e, cpu_ctx *c, int dn, int s, con
     return y;
 }
 
-/* Whether row r (of the n in z/conf) leaves at exit s, and its score. */
+/* Whether row r (of the n in z/conf) leaves at exit s, and its score.
+ * *st: the row's patience state, updated with this exit (policy.h's
+ * ert_exit_score); not read or written at the final head. */
 static int row_decides(const ert_engine *e, const float *conf_col, int s, const float *z, int r,
-                       float *score)
+                       ert_patience *st, float *score)
 {
     const ert_model *m = e->model;
     const int K = m->num_classes;
     int last = s == m->num_exits - 1;
     int kind = last ? ERT_POLICY_NONE : (int)m->exits[s].policy;
     float conf = kind == ERT_POLICY_CONFIDENCE_HEAD && conf_col ? conf_col[r] : 0.0f;
-    *score = ert_policy_score(kind, z + (size_t)r * K, K, conf);
+    *score = ert_exit_score(kind, s, z + (size_t)r * K, K, conf, last ? NULL : st);
     return ert_policy_exits(kind, *score, e->thresholds[s]);
 }
 
@@ -363,7 +370,7 @@ static ert_status run_rows(ert_engine *e, cpu_ctx *c, int dn, const float *input
             for (int r = 0; r < n; r++) {
                 size_t at = (size_t)c->orig[r] * E + s;
                 float score;
-                row_decides(e, conf, s, z, r, &score);
+                row_decides(e, conf, s, z, r, &c->pstate[c->orig[r]], &score);
                 if (scores)
                     scores[at] = score;
                 if (classes)
@@ -375,7 +382,7 @@ static ert_status run_rows(ert_engine *e, cpu_ctx *c, int dn, const float *input
             /* FULL (last stage only) and MASKED: every row stays in place */
             for (int r = 0; r < n; r++) {
                 float score;
-                if (c->done[r] || !row_decides(e, conf, s, z, r, &score))
+                if (c->done[r] || !row_decides(e, conf, s, z, r, &c->pstate[c->orig[r]], &score))
                     continue;
                 write_row(e, out, c->orig[r], s, z, r, score);
                 c->done[r] = 1;
@@ -384,10 +391,12 @@ static ert_status run_rows(ert_engine *e, cpu_ctx *c, int dn, const float *input
         }
 
         /* COMPACTED: exiting rows go out at their original positions; the
-         * survivors move to the front of y, in order, with their indices. */
+         * survivors move to the front of y, in order, with their indices
+         * (which is all their patience state needs to follow them). */
         for (int r = 0; r < n; r++) {
             float score;
-            c->done[r] = (unsigned char)row_decides(e, conf, s, z, r, &score);
+            c->done[r] =
+                (unsigned char)row_decides(e, conf, s, z, r, &c->pstate[c->orig[r]], &score);
             if (c->done[r])
                 write_row(e, out, c->orig[r], s, z, r, score);
         }
@@ -467,11 +476,13 @@ static ert_status cpu_exit_outputs(ert_engine *e, const float *input, int batch,
 /* ---- one stage of the refill stream ------------------------------------------------------- */
 
 /* Stage s for the n rows of `in` whose ids[k] are rows of the call, on one
- * path: results at those rows of res/logits/exited, the stage output of
- * every row in *y_out (NULL for a FULL stage without a head) in group order. */
+ * path: results at those rows of res/logits/exited/state, the stage output
+ * of every row in *y_out (NULL for a FULL stage without a head) in group
+ * order. */
 static ert_status stage_rows(ert_engine *e, cpu_ctx *c, int dn, int s, const float *in, int n,
                              const int *ids, ert_sample *res, float *logits,
-                             unsigned char *exited, uint64_t *macs, const float **y_out)
+                             unsigned char *exited, ert_patience *state, uint64_t *macs,
+                             const float **y_out)
 {
     const ert_model *m = e->model;
     const stage *st = &e->plan.stages[s];
@@ -502,7 +513,7 @@ static ert_status stage_rows(ert_engine *e, cpu_ctx *c, int dn, int s, const flo
     for (int k = 0; k < n; k++) {
         float score;
         int r = ids[k];
-        exited[r] = (unsigned char)row_decides(e, conf, s, z, k, &score);
+        exited[r] = (unsigned char)row_decides(e, conf, s, z, k, &state[r], &score);
         if (exited[r]) {
             const float *zr = z + (size_t)k * K;
             res[r].exit_index = s;
@@ -521,7 +532,7 @@ static ert_status stage_rows(ert_engine *e, cpu_ctx *c, int dn, int s, const flo
  * (but see "the two paths" above). */
 static ert_status cpu_run_stage(ert_engine *e, int s, const float *in, int n, float *out,
                                 ert_sample *res, float *logits, unsigned char *exited,
-                                uint64_t *macs)
+                                ert_patience *state, uint64_t *macs)
 {
     cpu_ctx *c = e->ctx;
     const stage *st = &e->plan.stages[s];
@@ -555,7 +566,7 @@ static ert_status cpu_run_stage(ert_engine *e, int s, const float *in, int n, fl
             grp_in[dn] = g;
         }
         ert_status rs = stage_rows(e, c, dn, s, grp_in[dn], ngroup[dn], ids, res, logits, exited,
-                                   macs, &y[dn]);
+                                   state, macs, &y[dn]);
         if (rs != ERT_OK)
             return rs;
     }

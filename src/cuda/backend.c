@@ -73,6 +73,7 @@ static void slot_free(cuda_slot *s)
     cudaFree(s->src_row);
     cudaFree(s->d_count);
     cudaFree(s->done);
+    cudaFree(s->pstate);
     if (s->h_count)
         cudaFreeHost(s->h_count);
     if (s->stream)
@@ -144,6 +145,7 @@ static ert_status slot_init(ert_engine *e, cuda_ctx *c, cuda_slot *s)
     CUDA_TRY(e, cudaMalloc((void **)&s->src_row, B * sizeof(int)));
     CUDA_TRY(e, cudaMalloc((void **)&s->d_count, ERT_MAX_EXITS * sizeof(int)));
     CUDA_TRY(e, cudaMalloc((void **)&s->done, B));
+    CUDA_TRY(e, cudaMalloc((void **)&s->pstate, B * sizeof(ert_patience)));
     CUDA_TRY(e, cudaHostAlloc((void **)&s->h_count, ERT_MAX_EXITS * sizeof(int),
                               cudaHostAllocDefault));
     return ERT_OK;
@@ -316,6 +318,7 @@ static ert_status job_stage(ert_engine *e, cuda_ctx *c, cuda_call *k, job *j, in
     const int compact = ps->has_exit && !last && ps->gather_buf >= 0;
     stage_args a = {.si = si, .n = j->n, .iota_base = -1, .cur = j->cur,
                     .done = e->cfg.mode == ERT_MODE_MASKED ? s->done : NULL,
+                    .state = last ? NULL : s->pstate,
                     .samples = k->samples, .logits = k->logits,
                     .gather_buf = compact ? ps->gather_buf : -1};
     if (si == 0) {
@@ -517,7 +520,9 @@ static ert_status cuda_exit_outputs(ert_engine *e, const float *input, int batch
     for (int si = 0; si < prog->num_stages; si++) {
         /* rows stay where they are: their positions are 0..batch-1 throughout */
         stage_args a = {.si = si, .n = batch, .norm_src = si == 0 ? x : NULL,
-                        .iota_base = si == 0 ? 0 : -1, .cur = 0, .samples = c->d_samples,
+                        .iota_base = si == 0 ? 0 : -1, .cur = 0,
+                        .state = si == prog->num_stages - 1 ? NULL : s->pstate,
+                        .samples = c->d_samples,
                         .gather_buf = prog->stages[si].gather_buf,
                         .out_scores = scores ? c->d_scores : NULL,
                         .out_classes = classes ? c->d_classes : NULL};

@@ -55,6 +55,9 @@ typedef struct cuda_slot {
     int *src_row;              /* [max_batch] survivors' rows before the gather */
     int *d_count;              /* [ERT_MAX_EXITS] survivors after exit s */
     unsigned char *done;       /* [max_batch] MASKED: row already out */
+    ert_patience *pstate;      /* [max_batch] each row's patience state, at its
+                                  original position (orig): compaction never
+                                  moves it (kernels/exit.cu) */
     int *h_count;              /* pinned [ERT_MAX_EXITS] */
 } cuda_slot;
 
@@ -141,6 +144,8 @@ typedef struct stage_args {
     int iota_base;          /* >= 0: first orig[cur][i] = iota_base + i */
     int cur;                /* s->orig[cur] holds the rows' original positions */
     unsigned char *done;    /* MASKED: rows already out (skipped, then marked); else NULL */
+    ert_patience *state;    /* the rows' patience states at their original positions
+                               (s->pstate), or NULL at the final head */
     ert_sample *samples;    /* device results at original positions */
     float *logits;          /* device [*, K] at original positions, or NULL */
     const float *d_threshold; /* graphs: the threshold read on the device, else NULL */
@@ -172,6 +177,7 @@ ert_status order_after_caller(ert_engine *e, cuda_ctx *c, cudaStream_t cs, int u
 
 /* backend.h's run_stage, for the refill stream (stage.c). */
 ert_status cuda_run_stage(ert_engine *e, int stage, const float *in, int n, float *out,
-                          ert_sample *res, float *logits, unsigned char *exited, uint64_t *macs);
+                          ert_sample *res, float *logits, unsigned char *exited,
+                          ert_patience *state, uint64_t *macs);
 
 #endif /* ERT_CUDA_INTERNAL_H */

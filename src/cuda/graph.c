@@ -88,7 +88,8 @@ static ert_status body_enqueue(ert_engine *e, cuda_ctx *c, graph_state *g, int i
     const int last = si == c->prog.num_stages - 1;
     /* every stage but the last compacts, so the positions ping-pong */
     stage_args a = {.si = si, .n = R, .d_n = si == 0 ? gs->d_rows : s->d_count + (si - 1),
-                    .iota_base = -1, .cur = si & 1, .samples = gs->d_samples,
+                    .iota_base = -1, .cur = si & 1, .state = last ? NULL : s->pstate,
+                    .samples = gs->d_samples,
                     .logits = gs->d_logits, .d_threshold = gs->d_thr + si,
                     .gather_buf = last ? -1 : ps->gather_buf};
     if (si == 0) {

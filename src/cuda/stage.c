@@ -71,6 +71,7 @@ ert_status stage_enqueue(ert_engine *e, cuda_ctx *c, cuda_slot *s, const stage_a
     x.threshold = e->thresholds[a->si];
     x.d_threshold = a->d_threshold;
     x.exit_index = a->si;
+    x.state = a->state;
     x.samples = a->samples;
     x.out_logits = a->logits;
     x.d_n = a->d_n;
@@ -114,7 +115,8 @@ fail:
 /* ---- the refill stream's stage op ------------------------------------------------------ */
 
 ert_status cuda_run_stage(ert_engine *e, int si, const float *in, int n, float *out,
-                          ert_sample *res, float *logits, unsigned char *exited, uint64_t *macs)
+                          ert_sample *res, float *logits, unsigned char *exited,
+                          ert_patience *state, uint64_t *macs)
 {
     ert_status st = ERT_OK;
     cuda_ctx *c = e->ctx;
@@ -127,10 +129,15 @@ ert_status cuda_run_stage(ert_engine *e, int si, const float *in, int n, float *
     const size_t in_row = shape_size(e->plan.stages[si].in);
     CUDA_TRY(e, cudaSetDevice(c->device));
 
-    /* the rows in (host-staged, see above) */
+    /* the rows in (host-staged, see above), with their patience states where
+       this exit reads them (rows are their own original positions here) */
     float *x = s->buf[ps->in_buf];
     CUDA_TRY(e, cudaMemcpyAsync(x, in, (size_t)n * in_row * sizeof(float),
                                 cudaMemcpyHostToDevice, s->stream));
+    const int track = decides && !last;
+    if (track && si > 0)
+        CUDA_TRY(e, cudaMemcpyAsync(s->pstate, state, (size_t)n * sizeof(ert_patience),
+                                    cudaMemcpyHostToDevice, s->stream));
     /* a row that stays keeps the poison exit index -1: how `exited` is read */
     if (decides)
         CUDA_TRY(e, cudaMemsetAsync(c->d_samples, 0xff, (size_t)n * sizeof(ert_sample),
@@ -150,7 +157,8 @@ ert_status cuda_run_stage(ert_engine *e, int si, const float *in, int n, float *
     }
     /* rows are their own original positions */
     stage_args a = {.si = si, .n = n, .norm_src = si == 0 ? x : NULL, .iota_base = 0,
-                    .samples = c->d_samples, .logits = c->d_logits, .gather_buf = g};
+                    .state = track ? s->pstate : NULL, .samples = c->d_samples,
+                    .logits = c->d_logits, .gather_buf = g};
     if ((st = stage_enqueue(e, c, s, &a, macs)) != ERT_OK)
         goto fail;
 
@@ -180,6 +188,9 @@ ert_status cuda_run_stage(ert_engine *e, int si, const float *in, int n, float *
                                 cudaMemcpyDeviceToHost, s->stream));
     CUDA_TRY(e, cudaMemcpyAsync(logits, c->d_logits, (size_t)n * K * sizeof(float),
                                 cudaMemcpyDeviceToHost, s->stream));
+    if (track)
+        CUDA_TRY(e, cudaMemcpyAsync(state, s->pstate, (size_t)n * sizeof(ert_patience),
+                                    cudaMemcpyDeviceToHost, s->stream));
     CUDA_TRY(e, cudaStreamSynchronize(s->stream));
     int left = 0;
     for (int i = 0; i < n; i++) {

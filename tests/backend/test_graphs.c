@@ -228,6 +228,81 @@ Test(graphs, resnet_one_bucket) { bucketed_sweep(MW_RESNET, 34, 1, 1, 3); }
 Test(graphs, resnet_many_buckets) { bucketed_sweep(MW_RESNET, 35, 64, 1, 3); }
 Test(graphs, resnet_inflight) { bucketed_sweep(MW_RESNET, 36, 5, 3, 3); }
 
+/* Patience through the graphs: each row's streak sits at its position in
+ * the sub-batch and must follow it through the device-side compaction and
+ * past the bucket padding. The resnet's exits as entropy, patience,
+ * patience; the bucketed engine against MASKED on the device and on the
+ * CPU over k in {1, 2, 3} x {1, 2, 3, 4} (3 at exit 1 and 4 at exit 2 never
+ * fire), entropy never and sometimes. */
+static void bucketed_patience(uint64_t seed, int k, int inflight)
+{
+    need_cuda_graphs();
+    char dir[256];
+    cr_assert_eq(mw_tempdir(dir, sizeof dir), 0);
+    cr_assert_eq(mw_random_model(dir, seed, MW_RESNET), 0);
+    cr_assert_eq(mw_set_policy(dir, 1, "patience", 2), 0);
+    cr_assert_eq(mw_set_policy(dir, 2, "patience", 2), 0);
+    ert_model *m = NULL;
+    ert_error err = {{0}};
+    cr_assert_eq(ert_model_load(dir, &m, &err), ERT_OK, "%s", err.msg);
+    mw_rmtree(dir);
+    plan p;
+    plan_build(m, &p);
+    const int E = ert_model_num_exits(m), K = ert_model_num_classes(m);
+    ert_engine *es[3] = {
+        tb_engine_on(m, ERT_BACKEND_CUDA, ERT_MODE_COMPACTED, GB_MAX, k, inflight),
+        tb_engine_on(m, ERT_BACKEND_CUDA, ERT_MODE_MASKED, GB_MAX, 0, 1),
+        tb_engine_on(m, ERT_BACKEND_CPU, ERT_MODE_MASKED, GB_MAX, 0, 1),
+    };
+    cr_assert(starts_with(ert_engine_note(es[0]), "graphs: on"),
+              "the graphs did not come up: %s", ert_engine_note(es[0]));
+    size_t per = ert_model_input_size(m);
+    float *x = malloc(sizeof(float) * per * GB_MAX);
+    cr_assert_not_null(x);
+    mw_random_input(x, per * GB_MAX, seed * 13 + 1);
+    x[5 * per] = NAN; /* never leaves early */
+    tb_result r[3];
+    for (int i = 0; i < 3; i++)
+        tb_result_init(&r[i], GB_MAX, K);
+    const int step = ert_bucket_step(GB_MAX, k);
+    int batches[] = {1, step + 1, GB_MAX - 1, GB_MAX};
+    long patience_exits = 0;
+    for (int a = 0; a < 2; a++)
+        for (int k1 = 1; k1 <= 3; k1++)
+            for (int k2 = 1; k2 <= 4; k2++) {
+                float thr[3] = {a ? 0.5f * logf((float)K) : 0.0f, (float)k1, (float)k2};
+                for (int x_ = 0; x_ < E - 1; x_++)
+                    for (int j = 0; j < 3; j++)
+                        cr_assert_eq(ert_engine_set_threshold(es[j], x_, thr[x_]), ERT_OK, "%s",
+                                     ert_engine_error(es[j]));
+                for (size_t b = 0; b < sizeof batches / sizeof batches[0]; b++) {
+                    int batch = batches[b];
+                    if (batch < 1 || batch > GB_MAX)
+                        continue;
+                    for (int j = 0; j < 3; j++)
+                        tb_infer(es[j], x, batch, &r[j]);
+                    compare(es[1], &r[0], &r[1], batch, "patience: bucketed vs MASKED (cuda)");
+                    compare(es[2], &r[0], &r[2], batch, "patience: bucketed vs MASKED (cpu)");
+                    check_figures(m, &p, &r[0], batch, GB_MAX, k, inflight);
+                    if (k1 == 3)
+                        cr_assert_eq(r[0].r.exit_counts[1], 0);
+                    if (k2 == 4)
+                        cr_assert_eq(r[0].r.exit_counts[2], 0);
+                    patience_exits += r[0].r.exit_counts[1] + r[0].r.exit_counts[2];
+                }
+            }
+    cr_assert_gt(patience_exits, 0);
+    for (int i = 0; i < 3; i++) {
+        tb_result_free(&r[i]);
+        ert_engine_free(es[i]);
+    }
+    free(x);
+    ert_model_free(m);
+}
+
+Test(graphs, resnet_patience) { bucketed_patience(37, 8, 1); }
+Test(graphs, resnet_patience_inflight) { bucketed_patience(38, 5, 3); }
+
 #ifdef ERT_HAVE_CUDA
 /* src/cuda/graph.h's test hook */
 extern const char *ert_cuda_test_graph_fault;

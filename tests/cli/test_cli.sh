@@ -252,6 +252,70 @@ for b in "$B" "$B2" "$B3" "$B4" "$B5" "$B6" "$B7" "$W/nonexistent-model"; do
     expect_error "$EXITRT" inspect "$b"
 done
 
+# ---- the patience policy -------------------------------------------------------------
+# The resnet's 2nd and 3rd early exits as patience (k = 2 and 3): inspect shows
+# them, MASKED, COMPACTED and the refill stream agree (byte for byte where the
+# CPU backend is batch-invariant), a patience exit's score is the streak (k,
+# the most an exit at that position can reach with that k), and --threshold
+# takes integers >= 1 only.
+P=$W/resnet-patience
+rm -rf "$P"
+cp -r "$W/resnet" "$P"
+python3 - "$P/model.json" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+for e, k in zip(j["exits"][1:], (2, 3)):
+    e["policy"] = {"type": "patience", "threshold": k}
+json.dump(j, open(sys.argv[1], "w"), indent=1)
+PY
+PDATA=(--data "$P/inputs.npy" --labels "$P/labels.npy")
+expect_status 0 "$EXITRT" inspect "$P"
+grep -Eq 'policy patience +threshold 2 ' "$W/out" || fail "patience: inspect lacks 'patience ... 2'"
+grep -q 'patience 3: a sample leaves once its class was the same at the last 3 exits' "$W/out" ||
+    fail "patience: inspect does not explain k = 3"
+for mode in masked compacted refill; do
+    expect_status 0 "$EXITRT" run "$P" "${PDATA[@]}" --device cpu --mode "$mode" --batch 64 \
+        --json --predictions "$W/patience-$mode.csv"
+    cp "$W/out" "$W/patience-$mode.json"
+done
+python3 - "$W/patience-masked.json" "$W/patience-masked.csv" "$N" <<'PY' ||
+import csv, json, sys
+j, n = json.load(open(sys.argv[1])), int(sys.argv[3])
+assert [e["policy"] for e in j["exits"]] == ["entropy", "patience", "patience", "final"], j["exits"]
+assert [e["threshold"] for e in j["exits"][1:3]] == [2, 3], j["exits"]
+assert sum(e["taken"] for e in j["exits"]) == n
+for r in csv.DictReader(open(sys.argv[2])):
+    x, s = int(r["exit"]), float(r["score"])
+    if x in (1, 2):
+        assert s == x + 1, r  # exit 1 with k = 2: a streak of 2; exit 2 with k = 3: 3
+PY
+    fail "patience: JSON or scores"
+exact=$(python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["engine_note"].endswith("the modes agree bit for bit")))' "$W/patience-masked.json")
+for mode in compacted refill; do
+    python3 "$HERE/same_predictions.py" "$W/patience-masked.csv" "$W/patience-$mode.csv" "$exact" ||
+        fail "patience: MASKED and $mode predictions differ"
+    ok
+done
+p2=$(json_get "$W/patience-masked.json" 'j["exits"][1]["name"]')
+# k = 1: every sample that gets past exit 0 leaves at the first patience exit
+expect_status 0 "$EXITRT" run "$P" "${PDATA[@]}" --device cpu --json --threshold "$p2=1" \
+    --predictions "$W/patience-k1.csv"
+[ "$(json_get "$W/out" 'j["exits"][2]["taken"] + j["exits"][3]["taken"]')" = 0 ] ||
+    fail "patience: k = 1 let samples past $p2"
+[ "$(json_get "$W/out" 'j["exits"][1]["taken"]')" -gt 0 ] || fail "patience: k = 1 took nobody"
+python3 -c 'import csv,sys; assert all(float(r["score"]) in (1.0, 2.0) for r in csv.DictReader(open(sys.argv[1])) if r["exit"] == "1")' \
+    "$W/patience-k1.csv" || fail "patience: a score at the second exit is not a streak of 1 or 2"
+[ "$(json_get "$W/out" 'j["exits"][1]["threshold"]')" = 1 ] || fail "patience: JSON threshold"
+# k beyond the exit's position: never
+expect_status 0 "$EXITRT" run "$P" "${PDATA[@]}" --device cpu --json --threshold "$p2=3" \
+    --threshold 2=4
+[ "$(json_get "$W/out" 'j["exits"][1]["taken"] + j["exits"][2]["taken"]')" = 0 ] ||
+    fail "patience: k beyond the exit's position fired"
+for v in 2.5 0 -1 0.999; do
+    expect_status 2 "$EXITRT" run "$P" "${PDATA[@]}" --threshold "$p2=$v"
+    grep -q "an integer >= 1" "$W/err" || fail "patience: --threshold $p2=$v: $(cat "$W/err")"
+done
+
 # ---- usage errors: status 2 ---------------------------------------------------------
 M=$W/mlp
 for args in "" "bogus" "--bogus" "run" "inspect" "run $M --bogus" "run $M --batch 0" \

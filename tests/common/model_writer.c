@@ -347,12 +347,67 @@ static double *run_list(const layer_list *l, const double *x, shape3 in)
     return cur;
 }
 
+/* The streak rule of models/FORMAT.md in plain loops, kept apart from
+ * policy.h's packed state on purpose: a second reading of the rule. */
+void mw_walk_exits(const ert_model *m, const float *thr, const float *z, const float *conf,
+                   ert_sample *out, float *scores, int32_t *classes)
+{
+    const int K = m->num_classes, E = m->num_exits;
+    int taken = -1, streak = 0, last_class = -1;
+    float taken_score = 0.0f;
+    for (int e = 0; e < E; e++) {
+        const float *ze = z + (size_t)e * K;
+        int finite = 1;
+        for (int k = 0; k < K; k++)
+            if (!isfinite(ze[k]))
+                finite = 0;
+        /* argmax: the first of the largest, NaN never chosen (as torch.argmax
+           on finite rows; ert_argmax's rule for the others) */
+        int cls = 0;
+        for (int k = 1; k < K; k++)
+            if (ze[k] > ze[cls] || (isnan(ze[cls]) && !isnan(ze[k])))
+                cls = k;
+        if (!finite)
+            streak = 0; /* broken: the next finite exit starts again at 1 */
+        else if (streak > 0 && cls == last_class)
+            streak++;
+        else
+            streak = 1;
+        last_class = cls;
+        const exit_def *xd = &m->exits[e];
+        int final = e == E - 1;
+        float s;
+        int fires;
+        if (!final && xd->policy == ERT_POLICY_PATIENCE) {
+            s = finite ? (float)streak : NAN;
+            fires = finite && (float)streak >= (thr ? thr[e] : xd->threshold);
+        } else {
+            s = ert_policy_score(final ? ERT_POLICY_NONE : (int)xd->policy, ze, K,
+                                 conf ? conf[e] : 0.0f);
+            fires = ert_policy_exits(final ? ERT_POLICY_NONE : (int)xd->policy, s,
+                                     final ? NAN : thr ? thr[e] : xd->threshold);
+        }
+        if (scores)
+            scores[e] = s;
+        if (classes)
+            classes[e] = cls;
+        if (taken < 0 && fires) {
+            taken = e;
+            taken_score = s;
+        }
+    }
+    out->exit_index = taken;
+    out->predicted = ert_argmax(z + (size_t)taken * K, K);
+    out->score = taken_score;
+}
+
 int mw_reference_infer(const ert_model *m, const float *input, int batch, ert_sample *samples,
                        float *logits, float *all_logits, float *scores)
 {
     int K = m->num_classes, E = m->num_exits;
     size_t insz = shape_size(m->input), plane = (size_t)m->input.h * m->input.w;
     float *z = malloc((size_t)E * K * sizeof *z);
+    float conf[ERT_MAX_EXITS] = {0}, sc[ERT_MAX_EXITS];
     double *x = malloc(insz * sizeof *x);
     int rc = z && x ? 0 : -1;
     for (int b = 0; b < batch && rc == 0; b++) {
@@ -367,8 +422,6 @@ int mw_reference_infer(const ert_model *m, const float *input, int batch, ert_sa
             break;
         }
         memcpy(cur, x, insz * sizeof *cur);
-        int taken = -1;
-        float taken_score = 0;
         for (int li = 0, e = 0; li < m->backbone.count && cur; li++) {
             double *next = run_layer(&m->backbone.items[li], cur);
             free(cur);
@@ -386,15 +439,9 @@ int mw_reference_infer(const ert_model *m, const float *input, int batch, ert_sa
                 }
                 for (int k = 0; k < K; k++)
                     z[(size_t)e * K + k] = (float)h[k];
-                float s = ert_policy_score(xd->policy, z + (size_t)e * K, K, cf ? (float)cf[0] : 0.0f);
-                if (scores)
-                    scores[(size_t)e * batch + b] = s;
+                conf[e] = cf ? (float)cf[0] : 0.0f;
                 if (all_logits)
                     memcpy(all_logits + ((size_t)e * batch + b) * K, z + (size_t)e * K, K * sizeof *z);
-                if (taken < 0 && ert_policy_exits(xd->policy, s, xd->threshold)) {
-                    taken = e;
-                    taken_score = s;
-                }
                 free(h);
                 free(cf);
             }
@@ -402,15 +449,14 @@ int mw_reference_infer(const ert_model *m, const float *input, int batch, ert_sa
         if (!cur)
             rc = -1;
         free(cur);
-        if (rc != 0 || taken < 0) {
-            rc = -1;
+        if (rc != 0)
             break;
-        }
-        samples[b].exit_index = taken;
-        samples[b].predicted = ert_argmax(z + (size_t)taken * K, K);
-        samples[b].score = taken_score;
+        mw_walk_exits(m, NULL, z, conf, &samples[b], sc, NULL);
+        if (scores)
+            for (int e = 0; e < E; e++)
+                scores[(size_t)e * batch + b] = sc[e];
         if (logits)
-            memcpy(logits + (size_t)b * K, z + (size_t)taken * K, K * sizeof *z);
+            memcpy(logits + (size_t)b * K, z + (size_t)samples[b].exit_index * K, K * sizeof *z);
     }
     free(z);
     free(x);
@@ -713,6 +759,40 @@ done:
     free(s);
     free(alive);
     ert_model_free(m);
+    return rc;
+}
+
+int mw_set_policy(const char *dir, int exit, const char *type, double threshold)
+{
+    char path[4096];
+    if (mw_path(path, sizeof path, dir, "model.json"))
+        return -1;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return -1;
+    char *text = NULL;
+    long n = -1;
+    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
+        (text = malloc((size_t)n + 1)) && fread(text, 1, (size_t)n, f) == (size_t)n)
+        text[n] = '\0';
+    else
+        n = -1;
+    fclose(f);
+    cJSON *root = n >= 0 ? cJSON_Parse(text) : NULL;
+    free(text);
+    cJSON *e = root ? cJSON_GetArrayItem(cJSON_GetObjectItem(root, "exits"), exit) : NULL;
+    cJSON *p = cJSON_CreateObject();
+    int rc = -1;
+    if (e && p && cJSON_AddStringToObject(p, "type", type) &&
+        cJSON_AddNumberToObject(p, "threshold", threshold) &&
+        cJSON_ReplaceItemInObject(e, "policy", p)) {
+        p = NULL; /* owned by the tree now */
+        if (strcmp(type, "confidence_head") != 0)
+            cJSON_DeleteItemFromObject(e, "confidence");
+        rc = mw_write_json(path, root);
+    }
+    cJSON_Delete(p);
+    cJSON_Delete(root);
     return rc;
 }
 

@@ -52,6 +52,11 @@ const char *mw_kind_name(mw_kind kind);
  * model.safetensors). */
 int mw_random_model(const char *dir, uint64_t seed, mw_kind kind);
 
+/* Rewrites dir/model.json so that early exit `exit` has policy type with
+ * this threshold (any type and value: invalid ones test the loader); a
+ * confidence head is dropped unless type is "confidence_head". */
+int mw_set_policy(const char *dir, int exit, const char *type, double threshold);
+
 /* ---- files and directories -------------------------------------------------- */
 
 /* Creates a fresh directory /tmp/exitrt-test-XXXXXX; its path into out. */
@@ -114,5 +119,20 @@ void mw_random_input(float *x, size_t n, uint64_t seed);
  * NULL): [num_exits * batch], every exit's policy score. */
 int mw_reference_infer(const ert_model *m, const float *input, int batch, ert_sample *samples,
                        float *logits, float *all_logits, float *scores);
+
+/* One sample's walk over the exits, in plain loops, given every exit's
+ * logits z [num_exits * K] (float, as some engine or reference computed
+ * them) and the confidence heads' outputs conf [num_exits] (NULL: none).
+ * At each exit in order: the class (argmax, lowest index on ties), the
+ * patience streak (models/FORMAT.md: equal classes at consecutive exits
+ * with finite logits, broken by non-finite ones), the policy score
+ * (policy.h's ert_policy_score for the softmax policies and the confidence
+ * head; the streak for patience, NaN where the logits are not finite) and
+ * the decision with thresholds thr [num_exits - 1] (NULL: the model's).
+ * out: the first exit that fires (the final head always does), its class and
+ * score; scores, classes [num_exits] (or NULL): every exit's. Written apart
+ * from policy.h's patience code, as a second reading of the rule. */
+void mw_walk_exits(const ert_model *m, const float *thr, const float *z, const float *conf,
+                   ert_sample *out, float *scores, int32_t *classes);
 
 #endif /* ERT_TEST_MODEL_WRITER_H */

@@ -281,8 +281,12 @@ case("threshold-beyond-float", "model.json: exits[0].policy.threshold: 1e+300 is
     lambda j, t: ex(j, 0)["policy"].update(threshold=1e300))
 case("threshold-prob-above-one", "model.json: exits[1].policy.threshold: 1.5 is out of range ([0, 1])")(
     lambda j, t: ex(j, 1)["policy"].update(threshold=1.5))
-case("policy-unknown", "model.json: exits[0].policy.type: unknown policy 'patience'")(
-    lambda j, t: ex(j, 0)["policy"].update(type="patience"))
+case("policy-unknown", "model.json: exits[0].policy.type: unknown policy 'oracle'")(
+    lambda j, t: ex(j, 0)["policy"].update(type="oracle"))
+case("threshold-patience-fraction", "model.json: exits[0].policy.threshold: 2.5 is out of range (an integer >= 1)")(
+    lambda j, t: ex(j, 0)["policy"].update(type="patience", threshold=2.5))
+case("threshold-patience-zero", "model.json: exits[1].policy.threshold: 0 is out of range (an integer >= 1)")(
+    lambda j, t: ex(j, 1)["policy"].update(type="patience", threshold=0))
 case("policy-missing", "model.json: exits[0].policy: missing or not an object")(lambda j, t: ex(j, 0).pop("policy"))
 
 # -- exits and references

@@ -91,9 +91,28 @@ Test(bench_calibrate, nonfinite_and_bounds)
     cr_assert_float_eq(calib_clamp_threshold(ERT_POLICY_MARGIN, 1.5f), 1.0f, 0.0f);
     cr_assert_float_eq(calib_clamp_threshold(ERT_POLICY_ENTROPY, 7.0f), 7.0f, 0.0f);
     cr_assert_float_eq(calib_clamp_threshold(ERT_POLICY_ENTROPY, -1.0f), 0.0f, 0.0f);
+    cr_assert_float_eq(calib_clamp_threshold(ERT_POLICY_PATIENCE, 1.5f), 2.0f, 0.0f);
+    cr_assert_float_eq(calib_clamp_threshold(ERT_POLICY_PATIENCE, 0.0f), 1.0f, 0.0f);
+    cr_assert_float_eq(calib_clamp_threshold(ERT_POLICY_PATIENCE, NAN), 1.0f, 0.0f);
+    cr_assert_float_eq(calib_clamp_threshold(ERT_POLICY_PATIENCE, 3.0f), 3.0f, 0.0f);
 }
 
 /* ---- whole profiles, synthetic scores --------------------------------------- */
+
+/* Patience scores are streaks: every threshold is an integer the engine
+ * accepts, and the counts are those the engine's rule gives. */
+Test(bench_calibrate, patience_integer_thresholds)
+{
+    float s[6] = {1.0f, 1.0f, 2.0f, 2.0f, 3.0f, NAN}, scratch[6], t;
+    cr_assert_eq(calib_pick_threshold(ERT_POLICY_PATIENCE, s, 6, 3, scratch, &t), 3);
+    cr_assert_float_eq(t, 2.0f, 0.0f);
+    cr_assert_eq(calib_pick_threshold(ERT_POLICY_PATIENCE, s, 6, 1, scratch, &t), 1);
+    cr_assert_float_eq(t, 3.0f, 0.0f);
+    cr_assert_eq(calib_pick_threshold(ERT_POLICY_PATIENCE, s, 6, 5, scratch, &t), 5);
+    cr_assert_float_eq(t, 1.0f, 0.0f);
+    cr_assert_eq(calib_pick_threshold(ERT_POLICY_PATIENCE, s, 6, 0, scratch, &t), 0);
+    cr_assert_float_eq(t, 4.0f, 0.0f);
+}
 
 Test(bench_calibrate, profile_sequential_with_ties)
 {

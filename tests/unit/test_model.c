@@ -282,6 +282,33 @@ Test(model, enum_strings)
     cr_assert_str_eq(ert_mode_string(ERT_MODE_COMPACTED), "compacted");
     cr_assert_str_eq(ert_policy_string(ERT_POLICY_CONFIDENCE_HEAD), "confidence_head");
     cr_assert_str_eq(ert_policy_string(ERT_POLICY_MARGIN), "margin");
+    cr_assert_str_eq(ert_policy_string(ERT_POLICY_PATIENCE), "patience");
+}
+
+/* The one threshold rule of the loader and ert_engine_set_threshold. */
+Test(model, threshold_rule)
+{
+    const ert_policy_kind unit[] = {ERT_POLICY_MAX_PROB, ERT_POLICY_MARGIN,
+                                    ERT_POLICY_CONFIDENCE_HEAD};
+    for (int i = 0; i < 3; i++) {
+        cr_assert(model_threshold_ok(unit[i], 0.0f) && model_threshold_ok(unit[i], 1.0f));
+        cr_assert(!model_threshold_ok(unit[i], -0.0001f) && !model_threshold_ok(unit[i], 1.0001f));
+        cr_assert(!model_threshold_ok(unit[i], NAN));
+        cr_assert_str_eq(model_threshold_range(unit[i]), "[0, 1]");
+    }
+    cr_assert(model_threshold_ok(ERT_POLICY_ENTROPY, 0.0f));
+    cr_assert(model_threshold_ok(ERT_POLICY_ENTROPY, INFINITY)); /* as before: everyone exits */
+    cr_assert(!model_threshold_ok(ERT_POLICY_ENTROPY, -1e-9f));
+    cr_assert(!model_threshold_ok(ERT_POLICY_ENTROPY, NAN));
+    cr_assert_str_eq(model_threshold_range(ERT_POLICY_ENTROPY), ">= 0");
+    const float ok[] = {1.0f, 2.0f, 15.0f, 16.0f, 17.0f, 1e9f};
+    const float bad[] = {0.0f, -1.0f, 0.5f, 1.5f, 2.0000002f, 0.999999f, NAN, INFINITY, -INFINITY};
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
+        cr_assert(model_threshold_ok(ERT_POLICY_PATIENCE, ok[i]), "%g", ok[i]);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        cr_assert(!model_threshold_ok(ERT_POLICY_PATIENCE, bad[i]), "%g", bad[i]);
+    cr_assert_str_eq(model_threshold_range(ERT_POLICY_PATIENCE), "an integer >= 1");
+    cr_assert(!model_threshold_ok(ERT_POLICY_NONE, 0.5f), "the final head has no threshold");
 }
 
 Test(model, getters_accept_null)
@@ -494,8 +521,19 @@ BAD(max_prob_threshold_above_one, ERT_FORMAT, "exits[0].policy.threshold: 1.5 is
     set_str(J(EX(r), "policy"), "type", "max_prob"); set_num(J(EX(r), "policy"), "threshold", 1.5))
 BAD(threshold_nan_string, ERT_FORMAT, "exits[0].policy.threshold: must be a number",
     set_str(J(EX(r), "policy"), "threshold", "NaN"))
-BAD(unknown_policy, ERT_UNSUPPORTED, "exits[0].policy.type: unknown policy 'patience'",
-    set_str(J(EX(r), "policy"), "type", "patience"))
+BAD(unknown_policy, ERT_UNSUPPORTED, "exits[0].policy.type: unknown policy 'oracle'",
+    set_str(J(EX(r), "policy"), "type", "oracle"))
+BAD(patience_threshold_zero, ERT_FORMAT, "exits[0].policy.threshold: 0 is out of range (an integer >= 1)",
+    set_str(J(EX(r), "policy"), "type", "patience"); set_num(J(EX(r), "policy"), "threshold", 0))
+BAD(patience_threshold_fraction, ERT_FORMAT,
+    "exits[0].policy.threshold: 1.5 is out of range (an integer >= 1)",
+    set_str(J(EX(r), "policy"), "type", "patience"); set_num(J(EX(r), "policy"), "threshold", 1.5))
+BAD(patience_threshold_negative, ERT_FORMAT,
+    "exits[0].policy.threshold: -2 is out of range (an integer >= 1)",
+    set_str(J(EX(r), "policy"), "type", "patience"); set_num(J(EX(r), "policy"), "threshold", -2))
+BAD(patience_with_confidence, ERT_FORMAT, "exits[0].confidence: only allowed with the confidence_head",
+    set_str(J(EX(r), "policy"), "type", "patience"); set_num(J(EX(r), "policy"), "threshold", 2);
+    put(EX(r), "confidence", cJSON_Parse("[]")))
 BAD(confidence_without_confidence_policy, ERT_FORMAT, "exits[0].confidence: only allowed with the confidence_head",
     put(EX(r), "confidence", cJSON_Parse("[]")))
 BAD(confidence_head_without_confidence, ERT_FORMAT, "exits[0].confidence: required for the confidence_head policy",

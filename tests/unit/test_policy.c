@@ -232,3 +232,121 @@ Test(policy, compact_index)
     cr_assert_eq(ert_survivor_slot(5, 0), 5);
     cr_assert_eq(ert_survivor_slot(5, 1), -1);
 }
+
+/* ---- patience ------------------------------------------------------------------------ */
+
+/* A row of k logits whose argmax is c (the others below it). */
+static void row_for(float *z, int k, int c)
+{
+    for (int i = 0; i < k; i++)
+        z[i] = (float)(i % 3) - 3.0f;
+    z[c] = 2.0f;
+}
+
+/* The state after each exit of a walk, and the streak, class and score. */
+Test(policy, patience_streaks)
+{
+    /* classes per exit; -1: a NaN logit there, -2: an infinite one */
+    const int cls[] = {2, 2, 2, 1, 1, -1, 1, 1, 0, -2, 0, 3};
+    const int want[] = {1, 2, 3, 1, 2, 0, 1, 2, 1, 0, 1, 1};
+    float z[5];
+    ert_patience st = 0xdeadbeefu; /* exit 0 must not read it */
+    for (int e = 0; e < (int)(sizeof cls / sizeof cls[0]); e++) {
+        row_for(z, 5, cls[e] >= 0 ? cls[e] : 4);
+        if (cls[e] == -1)
+            z[1] = NAN;
+        if (cls[e] == -2)
+            z[3] = -INFINITY;
+        float s = ert_exit_score(ERT_POLICY_PATIENCE, e, z, 5, 0.0f, &st);
+        cr_assert_eq(ert_patience_streak(st), want[e], "exit %d: streak %d, want %d", e,
+                     ert_patience_streak(st), want[e]);
+        if (want[e]) {
+            cr_assert_eq(s, (float)want[e]);
+            cr_assert_eq(ert_patience_class(st), cls[e]);
+        } else {
+            cr_assert(isnan(s), "exit %d: non-finite logits scored %g", e, s);
+            cr_assert_eq(st, ERT_PATIENCE_START);
+        }
+        /* the rule: fires iff the streak reaches k */
+        for (int k = 1; k <= 4; k++) {
+            cr_assert_eq(ert_patience_fires(st, (float)k), want[e] >= k);
+            cr_assert_eq(ert_policy_exits(ERT_POLICY_PATIENCE, s, (float)k), want[e] >= k);
+        }
+    }
+}
+
+/* Every exit counts, whatever its policy: an entropy exit moves the streak
+ * on too, and returns its own score. */
+Test(policy, patience_counts_every_exit)
+{
+    float z[4] = {0.1f, 3.0f, -1.0f, 0.5f};
+    ert_patience st = ERT_PATIENCE_START;
+    const int kinds[] = {ERT_POLICY_ENTROPY, ERT_POLICY_MAX_PROB, ERT_POLICY_MARGIN,
+                         ERT_POLICY_CONFIDENCE_HEAD, ERT_POLICY_PATIENCE};
+    for (int e = 0; e < 5; e++) {
+        float s = ert_exit_score(kinds[e], e, z, 4, 0.75f, &st);
+        cr_assert_eq(ert_patience_streak(st), e + 1);
+        cr_assert_eq(ert_patience_class(st), 1);
+        if (kinds[e] == ERT_POLICY_PATIENCE)
+            cr_assert_eq(s, 5.0f);
+        else
+            cr_assert_eq(s, ert_policy_score(kinds[e], z, 4, 0.75f), "kind %d", kinds[e]);
+    }
+    /* without a state (the final head) patience cannot score, the others do */
+    cr_assert(isnan(ert_exit_score(ERT_POLICY_PATIENCE, 3, z, 4, 0.0f, NULL)));
+    cr_assert_eq(ert_exit_score(ERT_POLICY_NONE, 3, z, 4, 0.0f, NULL),
+                 ert_policy_score(ERT_POLICY_NONE, z, 4, 0.0f));
+    /* ert_policy_score knows no state: patience is NaN there */
+    cr_assert(isnan(ert_policy_score(ERT_POLICY_PATIENCE, z, 4, 0.0f)));
+}
+
+/* Ties go to the lowest index, at every exit alike, so a tie keeps a streak
+ * on the lower class. */
+Test(policy, patience_ties)
+{
+    float a[4] = {1.0f, 4.0f, 4.0f, 0.0f}; /* 1 and 2 tie: class 1 */
+    float b[4] = {4.0f, 4.0f, 4.0f, 4.0f}; /* all tie: class 0 */
+    float c[4] = {0.0f, 4.0f, 1.0f, 4.0f}; /* 1 and 3 tie: class 1 */
+    ert_patience st = ert_patience_update(ERT_PATIENCE_START, a, 4);
+    cr_assert_eq(ert_patience_class(st), 1);
+    st = ert_patience_update(st, c, 4);
+    cr_assert_eq(ert_patience_class(st), 1);
+    cr_assert_eq(ert_patience_streak(st), 2);
+    st = ert_patience_update(st, b, 4);
+    cr_assert_eq(ert_patience_class(st), 0);
+    cr_assert_eq(ert_patience_streak(st), 1);
+}
+
+/* The first exit fires only with k = 1; exit i (0-based) never with
+ * k > i + 1, however long the classes agree. */
+Test(policy, patience_position_bounds)
+{
+    float z[3] = {0.0f, 1.0f, 2.0f};
+    ert_patience st = 0x12345678u;
+    for (int e = 0; e < ERT_MAX_EXITS; e++) {
+        ert_exit_score(ERT_POLICY_PATIENCE, e, z, 3, 0.0f, &st);
+        cr_assert(ert_patience_fires(st, (float)(e + 1)));
+        cr_assert_not(ert_patience_fires(st, (float)(e + 2)));
+    }
+    /* a non-finite state never fires, whatever the threshold */
+    cr_assert_not(ert_patience_fires(ERT_PATIENCE_START, 1.0f));
+    cr_assert_not(ert_patience_fires(ERT_PATIENCE_START, -INFINITY));
+}
+
+/* The packed word's limits: 65536 classes (model.json's most) keep their
+ * index; a streak stops at 255 instead of wrapping to 0. */
+Test(policy, patience_limits)
+{
+    static float z[65536];
+    for (int i = 0; i < 65536; i++)
+        z[i] = -1.0f;
+    z[65535] = 1.0f;
+    ert_patience st = ert_patience_update(ERT_PATIENCE_START, z, 65536);
+    cr_assert_eq(ert_patience_class(st), 65535);
+    cr_assert_eq(ert_patience_streak(st), 1);
+    for (int i = 0; i < 300; i++)
+        st = ert_patience_update(st, z, 65536);
+    cr_assert_eq(ert_patience_class(st), 65535);
+    cr_assert_eq(ert_patience_streak(st), 255);
+    cr_assert_eq(ert_patience_score(st), 255.0f);
+}
