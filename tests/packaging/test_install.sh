@@ -70,7 +70,13 @@ check() { # check NAME BINARY: runs it and compares with the reference
     diff -u "$work/want.txt" "$work/$name.out" >&2 || fail "$name: output differs from exitrt run"
     echo "$name: $(tr '\n' ';' <"$work/$name.out")"
 }
-links_shared() { LD_LIBRARY_PATH=$prefix/lib ldd "$1" | grep -q "libexitrt.so.0 => $prefix/lib/"; }
+# ldd's whole output first: grep -q stops reading at the first match, and
+# under pipefail the writer's SIGPIPE would fail the test
+links_shared() {
+    local out
+    out=$(LD_LIBRARY_PATH=$prefix/lib ldd "$1")
+    grep -q "libexitrt.so.0 => $prefix/lib/" <<<"$out"
+}
 
 # ---- CMake: find_package(exitrt 0.2), shared and static -----------------------------------
 for kind in shared static; do
