@@ -6,18 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
+#include "engine_core.h"
 #include "cuda_info.h"
 #include "util.h"
-
-ert_status engine_fail(ert_engine *e, ert_status status, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(e->err, sizeof e->err, fmt, ap);
-    va_end(ap);
-    return status;
-}
+#include "policy.h"
 
 #define ERT_STR_(x) #x
 #define ERT_STR(x) ERT_STR_(x)
@@ -179,11 +171,11 @@ ert_status ert_engine_set_threshold(ert_engine *e, int i, float t)
     if (isnan(t))
         return engine_fail(e, ERT_INVALID_ARGUMENT, "exit '%s': threshold is NaN",
                            m->exits[i].name);
-    if (!model_threshold_ok(m->exits[i].policy, t))
+    if (!ert_threshold_ok(m->exits[i].policy, t))
         return engine_fail(e, ERT_INVALID_ARGUMENT,
                            "exit '%s': threshold %g out of range for policy %s (%s)",
                            m->exits[i].name, (double)t, ert_policy_string(m->exits[i].policy),
-                           model_threshold_range(m->exits[i].policy));
+                           ert_threshold_range(m->exits[i].policy));
     e->thresholds[i] = t;
     return ERT_OK;
 }
@@ -194,15 +186,6 @@ float ert_engine_threshold(const ert_engine *e, int i)
         return NAN;
     return e->thresholds[i];
 }
-
-/* Claims the engine for one call; a concurrent call gets ERT_BUSY. */
-static int engine_enter(ert_engine *e)
-{
-    int expected = 0;
-    return atomic_compare_exchange_strong(&e->busy, &expected, 1);
-}
-
-static void engine_leave(ert_engine *e) { atomic_store(&e->busy, 0); }
 
 static ert_status check_batch(ert_engine *e, const void *input, int batch, const void *out)
 {

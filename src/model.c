@@ -23,60 +23,8 @@
 #include "model_parse.h"
 #include "safetensors.h"
 #include "util.h"
+#include "policy.h"
 
-
-/* ---- the names of enums ---------------------------------------------------- */
-
-const char *ert_status_string(ert_status s)
-{
-    switch (s) {
-    case ERT_OK: return "ok";
-    case ERT_INVALID_ARGUMENT: return "invalid argument";
-    case ERT_IO: return "i/o error";
-    case ERT_FORMAT: return "format error";
-    case ERT_UNSUPPORTED: return "unsupported";
-    case ERT_OUT_OF_MEMORY: return "out of memory";
-    case ERT_NO_DEVICE: return "no device";
-    case ERT_CUDA: return "cuda error";
-    case ERT_BUSY: return "busy";
-    case ERT_INTERNAL: return "internal error";
-    case ERT_QUEUE_FULL: return "queue full";
-    }
-    return "unknown status";
-}
-
-const char *ert_backend_string(ert_backend b)
-{
-    switch (b) {
-    case ERT_BACKEND_AUTO: return "auto";
-    case ERT_BACKEND_CPU: return "cpu";
-    case ERT_BACKEND_CUDA: return "cuda";
-    }
-    return "unknown";
-}
-
-const char *ert_mode_string(ert_mode m)
-{
-    switch (m) {
-    case ERT_MODE_FULL: return "full";
-    case ERT_MODE_MASKED: return "masked";
-    case ERT_MODE_COMPACTED: return "compacted";
-    }
-    return "unknown";
-}
-
-const char *ert_policy_string(ert_policy_kind p)
-{
-    switch (p) {
-    case ERT_POLICY_NONE: return "none";
-    case ERT_POLICY_ENTROPY: return "entropy";
-    case ERT_POLICY_MAX_PROB: return "max_prob";
-    case ERT_POLICY_MARGIN: return "margin";
-    case ERT_POLICY_CONFIDENCE_HEAD: return "confidence_head";
-    case ERT_POLICY_PATIENCE: return "patience";
-    }
-    return "unknown";
-}
 
 /* ---- loading ------------------------------------------------------------------ */
 
@@ -275,9 +223,9 @@ static ert_status parse_policy(parse_ctx *c, const cJSON *ex, const char *field,
         return st;
     /* range-check in double first: a double beyond FLT_MAX has no float */
     x->threshold = fabs(t) <= FLT_MAX ? (float)t : NAN;
-    if (!isfinite(x->threshold) || !model_threshold_ok(x->policy, x->threshold))
+    if (!isfinite(x->threshold) || !ert_threshold_ok(x->policy, x->threshold))
         return ert_fail(c->err, ERT_FORMAT, "%s: %s.threshold: %g is out of range (%s)", c->file, f,
-                        t, model_threshold_range(x->policy));
+                        t, ert_threshold_range(x->policy));
     return ERT_OK;
 }
 

@@ -141,15 +141,6 @@ struct ert_model {
  * and the problem into err. */
 ert_status model_finalize(ert_model *m, ert_error *err);
 
-/* Whether t is in the range of policy p's thresholds: >= 0 for entropy
- * (+inf included: every finite score exits), [0, 1] for max_prob, margin
- * and confidence_head, a finite integer >= 1 for patience; never for the
- * final head (ERT_POLICY_NONE). The one rule of the loader (which also
- * wants a file's thresholds finite) and ert_engine_set_threshold.
- * (model_finalize.c) */
-int model_threshold_ok(ert_policy_kind p, float t);
-/* That range in words, for messages: ">= 0", "[0, 1]", "an integer >= 1". */
-const char *model_threshold_range(ert_policy_kind p);
 
 /* Releases the model now (no engine check). */
 void model_destroy(ert_model *m);

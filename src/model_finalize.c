@@ -12,6 +12,7 @@
 #include "model.h"
 #include "model_parse.h"
 #include "util.h"
+#include "policy.h"
 
 /* Floats per sample of any one activation; far beyond any model we run. */
 #define MAX_ACT_FLOATS ((uint64_t)1 << 30)
@@ -160,31 +161,6 @@ static ert_status finalize_list(const ert_model *m, layer_list *l, const char *w
     return ERT_OK;
 }
 
-int model_threshold_ok(ert_policy_kind p, float t)
-{
-    switch (p) {
-    case ERT_POLICY_ENTROPY: return t >= 0.0f; /* NaN fails every comparison */
-    case ERT_POLICY_MAX_PROB:
-    case ERT_POLICY_MARGIN:
-    case ERT_POLICY_CONFIDENCE_HEAD: return t >= 0.0f && t <= 1.0f;
-    /* a streak length: 2.5 would act as 3, and a file or a calibrator
-       saying 2.5 has most likely mistaken the policy for another */
-    case ERT_POLICY_PATIENCE: return isfinite(t) && t >= 1.0f && t == floorf(t);
-    case ERT_POLICY_NONE: break;
-    }
-    return 0;
-}
-
-const char *model_threshold_range(ert_policy_kind p)
-{
-    switch (p) {
-    case ERT_POLICY_ENTROPY: return ">= 0";
-    case ERT_POLICY_PATIENCE: return "an integer >= 1";
-    case ERT_POLICY_NONE: return "none: the final head has no threshold";
-    default: return "[0, 1]";
-    }
-}
-
 ert_status model_finalize(ert_model *m, ert_error *err)
 {
     if (!m)
@@ -222,7 +198,7 @@ ert_status model_finalize(ert_model *m, ert_error *err)
                 return LFAIL("%s: exits[%d].after: exits must follow distinct layers in backbone order",
                              f, e);
             if (x->policy == ERT_POLICY_NONE || !isfinite(x->threshold) ||
-                !model_threshold_ok(x->policy, x->threshold))
+                !ert_threshold_ok(x->policy, x->threshold))
                 return LFAIL("%s: exits[%d].policy: missing policy or threshold out of range", f, e);
             snprintf(where, sizeof where, "exits[%d].head", e);
         }

@@ -90,6 +90,37 @@ static inline ERT_HD float ert_policy_score(int kind, const float *z, int k, flo
     }
 }
 
+/* Whether t is a valid threshold for an early exit of policy p: >= 0 for
+ * entropy (+inf included: every finite score exits), [0, 1] for max_prob,
+ * margin and confidence_head, a finite integer >= 1 for patience; never for
+ * the final head (ERT_POLICY_NONE). The one rule of the model loader (which
+ * also wants a file's thresholds finite) and ert_engine_set_threshold. */
+static inline int ert_threshold_ok(ert_policy_kind p, float t)
+{
+    switch (p) {
+    case ERT_POLICY_ENTROPY: return t >= 0.0f; /* NaN fails every comparison */
+    case ERT_POLICY_MAX_PROB:
+    case ERT_POLICY_MARGIN:
+    case ERT_POLICY_CONFIDENCE_HEAD: return t >= 0.0f && t <= 1.0f;
+    /* a streak length: 2.5 would act as 3, and a file or a calibrator
+       saying 2.5 has most likely mistaken the policy for another */
+    case ERT_POLICY_PATIENCE: return isfinite(t) && t >= 1.0f && t == floorf(t);
+    case ERT_POLICY_NONE: break;
+    }
+    return 0;
+}
+
+/* The valid thresholds in words, for messages ("[0, 1]", ">= 0", ...). */
+static inline const char *ert_threshold_range(ert_policy_kind p)
+{
+    switch (p) {
+    case ERT_POLICY_ENTROPY: return ">= 0";
+    case ERT_POLICY_PATIENCE: return "an integer >= 1";
+    case ERT_POLICY_NONE: return "none: the final head has no threshold";
+    default: return "[0, 1]";
+    }
+}
+
 /* Whether a row with this score leaves at an exit with this policy. */
 static inline ERT_HD int ert_policy_exits(int kind, float score, float threshold)
 {

@@ -18,7 +18,7 @@
 #define ERT_PROGRAM_H
 
 #include "act.h"
-#include "backend.h"
+#include "engine_core.h"
 
 /* op.act holds act.h's ERT_ACT_NONE / ERT_ACT_RELU / ERT_ACT_SIGMOID. */
 

@@ -18,7 +18,7 @@
  * overflow and the stage 0 ring cannot either.
  *
  * A stage run takes the k = min(count, batch) oldest rows of a ring and hands
- * them to the backend's run_stage (backend.h), which computes the stage and
+ * them to the backend's run_stage (engine_core.h), which computes the stage and
  * its exit for those rows only. The rows that exit go to the results ring in
  * row order; the survivors come back compacted and are appended to the next
  * stage's ring (written there directly when the ring's free space is
@@ -52,7 +52,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "backend.h"
+#include "engine_core.h"
 #include "util.h"
 
 /* Largest queue accepted: keeps every ring size far from overflow. */
@@ -106,8 +106,7 @@ static ert_status stream_fail(ert_stream *s, ert_status st, const char *msg)
 /* The engine's busy flag, held for the length of one stream call. */
 static int stream_enter(ert_stream *s)
 {
-    int expected = 0;
-    if (atomic_compare_exchange_strong(&s->e->busy, &expected, 1)) {
+    if (engine_enter(s->e)) {
         s->err[0] = '\0';
         return 1;
     }
@@ -115,7 +114,7 @@ static int stream_enter(ert_stream *s)
     return 0;
 }
 
-static void stream_leave(ert_stream *s) { atomic_store(&s->e->busy, 0); }
+static void stream_leave(ert_stream *s) { engine_leave(s->e); }
 
 /* ---- create / free ------------------------------------------------------- */
 

@@ -1,7 +1,7 @@
-/* main.c - the `exitrt` command: verb dispatch, help, shared helpers. */
+/* main.c - the `exitrt` command: verb dispatch and help. The verbs and
+ * what they share live in the tools library (src/cli, cli.h). */
 #include <errno.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,68 +31,6 @@ static const char USAGE[] =
     "\n"
     "MODEL is a model directory or the path of its model.json.\n"
     "Exit status: 0 success, 1 runtime or file error, 2 usage error.\n";
-
-int cli_error(int code, const char *fmt, ...)
-{
-    char msg[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    for (char *p = msg; *p; p++)
-        if (*p == '\n' || *p == '\r')
-            *p = ' ';
-    fflush(stdout);
-    fprintf(stderr, "exitrt: %s\n", msg);
-    return code;
-}
-
-int cli_parse_long(const char *s, long min, long max, long *out)
-{
-    if (!s || !*s)
-        return 0;
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || v < min || v > max)
-        return 0;
-    *out = v;
-    return 1;
-}
-
-const char *cli_commas(uint64_t v, char *buf, size_t len)
-{
-    char digits[32];
-    int n = snprintf(digits, sizeof digits, "%llu", (unsigned long long)v);
-    size_t o = 0;
-    for (int i = 0; i < n && o + 1 < len; i++) {
-        if (i > 0 && (n - i) % 3 == 0 && o + 2 < len)
-            buf[o++] = ',';
-        buf[o++] = digits[i];
-    }
-    buf[o] = '\0';
-    return buf;
-}
-
-int cli_opt_value(int argc, char **argv, int *i, const char *name, const char **value)
-{
-    const char *a = argv[*i];
-    size_t n = strlen(name);
-    if (strncmp(a, name, n) != 0)
-        return 0;
-    if (a[n] == '=') {
-        *value = a + n + 1;
-        return 1;
-    }
-    if (a[n] != '\0')
-        return 0;
-    if (*i + 1 >= argc) {
-        cli_error(CLI_USAGE, "%s needs a value (see 'exitrt %s --help')", name, argv[0]);
-        return -1;
-    }
-    *value = argv[++*i];
-    return 1;
-}
 
 /* Flushes stdout and reports a failed write (a full disk, a closed pipe). */
 static int finish(int code)

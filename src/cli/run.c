@@ -244,13 +244,6 @@ static int apply_thresholds(const run_opts *o, const ert_model *m, ert_engine *e
     return 0;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* A progress bar on stderr, only on a terminal and only once the run has
  * taken over a second (short runs stay quiet). */
 typedef struct progress {
@@ -262,7 +255,7 @@ static void progress_update(progress *p, uint64_t done, uint64_t total)
 {
     if (!p->tty)
         return;
-    double t = now_s();
+    double t = tools_now_s();
     if (t - p->start < 1.0 || (t - p->last < 0.1 && done < total))
         return;
     p->last = t;
@@ -323,10 +316,10 @@ static int run_refill(const run_opts *o, ert_engine *e, const float *x, size_t n
     }
     size_t off = 0, done_n = 0;
     while (done_n < n) {
-        double t0 = now_s();
+        double t0 = tools_now_s();
         int got = 0;
         st = refill_step(s, x, n, per, batch, &off, &flushed, res, z, ss.queue, &got);
-        rep->seconds += now_s() - t0;
+        rep->seconds += tools_now_s() - t0;
         if (st != ERT_OK) {
             progress_end(prog);
             rc = cli_error(CLI_FAIL, "refill failed near sample %zu: %s", off,
@@ -499,7 +492,7 @@ int cmd_run(int argc, char **argv)
         rep.exits[x].threshold = x == rep.num_exits - 1 ? NAN : ert_engine_threshold(e, x);
     }
 
-    progress prog = {.tty = isatty(STDERR_FILENO), .start = now_s()};
+    progress prog = {.tty = isatty(STDERR_FILENO), .start = tools_now_s()};
     if (o.refill && (rc = run_refill(&o, e, data.values, n, per, K, cfg.max_batch, samples,
                                      logits, &rep, &prog)))
         goto done;
@@ -509,9 +502,9 @@ int cmd_run(int argc, char **argv)
         memset(&res, 0, sizeof res);
         res.samples = samples + off;
         res.logits = logits ? logits + off * (size_t)K : NULL;
-        double t0 = now_s();
+        double t0 = tools_now_s();
         st = ert_infer(e, data.values + off * per, b, &res);
-        rep.seconds += now_s() - t0;
+        rep.seconds += tools_now_s() - t0;
         if (st != ERT_OK) {
             progress_end(&prog);
             rc = cli_error(CLI_FAIL, "inference failed at sample %zu: %s", off,

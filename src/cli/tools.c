@@ -5,6 +5,7 @@
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
+#include <time.h>
 
 int tools_graph_buckets_default(void)
 {
@@ -53,4 +54,11 @@ const char *tools_parse_float(const char *s, float *out)
         return "is beyond the float32 range (magnitude over 3.40282e+38)";
     *out = (float)v; /* below FLT_MIN: a subnormal, or zero */
     return NULL;
+}
+
+double tools_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }

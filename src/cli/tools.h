@@ -18,4 +18,7 @@ int tools_graph_buckets_default(void);
 const char *tools_parse_double(const char *s, double *out);
 const char *tools_parse_float(const char *s, float *out);
 
+/* Seconds on the monotonic clock, for the command's and the bench's timings. */
+double tools_now_s(void);
+
 #endif /* ERT_TOOLS_H */

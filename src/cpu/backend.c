@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
+#include "engine_core.h"
 #include "cpu/ops.h"
 #include "policy.h"
 #include "program.h"
@@ -525,7 +525,7 @@ static ert_status stage_rows(ert_engine *e, cpu_ctx *c, int dn, int s, const flo
     return ERT_OK;
 }
 
-/* One stage of the refill stream (backend.h's run_stage): the same ops,
+/* One stage of the refill stream (engine_core.h's run_stage): the same ops,
  * buffers and decisions as cpu_run, on rows whose input lives in the
  * stream's queue; each row on the path its stage input chooses. Batch
  * invariance (ops.h) makes every row's output equal MASKED's bit for bit

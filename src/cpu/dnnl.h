@@ -26,7 +26,7 @@
 
 #include <stddef.h>
 
-#include "backend.h"
+#include "engine_core.h"
 #include "program.h"
 
 typedef struct dnnl_exec dnnl_exec;

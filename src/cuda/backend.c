@@ -393,12 +393,6 @@ static ert_status run_batch(ert_engine *e, cuda_ctx *c, cuda_call *k, int batch,
     return ERT_OK;
 }
 
-void cuda_job_span(int batch, int nj, int j, int *off, int *len)
-{
-    *off = (int)((long long)batch * j / nj);
-    *len = (int)((long long)batch * (j + 1) / nj) - *off;
-}
-
 /* The call through the graphs or the wait-based path. */
 static ert_status run_call(ert_engine *e, cuda_ctx *c, cuda_call *k, int batch, int *nj)
 {

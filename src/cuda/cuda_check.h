@@ -19,7 +19,7 @@
 #include <cuda_runtime_api.h>
 #include <cudnn.h>
 
-#include "backend.h"
+#include "engine_core.h"
 
 /* The file's name without its directories: messages carry no build paths. */
 static inline const char *ert_file_base(const char *path)

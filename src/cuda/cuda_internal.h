@@ -14,7 +14,7 @@
 #include <cuda_runtime_api.h>
 #include <cudnn.h>
 
-#include "backend.h"
+#include "engine_core.h"
 #include "kernels.h"
 #include "program.h"
 
@@ -175,7 +175,7 @@ ert_status stage_enqueue(ert_engine *e, cuda_ctx *c, cuda_slot *s, const stage_a
  * on cs, or on the legacy default stream when cs is NULL. */
 ert_status order_after_caller(ert_engine *e, cuda_ctx *c, cudaStream_t cs, int used);
 
-/* backend.h's run_stage, for the refill stream (stage.c). */
+/* engine_core.h's run_stage, for the refill stream (stage.c). */
 ert_status cuda_run_stage(ert_engine *e, int stage, const float *in, int n, float *out,
                           ert_sample *res, float *logits, unsigned char *exited,
                           ert_patience *state, uint64_t *macs);

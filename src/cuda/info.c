@@ -7,7 +7,7 @@
 #include <cuda_runtime_api.h>
 #include <cudnn.h>
 
-#include "backend.h"
+#include "engine_core.h"
 #include "cuda_info.h"
 
 int cuda_info_query(int device, cuda_info *out)

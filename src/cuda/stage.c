@@ -7,7 +7,7 @@
  * stage_args: where the row count lives (host or device), where the results
  * go, and what follows the exit decision.
  *
- * cuda_run_stage (backend.h's run_stage for src/stream.c) is host-staged:
+ * cuda_run_stage (engine_core.h's run_stage for src/stream.c) is host-staged:
  * the stream's queues are host memory, so every call copies the rows in
  * (pageable memory, so the copy is synchronous) and the survivors' rows,
  * results and logits out, and waits for the device twice (once for the
@@ -205,4 +205,11 @@ fail:
     (void)cudaStreamSynchronize(s->stream); /* nothing may still write the caller's memory */
     (void)cudaGetLastError();
     return st;
+}
+
+/* In stage.c, below backend.c and graph.c, which both cut calls into jobs. */
+void cuda_job_span(int batch, int nj, int j, int *off, int *len)
+{
+    *off = (int)((long long)batch * j / nj);
+    *len = (int)((long long)batch * (j + 1) / nj) - *off;
 }

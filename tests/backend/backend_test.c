@@ -1,6 +1,6 @@
 /* backend_test.c - see backend_test.h. */
 #include "backend_test.h"
-#include "backend.h"
+#include "engine_core.h"
 
 #include <criterion/criterion.h>
 #include <stdlib.h>

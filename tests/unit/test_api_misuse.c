@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
+#include "engine_core.h"
 #include "exitrt.h"
 #include "model_writer.h"
 

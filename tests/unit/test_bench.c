@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "bench.h"
-#include "calibrate.h"
+#include "bench_calibrate.h"
 #include "model_writer.h"
 #include "policy.h"
 

@@ -1,4 +1,4 @@
-/* test_data.c - the .npy and IDX readers (src/data.c), against files written
+/* test_data.c - the .npy and IDX readers (src/cli/data.c), against files written
  * here byte by byte, plain and gzipped, and a set of malformed files. */
 #include <criterion/criterion.h>
 #include <float.h>

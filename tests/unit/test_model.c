@@ -8,6 +8,7 @@
 
 #include "model.h"
 #include "model_writer.h"
+#include "policy.h"
 
 /* ---- a small hand-written model ------------------------------------------------- *
  *
@@ -291,24 +292,24 @@ Test(model, threshold_rule)
     const ert_policy_kind unit[] = {ERT_POLICY_MAX_PROB, ERT_POLICY_MARGIN,
                                     ERT_POLICY_CONFIDENCE_HEAD};
     for (int i = 0; i < 3; i++) {
-        cr_assert(model_threshold_ok(unit[i], 0.0f) && model_threshold_ok(unit[i], 1.0f));
-        cr_assert(!model_threshold_ok(unit[i], -0.0001f) && !model_threshold_ok(unit[i], 1.0001f));
-        cr_assert(!model_threshold_ok(unit[i], NAN));
-        cr_assert_str_eq(model_threshold_range(unit[i]), "[0, 1]");
+        cr_assert(ert_threshold_ok(unit[i], 0.0f) && ert_threshold_ok(unit[i], 1.0f));
+        cr_assert(!ert_threshold_ok(unit[i], -0.0001f) && !ert_threshold_ok(unit[i], 1.0001f));
+        cr_assert(!ert_threshold_ok(unit[i], NAN));
+        cr_assert_str_eq(ert_threshold_range(unit[i]), "[0, 1]");
     }
-    cr_assert(model_threshold_ok(ERT_POLICY_ENTROPY, 0.0f));
-    cr_assert(model_threshold_ok(ERT_POLICY_ENTROPY, INFINITY)); /* as before: everyone exits */
-    cr_assert(!model_threshold_ok(ERT_POLICY_ENTROPY, -1e-9f));
-    cr_assert(!model_threshold_ok(ERT_POLICY_ENTROPY, NAN));
-    cr_assert_str_eq(model_threshold_range(ERT_POLICY_ENTROPY), ">= 0");
+    cr_assert(ert_threshold_ok(ERT_POLICY_ENTROPY, 0.0f));
+    cr_assert(ert_threshold_ok(ERT_POLICY_ENTROPY, INFINITY)); /* as before: everyone exits */
+    cr_assert(!ert_threshold_ok(ERT_POLICY_ENTROPY, -1e-9f));
+    cr_assert(!ert_threshold_ok(ERT_POLICY_ENTROPY, NAN));
+    cr_assert_str_eq(ert_threshold_range(ERT_POLICY_ENTROPY), ">= 0");
     const float ok[] = {1.0f, 2.0f, 15.0f, 16.0f, 17.0f, 1e9f};
     const float bad[] = {0.0f, -1.0f, 0.5f, 1.5f, 2.0000002f, 0.999999f, NAN, INFINITY, -INFINITY};
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
-        cr_assert(model_threshold_ok(ERT_POLICY_PATIENCE, ok[i]), "%g", ok[i]);
+        cr_assert(ert_threshold_ok(ERT_POLICY_PATIENCE, ok[i]), "%g", ok[i]);
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
-        cr_assert(!model_threshold_ok(ERT_POLICY_PATIENCE, bad[i]), "%g", bad[i]);
-    cr_assert_str_eq(model_threshold_range(ERT_POLICY_PATIENCE), "an integer >= 1");
-    cr_assert(!model_threshold_ok(ERT_POLICY_NONE, 0.5f), "the final head has no threshold");
+        cr_assert(!ert_threshold_ok(ERT_POLICY_PATIENCE, bad[i]), "%g", bad[i]);
+    cr_assert_str_eq(ert_threshold_range(ERT_POLICY_PATIENCE), "an integer >= 1");
+    cr_assert(!ert_threshold_ok(ERT_POLICY_NONE, 0.5f), "the final head has no threshold");
 }
 
 Test(model, getters_accept_null)

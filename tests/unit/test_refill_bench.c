@@ -1,8 +1,8 @@
-/* test_refill_bench.c - bench/refill_bench.c: the refill benchmark case
+/* test_refill_bench.c - src/cli/refill_bench.c: the refill benchmark case
  * returns every sample with MASKED's results and consistent figures. */
 #include <criterion/criterion.h>
 
-#include "backend.h"
+#include "engine_core.h"
 #include <stdlib.h>
 #include <string.h>
 

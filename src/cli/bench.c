@@ -1,7 +1,7 @@
 /* bench.c - `exitrt bench`: the sweep.
  *
  * For one model: pick the bench inputs, calibrate each exit profile's
- * thresholds on them (bench/calibrate.c), then for each backend and batch
+ * thresholds on them (src/cli/bench_calibrate.c), then for each backend and batch
  * size time FULL, MASKED and COMPACTED with every profile. Reps of the
  * modes and profiles are interleaved (rep r of every cell, then rep r+1),
  * so that a slow patch of a shared machine hits every cell alike and the
@@ -11,7 +11,7 @@
  */
 #include "bench.h"
 
-#include <cJSON.h>
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -21,7 +21,8 @@
 #include <unistd.h>
 
 #include "bench_run.h"
-#include "calibrate.h"
+#include "bench_calibrate.h"
+#include "cli.h"
 #include "data.h"
 #include "ert_commit.h"
 #include "tools.h"
@@ -50,21 +51,13 @@ static const char *USAGE =
     "  --quick              batches 64,256, profiles none+balanced, 3 reps of 256+\n"
     "                       samples, 1 warm-up batch (options given still apply)\n";
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* ---- options ------------------------------------------------------------- */
 
+/* 0 with *out set, -1 when s is not an integer in [lo, hi] (cli.h's rule). */
 static int parse_int(const char *s, int lo, int hi, int *out)
 {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
+    long v;
+    if (!cli_parse_long(s, lo, hi, &v))
         return -1;
     *out = (int)v;
     return 0;
@@ -551,18 +544,18 @@ static int set_profile(bench_run *r, ert_engine *e, int p)
 static int run_batches(bench_run *r, cell_acc *a, int batch, int nb, ert_sample *smp,
                        int timed, int first)
 {
-    double t0 = now_s();
+    double t0 = tools_now_s();
     for (int k = 0; k < nb; k++) {
         size_t start = ((size_t)k * (size_t)batch) % (size_t)r->n;
         ert_result res = {.samples = smp};
-        double tb = now_s();
+        double tb = tools_now_s();
         if (ert_infer(a->eng, r->inputs + start * r->input_size, batch, &res) != ERT_OK) {
             fprintf(stderr, "exitrt bench: %s\n", ert_engine_error(a->eng));
             return -1;
         }
         if (!timed)
             continue;
-        a->lat_s[a->nlat++] = now_s() - tb;
+        a->lat_s[a->nlat++] = tools_now_s() - tb;
         a->waits += res.host_waits;
         if (first) {
             for (int x = 0; x < r->num_exits; x++)
@@ -572,7 +565,7 @@ static int run_batches(bench_run *r, cell_acc *a, int batch, int nb, ert_sample 
         }
     }
     if (timed)
-        a->rep_s[a->nrep++] = now_s() - t0;
+        a->rep_s[a->nrep++] = tools_now_s() - t0;
     return 0;
 }
 
@@ -768,22 +761,22 @@ int bench_main(int argc, char **argv)
     r.random_weights = model_is_random(r.model);
     if (load_inputs(&r, o.data))
         goto done;
-    double t0 = now_s();
+    double t0 = tools_now_s();
     if (calibrate(&r))
         goto done;
     fprintf(stderr, "exitrt bench: calibrated %d profiles on %d inputs (%.1fs)\n", r.nprof,
-            r.n, now_s() - t0);
+            r.n, tools_now_s() - t0);
 
     for (int be = ERT_BACKEND_CPU; be <= ERT_BACKEND_CUDA; be++) {
         if (!r.backend_on[be])
             continue;
         for (int i = 0; i < r.nbatches; i++) {
-            double tb = now_s();
+            double tb = tools_now_s();
             int st = sweep_batch(&r, (ert_backend)be, r.batches[i], NULL);
             if (st < 0)
                 goto done;
             fprintf(stderr, "exitrt bench: %s batch %d done (%.1fs)\n",
-                    ert_backend_string((ert_backend)be), r.batches[i], now_s() - tb);
+                    ert_backend_string((ert_backend)be), r.batches[i], tools_now_s() - tb);
         }
     }
     if (r.peer_requested && bench_run_peer(&r) == 0)

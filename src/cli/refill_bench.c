@@ -1,18 +1,13 @@
 /* refill_bench.c - see refill_bench.h. */
 #include "refill_bench.h"
 
+#include "tools.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -56,10 +51,10 @@ ert_status refill_bench_run(ert_engine *e, const float *x, size_t n, size_t per,
     size_t off = 0, got_n = 0;
     int flushed = 0;
     while (got_n < n) {
-        double t0 = now_s();
+        double t0 = tools_now_s();
         int got = 0;
         st = refill_step(s, x, n, per, ss.batch, &off, &flushed, res, NULL, ss.queue, &got);
-        out->seconds += now_s() - t0;
+        out->seconds += tools_now_s() - t0;
         if (st != ERT_OK) {
             fail(err, st, "run", ert_stream_error(s));
             goto done;

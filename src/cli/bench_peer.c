@@ -6,7 +6,7 @@
  * reads the one JSON object the peer writes. The peer's exit decisions are
  * compared with exitrt's by the peer; mismatches are reported, not hidden.
  */
-#include <cJSON.h>
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>

@@ -1,6 +1,6 @@
 /* refill_bench.h - the refill stream (ert_stream_*) as a benchmark case.
  *
- * For `exitrt bench` (bench/bench.c), which can add a refill row with one
+ * For `exitrt bench` (src/cli/bench.c), which can add a refill row with one
  * call per (engine, profile, batch):
  *
  *   refill_bench_result rr;

@@ -1,4 +1,9 @@
-/* backend.h - the backend interface and the engine they share.
+/* engine_core.h - the engine as the backends and the stream see it: the
+ * backend interface, the engine struct, failure messages and the busy flag.
+ *
+ * Layering: engine.c (the public API, which picks a backend) and stream.c
+ * sit above the backends; the backends and stream.c include this header and
+ * call engine_core.c, never engine.c.
  *
  * A backend is a table of function pointers plus a context. engine.c
  * validates every argument before calling a backend, so a backend may assume
@@ -6,8 +11,8 @@
  * them. A backend reports failures by returning a status after writing the
  * message with engine_fail().
  */
-#ifndef ERT_BACKEND_H
-#define ERT_BACKEND_H
+#ifndef ERT_ENGINE_CORE_H
+#define ERT_ENGINE_CORE_H
 
 #include <stdatomic.h>
 
@@ -80,6 +85,12 @@ struct ert_engine {
 ert_status engine_fail(ert_engine *e, ert_status status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Claims the engine for one call (ert_infer, a stream call, ...): 1 when
+ * claimed, 0 when another call holds it (the caller returns ERT_BUSY). */
+int engine_enter(ert_engine *e);
+void engine_leave(ert_engine *e);
+
+/* The backends' tables, picked by engine.c. */
 extern const backend_ops cpu_backend_ops;
 #ifdef ERT_HAVE_CUDA
 extern const backend_ops cuda_backend_ops;
@@ -87,4 +98,4 @@ extern const backend_ops cuda_backend_ops;
 int cuda_device_count(void);
 #endif
 
-#endif /* ERT_BACKEND_H */
+#endif /* ERT_ENGINE_CORE_H */

@@ -1,5 +1,5 @@
 /* bench_report.c - the bench's outputs: the table, the JSON file, the plot. */
-#include <cJSON.h>
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,5 +1,5 @@
 /* calibrate.c - thresholds from score quantiles, and ideal-speedup arithmetic. */
-#include "calibrate.h"
+#include "bench_calibrate.h"
 
 #include <math.h>
 #include <stdlib.h>
