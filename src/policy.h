@@ -151,7 +151,7 @@ static inline ERT_HD int ert_policy_exits(int kind, float score, float threshold
  * and streaks up to 255 (a model has at most ERT_MAX_EXITS = 16 exits; a
  * longer streak would stay at 255). The backends keep the word per sample,
  * indexed by the sample's position in the call, which compaction never
- * changes (src/cpu/backend.c, kernels/exit.cu); the refill stream keeps it
+ * changes (src/cpu/cpu_backend.c, kernels/exit.cu); the refill stream keeps it
  * beside each queued row (src/stream.c). */
 typedef uint32_t ert_patience;
 

@@ -106,4 +106,20 @@ int bench_run_peer(bench_run *r);
 int bench_write_npy(const char *path, const void *data, int is_int32, const int64_t *dims,
                     int ndim);
 
+/* The command line as given (bench_args.c); bench_setup_sweep applies it. */
+typedef struct bench_opts {
+    const char *model, *data, *json, *plot, *device, *batches, *modes;
+    const char *profiles[BENCH_MAX_PROFILES];
+    int nprofiles;
+    int reps_given, warmup_given, rep_samples_given;
+} bench_opts;
+
+/* Parses argv into r's settings and o. Returns 0, 3 after --help (printed),
+ * or 2 after printing a usage error. */
+int bench_parse_args(int argc, char **argv, bench_run *r, bench_opts *o);
+/* Applies the defaults and --quick, then the explicit options over them:
+ * batches, profiles, modes, backends. Returns 0, or 2 after printing a
+ * usage error. */
+int bench_setup_sweep(bench_run *r, const bench_opts *o);
+
 #endif /* ERT_BENCH_RUN_H */

@@ -56,6 +56,15 @@ int cli_load_samples(const char *model_path, const ert_model *m, const char *dat
                      const char *labels, int need_labels, cli_samples *out);
 void cli_samples_free(cli_samples *s);
 
+/* Writes a copy of the model MODEL (a directory or its model.json) into
+ * out_dir (created if missing; not the model's own directory) with each
+ * early exit's threshold set from thresholds[exit]: model.json with only
+ * the thresholds changed, the weights file copied, the sample data it names
+ * reached by relative paths. Checks that the copy loads. Returns 0, or the
+ * CLI status after printing the error. (model_copy.c) */
+int cli_write_model(const char *model, const ert_model *m, const float *thresholds,
+                    const char *out_dir);
+
 int cmd_run(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_calibrate(int argc, char **argv);

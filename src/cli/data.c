@@ -22,23 +22,10 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "data_read.h"
 #include "util.h"
 
-/* Largest decompressed payload, and largest float array, we accept. */
-#define DATA_MAX_BYTES ((size_t)4 << 30)
-/* numpy itself refuses headers over 10000 bytes unless told otherwise. */
-#define NPY_MAX_HEADER 65536
-#define DATA_MAX_DIMS 8
-#define CHUNK_BYTES ((size_t)1 << 20)
-/* deflate expands at most ~1032:1; a gzip file of n bytes cannot hold more
- * than this many decompressed bytes, so a header announcing more is refused
- * before anything is allocated for it. */
-#define GZ_MAX_RATIO 1032
-#define GZ_SLACK 65536
-
-typedef enum dtype { DT_F4 = 0, DT_U1, DT_I4, DT_I8, DT_F8 } dtype;
-
-static size_t dtype_size(dtype t)
+size_t dtype_size(dtype t)
 {
     switch (t) {
     case DT_F4: return 4;
@@ -48,7 +35,7 @@ static size_t dtype_size(dtype t)
     }
 }
 
-static const char *dtype_name(dtype t)
+const char *dtype_name(dtype t)
 {
     switch (t) {
     case DT_F4: return "float32";
@@ -58,24 +45,6 @@ static const char *dtype_name(dtype t)
     default: return "float64";
     }
 }
-
-/* What a header says about the array that follows it. */
-typedef struct array_info {
-    dtype type;
-    int big_endian;  /* IDX multi-byte types; never set for the types we read */
-    int ndim;
-    int64_t dims[DATA_MAX_DIMS];
-    size_t elems;    /* product of dims */
-    size_t bytes;    /* elems * element size */
-} array_info;
-
-typedef struct reader {
-    gzFile gz;
-    const char *path;
-    ert_error *err;
-    size_t offset;   /* decompressed bytes read so far */
-    uint64_t file_size; /* on disk (compressed when gzipped) */
-} reader;
 
 /* ---- stream ------------------------------------------------------------- */
 
@@ -139,7 +108,7 @@ static long long rd_some(reader *r, void *buf, size_t n)
 }
 
 /* Reads exactly n bytes of `what`; a short read is a truncated file. */
-static ert_status rd_exact(reader *r, void *buf, size_t n, const char *what)
+ert_status rd_exact(reader *r, void *buf, size_t n, const char *what)
 {
     size_t at = r->offset;
     long long got = rd_some(r, buf, n);
@@ -197,7 +166,7 @@ static ert_status rd_expect_end(reader *r)
 /* ---- shared size checks -------------------------------------------------- */
 
 /* Fills info->elems and info->bytes from the dims, bounded. */
-static ert_status info_sizes(reader *r, array_info *info)
+ert_status info_sizes(reader *r, array_info *info)
 {
     size_t elems = 1;
     for (int i = 0; i < info->ndim; i++) {
@@ -216,239 +185,6 @@ static ert_status info_sizes(reader *r, array_info *info)
     info->elems = elems;
     info->bytes = bytes;
     return ERT_OK;
-}
-
-/* ---- .npy header ----------------------------------------------------------- */
-
-/* The header is a Python dict literal, e.g.
- *   {'descr': '<f4', 'fortran_order': False, 'shape': (10000, 1, 28, 28), }
- * We parse exactly that grammar: string keys, and string, True/False and
- * tuple-of-integers values. */
-typedef struct hparser {
-    const char *s, *end;
-    reader *r;
-} hparser;
-
-static void hp_ws(hparser *p)
-{
-    while (p->s < p->end && (*p->s == ' ' || *p->s == '\t' || *p->s == '\n' || *p->s == '\r'))
-        p->s++;
-}
-
-static int hp_eat(hparser *p, char c)
-{
-    hp_ws(p);
-    if (p->s < p->end && *p->s == c) {
-        p->s++;
-        return 1;
-    }
-    return 0;
-}
-
-static ert_status hp_bad(hparser *p, const char *what)
-{
-    return ert_fail(p->r->err, ERT_FORMAT, "%s: malformed .npy header: %s", p->r->path, what);
-}
-
-/* A quoted string ('...' or "..."), without escapes, into out. */
-static ert_status hp_string(hparser *p, char *out, size_t len)
-{
-    hp_ws(p);
-    if (p->s >= p->end || (*p->s != '\'' && *p->s != '"'))
-        return hp_bad(p, "expected a quoted string");
-    char q = *p->s++;
-    size_t n = 0;
-    while (p->s < p->end && *p->s != q) {
-        if (*p->s == '\\' || n + 1 >= len)
-            return hp_bad(p, "string too long or escaped");
-        out[n++] = *p->s++;
-    }
-    if (p->s >= p->end)
-        return hp_bad(p, "unterminated string");
-    p->s++;
-    out[n] = '\0';
-    return ERT_OK;
-}
-
-static ert_status hp_bool(hparser *p, int *out)
-{
-    hp_ws(p);
-    size_t left = (size_t)(p->end - p->s);
-    if (left >= 4 && memcmp(p->s, "True", 4) == 0) {
-        p->s += 4;
-        *out = 1;
-        return ERT_OK;
-    }
-    if (left >= 5 && memcmp(p->s, "False", 5) == 0) {
-        p->s += 5;
-        *out = 0;
-        return ERT_OK;
-    }
-    return hp_bad(p, "fortran_order is not True or False");
-}
-
-static ert_status hp_shape(hparser *p, array_info *info)
-{
-    if (!hp_eat(p, '('))
-        return hp_bad(p, "shape is not a tuple");
-    info->ndim = 0;
-    for (;;) {
-        if (hp_eat(p, ')'))
-            return ERT_OK;
-        hp_ws(p);
-        if (p->s >= p->end || *p->s < '0' || *p->s > '9')
-            return hp_bad(p, "shape holds something other than non-negative integers");
-        int64_t v = 0;
-        while (p->s < p->end && *p->s >= '0' && *p->s <= '9') {
-            int d = *p->s++ - '0';
-            if (v > (INT64_MAX - d) / 10)
-                return ert_fail(p->r->err, ERT_FORMAT, "%s: a dimension of the shape overflows",
-                                p->r->path);
-            v = v * 10 + d;
-        }
-        if (p->s < p->end && *p->s == 'L') /* Python 2 longs */
-            p->s++;
-        if (info->ndim >= DATA_MAX_DIMS)
-            return ert_fail(p->r->err, ERT_UNSUPPORTED, "%s: more than %d dimensions",
-                            p->r->path, DATA_MAX_DIMS);
-        info->dims[info->ndim++] = v;
-        if (hp_eat(p, ','))
-            continue;
-        if (hp_eat(p, ')'))
-            return ERT_OK;
-        return hp_bad(p, "shape tuple is not closed");
-    }
-}
-
-static ert_status parse_descr(reader *r, const char *d, array_info *info)
-{
-    /* the byte order of one-byte types is '|' (numpy writes that), '<' or '=' */
-    if ((d[0] == '|' || d[0] == '<' || d[0] == '>' || d[0] == '=') && strcmp(d + 1, "u1") == 0) {
-        info->type = DT_U1;
-        return ERT_OK;
-    }
-    if (strcmp(d, "<f4") == 0) {
-        info->type = DT_F4;
-        return ERT_OK;
-    }
-    if (strcmp(d, "<f8") == 0) { /* numpy's default float */
-        info->type = DT_F8;
-        return ERT_OK;
-    }
-    if (strcmp(d, "<i4") == 0) {
-        info->type = DT_I4;
-        return ERT_OK;
-    }
-    if (strcmp(d, "<i8") == 0) {
-        info->type = DT_I8;
-        return ERT_OK;
-    }
-    return ert_fail(r->err, ERT_UNSUPPORTED,
-                    "%s: unsupported dtype '%s' (inputs: float32 '<f4', float64 '<f8' or uint8 "
-                    "'|u1'; labels: '|u1', '<i4' or '<i8')",
-                    r->path, d);
-}
-
-/* Reads the .npy header after its 6 magic bytes. */
-static ert_status npy_header(reader *r, array_info *info)
-{
-    unsigned char ver[2];
-    ert_status st = rd_exact(r, ver, 2, ".npy version");
-    if (st)
-        return st;
-    size_t hlen;
-    if (ver[0] == 1) {
-        unsigned char b[2];
-        if ((st = rd_exact(r, b, 2, ".npy header length")))
-            return st;
-        hlen = (size_t)b[0] | (size_t)b[1] << 8;
-    } else if (ver[0] == 2 || ver[0] == 3) {
-        unsigned char b[4];
-        if ((st = rd_exact(r, b, 4, ".npy header length")))
-            return st;
-        uint32_t v = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
-                     (uint32_t)b[3] << 24;
-        if (v > NPY_MAX_HEADER)
-            return ert_fail(r->err, ERT_FORMAT, "%s: .npy header length %u is over %d bytes",
-                            r->path, v, NPY_MAX_HEADER);
-        hlen = v;
-    } else {
-        return ert_fail(r->err, ERT_UNSUPPORTED, "%s: .npy version %d.%d is not supported",
-                        r->path, ver[0], ver[1]);
-    }
-    if (hlen == 0)
-        return ert_fail(r->err, ERT_FORMAT, "%s: .npy header is empty", r->path);
-    char *h = malloc(hlen);
-    if (!h)
-        return ert_fail(r->err, ERT_OUT_OF_MEMORY, "%s: out of memory", r->path);
-    if ((st = rd_exact(r, h, hlen, ".npy header"))) {
-        free(h);
-        return st;
-    }
-
-    hparser p = {h, h + hlen, r};
-    int have_descr = 0, have_order = 0, have_shape = 0, fortran = 0;
-    char descr[32] = "";
-    if (!hp_eat(&p, '{')) {
-        st = hp_bad(&p, "not a dict");
-        goto done;
-    }
-    for (;;) {
-        if (hp_eat(&p, '}'))
-            break;
-        char key[32];
-        if ((st = hp_string(&p, key, sizeof key)))
-            goto done;
-        if (!hp_eat(&p, ':')) {
-            st = hp_bad(&p, "expected ':' after a key");
-            goto done;
-        }
-        if (strcmp(key, "descr") == 0 && !have_descr) {
-            if ((st = hp_string(&p, descr, sizeof descr)))
-                goto done;
-            have_descr = 1;
-        } else if (strcmp(key, "fortran_order") == 0 && !have_order) {
-            if ((st = hp_bool(&p, &fortran)))
-                goto done;
-            have_order = 1;
-        } else if (strcmp(key, "shape") == 0 && !have_shape) {
-            if ((st = hp_shape(&p, info)))
-                goto done;
-            have_shape = 1;
-        } else {
-            st = ert_fail(r->err, ERT_FORMAT, "%s: malformed .npy header: unexpected key '%s'",
-                          r->path, key);
-            goto done;
-        }
-        if (hp_eat(&p, ','))
-            continue;
-        if (hp_eat(&p, '}'))
-            break;
-        st = hp_bad(&p, "expected ',' or '}'");
-        goto done;
-    }
-    /* the rest is padding: spaces and a final newline */
-    hp_ws(&p);
-    if (p.s != p.end) {
-        st = hp_bad(&p, "unexpected text after the dict");
-        goto done;
-    }
-    if (!have_descr || !have_order || !have_shape) {
-        st = ert_fail(r->err, ERT_FORMAT, "%s: malformed .npy header: missing '%s'", r->path,
-                      !have_descr ? "descr" : !have_order ? "fortran_order" : "shape");
-        goto done;
-    }
-    if (fortran) {
-        st = ert_fail(r->err, ERT_UNSUPPORTED,
-                      "%s: fortran_order True is not supported (save a C-order array)", r->path);
-        goto done;
-    }
-    if ((st = parse_descr(r, descr, info)))
-        goto done;
-    st = info_sizes(r, info);
-done:
-    free(h);
-    return st;
 }
 
 /* ---- IDX header ---------------------------------------------------------- */

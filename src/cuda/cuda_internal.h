@@ -1,9 +1,10 @@
 /* cuda_internal.h - the CUDA backend's context, shared by its .c files.
  *
- * backend.c   create/destroy, the per-batch schedule (jobs over slots)
- * ops.c       the ops: convolution and pooling through cuDNN's legacy API,
+ * cuda_backend.c create/destroy, the per-batch schedule (jobs over slots)
+ * cuda_ops.c  the ops: convolution and pooling through cuDNN's legacy API,
  *             linear through cuBLAS, the rest through the kernels/ .cu files
- * program.c   the model compiled into ops and buffers (no CUDA calls)
+ * ../program.c the model compiled into ops and buffers (no CUDA calls;
+ *             shared with the CPU oneDNN path)
  * stage.c     the one stage path (stage_enqueue), and the refill stream's
  *             stage op (src/stream.c)
  */
@@ -85,7 +86,7 @@ typedef struct cuda_ctx {
 
 /* Whether stage si runs its heads and exit decision in ert_infer and the
  * refill stream. The program of an engine in FULL mode is the MASKED one
- * (backend.c: ert_engine_exit_outputs needs every head), so there only the
+ * (cuda_backend.c: ert_engine_exit_outputs needs every head), so there only the
  * last stage decides; in the other modes every stage with a head does. */
 static inline int stage_decides(const ert_engine *e, const cuda_ctx *c, int si)
 {
@@ -118,7 +119,7 @@ extern int ert_cuda_test_unfused;
 ert_status op_run(ert_engine *e, cuda_ctx *c, cuda_slot *s, int op_index, int n);
 
 /* One ert_infer / ert_infer_device call, as the wait-based path
- * (backend.c) and the graphs (graph.c) run it. */
+ * (cuda_backend.c) and the graphs (graph.c) run it. */
 typedef struct cuda_call {
     const float *d_input;   /* ert_infer_device: the caller's device input; NULL:
                                ert_infer, whose input is in c->h_input (pinned) */

@@ -1,7 +1,7 @@
 /* stage.c - the one CUDA stage path, and the refill stream's stage op.
  *
  * stage_enqueue() is the only code that enqueues a stage: the wait-based
- * schedule (backend.c), every body of the bucketed graphs (graph.c, by
+ * schedule (cuda_backend.c), every body of the bucketed graphs (graph.c, by
  * stream capture) and the refill stream's run_stage (below) call it, so a
  * bug found in a stage is fixed once. What differs between them is data in
  * stage_args: where the row count lives (host or device), where the results
@@ -41,7 +41,7 @@ ert_status stage_enqueue(ert_engine *e, cuda_ctx *c, cuda_slot *s, const stage_a
             np.mean[i] = m->mean[i];
             np.inv_std[i] = 1.0f / m->std[i]; /* as the CPU's op_normalize */
         }
-        KERNEL_TRY(e, ert_k_normalise(a->norm_src, s->buf[ps->in_buf], n, m->input.c,
+        KERNEL_TRY(e, ert_k_normalize(a->norm_src, s->buf[ps->in_buf], n, m->input.c,
                                       m->input.h * m->input.w, np, s->stream));
     }
     if (a->iota_base >= 0)
@@ -207,7 +207,7 @@ fail:
     return st;
 }
 
-/* In stage.c, below backend.c and graph.c, which both cut calls into jobs. */
+/* In stage.c, below cuda_backend.c and graph.c, which both cut calls into jobs. */
 void cuda_job_span(int batch, int nj, int j, int *off, int *len)
 {
     *off = (int)((long long)batch * j / nj);

@@ -1,5 +1,5 @@
 /* test_cpu_paths.c - the CPU backend's two paths: oneDNN (src/cpu/dnnl.h)
- * and the im2col + OpenBLAS ops (src/cpu/ops.h).
+ * and the im2col + OpenBLAS ops (src/cpu/cpu_ops.h).
  *
  *   - an engine whose oneDNN primitives cannot be made (forced with the test
  *     hook) falls back to the ops path, says so in its note, and computes

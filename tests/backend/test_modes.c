@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cpu/ops.h"
+#include "cpu/cpu_ops.h"
 #include "backend_test.h"
 #include "tolerance.h"
 #include "plan.h"

@@ -329,7 +329,7 @@ static void all_modes(pfix *f, const float *thr, int32_t *counts)
     }
     /* the refill stream, on the MASKED and the COMPACTED engine. The row
      * with an infinity stays out: the stream picks the CPU path per stage
-     * (backend.c, "the two paths"), so where its infinities vanish its
+     * (cpu_backend.c, "the two paths"), so where its infinities vanish its
      * logits may round otherwise than in one call. */
     for (int x = 1; x <= 2; x++) {
         stream_run(f, f->es[x], got, INF_ROW);

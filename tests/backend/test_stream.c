@@ -4,7 +4,7 @@
  * The property: whatever the submission pattern, queue size, batch,
  * deadline and schedule, every sample comes back exactly once with what
  * ert_infer in MASKED mode gives it on the same engine: bit for bit on the
- * CPU (batch-invariant, cpu/ops.h), on CUDA with the modes' tolerance and
+ * CPU (batch-invariant, cpu/cpu_ops.h), on CUDA with the modes' tolerance and
  * exits equal except within rounding of a threshold. And the counters add
  * up: rows run per stage = rows entering it, MACs = the ideal MACs of the
  * exits taken (plus padding, none today). */
@@ -14,7 +14,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "cpu/ops.h"
+#include "cpu/cpu_ops.h"
 #include "backend_test.h"
 #include "tolerance.h"
 #include "plan.h"

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """same_predictions.py A.csv B.csv EXACT: two `exitrt run --predictions` files
-agree. EXACT=1 (the CPU backend on a batch-invariant BLAS, see src/cpu/ops.h):
+agree. EXACT=1 (the CPU backend on a batch-invariant BLAS, see src/cpu/cpu_ops.h):
 byte for byte. EXACT=0: every row's exit and class agree except at most 1% of
 rows (a score within rounding of its threshold may fall either way), and the
 scores of rows that agree are within 1e-5."""

@@ -97,7 +97,7 @@ EOF
 
     # MASKED and COMPACTED predictions are identical, byte for byte, when the
     # CPU backend is batch-invariant on this BLAS (its note says so; see
-    # src/cpu/ops.h), else equal to float rounding
+    # src/cpu/cpu_ops.h), else equal to float rounding
     exact=$(python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["engine_note"].endswith("the modes agree bit for bit")))' "$W/$kind-masked.json")
     head -1 "$W/$kind-masked.csv" | grep -qx "index,exit,class,score" &&
         [ "$(wc -l < "$W/$kind-masked.csv")" -eq $((N + 1)) ] &&

@@ -43,7 +43,7 @@ same_as_masked() {
         --predictions "$W/$name.refill.csv" --logits "$W/$name.refill.npy" --json
     cp "$W/out" "$W/$name.refill.json"
     # byte for byte where the CPU backend is batch-invariant (its note says
-    # so: src/cpu/ops.h, src/cpu/dnnl.h), else to float rounding
+    # so: src/cpu/cpu_ops.h, src/cpu/dnnl.h), else to float rounding
     local exact
     exact=$(json_get "$W/$name.masked.json" 'int(j["engine_note"].endswith("the modes agree bit for bit"))')
     python3 "$HERE/same_predictions.py" "$W/$name.masked.csv" "$W/$name.refill.csv" "$exact" ||

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cpu/ops.h"
+#include "cpu/cpu_ops.h"
 
 /* ---- helpers ---------------------------------------------------------------- */
 

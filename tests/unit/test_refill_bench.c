@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cpu/ops.h"
+#include "cpu/cpu_ops.h"
 #include "model_writer.h"
 #include "refill_bench.h"
 

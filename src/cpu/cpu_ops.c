@@ -1,6 +1,6 @@
 /* ops.c - the CPU layer ops (see ops.h): im2col + OpenBLAS SGEMM for
  * convolution and linear layers, plain loops for the rest. */
-#include "cpu/ops.h"
+#include "cpu/cpu_ops.h"
 
 #include <cblas.h>
 #include <math.h>

@@ -20,7 +20,7 @@
 #include <string.h>
 
 #include "engine_core.h"
-#include "cpu/ops.h"
+#include "cpu/cpu_ops.h"
 #include "policy.h"
 #include "program.h"
 #include "util.h"
