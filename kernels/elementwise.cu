@@ -30,9 +30,9 @@ static __device__ __forceinline__ float act_apply(float v, int act)
     return v;
 }
 
-/* ---- normalise ------------------------------------------------------------------ */
+/* ---- normalize ------------------------------------------------------------------ */
 
-static __global__ void normalise_kernel(const float *x, float *y, size_t count, int C, int HW,
+static __global__ void normalize_kernel(const float *x, float *y, size_t count, int C, int HW,
                                         ert_norm_params p)
 {
     GRID_STRIDE(i, count) {
@@ -42,19 +42,19 @@ static __global__ void normalise_kernel(const float *x, float *y, size_t count, 
     }
 }
 
-static cudaError_t launch_normalise(const float *x, float *y, size_t count, int C, int HW,
+static cudaError_t launch_normalize(const float *x, float *y, size_t count, int C, int HW,
                                     ert_norm_params p, cudaStream_t s)
 {
-    normalise_kernel<<<grid_for(count), BLOCK, 0, s>>>(x, y, count, C, HW, p);
+    normalize_kernel<<<grid_for(count), BLOCK, 0, s>>>(x, y, count, C, HW, p);
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t ert_k_normalise(const float *x, float *y, int n, int C, int HW,
+extern "C" cudaError_t ert_k_normalize(const float *x, float *y, int n, int C, int HW,
                                        ert_norm_params p, cudaStream_t s)
 {
     if (!x || !y || n < 1 || C < 1 || C > 4 || HW < 1)
         return cudaErrorInvalidValue;
-    return launch_normalise(x, y, (size_t)n * C * HW, C, HW, p, s);
+    return launch_normalize(x, y, (size_t)n * C * HW, C, HW, p, s);
 }
 
 /* ---- iota ------------------------------------------------------------------------ */

@@ -30,7 +30,7 @@ typedef struct ert_norm_params {
     float scale;
     float mean[4], inv_std[4];
 } ert_norm_params;
-cudaError_t ert_k_normalise(const float *x, float *y, int n, int C, int HW, ert_norm_params p,
+cudaError_t ert_k_normalize(const float *x, float *y, int n, int C, int HW, ert_norm_params p,
                             cudaStream_t s);
 
 /* idx[i] = base + i for i < n. */
