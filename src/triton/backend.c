@@ -236,6 +236,9 @@ TRITONSERVER_Error *TRITONBACKEND_ModelInitialize(TRITONBACKEND_Model *model)
         TRITONSERVER_MessageDelete(msg);
         return e;
     }
+    if (TRITONSERVER_LogIsEnabled(TRITONSERVER_LOG_VERBOSE))
+        logf_(TRITONSERVER_LOG_VERBOSE, __LINE__, "exitrt: model '%s' configuration: %.*s", name,
+              (int)(len < 1800 ? len : 1800), json);
     model_state *ms = calloc(1, sizeof *ms);
     if (!ms) {
         TRITONSERVER_MessageDelete(msg);
