@@ -166,9 +166,9 @@ def main():
                "rows_per_request": args.rows, "seconds_per_cell": args.seconds, "cells": []}
     try:
         server.wait_ready()
-        import tritonclient
-        results["tritonclient"] = tritonclient.__version__ if hasattr(
-            tritonclient, "__version__") else "?"
+        import importlib.metadata as md
+        results["tritonclient"] = md.version("tritonclient")
+        results["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "(default)")
         for m in models:
             for mode in modes:
                 name = f"{m}-{mode}"
