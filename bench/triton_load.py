@@ -97,7 +97,14 @@ def client_proc(url, model, rows, threads, seconds, start_at, q):
     q.put((counts[0], lat, errors))
 
 
-def cell(url, model, rows, conc, seconds):
+def cpu_seconds(pid):
+    """user + system CPU seconds of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cell(url, model, rows, conc, seconds, server_pid=None):
     procs = min(conc, 2)
     per = [conc // procs + (1 if k < conc % procs else 0) for k in range(procs)]
     q = mp.Queue()
@@ -106,6 +113,12 @@ def cell(url, model, rows, conc, seconds):
           for t in per]
     for p in ps:
         p.start()
+    cpu0 = None
+    if server_pid:
+        time.sleep(max(0.0, start_at - time.time()))
+        cpu0 = cpu_seconds(server_pid)
+        time.sleep(seconds)
+        cpu1 = cpu_seconds(server_pid)
     images, lat, errors = 0, [], []
     for _ in ps:
         n, la, er = q.get()
@@ -119,7 +132,10 @@ def cell(url, model, rows, conc, seconds):
     def pct(p):
         return 1e3 * lat[min(len(lat) - 1, max(0, int(round(p * len(lat))) - 1))] if lat else None
     return {"images_per_s": images / seconds, "requests": len(lat), "p50_ms": pct(0.50),
-            "p99_ms": pct(0.99), "errors": errors[:3]}
+            "p99_ms": pct(0.99), "errors": errors[:3],
+            # the server's share of the machine's CPU time during the cell
+            "server_cpu_share": (cpu1 - cpu0) / (seconds * os.cpu_count())
+            if cpu0 is not None else None}
 
 
 def exitrt_run(exitrt, model, mode, reps):
@@ -175,13 +191,14 @@ def main():
                 ref = exitrt_run(exitrt, m, mode, args.run_reps)
                 cell(server.url, name, args.rows, 4, 1.0)  # warm up
                 for c in concs:
-                    r = cell(server.url, name, args.rows, c, args.seconds)
+                    r = cell(server.url, name, args.rows, c, args.seconds, server.proc.pid)
                     r.update(model=m, mode=mode, concurrency=c, exitrt_run_images_per_s=ref,
                              ratio=r["images_per_s"] / ref)
                     results["cells"].append(r)
                     print(f"{m:14} {mode:9} C={c:<3} {r['images_per_s']:8.0f} img/s  "
                           f"p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  "
-                          f"exitrt run {ref:8.0f} img/s  ({100 * r['ratio']:.0f}%)"
+                          f"exitrt run {ref:8.0f} img/s  ({100 * r['ratio']:.0f}%)  "
+                          f"server CPU {100 * r['server_cpu_share']:.0f}%"
                           f"{'  errors: ' + str(r['errors']) if r['errors'] else ''}",
                           flush=True)
     finally:
