@@ -27,6 +27,19 @@ so=$(readlink -f "$prefix/lib/libexitrt.so")
 soname=$(objdump -p "$so" | awk '/SONAME/ {print $2}')
 [ "$soname" = libexitrt.so.0 ] || fail "SONAME is '$soname', not libexitrt.so.0"
 
+# ---- the Triton backend, when built: finds the installed libexitrt.so.0 through its
+# RUNPATH and exports the TRITONBACKEND_* entry points only ----------------------------
+if [ -e "$build/triton/backends/exitrt/libtriton_exitrt.so" ]; then
+    tb=$prefix/lib/triton/backends/exitrt/libtriton_exitrt.so
+    [ -e "$tb" ] || fail "not installed: lib/triton/backends/exitrt/libtriton_exitrt.so"
+    dep=$(env -u LD_LIBRARY_PATH ldd "$tb" | awk '$1 == "libexitrt.so.0" {print $3}')
+    [ -n "$dep" ] && [ "$(readlink -f "$dep")" = "$(readlink -f "$prefix/lib/libexitrt.so.0")" ] ||
+        fail "the installed Triton backend does not find the installed libexitrt.so.0 (got '$dep')"
+    tbad=$(nm -D --defined-only "$tb" | awk '{print $3}' | grep -v '^TRITONBACKEND_' || true)
+    [ -z "$tbad" ] || fail "libtriton_exitrt.so exports more than TRITONBACKEND_*: $tbad"
+    echo "triton backend: installed, finds $dep"
+fi
+
 # ---- the exported symbols: ert_* only -------------------------------------------------
 syms=$(nm -D --defined-only "$so" | awk '{print $3}')
 bad=$(echo "$syms" | grep -v '^ert_' || true)
