@@ -6,7 +6,7 @@
  * release 24.10). Triton keeps both APIs backward compatible within a major
  * version: a server whose backend API is 1.N with N >= 19 serves a backend
  * built for 1.19, which is what TRITONBACKEND_Initialize checks
- * (src/triton/backend.c).
+ * (src/triton/triton_backend.c).
  *
  * Only what the backend calls or implements is declared here; the enum
  * values are Triton's (they cross the ABI, so their order matters). The
