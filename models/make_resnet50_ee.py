@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Writes ResNet-50 with two early exits and random (seeded) weights: the
-GPU-scale model of `exitrt bench` (issue 5). Throughput depends only on
+GPU-scale model of `exitrt bench`. Throughput depends only on
 routing, which the bench's exit profiles fix, so random weights are honest
 for benchmarks; the model is not meant to classify anything.
 

@@ -4,7 +4,7 @@
  * CPU and the GPU cannot drift: everything here is static inline, float32,
  * and uses nothing from libc beyond math functions available on the device.
  *
- * Score semantics (DESIGN.md, "Exit policies"):
+ * Score semantics (models/FORMAT.md, "Policies and thresholds"):
  *   entropy          score = softmax entropy (nats), exits when score <  threshold
  *   max_prob         score = max softmax probability, exits when >= threshold
  *   margin           score = top1 - top2 probability, exits when >= threshold

@@ -1,4 +1,4 @@
-/* bench.h - the `exitrt bench` verb (issue 5): FULL vs MASKED vs COMPACTED
+/* bench.h - the `exitrt bench` verb: FULL vs MASKED vs COMPACTED
  * over batch sizes and exit profiles, against the ideal early-exit cost and
  * against PyTorch. See bench/README.md. */
 #ifndef ERT_BENCH_H

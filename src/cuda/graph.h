@@ -1,5 +1,5 @@
 /* graph.h - COMPACTED mode with no host wait: size-bucketed CUDA graphs
- * whose branches the device chooses (issue 7).
+ * whose branches the device chooses.
  *
  * One graph per slot (a graph holding conditional nodes has one
  * instantiation at a time, so each batch in flight needs its own), built at

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""make_corpus.py - the malformed-input corpus of exitrt (issue 6).
+"""make_corpus.py - the malformed-input corpus of exitrt.
 
     make_corpus.py OUTDIR           the committed corpus (tests/corpus)
     make_corpus.py --big OUTDIR     cases too large to commit (run_corpus.sh

@@ -2,7 +2,7 @@
  * pointers, batches out of range, bad thresholds, absurd configurations, a
  * model freed before its engines, concurrent calls on one engine, and
  * non-finite inputs. Each must return a status with a message and never
- * crash (issue 6). Run under AddressSanitizer in CI, so leaks count too. */
+ * crash. Run under AddressSanitizer in CI, so leaks count too. */
 #include <criterion/criterion.h>
 #include <limits.h>
 #include <math.h>
