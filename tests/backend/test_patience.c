@@ -46,25 +46,6 @@ typedef struct pfix {
     unsigned char *fin; /* [N, E] the logits at that exit are finite */
 } pfix;
 
-/* A random model of this kind whose early exits get these policies and
- * thresholds (types[i] NULL: keep exit i's). */
-static ert_model *policy_model(uint64_t seed, mw_kind kind, const char *const *types,
-                               const double *thr, int n)
-{
-    char dir[256];
-    cr_assert_eq(mw_tempdir(dir, sizeof dir), 0);
-    cr_assert_eq(mw_random_model(dir, seed, kind), 0);
-    for (int i = 0; i < n; i++)
-        if (types[i])
-            cr_assert_eq(mw_set_policy(dir, i, types[i], thr[i]), 0, "exit %d", i);
-    ert_model *m = NULL;
-    ert_error err = {{0}};
-    ert_status st = ert_model_load(dir, &m, &err);
-    mw_rmtree(dir);
-    cr_assert_eq(st, ERT_OK, "%s", err.msg);
-    return m;
-}
-
 static void set_all(pfix *f, const float *thr)
 {
     for (int x = 0; x < 3; x++)
@@ -158,22 +139,6 @@ static void reference(const pfix *f, const float *thr, ert_sample *ref, float *s
                       classes ? classes + (size_t)r * f->E : NULL);
 }
 
-/* The two largest logits of a row lie within the logit tolerance. */
-static int near_tie(const float *z, int k)
-{
-    float a = -INFINITY, b = -INFINITY, scale = 0.0f;
-    for (int j = 0; j < k; j++) {
-        scale = fmaxf(scale, fabsf(z[j]));
-        if (z[j] > a) {
-            b = a;
-            a = z[j];
-        } else if (z[j] > b) {
-            b = z[j];
-        }
-    }
-    return a - b <= ERT_TOL_LOGIT * (fabsf(a) + scale) + 1e-6f;
-}
-
 /* Whether rounding can explain a different outcome for row r up to exit
  * `upto`: a near tie at some exit (a class, so a streak, may differ) or an
  * entropy score near its threshold. */
@@ -183,7 +148,7 @@ static int explainable(const pfix *f, const float *thr, int r, int upto)
         if (!f->fin[(size_t)r * f->E + e])
             continue;
         const float *z = f->z + ((size_t)r * f->E + e) * f->K;
-        if (near_tie(z, f->K))
+        if (fx_near_tie(z, f->K))
             return 1;
         if (e < f->E - 1 && ert_model_exit_policy(f->m, e) == ERT_POLICY_ENTROPY &&
             tol_near_threshold(ert_policy_score(ERT_POLICY_ENTROPY, z, f->K, 0.0f), thr[e]))
@@ -310,7 +275,7 @@ static void all_modes(pfix *f, const float *thr, int32_t *counts)
     for (int r = 0; r < N; r++) {
         cr_assert_eq(t.samples[r].exit_index, E - 1);
         const float *zf = f->z + ((size_t)r * E + E - 1) * K;
-        cr_assert(t.samples[r].predicted == ert_argmax(zf, K) || near_tie(zf, K),
+        cr_assert(t.samples[r].predicted == ert_argmax(zf, K) || fx_near_tie(zf, K),
                   "FULL: row %d: class %d", r, t.samples[r].predicted);
     }
     /* MASKED */
@@ -413,7 +378,7 @@ Test(patience, after_entropy_all_modes)
     const char *types[] = {"entropy", "patience", "patience"};
     const double thr0[] = {1.0, 2.0, 2.0};
     pfix f;
-    pfix_open(&f, policy_model(61, MW_RESNET, types, thr0, 3), 610);
+    pfix_open(&f, fx_policy_model(61, MW_RESNET, types, thr0, 3), 610);
     favour_class0(&f);
     const float ent[] = {0.0f, entropy_share(&f, 0, 0.3f), ALWAYS_ENT};
     int early_patience = 0;
@@ -442,7 +407,7 @@ Test(patience, around_entropy_all_modes)
     const char *types[] = {"patience", "entropy", "patience"};
     const double thr0[] = {1.0, 1.0, 2.0};
     pfix f;
-    pfix_open(&f, policy_model(62, MW_RESNET, types, thr0, 3), 620);
+    pfix_open(&f, fx_policy_model(62, MW_RESNET, types, thr0, 3), 620);
     favour_class0(&f);
     const float ent[] = {0.0f, entropy_share(&f, 1, 0.3f)};
     for (int a = 0; a < 2; a++)
@@ -460,7 +425,7 @@ Test(patience, k1_at_the_first_exit)
     const char *types[] = {"patience", "patience"};
     const double thr0[] = {1.0, 2.0};
     pfix f;
-    pfix_open(&f, policy_model(63, MW_MLP, types, thr0, 2), 630);
+    pfix_open(&f, fx_policy_model(63, MW_MLP, types, thr0, 2), 630);
     float thr[2] = {1.0f, 2.0f};
     int32_t counts[ERT_MAX_EXITS];
     all_modes(&f, thr, counts);
@@ -497,7 +462,7 @@ Test(patience, ties)
     const char *types[] = {"entropy", "patience", "patience"};
     const double thr0[] = {0.0, 2.0, 2.0};
     pfix f;
-    pfix_open(&f, policy_model(64, MW_RESNET, types, thr0, 3), 640);
+    pfix_open(&f, fx_policy_model(64, MW_RESNET, types, thr0, 3), 640);
     favour_class0(&f);
     for (int e = 0; e < f.E; e++) {
         linear_params *p = &last_linear(&f.m->exits[e].head)->p.linear;
@@ -542,7 +507,7 @@ Test(patience, nonfinite_exit_breaks_the_streak)
 {
     const char *types[] = {"patience", "patience", "patience"};
     const double thr0[] = {1.0, 1.0, 2.0};
-    ert_model *m = policy_model(65, MW_RESNET, types, thr0, 3);
+    ert_model *m = fx_policy_model(65, MW_RESNET, types, thr0, 3);
     layer *l = last_linear(&m->exits[1].head);
     cr_assert(l && l->p.linear.bias);
     ((float *)l->p.linear.bias)[3] = NAN;
@@ -590,7 +555,7 @@ Test(patience, exit_outputs)
     const char *types[] = {"entropy", "patience", "patience"};
     const double thr0[] = {1.0, 2.0, 3.0};
     pfix f;
-    pfix_open(&f, policy_model(66, MW_RESNET, types, thr0, 3), 660);
+    pfix_open(&f, fx_policy_model(66, MW_RESNET, types, thr0, 3), 660);
     favour_class0(&f);
     const size_t cells = (size_t)N * f.E;
     float *sc = malloc(sizeof(float) * cells), *rsc = malloc(sizeof(float) * cells);
@@ -655,7 +620,7 @@ Test(patience, thresholds_are_integers_from_one)
 {
     const char *types[] = {"patience", "patience"};
     const double thr0[] = {1.0, 2.0};
-    ert_model *m = policy_model(67, MW_MLP, types, thr0, 2);
+    ert_model *m = fx_policy_model(67, MW_MLP, types, thr0, 2);
     cr_assert_eq(ert_model_exit_policy(m, 0), ERT_POLICY_PATIENCE);
     cr_assert_str_eq(ert_policy_string(ERT_POLICY_PATIENCE), "patience");
     cr_assert_eq(ert_model_exit_threshold(m, 1), 2.0f);
