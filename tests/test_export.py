@@ -176,6 +176,18 @@ def favour_class0(spec, x):
         lin.bias[0] += float((v[j] + v[j + 1]) / 2)
 
 
+def _pool_head(c, k, *mid):
+    """A head on c feature maps: global average pool, flatten, the layers in
+    mid (a Dropout, say), a Linear to k classes."""
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), *mid, nn.Linear(c, k))
+
+
+def _imagenet_norm():
+    """The input normalisation torchvision's ImageNet ResNets expect, of
+    8-bit pixels (a fresh dict per model)."""
+    return dict(scale=1 / 255, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+
+
 def mlp():
     bb = nn.Sequential()
     bb.add_module("flatten", nn.Flatten())
@@ -215,9 +227,7 @@ def cnn():
     exits = {
         "pool1": (nn.Sequential(nn.AvgPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 4, 5)),
                   {"type": "entropy", "threshold": 1.0}),
-        "pool3": (nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(),
-                                nn.Linear(12, 5)),
-                  {"type": "max_prob", "threshold": 0.5}),
+        "pool3": (_pool_head(12, 5, nn.Dropout()), {"type": "max_prob", "threshold": 0.5}),
     }
     final = nn.Sequential(nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(16, 5))
     return dict(backbone=bb, exits=exits, final=final, shape=(3, 16, 16), K=5,
@@ -283,14 +293,10 @@ class TinyResNet(nn.Module):
 
 def bottleneck_resnet():
     net = TinyResNet(Bottleneck, [2, 1, 1, 1], [4, 8, 8, 16], 6)
-
-    def head(c):
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 6))
-    exits = {"layer1": (head(16), {"type": "max_prob", "threshold": 0.4}),
-             "layer3": (head(32), {"type": "entropy", "threshold": 1.0})}
+    exits = {"layer1": (_pool_head(16, 6), {"type": "max_prob", "threshold": 0.4}),
+             "layer3": (_pool_head(32, 6), {"type": "entropy", "threshold": 1.0})}
     return dict(backbone=net, exits=exits, final=None, shape=(3, 32, 32), K=6,
-                norm=dict(scale=1 / 255, mean=[0.485, 0.456, 0.406],
-                          std=[0.229, 0.224, 0.225]), raw=255.0)
+                norm=_imagenet_norm(), raw=255.0)
 
 
 def confidence():
@@ -337,14 +343,10 @@ def torchvision_resnet():
     by module name after layer1 and layer2, the final head its fc."""
     from torchvision.models.resnet import ResNet
     net = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10)
-
-    def head(c):
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10))
-    exits = {"layer1": (head(64), {"type": "margin", "threshold": 0.5}),
-             "layer2": (head(128), {"type": "max_prob", "threshold": 0.8})}
+    exits = {"layer1": (_pool_head(64, 10), {"type": "margin", "threshold": 0.5}),
+             "layer2": (_pool_head(128, 10), {"type": "max_prob", "threshold": 0.8})}
     return dict(backbone=net, exits=exits, final=None, shape=(3, 32, 32), K=10,
-                norm=dict(scale=1 / 255, mean=[0.485, 0.456, 0.406],
-                          std=[0.229, 0.224, 0.225]), raw=255.0)
+                norm=_imagenet_norm(), raw=255.0)
 
 
 def dropout_net():
@@ -368,11 +370,8 @@ def dropout_net():
     bb.add_module("pool", nn.AdaptiveAvgPool2d(1))
     bb.add_module("flatten", nn.Flatten())
     bb.add_module("drop_out", nn.Dropout())
-
-    def head(c):
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(), nn.Linear(c, 4))
-    exits = {"drop1": (head(6), {"type": "entropy", "threshold": 1.0}),
-             "block": (head(8), {"type": "max_prob", "threshold": 0.5})}
+    exits = {"drop1": (_pool_head(6, 4, nn.Dropout()), {"type": "entropy", "threshold": 1.0}),
+             "block": (_pool_head(8, 4, nn.Dropout()), {"type": "max_prob", "threshold": 0.5})}
     final = nn.Sequential(nn.Dropout(0.4), nn.Linear(8, 4))
     return dict(backbone=bb, exits=exits, final=final, shape=(2, 8, 8), K=4,
                 norm=dict(scale=1.0, mean=[0.5, 0.4], std=[0.3, 0.2]), raw=1.0,

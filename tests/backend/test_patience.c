@@ -244,6 +244,17 @@ static void stream_run(const pfix *f, ert_engine *e, ert_sample *got, int skip)
     ert_stream_free(s);
 }
 
+/* The COMPACTED engine's samples for all N rows, with its thresholds as
+ * set. */
+static void compacted_samples(const pfix *f, ert_sample *got)
+{
+    tb_result t;
+    tb_result_init(&t, N, f->K);
+    tb_infer(f->es[2], f->x, N, &t);
+    memcpy(got, t.samples, sizeof(ert_sample) * N);
+    tb_result_free(&t);
+}
+
 /* Every mode with thresholds thr against the reference; returns the
  * reference's exit counts in counts (when not NULL). */
 static void all_modes(pfix *f, const float *thr, int32_t *counts)
@@ -434,17 +445,15 @@ Test(patience, k1_at_the_first_exit)
         finite0 += f.fin[(size_t)r * f.E];
     cr_assert_eq(counts[0], finite0);
     cr_assert_geq(finite0, N - 2);
-    tb_result t;
-    tb_result_init(&t, N, f.K);
-    tb_infer(f.es[2], f.x, N, &t);
+    ert_sample got[N];
+    compacted_samples(&f, got);
     for (int r = 0; r < N; r++) {
         if (!f.fin[(size_t)r * f.E])
             continue;
-        cr_assert_eq(t.samples[r].exit_index, 0);
-        cr_assert_eq(t.samples[r].score, 1.0f, "row %d: score %g", r, t.samples[r].score);
+        cr_assert_eq(got[r].exit_index, 0);
+        cr_assert_eq(got[r].score, 1.0f, "row %d: score %g", r, got[r].score);
     }
-    cr_assert_eq(t.samples[NAN_ROW].exit_index, f.E - 1);
-    tb_result_free(&t);
+    cr_assert_eq(got[NAN_ROW].exit_index, f.E - 1);
     /* k = 2 at exit 1 after k = 16 at exit 0 */
     thr[0] = NEVER_K;
     all_modes(&f, thr, counts);
@@ -524,13 +533,11 @@ Test(patience, nonfinite_exit_breaks_the_streak)
     all_modes(&f, thr, counts);
     cr_assert_eq(counts[1], 0);
     cr_assert_geq(counts[2], N - 2);
-    tb_result t;
-    tb_result_init(&t, N, f.K);
-    tb_infer(f.es[2], f.x, N, &t);
+    ert_sample got[N];
+    compacted_samples(&f, got);
     for (int r = 0; r < N; r++)
-        if (t.samples[r].exit_index == 2)
-            cr_assert_eq(t.samples[r].score, 1.0f);
-    tb_result_free(&t);
+        if (got[r].exit_index == 2)
+            cr_assert_eq(got[r].score, 1.0f);
     /* exit_outputs: the streak is NaN at the NaN exit, 1 after it */
     float *sc = malloc(sizeof(float) * (size_t)N * f.E);
     cr_assert_not_null(sc);
@@ -593,17 +600,15 @@ Test(patience, exit_outputs)
             }
     }
     /* the sample's own score where it leaves at a patience exit */
-    tb_result t;
-    tb_result_init(&t, N, f.K);
+    ert_sample got[N];
     set_all(&f, thr);
-    tb_infer(f.es[2], f.x, N, &t);
+    compacted_samples(&f, got);
     cr_assert_eq(ert_engine_exit_outputs(f.es[2], f.x, N, sc, NULL), ERT_OK);
     for (int r = 0; r < N; r++) {
-        int x = t.samples[r].exit_index;
+        int x = got[r].exit_index;
         if (x >= 1 && x < f.E - 1)
-            cr_assert_eq(t.samples[r].score, sc[(size_t)r * f.E + x]);
+            cr_assert_eq(got[r].score, sc[(size_t)r * f.E + x]);
     }
-    tb_result_free(&t);
     /* streaks 1, 2 and 3 all occur (the test would see little otherwise) */
     cr_assert(streaks[1] > 0 && streaks[2] > 0 && streaks[3] > 0, "streaks 1: %d, 2: %d, 3: %d",
               streaks[1], streaks[2], streaks[3]);
