@@ -100,6 +100,28 @@ def _last_linear(m):
 
 
 @torch.no_grad()
+def _linear_outputs(spec, g, lins, x):
+    """{k: output of lins[k]} when graph g runs on the raw inputs x,
+    normalised as spec["norm"] says; lins[k] None is not watched."""
+    outs = {}
+
+    def grab(k):
+        def hook(mod, inp, out):
+            outs[k] = out.detach()
+        return hook
+    handles = [lin.register_forward_hook(grab(k)) for k, lin in enumerate(lins) if lin is not None]
+    inp = spec["norm"]
+    c = x.shape[1]
+    mean = torch.tensor(np.broadcast_to(np.asarray(inp.get("mean", 0.0), np.float32), (c,)).copy())
+    std = torch.tensor(np.broadcast_to(np.asarray(inp.get("std", 1.0), np.float32), (c,)).copy())
+    xn = (torch.as_tensor(x) * inp.get("scale", 1.0) - mean.view(1, c, 1, 1)) / std.view(1, c, 1, 1)
+    g.forward(xn)
+    for h in handles:
+        h.remove()
+    return outs
+
+
+@torch.no_grad()
 def calibrate(spec, x):
     """Rescales the last Linear of every head so that its logits have a
     standard deviation near 3 (confidence heads: pre-sigmoid values centred
@@ -109,30 +131,13 @@ def calibrate(spec, x):
     heads = [(e["head"], 3.0, False) for e in g.exits]
     heads += [(e["confidence"], 2.0, True) for e in g.exits if e["confidence"] is not None]
     heads.append((g.final, 3.0, False))
-    inputs = {}
-
-    def grab(key):
-        def hook(mod, inp, out):
-            inputs[key] = out.detach()
-        return hook
-    handles = []
-    for k, (m, _, _) in enumerate(heads):
-        lin = _last_linear(m) if m is not None else None
-        if lin is not None:
-            handles.append(lin.register_forward_hook(grab(k)))
-    inp = spec["norm"]
-    c = x.shape[1]
-    mean = torch.tensor(np.broadcast_to(np.asarray(inp.get("mean", 0.0), np.float32), (c,)).copy())
-    std = torch.tensor(np.broadcast_to(np.asarray(inp.get("std", 1.0), np.float32), (c,)).copy())
-    xn = (torch.as_tensor(x) * inp.get("scale", 1.0) - mean.view(1, c, 1, 1)) / std.view(1, c, 1, 1)
-    g.forward(xn)
-    for h in handles:
-        h.remove()
-    for k, (m, target, centre) in enumerate(heads):
-        if k not in inputs:
+    lins = [_last_linear(m) if m is not None else None for m, _, _ in heads]
+    outs = _linear_outputs(spec, g, lins, x)
+    for k, (_, target, centre) in enumerate(heads):
+        if k not in outs:
             continue
-        lin = _last_linear(m)
-        out = inputs[k]
+        lin = lins[k]
+        out = outs[k]
         f = target / max(float(out.std()), 1e-6)
         lin.weight.mul_(f)
         if lin.bias is not None:
@@ -150,21 +155,7 @@ def favour_class0(spec, x):
     its own favourite."""
     g = ex.Graph(spec["backbone"], spec["exits"], spec["final"])
     lins = [_last_linear(e["head"]) for e in g.exits] + [_last_linear(g.final)]
-    outs = {}
-
-    def grab(k):
-        def hook(mod, inp, out):
-            outs[k] = out.detach()
-        return hook
-    handles = [lin.register_forward_hook(grab(k)) for k, lin in enumerate(lins)]
-    inp = spec["norm"]
-    c = x.shape[1]
-    mean = torch.tensor(np.broadcast_to(np.asarray(inp.get("mean", 0.0), np.float32), (c,)).copy())
-    std = torch.tensor(np.broadcast_to(np.asarray(inp.get("std", 1.0), np.float32), (c,)).copy())
-    xn = (torch.as_tensor(x) * inp.get("scale", 1.0) - mean.view(1, c, 1, 1)) / std.view(1, c, 1, 1)
-    g.forward(xn)
-    for h in handles:
-        h.remove()
+    outs = _linear_outputs(spec, g, lins, x)
     for k, lin in enumerate(lins):
         z = outs[k]
         # by how much class 0 trails the best other class, per sample; the
