@@ -5,8 +5,8 @@
  * 77 before running anything; CTest's SKIP_RETURN_CODE turns that into
  * "Skipped". A machine with an NVIDIA driver whose CUDA runtime cannot start
  * fails instead (exit 1, with the runtime's error): gpu_probe.h. Each test
- * also calls cr_skip_test itself (see backend_test.h), so running the
- * executable by hand says why. */
+ * also calls cr_skip_test itself (tb_engine and tb_only in
+ * backend/backend_test.h), so running the executable by hand says why. */
 #include <criterion/criterion.h>
 #include <cuda_runtime_api.h>
 #include <stdio.h>

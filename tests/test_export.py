@@ -100,6 +100,28 @@ def _last_linear(m):
 
 
 @torch.no_grad()
+def _linear_outputs(spec, g, lins, x):
+    """{k: output of lins[k]} when graph g runs on the raw inputs x,
+    normalised as spec["norm"] says; lins[k] None is not watched."""
+    outs = {}
+
+    def grab(k):
+        def hook(mod, inp, out):
+            outs[k] = out.detach()
+        return hook
+    handles = [lin.register_forward_hook(grab(k)) for k, lin in enumerate(lins) if lin is not None]
+    inp = spec["norm"]
+    c = x.shape[1]
+    mean = torch.tensor(np.broadcast_to(np.asarray(inp.get("mean", 0.0), np.float32), (c,)).copy())
+    std = torch.tensor(np.broadcast_to(np.asarray(inp.get("std", 1.0), np.float32), (c,)).copy())
+    xn = (torch.as_tensor(x) * inp.get("scale", 1.0) - mean.view(1, c, 1, 1)) / std.view(1, c, 1, 1)
+    g.forward(xn)
+    for h in handles:
+        h.remove()
+    return outs
+
+
+@torch.no_grad()
 def calibrate(spec, x):
     """Rescales the last Linear of every head so that its logits have a
     standard deviation near 3 (confidence heads: pre-sigmoid values centred
@@ -109,30 +131,13 @@ def calibrate(spec, x):
     heads = [(e["head"], 3.0, False) for e in g.exits]
     heads += [(e["confidence"], 2.0, True) for e in g.exits if e["confidence"] is not None]
     heads.append((g.final, 3.0, False))
-    inputs = {}
-
-    def grab(key):
-        def hook(mod, inp, out):
-            inputs[key] = out.detach()
-        return hook
-    handles = []
-    for k, (m, _, _) in enumerate(heads):
-        lin = _last_linear(m) if m is not None else None
-        if lin is not None:
-            handles.append(lin.register_forward_hook(grab(k)))
-    inp = spec["norm"]
-    c = x.shape[1]
-    mean = torch.tensor(np.broadcast_to(np.asarray(inp.get("mean", 0.0), np.float32), (c,)).copy())
-    std = torch.tensor(np.broadcast_to(np.asarray(inp.get("std", 1.0), np.float32), (c,)).copy())
-    xn = (torch.as_tensor(x) * inp.get("scale", 1.0) - mean.view(1, c, 1, 1)) / std.view(1, c, 1, 1)
-    g.forward(xn)
-    for h in handles:
-        h.remove()
-    for k, (m, target, centre) in enumerate(heads):
-        if k not in inputs:
+    lins = [_last_linear(m) if m is not None else None for m, _, _ in heads]
+    outs = _linear_outputs(spec, g, lins, x)
+    for k, (_, target, centre) in enumerate(heads):
+        if k not in outs:
             continue
-        lin = _last_linear(m)
-        out = inputs[k]
+        lin = lins[k]
+        out = outs[k]
         f = target / max(float(out.std()), 1e-6)
         lin.weight.mul_(f)
         if lin.bias is not None:
@@ -150,21 +155,7 @@ def favour_class0(spec, x):
     its own favourite."""
     g = ex.Graph(spec["backbone"], spec["exits"], spec["final"])
     lins = [_last_linear(e["head"]) for e in g.exits] + [_last_linear(g.final)]
-    outs = {}
-
-    def grab(k):
-        def hook(mod, inp, out):
-            outs[k] = out.detach()
-        return hook
-    handles = [lin.register_forward_hook(grab(k)) for k, lin in enumerate(lins)]
-    inp = spec["norm"]
-    c = x.shape[1]
-    mean = torch.tensor(np.broadcast_to(np.asarray(inp.get("mean", 0.0), np.float32), (c,)).copy())
-    std = torch.tensor(np.broadcast_to(np.asarray(inp.get("std", 1.0), np.float32), (c,)).copy())
-    xn = (torch.as_tensor(x) * inp.get("scale", 1.0) - mean.view(1, c, 1, 1)) / std.view(1, c, 1, 1)
-    g.forward(xn)
-    for h in handles:
-        h.remove()
+    outs = _linear_outputs(spec, g, lins, x)
     for k, lin in enumerate(lins):
         z = outs[k]
         # by how much class 0 trails the best other class, per sample; the
@@ -174,6 +165,18 @@ def favour_class0(spec, x):
         lo, hi = int(0.3 * len(v)), min(int(0.7 * len(v)), len(v) - 1)
         j = lo + int(np.argmax(np.diff(v)[lo:max(hi, lo + 1)]))
         lin.bias[0] += float((v[j] + v[j + 1]) / 2)
+
+
+def _pool_head(c, k, *mid):
+    """A head on c feature maps: global average pool, flatten, the layers in
+    mid (a Dropout, say), a Linear to k classes."""
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), *mid, nn.Linear(c, k))
+
+
+def _imagenet_norm():
+    """The input normalisation torchvision's ImageNet ResNets expect, of
+    8-bit pixels (a fresh dict per model)."""
+    return dict(scale=1 / 255, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
 
 
 def mlp():
@@ -215,9 +218,7 @@ def cnn():
     exits = {
         "pool1": (nn.Sequential(nn.AvgPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 4, 5)),
                   {"type": "entropy", "threshold": 1.0}),
-        "pool3": (nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(),
-                                nn.Linear(12, 5)),
-                  {"type": "max_prob", "threshold": 0.5}),
+        "pool3": (_pool_head(12, 5, nn.Dropout()), {"type": "max_prob", "threshold": 0.5}),
     }
     final = nn.Sequential(nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(16, 5))
     return dict(backbone=bb, exits=exits, final=final, shape=(3, 16, 16), K=5,
@@ -283,14 +284,10 @@ class TinyResNet(nn.Module):
 
 def bottleneck_resnet():
     net = TinyResNet(Bottleneck, [2, 1, 1, 1], [4, 8, 8, 16], 6)
-
-    def head(c):
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 6))
-    exits = {"layer1": (head(16), {"type": "max_prob", "threshold": 0.4}),
-             "layer3": (head(32), {"type": "entropy", "threshold": 1.0})}
+    exits = {"layer1": (_pool_head(16, 6), {"type": "max_prob", "threshold": 0.4}),
+             "layer3": (_pool_head(32, 6), {"type": "entropy", "threshold": 1.0})}
     return dict(backbone=net, exits=exits, final=None, shape=(3, 32, 32), K=6,
-                norm=dict(scale=1 / 255, mean=[0.485, 0.456, 0.406],
-                          std=[0.229, 0.224, 0.225]), raw=255.0)
+                norm=_imagenet_norm(), raw=255.0)
 
 
 def confidence():
@@ -337,14 +334,10 @@ def torchvision_resnet():
     by module name after layer1 and layer2, the final head its fc."""
     from torchvision.models.resnet import ResNet
     net = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10)
-
-    def head(c):
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10))
-    exits = {"layer1": (head(64), {"type": "margin", "threshold": 0.5}),
-             "layer2": (head(128), {"type": "max_prob", "threshold": 0.8})}
+    exits = {"layer1": (_pool_head(64, 10), {"type": "margin", "threshold": 0.5}),
+             "layer2": (_pool_head(128, 10), {"type": "max_prob", "threshold": 0.8})}
     return dict(backbone=net, exits=exits, final=None, shape=(3, 32, 32), K=10,
-                norm=dict(scale=1 / 255, mean=[0.485, 0.456, 0.406],
-                          std=[0.229, 0.224, 0.225]), raw=255.0)
+                norm=_imagenet_norm(), raw=255.0)
 
 
 def dropout_net():
@@ -368,11 +361,8 @@ def dropout_net():
     bb.add_module("pool", nn.AdaptiveAvgPool2d(1))
     bb.add_module("flatten", nn.Flatten())
     bb.add_module("drop_out", nn.Dropout())
-
-    def head(c):
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(), nn.Linear(c, 4))
-    exits = {"drop1": (head(6), {"type": "entropy", "threshold": 1.0}),
-             "block": (head(8), {"type": "max_prob", "threshold": 0.5})}
+    exits = {"drop1": (_pool_head(6, 4, nn.Dropout()), {"type": "entropy", "threshold": 1.0}),
+             "block": (_pool_head(8, 4, nn.Dropout()), {"type": "max_prob", "threshold": 0.5})}
     final = nn.Sequential(nn.Dropout(0.4), nn.Linear(8, 4))
     return dict(backbone=bb, exits=exits, final=final, shape=(2, 8, 8), K=4,
                 norm=dict(scale=1.0, mean=[0.5, 0.4], std=[0.3, 0.2]), raw=1.0,

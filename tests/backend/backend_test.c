@@ -1,25 +1,27 @@
 /* backend_test.c - see backend_test.h. */
 #include "backend_test.h"
 #include "engine_core.h"
+#include "tolerance.h"
 
 #include <criterion/criterion.h>
 #include <stdlib.h>
 #include <string.h>
 
+void tb_only(ert_backend be, const char *about)
+{
+    if (ERT_TEST_BACKEND != be)
+        cr_skip_test("about %s: runs in %s", about,
+                     be == ERT_BACKEND_CUDA ? "test_gpu" : "test_cpu");
+    if (be == ERT_BACKEND_CUDA && !ert_cuda_available())
+        cr_skip_test("no CUDA device");
+}
+
 ert_engine *tb_engine(ert_model *m, ert_mode mode, int max_batch)
 {
     if (ERT_TEST_BACKEND == ERT_BACKEND_CUDA && !ert_cuda_available())
         cr_skip_test("no CUDA device");
-    ert_engine_config cfg = ert_engine_config_default();
-    cfg.backend = ERT_TEST_BACKEND;
-    cfg.mode = mode;
-    cfg.max_batch = max_batch;
-    ert_engine *e = NULL;
-    ert_error err = {{0}};
-    ert_status st = ert_engine_create(m, &cfg, &e, &err);
-    cr_assert_eq(st, ERT_OK, "ert_engine_create (%s, %s, max_batch %d): %s: %s",
-                 ERT_TEST_BACKEND_NAME, ert_mode_string(mode), max_batch, ert_status_string(st),
-                 err.msg);
+    ert_engine_config d = ert_engine_config_default();
+    ert_engine *e = tb_engine_on(m, ERT_TEST_BACKEND, mode, max_batch, d.graph_buckets, d.inflight);
     cr_assert_not_null(e);
     cr_assert_eq(ert_engine_backend(e), ERT_TEST_BACKEND);
     return e;
@@ -34,30 +36,14 @@ ert_engine *tb_engine_on(ert_model *m, ert_backend be, ert_mode mode, int max_ba
     cfg.max_batch = max_batch;
     cfg.graph_buckets = graph_buckets;
     cfg.inflight = inflight;
-    ert_engine *e = NULL;
-    ert_error err = {{0}};
-    ert_status st = ert_engine_create(m, &cfg, &e, &err);
-    cr_assert_eq(st, ERT_OK, "ert_engine_create (%s, %s, max_batch %d, graph_buckets %d, "
-                 "inflight %d): %s: %s",
-                 ert_backend_string(be), ert_mode_string(mode), max_batch, graph_buckets,
-                 inflight, ert_status_string(st), err.msg);
-    return e;
+    return fx_engine(m, &cfg);
 }
 
 int tb_exact(const ert_engine *e) { return e->exact_modes; }
 
-ert_model *tb_random_model(uint64_t seed, mw_kind kind)
+int tb_note_is(const ert_engine *e, const char *prefix)
 {
-    char dir[256];
-    cr_assert_eq(mw_tempdir(dir, sizeof dir), 0, "mw_tempdir");
-    cr_assert_eq(mw_random_model(dir, seed, kind), 0, "mw_random_model %s seed %llu",
-                 mw_kind_name(kind), (unsigned long long)seed);
-    ert_model *m = NULL;
-    ert_error err = {{0}};
-    ert_status st = ert_model_load(dir, &m, &err);
-    mw_rmtree(dir);
-    cr_assert_eq(st, ERT_OK, "loading the random %s model: %s", mw_kind_name(kind), err.msg);
-    return m;
+    return strncmp(ert_engine_note(e), prefix, strlen(prefix)) == 0;
 }
 
 void tb_result_init(tb_result *t, int batch, int k)
@@ -103,4 +89,33 @@ void tb_infer(ert_engine *e, const float *input, int batch, tb_result *t)
             cr_assert_neq(t->logits[(size_t)i * t->k + j], -12345.0f,
                           "logits of sample %d not written", i);
     }
+}
+
+int tb_flip(const ert_engine *e, const ert_sample *a, const ert_sample *b, const char *what,
+            int row)
+{
+    if (a->exit_index == b->exit_index)
+        return 0;
+    const ert_sample *early = a->exit_index < b->exit_index ? a : b;
+    float thr = ert_engine_threshold(e, early->exit_index);
+    cr_assert(tol_near_threshold(early->score, thr),
+              "%s: sample %d: exit %d vs %d (score %.9g, threshold %.9g)", what, row,
+              a->exit_index, b->exit_index, early->score, thr);
+    return 1;
+}
+
+int tb_compare(const ert_engine *e, const tb_result *got, const tb_result *want, int batch,
+               const char *what)
+{
+    int flips = 0, K = got->k;
+    for (int i = 0; i < batch; i++) {
+        if (tb_flip(e, &got->samples[i], &want->samples[i], what, i)) {
+            flips++;
+            continue;
+        }
+        fx_check_logits(got->logits + (size_t)i * K, want->logits + (size_t)i * K, K, what, i);
+    }
+    cr_assert(tol_flips_ok(flips, batch), "%s: %d exits differ in a batch of %d", what, flips,
+              batch);
+    return flips;
 }

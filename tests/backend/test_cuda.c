@@ -19,13 +19,11 @@
  *
  * CUDA only; in test_cpu (and without a device) every test skips. */
 #include <criterion/criterion.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "backend_test.h"
-#include "tolerance.h"
 
 #ifdef ERT_HAVE_CUDA
 #include <cuda_runtime_api.h>
@@ -39,11 +37,8 @@ static void CUDART_CB sleep_200ms(void *arg)
 
 static void late_input(ert_mode mode, int graph_buckets, int inflight)
 {
-    if (ERT_TEST_BACKEND != ERT_BACKEND_CUDA)
-        cr_skip_test("about the CUDA backend: runs in test_gpu");
-    if (!ert_cuda_available())
-        cr_skip_test("no CUDA device");
-    ert_model *m = tb_random_model(71, MW_CNN);
+    tb_only(ERT_BACKEND_CUDA, "the CUDA backend");
+    ert_model *m = fx_random_model(71, MW_CNN);
     const int K = ert_model_num_classes(m), n = 64;
     const size_t per = ert_model_input_size(m);
     ert_engine *e = tb_engine_on(m, ERT_BACKEND_CUDA, mode, n, graph_buckets, inflight);
@@ -102,47 +97,22 @@ extern int ert_cuda_test_unfused;
 
 static void unfused(mw_kind kind, uint64_t seed)
 {
-    if (ERT_TEST_BACKEND != ERT_BACKEND_CUDA)
-        cr_skip_test("about the CUDA backend: runs in test_gpu");
-    if (!ert_cuda_available())
-        cr_skip_test("no CUDA device");
-    ert_model *m = tb_random_model(seed, kind); /* seed 73 makes no resnet: mw_random_model fails */
+    tb_only(ERT_BACKEND_CUDA, "the CUDA backend");
+    ert_model *m = fx_random_model(seed, kind); /* seed 73 makes no resnet: mw_random_model fails */
     const int K = ert_model_num_classes(m), n = 48;
-    const size_t per = ert_model_input_size(m);
     ert_cuda_test_unfused = 1;
     ert_engine *g = tb_engine_on(m, ERT_BACKEND_CUDA, ERT_MODE_MASKED, n, 0, 1);
     ert_cuda_test_unfused = 0;
     cr_assert(strstr(ert_engine_note(g), "run unfused: ") != NULL,
               "the note does not name the convs that fell back: '%s'", ert_engine_note(g));
     ert_engine *c = tb_engine_on(m, ERT_BACKEND_CPU, ERT_MODE_MASKED, n, 0, 1);
-    float *x = malloc(sizeof(float) * per * n);
-    cr_assert_not_null(x);
-    mw_random_input(x, per * n, 7301);
+    float *x = fx_random_inputs(m, n, 7301);
     tb_result got, want;
     tb_result_init(&got, n, K);
     tb_result_init(&want, n, K);
     tb_infer(g, x, n, &got);
     tb_infer(c, x, n, &want);
-    int flips = 0;
-    for (int i = 0; i < n; i++) {
-        const ert_sample *a = &got.samples[i], *b = &want.samples[i];
-        if (a->exit_index != b->exit_index) {
-            const ert_sample *early = a->exit_index < b->exit_index ? a : b;
-            cr_assert(tol_near_threshold(early->score,
-                                         ert_engine_threshold(c, early->exit_index)),
-                      "sample %d: exit %d, CPU %d", i, a->exit_index, b->exit_index);
-            flips++;
-            continue;
-        }
-        const float *gl = got.logits + (size_t)i * K, *wl = want.logits + (size_t)i * K;
-        float scale = 0.0f;
-        for (int j = 0; j < K; j++)
-            scale = fmaxf(scale, fabsf(wl[j]));
-        for (int j = 0; j < K; j++)
-            cr_assert(tol_logit_ok(gl[j], wl[j], scale), "sample %d logit %d: %.9g, CPU %.9g", i,
-                      j, gl[j], wl[j]);
-    }
-    cr_assert(tol_flips_ok(flips, n), "%d flips of %d", flips, n);
+    tb_compare(c, &got, &want, n, "unfused vs CPU");
     tb_result_free(&got);
     tb_result_free(&want);
     free(x);

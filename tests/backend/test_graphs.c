@@ -7,12 +7,12 @@
  * the config and CPU checks at the end run everywhere. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../../kernels/bucket_math.h"
 #include "backend_test.h"
-#include "tolerance.h"
 #include "model.h"
 #include "plan.h"
 #include "policy.h"
@@ -23,60 +23,20 @@
 
 #define GB_MAX 100 /* max_batch of the graph engines: not a multiple of any step below */
 
-static void need_cuda_graphs(void)
+static void need_cuda_graphs(void) { tb_only(ERT_BACKEND_CUDA, "the CUDA backend's graphs"); }
+
+/* got against want (tb_compare: exits, flips and logits), and where the
+ * exits agree, the class too. */
+static void compare(ert_engine *e, const tb_result *got, const tb_result *want, int batch,
+                    const char *what)
 {
-    if (ERT_TEST_BACKEND != ERT_BACKEND_CUDA)
-        cr_skip_test("about the CUDA backend's graphs: runs in test_gpu");
-    if (!ert_cuda_available())
-        cr_skip_test("no CUDA device");
-}
-
-static int starts_with(const char *s, const char *p) { return strncmp(s, p, strlen(p)) == 0; }
-
-
-/* 1e-4 relative with a floor of 1e-4 of the row's scale (as test_modes'
- * reference check); NaN and infinities must match exactly. */
-static void check_logits(const float *got, const float *want, int k, const char *what, int row)
-{
-    float scale = 0.0f;
-    for (int j = 0; j < k; j++)
-        if (isfinite(want[j]))
-            scale = fmaxf(scale, fabsf(want[j]));
-    for (int j = 0; j < k; j++) {
-        if (!isfinite(want[j]) || !isfinite(got[j])) {
-            cr_assert((isnan(want[j]) && isnan(got[j])) || want[j] == got[j],
-                      "%s: row %d logit %d: %g vs %g", what, row, j, got[j], want[j]);
-            continue;
-        }
-        cr_assert(tol_logit_ok(got[j], want[j], scale), "%s: row %d logit %d: %.9g vs %.9g", what,
-                  row, j, got[j], want[j]);
-    }
-}
-
-/* Samples and logits of `got` against `want`: the same exit (or a flip of
- * a score within rounding of its threshold), class and logits. Returns the
- * flips. */
-static int compare(ert_engine *e, const tb_result *got, const tb_result *want, int batch,
-                   const char *what)
-{
-    int flips = 0, K = got->k;
     for (int i = 0; i < batch; i++) {
         const ert_sample *g = &got->samples[i], *w = &want->samples[i];
-        if (g->exit_index != w->exit_index) {
-            const ert_sample *early = g->exit_index < w->exit_index ? g : w;
-            cr_assert(tol_near_threshold(early->score, ert_engine_threshold(e, early->exit_index)),
-                      "%s: sample %d: exit %d vs %d (score %.9g)", what, i, g->exit_index,
-                      w->exit_index, early->score);
-            flips++;
-            continue;
-        }
-        cr_assert_eq(g->predicted, w->predicted, "%s: sample %d: class %d vs %d", what, i,
-                     g->predicted, w->predicted);
-        check_logits(got->logits + (size_t)i * K, want->logits + (size_t)i * K, K, what, i);
+        if (g->exit_index == w->exit_index)
+            cr_assert_eq(g->predicted, w->predicted, "%s: sample %d: class %d vs %d", what, i,
+                         g->predicted, w->predicted);
     }
-    cr_assert(tol_flips_ok(flips, batch), "%s: %d exits differ in a batch of %d", what, flips,
-              batch);
-    return flips;
+    tb_compare(e, got, want, batch, what);
 }
 
 /* The per-batch figures of a bucketed result, recomputed from its samples:
@@ -127,28 +87,70 @@ static void check_figures(const ert_model *m, const plan *p, const tb_result *t,
                  t->r.host_waits);
 }
 
-static void random_thresholds(const ert_model *m, mw_rng *r, float *thr)
+/* The engines the bucketed tests compare, on one model: the bucketed
+ * COMPACTED engine (k buckets, inflight slots), MASKED on the device and
+ * MASKED on the CPU; their results; GB_MAX rows of input. */
+typedef struct gfix {
+    ert_model *m;
+    plan p;
+    int E, K, k, inflight;
+    size_t per;
+    ert_engine *es[3];
+    float *x; /* [GB_MAX, per] */
+    tb_result r[3];
+} gfix;
+
+/* Takes m (gfix_close frees it). */
+static void gfix_open(gfix *g, ert_model *m, int k, int inflight, uint64_t input_seed)
 {
-    int k = ert_model_num_classes(m);
-    for (int i = 0; i < ert_model_num_exits(m) - 1; i++) {
-        float u = mw_rng_uniform(r);
-        switch (ert_model_exit_policy(m, i)) {
-        case ERT_POLICY_ENTROPY: thr[i] = u * logf((float)k); break;
-        case ERT_POLICY_MAX_PROB: thr[i] = 1.0f / k + u * (1.0f - 1.0f / k); break;
-        default: thr[i] = u; break;
-        }
-    }
+    memset(g, 0, sizeof *g);
+    g->m = m;
+    plan_build(m, &g->p);
+    g->E = ert_model_num_exits(m);
+    g->K = ert_model_num_classes(m);
+    g->k = k;
+    g->inflight = inflight;
+    g->es[0] = tb_engine_on(m, ERT_BACKEND_CUDA, ERT_MODE_COMPACTED, GB_MAX, k, inflight);
+    g->es[1] = tb_engine_on(m, ERT_BACKEND_CUDA, ERT_MODE_MASKED, GB_MAX, 0, 1);
+    g->es[2] = tb_engine_on(m, ERT_BACKEND_CPU, ERT_MODE_MASKED, GB_MAX, 0, 1);
+    cr_assert(tb_note_is(g->es[0], "graphs: on"), "the graphs did not come up: %s",
+              ert_engine_note(g->es[0]));
+    g->per = ert_model_input_size(m);
+    g->x = fx_random_inputs(m, GB_MAX, input_seed);
+    for (int i = 0; i < 3; i++)
+        tb_result_init(&g->r[i], GB_MAX, g->K);
 }
 
-/* set -1: nobody leaves early; set -2: everybody at the first exit */
-static void bound_thresholds(const ert_model *m, int everybody_first, float *thr)
+static void gfix_close(gfix *g)
 {
-    int k = ert_model_num_classes(m);
-    for (int i = 0; i < ert_model_num_exits(m) - 1; i++) {
-        int entropy = ert_model_exit_policy(m, i) == ERT_POLICY_ENTROPY;
-        int leave = everybody_first && i == 0;
-        thr[i] = leave ? (entropy ? logf((float)k) + 1.0f : 0.0f) : (entropy ? 0.0f : 1.0f);
+    for (int i = 0; i < 3; i++) {
+        tb_result_free(&g->r[i]);
+        ert_engine_free(g->es[i]);
     }
+    free(g->x);
+    ert_model_free(g->m);
+}
+
+static void gfix_set_thresholds(gfix *g, const float *thr)
+{
+    for (int x = 0; x < g->E - 1; x++)
+        for (int j = 0; j < 3; j++)
+            cr_assert_eq(ert_engine_set_threshold(g->es[j], x, thr[x]), ERT_OK, "%s",
+                         ert_engine_error(g->es[j]));
+}
+
+/* One batch through the three engines: the bucketed results against both
+ * MASKED ones, and its figures. */
+static void gfix_run(gfix *g, const float *in, int batch, const char *what)
+{
+    char w[2][96];
+    snprintf(w[0], sizeof w[0], "%s vs MASKED (cuda)", what);
+    snprintf(w[1], sizeof w[1], "%s vs MASKED (cpu)", what);
+    for (int j = 0; j < 3; j++)
+        tb_infer(g->es[j], in, batch, &g->r[j]);
+    compare(g->es[1], &g->r[0], &g->r[1], batch, w[0]);
+    compare(g->es[2], &g->r[0], &g->r[2], batch, w[1]);
+    check_figures(g->m, &g->p, &g->r[0], batch, GB_MAX, g->k, g->inflight);
 }
 
 /* The bucketed engine (K buckets, inflight slots) against MASKED on the
@@ -157,26 +159,8 @@ static void bound_thresholds(const ert_model *m, int everybody_first, float *thr
 static void bucketed_sweep(mw_kind kind, uint64_t seed, int k, int inflight, int sets)
 {
     need_cuda_graphs();
-    ert_model *m = tb_random_model(seed, kind);
-    plan p;
-    plan_build(m, &p);
-    const int E = ert_model_num_exits(m), K = ert_model_num_classes(m);
-    ert_engine *es[3] = {
-        tb_engine_on(m, ERT_BACKEND_CUDA, ERT_MODE_COMPACTED, GB_MAX, k, inflight),
-        tb_engine_on(m, ERT_BACKEND_CUDA, ERT_MODE_MASKED, GB_MAX, 0, 1),
-        tb_engine_on(m, ERT_BACKEND_CPU, ERT_MODE_MASKED, GB_MAX, 0, 1),
-    };
-    cr_assert(starts_with(ert_engine_note(es[0]), "graphs: on"),
-              "the graphs did not come up: %s", ert_engine_note(es[0]));
-
-    size_t per = ert_model_input_size(m);
-    float *x = malloc(sizeof(float) * per * GB_MAX);
-    cr_assert_not_null(x);
-    mw_random_input(x, per * GB_MAX, seed * 11 + 5);
-    tb_result r[3];
-    for (int i = 0; i < 3; i++)
-        tb_result_init(&r[i], GB_MAX, K);
-
+    gfix g;
+    gfix_open(&g, fx_random_model(seed, kind), k, inflight, seed * 11 + 5);
     const int step = ert_bucket_step(GB_MAX, k);
     int batches[] = {1, step - 1, step, step + 1, 2 * step + 3, GB_MAX - 1, GB_MAX};
     mw_rng rng = mw_rng_seed(seed + 77);
@@ -184,41 +168,28 @@ static void bucketed_sweep(mw_kind kind, uint64_t seed, int k, int inflight, int
     long early = 0;
     for (int set = -2; set <= sets; set++) {
         if (set != 0) { /* 0: the model's own thresholds */
-            if (set < 0)
-                bound_thresholds(m, set == -2, thr);
+            if (set < 0) /* -1: nobody leaves early; -2: everybody at the first exit */
+                fx_bound_thresholds(g.m, set == -2, thr);
             else
-                random_thresholds(m, &rng, thr);
-            for (int x_ = 0; x_ < E - 1; x_++)
-                for (int j = 0; j < 3; j++)
-                    cr_assert_eq(ert_engine_set_threshold(es[j], x_, thr[x_]), ERT_OK, "%s",
-                                 ert_engine_error(es[j]));
+                fx_random_thresholds(g.m, &rng, thr);
+            gfix_set_thresholds(&g, thr);
         }
         for (size_t b = 0; b < sizeof batches / sizeof batches[0]; b++) {
             int batch = batches[b];
             if (batch < 1 || batch > GB_MAX)
                 continue;
             size_t off = ((size_t)(set + 2) * 7 + b * 3) % (GB_MAX - batch + 1);
-            const float *in = x + off * per;
-            for (int j = 0; j < 3; j++)
-                tb_infer(es[j], in, batch, &r[j]);
-            compare(es[1], &r[0], &r[1], batch, "bucketed vs MASKED (cuda)");
-            compare(es[2], &r[0], &r[2], batch, "bucketed vs MASKED (cpu)");
-            check_figures(m, &p, &r[0], batch, GB_MAX, k, inflight);
+            gfix_run(&g, g.x + off * g.per, batch, "bucketed");
             if (set == -2)
                 for (int i = 0; i < batch; i++)
-                    cr_assert_eq(r[0].samples[i].exit_index, 0,
+                    cr_assert_eq(g.r[0].samples[i].exit_index, 0,
                                  "everybody at the first exit: sample %d left at %d", i,
-                                 r[0].samples[i].exit_index);
-            early += batch - r[0].r.exit_counts[E - 1];
+                                 g.r[0].samples[i].exit_index);
+            early += batch - g.r[0].r.exit_counts[g.E - 1];
         }
     }
     cr_assert_gt(early, 0, "no sample left early: the sweep tested no compaction");
-    for (int i = 0; i < 3; i++) {
-        tb_result_free(&r[i]);
-        ert_engine_free(es[i]);
-    }
-    free(x);
-    ert_model_free(m);
+    gfix_close(&g);
 }
 
 Test(graphs, mlp) { bucketed_sweep(MW_MLP, 31, 8, 1, 6); }
@@ -237,67 +208,33 @@ Test(graphs, resnet_inflight) { bucketed_sweep(MW_RESNET, 36, 5, 3, 3); }
 static void bucketed_patience(uint64_t seed, int k, int inflight)
 {
     need_cuda_graphs();
-    char dir[256];
-    cr_assert_eq(mw_tempdir(dir, sizeof dir), 0);
-    cr_assert_eq(mw_random_model(dir, seed, MW_RESNET), 0);
-    cr_assert_eq(mw_set_policy(dir, 1, "patience", 2), 0);
-    cr_assert_eq(mw_set_policy(dir, 2, "patience", 2), 0);
-    ert_model *m = NULL;
-    ert_error err = {{0}};
-    cr_assert_eq(ert_model_load(dir, &m, &err), ERT_OK, "%s", err.msg);
-    mw_rmtree(dir);
-    plan p;
-    plan_build(m, &p);
-    const int E = ert_model_num_exits(m), K = ert_model_num_classes(m);
-    ert_engine *es[3] = {
-        tb_engine_on(m, ERT_BACKEND_CUDA, ERT_MODE_COMPACTED, GB_MAX, k, inflight),
-        tb_engine_on(m, ERT_BACKEND_CUDA, ERT_MODE_MASKED, GB_MAX, 0, 1),
-        tb_engine_on(m, ERT_BACKEND_CPU, ERT_MODE_MASKED, GB_MAX, 0, 1),
-    };
-    cr_assert(starts_with(ert_engine_note(es[0]), "graphs: on"),
-              "the graphs did not come up: %s", ert_engine_note(es[0]));
-    size_t per = ert_model_input_size(m);
-    float *x = malloc(sizeof(float) * per * GB_MAX);
-    cr_assert_not_null(x);
-    mw_random_input(x, per * GB_MAX, seed * 13 + 1);
-    x[5 * per] = NAN; /* never leaves early */
-    tb_result r[3];
-    for (int i = 0; i < 3; i++)
-        tb_result_init(&r[i], GB_MAX, K);
+    const char *types[] = {NULL, "patience", "patience"};
+    const double thr0[] = {0.0, 2.0, 2.0};
+    gfix g;
+    gfix_open(&g, fx_policy_model(seed, MW_RESNET, types, thr0, 3), k, inflight, seed * 13 + 1);
+    g.x[5 * g.per] = NAN; /* never leaves early */
     const int step = ert_bucket_step(GB_MAX, k);
     int batches[] = {1, step + 1, GB_MAX - 1, GB_MAX};
     long patience_exits = 0;
     for (int a = 0; a < 2; a++)
         for (int k1 = 1; k1 <= 3; k1++)
             for (int k2 = 1; k2 <= 4; k2++) {
-                float thr[3] = {a ? 0.5f * logf((float)K) : 0.0f, (float)k1, (float)k2};
-                for (int x_ = 0; x_ < E - 1; x_++)
-                    for (int j = 0; j < 3; j++)
-                        cr_assert_eq(ert_engine_set_threshold(es[j], x_, thr[x_]), ERT_OK, "%s",
-                                     ert_engine_error(es[j]));
+                float thr[3] = {a ? 0.5f * logf((float)g.K) : 0.0f, (float)k1, (float)k2};
+                gfix_set_thresholds(&g, thr);
                 for (size_t b = 0; b < sizeof batches / sizeof batches[0]; b++) {
                     int batch = batches[b];
                     if (batch < 1 || batch > GB_MAX)
                         continue;
-                    for (int j = 0; j < 3; j++)
-                        tb_infer(es[j], x, batch, &r[j]);
-                    compare(es[1], &r[0], &r[1], batch, "patience: bucketed vs MASKED (cuda)");
-                    compare(es[2], &r[0], &r[2], batch, "patience: bucketed vs MASKED (cpu)");
-                    check_figures(m, &p, &r[0], batch, GB_MAX, k, inflight);
+                    gfix_run(&g, g.x, batch, "patience: bucketed");
                     if (k1 == 3)
-                        cr_assert_eq(r[0].r.exit_counts[1], 0);
+                        cr_assert_eq(g.r[0].r.exit_counts[1], 0);
                     if (k2 == 4)
-                        cr_assert_eq(r[0].r.exit_counts[2], 0);
-                    patience_exits += r[0].r.exit_counts[1] + r[0].r.exit_counts[2];
+                        cr_assert_eq(g.r[0].r.exit_counts[2], 0);
+                    patience_exits += g.r[0].r.exit_counts[1] + g.r[0].r.exit_counts[2];
                 }
             }
     cr_assert_gt(patience_exits, 0);
-    for (int i = 0; i < 3; i++) {
-        tb_result_free(&r[i]);
-        ert_engine_free(es[i]);
-    }
-    free(x);
-    ert_model_free(m);
+    gfix_close(&g);
 }
 
 Test(graphs, resnet_patience) { bucketed_patience(37, 8, 1); }
@@ -317,19 +254,16 @@ static void fallback(const char *fault)
 {
     need_cuda_graphs();
     SET_GRAPH_FAULT(fault);
-    ert_model *m = tb_random_model(41, MW_RESNET);
+    ert_model *m = fx_random_model(41, MW_RESNET);
     const int K = ert_model_num_classes(m);
     ert_engine *g = tb_engine_on(m, ERT_BACKEND_CUDA, ERT_MODE_COMPACTED, GB_MAX, 8, 1);
     SET_GRAPH_FAULT(NULL);
     ert_engine *w = tb_engine_on(m, ERT_BACKEND_CUDA, ERT_MODE_MASKED, GB_MAX, 0, 1);
-    cr_assert(starts_with(ert_engine_note(g), "graphs: off: "), "fault %s: note '%s'",
+    cr_assert(tb_note_is(g, "graphs: off: "), "fault %s: note '%s'",
               fault, ert_engine_note(g));
     cr_assert_str_empty(ert_engine_error(g));
 
-    size_t per = ert_model_input_size(m);
-    float *x = malloc(sizeof(float) * per * GB_MAX);
-    cr_assert_not_null(x);
-    mw_random_input(x, per * GB_MAX, 4141);
+    float *x = fx_random_inputs(m, GB_MAX, 4141);
     tb_result rg, rw;
     tb_result_init(&rg, GB_MAX, K);
     tb_result_init(&rw, GB_MAX, K);
@@ -355,9 +289,9 @@ Test(graphs, fallback_on_instantiate) { fallback("instantiate"); }
 Test(graphs, masked_ignores_buckets)
 {
     need_cuda_graphs();
-    ert_model *m = tb_random_model(42, MW_MLP);
+    ert_model *m = fx_random_model(42, MW_MLP);
     ert_engine *e = tb_engine_on(m, ERT_BACKEND_CUDA, ERT_MODE_MASKED, 16, 8, 1);
-    cr_assert(starts_with(ert_engine_note(e), "graphs: not used"), "note '%s'",
+    cr_assert(tb_note_is(e, "graphs: not used"), "note '%s'",
               ert_engine_note(e));
     ert_engine_free(e);
     ert_model_free(m);
@@ -368,14 +302,12 @@ Test(graphs, masked_ignores_buckets)
 Test(graphs, infer_device)
 {
     need_cuda_graphs();
-    ert_model *m = tb_random_model(43, MW_CNN);
+    ert_model *m = fx_random_model(43, MW_CNN);
     const int K = ert_model_num_classes(m), n = 77;
     ert_engine *g = tb_engine_on(m, ERT_BACKEND_CUDA, ERT_MODE_COMPACTED, GB_MAX, 8, 2);
-    cr_assert(starts_with(ert_engine_note(g), "graphs: on"), "%s", ert_engine_note(g));
+    cr_assert(tb_note_is(g, "graphs: on"), "%s", ert_engine_note(g));
     size_t per = ert_model_input_size(m);
-    float *x = malloc(sizeof(float) * per * n);
-    cr_assert_not_null(x);
-    mw_random_input(x, per * n, 4343);
+    float *x = fx_random_inputs(m, n, 4343);
     tb_result want, got;
     tb_result_init(&want, n, K);
     tb_result_init(&got, n, K);
@@ -399,8 +331,8 @@ Test(graphs, infer_device)
     for (int i = 0; i < n; i++) {
         cr_assert_eq(got.samples[i].exit_index, want.samples[i].exit_index, "sample %d", i);
         cr_assert_eq(got.samples[i].predicted, want.samples[i].predicted, "sample %d", i);
-        check_logits(got.logits + (size_t)i * K, want.logits + (size_t)i * K, K,
-                     "infer_device vs infer", i);
+        fx_check_logits(got.logits + (size_t)i * K, want.logits + (size_t)i * K, K,
+                        "infer_device vs infer", i);
     }
     cudaFree(d_x);
     cudaFree(d_samples);
@@ -417,7 +349,7 @@ Test(graphs, infer_device)
 
 Test(graphs_config, range_checked)
 {
-    ert_model *m = tb_random_model(44, MW_MLP);
+    ert_model *m = fx_random_model(44, MW_MLP);
     ert_engine_config cfg = ert_engine_config_default();
     cfg.backend = ERT_BACKEND_CPU;
     ert_engine *e = NULL;
@@ -447,16 +379,13 @@ Test(graphs_config, default_ignores_the_environment)
  * nothing there, and the figures say no bucket ran. */
 Test(graphs_config, cpu_ignores_buckets)
 {
-    ert_model *m = tb_random_model(45, MW_RESNET);
+    ert_model *m = fx_random_model(45, MW_RESNET);
     const int K = ert_model_num_classes(m), n = 37;
     ert_engine *a = tb_engine_on(m, ERT_BACKEND_CPU, ERT_MODE_COMPACTED, 64, 8, 1);
     ert_engine *b = tb_engine_on(m, ERT_BACKEND_CPU, ERT_MODE_COMPACTED, 64, 0, 1);
     /* the CPU's note speaks of its BLAS, never of graphs */
     cr_assert_null(strstr(ert_engine_note(a), "graph"), "%s", ert_engine_note(a));
-    size_t per = ert_model_input_size(m);
-    float *x = malloc(sizeof(float) * per * n);
-    cr_assert_not_null(x);
-    mw_random_input(x, per * n, 4545);
+    float *x = fx_random_inputs(m, n, 4545);
     tb_result ra, rb;
     tb_result_init(&ra, n, K);
     tb_result_init(&rb, n, K);

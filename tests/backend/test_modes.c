@@ -1,15 +1,15 @@
 /* test_modes.c - the execution modes against each other and against a plain
  * reference, on the backend under test (backend_test.h).
  *
- * The core property (DESIGN.md, "Execution modes"): for one model, input and
- * thresholds, MASKED and COMPACTED give every sample the same exit, class
- * and logits; FULL gives the final head's, which MASKED computes too. */
+ * The core property (docs/ARCHITECTURE.md, "The data flow of one batch"): for
+ * one model, input and thresholds, MASKED and COMPACTED give every sample
+ * the same exit, class and logits; FULL gives the final head's, which MASKED
+ * computes too. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "cpu/cpu_ops.h"
 #include "backend_test.h"
 #include "tolerance.h"
 #include "plan.h"
@@ -29,9 +29,11 @@ static int close_or_same(float a, float b, float tol)
     return fabsf(a - b) <= tol;
 }
 
-/* logits rows a and b agree: 1e-5 relative, with a floor of 1e-5 of the
- * row's largest magnitude (a logit near 0 has no relative precision). */
-static void check_logits(const float *a, const float *b, int k, const char *what, int row)
+/* Logits rows a and b of two modes on one backend agree: 1e-5 relative,
+ * with a floor of 1e-5 of the row's largest magnitude (a logit near 0 has
+ * no relative precision). Tighter than tolerance.h's rule between backends
+ * (fx_check_logits): the same kernels, only the rows around differ. */
+static void check_logits_modes(const float *a, const float *b, int k, const char *what, int row)
 {
     float scale = 0.0f;
     for (int j = 0; j < k; j++)
@@ -44,67 +46,12 @@ static void check_logits(const float *a, const float *b, int k, const char *what
     }
 }
 
-/* A float32 pipeline against a double reference: the design's golden
- * tolerance, 1e-4 relative, with a floor of 1e-4 of the row's scale. */
-static void check_logits_ref(const float *got, const float *ref, int k, const char *what, int row)
-{
-    float scale = 0.0f;
-    for (int j = 0; j < k; j++)
-        scale = fmaxf(scale, fabsf(ref[j]));
-    for (int j = 0; j < k; j++) {
-        cr_assert(isfinite(got[j]), "%s: row %d logit %d = %g", what, row, j, got[j]);
-        cr_assert(tol_logit_ok(got[j], ref[j], scale), "%s: row %d logit %d: %.9g, reference %.9g",
-                  what, row, j, got[j], ref[j]);
-    }
-}
-
-
-static float *random_inputs(const ert_model *m, int batch, uint64_t seed)
-{
-    size_t n = ert_model_input_size(m) * (size_t)batch;
-    float *x = malloc(sizeof(float) * n);
-    cr_assert_not_null(x);
-    mw_random_input(x, n, seed);
-    return x;
-}
-
 static void set_thresholds(ert_engine **es, int ne, const ert_model *m, const float *thr)
 {
     for (int i = 0; i < ert_model_num_exits(m) - 1; i++)
         for (int j = 0; j < ne; j++)
             cr_assert_eq(ert_engine_set_threshold(es[j], i, thr[i]), ERT_OK, "exit %d thr %g: %s",
                          i, thr[i], ert_engine_error(es[j]));
-}
-
-/* Random thresholds over each policy's useful range. */
-static void random_thresholds(const ert_model *m, mw_rng *r, float *thr)
-{
-    int k = ert_model_num_classes(m);
-    for (int i = 0; i < ert_model_num_exits(m) - 1; i++) {
-        float u = mw_rng_uniform(r);
-        switch (ert_model_exit_policy(m, i)) {
-        case ERT_POLICY_ENTROPY: thr[i] = u * logf((float)k); break;
-        case ERT_POLICY_MAX_PROB: thr[i] = 1.0f / k + u * (1.0f - 1.0f / k); break;
-        default: thr[i] = u; break; /* margin, confidence head */
-        }
-    }
-}
-
-/* Thresholds at which no early exit fires (but for certain rows, see the
- * test) or at which every finite row leaves at the first exit. */
-static void bound_thresholds(const ert_model *m, int everybody_first, float *thr)
-{
-    int k = ert_model_num_classes(m);
-    for (int i = 0; i < ert_model_num_exits(m) - 1; i++) {
-        int entropy = ert_model_exit_policy(m, i) == ERT_POLICY_ENTROPY;
-        if (everybody_first)
-            thr[i] = i == 0 ? (entropy ? logf((float)k) + 1.0f : 0.0f) : thr[i];
-        else
-            thr[i] = entropy ? 0.0f : 1.0f;
-    }
-    if (everybody_first) /* later exits: never (they see nobody anyway) */
-        for (int i = 1; i < ert_model_num_exits(m) - 1; i++)
-            thr[i] = ert_model_exit_policy(m, i) == ERT_POLICY_ENTROPY ? 0.0f : 1.0f;
 }
 
 typedef struct mode_run {
@@ -132,13 +79,9 @@ static void run_modes(ert_model *m, const plan *p, ert_engine **es, const float 
                     *cl = mr->comp.logits + (size_t)i * K;
         /* FULL: the final head for everyone */
         cr_assert_eq(f->exit_index, E - 1, "FULL: sample %d left at exit %d", i, f->exit_index);
-        if (a->exit_index != c->exit_index) {
-            /* only legal when the earlier exit's score sat on its threshold */
-            const ert_sample *early = a->exit_index < c->exit_index ? a : c;
-            float thr = ert_engine_threshold(es[1], early->exit_index);
-            cr_assert(tol_near_threshold(early->score, thr),
-                      "sample %d: MASKED exit %d, COMPACTED exit %d (score %.9g, thr %.9g)", i,
-                      a->exit_index, c->exit_index, early->score, thr);
+        /* a different exit is only legal when the earlier exit's score sat
+         * on its threshold */
+        if (tb_flip(es[1], a, c, "MASKED vs COMPACTED", i)) {
             mr->flips++;
             continue;
         }
@@ -146,9 +89,9 @@ static void run_modes(ert_model *m, const plan *p, ert_engine **es, const float 
                      c->predicted);
         cr_assert(close_or_same(a->score, c->score, 1e-5f * (1.0f + fabsf(a->score))),
                   "sample %d: score %.9g vs %.9g", i, a->score, c->score);
-        check_logits(al, cl, K, "MASKED vs COMPACTED", i);
+        check_logits_modes(al, cl, K, "MASKED vs COMPACTED", i);
         if (a->exit_index == E - 1) {
-            check_logits(al, fl, K, "MASKED vs FULL final", i);
+            check_logits_modes(al, fl, K, "MASKED vs FULL final", i);
             cr_assert_eq(a->predicted, f->predicted);
             cr_assert(close_or_same(a->score, f->score, 1e-5f * (1.0f + fabsf(a->score))));
         }
@@ -209,12 +152,12 @@ typedef struct fixture {
 static void fixture_open(fixture *f, uint64_t seed, mw_kind kind)
 {
     memset(f, 0, sizeof *f);
-    f->m = tb_random_model(seed, kind);
+    f->m = fx_random_model(seed, kind);
     plan_build(f->m, &f->p);
     f->es[0] = tb_engine(f->m, ERT_MODE_FULL, MAXB);
     f->es[1] = tb_engine(f->m, ERT_MODE_MASKED, MAXB);
     f->es[2] = tb_engine(f->m, ERT_MODE_COMPACTED, MAXB);
-    f->x = random_inputs(f->m, MAXB, seed * 7 + 3);
+    f->x = fx_random_inputs(f->m, MAXB, seed * 7 + 3);
     int K = ert_model_num_classes(f->m);
     tb_result_init(&f->mr.full, MAXB, K);
     tb_result_init(&f->mr.masked, MAXB, K);
@@ -243,7 +186,7 @@ static long sweep(mw_kind kind, uint64_t seed, int sets)
     long early = 0, rows = 0;
     for (int set = 0; set <= sets; set++) {
         if (set > 0) {
-            random_thresholds(f.m, &r, thr);
+            fx_random_thresholds(f.m, &r, thr);
             set_thresholds(f.es, 3, f.m, thr);
         }
         for (size_t b = 0; b < sizeof batches / sizeof batches[0]; b++) {
@@ -282,7 +225,7 @@ static void bounds(mw_kind kind, uint64_t seed)
     const int E = ert_model_num_exits(f.m);
     float thr[ERT_MAX_EXITS];
     for (int everybody = 0; everybody < 2; everybody++) {
-        bound_thresholds(f.m, everybody, thr);
+        fx_bound_thresholds(f.m, everybody, thr);
         set_thresholds(f.es, 3, f.m, thr);
         for (size_t b = 0; b < sizeof batches / sizeof batches[0]; b++) {
             int batch = batches[b];
@@ -331,16 +274,10 @@ Test(modes, batch_independent)
     for (int i = 0; i < n; i++) {
         tb_infer(f.es[2], f.x + i * per, 1, &one);
         const ert_sample *b = &f.mr.comp.samples[i];
-        if (one.samples[0].exit_index != b->exit_index) {
-            const ert_sample *early = b->exit_index < one.samples[0].exit_index ? b : &one.samples[0];
-            cr_assert(tol_near_threshold(early->score,
-                                         ert_engine_threshold(f.es[2], early->exit_index)),
-                      "row %d: exit %d in the batch, %d alone", i, b->exit_index,
-                      one.samples[0].exit_index);
+        if (tb_flip(f.es[2], b, &one.samples[0], "in the batch vs alone", i))
             continue;
-        }
         cr_assert_eq(one.samples[0].predicted, b->predicted);
-        check_logits(one.logits, f.mr.comp.logits + (size_t)i * K, K, "alone vs batch", i);
+        check_logits_modes(one.logits, f.mr.comp.logits + (size_t)i * K, K, "alone vs batch", i);
     }
     tb_result_free(&one);
     fixture_close(&f);
@@ -398,21 +335,18 @@ static void vs_reference(mw_kind kind, uint64_t seed)
     int flips = 0;
     for (int i = 0; i < n; i++) {
         /* FULL: the final head's logits for every row */
-        check_logits_ref(f.mr.full.logits + (size_t)i * K,
-                         all + ((size_t)(E - 1) * n + i) * K, K, "FULL vs reference", i);
+        fx_check_logits(f.mr.full.logits + (size_t)i * K, all + ((size_t)(E - 1) * n + i) * K, K,
+                        "FULL vs reference", i);
+        /* (MASKED's thresholds are still the model's) */
         const ert_sample *a = &f.mr.masked.samples[i];
-        if (a->exit_index != rs[i].exit_index) {
-            const ert_sample *early = a->exit_index < rs[i].exit_index ? a : &rs[i];
-            cr_assert(tol_near_threshold(early->score,
-                                         ert_model_exit_threshold(f.m, early->exit_index)),
-                      "sample %d: exit %d, reference %d", i, a->exit_index, rs[i].exit_index);
+        if (tb_flip(f.es[1], a, &rs[i], "MASKED vs reference", i)) {
             flips++;
             continue;
         }
         cr_assert_eq(a->predicted, rs[i].predicted, "sample %d: class %d, reference %d", i,
                      a->predicted, rs[i].predicted);
-        check_logits_ref(f.mr.masked.logits + (size_t)i * K, rl + (size_t)i * K, K,
-                         "MASKED vs reference", i);
+        fx_check_logits(f.mr.masked.logits + (size_t)i * K, rl + (size_t)i * K, K,
+                        "MASKED vs reference", i);
     }
     cr_assert_leq(flips, 1);
 
@@ -452,23 +386,6 @@ static void forcing_thresholds(const ert_model *m, int j, float *thr)
         else
             thr[i] = entropy ? 3.0e38f : 0.0f;
     }
-}
-
-/* The two largest logits of a row lie within the logit tolerance of each
- * other: two backends may pick either class. */
-static int near_tie(const float *z, int k)
-{
-    float a = -INFINITY, b = -INFINITY, scale = 0.0f;
-    for (int j = 0; j < k; j++) {
-        scale = fmaxf(scale, fabsf(z[j]));
-        if (z[j] > a) {
-            b = a;
-            a = z[j];
-        } else if (z[j] > b) {
-            b = z[j];
-        }
-    }
-    return a - b <= ERT_TOL_LOGIT * (fabsf(a) + scale) + 1e-6f;
 }
 
 /* Every exit's score and class from each mode's engine against the sample
@@ -539,7 +456,7 @@ static void exit_outputs(mw_kind kind, uint64_t seed)
                               "%s: sample %d exit %d: score %.9g, MASKED %.9g", mode, i, j,
                               sc[x][at], s->score);
                 } else {
-                    cr_assert(cl[x][at] == s->predicted || near_tie(z, K),
+                    cr_assert(cl[x][at] == s->predicted || fx_near_tie(z, K),
                               "%s: sample %d exit %d: class %d, %d", mode, i, j, cl[x][at],
                               s->predicted);
                     cr_assert(tol_score_ok(sc[x][at], s->score),

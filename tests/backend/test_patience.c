@@ -46,25 +46,6 @@ typedef struct pfix {
     unsigned char *fin; /* [N, E] the logits at that exit are finite */
 } pfix;
 
-/* A random model of this kind whose early exits get these policies and
- * thresholds (types[i] NULL: keep exit i's). */
-static ert_model *policy_model(uint64_t seed, mw_kind kind, const char *const *types,
-                               const double *thr, int n)
-{
-    char dir[256];
-    cr_assert_eq(mw_tempdir(dir, sizeof dir), 0);
-    cr_assert_eq(mw_random_model(dir, seed, kind), 0);
-    for (int i = 0; i < n; i++)
-        if (types[i])
-            cr_assert_eq(mw_set_policy(dir, i, types[i], thr[i]), 0, "exit %d", i);
-    ert_model *m = NULL;
-    ert_error err = {{0}};
-    ert_status st = ert_model_load(dir, &m, &err);
-    mw_rmtree(dir);
-    cr_assert_eq(st, ERT_OK, "%s", err.msg);
-    return m;
-}
-
 static void set_all(pfix *f, const float *thr)
 {
     for (int x = 0; x < 3; x++)
@@ -158,22 +139,6 @@ static void reference(const pfix *f, const float *thr, ert_sample *ref, float *s
                       classes ? classes + (size_t)r * f->E : NULL);
 }
 
-/* The two largest logits of a row lie within the logit tolerance. */
-static int near_tie(const float *z, int k)
-{
-    float a = -INFINITY, b = -INFINITY, scale = 0.0f;
-    for (int j = 0; j < k; j++) {
-        scale = fmaxf(scale, fabsf(z[j]));
-        if (z[j] > a) {
-            b = a;
-            a = z[j];
-        } else if (z[j] > b) {
-            b = z[j];
-        }
-    }
-    return a - b <= ERT_TOL_LOGIT * (fabsf(a) + scale) + 1e-6f;
-}
-
 /* Whether rounding can explain a different outcome for row r up to exit
  * `upto`: a near tie at some exit (a class, so a streak, may differ) or an
  * entropy score near its threshold. */
@@ -183,7 +148,7 @@ static int explainable(const pfix *f, const float *thr, int r, int upto)
         if (!f->fin[(size_t)r * f->E + e])
             continue;
         const float *z = f->z + ((size_t)r * f->E + e) * f->K;
-        if (near_tie(z, f->K))
+        if (fx_near_tie(z, f->K))
             return 1;
         if (e < f->E - 1 && ert_model_exit_policy(f->m, e) == ERT_POLICY_ENTROPY &&
             tol_near_threshold(ert_policy_score(ERT_POLICY_ENTROPY, z, f->K, 0.0f), thr[e]))
@@ -279,6 +244,17 @@ static void stream_run(const pfix *f, ert_engine *e, ert_sample *got, int skip)
     ert_stream_free(s);
 }
 
+/* The COMPACTED engine's samples for all N rows, with its thresholds as
+ * set. */
+static void compacted_samples(const pfix *f, ert_sample *got)
+{
+    tb_result t;
+    tb_result_init(&t, N, f->K);
+    tb_infer(f->es[2], f->x, N, &t);
+    memcpy(got, t.samples, sizeof(ert_sample) * N);
+    tb_result_free(&t);
+}
+
 /* Every mode with thresholds thr against the reference; returns the
  * reference's exit counts in counts (when not NULL). */
 static void all_modes(pfix *f, const float *thr, int32_t *counts)
@@ -310,7 +286,7 @@ static void all_modes(pfix *f, const float *thr, int32_t *counts)
     for (int r = 0; r < N; r++) {
         cr_assert_eq(t.samples[r].exit_index, E - 1);
         const float *zf = f->z + ((size_t)r * E + E - 1) * K;
-        cr_assert(t.samples[r].predicted == ert_argmax(zf, K) || near_tie(zf, K),
+        cr_assert(t.samples[r].predicted == ert_argmax(zf, K) || fx_near_tie(zf, K),
                   "FULL: row %d: class %d", r, t.samples[r].predicted);
     }
     /* MASKED */
@@ -413,7 +389,7 @@ Test(patience, after_entropy_all_modes)
     const char *types[] = {"entropy", "patience", "patience"};
     const double thr0[] = {1.0, 2.0, 2.0};
     pfix f;
-    pfix_open(&f, policy_model(61, MW_RESNET, types, thr0, 3), 610);
+    pfix_open(&f, fx_policy_model(61, MW_RESNET, types, thr0, 3), 610);
     favour_class0(&f);
     const float ent[] = {0.0f, entropy_share(&f, 0, 0.3f), ALWAYS_ENT};
     int early_patience = 0;
@@ -442,7 +418,7 @@ Test(patience, around_entropy_all_modes)
     const char *types[] = {"patience", "entropy", "patience"};
     const double thr0[] = {1.0, 1.0, 2.0};
     pfix f;
-    pfix_open(&f, policy_model(62, MW_RESNET, types, thr0, 3), 620);
+    pfix_open(&f, fx_policy_model(62, MW_RESNET, types, thr0, 3), 620);
     favour_class0(&f);
     const float ent[] = {0.0f, entropy_share(&f, 1, 0.3f)};
     for (int a = 0; a < 2; a++)
@@ -460,7 +436,7 @@ Test(patience, k1_at_the_first_exit)
     const char *types[] = {"patience", "patience"};
     const double thr0[] = {1.0, 2.0};
     pfix f;
-    pfix_open(&f, policy_model(63, MW_MLP, types, thr0, 2), 630);
+    pfix_open(&f, fx_policy_model(63, MW_MLP, types, thr0, 2), 630);
     float thr[2] = {1.0f, 2.0f};
     int32_t counts[ERT_MAX_EXITS];
     all_modes(&f, thr, counts);
@@ -469,17 +445,15 @@ Test(patience, k1_at_the_first_exit)
         finite0 += f.fin[(size_t)r * f.E];
     cr_assert_eq(counts[0], finite0);
     cr_assert_geq(finite0, N - 2);
-    tb_result t;
-    tb_result_init(&t, N, f.K);
-    tb_infer(f.es[2], f.x, N, &t);
+    ert_sample got[N];
+    compacted_samples(&f, got);
     for (int r = 0; r < N; r++) {
         if (!f.fin[(size_t)r * f.E])
             continue;
-        cr_assert_eq(t.samples[r].exit_index, 0);
-        cr_assert_eq(t.samples[r].score, 1.0f, "row %d: score %g", r, t.samples[r].score);
+        cr_assert_eq(got[r].exit_index, 0);
+        cr_assert_eq(got[r].score, 1.0f, "row %d: score %g", r, got[r].score);
     }
-    cr_assert_eq(t.samples[NAN_ROW].exit_index, f.E - 1);
-    tb_result_free(&t);
+    cr_assert_eq(got[NAN_ROW].exit_index, f.E - 1);
     /* k = 2 at exit 1 after k = 16 at exit 0 */
     thr[0] = NEVER_K;
     all_modes(&f, thr, counts);
@@ -497,7 +471,7 @@ Test(patience, ties)
     const char *types[] = {"entropy", "patience", "patience"};
     const double thr0[] = {0.0, 2.0, 2.0};
     pfix f;
-    pfix_open(&f, policy_model(64, MW_RESNET, types, thr0, 3), 640);
+    pfix_open(&f, fx_policy_model(64, MW_RESNET, types, thr0, 3), 640);
     favour_class0(&f);
     for (int e = 0; e < f.E; e++) {
         linear_params *p = &last_linear(&f.m->exits[e].head)->p.linear;
@@ -542,7 +516,7 @@ Test(patience, nonfinite_exit_breaks_the_streak)
 {
     const char *types[] = {"patience", "patience", "patience"};
     const double thr0[] = {1.0, 1.0, 2.0};
-    ert_model *m = policy_model(65, MW_RESNET, types, thr0, 3);
+    ert_model *m = fx_policy_model(65, MW_RESNET, types, thr0, 3);
     layer *l = last_linear(&m->exits[1].head);
     cr_assert(l && l->p.linear.bias);
     ((float *)l->p.linear.bias)[3] = NAN;
@@ -559,13 +533,11 @@ Test(patience, nonfinite_exit_breaks_the_streak)
     all_modes(&f, thr, counts);
     cr_assert_eq(counts[1], 0);
     cr_assert_geq(counts[2], N - 2);
-    tb_result t;
-    tb_result_init(&t, N, f.K);
-    tb_infer(f.es[2], f.x, N, &t);
+    ert_sample got[N];
+    compacted_samples(&f, got);
     for (int r = 0; r < N; r++)
-        if (t.samples[r].exit_index == 2)
-            cr_assert_eq(t.samples[r].score, 1.0f);
-    tb_result_free(&t);
+        if (got[r].exit_index == 2)
+            cr_assert_eq(got[r].score, 1.0f);
     /* exit_outputs: the streak is NaN at the NaN exit, 1 after it */
     float *sc = malloc(sizeof(float) * (size_t)N * f.E);
     cr_assert_not_null(sc);
@@ -590,7 +562,7 @@ Test(patience, exit_outputs)
     const char *types[] = {"entropy", "patience", "patience"};
     const double thr0[] = {1.0, 2.0, 3.0};
     pfix f;
-    pfix_open(&f, policy_model(66, MW_RESNET, types, thr0, 3), 660);
+    pfix_open(&f, fx_policy_model(66, MW_RESNET, types, thr0, 3), 660);
     favour_class0(&f);
     const size_t cells = (size_t)N * f.E;
     float *sc = malloc(sizeof(float) * cells), *rsc = malloc(sizeof(float) * cells);
@@ -628,17 +600,15 @@ Test(patience, exit_outputs)
             }
     }
     /* the sample's own score where it leaves at a patience exit */
-    tb_result t;
-    tb_result_init(&t, N, f.K);
+    ert_sample got[N];
     set_all(&f, thr);
-    tb_infer(f.es[2], f.x, N, &t);
+    compacted_samples(&f, got);
     cr_assert_eq(ert_engine_exit_outputs(f.es[2], f.x, N, sc, NULL), ERT_OK);
     for (int r = 0; r < N; r++) {
-        int x = t.samples[r].exit_index;
+        int x = got[r].exit_index;
         if (x >= 1 && x < f.E - 1)
-            cr_assert_eq(t.samples[r].score, sc[(size_t)r * f.E + x]);
+            cr_assert_eq(got[r].score, sc[(size_t)r * f.E + x]);
     }
-    tb_result_free(&t);
     /* streaks 1, 2 and 3 all occur (the test would see little otherwise) */
     cr_assert(streaks[1] > 0 && streaks[2] > 0 && streaks[3] > 0, "streaks 1: %d, 2: %d, 3: %d",
               streaks[1], streaks[2], streaks[3]);
@@ -655,7 +625,7 @@ Test(patience, thresholds_are_integers_from_one)
 {
     const char *types[] = {"patience", "patience"};
     const double thr0[] = {1.0, 2.0};
-    ert_model *m = policy_model(67, MW_MLP, types, thr0, 2);
+    ert_model *m = fx_policy_model(67, MW_MLP, types, thr0, 2);
     cr_assert_eq(ert_model_exit_policy(m, 0), ERT_POLICY_PATIENCE);
     cr_assert_str_eq(ert_policy_string(ERT_POLICY_PATIENCE), "patience");
     cr_assert_eq(ert_model_exit_threshold(m, 1), 2.0f);

@@ -14,7 +14,6 @@
 #include <string.h>
 #include <time.h>
 
-#include "cpu/cpu_ops.h"
 #include "backend_test.h"
 #include "tolerance.h"
 #include "plan.h"
@@ -63,7 +62,7 @@ static void fixture_open(fixture *f, mw_kind kind, uint64_t seed, ert_mode mode,
                          int N)
 {
     memset(f, 0, sizeof *f);
-    f->m = tb_random_model(seed, kind);
+    f->m = fx_random_model(seed, kind);
     f->e = tb_engine(f->m, mode, max_batch);
     f->ref = mode == ERT_MODE_COMPACTED ? tb_engine(f->m, ERT_MODE_MASKED, max_batch) : f->e;
     plan_build(f->m, &f->p);
@@ -209,24 +208,14 @@ static void check_results(const fixture *f, const collect *c)
                           "sample %d: logits differ from MASKED's", i);
             continue;
         }
-        if (a->exit_index != b->exit_index) {
-            const ert_sample *early = a->exit_index < b->exit_index ? a : b;
-            float thr = ert_engine_threshold(f->e, early->exit_index);
-            cr_assert(tol_near_threshold(early->score, thr),
-                      "sample %d: stream exit %d, MASKED %d (score %.9g, thr %.9g)", i,
-                      b->exit_index, a->exit_index, early->score, thr);
+        if (tb_flip(f->e, b, a, "stream vs MASKED", i)) {
             flips++;
             continue;
         }
         cr_assert(tol_score_ok(b->score, a->score),
                   "sample %d: score %.9g, MASKED %.9g", i, b->score, a->score);
         if (c->has_logits[i]) {
-            float scale = 0.0f;
-            for (int j = 0; j < f->K; j++)
-                scale = fmaxf(scale, fabsf(al[j]));
-            for (int j = 0; j < f->K; j++)
-                cr_assert(tol_logit_ok(bl[j], al[j], scale),
-                          "sample %d logit %d: %.9g, MASKED %.9g", i, j, bl[j], al[j]);
+            fx_check_logits(bl, al, f->K, "stream vs MASKED", i);
             cr_assert_eq(b->predicted, ert_argmax(bl, f->K));
         }
     }
@@ -442,13 +431,7 @@ static void bounds(mw_kind kind, uint64_t seed)
     fixture_open(&f, kind, seed, ERT_MODE_MASKED, 8, 60);
     for (int everybody = 0; everybody < 2; everybody++) {
         float thr[ERT_MAX_EXITS];
-        for (int i = 0; i < f.E - 1; i++) {
-            int entropy = ert_model_exit_policy(f.m, i) == ERT_POLICY_ENTROPY;
-            if (everybody && i == 0)
-                thr[i] = entropy ? logf((float)f.K) + 1.0f : 0.0f;
-            else
-                thr[i] = entropy ? 0.0f : 1.0f;
-        }
+        fx_bound_thresholds(f.m, everybody, thr);
         set_thresholds(&f, thr, 8);
         ert_stream *s = stream_new(f.e, 8, 20, NEVER, ERT_SCHEDULE_DEEPEST_FIRST);
         collect c;

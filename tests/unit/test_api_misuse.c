@@ -13,6 +13,7 @@
 
 #include "engine_core.h"
 #include "exitrt.h"
+#include "fixtures.h"
 #include "model_writer.h"
 
 /* Under AddressSanitizer a failed huge malloc must return NULL (as it does
@@ -39,18 +40,6 @@ static void teardown(void)
 }
 
 TestSuite(api_misuse, .init = setup, .fini = teardown);
-
-static ert_engine *cpu_engine(ert_model *model, int max_batch, ert_mode mode)
-{
-    ert_engine_config cfg = ert_engine_config_default();
-    cfg.backend = ERT_BACKEND_CPU;
-    cfg.max_batch = max_batch;
-    cfg.mode = mode;
-    ert_engine *e = NULL;
-    ert_error err = {{0}};
-    cr_assert_eq(ert_engine_create(model, &cfg, &e, &err), ERT_OK, "%s", err.msg);
-    return e;
-}
 
 /* ---- loading ------------------------------------------------------------------ */
 
@@ -231,7 +220,7 @@ static void expect_engine_fail(ert_engine *e, ert_status got, ert_status want, c
 
 Test(api_misuse, infer_bad_arguments)
 {
-    ert_engine *e = cpu_engine(m, 4, ERT_MODE_COMPACTED);
+    ert_engine *e = fx_cpu_engine(m, ERT_MODE_COMPACTED, 4);
     size_t per = ert_model_input_size(m);
     float *x = calloc(8 * per, sizeof *x);
     float scores[8 * ERT_MAX_EXITS];
@@ -278,7 +267,7 @@ Test(api_misuse, infer_bad_arguments)
 
 Test(api_misuse, thresholds_out_of_range)
 {
-    ert_engine *e = cpu_engine(m, 2, ERT_MODE_MASKED);
+    ert_engine *e = fx_cpu_engine(m, ERT_MODE_MASKED, 2);
     int E = ert_model_num_exits(m);
     cr_assert(E >= 3, "the MLP test model has two early exits");
     cr_assert_eq(ert_engine_set_threshold(NULL, 0, 0.5f), ERT_INVALID_ARGUMENT);
@@ -313,8 +302,8 @@ Test(api_misuse, thresholds_out_of_range)
 
 Test(api_misuse, model_freed_before_engines)
 {
-    ert_engine *a = cpu_engine(m, 3, ERT_MODE_COMPACTED);
-    ert_engine *b = cpu_engine(m, 3, ERT_MODE_FULL);
+    ert_engine *a = fx_cpu_engine(m, ERT_MODE_COMPACTED, 3);
+    ert_engine *b = fx_cpu_engine(m, ERT_MODE_FULL, 3);
     size_t per = ert_model_input_size(m);
     int K = ert_model_num_classes(m);
     float *x = malloc(3 * per * sizeof *x), la[3 * 16], lb[3 * 16];
@@ -338,7 +327,7 @@ Test(api_misuse, model_freed_before_engines)
 
 Test(api_misuse, engine_create_on_freed_model_is_refused)
 {
-    ert_engine *a = cpu_engine(m, 2, ERT_MODE_MASKED);
+    ert_engine *a = fx_cpu_engine(m, ERT_MODE_MASKED, 2);
     ert_model *keep = m;
     ert_model_free(m);
     m = NULL;
@@ -373,7 +362,7 @@ static void *create_free_loop(void *arg)
 
 Test(api_misuse, engines_from_threads)
 {
-    ert_engine *hold = cpu_engine(m, 1, ERT_MODE_FULL); /* keeps the model alive */
+    ert_engine *hold = fx_cpu_engine(m, ERT_MODE_FULL, 1); /* keeps the model alive */
     shared_model = m;
     pthread_t t[4];
     for (int i = 0; i < 4; i++)
@@ -394,7 +383,7 @@ Test(api_misuse, engines_from_threads)
  * engine.c does on entry), every other call returns ERT_BUSY at once. */
 Test(api_misuse, concurrent_call_is_busy)
 {
-    ert_engine *e = cpu_engine(m, 2, ERT_MODE_COMPACTED);
+    ert_engine *e = fx_cpu_engine(m, ERT_MODE_COMPACTED, 2);
     size_t per = ert_model_input_size(m);
     float *x = calloc(2 * per, sizeof *x), scores[2 * ERT_MAX_EXITS];
     ert_sample s[2];
@@ -445,7 +434,7 @@ static void *race_loop(void *arg)
  * results) or returns ERT_BUSY; nothing else, nothing crashes. */
 Test(api_misuse, two_threads_one_engine)
 {
-    ert_engine *e = cpu_engine(m, 64, ERT_MODE_COMPACTED);
+    ert_engine *e = fx_cpu_engine(m, ERT_MODE_COMPACTED, 64);
     size_t per = ert_model_input_size(m);
     float *x = malloc(64 * per * sizeof *x);
     mw_random_input(x, 64 * per, 9);
@@ -488,7 +477,7 @@ Test(api_misuse, nonfinite_inputs_every_mode)
     mw_random_input(x, n * per, 21);
     ert_mode modes[] = {ERT_MODE_FULL, ERT_MODE_MASKED, ERT_MODE_COMPACTED};
     for (int mi = 0; mi < 3; mi++) {
-        ert_engine *e = cpu_engine(m, n, modes[mi]);
+        ert_engine *e = fx_cpu_engine(m, modes[mi], n);
         ert_sample clean[6], s[6];
         float *logits = malloc((size_t)n * (size_t)K * sizeof *logits);
         ert_result r = {.samples = clean};

@@ -10,6 +10,7 @@
 
 #include "bench.h"
 #include "bench_calibrate.h"
+#include "fixtures.h"
 #include "model_writer.h"
 #include "policy.h"
 
@@ -164,29 +165,16 @@ Test(bench_calibrate, profile_sequential_with_ties)
 static void engine_profile_check(mw_kind kind, int batch)
 {
     enum { N = 256 };
-    char dir[128];
-    cr_assert_eq(mw_tempdir(dir, sizeof dir), 0);
-    cr_assert_eq(mw_random_model(dir, 11, kind), 0);
-    ert_error err;
-    ert_model *m;
-    cr_assert_eq(ert_model_load(dir, &m, &err), ERT_OK, "%s", err.msg);
+    ert_model *m = fx_random_model(11, kind);
     int E = ert_model_num_exits(m);
     size_t per = ert_model_input_size(m);
-    float *x = malloc(sizeof *x * per * N);
+    float *x = fx_random_inputs(m, N, 5);
     float *sc = malloc(sizeof *sc * N * (size_t)E);
     ert_sample *smp = malloc(sizeof *smp * N);
-    mw_random_input(x, per * N, 5);
 
-    ert_engine_config cfg = ert_engine_config_default();
-    cfg.backend = ERT_BACKEND_CPU;
-    cfg.mode = ERT_MODE_MASKED;
-    cfg.max_batch = N;
-    ert_engine *es, *ec;
-    cr_assert_eq(ert_engine_create(m, &cfg, &es, &err), ERT_OK, "%s", err.msg);
+    ert_engine *es = fx_cpu_engine(m, ERT_MODE_MASKED, N);
     cr_assert_eq(ert_engine_scores(es, x, N, sc), ERT_OK, "%s", ert_engine_error(es));
-    cfg.mode = ERT_MODE_COMPACTED;
-    cfg.max_batch = batch;
-    cr_assert_eq(ert_engine_create(m, &cfg, &ec, &err), ERT_OK, "%s", err.msg);
+    ert_engine *ec = fx_cpu_engine(m, ERT_MODE_COMPACTED, batch);
 
     ert_policy_kind kinds[ERT_MAX_EXITS];
     for (int i = 0; i < E; i++)
@@ -217,7 +205,6 @@ static void engine_profile_check(mw_kind kind, int batch)
     free(x);
     free(sc);
     free(smp);
-    mw_rmtree(dir);
 }
 
 Test(bench_calibrate, random_resnet_meets_profiles_b64) { engine_profile_check(MW_RESNET, 64); }
@@ -279,6 +266,20 @@ static int is_arr(const cJSON *v) { return cJSON_IsArray(v); }
 static int is_obj(const cJSON *v) { return cJSON_IsObject(v); }
 static int is_num_or_null(const cJSON *v) { return cJSON_IsNumber(v) || cJSON_IsNull(v); }
 
+/* The JSON file the bench wrote at path, parsed (free with cJSON_Delete). */
+static cJSON *read_json(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    cr_assert(f != NULL, "%s", path);
+    static char buf[1 << 20];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    cJSON *j = cJSON_Parse(buf);
+    cr_assert(j != NULL, "%s: not JSON", path);
+    return j;
+}
+
 static void num_array(const cJSON *a, int n)
 {
     cr_assert_eq(cJSON_GetArraySize(a), n);
@@ -298,14 +299,7 @@ Test(bench_json, documented_keys_and_types, .timeout = 120)
     int argc = (int)(sizeof argv / sizeof argv[0]) - 1;
     cr_assert_eq(bench_main(argc, argv), 0);
 
-    FILE *f = fopen(json, "rb");
-    cr_assert(f != NULL);
-    static char buf[1 << 20];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    cJSON *j = cJSON_Parse(buf);
-    cr_assert(j != NULL, "not JSON");
+    cJSON *j = read_json(json);
 
     cr_assert_str_eq(get(j, "format", is_str)->valuestring, "exitrt-bench");
     cr_assert_eq(get(j, "version", is_num)->valueint, 1);
@@ -408,14 +402,7 @@ Test(bench_json, quick_keeps_explicit_options, .timeout = 120)
     char *argv[] = {"bench", dir, "--quick", "--reps", "2", "--warmup", "0", "--rep-samples",
                     "300", "--threads", "1", "--device", "cpu", "--json", json, NULL};
     cr_assert_eq(bench_main((int)(sizeof argv / sizeof argv[0]) - 1, argv), 0);
-    FILE *f = fopen(json, "rb");
-    cr_assert(f != NULL);
-    static char buf[1 << 20];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    cJSON *j = cJSON_Parse(buf);
-    cr_assert(j != NULL, "not JSON");
+    cJSON *j = read_json(json);
     cr_assert_eq(get(j, "reps", is_num)->valueint, 2);
     cr_assert_eq(get(j, "warmup_batches", is_num)->valueint, 0);
     cr_assert_eq(get(j, "rep_samples", is_num)->valueint, 300);

@@ -10,18 +10,9 @@
 #include <string.h>
 
 #include "calib_search.h"
+#include "model_writer.h"
 #include "policy.h"
 
-/* xorshift64*: the tests' own stream, fixed per test. */
-static uint64_t rng_next(uint64_t *s)
-{
-    *s ^= *s >> 12;
-    *s ^= *s << 25;
-    *s ^= *s >> 27;
-    return *s * 0x2545f4914f6cdd1dull;
-}
-
-static double rng_unit(uint64_t *s) { return (double)(rng_next(s) >> 11) * 0x1.0p-53; }
 
 /* ---- outcome counts ----------------------------------------------------------- */
 
@@ -70,30 +61,30 @@ typedef struct synth {
 
 /* Scores from a few levels (ties), classes right more often at later exits
  * and when the score is confident, so the trade-off is real. */
-static void make_synth(synth *s, uint64_t *rng, ert_policy_kind k0, ert_policy_kind k1)
+static void make_synth(synth *s, mw_rng *rng, ert_policy_kind k0, ert_policy_kind k1)
 {
     s->kinds[0] = k0;
     s->kinds[1] = k1;
     s->kinds[2] = ERT_POLICY_NONE;
-    s->cost[0] = 3 + (double)(rng_next(rng) % 5);
-    s->cost[1] = s->cost[0] + 2 + (double)(rng_next(rng) % 6);
-    s->cost[2] = s->cost[1] + 2 + (double)(rng_next(rng) % 8);
+    s->cost[0] = 3 + (double)(mw_rng_next(rng) % 5);
+    s->cost[1] = s->cost[0] + 2 + (double)(mw_rng_next(rng) % 6);
+    s->cost[2] = s->cost[1] + 2 + (double)(mw_rng_next(rng) % 8);
     for (int i = 0; i < BN; i++) {
-        s->labels[i] = (int32_t)(rng_next(rng) % 3);
+        s->labels[i] = (int32_t)(mw_rng_next(rng) % 3);
         for (int e = 0; e < BE; e++) {
-            float conf = (float)(rng_next(rng) % 6) / 5.0f; /* 0, 0.2, .. 1 */
+            float conf = (float)(mw_rng_next(rng) % 6) / 5.0f; /* 0, 0.2, .. 1 */
             ert_policy_kind k = s->kinds[e];
             float sc = conf;
             if (k == ERT_POLICY_ENTROPY)
                 sc = 1.0f - conf;
             else if (k == ERT_POLICY_PATIENCE)
-                sc = (float)(1 + rng_next(rng) % (uint64_t)(e + 1));
-            if (e < BE - 1 && rng_next(rng) % 17 == 0)
+                sc = (float)(1 + mw_rng_next(rng) % (uint64_t)(e + 1));
+            if (e < BE - 1 && mw_rng_next(rng) % 17 == 0)
                 sc = NAN;
             s->scores[i * BE + e] = sc;
             double p_right = 0.35 + 0.2 * e + 0.3 * conf;
             s->classes[i * BE + e] =
-                rng_unit(rng) < p_right ? s->labels[i] : (s->labels[i] + 1) % 3;
+                mw_rng_uniform(rng) < p_right ? s->labels[i] : (s->labels[i] + 1) % 3;
         }
     }
     cal_problem p = {BN, BE, s->kinds, s->scores, s->classes, s->labels, s->cost, 3};
@@ -151,7 +142,7 @@ static best brute_force(const synth *s, int64_t need)
 
 Test(calib_search, matches_brute_force)
 {
-    uint64_t rng = 0x5eed1234abcdull;
+    mw_rng rng = mw_rng_seed(0x5eed1234abcdull);
     ert_policy_kind kinds[][2] = {{ERT_POLICY_ENTROPY, ERT_POLICY_ENTROPY},
                                   {ERT_POLICY_MAX_PROB, ERT_POLICY_MARGIN},
                                   {ERT_POLICY_CONFIDENCE_HEAD, ERT_POLICY_ENTROPY},
@@ -190,7 +181,7 @@ Test(calib_search, matches_brute_force)
 Test(calib_search, coordinatewise_optimal)
 {
     /* No single exit's threshold can be moved to a cheaper feasible vector. */
-    uint64_t rng = 77;
+    mw_rng rng = mw_rng_seed(77);
     for (int t = 0; t < 100; t++) {
         synth s;
         make_synth(&s, &rng, ERT_POLICY_ENTROPY, ERT_POLICY_MAX_PROB);
@@ -222,7 +213,7 @@ Test(calib_search, rows_subset_only)
 {
     /* The search sees only its rows: duplicating the problem's rows with
      * other labels outside the subset changes nothing. */
-    uint64_t rng = 99;
+    mw_rng rng = mw_rng_seed(99);
     synth s;
     make_synth(&s, &rng, ERT_POLICY_ENTROPY, ERT_POLICY_ENTROPY);
     int rows[BN / 2];
@@ -242,7 +233,7 @@ Test(calib_search, rows_subset_only)
 
 Test(calib_search, unreachable_target)
 {
-    uint64_t rng = 5;
+    mw_rng rng = mw_rng_seed(5);
     synth s;
     make_synth(&s, &rng, ERT_POLICY_MAX_PROB, ERT_POLICY_MAX_PROB);
     float thr[2];
@@ -288,14 +279,14 @@ Test(calib_search, drop_bound_covers)
     /* Samples where the final head alone is right with rate pb more than the
      * early-exit run, and the reverse with rate pc: the true drop is pb - pc.
      * The 90% bound must hold in at least ~90% of simulated held-out sets. */
-    uint64_t rng = 2024;
+    mw_rng rng = mw_rng_seed(2024);
     const double pb = 0.04, pc = 0.015, truth = pb - pc;
     const int n = 400, trials = 1000;
     int covered = 0;
     for (int t = 0; t < trials; t++) {
         int64_t b = 0, c = 0;
         for (int i = 0; i < n; i++) {
-            double u = rng_unit(&rng);
+            double u = mw_rng_uniform(&rng);
             b += u < pb;
             c += u >= pb && u < pb + pc;
         }

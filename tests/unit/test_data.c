@@ -141,6 +141,17 @@ static const char *write_idx(const char *name, int ndim, const uint32_t *dims, c
                            e_.msg);                                                           \
     } while (0)
 
+/* A version 1 .npy file with this header and data, loaded as input data:
+ * refused with status st and a message that names the file and contains
+ * msg. */
+static void npy_refused(const char *dict, const void *data, size_t n, ert_status st,
+                        const char *msg)
+{
+    const char *p = write_npy("refused.npy", 1, dict, data, n, 0);
+    ert_dataset d;
+    assert_fails(ert_dataset_load(p, &d, &e_), st, msg);
+}
+
 /* ---- well-formed files ------------------------------------------------- */
 
 static void check_f4(int version, int gz)
@@ -253,17 +264,14 @@ Test(data, npy_f8_sizes_checked)
     assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
     free(b.p);
     /* 600M doubles: 2.4 GB as float32, within the bound, but 4.8 GB stored */
-    p = write_npy("h.npy", 1, "{'descr': '<f8', 'fortran_order': False, 'shape': (600000000,), }",
-                  v, sizeof v, 0);
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "the data is too large");
+    npy_refused("{'descr': '<f8', 'fortran_order': False, 'shape': (600000000,), }", v, sizeof v,
+                ERT_FORMAT, "the data is too large");
     /* a plain file shorter than the data it announces: refused before allocating */
-    p = write_npy("s.npy", 1, "{'descr': '<f8', 'fortran_order': False, 'shape': (100000000,), }",
-                  v, sizeof v, 0);
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "data needs 800000000 bytes");
+    npy_refused("{'descr': '<f8', 'fortran_order': False, 'shape': (100000000,), }", v, sizeof v,
+                ERT_FORMAT, "data needs 800000000 bytes");
     /* one more double than announced */
-    p = write_npy("l.npy", 1, "{'descr': '<f8', 'fortran_order': False, 'shape': (5,), }", v,
-                  sizeof v, 0);
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "longer than its header");
+    npy_refused("{'descr': '<f8', 'fortran_order': False, 'shape': (5,), }", v, sizeof v,
+                ERT_FORMAT, "longer than its header");
     /* float64 labels are refused like float32 ones */
     ert_labels l;
     p = write_npy("y.npy", 1, "{'descr': '<f8', 'fortran_order': False, 'shape': (6,), }", v,
@@ -426,46 +434,35 @@ Test(data, gzip_stream_cut_short)
 Test(data, npy_trailing_bytes)
 {
     float v[7] = {0};
-    const char *p = write_npy("t.npy", 1, F4_2x3, v, sizeof v, 0);
-    ert_dataset d;
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "longer than its header");
+    npy_refused(F4_2x3, v, sizeof v, ERT_FORMAT, "longer than its header");
 }
 
 Test(data, npy_fortran_order)
 {
     float v[6] = {0};
-    const char *p = write_npy("f.npy", 1,
-                              "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }", v,
-                              sizeof v, 0);
-    ert_dataset d;
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_UNSUPPORTED, "fortran_order");
+    npy_refused("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }", v, sizeof v,
+                ERT_UNSUPPORTED, "fortran_order");
 }
 
 Test(data, npy_unsupported_dtype)
 {
     double v[6] = {0};
     /* big-endian float64, half precision */
-    const char *p = write_npy("d.npy", 1,
-                              "{'descr': '>f8', 'fortran_order': False, 'shape': (2, 3), }", v,
-                              sizeof v, 0);
-    ert_dataset d;
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_UNSUPPORTED, "'>f8'");
-    p = write_npy("h.npy", 1, "{'descr': '<f2', 'fortran_order': False, 'shape': (2, 3), }", v, 12,
-                  0);
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_UNSUPPORTED, "float64 '<f8'");
+    npy_refused("{'descr': '>f8', 'fortran_order': False, 'shape': (2, 3), }", v, sizeof v,
+                ERT_UNSUPPORTED, "'>f8'");
+    npy_refused("{'descr': '<f2', 'fortran_order': False, 'shape': (2, 3), }", v, 12,
+                ERT_UNSUPPORTED, "float64 '<f8'");
     /* big-endian float32 */
-    p = write_npy("b.npy", 1, "{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }", v,
-                  24, 0);
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_UNSUPPORTED, "'>f4'");
+    npy_refused("{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }", v, 24,
+                ERT_UNSUPPORTED, "'>f4'");
     /* integers are labels, not inputs */
-    p = write_npy("i.npy", 1, "{'descr': '<i4', 'fortran_order': False, 'shape': (2, 3), }", v,
-                  24, 0);
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_UNSUPPORTED,
-                 "input data must be float32, float64 or uint8, not int32");
+    npy_refused("{'descr': '<i4', 'fortran_order': False, 'shape': (2, 3), }", v, 24,
+                ERT_UNSUPPORTED, "input data must be float32, float64 or uint8, not int32");
     /* and floats are not labels */
     ert_labels l;
-    p = write_npy("l.npy", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (6,), }", v, 24,
-                  0);
+    const char *p = write_npy("l.npy", 1,
+                              "{'descr': '<f4', 'fortran_order': False, 'shape': (6,), }", v, 24,
+                              0);
     assert_fails(ert_labels_load(p, &l, &e_), ERT_UNSUPPORTED, "integers");
 }
 
@@ -516,41 +513,27 @@ Test(data, npy_shape_size_mismatch)
 {
     /* the header says 2x3 floats, the file holds 4 */
     float v[4] = {0};
-    const char *p = write_npy("m.npy", 1, F4_2x3, v, sizeof v, 0);
-    ert_dataset d;
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
+    npy_refused(F4_2x3, v, sizeof v, ERT_FORMAT, "truncated");
 }
 
 Test(data, npy_huge_dims_overflow)
 {
     float v[6] = {0};
-    const char *p = write_npy(
-        "o.npy", 1,
-        "{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 8), }", v,
-        sizeof v, 0);
-    ert_dataset d;
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "too large");
-    p = write_npy("p.npy", 1,
-                  "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999,), }",
-                  v, sizeof v, 0);
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "overflows");
+    npy_refused("{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 8), }", v,
+                sizeof v, ERT_FORMAT, "too large");
+    npy_refused("{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999,), }", v,
+                sizeof v, ERT_FORMAT, "overflows");
     /* within size_t, but over the 4 GiB bound: refused before any allocation */
-    p = write_npy("q.npy", 1,
-                  "{'descr': '|u1', 'fortran_order': False, 'shape': (70000, 70000), }", v,
-                  sizeof v, 0);
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "too large");
+    npy_refused("{'descr': '|u1', 'fortran_order': False, 'shape': (70000, 70000), }", v, sizeof v,
+                ERT_FORMAT, "too large");
 }
 
 Test(data, npy_empty_array)
 {
-    const char *p = write_npy("z.npy", 1,
-                              "{'descr': '<f4', 'fortran_order': False, 'shape': (0, 3), }", NULL,
-                              0, 0);
-    ert_dataset d;
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "no values");
-    p = write_npy("s.npy", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (), }", "abcd", 4,
-                  0);
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "scalar");
+    npy_refused("{'descr': '<f4', 'fortran_order': False, 'shape': (0, 3), }", NULL, 0, ERT_FORMAT,
+                "no values");
+    npy_refused("{'descr': '<f4', 'fortran_order': False, 'shape': (), }", "abcd", 4, ERT_FORMAT,
+                "scalar");
 }
 
 Test(data, idx_huge_dims)

@@ -14,17 +14,8 @@
 #include <string.h>
 
 #include "../../kernels/compact_math.h"
+#include "fixtures.h"
 #include "policy.h"
-
-static uint64_t rng = 88172645463325252ull;
-
-static uint32_t rnd32(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (uint32_t)(rng >> 32);
-}
 
 /* ---- compaction ------------------------------------------------------------------ */
 
@@ -98,7 +89,8 @@ Test(compact_math, block_replay_equals_compact_index)
 {
     const int ns[] = {1, 2, 31, 32, 33, 63, 64, 65, 255, 256, 257, 1000, 1023, 1024, 1025,
                       2047, 2048, 2049, 4103};
-    const unsigned rates[] = {0, 1, 128, 200, 255, 256}; /* exit if rnd8 < rate (256: all) */
+    const unsigned rates[] = {0, 1, 128, 200, 255, 256}; /* exits: a random byte < rate */
+    mw_rng rng = mw_rng_seed(88172645463325252ull);
     int cases = 0;
     for (size_t a = 0; a < sizeof ns / sizeof ns[0]; a++)
         for (size_t b = 0; b < sizeof rates / sizeof rates[0]; b++)
@@ -109,7 +101,7 @@ Test(compact_math, block_replay_equals_compact_index)
                 int *got = malloc(sizeof(int) * (size_t)n);
                 cr_assert(ex && want && got);
                 for (int i = 0; i < n; i++)
-                    ex[i] = (rnd32() & 255u) < rates[b];
+                    ex[i] = (mw_rng_next(&rng) & 255u) < rates[b];
                 int kw = ert_compact_index(ex, n, want);
                 int kg = replay_block(ex, n, got);
                 cr_assert_eq(kg, kw, "n %d rate %u: count %d, want %d", n, rates[b], kg, kw);
@@ -128,7 +120,6 @@ Test(compact_math, block_replay_equals_compact_index)
 
 #include "act.h"
 #include "program.h"
-#include "model_writer.h"
 #include "plan.h"
 
 static uint64_t mix(uint64_t h, uint64_t v)
@@ -259,12 +250,7 @@ static void check_program(const ert_model *m, const plan *p, ert_mode mode,
 Test(program, random_models_all_modes)
 {
     for (int kind = 0; kind < MW_KIND_COUNT; kind++) {
-        char dir[64];
-        cr_assert_eq(mw_tempdir(dir, sizeof dir), 0);
-        cr_assert_eq(mw_random_model(dir, 7 + (uint64_t)kind, (mw_kind)kind), 0);
-        ert_model *m = NULL;
-        ert_error err;
-        cr_assert_eq(ert_model_load(dir, &m, &err), ERT_OK, "%s", err.msg);
+        ert_model *m = fx_random_model(7 + (uint64_t)kind, (mw_kind)kind);
         plan p;
         plan_build(m, &p);
         program_opts fused = {.fuse_residual = 1};
@@ -273,7 +259,6 @@ Test(program, random_models_all_modes)
             check_program(m, &p, (ert_mode)mode, &fused);
         }
         ert_model_free(m);
-        mw_rmtree(dir);
     }
 }
 

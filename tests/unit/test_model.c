@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fixtures.h"
 #include "model.h"
 #include "model_writer.h"
 #include "policy.h"
@@ -720,13 +721,7 @@ Test(model, one_class_exits)
         g_policy = cases[c].policy;
         ert_model *m = load_mutated(one_class);
         cr_assert_eq(ert_model_num_classes(m), 1);
-        ert_engine_config cfg = ert_engine_config_default();
-        cfg.backend = ERT_BACKEND_CPU;
-        cfg.mode = ERT_MODE_MASKED;
-        cfg.max_batch = N;
-        ert_engine *e = NULL;
-        ert_error err = {{0}};
-        cr_assert_eq(ert_engine_create(m, &cfg, &e, &err), ERT_OK, "%s", err.msg);
+        ert_engine *e = fx_cpu_engine(m, ERT_MODE_MASKED, N);
         cr_assert_eq(ert_engine_set_threshold(e, 0, cases[c].threshold), ERT_OK);
         ert_sample s[N];
         float z[N];

@@ -8,20 +8,17 @@
 #include <string.h>
 
 #include "cpu/cpu_ops.h"
+#include "model_writer.h"
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-static uint64_t rng_state;
+/* The test's random stream (tests/common's mw_rng), seeded by each test
+ * that draws from it: Criterion runs every test in a process of its own. */
+static mw_rng rng;
 
-static void rng_seed(uint64_t s) { rng_state = s * 0x9E3779B97F4A7C15ull + 1; }
+static void rng_seed(uint64_t s) { rng = mw_rng_seed(s); }
 
-static float rnd(void) /* uniform in [-1, 1) */
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)((rng_state >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
-}
+static float rnd(void) { return mw_rng_uniform(&rng) * 2.0f - 1.0f; } /* uniform in [-1, 1) */
 
 static float *rnd_array(size_t n)
 {
@@ -30,6 +27,25 @@ static float *rnd_array(size_t n)
     for (size_t i = 0; i < n; i++)
         a[i] = rnd();
     return a;
+}
+
+/* The three activation buffers and the column scratch of ws, at its
+ * act_cap and col_cap. */
+static void ws_alloc(ops_ws *ws)
+{
+    for (int i = 0; i < 3; i++) {
+        ws->buf[i] = malloc(sizeof(float) * ws->act_cap);
+        cr_assert_not_null(ws->buf[i]);
+    }
+    ws->col = malloc(sizeof(float) * ws->col_cap);
+    cr_assert_not_null(ws->col);
+}
+
+static void ws_free(ops_ws *ws)
+{
+    for (int i = 0; i < 3; i++)
+        free(ws->buf[i]);
+    free(ws->col);
 }
 
 /* got vs ref with rel 1e-5 and an absolute floor scaled by the sum of the
@@ -625,12 +641,10 @@ Test(ops, run_layers_residual_pipeline)
             cr_assert_geq(act, (size_t)8 * 12 * 12, "layers_max_act %zu", act);
             ops_ws ws = {.act_cap = act * n, .col_cap = (3 * 9 * 144 + act) * n, .tile_rows = 16,
                          .conv_batched = batched};
-            for (int i = 0; i < 3; i++) {
-                ws.buf[i] = malloc(sizeof(float) * ws.act_cap);
+            ws_alloc(&ws);
+            for (int i = 0; i < 3; i++)
                 for (size_t j = 0; j < ws.act_cap; j++)
                     ws.buf[i][j] = NAN; /* stale data must never leak in */
-            }
-            ws.col = malloc(sizeof(float) * ws.col_cap);
             const float *y = run_layers(&list, in, n, &ws);
             float *ref = apply_list(&list, in, n, in_len);
             cr_assert(memcmp(in, keep, sizeof(float) * in_len) == 0, "run_layers wrote its input");
@@ -641,9 +655,7 @@ Test(ops, run_layers_residual_pipeline)
                           "n %d row %d: %g vs %g", n, i / 10, y[i], ref[i]);
             }
             free(ref);
-            for (int i = 0; i < 3; i++)
-                free(ws.buf[i]);
-            free(ws.col);
+            ws_free(&ws);
             free(in);
             free(keep);
         }
@@ -698,9 +710,7 @@ Test(ops, run_layers_residual_first_on_readonly_input)
         memcpy(keep, in, sizeof(float) * in_len);
         ops_ws ws = {.act_cap = 144 * n, .col_cap = (4 * 9 * 36 + 144) * n, .conv_batched = 1,
                      .tile_rows = 16};
-        for (int i = 0; i < 3; i++)
-            ws.buf[i] = malloc(sizeof(float) * ws.act_cap);
-        ws.col = malloc(sizeof(float) * ws.col_cap);
+        ws_alloc(&ws);
         const float *y = run_layers(&list, in, n, &ws);
         float *ref = apply_list(&list, in, n, in_len);
         cr_assert(memcmp(in, keep, sizeof(float) * in_len) == 0, "run_layers wrote its input");
@@ -709,9 +719,7 @@ Test(ops, run_layers_residual_first_on_readonly_input)
             cr_assert(fabsf(y[i] - ref[i]) <= 1e-5f * fabsf(ref[i]) + 1e-5f, "[%zu] %g vs %g", i,
                       y[i], ref[i]);
         free(ref);
-        for (int i = 0; i < 3; i++)
-            free(ws.buf[i]);
-        free(ws.col);
+        ws_free(&ws);
         free(in);
         free(keep);
     }
@@ -731,6 +739,7 @@ Test(ops, batch_invariant)
     if (!ops_blas_batch_invariant())
         cr_skip_test("this BLAS rounds a row by its place in a GEMM call (e.g. OpenBLAS's "
                      "Haswell kernels): batch invariance cannot hold here");
+    rng_seed(10);
     float *w[6][2];
     const int N = 70; /* more than the largest tile */
     layer ls[6];
@@ -790,6 +799,7 @@ Test(ops, blas_probe_consistent)
 {
     if (!ops_blas_batch_invariant())
         cr_skip_test("BLAS not batch-invariant here; nothing to check");
+    rng_seed(11);
     float *w[2];
     layer l = L_linear((shape3){300, 1, 1}, 50, w);
     const int t = GEMM_ROWS_MIN;

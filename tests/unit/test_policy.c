@@ -5,19 +5,16 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "model_writer.h"
 #include "policy.h"
 
-static uint64_t rng_state;
+/* The test's random stream (tests/common's mw_rng), seeded by each test
+ * that draws from it: Criterion runs every test in a process of its own. */
+static mw_rng rng;
 
-static void rng_seed(uint64_t s) { rng_state = s * 0x9E3779B97F4A7C15ull + 1; }
+static void rng_seed(uint64_t s) { rng = mw_rng_seed(s); }
 
-static double rnd01(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (double)(rng_state >> 11) * (1.0 / 9007199254740992.0);
-}
+static double rnd01(void) { return mw_rng_uniform(&rng); } /* [0, 1) */
 
 /* The reference: softmax in double, then the policy's formula as the design
  * states it (entropy = -sum p log p, max p, top1 - top2). */

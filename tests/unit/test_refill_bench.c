@@ -6,31 +6,19 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cpu/cpu_ops.h"
-#include "model_writer.h"
+#include "fixtures.h"
 #include "refill_bench.h"
 
 Test(refill_bench, matches_masked_and_adds_up)
 {
-    char dir[256];
-    cr_assert_eq(mw_tempdir(dir, sizeof dir), 0);
-    cr_assert_eq(mw_random_model(dir, 77, MW_RESNET), 0);
-    ert_model *m = NULL;
+    ert_model *m = fx_random_model(77, MW_RESNET);
+    ert_engine *e = fx_cpu_engine(m, ERT_MODE_MASKED, 16);
     ert_error err = {{0}};
-    cr_assert_eq(ert_model_load(dir, &m, &err), ERT_OK, "%s", err.msg);
-    mw_rmtree(dir);
-    ert_engine_config cfg = ert_engine_config_default();
-    cfg.backend = ERT_BACKEND_CPU;
-    cfg.mode = ERT_MODE_MASKED;
-    cfg.max_batch = 16;
-    ert_engine *e = NULL;
-    cr_assert_eq(ert_engine_create(m, &cfg, &e, &err), ERT_OK, "%s", err.msg);
 
     const size_t n = 100, per = ert_model_input_size(m);
-    float *x = malloc(sizeof(float) * n * per);
+    float *x = fx_random_inputs(m, (int)n, 5);
     ert_sample *want = calloc(n, sizeof *want), *got = calloc(n, sizeof *got);
-    cr_assert(x && want && got);
-    mw_random_input(x, n * per, 5);
+    cr_assert(want && got);
     for (size_t off = 0; off < n; off += 16) {
         ert_result r;
         memset(&r, 0, sizeof r);
