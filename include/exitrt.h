@@ -61,11 +61,11 @@ typedef enum ert_status {
     ERT_FORMAT,           /* a model or data file is malformed */
     ERT_UNSUPPORTED,      /* valid, but not supported (a dtype, a layer) */
     ERT_OUT_OF_MEMORY,
-    ERT_NO_DEVICE,        /* CUDA backend asked for, no usable device */
-    ERT_CUDA,             /* a CUDA, cuBLAS or cuDNN call failed */
-    ERT_BUSY,             /* the engine is in use by another call */
+    ERT_NO_DEVICE, /* CUDA backend asked for, no usable device */
+    ERT_CUDA,      /* a CUDA, cuBLAS or cuDNN call failed */
+    ERT_BUSY,      /* the engine is in use by another call */
     ERT_INTERNAL,
-    ERT_QUEUE_FULL        /* a stream's queue is full: poll, then resubmit */
+    ERT_QUEUE_FULL /* a stream's queue is full: poll, then resubmit */
 } ert_status;
 
 /* A static string naming the status ("ok", "format error", ...). */
@@ -82,9 +82,9 @@ typedef enum ert_backend {
 } ert_backend;
 
 typedef enum ert_mode {
-    ERT_MODE_FULL = 0,  /* no early exit: every sample takes the final head */
-    ERT_MODE_MASKED,    /* everything computed, output chosen per sample */
-    ERT_MODE_COMPACTED  /* exited samples dropped, later stages on fewer rows */
+    ERT_MODE_FULL = 0, /* no early exit: every sample takes the final head */
+    ERT_MODE_MASKED,   /* everything computed, output chosen per sample */
+    ERT_MODE_COMPACTED /* exited samples dropped, later stages on fewer rows */
 } ert_mode;
 
 typedef enum ert_policy_kind {
@@ -120,8 +120,7 @@ typedef struct ert_engine ert_engine;
  * whole file and folds batch norm into the preceding convolutions.
  * On success *out owns the model (free with ert_model_free). On failure *out
  * is NULL and err (if not NULL) names the file, the field and the problem. */
-ERT_API ERT_NODISCARD
-ert_status ert_model_load(const char *path, ert_model **out, ert_error *err);
+ERT_API ERT_NODISCARD ert_status ert_model_load(const char *path, ert_model **out, ert_error *err);
 
 /* Frees a model. NULL is accepted. If engines created from it are still
  * alive, the model is released when the last of them is freed. */
@@ -154,10 +153,10 @@ ERT_API const char *ert_model_sample_labels(const ert_model *m);
 typedef struct ert_engine_config {
     ert_backend backend;
     ert_mode mode;
-    int max_batch;   /* largest batch ert_infer accepts (>= 1) */
-    int threads;     /* CPU: BLAS threads; 0 = leave the BLAS default */
-    int device;      /* CUDA: device ordinal */
-    int inflight;    /* CUDA: batches in flight on their own streams (>= 1) */
+    int max_batch; /* largest batch ert_infer accepts (>= 1) */
+    int threads;   /* CPU: BLAS threads; 0 = leave the BLAS default */
+    int device;    /* CUDA: device ordinal */
+    int inflight;  /* CUDA: batches in flight on their own streams (>= 1) */
     /* CUDA, COMPACTED: 0 = the wait-based path (the host learns each row
      * count); K in [1, 64] = size-bucketed CUDA graphs with no host wait:
      * each stage is captured for K row counts (multiples of
@@ -180,9 +179,8 @@ ERT_API ert_engine_config ert_engine_config_default(void);
  * here. With ERT_BACKEND_AUTO and no usable CUDA device the CPU backend is
  * used (ert_engine_backend() tells which). On failure *out is NULL and err
  * says why; nothing is leaked. */
-ERT_API ERT_NODISCARD
-ert_status ert_engine_create(ert_model *m, const ert_engine_config *cfg,
-                             ert_engine **out, ert_error *err);
+ERT_API ERT_NODISCARD ert_status ert_engine_create(ert_model *m, const ert_engine_config *cfg,
+                                                   ert_engine **out, ert_error *err);
 ERT_API void ert_engine_free(ert_engine *e);
 
 /* The backend the engine runs on (never AUTO), and its mode. */
@@ -204,8 +202,8 @@ ERT_API const char *ert_engine_note(const ert_engine *e);
  * the confidence head, [0, log K] ... any value >= 0 for entropy, a finite
  * integer >= 1 for patience). The model loader checks a file's thresholds
  * by the same rule (and also wants them finite). */
-ERT_API ERT_NODISCARD
-ert_status ert_engine_set_threshold(ert_engine *e, int exit_index, float threshold);
+ERT_API ERT_NODISCARD ert_status ert_engine_set_threshold(ert_engine *e, int exit_index,
+                                                          float threshold);
 ERT_API float ert_engine_threshold(const ert_engine *e, int exit_index);
 
 /* One sample's outcome. */
@@ -223,22 +221,22 @@ typedef struct ert_result {
     float *logits;       /* [batch * num_classes] or NULL: not wanted */
     /* filled by the call: */
     int32_t exit_counts[ERT_MAX_EXITS]; /* samples leaving at each exit */
-    uint64_t macs_executed;     /* multiply-accumulates actually run */
-    uint64_t macs_full;         /* the full network's, for this batch */
-    int32_t host_waits;         /* blocking host waits on the device */
-    int32_t nonfinite_samples;  /* samples whose input held NaN or Inf */
+    uint64_t macs_executed;             /* multiply-accumulates actually run */
+    uint64_t macs_full;                 /* the full network's, for this batch */
+    int32_t host_waits;                 /* blocking host waits on the device */
+    int32_t nonfinite_samples;          /* samples whose input held NaN or Inf */
     /* Size-bucketed graphs (graph_buckets > 0 and ert_engine_note() says
      * "graphs: on"); otherwise padding_rows = 0, macs_padding = 0 and every
      * bucket[s] = -1. Read from counters the device wrote, copied back with
      * the results. */
-    int32_t padding_rows;         /* rows run only to fill buckets, summed over
+    int32_t padding_rows;          /* rows run only to fill buckets, summed over
                                      stages (and sub-batches when inflight > 1);
                                      they never reach the results */
     int32_t bucket[ERT_MAX_EXITS]; /* stage s: the bucket index the device chose
                                      (rows run = (bucket + 1) * step, at most
                                      max_batch), the largest over sub-batches;
                                      -1 when no row entered the stage */
-    uint64_t macs_padding;        /* MACs spent on padding rows; not counted in
+    uint64_t macs_padding;         /* MACs spent on padding rows; not counted in
                                      macs_executed, which stays the rows' own work */
 } ert_result;
 
@@ -246,8 +244,8 @@ typedef struct ert_result {
  * model's input normalisation is applied inside). 1 <= batch <= max_batch.
  * Fills out->samples (and out->logits when not NULL) at the samples' original
  * positions, and the per-batch figures. */
-ERT_API ERT_NODISCARD
-ert_status ert_infer(ert_engine *e, const float *input, int batch, ert_result *out);
+ERT_API ERT_NODISCARD ert_status ert_infer(ert_engine *e, const float *input, int batch,
+                                           ert_result *out);
 
 /* Every exit's policy score for every sample of a batch, for calibration
  * (choosing thresholds that give a wanted share of samples per exit).
@@ -255,8 +253,8 @@ ert_status ert_infer(ert_engine *e, const float *input, int batch, ert_result *o
  * the engine's mode. scores: [batch * num_exits], row-major; the final
  * head's score is its max softmax probability. The same as
  * ert_engine_exit_outputs(e, input, batch, scores, NULL). */
-ERT_API ERT_NODISCARD
-ert_status ert_engine_scores(ert_engine *e, const float *input, int batch, float *scores);
+ERT_API ERT_NODISCARD ert_status ert_engine_scores(ert_engine *e, const float *input, int batch,
+                                                   float *scores);
 
 /* Every exit's policy score and predicted class for every sample of a batch
  * (MASKED cost, whatever the engine's mode). scores: [batch * num_exits] or
@@ -266,14 +264,14 @@ ert_status ert_engine_scores(ert_engine *e, const float *input, int batch, float
  * whether or not an earlier exit would have taken it; where the sample does
  * leave at an exit, its ert_sample there (ERT_MODE_MASKED) has this score
  * and class. */
-ERT_API ERT_NODISCARD
-ert_status ert_engine_exit_outputs(ert_engine *e, const float *input, int batch, float *scores,
-                                   int32_t *classes);
+ERT_API ERT_NODISCARD ert_status ert_engine_exit_outputs(ert_engine *e, const float *input,
+                                                         int batch, float *scores,
+                                                         int32_t *classes);
 
 /* Device-side results of ert_infer_device: device pointers the caller owns. */
 typedef struct ert_device_result {
-    ert_sample *samples;   /* device [batch] required */
-    float *logits;         /* device [batch * num_classes] or NULL */
+    ert_sample *samples; /* device [batch] required */
+    float *logits;       /* device [batch * num_classes] or NULL */
     /* filled on the host when the call returns: */
     int32_t host_waits;
 } ert_device_result;
@@ -289,9 +287,8 @@ typedef struct ert_device_result {
  * streams passes cudaStreamPerThread instead), and the call returns once the
  * results are written (it synchronises), since nothing else could order
  * after it. */
-ERT_API ERT_NODISCARD
-ert_status ert_infer_device(ert_engine *e, const void *d_input, int batch,
-                            ert_device_result *out, void *cuda_stream);
+ERT_API ERT_NODISCARD ert_status ert_infer_device(ert_engine *e, const void *d_input, int batch,
+                                                  ert_device_result *out, void *cuda_stream);
 
 /* Whether this build has the CUDA backend, and whether a device is usable. */
 ERT_API int ert_cuda_available(void);
@@ -301,8 +298,7 @@ ERT_API int ert_cuda_available(void);
  * into buf (cap bytes, always terminated). ERT_NO_DEVICE when the device
  * cannot be queried (the line then says why, with the library versions);
  * ERT_UNSUPPORTED in a build without the CUDA backend. */
-ERT_API ERT_NODISCARD
-ert_status ert_cuda_info(int device, char *buf, size_t cap);
+ERT_API ERT_NODISCARD ert_status ert_cuda_info(int device, char *buf, size_t cap);
 
 /* ---- stream (refill) ----------------------------------------------------- *
  *
@@ -378,9 +374,8 @@ ERT_API ert_stream_config ert_stream_config_default(void);
  * ert_stream_free, before the engine). On failure *out is NULL and err
  * says why: ERT_INVALID_ARGUMENT for a bad config, ERT_UNSUPPORTED when the
  * backend has no stage runner, ERT_OUT_OF_MEMORY. */
-ERT_API ERT_NODISCARD
-ert_status ert_stream_create(ert_engine *e, const ert_stream_config *cfg, ert_stream **out,
-                             ert_error *err);
+ERT_API ERT_NODISCARD ert_status ert_stream_create(ert_engine *e, const ert_stream_config *cfg,
+                                                   ert_stream **out, ert_error *err);
 
 /* Frees the stream and every result not yet polled. NULL is accepted. */
 ERT_API void ert_stream_free(ert_stream *s);
@@ -399,14 +394,14 @@ ERT_API void ert_stream_free(ert_stream *s);
  * then finds nothing finished, flush (or wait for the deadline) to move
  * them. A stage that fails leaves the stream as it was before that
  * stage run (a later call retries it); the message is on ert_stream_error. */
-ERT_API ERT_NODISCARD
-ert_status ert_stream_submit(ert_stream *s, const float *inputs, int n, const uint64_t *ids);
+ERT_API ERT_NODISCARD ert_status ert_stream_submit(ert_stream *s, const float *inputs, int n,
+                                                   const uint64_t *ids);
 
 /* One finished sample. */
 typedef struct ert_stream_result {
-    uint64_t id;        /* as submitted */
-    ert_sample sample;  /* exit, class, score: as ert_result's */
-    double latency_s;   /* from its submit call to the end of the stage run it
+    uint64_t id;       /* as submitted */
+    ert_sample sample; /* exit, class, score: as ert_result's */
+    double latency_s;  /* from its submit call to the end of the stage run it
                            left in */
 } ert_stream_result;
 
@@ -420,36 +415,34 @@ typedef struct ert_stream_result {
  * fails, its status is returned (message on ert_stream_error), the stream
  * is as it was before that run, and *got still counts the results handed
  * out. */
-ERT_API ERT_NODISCARD
-ert_status ert_stream_poll(ert_stream *s, ert_stream_result *results, float *logits, int max,
-                           int *got);
+ERT_API ERT_NODISCARD ert_status ert_stream_poll(ert_stream *s, ert_stream_result *results,
+                                                 float *logits, int max, int *got);
 
 /* Runs stages, partial batches included, until no sample is queued in any
  * stage: every admitted sample is finished and waits for poll. */
-ERT_API ERT_NODISCARD
-ert_status ert_stream_flush(ert_stream *s);
+ERT_API ERT_NODISCARD ert_status ert_stream_flush(ert_stream *s);
 
 /* Counters over the stream's life. */
 typedef struct ert_stream_stats {
-    int32_t num_stages;       /* == the model's exits */
-    int32_t batch;            /* rows per stage run */
-    int32_t queue;            /* samples admitted at a time, at most */
-    int32_t admitted;         /* now: queued in a stage or finished, not polled */
-    uint64_t submitted;       /* samples accepted by submit */
-    uint64_t finished;        /* samples that left at an exit */
-    uint64_t polled;          /* results handed out by poll */
-    uint64_t exit_counts[ERT_MAX_EXITS];  /* finished samples per exit */
-    uint64_t stage_rows[ERT_MAX_EXITS];   /* rows run through stage s: the rows
+    int32_t num_stages;                         /* == the model's exits */
+    int32_t batch;                              /* rows per stage run */
+    int32_t queue;                              /* samples admitted at a time, at most */
+    int32_t admitted;                           /* now: queued in a stage or finished, not polled */
+    uint64_t submitted;                         /* samples accepted by submit */
+    uint64_t finished;                          /* samples that left at an exit */
+    uint64_t polled;                            /* results handed out by poll */
+    uint64_t exit_counts[ERT_MAX_EXITS];        /* finished samples per exit */
+    uint64_t stage_rows[ERT_MAX_EXITS];         /* rows run through stage s: the rows
                                              that entered it */
-    uint64_t stage_runs[ERT_MAX_EXITS];   /* stage runs ... */
+    uint64_t stage_runs[ERT_MAX_EXITS];         /* stage runs ... */
     uint64_t stage_partial_runs[ERT_MAX_EXITS]; /* ... of them with < batch rows */
-    uint64_t padding_rows;    /* rows computed beyond the real ones (0 today) */
-    uint64_t macs_executed;   /* multiply-accumulates run, padding included */
-    uint64_t macs_ideal;      /* the ideal early-exit cost of the finished
+    uint64_t padding_rows;                      /* rows computed beyond the real ones (0 today) */
+    uint64_t macs_executed;                     /* multiply-accumulates run, padding included */
+    uint64_t macs_ideal;                        /* the ideal early-exit cost of the finished
                                  samples' exits (plan.h); equals macs_executed
                                  (less padding) once nothing is queued */
-    uint64_t macs_full;       /* finished * the full network's per sample */
-    uint64_t nonfinite_samples; /* submitted samples holding NaN or Inf */
+    uint64_t macs_full;                         /* finished * the full network's per sample */
+    uint64_t nonfinite_samples;                 /* submitted samples holding NaN or Inf */
 } ert_stream_stats;
 
 /* Fills *out with the stream's counters (zeros for a NULL stream). */

@@ -22,10 +22,7 @@
 #include "policy.h" /* ERT_HD, and exitrt.h for ERT_MAX_EXITS */
 
 /* Rows per bucket step: ceil(max_rows / k); k >= 1, max_rows >= 1. */
-static inline ERT_HD int ert_bucket_step(int max_rows, int k)
-{
-    return (max_rows + k - 1) / k;
-}
+static inline ERT_HD int ert_bucket_step(int max_rows, int k) { return (max_rows + k - 1) / k; }
 
 /* Buckets for this step: ceil(max_rows / step) (<= k). */
 static inline ERT_HD int ert_bucket_count(int max_rows, int step)

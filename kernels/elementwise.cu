@@ -4,7 +4,7 @@
  * activation buffer may exceed 2^31 floats. */
 #include "kernels.h"
 
-#define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
+#define CEIL_DIV(a, b) (((a) + (b)-1) / (b))
 #define BLOCK 256
 /* enough blocks to fill an H200 several times; the loops cover the rest */
 #define MAX_GRID 8192u
@@ -17,8 +17,8 @@ static unsigned grid_for(size_t count)
     return g > MAX_GRID ? MAX_GRID : (unsigned)g;
 }
 
-#define GRID_STRIDE(i, count)                                                         \
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (count);       \
+#define GRID_STRIDE(i, count)                                                   \
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (count); \
          i += (size_t)gridDim.x * blockDim.x)
 
 static __device__ __forceinline__ float act_apply(float v, int act)
@@ -35,7 +35,8 @@ static __device__ __forceinline__ float act_apply(float v, int act)
 static __global__ void normalize_kernel(const float *x, float *y, size_t count, int C, int HW,
                                         ert_norm_params p)
 {
-    GRID_STRIDE(i, count) {
+    GRID_STRIDE(i, count)
+    {
         int c = (int)((i / (size_t)HW) % (size_t)C);
         /* explicit roundings: no FMA contraction, bit for bit the CPU's */
         y[i] = __fmul_rn(__fsub_rn(__fmul_rn(x[i], p.scale), p.mean[c]), p.inv_std[c]);
@@ -62,7 +63,7 @@ extern "C" cudaError_t ert_k_normalize(const float *x, float *y, int n, int C, i
 static __global__ void iota_kernel(int *idx, int n, int base)
 {
     GRID_STRIDE(i, (size_t)n)
-        idx[i] = base + (int)i;
+    idx[i] = base + (int)i;
 }
 
 extern "C" cudaError_t ert_k_iota(int *idx, int n, int base, cudaStream_t s)
@@ -78,7 +79,8 @@ extern "C" cudaError_t ert_k_iota(int *idx, int n, int base, cudaStream_t s)
 static __global__ void bias_act_kernel(float *y, const float *bias, size_t count, int C, int HW,
                                        int act)
 {
-    GRID_STRIDE(i, count) {
+    GRID_STRIDE(i, count)
+    {
         float v = y[i];
         if (bias)
             v += bias[(i / (size_t)HW) % (size_t)C];
@@ -101,7 +103,7 @@ extern "C" cudaError_t ert_k_bias_act(float *y, const float *bias, int n, int C,
 static __global__ void act_kernel(const float *x, float *y, size_t count, int act)
 {
     GRID_STRIDE(i, count)
-        y[i] = act_apply(x[i], act);
+    y[i] = act_apply(x[i], act);
 }
 
 extern "C" cudaError_t ert_k_act(const float *x, float *y, size_t count, int act, cudaStream_t s)
@@ -115,7 +117,7 @@ extern "C" cudaError_t ert_k_act(const float *x, float *y, size_t count, int act
 static __global__ void add_kernel(const float *a, const float *b, float *y, size_t count, int act)
 {
     GRID_STRIDE(i, count)
-        y[i] = act_apply(a[i] + b[i], act);
+    y[i] = act_apply(a[i] + b[i], act);
 }
 
 extern "C" cudaError_t ert_k_add(const float *a, const float *b, float *y, size_t count, int act,
@@ -153,6 +155,6 @@ extern "C" cudaError_t ert_k_global_avgpool(const float *x, float *y, int rows, 
         return cudaErrorInvalidValue;
     const int warps_per_block = BLOCK / 32;
     size_t g = CEIL_DIV((size_t)rows, (size_t)warps_per_block);
-    gap_kernel<<<g > MAX_GRID ? MAX_GRID : (unsigned)g, BLOCK, 0, s>>>(x, y, rows, hw);
+    gap_kernel < < <g> MAX_GRID ? MAX_GRID : (unsigned)g, BLOCK, 0, s >>> (x, y, rows, hw);
     return cudaGetLastError();
 }

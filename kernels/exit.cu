@@ -11,7 +11,7 @@
 #include "compact_math.h"
 #include "switch.cuh"
 
-#define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
+#define CEIL_DIV(a, b) (((a) + (b)-1) / (b))
 
 /* The rows to decide: n, or in a bucketed graph the real count the device
  * holds (the rows past it are bucket padding). */

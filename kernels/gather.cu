@@ -4,7 +4,7 @@
 
 #include "kernels.h"
 
-#define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
+#define CEIL_DIV(a, b) (((a) + (b)-1) / (b))
 
 /* dst row j <- src row src_row[j], for j < *count. T is float4 (16-byte
  * accesses) or float; row is in units of T. The grid covers n_max rows; the
@@ -32,14 +32,13 @@ static cudaError_t launch_gather_rows(const T *src, T *dst, const int *src_row, 
     size_t grid = CEIL_DIV(total, (size_t)block);
     if (grid > 65535u * 8u) /* the grid-stride loop covers the rest */
         grid = 65535u * 8u;
-    gather_rows_kernel<T><<<(unsigned)grid, block, 0, s>>>(src, dst, src_row, count,
-                                                            (size_t)n_max, row);
+    gather_rows_kernel<T>
+        <<<(unsigned)grid, block, 0, s>>>(src, dst, src_row, count, (size_t)n_max, row);
     return cudaGetLastError();
 }
 
 extern "C" cudaError_t ert_k_gather_rows(const float *src, float *dst, const int *src_row,
-                                         const int *d_count, int n_max, size_t row,
-                                         cudaStream_t s)
+                                         const int *d_count, int n_max, size_t row, cudaStream_t s)
 {
     if (!src || !dst || !src_row || !d_count || n_max < 1 || row < 1 || src == dst)
         return cudaErrorInvalidValue;

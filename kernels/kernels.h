@@ -58,8 +58,8 @@ cudaError_t ert_k_global_avgpool(const float *x, float *y, int rows, int hw, cud
  * of `row` floats. n_max bounds *d_count and sizes the grid, so the launch
  * needs no count on the host. 16-byte accesses when row % 4 == 0 and both
  * pointers are 16-byte aligned. src and dst must not overlap. */
-cudaError_t ert_k_gather_rows(const float *src, float *dst, const int *src_row,
-                              const int *d_count, int n_max, size_t row, cudaStream_t s);
+cudaError_t ert_k_gather_rows(const float *src, float *dst, const int *src_row, const int *d_count,
+                              int n_max, size_t row, cudaStream_t s);
 
 /* ---- exit.cu ------------------------------------------------------------------ */
 
@@ -70,19 +70,19 @@ cudaError_t ert_k_gather_rows(const float *src, float *dst, const int *src_row,
  * stage]. Only valid in a kernel launched from the graph that owns handle. */
 typedef struct ert_switch_args {
     cudaGraphConditionalHandle handle;
-    int on;               /* 0: no switch to set (every path but the graphs) */
-    int stage;            /* the stage whose bucket is chosen */
+    int on;    /* 0: no switch to set (every path but the graphs) */
+    int stage; /* the stage whose bucket is chosen */
     int step, nbuckets, max_rows;
-    int *stats;           /* device [ERT_STATS_LEN] */
+    int *stats; /* device [ERT_STATS_LEN] */
 } ert_switch_args;
 
 /* One exit over n active rows in their current order. */
 typedef struct ert_exit_args {
-    const float *logits;  /* [n, K] */
-    const float *conf;    /* [n] confidence head output, or NULL */
-    const int *orig;      /* [n] each row's original sample position */
+    const float *logits; /* [n, K] */
+    const float *conf;   /* [n] confidence head output, or NULL */
+    const int *orig;     /* [n] each row's original sample position */
     int n, K;
-    int policy;           /* ert_policy_kind */
+    int policy; /* ert_policy_kind */
     float threshold;
     int exit_index;
     unsigned char *done;  /* decide: [n] rows already out (MASKED), or NULL */
@@ -101,12 +101,12 @@ typedef struct ert_exit_args {
     int32_t *out_classes; /* outputs: [batch * num_exits] classes, or NULL */
     int num_exits;        /* outputs: the row stride of out_scores / out_classes */
     /* bucketed graphs (NULL / off elsewhere): */
-    const int *d_n;       /* the real row count on the device (<= n); rows
+    const int *d_n;           /* the real row count on the device (<= n); rows
                              [*d_n, n) are bucket padding: never scored,
                              written or kept. n then bounds the launch. */
     const float *d_threshold; /* read instead of threshold: a captured graph
                                  sees later ert_engine_set_threshold calls */
-    ert_switch_args sw;   /* compact: select the next stage's bucket */
+    ert_switch_args sw;       /* compact: select the next stage's bucket */
 } ert_exit_args;
 
 /* Scores every row not yet done, and writes the rows that exit (sample and

@@ -3,6 +3,10 @@
 #ifndef ERT_ACT_H
 #define ERT_ACT_H
 
-enum { ERT_ACT_NONE = 0, ERT_ACT_RELU = 1, ERT_ACT_SIGMOID = 2 };
+enum {
+    ERT_ACT_NONE = 0,
+    ERT_ACT_RELU = 1,
+    ERT_ACT_SIGMOID = 2
+};
 
 #endif /* ERT_ACT_H */

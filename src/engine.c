@@ -166,8 +166,7 @@ ert_status ert_engine_set_threshold(ert_engine *e, int i, float t)
     const ert_model *m = e->model;
     if (i < 0 || i >= m->num_exits - 1)
         return engine_fail(e, ERT_INVALID_ARGUMENT,
-                           "exit %d has no threshold (early exits are 0..%d)", i,
-                           m->num_exits - 2);
+                           "exit %d has no threshold (early exits are 0..%d)", i, m->num_exits - 2);
     if (isnan(t))
         return engine_fail(e, ERT_INVALID_ARGUMENT, "exit '%s': threshold is NaN",
                            m->exits[i].name);
@@ -234,8 +233,8 @@ ert_status ert_infer(ert_engine *e, const float *input, int batch, ert_result *o
         for (int b = 0; b < batch; b++) {
             int x = out->samples[b].exit_index;
             if (x < 0 || x >= m->num_exits) {
-                st = engine_fail(e, ERT_INTERNAL, "backend %s gave sample %d exit %d",
-                                 e->ops->name, b, x);
+                st = engine_fail(e, ERT_INTERNAL, "backend %s gave sample %d exit %d", e->ops->name,
+                                 b, x);
                 break;
             }
             out->exit_counts[x]++;
@@ -247,8 +246,8 @@ ert_status ert_infer(ert_engine *e, const float *input, int batch, ert_result *o
     return st;
 }
 
-ert_status ert_infer_device(ert_engine *e, const void *d_input, int batch,
-                            ert_device_result *out, void *stream)
+ert_status ert_infer_device(ert_engine *e, const void *d_input, int batch, ert_device_result *out,
+                            void *stream)
 {
     if (!e)
         return ERT_INVALID_ARGUMENT;
@@ -258,8 +257,10 @@ ert_status ert_infer_device(ert_engine *e, const void *d_input, int batch,
     if (!out->samples)
         return engine_fail(e, ERT_INVALID_ARGUMENT, "result->samples is NULL");
     if (!e->ops->infer_device)
-        return engine_fail(e, ERT_UNSUPPORTED, "ert_infer_device needs the CUDA backend, "
-                                               "this engine runs on %s", e->ops->name);
+        return engine_fail(e, ERT_UNSUPPORTED,
+                           "ert_infer_device needs the CUDA backend, "
+                           "this engine runs on %s",
+                           e->ops->name);
     if (!engine_enter(e))
         return engine_fail(e, ERT_BUSY, "the engine is running another call");
     e->err[0] = '\0';
@@ -280,8 +281,10 @@ ert_status ert_engine_exit_outputs(ert_engine *e, const float *input, int batch,
     if (st != ERT_OK)
         return st;
     if (!e->ops->exit_outputs)
-        return engine_fail(e, ERT_UNSUPPORTED, "ert_engine_exit_outputs is not supported by the "
-                                               "%s backend", e->ops->name);
+        return engine_fail(e, ERT_UNSUPPORTED,
+                           "ert_engine_exit_outputs is not supported by the "
+                           "%s backend",
+                           e->ops->name);
     if (!engine_enter(e))
         return engine_fail(e, ERT_BUSY, "the engine is running another call");
     e->err[0] = '\0';

@@ -70,9 +70,9 @@ struct ert_engine {
     ert_model *model;
     plan plan;
     ert_engine_config cfg;
-    ert_backend backend;  /* never AUTO */
+    ert_backend backend; /* never AUTO */
     const backend_ops *ops;
-    void *ctx;            /* the backend's */
+    void *ctx; /* the backend's */
     float thresholds[ERT_MAX_EXITS];
     char err[ERT_ERROR_LEN];
     atomic_int busy;

@@ -106,7 +106,8 @@ static ert_status get_path(parse_ctx *c, const cJSON *root, const char *key, int
     if (!rel[0])
         return ert_fail(c->err, ERT_FORMAT, "%s: %s: empty path", c->file, key);
     if (rel[0] == '/')
-        return ert_fail(c->err, ERT_FORMAT, "%s: %s: '%s' is absolute; paths are relative to the model directory",
+        return ert_fail(c->err, ERT_FORMAT,
+                        "%s: %s: '%s' is absolute; paths are relative to the model directory",
                         c->file, key, rel);
     if (!path_join(out, len, dir, rel))
         return ert_fail(c->err, ERT_FORMAT, "%s: %s: path too long", c->file, key);
@@ -127,8 +128,9 @@ static ert_status get_norm(parse_ctx *c, const cJSON *input, const char *key, fl
         return ert_fail(c->err, ERT_FORMAT, "%s: input.%s: must be a number or a list of numbers",
                         c->file, key);
     if (n != 1 && n != C)
-        return ert_fail(c->err, ERT_FORMAT, "%s: input.%s: has %d values, expected 1 or %d (channels)",
-                        c->file, key, n, C);
+        return ert_fail(c->err, ERT_FORMAT,
+                        "%s: input.%s: has %d values, expected 1 or %d (channels)", c->file, key, n,
+                        C);
     for (int i = 0; i < n; i++) {
         const cJSON *x = cJSON_IsArray(j) ? cJSON_GetArrayItem(j, i) : j;
         if (!cJSON_IsNumber(x) || !(fabs(x->valuedouble) <= FLT_MAX))
@@ -158,8 +160,8 @@ static ert_status parse_input(parse_ctx *c, const cJSON *root, ert_model *m)
         long long hi = i == 0 ? 4 : 65536;
         if (!cJSON_IsNumber(x) || x->valuedouble != floor(x->valuedouble) || x->valuedouble < 1 ||
             x->valuedouble > (double)hi)
-            return ert_fail(c->err, ERT_FORMAT, "%s: input.shape[%d]: must be an integer in [1, %lld]",
-                            c->file, i, hi);
+            return ert_fail(c->err, ERT_FORMAT,
+                            "%s: input.shape[%d]: must be an integer in [1, %lld]", c->file, i, hi);
         d[i] = (int)x->valuedouble;
     }
     m->input = (shape3){d[0], d[1], d[2]};
@@ -182,12 +184,13 @@ static ert_status exit_name(parse_ctx *c, const ert_model *m, int e, const char 
 {
     size_t n = strlen(name);
     if (n == 0 || n >= ERT_NAME_LEN)
-        return ert_fail(c->err, ERT_FORMAT, "%s: %s.name: must be 1 to %d characters", c->file, field,
-                        ERT_NAME_LEN - 1);
+        return ert_fail(c->err, ERT_FORMAT, "%s: %s.name: must be 1 to %d characters", c->file,
+                        field, ERT_NAME_LEN - 1);
     for (int i = 0; i < e; i++)
         if (strcmp(m->exits[i].name, name) == 0)
-            return ert_fail(c->err, ERT_FORMAT, "%s: %s.name: '%s' is already the name of exits[%d]",
-                            c->file, field, name, i);
+            return ert_fail(c->err, ERT_FORMAT,
+                            "%s: %s.name: '%s' is already the name of exits[%d]", c->file, field,
+                            name, i);
     memcpy(dst, name, n + 1);
     return ERT_OK;
 }
@@ -272,8 +275,9 @@ static ert_status parse_graph(parse_ctx *c, const cJSON *root, ert_model *m)
             if (strcmp(map.names[i], after) == 0)
                 raw = i;
         if (raw < 0) {
-            st = ert_fail(c->err, ERT_FORMAT, "%s: %s.after: '%s' is not a top-level backbone layer",
-                          c->file, f, after);
+            st =
+                ert_fail(c->err, ERT_FORMAT, "%s: %s.after: '%s' is not a top-level backbone layer",
+                         c->file, f, after);
             goto done;
         }
         /* Where the exit reads (FORMAT.md, "Where an exit reads"): a dropout
@@ -284,10 +288,11 @@ static ert_status parse_graph(parse_ctx *c, const cJSON *root, ert_model *m)
         const char *noop = is_dropout ? " (a dropout is a no-op at inference)" : "";
         if (map.kinds[raw] == LAYER_CONV2D && raw + 1 < map.count &&
             map.kinds[raw + 1] == LAYER_BATCHNORM2D) {
-            st = ert_fail(c->err, ERT_FORMAT,
-                          "%s: %s.after: '%s' is followed by batchnorm2d '%s', which is folded into it "
-                          "(the conv's output without it is never computed); attach the exit after '%s'",
-                          c->file, f, after, map.names[raw + 1], map.names[raw + 1]);
+            st = ert_fail(
+                c->err, ERT_FORMAT,
+                "%s: %s.after: '%s' is followed by batchnorm2d '%s', which is folded into it "
+                "(the conv's output without it is never computed); attach the exit after '%s'",
+                c->file, f, after, map.names[raw + 1], map.names[raw + 1]);
             goto done;
         }
         if (x->after < 0) {
@@ -298,21 +303,25 @@ static ert_status parse_graph(parse_ctx *c, const cJSON *root, ert_model *m)
             goto done;
         }
         if (x->after == last) {
-            st = ert_fail(c->err, ERT_FORMAT,
-                          "%s: %s.after: '%s' is the end of the backbone%s; the final head reads it",
-                          c->file, f, after,
-                          raw + 1 < map.count ? " (only dropout follows it, a no-op at inference)" : "");
+            st = ert_fail(
+                c->err, ERT_FORMAT,
+                "%s: %s.after: '%s' is the end of the backbone%s; the final head reads it", c->file,
+                f, after,
+                raw + 1 < map.count ? " (only dropout follows it, a no-op at inference)" : "");
             goto done;
         }
         if (e > 0 && x->after == m->exits[e - 1].after) {
-            st = ert_fail(c->err, ERT_FORMAT,
-                          "%s: %s.after: '%s' gives the same output as exits[%d]'s layer%s; at most one exit per layer",
-                          c->file, f, after, e - 1, noop);
+            st = ert_fail(
+                c->err, ERT_FORMAT,
+                "%s: %s.after: '%s' gives the same output as exits[%d]'s layer%s; at most one exit per layer",
+                c->file, f, after, e - 1, noop);
             goto done;
         }
         if (e > 0 && x->after < m->exits[e - 1].after) {
-            st = ert_fail(c->err, ERT_FORMAT, "%s: %s.after: '%s' comes before exits[%d]'s layer; exits must be in backbone order",
-                          c->file, f, after, e - 1);
+            st = ert_fail(
+                c->err, ERT_FORMAT,
+                "%s: %s.after: '%s' comes before exits[%d]'s layer; exits must be in backbone order",
+                c->file, f, after, e - 1);
             goto done;
         }
         if ((st = parse_policy(c, ex, f, x)))
@@ -332,8 +341,8 @@ static ert_status parse_graph(parse_ctx *c, const cJSON *root, ert_model *m)
             if ((st = parse_layer_list(c, conf, sub, 0, &x->confidence, NULL)))
                 goto done;
         } else if (conf && !cJSON_IsNull(conf)) {
-            st = ert_fail(c->err, ERT_FORMAT, "%s: %s: only allowed with the confidence_head policy",
-                          c->file, sub);
+            st = ert_fail(c->err, ERT_FORMAT,
+                          "%s: %s: only allowed with the confidence_head policy", c->file, sub);
             goto done;
         }
         m->num_exits = e + 1;
@@ -391,7 +400,8 @@ ert_status ert_model_load(const char *path, ert_model **out, ert_error *err)
     if (out)
         *out = NULL;
     if (!path || !out)
-        return ert_fail(err, ERT_INVALID_ARGUMENT, "ert_model_load: NULL %s", path ? "out" : "path");
+        return ert_fail(err, ERT_INVALID_ARGUMENT, "ert_model_load: NULL %s",
+                        path ? "out" : "path");
     ert_model *m = calloc(1, sizeof *m);
     if (!m)
         return ert_fail(err, ERT_OUT_OF_MEMORY, "%s: out of memory", path);
@@ -422,7 +432,8 @@ ert_status ert_model_load(const char *path, ert_model **out, ert_error *err)
     if (!root) {
         int line, col;
         line_col(text, end && end >= text ? (size_t)(end - text) : 0, &line, &col);
-        st = ert_fail(err, ERT_FORMAT, "%s: invalid JSON at line %d, column %d", m->path, line, col);
+        st =
+            ert_fail(err, ERT_FORMAT, "%s: invalid JSON at line %d, column %d", m->path, line, col);
         goto fail;
     }
     if (!cJSON_IsObject(root)) {
@@ -440,14 +451,15 @@ ert_status ert_model_load(const char *path, ert_model **out, ert_error *err)
     if ((st = json_get_int(&c, root, "", "version", 0, 0, LLONG_MIN / 2, LLONG_MAX / 2, &version)))
         goto fail;
     if (version != 1) {
-        st = ert_fail(err, ERT_UNSUPPORTED, "%s: version: %lld is not supported (this reader knows 1)",
-                      m->path, version);
+        st = ert_fail(err, ERT_UNSUPPORTED,
+                      "%s: version: %lld is not supported (this reader knows 1)", m->path, version);
         goto fail;
     }
     char wpath[1024];
     if ((st = parse_input(&c, root, m)) ||
         (st = json_get_int(&c, root, "", "num_classes", 0, 0, 1, 65536, &K)) ||
-        (st = get_path(&c, root, "sample_data", 0, m->dir, m->sample_data, sizeof m->sample_data)) ||
+        (st =
+             get_path(&c, root, "sample_data", 0, m->dir, m->sample_data, sizeof m->sample_data)) ||
         (st = get_path(&c, root, "sample_labels", 0, m->dir, m->sample_labels,
                        sizeof m->sample_labels)) ||
         (st = get_path(&c, root, "weights", 1, m->dir, wpath, sizeof wpath)))
@@ -465,12 +477,14 @@ ert_status ert_model_load(const char *path, ert_model **out, ert_error *err)
     free_graph(m);
     size_t n = c.used, bytes;
     if (n > MODEL_MAX_WEIGHT_FLOATS) {
-        st = ert_fail(err, ERT_FORMAT, "%s: the layers take %zu weight floats, more than the limit of %llu",
-                      m->path, n, (unsigned long long)MODEL_MAX_WEIGHT_FLOATS);
+        st = ert_fail(err, ERT_FORMAT,
+                      "%s: the layers take %zu weight floats, more than the limit of %llu", m->path,
+                      n, (unsigned long long)MODEL_MAX_WEIGHT_FLOATS);
         goto fail;
     }
     if (!size_mul(n ? n : 1, sizeof(float), &bytes) || !(m->weights = malloc(bytes))) {
-        st = ert_fail(err, ERT_OUT_OF_MEMORY, "%s: out of memory for %zu weight floats", m->path, n);
+        st =
+            ert_fail(err, ERT_OUT_OF_MEMORY, "%s: out of memory for %zu weight floats", m->path, n);
         goto fail;
     }
     c.block = m->weights;

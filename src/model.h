@@ -28,7 +28,7 @@ typedef enum layer_kind {
     LAYER_FLATTEN,
     LAYER_LINEAR,
     LAYER_RESIDUAL,
-    LAYER_DROPOUT,     /* only while loading: a no-op, removed */
+    LAYER_DROPOUT, /* only while loading: a no-op, removed */
     LAYER_SIGMOID,
     LAYER_KIND_COUNT
 } layer_kind;
@@ -100,19 +100,19 @@ typedef struct exit_def {
     layer_list head;       /* ends in num_classes logits */
     layer_list confidence; /* confidence_head policy only: ends in 1 value after sigmoid */
     ert_policy_kind policy;
-    float threshold;       /* NaN for the final head */
-    uint64_t head_macs;    /* per sample: head + confidence */
+    float threshold;    /* NaN for the final head */
+    uint64_t head_macs; /* per sample: head + confidence */
 } exit_def;
 
 struct ert_model {
-    char path[1024];      /* model.json */
+    char path[1024]; /* model.json */
     char dir[1024];
-    char sample_data[1024];   /* "" when none */
+    char sample_data[1024]; /* "" when none */
     char sample_labels[1024];
 
     shape3 input;
-    float input_scale;        /* x' = (x * scale - mean[c]) / std[c] */
-    float mean[4], std[4];    /* per input channel (C <= 4), or one value repeated */
+    float input_scale;     /* x' = (x * scale - mean[c]) / std[c] */
+    float mean[4], std[4]; /* per input channel (C <= 4), or one value repeated */
     int num_classes;
 
     layer_list backbone;
@@ -122,15 +122,15 @@ struct ert_model {
     uint64_t backbone_macs; /* per sample */
     uint64_t macs_full;     /* backbone + final head, per sample */
 
-    float *weights;         /* one block owning every folded tensor */
-    size_t weights_len;     /* floats */
+    float *weights;     /* one block owning every folded tensor */
+    size_t weights_len; /* floats */
 
     /* Engines hold the model (exitrt.h: freeing a model with live engines
      * only marks it). Engines are created and freed from any thread, so the
      * decision to release the model is taken under `lock`. */
-    atomic_int engines;     /* live engines using this model */
-    atomic_int freed;       /* ert_model_free was called while engines lived */
-    pthread_mutex_t lock;   /* zeroed = PTHREAD_MUTEX_INITIALIZER (glibc) */
+    atomic_int engines;   /* live engines using this model */
+    atomic_int freed;     /* ert_model_free was called while engines lived */
+    pthread_mutex_t lock; /* zeroed = PTHREAD_MUTEX_INITIALIZER (glibc) */
 };
 
 /* Computes every layer's in/out shape and MACs, every exit's head_macs,

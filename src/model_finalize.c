@@ -54,8 +54,9 @@ static ert_status finalize_layer(const ert_model *m, layer *l, const char *where
             c->dil_w < 1)
             return LFAIL("%s: %s layer '%s': conv2d parameters out of range", f, where, l->name);
         if (c->in_ch % c->groups || c->out_ch % c->groups)
-            return LFAIL("%s: %s layer '%s': groups %d does not divide in_channels %d and out_channels %d",
-                         f, where, l->name, c->groups, c->in_ch, c->out_ch);
+            return LFAIL(
+                "%s: %s layer '%s': groups %d does not divide in_channels %d and out_channels %d",
+                f, where, l->name, c->groups, c->in_ch, c->out_ch);
         if (c->in_ch != in.c)
             return LFAIL("%s: %s layer '%s': in_channels is %d, but its input has %d channels", f,
                          where, l->name, c->in_ch, in.c);
@@ -64,8 +65,9 @@ static ert_status finalize_layer(const ert_model *m, layer *l, const char *where
         int64_t oh = window_out(in.h, c->pad_h, (int64_t)c->dil_h * (c->kh - 1) + 1, c->stride_h);
         int64_t ow = window_out(in.w, c->pad_w, (int64_t)c->dil_w * (c->kw - 1) + 1, c->stride_w);
         if (oh < 1 || ow < 1)
-            return LFAIL("%s: %s layer '%s': the kernel does not fit the %dx%d input (output would be empty)",
-                         f, where, l->name, in.h, in.w);
+            return LFAIL(
+                "%s: %s layer '%s': the kernel does not fit the %dx%d input (output would be empty)",
+                f, where, l->name, in.h, in.w);
         o = (shape3){c->out_ch, (int)oh, (int)ow};
         uint64_t a;
         if (!u64_mul((uint64_t)c->out_ch * (uint64_t)oh, (uint64_t)ow, &a) ||
@@ -83,8 +85,8 @@ static ert_status finalize_layer(const ert_model *m, layer *l, const char *where
         int64_t oh = window_out(in.h, p->pad_h, p->kh, p->stride_h);
         int64_t ow = window_out(in.w, p->pad_w, p->kw, p->stride_w);
         if (oh < 1 || ow < 1)
-            return LFAIL("%s: %s layer '%s': the %dx%d window does not fit the %dx%d input", f, where,
-                         l->name, p->kh, p->kw, in.h, in.w);
+            return LFAIL("%s: %s layer '%s': the %dx%d window does not fit the %dx%d input", f,
+                         where, l->name, p->kh, p->kw, in.h, in.w);
         o = (shape3){in.c, (int)oh, (int)ow};
         break;
     }
@@ -97,8 +99,9 @@ static ert_status finalize_layer(const ert_model *m, layer *l, const char *where
         if (p->in_features < 1 || p->out_features < 1 || !p->weight)
             return LFAIL("%s: %s layer '%s': linear parameters out of range", f, where, l->name);
         if ((size_t)p->in_features != shape_size(in))
-            return LFAIL("%s: %s layer '%s': in_features is %d, but its input has %zu values (%dx%dx%d)",
-                         f, where, l->name, p->in_features, shape_size(in), in.c, in.h, in.w);
+            return LFAIL(
+                "%s: %s layer '%s': in_features is %d, but its input has %zu values (%dx%dx%d)", f,
+                where, l->name, p->in_features, shape_size(in), in.c, in.h, in.w);
         o = (shape3){p->out_features, 1, 1};
         macs = (uint64_t)p->in_features * (uint64_t)p->out_features;
         break;
@@ -128,8 +131,9 @@ static ert_status finalize_layer(const ert_model *m, layer *l, const char *where
     }
     case LAYER_BATCHNORM2D:
     case LAYER_DROPOUT:
-        return ert_fail(err, ERT_INVALID_ARGUMENT, "%s: %s layer '%s': %s must be removed before finalize",
-                        f, where, l->name, l->kind == LAYER_DROPOUT ? "dropout" : "batchnorm2d");
+        return ert_fail(err, ERT_INVALID_ARGUMENT,
+                        "%s: %s layer '%s': %s must be removed before finalize", f, where, l->name,
+                        l->kind == LAYER_DROPOUT ? "dropout" : "batchnorm2d");
     default:
         return ert_fail(err, ERT_INVALID_ARGUMENT, "%s: %s layer '%s': unknown layer kind %d", f,
                         where, l->name, (int)l->kind);
@@ -177,7 +181,8 @@ ert_status model_finalize(ert_model *m, ert_error *err)
         return LFAIL("%s: exits: %d exits, must be 1 to %d with the final head", f, m->num_exits,
                      ERT_MAX_EXITS);
     shape3 bout;
-    ert_status st = finalize_list(m, &m->backbone, "backbone", 0, in, &bout, &m->backbone_macs, err);
+    ert_status st =
+        finalize_list(m, &m->backbone, "backbone", 0, in, &bout, &m->backbone_macs, err);
     if (st != ERT_OK)
         return st;
 
@@ -193,13 +198,16 @@ ert_status model_finalize(ert_model *m, ert_error *err)
             snprintf(where, sizeof where, "final.head");
         } else {
             if (x->after < 0 || x->after >= last)
-                return LFAIL("%s: exits[%d].after: must name a backbone layer before the last one", f, e);
-            if (e > 0 && x->after <= m->exits[e - 1].after)
-                return LFAIL("%s: exits[%d].after: exits must follow distinct layers in backbone order",
+                return LFAIL("%s: exits[%d].after: must name a backbone layer before the last one",
                              f, e);
+            if (e > 0 && x->after <= m->exits[e - 1].after)
+                return LFAIL(
+                    "%s: exits[%d].after: exits must follow distinct layers in backbone order", f,
+                    e);
             if (x->policy == ERT_POLICY_NONE || !isfinite(x->threshold) ||
                 !ert_threshold_ok(x->policy, x->threshold))
-                return LFAIL("%s: exits[%d].policy: missing policy or threshold out of range", f, e);
+                return LFAIL("%s: exits[%d].policy: missing policy or threshold out of range", f,
+                             e);
             snprintf(where, sizeof where, "exits[%d].head", e);
         }
         shape3 hin = m->backbone.items[x->after].out, hout = {0, 0, 0}, cout = {0, 0, 0};
@@ -207,8 +215,8 @@ ert_status model_finalize(ert_model *m, ert_error *err)
         if ((st = finalize_list(m, &x->head, where, 0, hin, &hout, &hm, err)) != ERT_OK)
             return st;
         if (shape_size(hout) != (size_t)m->num_classes)
-            return LFAIL("%s: %s: ends in %dx%dx%d = %zu values, expected num_classes = %d", f, where,
-                         hout.c, hout.h, hout.w, shape_size(hout), m->num_classes);
+            return LFAIL("%s: %s: ends in %dx%dx%d = %zu values, expected num_classes = %d", f,
+                         where, hout.c, hout.h, hout.w, shape_size(hout), m->num_classes);
         if (x->policy == ERT_POLICY_CONFIDENCE_HEAD) {
             snprintf(where, sizeof where, "exits[%d].confidence", e);
             if (x->confidence.count < 1)
@@ -228,8 +236,9 @@ ert_status model_finalize(ert_model *m, ert_error *err)
     }
     /* Bounded so that any batch's MAC count (x max_batch <= 2^20) fits 64 bits. */
     if (all > MODEL_MAX_MACS)
-        return LFAIL("%s: the backbone and heads take %llu MACs per sample, more than the limit of %llu",
-                     f, (unsigned long long)all, (unsigned long long)MODEL_MAX_MACS);
+        return LFAIL(
+            "%s: the backbone and heads take %llu MACs per sample, more than the limit of %llu", f,
+            (unsigned long long)all, (unsigned long long)MODEL_MAX_MACS);
     m->macs_full = m->backbone_macs + m->exits[m->num_exits - 1].head_macs;
     return ERT_OK;
 }

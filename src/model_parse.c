@@ -163,16 +163,16 @@ static ert_status find_tensor(parse_ctx *c, const cJSON *obj, const char *field,
                         c->st->path);
     if (x->dtype != ST_F32)
         return ert_fail(c->err, ERT_UNSUPPORTED,
-                        "%s: %s: tensor '%s': dtype %s not supported (float32 required)", c->file, p,
-                        name, x->dtype_name);
+                        "%s: %s: tensor '%s': dtype %s not supported (float32 required)", c->file,
+                        p, name, x->dtype_name);
     int same = x->ndim == ndim;
     for (int i = 0; same && i < ndim; i++)
         same = x->shape[i] == shape[i];
     if (!same) {
         fmt_shape(want, sizeof want, ndim, shape);
         fmt_shape(got, sizeof got, x->ndim, x->shape);
-        return ert_fail(c->err, ERT_FORMAT, "%s: %s: tensor '%s' has shape %s, expected %s", c->file,
-                        p, name, got, want);
+        return ert_fail(c->err, ERT_FORMAT, "%s: %s: tensor '%s' has shape %s, expected %s",
+                        c->file, p, name, got, want);
     }
     *t = x;
     return ERT_OK;
@@ -206,16 +206,11 @@ static float *take(parse_ctx *c, size_t n, const st_tensor *t)
 /* ---- layers ---------------------------------------------------------------- */
 
 static const char *const kind_names[LAYER_KIND_COUNT] = {
-    [LAYER_CONV2D] = "conv2d",
-    [LAYER_BATCHNORM2D] = "batchnorm2d",
-    [LAYER_RELU] = "relu",
-    [LAYER_MAXPOOL2D] = "maxpool2d",
-    [LAYER_AVGPOOL2D] = "avgpool2d",
-    [LAYER_GLOBAL_AVGPOOL] = "global_avgpool",
-    [LAYER_FLATTEN] = "flatten",
-    [LAYER_LINEAR] = "linear",
-    [LAYER_RESIDUAL] = "residual",
-    [LAYER_DROPOUT] = "dropout",
+    [LAYER_CONV2D] = "conv2d",       [LAYER_BATCHNORM2D] = "batchnorm2d",
+    [LAYER_RELU] = "relu",           [LAYER_MAXPOOL2D] = "maxpool2d",
+    [LAYER_AVGPOOL2D] = "avgpool2d", [LAYER_GLOBAL_AVGPOOL] = "global_avgpool",
+    [LAYER_FLATTEN] = "flatten",     [LAYER_LINEAR] = "linear",
+    [LAYER_RESIDUAL] = "residual",   [LAYER_DROPOUT] = "dropout",
     [LAYER_SIGMOID] = "sigmoid",
 };
 
@@ -234,12 +229,14 @@ static ert_status parse_conv(parse_ctx *c, const cJSON *o, const char *f, conv_p
         (st = json_get_string(c, o, f, "padding_mode", 0, &mode)))
         return st;
     if (mode && strcmp(mode, "zeros") != 0)
-        return ert_fail(c->err, ERT_UNSUPPORTED, "%s: %s.padding_mode: '%.32s' not supported (zeros only)",
-                        c->file, f, mode);
+        return ert_fail(c->err, ERT_UNSUPPORTED,
+                        "%s: %s.padding_mode: '%.32s' not supported (zeros only)", c->file, f,
+                        mode);
     if (in % g || out % g)
-        return ert_fail(c->err, ERT_FORMAT,
-                        "%s: %s.groups: %lld does not divide in_channels %lld and out_channels %lld",
-                        c->file, f, g, in, out);
+        return ert_fail(
+            c->err, ERT_FORMAT,
+            "%s: %s.groups: %lld does not divide in_channels %lld and out_channels %lld", c->file,
+            f, g, in, out);
     cv->in_ch = (int)in;
     cv->out_ch = (int)out;
     cv->groups = (int)g;
@@ -265,9 +262,10 @@ static ert_status parse_bn_fold(parse_ctx *c, const cJSON *o, const char *f, con
         (st = json_get_number(c, o, f, "eps", 1, 1e-5, &eps)))
         return st;
     if (n != cv->out_ch)
-        return ert_fail(c->err, ERT_FORMAT,
-                        "%s: %s.num_features: %lld does not match the preceding conv2d's out_channels %d",
-                        c->file, f, n, cv->out_ch);
+        return ert_fail(
+            c->err, ERT_FORMAT,
+            "%s: %s.num_features: %lld does not match the preceding conv2d's out_channels %d",
+            c->file, f, n, cv->out_ch);
     if (eps < 0)
         return ert_fail(c->err, ERT_FORMAT, "%s: %s.eps: must be >= 0", c->file, f);
     const int64_t s1[1] = {n};
@@ -281,8 +279,9 @@ static ert_status parse_bn_fold(parse_ctx *c, const cJSON *o, const char *f, con
     for (size_t o2 = 0; o2 < (size_t)n; o2++) {
         double v = (double)tensor_at(var, o2) + eps;
         if (!(v > 0.0) || !isfinite(v))
-            return ert_fail(c->err, ERT_FORMAT, "%s: %s.running_var: [%zu] + eps is %g, must be > 0",
-                            c->file, f, o2, v);
+            return ert_fail(c->err, ERT_FORMAT,
+                            "%s: %s.running_var: [%zu] + eps is %g, must be > 0", c->file, f, o2,
+                            v);
         if (!c->block)
             continue;
         double s = (g ? (double)tensor_at(g, o2) : 1.0) / sqrt(v);
@@ -312,12 +311,13 @@ static ert_status parse_pool(parse_ctx *c, const cJSON *o, const char *f, pool_p
         return st;
     const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, "ceil_mode");
     if (cJSON_IsTrue(x))
-        return ert_fail(c->err, ERT_UNSUPPORTED, "%s: %s.ceil_mode: true not supported (floor mode only)",
-                        c->file, f);
+        return ert_fail(c->err, ERT_UNSUPPORTED,
+                        "%s: %s.ceil_mode: true not supported (floor mode only)", c->file, f);
     x = cJSON_GetObjectItemCaseSensitive(o, "count_include_pad");
     if (cJSON_IsFalse(x))
         return ert_fail(c->err, ERT_UNSUPPORTED,
-                        "%s: %s.count_include_pad: false not supported (padding counts)", c->file, f);
+                        "%s: %s.count_include_pad: false not supported (padding counts)", c->file,
+                        f);
     int dh, dw;
     if ((st = get_pair(c, o, f, "dilation", 1, 1, 1, MAX_DIM, &dh, &dw)))
         return st;
@@ -362,8 +362,8 @@ static ert_status parse_residual(parse_ctx *c, const cJSON *o, const char *f, re
     else if (strcmp(act, "none") == 0)
         rp->relu_after = 0;
     else
-        return ert_fail(c->err, ERT_FORMAT, "%s: %s.activation: '%.32s' is not \"relu\" or \"none\"",
-                        c->file, f, act);
+        return ert_fail(c->err, ERT_FORMAT,
+                        "%s: %s.activation: '%.32s' is not \"relu\" or \"none\"", c->file, f, act);
     const cJSON *body = cJSON_GetObjectItemCaseSensitive(o, "body");
     const cJSON *sc = cJSON_GetObjectItemCaseSensitive(o, "shortcut");
     if (!cJSON_IsArray(body))
@@ -407,7 +407,7 @@ ert_status parse_layer_list(parse_ctx *c, const cJSON *arr, const char *field, i
     if (n > MODEL_MAX_LAYERS)
         return ert_fail(c->err, ERT_FORMAT, "%s: %s: %d layers, more than the limit of %d", c->file,
                         field, n, MODEL_MAX_LAYERS);
-    char (*names)[ERT_NAME_LEN] = calloc((size_t)n + 1, sizeof *names);
+    char(*names)[ERT_NAME_LEN] = calloc((size_t)n + 1, sizeof *names);
     layer_kind *kinds = calloc((size_t)n + 1, sizeof *kinds);
     int *index = calloc((size_t)n + 1, sizeof *index);
     out->items = calloc((size_t)n + 1, sizeof *out->items);
@@ -448,8 +448,8 @@ ert_status parse_layer_list(parse_ctx *c, const cJSON *arr, const char *field, i
             if (strcmp(type, kind_names[k]) == 0)
                 kind = k;
         if (kind < 0) {
-            st = ert_fail(c->err, ERT_UNSUPPORTED, "%s: %s.type: unknown layer type '%.32s'", c->file,
-                          f, type);
+            st = ert_fail(c->err, ERT_UNSUPPORTED, "%s: %s.type: unknown layer type '%.32s'",
+                          c->file, f, type);
             goto fail;
         }
         kinds[i] = (layer_kind)kind;

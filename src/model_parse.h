@@ -16,16 +16,16 @@
 #include "safetensors.h"
 
 /* Limits of model.json (models/FORMAT.md, "Limits"). */
-#define MODEL_MAX_JSON_BYTES (16L * 1024 * 1024)      /* model.json */
-#define MODEL_MAX_LAYERS 4096                         /* layers per list */
-#define MODEL_MAX_WEIGHT_FLOATS ((size_t)1 << 31)     /* the folded weight block */
-#define MODEL_MAX_MACS ((uint64_t)1 << 40)            /* per sample, any exit's path */
+#define MODEL_MAX_JSON_BYTES (16L * 1024 * 1024)  /* model.json */
+#define MODEL_MAX_LAYERS 4096                     /* layers per list */
+#define MODEL_MAX_WEIGHT_FLOATS ((size_t)1 << 31) /* the folded weight block */
+#define MODEL_MAX_MACS ((uint64_t)1 << 40)        /* per sample, any exit's path */
 
 typedef struct parse_ctx {
-    const char *file;     /* model.json, the prefix of every message */
-    const st_file *st;    /* the weights */
-    float *block;         /* NULL in the counting pass */
-    size_t used;          /* floats taken from the block so far */
+    const char *file;  /* model.json, the prefix of every message */
+    const st_file *st; /* the weights */
+    float *block;      /* NULL in the counting pass */
+    size_t used;       /* floats taken from the block so far */
     ert_error *err;
 } parse_ctx;
 

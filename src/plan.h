@@ -18,17 +18,17 @@
 #include "model.h"
 
 typedef struct stage {
-    int begin, end;     /* backbone layers [begin, end) */
-    shape3 in, out;     /* per sample */
-    uint64_t macs;      /* backbone MACs of the stage, per sample */
+    int begin, end; /* backbone layers [begin, end) */
+    shape3 in, out; /* per sample */
+    uint64_t macs;  /* backbone MACs of the stage, per sample */
 } stage;
 
 typedef struct plan {
     stage stages[ERT_MAX_EXITS];
-    int num_stages;     /* == model->num_exits */
-    size_t max_act;     /* floats per sample of the largest activation anywhere
+    int num_stages;          /* == model->num_exits */
+    size_t max_act;          /* floats per sample of the largest activation anywhere
                            (input, backbone, residual internals, heads) */
-    size_t max_col;     /* floats per sample of the largest im2col matrix
+    size_t max_col;          /* floats per sample of the largest im2col matrix
                            (in_ch/groups*kh*kw * Hout*Wout), 0 if no conv */
     uint64_t macs_all_heads; /* backbone + every head, per sample (MASKED) */
 } plan;

@@ -85,8 +85,7 @@ static inline ERT_HD float ert_policy_score(int kind, const float *z, int k, flo
     case ERT_POLICY_MARGIN:
         /* k == 1: a single class is certain */
         return k > 1 ? (1.0f - expf(m2 - m)) / s : 1.0f;
-    default: /* MAX_PROB, NONE */
-        return 1.0f / s;
+    default: /* MAX_PROB, NONE */ return 1.0f / s;
     }
 }
 

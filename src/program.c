@@ -14,8 +14,8 @@ typedef struct builder {
     const plan *p;
     program *prog;
     int cap;
-    unsigned live;   /* buffers holding data someone still needs */
-    int nbuf;        /* high-water mark */
+    unsigned live; /* buffers holding data someone still needs */
+    int nbuf;      /* high-water mark */
     ert_error *err;
     ert_status st;
     program_opts opts;
@@ -58,7 +58,8 @@ static int emit(builder *b, prog_op op)
         int cap = b->cap ? 2 * b->cap : 32;
         prog_op *ops = realloc(g->ops, (size_t)cap * sizeof *ops);
         if (!ops) {
-            b->st = ert_fail(b->err, ERT_OUT_OF_MEMORY, "program: out of memory building the program");
+            b->st =
+                ert_fail(b->err, ERT_OUT_OF_MEMORY, "program: out of memory building the program");
             return -1;
         }
         g->ops = ops;
@@ -119,8 +120,10 @@ static int fused_residual(builder *b, const layer *l, int x, unsigned px, int ow
     int at = b->prog->nops - 1;
     prog_op *op = &b->prog->ops[at];
     if (op->kind != OP_CONV || op->l != lc || op->out != body || op->act != ERT_ACT_NONE) {
-        b->st = ert_fail(b->err, ERT_INTERNAL, "program: residual %s: the body's last op is "
-                         "not its conv", l->name);
+        b->st = ert_fail(b->err, ERT_INTERNAL,
+                         "program: residual %s: the body's last op is "
+                         "not its conv",
+                         l->name);
         return -1;
     }
     op->in2 = sc;
@@ -148,8 +151,7 @@ static int run_list(builder *b, const layer *items, int count, int in, shape3 sh
         switch (l->kind) {
         case LAYER_DROPOUT:
         case LAYER_FLATTEN: /* NCHW rows are contiguous: flatten moves no data */
-        case LAYER_BATCHNORM2D: /* folded at load; none survives */
-            break;
+        case LAYER_BATCHNORM2D: /* folded at load; none survives */ break;
         case LAYER_RELU:
         case LAYER_SIGMOID: {
             int act = l->kind == LAYER_RELU ? ERT_ACT_RELU : ERT_ACT_SIGMOID;
@@ -243,8 +245,8 @@ static int run_list(builder *b, const layer *items, int count, int in, shape3 sh
 
 /* ---- stages -------------------------------------------------------------------------- */
 
-ert_status program_build(const ert_model *m, const plan *p, ert_mode mode,
-                         const program_opts *opts, program *out, ert_error *err)
+ert_status program_build(const ert_model *m, const plan *p, ert_mode mode, const program_opts *opts,
+                         program *out, ert_error *err)
 {
     memset(out, 0, sizeof *out);
     out->mode = mode;

@@ -25,38 +25,38 @@
 #define PROG_MAX_BUF 8
 
 typedef enum prog_op_kind {
-    OP_CONV = 0,  /* convolution + bias, then + in2 when in2 >= 0 (a fused
+    OP_CONV = 0, /* convolution + bias, then + in2 when in2 >= 0 (a fused
                      residual join), then op.act */
-    OP_MAXPOOL,   /* cuDNN pooling */
-    OP_AVGPOOL,   /* cuDNN pooling, padding counted in the divisor */
-    OP_GAP,       /* global average pooling kernel */
-    OP_LINEAR,    /* cuBLAS SGEMM + bias/activation kernel */
-    OP_ACT,       /* activation kernel: out = act(in) (in == out: in place) */
-    OP_ADD        /* out = act(in + in2), the residual join */
+    OP_MAXPOOL,  /* cuDNN pooling */
+    OP_AVGPOOL,  /* cuDNN pooling, padding counted in the divisor */
+    OP_GAP,      /* global average pooling kernel */
+    OP_LINEAR,   /* cuBLAS SGEMM + bias/activation kernel */
+    OP_ACT,      /* activation kernel: out = act(in) (in == out: in place) */
+    OP_ADD       /* out = act(in + in2), the residual join */
 } prog_op_kind;
 
 typedef struct prog_op {
     prog_op_kind kind;
-    const layer *l;     /* conv, pools, linear: the model layer */
-    int in, in2, out;   /* buffers (in2: OP_ADD, and OP_CONV with a fused
+    const layer *l;             /* conv, pools, linear: the model layer */
+    int in, in2, out;           /* buffers (in2: OP_ADD, and OP_CONV with a fused
                            residual join; else -1) */
-    int act;            /* applied to the output */
+    int act;                    /* applied to the output */
     shape3 in_shape, out_shape; /* per sample */
 } prog_op;
 
 typedef struct prog_range {
-    int begin, end;     /* ops [begin, end) */
+    int begin, end; /* ops [begin, end) */
 } prog_range;
 
 typedef struct prog_stage {
     prog_range backbone, head, conf;
-    int has_exit;       /* an exit decision runs after this stage */
-    int in_buf;         /* the stage's input rows */
-    int out_buf;        /* the backbone output, which the heads read */
-    int logits_buf;     /* [n, K] logits (may equal out_buf: empty final head) */
-    int conf_buf;       /* [n, 1] confidence head output, or -1 */
-    int gather_buf;     /* COMPACTED early exits: the survivors go here; else -1 */
-    size_t out_row;     /* floats per sample of out_buf's rows */
+    int has_exit;   /* an exit decision runs after this stage */
+    int in_buf;     /* the stage's input rows */
+    int out_buf;    /* the backbone output, which the heads read */
+    int logits_buf; /* [n, K] logits (may equal out_buf: empty final head) */
+    int conf_buf;   /* [n, 1] confidence head output, or -1 */
+    int gather_buf; /* COMPACTED early exits: the survivors go here; else -1 */
+    size_t out_row; /* floats per sample of out_buf's rows */
 } prog_stage;
 
 typedef struct program {
@@ -64,7 +64,7 @@ typedef struct program {
     int nops;
     prog_stage stages[ERT_MAX_EXITS];
     int num_stages;
-    int nbuf;           /* buffers the ops use */
+    int nbuf; /* buffers the ops use */
     ert_mode mode;
 } program;
 
@@ -80,8 +80,8 @@ typedef struct program_opts {
  * message to err and returns its status (ERT_UNSUPPORTED for a layer the
  * device path cannot run, ERT_OUT_OF_MEMORY, ERT_INTERNAL when a buffer
  * would not fit the plan). *out owns its ops afterwards: program_free. */
-ert_status program_build(const ert_model *m, const plan *p, ert_mode mode,
-                         const program_opts *opts, program *out, ert_error *err);
+ert_status program_build(const ert_model *m, const plan *p, ert_mode mode, const program_opts *opts,
+                         program *out, ert_error *err);
 
 void program_free(program *prog);
 

@@ -27,10 +27,9 @@ struct dtype_info {
 };
 
 static const struct dtype_info dtypes[] = {
-    {"F32", 4},  {"F16", 2},  {"BF16", 2}, {"F64", 8},     {"I64", 8},
-    {"I32", 4},  {"I16", 2},  {"I8", 1},   {"U8", 1},      {"U16", 2},
-    {"U32", 4},  {"U64", 8},  {"BOOL", 1}, {"F8_E4M3", 1}, {"F8_E5M2", 1},
-    {"C64", 8},
+    {"F32", 4},  {"F16", 2},     {"BF16", 2},    {"F64", 8}, {"I64", 8}, {"I32", 4},
+    {"I16", 2},  {"I8", 1},      {"U8", 1},      {"U16", 2}, {"U32", 4}, {"U64", 8},
+    {"BOOL", 1}, {"F8_E4M3", 1}, {"F8_E5M2", 1}, {"C64", 8},
 };
 
 static size_t dtype_size(const char *name)
@@ -84,8 +83,9 @@ static ert_status parse_tensor(const char *path, const cJSON *e, const char *dat
                         name);
     size_t esize = dtype_size(dt->valuestring);
     if (esize == 0)
-        return ert_fail(err, ERT_FORMAT, "%s: tensor '%s': dtype '%.32s' is not a safetensors dtype",
-                        path, name, dt->valuestring);
+        return ert_fail(err, ERT_FORMAT,
+                        "%s: tensor '%s': dtype '%.32s' is not a safetensors dtype", path, name,
+                        dt->valuestring);
     snprintf(t->dtype_name, sizeof t->dtype_name, "%s", dt->valuestring);
     t->dtype = strcmp(dt->valuestring, "F32") == 0 ? ST_F32 : ST_OTHER;
 
@@ -101,12 +101,12 @@ static ert_status parse_tensor(const char *path, const cJSON *e, const char *dat
     size_t count = 1;
     int i = 0;
     const cJSON *d;
-    cJSON_ArrayForEach(d, sh)
-    {
+    cJSON_ArrayForEach (d, sh) {
         uint64_t v;
         if (!json_uint(d, &v))
             return ert_fail(err, ERT_FORMAT,
-                            "%s: tensor '%s': shape[%d] is not a non-negative integer", path, name, i);
+                            "%s: tensor '%s': shape[%d] is not a non-negative integer", path, name,
+                            i);
         if (v > SIZE_MAX || !size_mul(count, (size_t)v, &count))
             return ert_fail(err, ERT_FORMAT, "%s: tensor '%s': shape overflows the element count",
                             path, name);
@@ -127,18 +127,20 @@ static ert_status parse_tensor(const char *path, const cJSON *e, const char *dat
                         "%s: tensor '%s': data_offsets must be two non-negative integers", path,
                         name);
     if (b > en)
-        return ert_fail(err, ERT_FORMAT, "%s: tensor '%s': data_offsets [%llu, %llu] end before they begin",
-                        path, name, (unsigned long long)b, (unsigned long long)en);
+        return ert_fail(err, ERT_FORMAT,
+                        "%s: tensor '%s': data_offsets [%llu, %llu] end before they begin", path,
+                        name, (unsigned long long)b, (unsigned long long)en);
     if (en > data_len)
-        return ert_fail(err, ERT_FORMAT,
-                        "%s: tensor '%s': data_offsets [%llu, %llu] exceed the data section (%llu bytes)",
-                        path, name, (unsigned long long)b, (unsigned long long)en,
-                        (unsigned long long)data_len);
+        return ert_fail(
+            err, ERT_FORMAT,
+            "%s: tensor '%s': data_offsets [%llu, %llu] exceed the data section (%llu bytes)", path,
+            name, (unsigned long long)b, (unsigned long long)en, (unsigned long long)data_len);
     if (en - b != (uint64_t)nbytes)
-        return ert_fail(err, ERT_FORMAT,
-                        "%s: tensor '%s': data_offsets [%llu, %llu] hold %llu bytes, but %s shape needs %zu",
-                        path, name, (unsigned long long)b, (unsigned long long)en,
-                        (unsigned long long)(en - b), t->dtype_name, nbytes);
+        return ert_fail(
+            err, ERT_FORMAT,
+            "%s: tensor '%s': data_offsets [%llu, %llu] hold %llu bytes, but %s shape needs %zu",
+            path, name, (unsigned long long)b, (unsigned long long)en, (unsigned long long)(en - b),
+            t->dtype_name, nbytes);
     t->data = data_base + b;
     return ERT_OK;
 }
@@ -154,8 +156,7 @@ static ert_status parse_metadata(const char *path, const cJSON *m, st_file *f, e
     if (!f->meta_keys || !f->meta_values || !f->metadata_json)
         return ert_fail(err, ERT_OUT_OF_MEMORY, "%s: out of memory", path);
     const cJSON *e;
-    cJSON_ArrayForEach(e, m)
-    {
+    cJSON_ArrayForEach (e, m) {
         if (!cJSON_IsString(e))
             return ert_fail(err, ERT_FORMAT, "%s: __metadata__.%s: value is not a string", path,
                             e->string);
@@ -183,8 +184,9 @@ static ert_status parse_header(const char *path, const char *hdr, size_t hlen, u
     /* Writers pad the header with spaces; anything else after the JSON is not ours. */
     for (const char *p = end; p && p < hdr + hlen; p++) {
         if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-            st = ert_fail(err, ERT_FORMAT, "%s: header: unexpected bytes after the JSON at byte %zu",
-                          path, (size_t)(p - hdr));
+            st =
+                ert_fail(err, ERT_FORMAT, "%s: header: unexpected bytes after the JSON at byte %zu",
+                         path, (size_t)(p - hdr));
             goto done;
         }
     }
@@ -194,8 +196,8 @@ static ert_status parse_header(const char *path, const char *hdr, size_t hlen, u
     }
     int n = cJSON_GetArraySize(root);
     if (n - (cJSON_GetObjectItemCaseSensitive(root, "__metadata__") ? 1 : 0) > ST_MAX_TENSORS) {
-        st = ert_fail(err, ERT_FORMAT, "%s: header: %d tensors, more than the limit of %d", path,
-                      n, ST_MAX_TENSORS);
+        st = ert_fail(err, ERT_FORMAT, "%s: header: %d tensors, more than the limit of %d", path, n,
+                      ST_MAX_TENSORS);
         goto done;
     }
     f->tensors = calloc((size_t)n + 1, sizeof *f->tensors);
@@ -206,8 +208,7 @@ static ert_status parse_header(const char *path, const char *hdr, size_t hlen, u
     const char *data_base = (const char *)f->map + 8 + hlen;
     int seen_meta = 0;
     const cJSON *e;
-    cJSON_ArrayForEach(e, root)
-    {
+    cJSON_ArrayForEach (e, root) {
         if (strcmp(e->string, "__metadata__") == 0) {
             if (seen_meta++) {
                 st = ert_fail(err, ERT_FORMAT, "%s: __metadata__ appears twice", path);
@@ -278,8 +279,8 @@ static ert_status parse_file(const char *path, st_file *f, ert_error *err)
                         path, (unsigned long long)hlen, (unsigned long long)ST_MAX_HEADER);
     if (hlen > size - 8)
         return ert_fail(err, ERT_FORMAT,
-                        "%s: header length %llu exceeds the file (%zu bytes after the length)", path,
-                        (unsigned long long)hlen, size - 8);
+                        "%s: header length %llu exceeds the file (%zu bytes after the length)",
+                        path, (unsigned long long)hlen, size - 8);
     if (hlen < 2)
         return ert_fail(err, ERT_FORMAT, "%s: header length %llu is too short for a JSON object",
                         path, (unsigned long long)hlen);
@@ -310,8 +311,9 @@ ert_status st_open(const char *path, st_file *f, ert_error *err)
     }
     if (sb.st_size < 8) {
         close(fd);
-        return ert_fail(err, ERT_FORMAT, "%s: file is %lld bytes, too short for a safetensors header",
-                        path, (long long)sb.st_size);
+        return ert_fail(err, ERT_FORMAT,
+                        "%s: file is %lld bytes, too short for a safetensors header", path,
+                        (long long)sb.st_size);
     }
     if ((uint64_t)sb.st_size > SIZE_MAX) {
         close(fd);
@@ -335,17 +337,17 @@ fail:
     return st;
 }
 
-ert_status st_open_memory(const char *name, const void *buf, size_t len, st_file *f,
-                          ert_error *err)
+ert_status st_open_memory(const char *name, const void *buf, size_t len, st_file *f, ert_error *err)
 {
     if (!f)
         return ert_fail(err, ERT_INVALID_ARGUMENT, "st_open_memory: NULL file");
     memset(f, 0, sizeof *f);
     if (!name || (!buf && len))
-        return ert_fail(err, ERT_INVALID_ARGUMENT, "st_open_memory: NULL %s", name ? "buffer" : "name");
+        return ert_fail(err, ERT_INVALID_ARGUMENT, "st_open_memory: NULL %s",
+                        name ? "buffer" : "name");
     if (len < 8)
-        return ert_fail(err, ERT_FORMAT, "%s: file is %zu bytes, too short for a safetensors header",
-                        name, len);
+        return ert_fail(err, ERT_FORMAT,
+                        "%s: file is %zu bytes, too short for a safetensors header", name, len);
     snprintf(f->path, sizeof f->path, "%s", name);
     f->map = (void *)buf; /* borrowed, read only */
     f->size = len;

@@ -18,16 +18,19 @@
 #define ST_MAX_HEADER ((uint64_t)100 * 1024 * 1024) /* header JSON bytes */
 #define ST_MAX_TENSORS 65536                        /* tensors per file */
 
-typedef enum st_dtype { ST_F32 = 0, ST_OTHER } st_dtype;
+typedef enum st_dtype {
+    ST_F32 = 0,
+    ST_OTHER
+} st_dtype;
 
 typedef struct st_tensor {
     char *name;
-    char dtype_name[16];       /* as written: "F32", "F16", ... */
+    char dtype_name[16]; /* as written: "F32", "F16", ... */
     st_dtype dtype;
     int ndim;
     int64_t shape[ST_MAX_DIMS];
-    size_t count;              /* elements */
-    const void *data;          /* inside the mapping */
+    size_t count;     /* elements */
+    const void *data; /* inside the mapping */
     size_t nbytes;
 } st_tensor;
 
@@ -37,8 +40,8 @@ typedef struct st_file {
     size_t size;
     st_tensor *tensors;
     int num_tensors;
-    char *metadata_json;       /* the __metadata__ object re-serialised, or NULL */
-    char **meta_keys;          /* the __metadata__ entries, for st_metadata */
+    char *metadata_json; /* the __metadata__ object re-serialised, or NULL */
+    char **meta_keys;    /* the __metadata__ entries, for st_metadata */
     char **meta_values;
     int num_meta;
     const st_tensor **by_name; /* tensors sorted by name, for st_find */

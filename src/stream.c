@@ -59,11 +59,11 @@
 #define STREAM_MAX_QUEUE (1 << 24)
 
 typedef struct ring {
-    float *act;       /* [cap, row] */
-    uint64_t *id;     /* [cap] */
-    uint64_t *t_sub;  /* [cap] submit time, ns (CLOCK_MONOTONIC) */
+    float *act;        /* [cap, row] */
+    uint64_t *id;      /* [cap] */
+    uint64_t *t_sub;   /* [cap] submit time, ns (CLOCK_MONOTONIC) */
     ert_patience *pst; /* [cap] patience state after the exits passed */
-    size_t row;       /* floats per row */
+    size_t row;        /* floats per row */
     int cap, head, count;
 } ring;
 
@@ -78,12 +78,12 @@ struct ert_stream {
     float *done_logits;      /* [queue, K] */
     int done_head, done_count;
 
-    float *in_scratch;       /* [batch, largest stage input] */
-    float *out_scratch;      /* [batch, largest stage output] */
-    ert_sample *res;         /* [batch] */
-    float *logits;           /* [batch, K] */
-    unsigned char *exited;   /* [batch] */
-    ert_patience *state;     /* [batch] the run's rows' patience states */
+    float *in_scratch;     /* [batch, largest stage input] */
+    float *out_scratch;    /* [batch, largest stage output] */
+    ert_sample *res;       /* [batch] */
+    float *logits;         /* [batch, K] */
+    unsigned char *exited; /* [batch] */
+    ert_patience *state;   /* [batch] the run's rows' patience states */
 
     int admitted;
     ert_stream_stats stats;
@@ -177,7 +177,8 @@ ert_status ert_stream_create(ert_engine *e, const ert_stream_config *cfg, ert_st
     if (c.batch < 1 || c.batch > max_batch)
         return ert_fail(err, ERT_INVALID_ARGUMENT,
                         "ert_stream_create: batch %d out of range [1, %d] (the engine's "
-                        "max_batch)", c.batch, max_batch);
+                        "max_batch)",
+                        c.batch, max_batch);
     if (c.queue == 0) {
         /* room for a partial batch in every stage and a full one more */
         int per = e->plan.num_stages + 1 > 4 ? e->plan.num_stages + 1 : 4;
@@ -199,9 +200,8 @@ ert_status ert_stream_create(ert_engine *e, const ert_stream_config *cfg, ert_st
     s->e = e;
     s->cfg = c;
     /* beyond ~584 years in ns: never */
-    s->deadline_ns = c.deadline_ms < 0 || c.deadline_ms >= 1.8e13
-                         ? UINT64_MAX
-                         : (uint64_t)(c.deadline_ms * 1e6);
+    s->deadline_ns =
+        c.deadline_ms < 0 || c.deadline_ms >= 1.8e13 ? UINT64_MAX : (uint64_t)(c.deadline_ms * 1e6);
     s->S = e->plan.num_stages;
     s->K = e->model->num_classes;
     const size_t B = (size_t)c.batch;
@@ -236,8 +236,8 @@ ert_status ert_stream_create(ert_engine *e, const ert_stream_config *cfg, ert_st
         s->logits = alloc_array(B * (size_t)s->K, sizeof(float));
         s->exited = alloc_array(B, 1);
         s->state = alloc_array(B, sizeof(ert_patience));
-        ok = s->done && s->done_logits && s->in_scratch && s->out_scratch && s->res &&
-             s->logits && s->exited && s->state;
+        ok = s->done && s->done_logits && s->in_scratch && s->out_scratch && s->res && s->logits &&
+             s->exited && s->state;
     }
     if (!ok) {
         ert_stream_free(s);
@@ -304,8 +304,8 @@ static ert_status run_stage(ert_stream *s, int si, int k)
     for (int i = 0; i < k; i++)
         s->state[i] = q->pst[(q->head + i) % q->cap];
     uint64_t macs = 0;
-    ert_status st = e->ops->run_stage(e, si, in, k, out, s->res, s->logits, s->exited, s->state,
-                                      &macs);
+    ert_status st =
+        e->ops->run_stage(e, si, in, k, out, s->res, s->logits, s->exited, s->state, &macs);
     if (st != ERT_OK)
         return stream_fail(s, st, e->err);
     uint64_t t = now_ns();
@@ -315,9 +315,8 @@ static ert_status run_stage(ert_stream *s, int si, int k)
     for (int i = 0; i < k; i++) {
         if (s->exited[i] > 1 || (last && !s->exited[i]) ||
             (s->exited[i] && s->res[i].exit_index != si)) {
-            snprintf(s->err, sizeof s->err,
-                     "backend %s: stage %d row %d: exited %d with exit %d", e->ops->name, si, i,
-                     s->exited[i], s->res[i].exit_index);
+            snprintf(s->err, sizeof s->err, "backend %s: stage %d row %d: exited %d with exit %d",
+                     e->ops->name, si, i, s->exited[i], s->res[i].exit_index);
             return ERT_INTERNAL;
         }
         kept += !s->exited[i];
@@ -484,8 +483,9 @@ ert_status ert_stream_poll(ert_stream *s, ert_stream_result *results, float *log
         return ERT_INVALID_ARGUMENT;
     if (!got || max < 0 || (max > 0 && !results))
         return stream_fail(s, ERT_INVALID_ARGUMENT,
-                           !got ? "poll: got is NULL"
-                                : max < 0 ? "poll: max < 0" : "poll: results is NULL");
+                           !got      ? "poll: got is NULL"
+                           : max < 0 ? "poll: max < 0"
+                                     : "poll: results is NULL");
     if (!stream_enter(s))
         return ERT_BUSY;
     ert_status st = pump(s, 0);

@@ -30,8 +30,7 @@ int main(int argc, char *argv[])
                 "start: cudaGetDeviceCount: %s (%s)\n",
                 cudaGetErrorName(r), cudaGetErrorString(r));
         return 1;
-    case GPU_RUN:
-        break;
+    case GPU_RUN: break;
     }
     struct criterion_test_set *tests = criterion_initialize();
     int result = 0;

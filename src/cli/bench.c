@@ -108,15 +108,14 @@ static int load_inputs(bench_run *r, const char *data)
             fprintf(stderr, "exitrt bench: %s\n", err.msg);
             return -1;
         }
-        if (ert_dataset_check_shape(&d, path, m->input.c, m->input.h, m->input.w, &err) !=
-            ERT_OK) {
+        if (ert_dataset_check_shape(&d, path, m->input.c, m->input.h, m->input.w, &err) != ERT_OK) {
             fprintf(stderr, "exitrt bench: %s\n", err.msg);
             ert_dataset_free(&d);
             return -1;
         }
         for (size_t i = 0; i < (size_t)r->n; i++)
-            memcpy(r->inputs + i * r->input_size,
-                   d.values + (i % d.count) * r->input_size, r->input_size * sizeof(float));
+            memcpy(r->inputs + i * r->input_size, d.values + (i % d.count) * r->input_size,
+                   r->input_size * sizeof(float));
         snprintf(r->input_desc, sizeof r->input_desc, "%s%s: first %d samples%s",
                  data ? "" : "the model's sample data ", path, r->n,
                  d.count < (size_t)r->n ? " (repeated: the file holds fewer)" : "");
@@ -170,9 +169,8 @@ static int calibrate(bench_run *r)
     for (int p = 0; p < r->nprof; p++) {
         bench_profile *pr = &r->prof[p];
         pr->exits = malloc(sizeof *pr->exits * (size_t)r->n);
-        if (!pr->exits ||
-            calib_profile(E, kinds, scores, r->n, pr->shares, pr->nshares, pr->thresholds,
-                          pr->targets, pr->calibrated, NULL) != 0) {
+        if (!pr->exits || calib_profile(E, kinds, scores, r->n, pr->shares, pr->nshares,
+                                        pr->thresholds, pr->targets, pr->calibrated, NULL) != 0) {
             fprintf(stderr, "exitrt bench: calibration failed (out of memory?)\n");
             goto done;
         }
@@ -209,13 +207,13 @@ done:
 typedef struct cell_acc {
     ert_engine *eng;
     int profile;
-    double *rep_s;     /* [reps] */
-    double *lat_s;     /* [reps * batches_per_rep] */
+    double *rep_s; /* [reps] */
+    double *lat_s; /* [reps * batches_per_rep] */
     int nrep, nlat;
     int32_t counts[ERT_MAX_EXITS]; /* the first rep's */
-    uint64_t macs;     /* the first rep's */
-    uint64_t macs_padding; /* the first rep's: bucket padding (CUDA graphs) */
-    long waits;        /* all reps */
+    uint64_t macs;                 /* the first rep's */
+    uint64_t macs_padding;         /* the first rep's: bucket padding (CUDA graphs) */
+    long waits;                    /* all reps */
 } cell_acc;
 
 static int set_profile(bench_run *r, ert_engine *e, int p)
@@ -230,8 +228,8 @@ static int set_profile(bench_run *r, ert_engine *e, int p)
 
 /* nb batches of `batch` rows, starting where the previous batch ended
  * (cycling through the n inputs). timed: record into a. */
-static int run_batches(bench_run *r, cell_acc *a, int batch, int nb, ert_sample *smp,
-                       int timed, int first)
+static int run_batches(bench_run *r, cell_acc *a, int batch, int nb, ert_sample *smp, int timed,
+                       int first)
 {
     double t0 = tools_now_s();
     for (int k = 0; k < nb; k++) {
@@ -311,8 +309,8 @@ static int sweep_batch(bench_run *r, ert_backend be, int batch, double *full_onl
         ert_error err;
         ert_status st = ert_engine_create(r->model, &cfg, &eng[m], &err);
         if (st != ERT_OK) {
-            fprintf(stderr, "exitrt bench: %s batch %d %s: %s%s\n", ert_backend_string(be),
-                    batch, ert_mode_string((ert_mode)m), err.msg,
+            fprintf(stderr, "exitrt bench: %s batch %d %s: %s%s\n", ert_backend_string(be), batch,
+                    ert_mode_string((ert_mode)m), err.msg,
                     st == ERT_OUT_OF_MEMORY ? " (batch size skipped)" : "");
             rc = st == ERT_OUT_OF_MEMORY ? 1 : -1;
             goto done;
@@ -453,8 +451,8 @@ int bench_main(int argc, char **argv)
     double t0 = tools_now_s();
     if (calibrate(&r))
         goto done;
-    fprintf(stderr, "exitrt bench: calibrated %d profiles on %d inputs (%.1fs)\n", r.nprof,
-            r.n, tools_now_s() - t0);
+    fprintf(stderr, "exitrt bench: calibrated %d profiles on %d inputs (%.1fs)\n", r.nprof, r.n,
+            tools_now_s() - t0);
 
     for (int be = ERT_BACKEND_CPU; be <= ERT_BACKEND_CUDA; be++) {
         if (!r.backend_on[be])

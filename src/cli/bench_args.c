@@ -217,8 +217,7 @@ int bench_parse_args(int argc, char **argv, bench_run *r, bench_opts *o)
         } else if (!strcmp(key, "--rep-samples")) {
             bad = parse_int(val, 1, 1 << 24, &r->rep_samples);
             o->rep_samples_given = 1;
-        }
-        else if (!strcmp(key, "--threads"))
+        } else if (!strcmp(key, "--threads"))
             bad = parse_int(val, 1, 1024, &r->threads);
         else if (!strcmp(key, "--inflight"))
             bad = parse_int(val, 1, 16, &r->inflight);

@@ -42,8 +42,8 @@ static float between(float lo, float hi)
     return (t > lo && t <= hi) ? t : hi;
 }
 
-int calib_pick_threshold(ert_policy_kind kind, const float *scores, int n, int take,
-                         float *scratch, float *thr)
+int calib_pick_threshold(ert_policy_kind kind, const float *scores, int n, int take, float *scratch,
+                         float *thr)
 {
     int lt = kind == ERT_POLICY_ENTROPY;
     int m = 0;

@@ -33,8 +33,8 @@ float calib_clamp_threshold(ert_policy_kind kind, float t);
  * the count differ from the chosen one (a score of exactly 1.0 always
  * exits a [0,1] policy). scratch: n floats. Returns the number of the n
  * scores that exit at the returned *thr (counted with ert_policy_exits). */
-int calib_pick_threshold(ert_policy_kind kind, const float *scores, int n, int take,
-                         float *scratch, float *thr);
+int calib_pick_threshold(ert_policy_kind kind, const float *scores, int n, int take, float *scratch,
+                         float *thr);
 
 /* Calibrates a whole profile.
  *   kinds     [num_exits] the exits' policies (the last one NONE)

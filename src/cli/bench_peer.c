@@ -18,8 +18,7 @@
 
 #include "bench_run.h"
 
-int bench_write_npy(const char *path, const void *data, int is_int32, const int64_t *dims,
-                    int ndim)
+int bench_write_npy(const char *path, const void *data, int is_int32, const int64_t *dims, int ndim)
 {
     char hdr[256];
     int o = snprintf(hdr, sizeof hdr, "{'descr': '%s', 'fortran_order': False, 'shape': (",
@@ -39,8 +38,8 @@ int bench_write_npy(const char *path, const void *data, int is_int32, const int6
     if (!f)
         return -1;
     unsigned short hl = (unsigned short)(o + pad + 1);
-    unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
-                             (unsigned char)(hl & 0xff), (unsigned char)(hl >> 8)};
+    unsigned char pre[10] = {
+        0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hl & 0xff), (unsigned char)(hl >> 8)};
     int ok = fwrite(pre, 1, 10, f) == 10 && fwrite(hdr, 1, (size_t)o, f) == (size_t)o;
     for (int i = 0; i < pad && ok; i++)
         ok = fputc(' ', f) != EOF;
@@ -117,15 +116,13 @@ static double peer_sps(const cJSON *cells, const char *dev, const char *profile,
                        const char *mode)
 {
     const cJSON *c;
-    cJSON_ArrayForEach(c, cells)
-    {
+    cJSON_ArrayForEach (c, cells) {
         const cJSON *d = cJSON_GetObjectItemCaseSensitive(c, "device");
         const cJSON *p = cJSON_GetObjectItemCaseSensitive(c, "profile");
         const cJSON *b = cJSON_GetObjectItemCaseSensitive(c, "batch");
         const cJSON *m = cJSON_GetObjectItemCaseSensitive(c, "mode");
         const cJSON *s = cJSON_GetObjectItemCaseSensitive(c, "samples_per_s");
-        if (!cJSON_IsString(d) || !cJSON_IsNumber(b) || !cJSON_IsString(m) ||
-            !cJSON_IsNumber(s))
+        if (!cJSON_IsString(d) || !cJSON_IsNumber(b) || !cJSON_IsString(m) || !cJSON_IsNumber(s))
             continue;
         if (strcmp(d->valuestring, dev) || (int)b->valuedouble != batch ||
             strcmp(m->valuestring, mode))
@@ -190,10 +187,10 @@ int bench_run_peer(bench_run *r)
     if (!argv || !argbuf)
         goto done;
     char *w = argbuf;
-#define ARG(...)                                                                                \
-    do {                                                                                       \
-        argv[nargs++] = w;                                                                     \
-        w += sprintf(w, __VA_ARGS__) + 1;                                                      \
+#define ARG(...)                          \
+    do {                                  \
+        argv[nargs++] = w;                \
+        w += sprintf(w, __VA_ARGS__) + 1; \
     } while (0)
     ARG("%s", py);
     ARG("%s", script);
@@ -290,8 +287,7 @@ int bench_run_peer(bench_run *r)
             snprintf(r->ort_note, sizeof r->ort_note, "%s",
                      cJSON_IsString(on) ? on->valuestring : "not run: no CPU cells");
             const cJSON *d;
-            cJSON_ArrayForEach(d, cJSON_GetObjectItemCaseSensitive(j, "decisions"))
-            {
+            cJSON_ArrayForEach (d, cJSON_GetObjectItemCaseSensitive(j, "decisions")) {
                 const cJSON *p = cJSON_GetObjectItemCaseSensitive(d, "profile");
                 const cJSON *mo = cJSON_GetObjectItemCaseSensitive(d, "mismatch_ort");
                 for (int q = 0; q < r->nprof && cJSON_IsString(p); q++)
@@ -317,9 +313,9 @@ int bench_run_peer(bench_run *r)
             if ((a > b ? a : b) > c->torch_best_ee)
                 c->torch_best_ee = a > b ? a : b;
             if (variant == 0 && c->mode != ERT_MODE_MASKED)
-                c->ort_samples_per_s = peer_sps(cells, dev, pn, c->batch,
-                                                c->mode == ERT_MODE_FULL ? "ort-full"
-                                                                         : "ort-pipeline");
+                c->ort_samples_per_s =
+                    peer_sps(cells, dev, pn, c->batch,
+                             c->mode == ERT_MODE_FULL ? "ort-full" : "ort-pipeline");
         }
         /* the decision checks below read the last run's */
     }
@@ -329,8 +325,7 @@ int bench_run_peer(bench_run *r)
              ver, r->threads, won[0], won[1]);
     const cJSON *dec = cJSON_GetObjectItemCaseSensitive(j, "decisions");
     const cJSON *d;
-    cJSON_ArrayForEach(d, dec)
-    {
+    cJSON_ArrayForEach (d, dec) {
         const cJSON *p = cJSON_GetObjectItemCaseSensitive(d, "profile");
         const cJSON *mm = cJSON_GetObjectItemCaseSensitive(d, "mismatch_masked");
         const cJSON *mc = cJSON_GetObjectItemCaseSensitive(d, "mismatch_compacted");
@@ -340,8 +335,7 @@ int bench_run_peer(bench_run *r)
             if (!strcmp(r->prof[q].name, p->valuestring)) {
                 r->prof[q].peer_checked = 1;
                 r->prof[q].peer_mismatch_masked = cJSON_IsNumber(mm) ? (int)mm->valuedouble : -1;
-                r->prof[q].peer_mismatch_compacted =
-                    cJSON_IsNumber(mc) ? (int)mc->valuedouble : -1;
+                r->prof[q].peer_mismatch_compacted = cJSON_IsNumber(mc) ? (int)mc->valuedouble : -1;
             }
     }
     rc = 0;

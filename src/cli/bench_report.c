@@ -39,22 +39,22 @@ void bench_print_table(const bench_run *r, FILE *out)
     for (int x = 0; x < E; x++)
         fprintf(out, " %s (%s)%s", ert_model_exit_name(m, x),
                 ert_policy_string(ert_model_exit_policy(m, x)), x + 1 < E ? "," : "\n");
-    fprintf(out, "  full network: %.3f MMAC/sample; %d threads; %d timed reps of %d+ samples "
-                 "(median), %d warm-up batches per cell; %s\n",
-            (double)m->macs_full / 1e6, r->threads, r->reps, r->rep_samples, r->warmup,
-            r->date);
+    fprintf(out,
+            "  full network: %.3f MMAC/sample; %d threads; %d timed reps of %d+ samples "
+            "(median), %d warm-up batches per cell; %s\n",
+            (double)m->macs_full / 1e6, r->threads, r->reps, r->rep_samples, r->warmup, r->date);
     fprintf(out, "  inputs: %s\n", r->input_desc);
     fprintf(out, "  commit: %s\n", r->commit ? r->commit : "unknown");
     if (r->backend_on[ERT_BACKEND_CUDA]) {
         const cuda_info *ci = &r->cuda;
         if (ci->present)
-            fprintf(out, "  gpu: %s (sm_%d%d, %d SMs); driver %s (CUDA %d.%d), runtime %d.%d; "
-                         "cuDNN %d.%d.%d; cuBLAS %d.%d.%d\n",
+            fprintf(out,
+                    "  gpu: %s (sm_%d%d, %d SMs); driver %s (CUDA %d.%d), runtime %d.%d; "
+                    "cuDNN %d.%d.%d; cuBLAS %d.%d.%d\n",
                     ci->name, ci->cc_major, ci->cc_minor, ci->sms, ci->kernel_driver,
-                    ci->driver / 1000,
-                    ci->driver % 1000 / 10, ci->runtime / 1000, ci->runtime % 1000 / 10,
-                    ci->cudnn / 10000, ci->cudnn % 10000 / 100, ci->cudnn % 100, ci->cublas[0],
-                    ci->cublas[1], ci->cublas[2]);
+                    ci->driver / 1000, ci->driver % 1000 / 10, ci->runtime / 1000,
+                    ci->runtime % 1000 / 10, ci->cudnn / 10000, ci->cudnn % 10000 / 100,
+                    ci->cudnn % 100, ci->cublas[0], ci->cublas[1], ci->cublas[2]);
         fprintf(out, "  cuda: %d batch(es) in flight, graph buckets %d\n", r->inflight,
                 r->graph_buckets);
         fprintf(out, "  cuda timing: host wall clock around ert_infer, which returns with the "
@@ -72,8 +72,8 @@ void bench_print_table(const bench_run *r, FILE *out)
         size_t o = 0;
         th[0] = '\0';
         for (int x = 0; x < E - 1 && o < sizeof th; x++) {
-            int n = snprintf(th + o, sizeof th - o, "%s%.4g", x ? ", " : "",
-                             (double)pr->thresholds[x]);
+            int n =
+                snprintf(th + o, sizeof th - o, "%s%.4g", x ? ", " : "", (double)pr->thresholds[x]);
             o += n > 0 ? (size_t)n : 0;
         }
         shares_str(pr->calibrated, E, c1, sizeof c1);
@@ -85,8 +85,9 @@ void bench_print_table(const bench_run *r, FILE *out)
             miss = d > miss ? d : -d > miss ? -d : miss;
         }
         if (miss > 2)
-            fprintf(out, " (missed by up to %d samples: tied scores, or scores at the bound "
-                         "of the policy's threshold range, e.g. max_prob exactly 1)",
+            fprintf(out,
+                    " (missed by up to %d samples: tied scores, or scores at the bound "
+                    "of the policy's threshold range, e.g. max_prob exactly 1)",
                     miss);
         if (pr->peer_checked)
             fprintf(out, "; PyTorch decisions differ on %d (masked), %d (compacted) of %d",
@@ -100,8 +101,9 @@ void bench_print_table(const bench_run *r, FILE *out)
                 r->ort_note[0] ? r->ort_note : "not run");
 
     if (r->drift_batch > 0 && r->drift_after > 0)
-        fprintf(out, "  drift: %s FULL at batch %d ran %.0f samples/s in its cell and %.0f at the "
-                     "end (%+.1f%%)%s\n",
+        fprintf(out,
+                "  drift: %s FULL at batch %d ran %.0f samples/s in its cell and %.0f at the "
+                "end (%+.1f%%)%s\n",
                 ert_backend_string(r->drift_backend), r->drift_batch, r->drift_before,
                 r->drift_after, 100.0 * (r->drift_after / r->drift_before - 1.0),
                 fabs(r->drift_after / r->drift_before - 1.0) > 0.1
@@ -124,11 +126,11 @@ void bench_print_table(const bench_run *r, FILE *out)
     for (int i = 0; i < r->ncells; i++) {
         const bench_cell *c = &r->cells[i];
         shares_str(c->exit_counts, E, buf, sizeof buf);
-        fprintf(out, "%-7s %-12s %6d %-10s %-16s %11.1f %8.3f %8.3f %10.3f %6.2fx %6.2fx %5.2f %6.2f",
-                ert_backend_string(c->backend), r->prof[c->profile].name, c->batch,
-                MODE_NAMES[c->mode], buf, c->samples_per_s, c->p50_ms, c->p99_ms,
-                c->macs_per_sample / 1e6, c->ideal_speedup, c->speedup, c->efficiency,
-                c->host_waits_per_batch);
+        fprintf(
+            out, "%-7s %-12s %6d %-10s %-16s %11.1f %8.3f %8.3f %10.3f %6.2fx %6.2fx %5.2f %6.2f",
+            ert_backend_string(c->backend), r->prof[c->profile].name, c->batch, MODE_NAMES[c->mode],
+            buf, c->samples_per_s, c->p50_ms, c->p99_ms, c->macs_per_sample / 1e6, c->ideal_speedup,
+            c->speedup, c->efficiency, c->host_waits_per_batch);
         if (peer) {
             if (c->torch_samples_per_s > 0)
                 fprintf(out, " %11.1f %6.2fx", c->torch_samples_per_s,
@@ -375,8 +377,7 @@ int bench_write_plot(const bench_run *r, const char *path)
                     const bench_cell *c = &r->cells[i];
                     if ((int)c->backend != be || c->profile != p || (int)c->mode != m)
                         continue;
-                    fprintf(fd, "%d %.6g %.6g %.6g\n", c->batch, c->samples_per_s,
-                            c->efficiency,
+                    fprintf(fd, "%d %.6g %.6g %.6g\n", c->batch, c->samples_per_s, c->efficiency,
                             c->torch_samples_per_s > 0 ? c->torch_samples_per_s : -1.0);
                     any = 1;
                 }
@@ -404,15 +405,17 @@ int bench_write_plot(const bench_run *r, const char *path)
                     int b = idx[be][p][m];
                     if (b < 0)
                         continue;
-                    fprintf(fg, "%s'%s' index %d using 1:%d with linespoints lw 2 lc rgb '%s' "
-                                "dt %d title '%s %s'",
+                    fprintf(fg,
+                            "%s'%s' index %d using 1:%d with linespoints lw 2 lc rgb '%s' "
+                            "dt %d title '%s %s'",
                             first ? "" : ", ", dat, b, row == 0 ? 2 : 3, colors[m],
                             be == ERT_BACKEND_CUDA ? 2 : 1, ert_backend_string((ert_backend)be),
                             MODE_NAMES[m]);
                     first = 0;
                     if (row == 0 && r->peer_ok)
-                        fprintf(fg, ", '%s' index %d using 1:($4 > 0 ? $4 : 1/0) with "
-                                    "linespoints lw 1 lc rgb '%s' dt 3 pt 6 title 'torch %s %s'",
+                        fprintf(fg,
+                                ", '%s' index %d using 1:($4 > 0 ? $4 : 1/0) with "
+                                "linespoints lw 1 lc rgb '%s' dt 3 pt 6 title 'torch %s %s'",
                                 dat, b, colors[m], ert_backend_string((ert_backend)be),
                                 MODE_NAMES[m]);
                 }

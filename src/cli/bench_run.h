@@ -20,37 +20,37 @@ typedef struct bench_profile {
     double shares[ERT_MAX_EXITS]; /* target share per early exit, as given */
     int nshares;
     /* calibration on the N bench inputs */
-    float thresholds[ERT_MAX_EXITS];  /* early exits only */
-    int32_t targets[ERT_MAX_EXITS];   /* samples wanted per exit (final: the rest) */
-    int32_t calibrated[ERT_MAX_EXITS];/* samples per exit the scores give */
-    int32_t achieved[ERT_MAX_EXITS];  /* samples per exit an engine gave (CPU, MASKED) */
-    int32_t *exits;                   /* [N] each sample's exit (that engine) */
+    float thresholds[ERT_MAX_EXITS];   /* early exits only */
+    int32_t targets[ERT_MAX_EXITS];    /* samples wanted per exit (final: the rest) */
+    int32_t calibrated[ERT_MAX_EXITS]; /* samples per exit the scores give */
+    int32_t achieved[ERT_MAX_EXITS];   /* samples per exit an engine gave (CPU, MASKED) */
+    int32_t *exits;                    /* [N] each sample's exit (that engine) */
     /* the peer's check of its exit decisions against `exits` */
     int peer_checked;
     int peer_mismatch_masked, peer_mismatch_compacted;
-    int ort_mismatch;           /* ONNX Runtime pipeline vs exitrt; -1: not checked */
+    int ort_mismatch; /* ONNX Runtime pipeline vs exitrt; -1: not checked */
 } bench_profile;
 
 /* One measured cell: backend x profile x batch x mode. */
 typedef struct bench_cell {
     ert_backend backend;
-    int profile;                /* index into run->prof */
+    int profile; /* index into run->prof */
     int batch;
     ert_mode mode;
     int reps, batches_per_rep, samples_per_rep;
-    double samples_per_s;       /* samples_per_rep / median rep time */
-    double p50_ms, p99_ms;      /* per-batch latency over every timed batch */
-    double macs_per_sample;     /* executed (ert_result.macs_executed) */
+    double samples_per_s;           /* samples_per_rep / median rep time */
+    double p50_ms, p99_ms;          /* per-batch latency over every timed batch */
+    double macs_per_sample;         /* executed (ert_result.macs_executed) */
     double padding_macs_per_sample; /* ert_result.macs_padding: bucket padding */
-    double ideal_macs_per_sample; /* plan_ideal_macs for the cell's exit counts */
-    double ideal_speedup;       /* full MACs / ideal MACs */
-    double speedup;             /* samples/s over FULL's, same backend and batch */
-    double efficiency;          /* speedup / ideal_speedup */
+    double ideal_macs_per_sample;   /* plan_ideal_macs for the cell's exit counts */
+    double ideal_speedup;           /* full MACs / ideal MACs */
+    double speedup;                 /* samples/s over FULL's, same backend and batch */
+    double efficiency;              /* speedup / ideal_speedup */
     double host_waits_per_batch;
     int32_t exit_counts[ERT_MAX_EXITS]; /* summed over one rep */
-    double torch_samples_per_s; /* the peer, same device/profile/batch/mode; < 0: none */
-    double torch_best_ee;       /* the peer's best of MASKED/COMPACTED; < 0: none */
-    double ort_samples_per_s;   /* ONNX Runtime (CPU): FULL cells the full network,
+    double torch_samples_per_s;         /* the peer, same device/profile/batch/mode; < 0: none */
+    double torch_best_ee;               /* the peer's best of MASKED/COMPACTED; < 0: none */
+    double ort_samples_per_s;           /* ONNX Runtime (CPU): FULL cells the full network,
                                    COMPACTED cells its early-exit pipeline; < 0: none */
 } bench_cell;
 
@@ -60,33 +60,33 @@ typedef struct bench_run {
     plan plan;
     int num_exits;
     int random_weights;
-    char input_desc[1200];      /* where the bench inputs came from */
-    int n;                      /* bench inputs: max batch size */
-    float *inputs;              /* [(n + max batch) * input size]: rows wrap around */
+    char input_desc[1200]; /* where the bench inputs came from */
+    int n;                 /* bench inputs: max batch size */
+    float *inputs;         /* [(n + max batch) * input size]: rows wrap around */
     size_t input_size;
 
     int batches[BENCH_MAX_BATCHES], nbatches;
     bench_profile prof[BENCH_MAX_PROFILES];
     int nprof;
-    int mode_on[3];             /* requested modes (FULL is always measured) */
-    int backend_on[3];          /* indexed by ert_backend */
+    int mode_on[3];    /* requested modes (FULL is always measured) */
+    int backend_on[3]; /* indexed by ert_backend */
     int reps, warmup, rep_samples, threads, inflight;
-    int graph_buckets;          /* -1: the engine's default */
+    int graph_buckets; /* -1: the engine's default */
     int quick;
 
     bench_cell *cells;
     int ncells, cap;
 
     int peer_requested, peer_ok;
-    char peer_note[512];        /* why the peer did not run, or its version */
-    char ort_note[256];         /* ONNX Runtime: its version, or why it did not run */
+    char peer_note[512]; /* why the peer did not run, or its version */
+    char ort_note[256];  /* ONNX Runtime: its version, or why it did not run */
     /* FULL at drift_batch on drift_backend, timed again at the end */
     int drift_batch;
     ert_backend drift_backend;
     double drift_before, drift_after;
-    char date[32];              /* UTC, ISO 8601 */
-    const char *commit;         /* the build's `git describe` (ert_commit.h) */
-    cuda_info cuda;             /* device 0 and the CUDA libraries, when the CUDA backend runs */
+    char date[32];      /* UTC, ISO 8601 */
+    const char *commit; /* the build's `git describe` (ert_commit.h) */
+    cuda_info cuda;     /* device 0 and the CUDA libraries, when the CUDA backend runs */
 } bench_run;
 
 /* bench_report.c */

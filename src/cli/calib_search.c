@@ -54,9 +54,9 @@ float cal_never(const cal_problem *p, int e)
 {
     ert_policy_kind k = p->kinds[e];
     if (fires_below(k))
-        return 0.0f;            /* score < 0 never holds */
+        return 0.0f; /* score < 0 never holds */
     if (integer_policy(k))
-        return (float)(e + 2);  /* a streak at exit e is at most e + 1 long */
+        return (float)(e + 2); /* a streak at exit e is at most e + 1 long */
     return 1.0f;
 }
 
@@ -84,9 +84,9 @@ static float between(float lo, float hi)
 /* ---- one exit's best cut ----------------------------------------------------------- */
 
 typedef struct cand {
-    float s;        /* the score at the exit being searched */
-    int dcorrect;   /* correct if it leaves here minus correct if it goes on */
-    double dcost;   /* the same for the cost */
+    float s;      /* the score at the exit being searched */
+    int dcorrect; /* correct if it leaves here minus correct if it goes on */
+    double dcost; /* the same for the cost */
 } cand;
 
 static int cmp_cand(const void *a, const void *b)
@@ -235,8 +235,7 @@ static void descend(const cal_problem *p, const int *rows, int count, float *thr
     }
 }
 
-int cal_search(const cal_problem *p, const int *rows, int count, int64_t need,
-               float *thresholds)
+int cal_search(const cal_problem *p, const int *rows, int count, int64_t need, float *thresholds)
 {
     const int E = p->num_exits, n = rows ? count : p->n;
     work w = {malloc(sizeof(cand) * (size_t)(n > 0 ? n : 1))};

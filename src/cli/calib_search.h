@@ -33,13 +33,13 @@ typedef struct cal_problem {
 
 /* The outcome of one threshold vector over a problem's samples. */
 typedef struct cal_outcome {
-    int64_t correct;                  /* samples predicted right */
-    int64_t correct_final;            /* ... by the final head alone */
-    int64_t final_only;               /* right at the final head, wrong where they left */
-    int64_t exit_only;                /* wrong at the final head, right where they left */
-    double cost;                      /* summed cost[] of the exits taken */
-    int64_t taken[ERT_MAX_EXITS];     /* samples leaving at each exit */
-    int64_t right[ERT_MAX_EXITS];     /* ... of them predicted right */
+    int64_t correct;              /* samples predicted right */
+    int64_t correct_final;        /* ... by the final head alone */
+    int64_t final_only;           /* right at the final head, wrong where they left */
+    int64_t exit_only;            /* wrong at the final head, right where they left */
+    double cost;                  /* summed cost[] of the exits taken */
+    int64_t taken[ERT_MAX_EXITS]; /* samples leaving at each exit */
+    int64_t right[ERT_MAX_EXITS]; /* ... of them predicted right */
 } cal_outcome;
 
 /* Applies thresholds (num_exits - 1 values) with the engine's own rule
@@ -65,8 +65,7 @@ float cal_never(const cal_problem *p, int e);
  * scores that move by rounding on another engine keep their side.
  * Returns 1 when the target was met, 0 when no threshold vector found meets
  * it (then the most accurate one found is returned), -1 when out of memory. */
-int cal_search(const cal_problem *p, const int *rows, int count, int64_t need,
-               float *thresholds);
+int cal_search(const cal_problem *p, const int *rows, int count, int64_t need, float *thresholds);
 
 /* One-sided Clopper-Pearson bounds on a binomial rate: the p with
  * P(X <= x | n, p) = alpha (upper; 1 when x == n) and with

@@ -68,8 +68,8 @@ static int parse_double(const char *opt, const char *v, double lo, double hi, in
     if (why)
         return cli_error(CLI_USAGE, "%s: '%s' %s", opt, v, why);
     if (d < lo || d > hi || (open_lo && d == lo) || (open_hi && d == hi))
-        return cli_error(CLI_USAGE, "%s: %s is not in %c%g, %g%c", opt, v, open_lo ? '(' : '[',
-                         lo, hi, open_hi ? ')' : ']');
+        return cli_error(CLI_USAGE, "%s: %s is not in %c%g, %g%c", opt, v, open_lo ? '(' : '[', lo,
+                         hi, open_hi ? ')' : ']');
     *out = d;
     return 0;
 }
@@ -214,19 +214,18 @@ static void figures_of(const cal_problem *p, const float *thr, const int *rows, 
 static const char *policy_name(ert_policy_kind k) { return ert_policy_string(k); }
 
 static void print_text(const cal_opts *o, const ert_model *m, size_t n, int ncal, int nhold,
-                       int64_t need, const float *thr, const float *file_thr,
-                       const figures *cal, const figures *held, const figures *file)
+                       int64_t need, const float *thr, const float *file_thr, const figures *cal,
+                       const figures *held, const figures *file)
 {
     const int E = ert_model_num_exits(m);
-    printf("model        %s, %zu samples: %d to calibrate, %d held out (seed %ld)\n", o->model,
-           n, ncal, nhold, o->seed);
+    printf("model        %s, %zu samples: %d to calibrate, %d held out (seed %ld)\n", o->model, n,
+           ncal, nhold, o->seed);
     if (o->min_accuracy >= 0)
         printf("target       accuracy >= %.2f%% on the calibration part\n", o->min_accuracy);
     else
         printf("target       accuracy >= the final exit's - %g points on the calibration part "
                "(%.2f%% - %g = %.2f%%)\n",
-               o->max_drop, 100.0 * cal->accuracy_final, o->max_drop,
-               100.0 * (double)need / ncal);
+               o->max_drop, 100.0 * cal->accuracy_final, o->max_drop, 100.0 * (double)need / ncal);
     printf("calibration  accuracy %.2f%%, MACs %.3fx of full\n", 100.0 * cal->accuracy,
            cal->macs_ratio);
     printf("\nheld out: %d samples     calibrated  model.json\n", nhold);
@@ -419,8 +418,8 @@ int cmd_calibrate(int argc, char **argv)
         kinds[e] = e == E - 1 ? ERT_POLICY_NONE : ert_model_exit_policy(m, e);
         cost[e] = (double)plan_ideal_macs(m, &pl, one);
     }
-    const cal_problem p = {(int)n, E, kinds, scores, classes, smp.labels.values, cost,
-                           ert_model_num_classes(m)};
+    const cal_problem p = {
+        (int)n, E, kinds, scores, classes, smp.labels.values, cost, ert_model_num_classes(m)};
     const double macs_full = (double)ert_model_macs_full(m);
 
     /* Split: the first nhold of a seeded permutation are held out. */
@@ -433,10 +432,10 @@ int cmd_calibrate(int argc, char **argv)
     }
     cal_outcome base;
     cal_evaluate(&p, never, cal, ncal, &base);
-    int64_t need = o.min_accuracy >= 0
-                       ? (int64_t)ceil(o.min_accuracy / 100.0 * ncal - 1e-9)
-                       : (int64_t)ceil((double)base.correct_final - o.max_drop / 100.0 * ncal -
-                                       1e-9);
+    int64_t need =
+        o.min_accuracy >= 0
+            ? (int64_t)ceil(o.min_accuracy / 100.0 * ncal - 1e-9)
+            : (int64_t)ceil((double)base.correct_final - o.max_drop / 100.0 * ncal - 1e-9);
     int met = cal_search(&p, cal, ncal, need, thr);
     if (met < 0) {
         rc = cli_error(CLI_FAIL, "out of memory in the threshold search");

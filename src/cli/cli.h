@@ -43,7 +43,7 @@ typedef struct cli_samples {
     const char *labels_path; /* --labels, the model's sample labels (when
                                 --data was not given), or NULL */
     ert_dataset data;
-    ert_labels labels;       /* count 0 without labels */
+    ert_labels labels; /* count 0 without labels */
 } cli_samples;
 
 /* Loads data (NULL: the model's sample data, and then its sample labels
@@ -74,7 +74,7 @@ int cmd_calibrate(int argc, char **argv);
 typedef struct exit_report {
     const char *name;
     ert_policy_kind policy;
-    float threshold;  /* NaN for the final head */
+    float threshold; /* NaN for the final head */
     uint64_t taken;
     uint64_t correct; /* among those taken, when labels are given */
 } exit_report;
@@ -82,7 +82,7 @@ typedef struct exit_report {
 typedef struct run_report {
     const char *model;
     const char *data;
-    const char *labels;   /* NULL without labels */
+    const char *labels; /* NULL without labels */
     uint64_t samples;
     int num_exits;
     exit_report exits[ERT_MAX_EXITS];
@@ -90,11 +90,11 @@ typedef struct run_report {
     uint64_t macs_executed, macs_full;
     uint64_t host_waits;
     uint64_t nonfinite_samples;
-    double seconds;       /* inside the inference calls only */
+    double seconds; /* inside the inference calls only */
     ert_mode mode;
     ert_backend device;
     int batch;
-    const char *note;     /* the engine's note (e.g. why CUDA graphs are off), "" if none */
+    const char *note; /* the engine's note (e.g. why CUDA graphs are off), "" if none */
     /* --mode refill: the mode prints as "refill", plus the per-sample
        latency from submit to finish */
     int refill;

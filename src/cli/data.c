@@ -118,8 +118,8 @@ ert_status rd_exact(reader *r, void *buf, size_t n, const char *what)
         int code = 0;
         const char *msg = gzerror(r->gz, &code);
         if (code != Z_OK && code != Z_STREAM_END && msg && msg[0])
-            return ert_fail(r->err, ERT_FORMAT, "%s: truncated %s at byte %zu (%s)", r->path,
-                            what, at + (size_t)got, msg);
+            return ert_fail(r->err, ERT_FORMAT, "%s: truncated %s at byte %zu (%s)", r->path, what,
+                            at + (size_t)got, msg);
         return ert_fail(r->err, ERT_FORMAT,
                         "%s: truncated: %s needs %zu bytes from byte %zu, the file has %lld",
                         r->path, what, n, at, got);
@@ -142,9 +142,10 @@ static ert_status rd_can_hold(reader *r, size_t bytes)
     }
     avail = r->file_size * GZ_MAX_RATIO + GZ_SLACK;
     if (bytes > avail)
-        return ert_fail(r->err, ERT_FORMAT,
-                        "%s: truncated: data needs %zu bytes, more than a %llu-byte gzip file can hold",
-                        r->path, bytes, (unsigned long long)r->file_size);
+        return ert_fail(
+            r->err, ERT_FORMAT,
+            "%s: truncated: data needs %zu bytes, more than a %llu-byte gzip file can hold",
+            r->path, bytes, (unsigned long long)r->file_size);
     return ERT_OK;
 }
 
@@ -158,8 +159,8 @@ static ert_status rd_expect_end(reader *r)
         return ERT_FORMAT;
     if (got > 0)
         return ert_fail(r->err, ERT_FORMAT,
-                        "%s: the file is longer than its header says (%zu bytes expected)",
-                        r->path, at);
+                        "%s: the file is longer than its header says (%zu bytes expected)", r->path,
+                        at);
     return ERT_OK;
 }
 
@@ -174,9 +175,8 @@ ert_status info_sizes(reader *r, array_info *info)
             return ert_fail(r->err, ERT_FORMAT, "%s: dimension %d is negative", r->path, i);
         if ((uint64_t)info->dims[i] > SIZE_MAX || !size_mul(elems, (size_t)info->dims[i], &elems) ||
             elems > DATA_MAX_BYTES)
-            return ert_fail(r->err, ERT_FORMAT,
-                            "%s: the shape is too large (over %zu elements)", r->path,
-                            DATA_MAX_BYTES);
+            return ert_fail(r->err, ERT_FORMAT, "%s: the shape is too large (over %zu elements)",
+                            r->path, DATA_MAX_BYTES);
     }
     size_t bytes;
     if (!size_mul(elems, dtype_size(info->type), &bytes) || bytes > DATA_MAX_BYTES)
@@ -239,9 +239,8 @@ static ert_status read_header(reader *r, const char *path, ert_error *err, array
     if (got < 4)
         return ert_fail(err, ERT_FORMAT, "%s: truncated: %lld bytes is too short for a header",
                         path, got);
-    return ert_fail(err, ERT_FORMAT,
-                    "%s: not a .npy or IDX file (first bytes %02x %02x %02x %02x)", path, magic[0],
-                    magic[1], magic[2], magic[3]);
+    return ert_fail(err, ERT_FORMAT, "%s: not a .npy or IDX file (first bytes %02x %02x %02x %02x)",
+                    path, magic[0], magic[1], magic[2], magic[3]);
 }
 
 /* Reads info->elems values of info->type and converts each through conv
@@ -383,8 +382,8 @@ ert_status ert_dataset_check_shape(const ert_dataset *d, const char *path, int c
     fmt_dims(shape, sizeof shape, d->dims, 1, d->ndim);
     if (d->sample_size != per)
         return ert_fail(err, ERT_FORMAT,
-                        "%s: each sample has %zu value%s (%s), the model takes %dx%dx%d = %zu", path,
-                        d->sample_size, d->sample_size == 1 ? "" : "s",
+                        "%s: each sample has %zu value%s (%s), the model takes %dx%dx%d = %zu",
+                        path, d->sample_size, d->sample_size == 1 ? "" : "s",
                         shape[0] ? shape : "1-D data", c, h, w, per);
     /* Dimensions of size 1 do not change the order of the values: the two
        layouts agree when their other dimensions do, or when the data has
@@ -495,8 +494,9 @@ ert_status ert_labels_load(const char *path, ert_labels *out, ert_error *err)
         st = ert_fail(err, ERT_OUT_OF_MEMORY, "%s: out of memory", path);
         goto fail;
     }
-    convert_fn conv = info.type == DT_U1 ? conv_u1_i32 : info.type == DT_I4 ? conv_i4_i32
-                                                                             : conv_i8_i32;
+    convert_fn conv = info.type == DT_U1   ? conv_u1_i32
+                      : info.type == DT_I4 ? conv_i4_i32
+                                           : conv_i8_i32;
     if ((st = read_payload(&r, &info, out->values, conv)))
         goto fail;
     if ((st = rd_expect_end(&r)))

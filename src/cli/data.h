@@ -11,18 +11,18 @@
 #include "exitrt.h"
 
 typedef struct ert_dataset {
-    float *values;     /* [count * sample_size] as floats (uint8 and float64
+    float *values;      /* [count * sample_size] as floats (uint8 and float64
                           converted; float64 beyond the float range becomes
                           an infinity, as numpy's astype(np.float32) gives) */
-    size_t count;      /* samples */
-    size_t sample_size;/* values per sample (product of the dims after the first) */
+    size_t count;       /* samples */
+    size_t sample_size; /* values per sample (product of the dims after the first) */
     int ndim;
     int64_t dims[8];
     int was_uint8;
 } ert_dataset;
 
 typedef struct ert_labels {
-    int32_t *values;   /* [count] */
+    int32_t *values; /* [count] */
     size_t count;
 } ert_labels;
 

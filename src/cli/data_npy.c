@@ -98,8 +98,8 @@ static ert_status hp_shape(hparser *p, array_info *info)
         if (p->s < p->end && *p->s == 'L') /* Python 2 longs */
             p->s++;
         if (info->ndim >= DATA_MAX_DIMS)
-            return ert_fail(p->r->err, ERT_UNSUPPORTED, "%s: more than %d dimensions",
-                            p->r->path, DATA_MAX_DIMS);
+            return ert_fail(p->r->err, ERT_UNSUPPORTED, "%s: more than %d dimensions", p->r->path,
+                            DATA_MAX_DIMS);
         info->dims[info->ndim++] = v;
         if (hp_eat(p, ','))
             continue;
@@ -155,15 +155,15 @@ ert_status npy_header(reader *r, array_info *info)
         unsigned char b[4];
         if ((st = rd_exact(r, b, 4, ".npy header length")))
             return st;
-        uint32_t v = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
-                     (uint32_t)b[3] << 24;
+        uint32_t v =
+            (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
         if (v > NPY_MAX_HEADER)
             return ert_fail(r->err, ERT_FORMAT, "%s: .npy header length %u is over %d bytes",
                             r->path, v, NPY_MAX_HEADER);
         hlen = v;
     } else {
-        return ert_fail(r->err, ERT_UNSUPPORTED, "%s: .npy version %d.%d is not supported",
-                        r->path, ver[0], ver[1]);
+        return ert_fail(r->err, ERT_UNSUPPORTED, "%s: .npy version %d.%d is not supported", r->path,
+                        ver[0], ver[1]);
     }
     if (hlen == 0)
         return ert_fail(r->err, ERT_FORMAT, "%s: .npy header is empty", r->path);
@@ -224,7 +224,9 @@ ert_status npy_header(reader *r, array_info *info)
     }
     if (!have_descr || !have_order || !have_shape) {
         st = ert_fail(r->err, ERT_FORMAT, "%s: malformed .npy header: missing '%s'", r->path,
-                      !have_descr ? "descr" : !have_order ? "fortran_order" : "shape");
+                      !have_descr   ? "descr"
+                      : !have_order ? "fortran_order"
+                                    : "shape");
         goto done;
     }
     if (fortran) {

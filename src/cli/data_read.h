@@ -21,23 +21,29 @@
 #define GZ_MAX_RATIO 1032
 #define GZ_SLACK 65536
 
-typedef enum dtype { DT_F4 = 0, DT_U1, DT_I4, DT_I8, DT_F8 } dtype;
+typedef enum dtype {
+    DT_F4 = 0,
+    DT_U1,
+    DT_I4,
+    DT_I8,
+    DT_F8
+} dtype;
 
 /* What a header says about the array that follows it. */
 typedef struct array_info {
     dtype type;
-    int big_endian;  /* IDX multi-byte types; never set for the types we read */
+    int big_endian; /* IDX multi-byte types; never set for the types we read */
     int ndim;
     int64_t dims[DATA_MAX_DIMS];
-    size_t elems;    /* product of dims */
-    size_t bytes;    /* elems * element size */
+    size_t elems; /* product of dims */
+    size_t bytes; /* elems * element size */
 } array_info;
 
 typedef struct reader {
     gzFile gz;
     const char *path;
     ert_error *err;
-    size_t offset;   /* decompressed bytes read so far */
+    size_t offset;      /* decompressed bytes read so far */
     uint64_t file_size; /* on disk (compressed when gzipped) */
 } reader;
 

@@ -53,8 +53,7 @@ static uint64_t layer_params(const layer *ly)
     }
     case LAYER_RESIDUAL:
         return list_params(&ly->p.residual.body) + list_params(&ly->p.residual.shortcut);
-    default:
-        return 0;
+    default: return 0;
     }
 }
 
@@ -73,8 +72,8 @@ static void layer_detail(const layer *ly, char *buf, size_t len)
     switch (ly->kind) {
     case LAYER_CONV2D: {
         const conv_params *c = &ly->p.conv;
-        int n = snprintf(buf, len, "%d->%d k%dx%d s%dx%d p%dx%d", c->in_ch, c->out_ch, c->kh,
-                         c->kw, c->stride_h, c->stride_w, c->pad_h, c->pad_w);
+        int n = snprintf(buf, len, "%d->%d k%dx%d s%dx%d p%dx%d", c->in_ch, c->out_ch, c->kh, c->kw,
+                         c->stride_h, c->stride_w, c->pad_h, c->pad_w);
         if (n > 0 && (size_t)n < len && (c->dil_h != 1 || c->dil_w != 1))
             n += snprintf(buf + n, len - (size_t)n, " d%dx%d", c->dil_h, c->dil_w);
         if (n > 0 && (size_t)n < len && c->groups != 1)
@@ -84,8 +83,8 @@ static void layer_detail(const layer *ly, char *buf, size_t len)
     case LAYER_MAXPOOL2D:
     case LAYER_AVGPOOL2D: {
         const pool_params *p = &ly->p.pool;
-        snprintf(buf, len, "k%dx%d s%dx%d p%dx%d", p->kh, p->kw, p->stride_h, p->stride_w,
-                 p->pad_h, p->pad_w);
+        snprintf(buf, len, "k%dx%d s%dx%d p%dx%d", p->kh, p->kw, p->stride_h, p->stride_w, p->pad_h,
+                 p->pad_w);
         break;
     }
     case LAYER_LINEAR:
@@ -96,8 +95,7 @@ static void layer_detail(const layer *ly, char *buf, size_t len)
         snprintf(buf, len, "%s%s", ly->p.residual.shortcut.count ? "projection" : "identity",
                  ly->p.residual.relu_after ? ", relu after add" : "");
         break;
-    default:
-        break;
+    default: break;
     }
 }
 
@@ -153,8 +151,8 @@ int cmd_inspect(int argc, char **argv)
             return CLI_OK;
         }
         if (argv[i][0] == '-' && argv[i][1] != '\0')
-            return cli_error(CLI_USAGE, "inspect: unknown option '%s' (see 'exitrt inspect --help')",
-                             argv[i]);
+            return cli_error(CLI_USAGE,
+                             "inspect: unknown option '%s' (see 'exitrt inspect --help')", argv[i]);
         if (path)
             return cli_error(CLI_USAGE, "inspect: unexpected argument '%s' (one MODEL only)",
                              argv[i]);
@@ -208,7 +206,11 @@ int cmd_inspect(int argc, char **argv)
                 printf("      patience 1: a sample leaves here whenever its logits are finite\n");
             else if (e->threshold > (float)(x + 1))
                 printf("      patience %s: never fires (exit %d is only the %d%s exit)\n", thr, x,
-                       x + 1, x == 0 ? "st" : x == 1 ? "nd" : x == 2 ? "rd" : "th");
+                       x + 1,
+                       x == 0   ? "st"
+                       : x == 1 ? "nd"
+                       : x == 2 ? "rd"
+                                : "th");
             else
                 printf("      patience %s: a sample leaves once its class was the same at the "
                        "last %s exits (this one included)\n",

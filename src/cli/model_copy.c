@@ -149,8 +149,7 @@ int cli_write_model(const char *model, const ert_model *m, const float *threshol
         goto done;
     }
     cJSON *exits = cJSON_GetObjectItemCaseSensitive(root, "exits"), *x;
-    cJSON_ArrayForEach(x, exits)
-    {
+    cJSON_ArrayForEach (x, exits) {
         cJSON *name = cJSON_GetObjectItemCaseSensitive(x, "name");
         cJSON *policy = cJSON_GetObjectItemCaseSensitive(x, "policy");
         int e = cJSON_IsString(name) ? ert_model_exit_index(m, name->valuestring) : -1;
@@ -186,8 +185,7 @@ int cli_write_model(const char *model, const ert_model *m, const float *threshol
         goto done;
     if (!cJSON_ReplaceItemInObjectCaseSensitive(root, "weights", cJSON_CreateString(base)) ||
         !rebase_ref(root, "sample_data", dir, rout) ||
-        !rebase_ref(root, "sample_labels", dir, rout) ||
-        !(out = cJSON_Print(root))) {
+        !rebase_ref(root, "sample_labels", dir, rout) || !(out = cJSON_Print(root))) {
         rc = cli_error(CLI_FAIL, "out of memory writing model.json");
         goto done;
     }

@@ -24,8 +24,8 @@ static ert_status fail(ert_error *err, ert_status st, const char *what, const ch
 }
 
 ert_status refill_bench_run(ert_engine *e, const float *x, size_t n, size_t per, int batch,
-                            double deadline_ms, ert_stream_schedule schedule,
-                            ert_sample *samples, refill_bench_result *out, ert_error *err)
+                            double deadline_ms, ert_stream_schedule schedule, ert_sample *samples,
+                            refill_bench_result *out, ert_error *err)
 {
     if (!e || !x || !out || n == 0 || per == 0)
         return fail(err, ERT_INVALID_ARGUMENT, "arguments",
@@ -93,9 +93,8 @@ done:
     return st;
 }
 
-ert_status refill_step(ert_stream *s, const float *x, size_t n, size_t per, int batch,
-                       size_t *off, int *flushed, ert_stream_result *res, float *z, int cap,
-                       int *got)
+ert_status refill_step(ert_stream *s, const float *x, size_t n, size_t per, int batch, size_t *off,
+                       int *flushed, ert_stream_result *res, float *z, int cap, int *got)
 {
     ert_status st = ERT_OK;
     int full = 0;

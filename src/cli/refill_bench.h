@@ -19,14 +19,14 @@
 #include "exitrt.h"
 
 typedef struct refill_bench_result {
-    double seconds;               /* inside the stream calls (submit, poll, flush) */
+    double seconds; /* inside the stream calls (submit, poll, flush) */
     double samples_per_s;
     double latency_p50_s, latency_p99_s; /* submit to finish, nearest rank */
-    uint64_t macs_executed;       /* as the stream counted them */
-    uint64_t macs_ideal;          /* the ideal cost of the exits taken */
-    uint64_t macs_full;           /* n * the full network's */
-    uint64_t stage_runs;          /* over all stages */
-    uint64_t partial_runs;        /* of them with fewer than batch rows */
+    uint64_t macs_executed;              /* as the stream counted them */
+    uint64_t macs_ideal;                 /* the ideal cost of the exits taken */
+    uint64_t macs_full;                  /* n * the full network's */
+    uint64_t stage_runs;                 /* over all stages */
+    uint64_t partial_runs;               /* of them with fewer than batch rows */
     int64_t exit_counts[ERT_MAX_EXITS];
 } refill_bench_result;
 
@@ -39,8 +39,8 @@ typedef struct refill_bench_result {
  * the failing status with the message in err (when not NULL). Prints
  * nothing. */
 ert_status refill_bench_run(ert_engine *e, const float *x, size_t n, size_t per, int batch,
-                            double deadline_ms, ert_stream_schedule schedule,
-                            ert_sample *samples, refill_bench_result *out, ert_error *err);
+                            double deadline_ms, ert_stream_schedule schedule, ert_sample *samples,
+                            refill_bench_result *out, ert_error *err);
 
 /* One step of driving stream s over n inputs x (per floats each), shared by
  * refill_bench_run and `exitrt run --mode refill`: submits the next batch
@@ -49,8 +49,7 @@ ert_status refill_bench_run(ert_engine *e, const float *x, size_t n, size_t per,
  * When the queue is full and nothing finished, every stage holds a partial
  * batch: only a flush moves them (ert_stream_submit), so it flushes. *got
  * receives the count polled. Returns the first failing status. */
-ert_status refill_step(ert_stream *s, const float *x, size_t n, size_t per, int batch,
-                       size_t *off, int *flushed, ert_stream_result *res, float *z, int cap,
-                       int *got);
+ert_status refill_step(ert_stream *s, const float *x, size_t n, size_t per, int batch, size_t *off,
+                       int *flushed, ert_stream_result *res, float *z, int cap, int *got);
 
 #endif /* ERT_REFILL_BENCH_H */

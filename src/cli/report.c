@@ -60,8 +60,8 @@ void report_print_text(const run_report *r)
         printf(", %.1f%% more than the full network\n", 100.0 * (ratio - 1.0));
     printf("throughput   %.1f samples/s (%.3f s in inference)\n", samples_per_s(r), r->seconds);
     if (r->refill)
-        printf("latency      p50 %.3f ms, p99 %.3f ms (submit to finish)\n",
-               1e3 * r->latency_p50_s, 1e3 * r->latency_p99_s);
+        printf("latency      p50 %.3f ms, p99 %.3f ms (submit to finish)\n", 1e3 * r->latency_p50_s,
+               1e3 * r->latency_p99_s);
     if (r->host_waits)
         printf("host waits   %llu\n", (unsigned long long)r->host_waits);
     if (r->note && r->note[0])
@@ -96,13 +96,13 @@ int report_print_json(const run_report *r)
     if (!o)
         return -1;
     int ok = 1;
-#define ADD(key, item)                                                  \
-    do {                                                                \
-        cJSON *it_ = (item);                                            \
-        if (!(ok && it_ && cJSON_AddItemToObject(o, (key), it_))) {     \
-            cJSON_Delete(it_);                                          \
-            ok = 0;                                                     \
-        }                                                               \
+#define ADD(key, item)                                              \
+    do {                                                            \
+        cJSON *it_ = (item);                                        \
+        if (!(ok && it_ && cJSON_AddItemToObject(o, (key), it_))) { \
+            cJSON_Delete(it_);                                      \
+            ok = 0;                                                 \
+        }                                                           \
     } while (0)
     ADD("model", cJSON_CreateString(r->model));
     ADD("data", cJSON_CreateString(r->data));
@@ -121,13 +121,13 @@ int report_print_json(const run_report *r)
         int final = x == r->num_exits - 1;
         ok = cJSON_AddNumberToObject(j, "index", x) &&
              cJSON_AddStringToObject(j, "name", e->name) &&
-             cJSON_AddStringToObject(j, "policy",
-                                     final ? "final" : ert_policy_string(e->policy)) &&
-             cJSON_AddItemToObject(j, "threshold", num_or_null(!final, cli_float_decimal(e->threshold))) &&
+             cJSON_AddStringToObject(j, "policy", final ? "final" : ert_policy_string(e->policy)) &&
+             cJSON_AddItemToObject(j, "threshold",
+                                   num_or_null(!final, cli_float_decimal(e->threshold))) &&
              cJSON_AddNumberToObject(j, "taken", (double)e->taken) &&
              cJSON_AddNumberToObject(j, "share", share(e->taken, r->samples)) &&
-             cJSON_AddItemToObject(j, "accuracy", num_or_null(r->labels && e->taken,
-                                                              share(e->correct, e->taken)));
+             cJSON_AddItemToObject(j, "accuracy",
+                                   num_or_null(r->labels && e->taken, share(e->correct, e->taken)));
     }
     ADD("macs_executed", cJSON_CreateNumber((double)r->macs_executed));
     ADD("macs_full", cJSON_CreateNumber((double)r->macs_full));

@@ -61,10 +61,10 @@ typedef struct run_opts {
     const char *model, *data, *labels, *predictions, *logits;
     ert_backend device;
     ert_mode mode;
-    int refill;           /* --mode refill: through a stream */
-    double deadline_ms;   /* refill: < 0 never */
+    int refill;         /* --mode refill: through a stream */
+    double deadline_ms; /* refill: < 0 never */
     ert_stream_schedule schedule;
-    int refill_opts;      /* --deadline or --schedule given */
+    int refill_opts; /* --deadline or --schedule given */
     long batch, threads, inflight, limit, graph_buckets;
     int json;
     int num_thresholds;
@@ -131,8 +131,8 @@ static int parse_args(int argc, char **argv, run_opts *o)
             else if (strcmp(v, "refill") == 0)
                 o->refill = 1; /* on a COMPACTED engine: the stream ignores the mode */
             else
-                return cli_error(CLI_USAGE,
-                                 "--mode: '%s' is not full, masked, compacted or refill", v);
+                return cli_error(CLI_USAGE, "--mode: '%s' is not full, masked, compacted or refill",
+                                 v);
             if (strcmp(v, "refill") != 0)
                 o->refill = 0;
         } else if (OPT("--deadline")) {
@@ -231,8 +231,9 @@ static int apply_thresholds(const run_opts *o, const ert_model *m, ert_engine *e
                     strcat(names, ", ");
                 strncat(names, ert_model_exit_name(m, i), 64);
             }
-            return cli_error(CLI_USAGE, "--threshold %s: the model has no exit '%s' (early exits: %s)",
-                             spec, name, names[0] ? names : "none");
+            return cli_error(CLI_USAGE,
+                             "--threshold %s: the model has no exit '%s' (early exits: %s)", spec,
+                             name, names[0] ? names : "none");
         }
         float v;
         const char *why = tools_parse_float(eq + 1, &v);
@@ -287,8 +288,8 @@ static int cmp_double(const void *a, const void *b)
  * left to the stream, so a sample's id is its index, and samples[] and
  * logits[] end up in sample order as in the other modes. Fills the
  * figures of rep; the time counted is the time inside the stream calls. */
-static int run_refill(const run_opts *o, ert_engine *e, const float *x, size_t n, size_t per,
-                      int K, int batch, ert_sample *samples, float *logits, run_report *rep,
+static int run_refill(const run_opts *o, ert_engine *e, const float *x, size_t n, size_t per, int K,
+                      int batch, ert_sample *samples, float *logits, run_report *rep,
                       progress *prog)
 {
     ert_stream_config sc = ert_stream_config_default();
@@ -387,12 +388,20 @@ static int write_predictions(FILE *f, const char *path, const ert_sample *s, siz
 static int write_logits(FILE *f, const char *path, const float *v, size_t n, int k)
 {
     char dict[128];
-    int dl = snprintf(dict, sizeof dict, "{'descr': '<f4', 'fortran_order': False, 'shape': (%zu, %d), }",
-                      n, k);
+    int dl = snprintf(dict, sizeof dict,
+                      "{'descr': '<f4', 'fortran_order': False, 'shape': (%zu, %d), }", n, k);
     /* magic(6) + version(2) + length(2) + dict + padding + '\n' = multiple of 64 */
     size_t hlen = (size_t)dl + 1;
     hlen += (64 - (10 + hlen) % 64) % 64;
-    unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hlen & 0xff),
+    unsigned char pre[10] = {0x93,
+                             'N',
+                             'U',
+                             'M',
+                             'P',
+                             'Y',
+                             1,
+                             0,
+                             (unsigned char)(hlen & 0xff),
                              (unsigned char)(hlen >> 8)};
     fwrite(pre, 1, sizeof pre, f);
     fwrite(dict, 1, (size_t)dl, f);
@@ -493,8 +502,8 @@ int cmd_run(int argc, char **argv)
     }
 
     progress prog = {.tty = isatty(STDERR_FILENO), .start = tools_now_s()};
-    if (o.refill && (rc = run_refill(&o, e, data.values, n, per, K, cfg.max_batch, samples,
-                                     logits, &rep, &prog)))
+    if (o.refill && (rc = run_refill(&o, e, data.values, n, per, K, cfg.max_batch, samples, logits,
+                                     &rep, &prog)))
         goto done;
     for (size_t off = 0; !o.refill && off < n; off += (size_t)cfg.max_batch) {
         int b = (int)(n - off < (size_t)cfg.max_batch ? n - off : (size_t)cfg.max_batch);

@@ -38,14 +38,14 @@ typedef struct cpu_ctx {
     unsigned char *done;     /* [max_batch] */
     ert_patience *pstate;    /* [max_batch] by sample position in the call */
     int conv_batched;
-    int tile_rows;           /* linear GEMM tile (ops.h) */
-    int has_dnnl;            /* the oneDNN path is there */
-    unsigned char *finite;   /* [max_batch] a row's input is finite (oneDNN path) */
-    int *ids;                /* [max_batch] a group's rows (the two paths) */
-    float *staging;          /* [max_batch * largest stage input] a group's rows */
+    int tile_rows;         /* linear GEMM tile (ops.h) */
+    int has_dnnl;          /* the oneDNN path is there */
+    unsigned char *finite; /* [max_batch] a row's input is finite (oneDNN path) */
+    int *ids;              /* [max_batch] a group's rows (the two paths) */
+    float *staging;        /* [max_batch * largest stage input] a group's rows */
 #ifdef ERT_HAVE_DNNL
-    program prog;            /* the MASKED program: serves every mode */
-    dnnl_exec *dx;           /* the oneDNN path, or NULL: only the ops above */
+    program prog;  /* the MASKED program: serves every mode */
+    dnnl_exec *dx; /* the oneDNN path, or NULL: only the ops above */
 #endif
 } cpu_ctx;
 
@@ -118,8 +118,7 @@ static ert_status dnnl_setup(ert_engine *e, cpu_ctx *c)
         return ERT_OK;
     }
     program_free(&c->prog);
-    snprintf(e->note, sizeof e->note, "cpu: oneDNN off (%.200s), OpenBLAS path; %s", why,
-             blas + 5);
+    snprintf(e->note, sizeof e->note, "cpu: oneDNN off (%.200s), OpenBLAS path; %s", why, blas + 5);
     return ERT_OK;
 #else
     (void)c;
@@ -148,8 +147,8 @@ static ert_status cpu_create(ert_engine *e, void **out)
     if (!size_mul(p->max_act, B, &c->act_cap) || !size_add(p->max_col, p->max_act, &col_row) ||
         !size_mul(col_row, CONV_CHUNK_MAX, &c->col_cap) ||
         !size_mul(p->max_act, 2 * (size_t)c->tile_rows, &tile) ||
-        c->act_cap > SIZE_MAX / sizeof(float) ||
-        c->col_cap > SIZE_MAX / sizeof(float) || tile > SIZE_MAX / sizeof(float)) {
+        c->act_cap > SIZE_MAX / sizeof(float) || c->col_cap > SIZE_MAX / sizeof(float) ||
+        tile > SIZE_MAX / sizeof(float)) {
         cpu_destroy(c);
         return engine_fail(e, ERT_OUT_OF_MEMORY, "cpu backend: buffer sizes overflow");
     }
@@ -163,8 +162,8 @@ static ert_status cpu_create(ert_engine *e, void **out)
     c->dst = malloc(sizeof(int) * B);
     c->done = malloc(B);
     c->pstate = malloc(sizeof(ert_patience) * B);
-    if (!c->act[0] || !c->act[1] || !c->act[2] || !c->act[3] || !c->col || !c->conf ||
-        !c->orig || !c->dst || !c->done || !c->pstate) {
+    if (!c->act[0] || !c->act[1] || !c->act[2] || !c->act[3] || !c->col || !c->conf || !c->orig ||
+        !c->dst || !c->done || !c->pstate) {
         size_t act = c->act_cap, col = c->col_cap;
         cpu_destroy(c);
         return engine_fail(e, ERT_OUT_OF_MEMORY,
@@ -196,8 +195,11 @@ static ert_status cpu_create(ert_engine *e, void **out)
 /* The scratch for a run whose input is act[busy]: the other three. */
 static ops_ws ws_without(const cpu_ctx *c, const float *busy)
 {
-    ops_ws ws = {.act_cap = c->act_cap, .col = c->col, .col_cap = c->col_cap,
-                 .conv_batched = c->conv_batched, .tile_rows = c->tile_rows};
+    ops_ws ws = {.act_cap = c->act_cap,
+                 .col = c->col,
+                 .col_cap = c->col_cap,
+                 .conv_batched = c->conv_batched,
+                 .tile_rows = c->tile_rows};
     int k = 0;
     for (int i = 0; i < 4; i++)
         if (c->act[i] != busy && k < 3)
@@ -450,8 +452,7 @@ static ert_status cpu_run(ert_engine *e, const float *input, int batch, ert_resu
                         c->ids[k++] = i;
                     }
                 if (k)
-                    st = run_rows(e, c, want, c->staging, k, c->ids, out, scores, classes,
-                                  &macs);
+                    st = run_rows(e, c, want, c->staging, k, c->ids, out, scores, classes, &macs);
             }
         }
     }
@@ -480,9 +481,8 @@ static ert_status cpu_exit_outputs(ert_engine *e, const float *input, int batch,
  * of every row in *y_out (NULL for a FULL stage without a head) in group
  * order. */
 static ert_status stage_rows(ert_engine *e, cpu_ctx *c, int dn, int s, const float *in, int n,
-                             const int *ids, ert_sample *res, float *logits,
-                             unsigned char *exited, ert_patience *state, uint64_t *macs,
-                             const float **y_out)
+                             const int *ids, ert_sample *res, float *logits, unsigned char *exited,
+                             ert_patience *state, uint64_t *macs, const float **y_out)
 {
     const ert_model *m = e->model;
     const stage *st = &e->plan.stages[s];

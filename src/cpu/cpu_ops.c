@@ -15,8 +15,8 @@
 
 static int conv_is_pointwise(const conv_params *p)
 {
-    return p->kh == 1 && p->kw == 1 && p->stride_h == 1 && p->stride_w == 1 &&
-           p->pad_h == 0 && p->pad_w == 0;
+    return p->kh == 1 && p->kw == 1 && p->stride_h == 1 && p->stride_w == 1 && p->pad_h == 0 &&
+           p->pad_w == 0;
 }
 
 size_t conv_col_floats(const conv_params *p, shape3 in_s, int n)
@@ -51,8 +51,8 @@ size_t conv_chunk_row_floats(const conv_params *p, shape3 in_s)
  *   col  rows (c*kh + i)*kw + j, each of length ld; this sample's columns
  *        start at col (column oh*Wo + ow), so several samples can sit side
  *        by side in one matrix of row length ld. */
-static void im2col(const conv_params *p, int cin_g, int h, int w, int ho, int wo,
-                   const float *x, float *col, size_t ld)
+static void im2col(const conv_params *p, int cin_g, int h, int w, int ho, int wo, const float *x,
+                   float *col, size_t ld)
 {
     const int sh = p->stride_h, sw = p->stride_w;
     for (int c = 0; c < cin_g; c++) {
@@ -104,15 +104,15 @@ static void fill_bias(float *out, const float *bias, int cout, size_t hw)
     }
 }
 
-void op_conv2d(const conv_params *p, shape3 in_s, const float *in, int n, float *out,
-               int relu, float *col, size_t col_cap, int batched)
+void op_conv2d(const conv_params *p, shape3 in_s, const float *in, int n, float *out, int relu,
+               float *col, size_t col_cap, int batched)
 {
     const int g = p->groups, cin_g = p->in_ch / g, cout_g = p->out_ch / g;
     const int ho = conv_out_dim(in_s.h, p->kh, p->stride_h, p->pad_h, p->dil_h);
     const int wo = conv_out_dim(in_s.w, p->kw, p->stride_w, p->pad_w, p->dil_w);
     const size_t hw_in = (size_t)in_s.h * in_s.w, hw = (size_t)ho * wo;
     const size_t in_row = (size_t)p->in_ch * hw_in, out_row = (size_t)p->out_ch * hw;
-    const int kdim = cin_g * p->kh * p->kw; /* GEMM inner dimension */
+    const int kdim = cin_g * p->kh * p->kw;  /* GEMM inner dimension */
     const size_t wg = (size_t)cout_g * kdim; /* weights per group */
 
     if (conv_is_pointwise(p)) {
@@ -121,8 +121,8 @@ void op_conv2d(const conv_params *p, shape3 in_s, const float *in, int n, float 
             float *o = out + s * out_row;
             fill_bias(o, p->bias, p->out_ch, hw);
             for (int gi = 0; gi < g; gi++)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cout_g, (int)hw, cin_g,
-                            1.0f, p->weight + gi * wg, kdim, in + s * in_row + gi * cin_g * hw_in,
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cout_g, (int)hw, cin_g, 1.0f,
+                            p->weight + gi * wg, kdim, in + s * in_row + gi * cin_g * hw_in,
                             (int)hw_in, 1.0f, o + (size_t)gi * cout_g * hw, (int)hw);
         }
         if (relu)
@@ -159,10 +159,9 @@ void op_conv2d(const conv_params *p, shape3 in_s, const float *in, int n, float 
                     im2col(p, cin_g, in_s.h, in_s.w, ho, wo, x0 + s * in_row + gi * cin_g * hw_in,
                            col + s * hw, ld);
                 for (int k = 0; m < nb && k < kdim; k++) /* padding columns */
-                    memset(col + (size_t)k * ld + (size_t)m * hw, 0,
-                           sizeof(float) * (nb - m) * hw);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cout_g, (int)ld, kdim,
-                            1.0f, p->weight + gi * wg, kdim, col, (int)ld, 0.0f, tmp, (int)ld);
+                    memset(col + (size_t)k * ld + (size_t)m * hw, 0, sizeof(float) * (nb - m) * hw);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cout_g, (int)ld, kdim, 1.0f,
+                            p->weight + gi * wg, kdim, col, (int)ld, 0.0f, tmp, (int)ld);
                 for (int co = 0; co < cout_g; co++) {
                     int oc = gi * cout_g + co;
                     float b = p->bias ? p->bias[oc] : 0.0f;
@@ -190,11 +189,10 @@ void op_conv2d(const conv_params *p, shape3 in_s, const float *in, int n, float 
         float *o = out + s * out_row;
         fill_bias(o, p->bias, p->out_ch, hw);
         for (int gi = 0; gi < g; gi++) {
-            im2col(p, cin_g, in_s.h, in_s.w, ho, wo, in + s * in_row + gi * cin_g * hw_in, col,
-                   hw);
+            im2col(p, cin_g, in_s.h, in_s.w, ho, wo, in + s * in_row + gi * cin_g * hw_in, col, hw);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cout_g, (int)hw, kdim, 1.0f,
-                        p->weight + gi * wg, kdim, col, (int)hw, 1.0f,
-                        o + (size_t)gi * cout_g * hw, (int)hw);
+                        p->weight + gi * wg, kdim, col, (int)hw, 1.0f, o + (size_t)gi * cout_g * hw,
+                        (int)hw);
         }
     }
     if (relu)
@@ -228,8 +226,10 @@ int ops_blas_batch_invariant(void)
     int ok = 1;
     for (int si = 0; si < 2 && ok; si++) {
         const int K = shapes[si][0], N = shapes[si][1], T = shapes[si][2];
-        float *a = malloc(sizeof(float) * (size_t)T * K), *w = malloc(sizeof(float) * (size_t)N * K);
-        float *c0 = malloc(sizeof(float) * (size_t)T * N), *c1 = malloc(sizeof(float) * (size_t)T * N);
+        float *a = malloc(sizeof(float) * (size_t)T * K),
+              *w = malloc(sizeof(float) * (size_t)N * K);
+        float *c0 = malloc(sizeof(float) * (size_t)T * N),
+              *c1 = malloc(sizeof(float) * (size_t)T * N);
         if (!a || !w || !c0 || !c1) {
             ok = 0; /* cannot tell: claim nothing */
         } else {
@@ -270,8 +270,8 @@ int linear_tile_rows(int max_batch)
     return t;
 }
 
-void op_linear(const linear_params *p, const float *in, int n, float *out, int relu,
-               int t, float *tile)
+void op_linear(const linear_params *p, const float *in, int n, float *out, int relu, int t,
+               float *tile)
 {
     /* Tiles of exactly t rows, the last one padded through `tile`: a row's
      * result then does not depend on n (see op_conv2d). */
@@ -406,8 +406,8 @@ void op_add(const float *a, const float *b, float *out, size_t len, int relu)
     }
 }
 
-void op_normalize(shape3 s, const float *in, int n, float *out, float scale,
-                  const float *mean, const float *std)
+void op_normalize(shape3 s, const float *in, int n, float *out, float scale, const float *mean,
+                  const float *std)
 {
     const size_t hw = (size_t)s.h * s.w;
     for (int r = 0; r < n; r++)
@@ -454,8 +454,7 @@ static const float *run_range(const layer *items, int count, const float *cur, i
         switch (L->kind) {
         case LAYER_FLATTEN:
         case LAYER_DROPOUT:
-        case LAYER_BATCHNORM2D: /* folded at load; never reaches here */
-            continue;
+        case LAYER_BATCHNORM2D: /* folded at load; never reaches here */ continue;
         case LAYER_RELU:
         case LAYER_SIGMOID:
             dst = cur_writable ? (float *)cur : ws->buf[pick(allowed, ci)];
@@ -465,8 +464,7 @@ static const float *run_range(const layer *items, int count, const float *cur, i
                 op_sigmoid(cur, dst, len);
             cur = dst;
             continue;
-        default:
-            break;
+        default: break;
         }
         if (L->kind == LAYER_RESIDUAL) {
             const residual_params *rp = &L->p.residual;
@@ -497,17 +495,10 @@ static const float *run_range(const layer *items, int count, const float *cur, i
             op_linear(&L->p.linear, cur, n, dst, fuse_relu, ws->tile_rows, ws->col);
             i += fuse_relu;
             break;
-        case LAYER_MAXPOOL2D:
-            op_maxpool2d(&L->p.pool, L->in, cur, n, dst);
-            break;
-        case LAYER_AVGPOOL2D:
-            op_avgpool2d(&L->p.pool, L->in, cur, n, dst);
-            break;
-        case LAYER_GLOBAL_AVGPOOL:
-            op_global_avgpool(L->in, cur, n, dst);
-            break;
-        default:
-            continue; /* unreachable: every kind is handled above */
+        case LAYER_MAXPOOL2D: op_maxpool2d(&L->p.pool, L->in, cur, n, dst); break;
+        case LAYER_AVGPOOL2D: op_avgpool2d(&L->p.pool, L->in, cur, n, dst); break;
+        case LAYER_GLOBAL_AVGPOOL: op_global_avgpool(L->in, cur, n, dst); break;
+        default: continue; /* unreachable: every kind is handled above */
         }
         cur = dst;
     }

@@ -73,8 +73,8 @@ size_t conv_chunk_row_floats(const conv_params *p, shape3 in_s);
  *        agree to float rounding only: an engine always uses one of them.
  * A 1x1, stride-1, pad-0 conv skips im2col: the input already is the column
  * matrix. Groups run as one GEMM per group. */
-void op_conv2d(const conv_params *p, shape3 in_s, const float *in, int n, float *out,
-               int relu, float *col, size_t col_cap, int batched);
+void op_conv2d(const conv_params *p, shape3 in_s, const float *in, int n, float *out, int relu,
+               float *col, size_t col_cap, int batched);
 
 /* Floats of the im2col matrix for n samples of one group:
  * (in_ch/groups * kh * kw) * (n * Ho * Wo). 0 for a 1x1/stride-1/pad-0 conv. */
@@ -113,8 +113,8 @@ void op_add(const float *a, const float *b, float *out, size_t len, int relu);
 
 /* The model's input normalisation: out = (in * scale - mean[c]) / std[c].
  *   in, out [n, C, H, W]; mean, std [C]; in == out allowed. */
-void op_normalize(shape3 s, const float *in, int n, float *out, float scale,
-                  const float *mean, const float *std);
+void op_normalize(shape3 s, const float *in, int n, float *out, float scale, const float *mean,
+                  const float *std);
 
 /* ---- layer lists ---------------------------------------------------------- */
 

@@ -22,10 +22,7 @@ size_t md_floats(const dnnl_memory_desc_t *md)
 }
 
 /* Floats per row (sample) of an activation layout. */
-size_t md_row(const dnnl_memory_desc_t *md)
-{
-    return md_floats(md) / (size_t)md->dims[0];
-}
+size_t md_row(const dnnl_memory_desc_t *md) { return md_floats(md) / (size_t)md->dims[0]; }
 
 /* The same layout for a tile of T rows. Valid because every activation
  * layout here keeps the batch outermost (checked in make_op): only the row
@@ -59,8 +56,11 @@ dnnl_memory_desc_t md_tag(int ndims, const dnnl_dims_t dims, dnnl_format_tag_t t
 /* The plain layout of a tensor of this many dimensions. */
 dnnl_format_tag_t plain_tag(int ndims)
 {
-    return ndims == 1 ? dnnl_a : ndims == 2 ? dnnl_ab : ndims == 3 ? dnnl_abc
-           : ndims == 4 ? dnnl_abcd : dnnl_abcde;
+    return ndims == 1   ? dnnl_a
+           : ndims == 2 ? dnnl_ab
+           : ndims == 3 ? dnnl_abc
+           : ndims == 4 ? dnnl_abcd
+                        : dnnl_abcde;
 }
 
 void *alloc_floats(size_t n)
@@ -184,8 +184,8 @@ ert_status dx_create(const ert_model *m, const plan *p, const program *prog, int
     dx_build b;
     memset(&b, 0, sizeof b);
     b.plain_out = calloc(prog->nops ? (size_t)prog->nops : 1, 1);
-    if (!x || !b.plain_out || !(x->ops = calloc(prog->nops ? (size_t)prog->nops : 1,
-                                                 sizeof *x->ops))) {
+    if (!x || !b.plain_out ||
+        !(x->ops = calloc(prog->nops ? (size_t)prog->nops : 1, sizeof *x->ops))) {
         free(b.plain_out);
         if (x)
             free(x->ops);
@@ -292,8 +292,8 @@ ert_status dx_create(const ert_model *m, const plan *p, const program *prog, int
              "oneDNN %d.%d.%d, %d-row tiles (inner products %d): %d ops: %d convs, joins %d "
              "fused + %d after, %d reorders, %d channels-last, %d matmuls of any row count, "
              "%d reference kernels; %s",
-             v->major, v->minor, v->patch, tile_conv, tile_linear, prog->nops, nconv,
-             b.fused_joins, b.separate_joins, b.reorders, b.nhwc, b.matmuls, nref,
+             v->major, v->minor, v->patch, tile_conv, tile_linear, prog->nops, nconv, b.fused_joins,
+             b.separate_joins, b.reorders, b.nhwc, b.matmuls, nref,
              x->invariant ? "rows do not depend on their place or count"
                           : "rows depend on their place or count (rounding)");
     free(b.plain_out);
@@ -422,8 +422,8 @@ static ert_status run_ops(dnnl_exec *x, int begin, int end, int n, char *why, si
                 r = dnnl_primitive_execute(d->post, x->stream, 3, pa);
             }
             if (r != dnnl_success) {
-                snprintf(why, cap, "oneDNN: %s failed (status %d)",
-                         op->l ? op->l->name : "op", (int)r);
+                snprintf(why, cap, "oneDNN: %s failed (status %d)", op->l ? op->l->name : "op",
+                         (int)r);
                 return ERT_INTERNAL;
             }
         }
@@ -435,8 +435,8 @@ static ert_status run_ops(dnnl_exec *x, int begin, int end, int n, char *why, si
     return ERT_OK;
 }
 
-ert_status dx_stage(dnnl_exec *x, int s, int n, int heads, const float *in, float *out,
-                    char *why, size_t cap)
+ert_status dx_stage(dnnl_exec *x, int s, int n, int heads, const float *in, float *out, char *why,
+                    size_t cap)
 {
     const program *prog = x->prog;
     const prog_stage *ps = &prog->stages[s];
@@ -446,8 +446,8 @@ ert_status dx_stage(dnnl_exec *x, int s, int n, int heads, const float *in, floa
         const int m = n - b0 < x->block ? n - b0 : x->block;
         memcpy(x->buf[ps->in_buf], in + (size_t)b0 * x->in_row[s],
                sizeof(float) * x->in_row[s] * (size_t)m);
-        ert_status st = run_ops(x, ps->backbone.begin, heads ? ps->conf.end : ps->backbone.end,
-                                m, why, cap);
+        ert_status st =
+            run_ops(x, ps->backbone.begin, heads ? ps->conf.end : ps->backbone.end, m, why, cap);
         if (st != ERT_OK)
             return st;
         memcpy(out + (size_t)b0 * x->out_row[s], x->buf[ps->out_buf],

@@ -50,8 +50,8 @@ void dx_free(dnnl_exec *x);
  * all the ops before the next (its activations stay in the cache); in and
  * out may be dx_io() arrays but not the same one. ERT_INTERNAL (reason in
  * why) if oneDNN fails. */
-ert_status dx_stage(dnnl_exec *x, int s, int n, int heads, const float *in, float *out,
-                    char *why, size_t cap);
+ert_status dx_stage(dnnl_exec *x, int s, int n, int heads, const float *in, float *out, char *why,
+                    size_t cap);
 
 /* Two arrays of max_batch rows of the largest stage input or output, for
  * the caller's stage inputs and outputs (ping-pong). */

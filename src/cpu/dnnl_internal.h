@@ -18,11 +18,11 @@ typedef struct dx_op {
     const prog_op *op;
     dnnl_primitive_t prim;
     dnnl_memory_t src, src1, dst, wei, bias, scratch;
-    float *wei_buf;          /* the weights in the primitive's layout (owned) */
-    int tile;                /* rows per execution of this primitive */
+    float *wei_buf;                    /* the weights in the primitive's layout (owned) */
+    int tile;                          /* rows per execution of this primitive */
     size_t src_row, src1_row, dst_row; /* floats per row */
-    int src1_arg;            /* the argument id of src1, 0: none */
-    const char *impl;        /* oneDNN's implementation name */
+    int src1_arg;                      /* the argument id of src1, 0: none */
+    const char *impl;                  /* oneDNN's implementation name */
     /* a conv whose src layout differs from its input buffer's: a reorder
        of each tile into pre_buf first */
     dnnl_primitive_t pre;
@@ -45,17 +45,17 @@ struct dnnl_exec {
     int tile_conv, tile_linear; /* rows per execution: linear ops, all others */
     int tile_max, rows_alloc;   /* the larger; buffers hold rows_alloc rows */
     const program *prog;
-    dx_op *ops;              /* [prog->nops] */
-    float *buf[PROG_MAX_BUF];   /* the program's buffers, for one block of rows */
-    int block;                  /* rows per block: a multiple of both tiles */
+    dx_op *ops;               /* [prog->nops] */
+    float *buf[PROG_MAX_BUF]; /* the program's buffers, for one block of rows */
+    int block;                /* rows per block: a multiple of both tiles */
     size_t in_row[ERT_MAX_EXITS], out_row[ERT_MAX_EXITS];
-    float *io[2];               /* rows_alloc rows of the largest stage input/output */
-    float *logits, *conf;       /* rows_alloc rows of K floats, of one float */
+    float *io[2];         /* rows_alloc rows of the largest stage input/output */
+    float *logits, *conf; /* rows_alloc rows of K floats, of one float */
     void *scratch;
     size_t scratch_size;
     int invariant;
-    int K;                   /* classes: floats per logits row */
-    int single;              /* max_batch 1: every call runs one row */
+    int K;      /* classes: floats per logits row */
+    int single; /* max_batch 1: every call runs one row */
     char desc[400];
 };
 
@@ -73,13 +73,13 @@ typedef struct dx_build {
 /* A oneDNN call inside a function with `char *why, size_t cap`: on failure
  * it says which call failed and returns ERT_UNSUPPORTED (the caller falls
  * back) or ERT_OUT_OF_MEMORY. */
-#define DX_TRY(call, what)                                                                    \
-    do {                                                                                      \
-        dnnl_status_t r_ = (call);                                                            \
-        if (r_ != dnnl_success) {                                                             \
-            snprintf(why, cap, "%s: %s failed (oneDNN status %d)", what, #call, (int)r_);     \
-            return r_ == dnnl_out_of_memory ? ERT_OUT_OF_MEMORY : ERT_UNSUPPORTED;            \
-        }                                                                                     \
+#define DX_TRY(call, what)                                                                \
+    do {                                                                                  \
+        dnnl_status_t r_ = (call);                                                        \
+        if (r_ != dnnl_success) {                                                         \
+            snprintf(why, cap, "%s: %s failed (oneDNN status %d)", what, #call, (int)r_); \
+            return r_ == dnnl_out_of_memory ? ERT_OUT_OF_MEMORY : ERT_UNSUPPORTED;        \
+        }                                                                                 \
     } while (0)
 
 /* ---- layout helpers (dnnl.c; each described there) ---- */

@@ -12,15 +12,13 @@
 #include "util.h"
 
 
-
 /* Primitive attributes: a user scratchpad, the op's fused residual join
  * (binary add of src1) and its activation. */
-static ert_status make_attr(dx_build *b, const prog_op *op, const dnnl_memory_desc_t *src1,
-                            int act, dnnl_primitive_attr_t *out, char *why, size_t cap)
+static ert_status make_attr(dx_build *b, const prog_op *op, const dnnl_memory_desc_t *src1, int act,
+                            dnnl_primitive_attr_t *out, char *why, size_t cap)
 {
     DX_TRY(dnnl_primitive_attr_create(out), "attributes");
-    DX_TRY(dnnl_primitive_attr_set_scratchpad_mode(*out, dnnl_scratchpad_mode_user),
-           "attributes");
+    DX_TRY(dnnl_primitive_attr_set_scratchpad_mode(*out, dnnl_scratchpad_mode_user), "attributes");
     dnnl_post_ops_t po;
     DX_TRY(dnnl_post_ops_create(&po), "post-ops");
     dnnl_status_t r = dnnl_success;
@@ -41,8 +39,7 @@ static ert_status make_attr(dx_build *b, const prog_op *op, const dnnl_memory_de
 
 /* Finishes an op from its primitive descriptor: the primitive, its memory
  * objects, its scratchpad need and the layouts it leaves. */
-static ert_status finish_op(dx_build *b, dx_op *d, dnnl_primitive_desc_t pd, char *why,
-                            size_t cap)
+static ert_status finish_op(dx_build *b, dx_op *d, dnnl_primitive_desc_t pd, char *why, size_t cap)
 {
     const prog_op *op = d->op;
     const int T = b->T;
@@ -64,7 +61,8 @@ static ert_status finish_op(dx_build *b, dx_op *d, dnnl_primitive_desc_t pd, cha
     d->src_row = md_row(src);
     d->dst_row = md_row(dst);
     if (!batch_outermost(dst) || !batch_outermost(src)) {
-        snprintf(why, cap, "%s: a layout whose rows are not contiguous", op->l ? op->l->name : "op");
+        snprintf(why, cap, "%s: a layout whose rows are not contiguous",
+                 op->l ? op->l->name : "op");
         return ERT_UNSUPPORTED;
     }
     if (d->dst_row > b->need[op->out])
@@ -75,8 +73,8 @@ static ert_status finish_op(dx_build *b, dx_op *d, dnnl_primitive_desc_t pd, cha
 
 /* Reorders plain weights into the primitive's layout, once. */
 static ert_status set_weights(dx_build *b, dx_op *d, dnnl_primitive_desc_t pd, int ndims,
-                              const dnnl_dims_t dims, const float *w, const float *bias,
-                              char *why, size_t cap)
+                              const dnnl_dims_t dims, const float *w, const float *bias, char *why,
+                              size_t cap)
 {
     dnnl_exec *x = b->x;
     const dnnl_memory_desc_t *wmd = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
@@ -120,8 +118,8 @@ typedef dnnl_status_t (*desc_fn)(void *desc, const dnnl_memory_desc_t *dst, cons
 
 static ert_status make_pd(dx_build *b, const prog_op *op, size_t plain_row, desc_fn init,
                           void *desc, const void *ctx, const dnnl_memory_desc_t *dst_any,
-                          int force_plain, dnnl_primitive_attr_t attr,
-                          dnnl_primitive_desc_t *pd, char *why, size_t cap)
+                          int force_plain, dnnl_primitive_attr_t attr, dnnl_primitive_desc_t *pd,
+                          char *why, size_t cap)
 {
     const char *name = op->l ? op->l->name : "op";
     dnnl_memory_desc_t dst = *dst_any;
@@ -233,7 +231,8 @@ static ert_status add_post_join(dx_build *b, dx_op *d, const_dnnl_primitive_desc
     dnnl_primitive_attr_destroy(attr);
     if (r == dnnl_success) {
         r = dnnl_primitive_create(&d->post, pd);
-        const dnnl_memory_desc_t *sp = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+        const dnnl_memory_desc_t *sp =
+            dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
         if (sp && dnnl_memory_desc_get_size(sp) > 0) {
             snprintf(why, cap, "%s: the join wants a scratchpad", d->op->l->name);
             r = dnnl_unimplemented;
@@ -502,8 +501,7 @@ ert_status dx_make_op(dx_build *b, int i, char *why, size_t cap)
             c.strides[0] = c.strides[1] = 1;
         } else {
             const pool_params *pp = &op->l->p.pool;
-            c.alg = op->kind == OP_MAXPOOL ? dnnl_pooling_max
-                                           : dnnl_pooling_avg_include_padding;
+            c.alg = op->kind == OP_MAXPOOL ? dnnl_pooling_max : dnnl_pooling_avg_include_padding;
             c.kernel[0] = pp->kh, c.kernel[1] = pp->kw;
             c.strides[0] = pp->stride_h, c.strides[1] = pp->stride_w;
             c.pad[0] = pp->pad_h, c.pad[1] = pp->pad_w;
@@ -513,8 +511,8 @@ ert_status dx_make_op(dx_build *b, int i, char *why, size_t cap)
         if ((st = make_attr(b, op, NULL, op->act, &attr, why, cap)) != ERT_OK)
             break;
         dnnl_pooling_v2_desc_t desc;
-        if ((st = make_pd(b, op, plain_row, pool_init, &desc, &c, &any, b->plain_out[i], attr,
-                          &pd, why, cap)) != ERT_OK)
+        if ((st = make_pd(b, op, plain_row, pool_init, &desc, &c, &any, b->plain_out[i], attr, &pd,
+                          why, cap)) != ERT_OK)
             break;
         st = finish_op(b, d, pd, why, cap);
         break;
@@ -544,8 +542,8 @@ ert_status dx_make_op(dx_build *b, int i, char *why, size_t cap)
         if ((st = make_attr(b, op, NULL, op->act, &attr, why, cap)) != ERT_OK)
             break;
         dnnl_inner_product_desc_t desc;
-        if ((st = make_pd(b, op, plain_row, ip_init, &desc, &c, &dst, 0, attr, &pd, why,
-                          cap)) != ERT_OK)
+        if ((st = make_pd(b, op, plain_row, ip_init, &desc, &c, &dst, 0, attr, &pd, why, cap)) !=
+            ERT_OK)
             break;
         if ((st = finish_op(b, d, pd, why, cap)) != ERT_OK)
             break;
@@ -591,9 +589,7 @@ ert_status dx_make_op(dx_build *b, int i, char *why, size_t cap)
         d->src1_arg = DNNL_ARG_SRC_1;
         break;
     }
-    default:
-        snprintf(why, cap, "op %d: kind %d", i, (int)op->kind);
-        st = ERT_UNSUPPORTED;
+    default: snprintf(why, cap, "op %d: kind %d", i, (int)op->kind); st = ERT_UNSUPPORTED;
     }
     if (attr)
         dnnl_primitive_attr_destroy(attr);

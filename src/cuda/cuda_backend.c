@@ -146,8 +146,8 @@ static ert_status slot_init(ert_engine *e, cuda_ctx *c, cuda_slot *s)
     CUDA_TRY(e, cudaMalloc((void **)&s->d_count, ERT_MAX_EXITS * sizeof(int)));
     CUDA_TRY(e, cudaMalloc((void **)&s->done, B));
     CUDA_TRY(e, cudaMalloc((void **)&s->pstate, B * sizeof(ert_patience)));
-    CUDA_TRY(e, cudaHostAlloc((void **)&s->h_count, ERT_MAX_EXITS * sizeof(int),
-                              cudaHostAllocDefault));
+    CUDA_TRY(
+        e, cudaHostAlloc((void **)&s->h_count, ERT_MAX_EXITS * sizeof(int), cudaHostAllocDefault));
     return ERT_OK;
 fail:
     return st;
@@ -173,8 +173,8 @@ static ert_status cuda_create(ert_engine *e, void **out)
     if (ndev == 0)
         return engine_fail(e, ERT_NO_DEVICE, "no CUDA device present");
     if (e->cfg.device < 0 || e->cfg.device >= ndev)
-        return engine_fail(e, ERT_NO_DEVICE, "CUDA device %d asked for; %d present",
-                           e->cfg.device, ndev);
+        return engine_fail(e, ERT_NO_DEVICE, "CUDA device %d asked for; %d present", e->cfg.device,
+                           ndev);
 
     cuda_ctx *c = calloc(1, sizeof *c);
     if (!c)
@@ -228,16 +228,16 @@ static ert_status cuda_create(ert_engine *e, void **out)
     CUDA_TRY(e, cudaEventCreateWithFlags(&c->ev_caller, cudaEventDisableTiming));
     CUDA_TRY(e, cudaMalloc((void **)&c->d_samples, B * sizeof(ert_sample)));
     CUDA_TRY(e, cudaMalloc((void **)&c->d_logits, B * K * sizeof(float)));
-    CUDA_TRY(e, cudaHostAlloc((void **)&c->h_input, B * in_size * sizeof(float),
-                              cudaHostAllocDefault));
-    CUDA_TRY(e, cudaHostAlloc((void **)&c->h_samples, B * sizeof(ert_sample),
-                              cudaHostAllocDefault));
+    CUDA_TRY(
+        e, cudaHostAlloc((void **)&c->h_input, B * in_size * sizeof(float), cudaHostAllocDefault));
+    CUDA_TRY(e,
+             cudaHostAlloc((void **)&c->h_samples, B * sizeof(ert_sample), cudaHostAllocDefault));
     CUDA_TRY(e, cudaHostAlloc((void **)&c->h_logits, B * K * sizeof(float), cudaHostAllocDefault));
     CUDA_TRY(e, cudaMalloc((void **)&c->d_scores, B * E * sizeof(float)));
     CUDA_TRY(e, cudaMalloc((void **)&c->d_classes, B * E * sizeof(int32_t)));
     CUDA_TRY(e, cudaHostAlloc((void **)&c->h_scores, B * E * sizeof(float), cudaHostAllocDefault));
-    CUDA_TRY(e, cudaHostAlloc((void **)&c->h_classes, B * E * sizeof(int32_t),
-                              cudaHostAllocDefault));
+    CUDA_TRY(e,
+             cudaHostAlloc((void **)&c->h_classes, B * E * sizeof(int32_t), cudaHostAllocDefault));
     /* COMPACTED with graph_buckets > 0: bucketed graphs, or the wait-based
        path when they cannot be built (graph.h; e->note says which) */
     if ((st = graph_setup(e, c)) != ERT_OK)
@@ -257,10 +257,10 @@ fail:
 
 typedef struct job {
     cuda_slot *s;
-    int off, len;        /* original positions [off, off + len) */
-    int n;               /* rows still running */
-    int cur;             /* which of s->orig holds the rows' positions */
-    int pending;         /* exit whose count is not yet read, or -1 */
+    int off, len; /* original positions [off, off + len) */
+    int n;        /* rows still running */
+    int cur;      /* which of s->orig holds the rows' positions */
+    int pending;  /* exit whose count is not yet read, or -1 */
     int finished;
 } job;
 
@@ -316,10 +316,14 @@ static ert_status job_stage(ert_engine *e, cuda_ctx *c, cuda_call *k, job *j, in
     cuda_slot *s = j->s;
     const int last = si == c->prog.num_stages - 1;
     const int compact = ps->has_exit && !last && ps->gather_buf >= 0;
-    stage_args a = {.si = si, .n = j->n, .iota_base = -1, .cur = j->cur,
+    stage_args a = {.si = si,
+                    .n = j->n,
+                    .iota_base = -1,
+                    .cur = j->cur,
                     .done = e->cfg.mode == ERT_MODE_MASKED ? s->done : NULL,
                     .state = last ? NULL : s->pstate,
-                    .samples = k->samples, .logits = k->logits,
+                    .samples = k->samples,
+                    .logits = k->logits,
                     .gather_buf = compact ? ps->gather_buf : -1};
     if (si == 0) {
         const size_t in_size = shape_size(e->model->input);
@@ -351,9 +355,9 @@ static ert_status job_results_to_host(ert_engine *e, cuda_ctx *c, cuda_call *k, 
     CUDA_TRY(e, cudaMemcpyAsync(c->h_samples + j->off, k->samples + j->off,
                                 (size_t)j->len * sizeof(ert_sample), cudaMemcpyDeviceToHost, ss));
     if (k->logits)
-        CUDA_TRY(e, cudaMemcpyAsync(c->h_logits + (size_t)j->off * K, k->logits + (size_t)j->off * K,
-                                    (size_t)j->len * K * sizeof(float), cudaMemcpyDeviceToHost,
-                                    ss));
+        CUDA_TRY(e,
+                 cudaMemcpyAsync(c->h_logits + (size_t)j->off * K, k->logits + (size_t)j->off * K,
+                                 (size_t)j->len * K * sizeof(float), cudaMemcpyDeviceToHost, ss));
     return ERT_OK;
 fail:
     return st;
@@ -409,8 +413,8 @@ static ert_status cuda_infer(ert_engine *e, const float *input, int batch, ert_r
 
     /* pinned staging: the copies run asynchronously from it */
     memcpy(c->h_input, input, (size_t)batch * shape_size(e->model->input) * sizeof(float));
-    cuda_call k = {.samples = c->d_samples, .logits = out->logits ? c->d_logits : NULL,
-                   .want_host = 1};
+    cuda_call k = {
+        .samples = c->d_samples, .logits = out->logits ? c->d_logits : NULL, .want_host = 1};
     st = run_call(e, c, &k, batch, &nj);
     /* also after a failure: nothing may still be queued on our buffers */
     cudaError_t sync = cudaSuccess;
@@ -513,8 +517,11 @@ static ert_status cuda_exit_outputs(ert_engine *e, const float *input, int batch
                                 cudaMemcpyHostToDevice, s->stream));
     for (int si = 0; si < prog->num_stages; si++) {
         /* rows stay where they are: their positions are 0..batch-1 throughout */
-        stage_args a = {.si = si, .n = batch, .norm_src = si == 0 ? x : NULL,
-                        .iota_base = si == 0 ? 0 : -1, .cur = 0,
+        stage_args a = {.si = si,
+                        .n = batch,
+                        .norm_src = si == 0 ? x : NULL,
+                        .iota_base = si == 0 ? 0 : -1,
+                        .cur = 0,
                         .state = si == prog->num_stages - 1 ? NULL : s->pstate,
                         .samples = c->d_samples,
                         .gather_buf = prog->stages[si].gather_buf,
@@ -527,9 +534,8 @@ static ert_status cuda_exit_outputs(ert_engine *e, const float *input, int batch
         CUDA_TRY(e, cudaMemcpyAsync(c->h_scores, c->d_scores, (size_t)batch * E * sizeof(float),
                                     cudaMemcpyDeviceToHost, s->stream));
     if (classes)
-        CUDA_TRY(e, cudaMemcpyAsync(c->h_classes, c->d_classes,
-                                    (size_t)batch * E * sizeof(int32_t), cudaMemcpyDeviceToHost,
-                                    s->stream));
+        CUDA_TRY(e, cudaMemcpyAsync(c->h_classes, c->d_classes, (size_t)batch * E * sizeof(int32_t),
+                                    cudaMemcpyDeviceToHost, s->stream));
     CUDA_TRY(e, cudaStreamSynchronize(s->stream));
     if (scores)
         memcpy(scores, c->h_scores, (size_t)batch * E * sizeof(float));

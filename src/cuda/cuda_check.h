@@ -34,15 +34,15 @@ static inline int ert_cudnn_oom(cudnnStatus_t r)
            r == CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED;
 }
 
-#define ERT_TRY_GEN_(e, type, ok, is_oom, to_string, call)                                \
-    do {                                                                                  \
-        type r_ = (call);                                                                 \
-        if (r_ != (ok)) {                                                                 \
-            st = engine_fail((e), (is_oom) ? ERT_OUT_OF_MEMORY : ERT_CUDA,                \
-                             "%s failed at %s:%d: %s", #call, ert_file_base(__FILE__),    \
-                             __LINE__, to_string(r_));                                    \
-            goto fail;                                                                    \
-        }                                                                                 \
+#define ERT_TRY_GEN_(e, type, ok, is_oom, to_string, call)                                       \
+    do {                                                                                         \
+        type r_ = (call);                                                                        \
+        if (r_ != (ok)) {                                                                        \
+            st = engine_fail((e), (is_oom) ? ERT_OUT_OF_MEMORY : ERT_CUDA,                       \
+                             "%s failed at %s:%d: %s", #call, ert_file_base(__FILE__), __LINE__, \
+                             to_string(r_));                                                     \
+            goto fail;                                                                           \
+        }                                                                                        \
     } while (0)
 
 /* Whether a failed CUDA call ran out of memory. Also clears the runtime's
@@ -54,14 +54,14 @@ static inline int ert_cuda_oom(cudaError_t r)
     return r == cudaErrorMemoryAllocation;
 }
 
-#define CUDA_TRY(e, call)                                                                 \
+#define CUDA_TRY(e, call) \
     ERT_TRY_GEN_(e, cudaError_t, cudaSuccess, ert_cuda_oom(r_), cudaGetErrorString, call)
 #define KERNEL_TRY(e, call) CUDA_TRY(e, call)
-#define CUBLAS_TRY(e, call)                                                               \
+#define CUBLAS_TRY(e, call)                                                                  \
     ERT_TRY_GEN_(e, cublasStatus_t, CUBLAS_STATUS_SUCCESS, r_ == CUBLAS_STATUS_ALLOC_FAILED, \
                  cublasGetStatusString, call)
-#define CUDNN_TRY(e, call)                                                                \
-    ERT_TRY_GEN_(e, cudnnStatus_t, CUDNN_STATUS_SUCCESS, ert_cudnn_oom(r_),                \
-                 cudnnGetErrorString, call)
+#define CUDNN_TRY(e, call)                                                                       \
+    ERT_TRY_GEN_(e, cudnnStatus_t, CUDNN_STATUS_SUCCESS, ert_cudnn_oom(r_), cudnnGetErrorString, \
+                 call)
 
 #endif /* ERT_CUDA_CHECK_H */

@@ -51,36 +51,36 @@ typedef struct cuda_slot {
     cudnnHandle_t dnn;
     void *blas_ws;
     void *dnn_ws;
-    float *buf[PROG_MAX_BUF];  /* activations: max_act * max_batch floats each */
-    int *orig[2];              /* [max_batch] rows' original positions, ping-pong */
-    int *src_row;              /* [max_batch] survivors' rows before the gather */
-    int *d_count;              /* [ERT_MAX_EXITS] survivors after exit s */
-    unsigned char *done;       /* [max_batch] MASKED: row already out */
-    ert_patience *pstate;      /* [max_batch] each row's patience state, at its
+    float *buf[PROG_MAX_BUF]; /* activations: max_act * max_batch floats each */
+    int *orig[2];             /* [max_batch] rows' original positions, ping-pong */
+    int *src_row;             /* [max_batch] survivors' rows before the gather */
+    int *d_count;             /* [ERT_MAX_EXITS] survivors after exit s */
+    unsigned char *done;      /* [max_batch] MASKED: row already out */
+    ert_patience *pstate;     /* [max_batch] each row's patience state, at its
                                   original position (orig): compaction never
                                   moves it (kernels/exit.cu) */
-    int *h_count;              /* pinned [ERT_MAX_EXITS] */
+    int *h_count;             /* pinned [ERT_MAX_EXITS] */
 } cuda_slot;
 
 typedef struct cuda_ctx {
     int device;
     program prog;
-    dnn_op *dnn;               /* [prog.nops]; used by conv and pool ops */
+    dnn_op *dnn; /* [prog.nops]; used by conv and pool ops */
     cudnnActivationDescriptor_t relu;
-    size_t dnn_ws_size;        /* bytes of each slot's cuDNN workspace */
-    float *d_weights;          /* the model's weight block, on the device */
+    size_t dnn_ws_size; /* bytes of each slot's cuDNN workspace */
+    float *d_weights;   /* the model's weight block, on the device */
     cuda_slot *slots;
     int nslots;
-    float *h_input;            /* pinned [max_batch * input size] */
-    ert_sample *h_samples;     /* pinned [max_batch] */
-    float *h_logits;           /* pinned [max_batch * K] */
-    ert_sample *d_samples;     /* device [max_batch] (ert_infer's results) */
-    float *d_logits;           /* device [max_batch * K] */
-    float *d_scores;           /* device [max_batch * num_exits] (exit outputs) */
-    int32_t *d_classes;        /* device [max_batch * num_exits] */
-    float *h_scores;           /* pinned [max_batch * num_exits] */
-    int32_t *h_classes;        /* pinned [max_batch * num_exits] */
-    cudaEvent_t ev_caller;     /* infer_device: the caller's stream reached the call */
+    float *h_input;             /* pinned [max_batch * input size] */
+    ert_sample *h_samples;      /* pinned [max_batch] */
+    float *h_logits;            /* pinned [max_batch * K] */
+    ert_sample *d_samples;      /* device [max_batch] (ert_infer's results) */
+    float *d_logits;            /* device [max_batch * K] */
+    float *d_scores;            /* device [max_batch * num_exits] (exit outputs) */
+    int32_t *d_classes;         /* device [max_batch * num_exits] */
+    float *h_scores;            /* pinned [max_batch * num_exits] */
+    int32_t *h_classes;         /* pinned [max_batch * num_exits] */
+    cudaEvent_t ev_caller;      /* infer_device: the caller's stream reached the call */
     struct graph_state *graphs; /* bucketed graphs (graph.c), or NULL: wait-based */
 } cuda_ctx;
 
@@ -121,13 +121,13 @@ ert_status op_run(ert_engine *e, cuda_ctx *c, cuda_slot *s, int op_index, int n)
 /* One ert_infer / ert_infer_device call, as the wait-based path
  * (cuda_backend.c) and the graphs (graph.c) run it. */
 typedef struct cuda_call {
-    const float *d_input;   /* ert_infer_device: the caller's device input; NULL:
+    const float *d_input; /* ert_infer_device: the caller's device input; NULL:
                                ert_infer, whose input is in c->h_input (pinned) */
-    ert_sample *samples;    /* device results at original positions */
-    float *logits;          /* device [batch, K], or NULL: not wanted */
-    int want_host;          /* ert_infer: results into c->h_samples / c->h_logits */
+    ert_sample *samples;  /* device results at original positions */
+    float *logits;        /* device [batch, K], or NULL: not wanted */
+    int want_host;        /* ert_infer: results into c->h_samples / c->h_logits */
     int32_t host_waits;
-    uint64_t macs;          /* the wait-based path's count (graphs: graph_figures) */
+    uint64_t macs; /* the wait-based path's count (graphs: graph_figures) */
 } cuda_call;
 
 /* The sub-batches ("jobs") of a call: job j of nj gets rows [off, off + len). */
@@ -136,26 +136,26 @@ void cuda_job_span(int batch, int nj, int j, int *off, int *len);
 /* What a stage run needs besides the stage itself: where its row count
  * lives, where its results go, and what follows the exit decision. */
 typedef struct stage_args {
-    int si;                 /* the stage */
-    int n;                  /* rows launched for: the exact count, or (graphs) the
+    int si;                   /* the stage */
+    int n;                    /* rows launched for: the exact count, or (graphs) the
                                bucket's row count */
-    const int *d_n;         /* graphs: the real count on the device (<= n), else NULL */
-    const float *norm_src;  /* stage 0: raw rows to normalise into the stage's input
+    const int *d_n;           /* graphs: the real count on the device (<= n), else NULL */
+    const float *norm_src;    /* stage 0: raw rows to normalise into the stage's input
                                buffer (may be that buffer); NULL: no normalisation */
-    int iota_base;          /* >= 0: first orig[cur][i] = iota_base + i */
-    int cur;                /* s->orig[cur] holds the rows' original positions */
-    unsigned char *done;    /* MASKED: rows already out (skipped, then marked); else NULL */
-    ert_patience *state;    /* the rows' patience states at their original positions
+    int iota_base;            /* >= 0: first orig[cur][i] = iota_base + i */
+    int cur;                  /* s->orig[cur] holds the rows' original positions */
+    unsigned char *done;      /* MASKED: rows already out (skipped, then marked); else NULL */
+    ert_patience *state;      /* the rows' patience states at their original positions
                                (s->pstate), or NULL at the final head */
-    ert_sample *samples;    /* device results at original positions */
-    float *logits;          /* device [*, K] at original positions, or NULL */
+    ert_sample *samples;      /* device results at original positions */
+    float *logits;            /* device [*, K] at original positions, or NULL */
     const float *d_threshold; /* graphs: the threshold read on the device, else NULL */
-    int gather_buf;         /* >= 0: compact the survivors (count in s->d_count[si],
+    int gather_buf;           /* >= 0: compact the survivors (count in s->d_count[si],
                                positions in s->orig[!cur]) and gather their rows into
                                this buffer; -1: decide only (MASKED, FULL, last stage) */
-    int *h_count;           /* with gather_buf: copy the count here (pinned) and */
-    cudaEvent_t count_event;/* record this event after the copy; NULL: neither */
-    ert_switch_args sw;     /* graphs: the exit kernel selects the next stage's bucket */
+    int *h_count;             /* with gather_buf: copy the count here (pinned) and */
+    cudaEvent_t count_event;  /* record this event after the copy; NULL: neither */
+    ert_switch_args sw;       /* graphs: the exit kernel selects the next stage's bucket */
     /* ert_engine_exit_outputs: when either is set, every row's score and class
        go here at [orig * num_exits + si] (device) instead of a decision; with
        gather_buf >= 0 every row is then copied there, in place (nobody left) */

@@ -64,8 +64,8 @@ static ert_status conv_setup(ert_engine *e, cuda_ctx *c, cudnnHandle_t h, const 
                            op->l->name, oc, oh, ow, os.c, os.h, os.w);
     CUDNN_TRY(e, cudnnSetTensor4dDescriptor(d->y, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, B, os.c,
                                             os.h, os.w));
-    CUDNN_TRY(e, cudnnSetTensor4dDescriptor(d->bias, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1,
-                                            os.c, 1, 1));
+    CUDNN_TRY(
+        e, cudnnSetTensor4dDescriptor(d->bias, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, os.c, 1, 1));
     /* cudnnConvolutionBiasActivationForward takes RELU with any algorithm
        but IDENTITY only with IMPLICIT_PRECOMP_GEMM: fuse only the ReLU; a
        conv without one (or with a sigmoid) runs the plain convolution and
@@ -74,9 +74,8 @@ static ert_status conv_setup(ert_engine *e, cuda_ctx *c, cudnnHandle_t h, const 
 
     cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     int got = 0;
-    CUDNN_TRY(e, cudnnGetConvolutionForwardAlgorithm_v7(h, d->x, d->w, d->conv, d->y,
-                                                        CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got,
-                                                        perf));
+    CUDNN_TRY(e, cudnnGetConvolutionForwardAlgorithm_v7(
+                     h, d->x, d->w, d->conv, d->y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got, perf));
     /* Ranked by cuDNN's heuristics. First pass: entries reported for FMA
        math (what the descriptor asks); second: DEFAULT math ones, which on
        sm_80+ might mean TF32 under that math type, but the descriptor stays
@@ -91,16 +90,16 @@ static ert_status conv_setup(ert_engine *e, cuda_ctx *c, cudnnHandle_t h, const 
             perf[i].memory > ERT_CUDNN_WORKSPACE_CAP)
             continue;
         /* valid at n = 1 as well (the smallest batch COMPACTED can reach) */
-        CUDNN_TRY(e, cudnnSetTensor4dDescriptor(d->x, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1,
-                                                is.c, is.h, is.w));
-        CUDNN_TRY(e, cudnnSetTensor4dDescriptor(d->y, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1,
-                                                os.c, os.h, os.w));
+        CUDNN_TRY(e, cudnnSetTensor4dDescriptor(d->x, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, is.c,
+                                                is.h, is.w));
+        CUDNN_TRY(e, cudnnSetTensor4dDescriptor(d->y, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, os.c,
+                                                os.h, os.w));
         cudnnStatus_t r1 = cudnnGetConvolutionForwardWorkspaceSize(h, d->x, d->w, d->conv, d->y,
                                                                    perf[i].algo, &ws1);
-        CUDNN_TRY(e, cudnnSetTensor4dDescriptor(d->x, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, B,
-                                                is.c, is.h, is.w));
-        CUDNN_TRY(e, cudnnSetTensor4dDescriptor(d->y, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, B,
-                                                os.c, os.h, os.w));
+        CUDNN_TRY(e, cudnnSetTensor4dDescriptor(d->x, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, B, is.c,
+                                                is.h, is.w));
+        CUDNN_TRY(e, cudnnSetTensor4dDescriptor(d->y, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, B, os.c,
+                                                os.h, os.w));
         if (r1 != CUDNN_STATUS_SUCCESS || ws1 > ERT_CUDNN_WORKSPACE_CAP)
             continue;
         d->algo = perf[i].algo;
@@ -109,8 +108,8 @@ static ert_status conv_setup(ert_engine *e, cuda_ctx *c, cudnnHandle_t h, const 
     }
     if (!chosen) {
         d->algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
-        CUDNN_TRY(e, cudnnGetConvolutionForwardWorkspaceSize(h, d->x, d->w, d->conv, d->y,
-                                                             d->algo, &ws));
+        CUDNN_TRY(
+            e, cudnnGetConvolutionForwardWorkspaceSize(h, d->x, d->w, d->conv, d->y, d->algo, &ws));
     }
     if (ws > c->dnn_ws_size)
         c->dnn_ws_size = ws;
@@ -128,8 +127,8 @@ static ert_status pool_setup(ert_engine *e, const prog_op *op, dnn_op *d)
     shape3 is = op->in_shape, os = op->out_shape;
     /* max: padding never wins (PyTorch pads with -inf); NaN propagates as in
        PyTorch. avg: padded zeros count in the divisor (count_include_pad). */
-    cudnnPoolingMode_t mode = op->kind == OP_MAXPOOL ? CUDNN_POOLING_MAX
-                                                     : CUDNN_POOLING_AVERAGE_COUNT_INCLUDE_PADDING;
+    cudnnPoolingMode_t mode =
+        op->kind == OP_MAXPOOL ? CUDNN_POOLING_MAX : CUDNN_POOLING_AVERAGE_COUNT_INCLUDE_PADDING;
     CUDNN_TRY(e, cudnnCreateTensorDescriptor(&d->x));
     CUDNN_TRY(e, cudnnCreateTensorDescriptor(&d->y));
     CUDNN_TRY(e, cudnnCreatePoolingDescriptor(&d->pool));
@@ -159,8 +158,8 @@ ert_status dnn_setup(ert_engine *e, cuda_ctx *c, cudnnHandle_t handle)
     if (!c->dnn)
         return engine_fail(e, ERT_OUT_OF_MEMORY, "cuda: out of memory for cuDNN descriptors");
     CUDNN_TRY(e, cudnnCreateActivationDescriptor(&c->relu));
-    CUDNN_TRY(e, cudnnSetActivationDescriptor(c->relu, CUDNN_ACTIVATION_RELU, CUDNN_PROPAGATE_NAN,
-                                              0.0));
+    CUDNN_TRY(
+        e, cudnnSetActivationDescriptor(c->relu, CUDNN_ACTIVATION_RELU, CUDNN_PROPAGATE_NAN, 0.0));
     c->dnn_ws_size = 0;
     for (int i = 0; i < g->nops; i++) {
         const prog_op *op = &g->ops[i];
@@ -269,8 +268,10 @@ ert_status dnn_try_fused(ert_engine *e, cuda_ctx *c, char *fell, size_t cap)
     if (nfell) {
         char list[ERT_ERROR_LEN / 2];
         snprintf(list, sizeof list, "%s", fell);
-        snprintf(fell, cap, "convs: %d of %d fused conv+bias+ReLU calls refused by cuDNN, run "
-                 "unfused: %s", nfell, nfused, list);
+        snprintf(fell, cap,
+                 "convs: %d of %d fused conv+bias+ReLU calls refused by cuDNN, run "
+                 "unfused: %s",
+                 nfell, nfused, list);
     }
     return ERT_OK;
 fail:
@@ -295,8 +296,8 @@ static ert_status set_rows(ert_engine *e, cuda_ctx *c, cuda_slot *s, const prog_
     d->last_n = 0; /* until the algorithm for n is settled */
     if (op->kind == OP_CONV) {
         size_t ws = 0;
-        cudnnStatus_t r = cudnnGetConvolutionForwardWorkspaceSize(s->dnn, d->x, d->w, d->conv,
-                                                                  d->y, d->algo, &ws);
+        cudnnStatus_t r = cudnnGetConvolutionForwardWorkspaceSize(s->dnn, d->x, d->w, d->conv, d->y,
+                                                                  d->algo, &ws);
         d->last_algo = d->algo;
         if (r != CUDNN_STATUS_SUCCESS || ws > c->dnn_ws_size) {
             /* never expected (checked at 1 and max_batch): stay correct */
@@ -316,8 +317,8 @@ fail:
     return st;
 }
 
-static ert_status run_conv(ert_engine *e, cuda_ctx *c, cuda_slot *s, const prog_op *op,
-                           dnn_op *d, int n)
+static ert_status run_conv(ert_engine *e, cuda_ctx *c, cuda_slot *s, const prog_op *op, dnn_op *d,
+                           int n)
 {
     ert_status st = set_rows(e, c, s, op, d, n);
     if (st != ERT_OK)
@@ -346,8 +347,8 @@ fail:
     return st;
 }
 
-static ert_status run_pool(ert_engine *e, cuda_ctx *c, cuda_slot *s, const prog_op *op,
-                           dnn_op *d, int n)
+static ert_status run_pool(ert_engine *e, cuda_ctx *c, cuda_slot *s, const prog_op *op, dnn_op *d,
+                           int n)
 {
     ert_status st = set_rows(e, c, s, op, d, n);
     if (st != ERT_OK)
@@ -385,13 +386,10 @@ ert_status op_run(ert_engine *e, cuda_ctx *c, cuda_slot *s, int op_index, int n)
     const prog_op *op = &c->prog.ops[op_index];
     size_t count = (size_t)n * shape_size(op->out_shape);
     switch (op->kind) {
-    case OP_CONV:
-        return run_conv(e, c, s, op, &c->dnn[op_index], n);
+    case OP_CONV: return run_conv(e, c, s, op, &c->dnn[op_index], n);
     case OP_MAXPOOL:
-    case OP_AVGPOOL:
-        return run_pool(e, c, s, op, &c->dnn[op_index], n);
-    case OP_LINEAR:
-        return run_linear(e, c, s, op, n);
+    case OP_AVGPOOL: return run_pool(e, c, s, op, &c->dnn[op_index], n);
+    case OP_LINEAR: return run_linear(e, c, s, op, n);
     case OP_GAP:
         KERNEL_TRY(e, ert_k_global_avgpool(s->buf[op->in], s->buf[op->out], n * op->in_shape.c,
                                            op->in_shape.h * op->in_shape.w, s->stream));

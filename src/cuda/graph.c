@@ -19,21 +19,21 @@
 #include "kernels.h"
 
 typedef struct graph_slot {
-    cudaGraph_t graph;            /* the top-level graph; owns the bodies */
+    cudaGraph_t graph; /* the top-level graph; owns the bodies */
     cudaGraphExec_t exec;
     cudaGraphConditionalHandle handle[ERT_MAX_EXITS]; /* switch of stage s */
-    int *d_rows;                  /* device: the sub-batch's rows (graph_prep) */
-    float *d_thr;                 /* device [ERT_MAX_EXITS]: thresholds (graph_prep) */
-    int *d_stats;                 /* device [ERT_STATS_LEN]: written by the graph */
-    int32_t *h_stats;             /* pinned [ERT_STATS_LEN] */
-    ert_sample *d_samples;        /* device [max_batch]: results at sub-batch positions */
-    float *d_logits;              /* device [max_batch * K] */
+    int *d_rows;           /* device: the sub-batch's rows (graph_prep) */
+    float *d_thr;          /* device [ERT_MAX_EXITS]: thresholds (graph_prep) */
+    int *d_stats;          /* device [ERT_STATS_LEN]: written by the graph */
+    int32_t *h_stats;      /* pinned [ERT_STATS_LEN] */
+    ert_sample *d_samples; /* device [max_batch]: results at sub-batch positions */
+    float *d_logits;       /* device [max_batch * K] */
 } graph_slot;
 
 struct graph_state {
     int nbuckets, step, max_rows, nstages;
     uint64_t stage_cost[ERT_MAX_EXITS]; /* MACs per row: stage s + its head */
-    size_t body_nodes;            /* nodes captured into all bodies of one slot */
+    size_t body_nodes;                  /* nodes captured into all bodies of one slot */
     graph_slot *slots;
     int nslots;
 };
@@ -87,10 +87,15 @@ static ert_status body_enqueue(ert_engine *e, cuda_ctx *c, graph_state *g, int i
     const prog_stage *ps = &c->prog.stages[si];
     const int last = si == c->prog.num_stages - 1;
     /* every stage but the last compacts, so the positions ping-pong */
-    stage_args a = {.si = si, .n = R, .d_n = si == 0 ? gs->d_rows : s->d_count + (si - 1),
-                    .iota_base = -1, .cur = si & 1, .state = last ? NULL : s->pstate,
+    stage_args a = {.si = si,
+                    .n = R,
+                    .d_n = si == 0 ? gs->d_rows : s->d_count + (si - 1),
+                    .iota_base = -1,
+                    .cur = si & 1,
+                    .state = last ? NULL : s->pstate,
                     .samples = gs->d_samples,
-                    .logits = gs->d_logits, .d_threshold = gs->d_thr + si,
+                    .logits = gs->d_logits,
+                    .d_threshold = gs->d_thr + si,
                     .gather_buf = last ? -1 : ps->gather_buf};
     if (si == 0) {
         /* the raw input rows are in the stage's buffer (graph_run copied
@@ -152,8 +157,7 @@ static ert_status body_check(ert_engine *e, cudaGraph_t g, int depth, size_t *no
         case cudaGraphNodeTypeMemcpy:
         case cudaGraphNodeTypeMemset:
         case cudaGraphNodeTypeEmpty:
-        case cudaGraphNodeTypeConditional:
-            break;
+        case cudaGraphNodeTypeConditional: break;
         case cudaGraphNodeTypeGraph: {
             cudaGraph_t child;
             if (depth > 8) {
@@ -165,9 +169,7 @@ static ert_status body_check(ert_engine *e, cudaGraph_t g, int depth, size_t *no
                 goto fail;
             break;
         }
-        default:
-            *bad = node_type_name(t);
-            break;
+        default: *bad = node_type_name(t); break;
         }
     }
     free(list);
@@ -213,8 +215,8 @@ static ert_status body_capture(ert_engine *e, cuda_ctx *c, graph_state *g, int i
     if (st != ERT_OK)
         return st;
     if (r != cudaSuccess)
-        return engine_fail(e, ERT_CUDA, "cudaStreamEndCapture (stage %d, bucket %d) failed: %s",
-                           si, b, cudaGetErrorString(r));
+        return engine_fail(e, ERT_CUDA, "cudaStreamEndCapture (stage %d, bucket %d) failed: %s", si,
+                           b, cudaGetErrorString(r));
     const char *bad = NULL;
     if ((st = body_check(e, body, 0, &g->body_nodes, &bad)) != ERT_OK)
         return st;
@@ -283,9 +285,9 @@ static ert_status slot_graph_build(ert_engine *e, cuda_ctx *c, graph_state *g, i
     /* default "none" at every launch: a switch whose predecessor ran no
        body (nobody left) runs none either */
     for (int si = 0; si < E; si++)
-        CUDA_TRY(e, cudaGraphConditionalHandleCreate(&gs->handle[si], gs->graph,
-                                                     (unsigned)g->nbuckets,
-                                                     cudaGraphCondAssignDefault));
+        CUDA_TRY(e,
+                 cudaGraphConditionalHandleCreate(&gs->handle[si], gs->graph, (unsigned)g->nbuckets,
+                                                  cudaGraphCondAssignDefault));
     cudaGraphNode_t tail = NULL;
     if ((st = root_capture(e, c, g, i, &tail)) != ERT_OK)
         return st;
@@ -322,8 +324,8 @@ static ert_status graph_launch(ert_engine *e, cuda_ctx *c, int i, int rows, cons
     ert_status st = ERT_OK;
     cuda_slot *s = &c->slots[i];
     graph_slot *gs = &c->graphs->slots[i];
-    KERNEL_TRY(e, ert_k_graph_prep(gs->d_rows, rows, gs->d_thr, thr, c->prog.num_stages,
-                                   s->stream));
+    KERNEL_TRY(e,
+               ert_k_graph_prep(gs->d_rows, rows, gs->d_thr, thr, c->prog.num_stages, s->stream));
     CUDA_TRY(e, cudaGraphLaunch(gs->exec, s->stream));
     CUDA_TRY(e, cudaMemcpyAsync(gs->h_stats, gs->d_stats, ERT_STATS_LEN * sizeof(int32_t),
                                 cudaMemcpyDeviceToHost, s->stream));

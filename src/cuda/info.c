@@ -67,13 +67,13 @@ ert_status ert_cuda_info(int device, char *buf, size_t cap)
     snprintf(libs, sizeof libs,
              "driver %s (CUDA %d.%d), runtime %d.%d; cuDNN %d.%d.%d (built with %d.%d.%d); "
              "cuBLAS %d.%d.%d",
-             i.kernel_driver[0] ? i.kernel_driver : "?", CUDA_VER(i.driver), CUDA_VER(i.runtime), DNN_VER(i.cudnn), DNN_VER(i.cudnn_built),
-             i.cublas[0], i.cublas[1], i.cublas[2]);
+             i.kernel_driver[0] ? i.kernel_driver : "?", CUDA_VER(i.driver), CUDA_VER(i.runtime),
+             DNN_VER(i.cudnn), DNN_VER(i.cudnn_built), i.cublas[0], i.cublas[1], i.cublas[2]);
     if (!i.present) {
         snprintf(buf, cap, "%s; %s", i.error, libs);
         return ERT_NO_DEVICE;
     }
-    snprintf(buf, cap, "%s (sm_%d%d, %d SMs, %.1f GiB); %s", i.name, i.cc_major, i.cc_minor,
-             i.sms, i.mem_gib, libs);
+    snprintf(buf, cap, "%s (sm_%d%d, %d SMs, %.1f GiB); %s", i.name, i.cc_major, i.cc_minor, i.sms,
+             i.mem_gib, libs);
     return ERT_OK;
 }

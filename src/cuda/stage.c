@@ -105,8 +105,8 @@ ert_status stage_enqueue(ert_engine *e, cuda_ctx *c, cuda_slot *s, const stage_a
         CUDA_TRY(e, cudaEventRecord(a->count_event, s->stream));
     }
     /* the gather reads the count on the device; its grid covers all n rows */
-    KERNEL_TRY(e, ert_k_gather_rows(s->buf[ps->out_buf], s->buf[a->gather_buf], s->src_row,
-                                    x.count, n, ps->out_row, s->stream));
+    KERNEL_TRY(e, ert_k_gather_rows(s->buf[ps->out_buf], s->buf[a->gather_buf], s->src_row, x.count,
+                                    n, ps->out_row, s->stream));
     return ERT_OK;
 fail:
     return st;
@@ -132,16 +132,15 @@ ert_status cuda_run_stage(ert_engine *e, int si, const float *in, int n, float *
     /* the rows in (host-staged, see above), with their patience states where
        this exit reads them (rows are their own original positions here) */
     float *x = s->buf[ps->in_buf];
-    CUDA_TRY(e, cudaMemcpyAsync(x, in, (size_t)n * in_row * sizeof(float),
-                                cudaMemcpyHostToDevice, s->stream));
+    CUDA_TRY(e, cudaMemcpyAsync(x, in, (size_t)n * in_row * sizeof(float), cudaMemcpyHostToDevice,
+                                s->stream));
     const int track = decides && !last;
     if (track && si > 0)
         CUDA_TRY(e, cudaMemcpyAsync(s->pstate, state, (size_t)n * sizeof(ert_patience),
                                     cudaMemcpyHostToDevice, s->stream));
     /* a row that stays keeps the poison exit index -1: how `exited` is read */
     if (decides)
-        CUDA_TRY(e, cudaMemsetAsync(c->d_samples, 0xff, (size_t)n * sizeof(ert_sample),
-                                    s->stream));
+        CUDA_TRY(e, cudaMemsetAsync(c->d_samples, 0xff, (size_t)n * sizeof(ert_sample), s->stream));
     /* the gather's target: the COMPACTED program's, else any buffer but the
        stage output (after the exit kernel, the others are dead) */
     int g = -1;
@@ -156,17 +155,22 @@ ert_status cuda_run_stage(ert_engine *e, int si, const float *in, int n, float *
         }
     }
     /* rows are their own original positions */
-    stage_args a = {.si = si, .n = n, .norm_src = si == 0 ? x : NULL, .iota_base = 0,
-                    .state = track ? s->pstate : NULL, .samples = c->d_samples,
-                    .logits = c->d_logits, .gather_buf = g};
+    stage_args a = {.si = si,
+                    .n = n,
+                    .norm_src = si == 0 ? x : NULL,
+                    .iota_base = 0,
+                    .state = track ? s->pstate : NULL,
+                    .samples = c->d_samples,
+                    .logits = c->d_logits,
+                    .gather_buf = g};
     if ((st = stage_enqueue(e, c, s, &a, macs)) != ERT_OK)
         goto fail;
 
     if (!decides) {
         /* ERT_MODE_FULL before the final head: every row goes on */
-        CUDA_TRY(e, cudaMemcpyAsync(out, s->buf[ps->out_buf],
-                                    (size_t)n * ps->out_row * sizeof(float),
-                                    cudaMemcpyDeviceToHost, s->stream));
+        CUDA_TRY(e,
+                 cudaMemcpyAsync(out, s->buf[ps->out_buf], (size_t)n * ps->out_row * sizeof(float),
+                                 cudaMemcpyDeviceToHost, s->stream));
         CUDA_TRY(e, cudaStreamSynchronize(s->stream));
         memset(exited, 0, (size_t)n);
         return ERT_OK;
@@ -178,8 +182,8 @@ ert_status cuda_run_stage(ert_engine *e, int si, const float *in, int n, float *
         CUDA_TRY(e, cudaStreamSynchronize(s->stream)); /* the count, for the copy size */
         kept = s->h_count[si];
         if (kept < 0 || kept > n)
-            return engine_fail(e, ERT_INTERNAL, "cuda stage %d: %d survivors of %d rows", si,
-                               kept, n);
+            return engine_fail(e, ERT_INTERNAL, "cuda stage %d: %d survivors of %d rows", si, kept,
+                               n);
         if (kept)
             CUDA_TRY(e, cudaMemcpyAsync(out, s->buf[g], (size_t)kept * ps->out_row * sizeof(float),
                                         cudaMemcpyDeviceToHost, s->stream));

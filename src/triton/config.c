@@ -15,7 +15,7 @@
 #include "triton_api.h"
 
 const char *const ert_triton_output_names[ERT_TRITON_NUM_OUTPUTS] = {"CLASS", "EXIT", "SCORE",
-                                                                      "LOGITS"};
+                                                                     "LOGITS"};
 
 static int fail(char *err, size_t cap, const char *fmt, ...)
 {
@@ -90,8 +90,10 @@ static int read_dims(const cJSON *t, const char *what, int64_t *dims, int *ndims
         return fail(err, cap, "%s: dims must list 1 to %d sizes", what, ERT_TRITON_MAX_DIMS);
     for (int i = 0; i < n; i++) {
         if (!json_int64(cJSON_GetArrayItem(d, i), &dims[i]) || dims[i] < 1)
-            return fail(err, cap, "%s: dims[%d] is not a positive size (variable dims are not "
-                                  "supported)", what, i);
+            return fail(err, cap,
+                        "%s: dims[%d] is not a positive size (variable dims are not "
+                        "supported)",
+                        what, i);
     }
     *ndims = n;
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(t, "reshape");
@@ -128,8 +130,8 @@ static int parse_thresholds(const char *spec, ert_triton_config *c, char *err, s
         *eq = '\0';
         double v;
         if (!parse_double(eq + 1, &v))
-            return fail(err, cap, "parameter thresholds: %s=%s: '%s' is not a finite number",
-                        item, eq + 1, eq + 1);
+            return fail(err, cap, "parameter thresholds: %s=%s: '%s' is not a finite number", item,
+                        eq + 1, eq + 1);
         if (c->num_thresholds >= ERT_MAX_EXITS)
             return fail(err, cap, "parameter thresholds: more than %d items", ERT_MAX_EXITS);
         snprintf(c->threshold_exit[c->num_thresholds], sizeof c->threshold_exit[0], "%.63s", item);
@@ -147,8 +149,7 @@ static int read_parameters(const cJSON *root, ert_triton_config *c, const char *
     if (!cJSON_IsObject(params))
         return fail(err, cap, "parameters: not a map");
     const cJSON *p;
-    cJSON_ArrayForEach(p, params)
-    {
+    cJSON_ArrayForEach (p, params) {
         const char *k = p->string, *v = json_str(p, "string_value");
         if (!v)
             return fail(err, cap, "parameter %s: no string_value", k);
@@ -176,8 +177,7 @@ static int read_parameters(const cJSON *root, ert_triton_config *c, const char *
                 return -1;
         } else if (strcmp(k, "threads") == 0) {
             if (!parse_long(v, 0, 4096, &l))
-                return fail(err, cap, "parameter threads: '%s' is not an integer in [0, 4096]",
-                            v);
+                return fail(err, cap, "parameter threads: '%s' is not an integer in [0, 4096]", v);
             c->threads = (int)l;
         } else if (strcmp(k, "refill_batch") == 0) {
             if (!parse_long(v, 0, 1L << 20, &l))
@@ -191,7 +191,8 @@ static int read_parameters(const cJSON *root, ert_triton_config *c, const char *
         } else {
             return fail(err, cap,
                         "parameter '%s' is unknown (known: model_path, mode, thresholds, "
-                        "threads, refill_batch, refill_deadline_ms)", k);
+                        "threads, refill_batch, refill_deadline_ms)",
+                        k);
         }
     }
     return 0;
@@ -212,8 +213,10 @@ int ert_triton_config_parse(const char *json, size_t len, const char *model_fold
     const cJSON *mb = cJSON_GetObjectItemCaseSensitive(root, "max_batch_size");
     int64_t v;
     if (!mb || !json_int64(mb, &v) || v < 1 || v > (1 << 20)) {
-        fail(err, cap, "max_batch_size must be set to an integer in [1, %d] (rows per request "
-                       "and per batch)", 1 << 20);
+        fail(err, cap,
+             "max_batch_size must be set to an integer in [1, %d] (rows per request "
+             "and per batch)",
+             1 << 20);
         goto done;
     }
     c->max_batch = (int)v;
@@ -244,8 +247,7 @@ int ert_triton_config_parse(const char *json, size_t len, const char *model_fold
         fail(err, cap, "output: list at least one of CLASS, EXIT, SCORE, LOGITS");
         goto done;
     }
-    cJSON_ArrayForEach(t, out)
-    {
+    cJSON_ArrayForEach (t, out) {
         name = json_str(t, "name");
         dt = json_str(t, "data_type");
         int o = ert_triton_output_index(name);
@@ -258,11 +260,10 @@ int ert_triton_config_parse(const char *json, size_t len, const char *model_fold
             fail(err, cap, "output %s: listed twice", name);
             goto done;
         }
-        const char *want = o == ERT_TRITON_CLASS || o == ERT_TRITON_EXIT ? "TYPE_INT32"
-                                                                          : "TYPE_FP32";
+        const char *want =
+            o == ERT_TRITON_CLASS || o == ERT_TRITON_EXIT ? "TYPE_INT32" : "TYPE_FP32";
         if (!dt || strcmp(dt, want) != 0) {
-            fail(err, cap, "output %s: data_type %s, expected %s", name, dt ? dt : "(none)",
-                 want);
+            fail(err, cap, "output %s: data_type %s, expected %s", name, dt ? dt : "(none)", want);
             goto done;
         }
         int64_t dims[ERT_TRITON_MAX_DIMS];
@@ -324,8 +325,7 @@ int ert_triton_config_check_model(const ert_triton_config *c, const ert_model *m
         char got[128] = "";
         for (int i = 0; i < c->input_ndims; i++) {
             size_t l = strlen(got);
-            snprintf(got + l, sizeof got - l, "%s%lld", i ? ", " : "",
-                     (long long)c->input_dims[i]);
+            snprintf(got + l, sizeof got - l, "%s%lld", i ? ", " : "", (long long)c->input_dims[i]);
         }
         return fail(err, cap, "input %s: dims [ %s ] do not match the model's input [ %d, %d, %d ]",
                     c->input_name, got, C, H, W);
@@ -348,8 +348,10 @@ int ert_triton_config_check_model(const ert_triton_config *c, const ert_model *m
                 snprintf(names + l, sizeof names - l, "%s%s", i ? ", " : "",
                          ert_model_exit_name(m, i));
             }
-            return fail(err, cap, "parameter thresholds: '%s' is not an early exit of the model "
-                                  "(early exits: %s)", name, names[0] ? names : "none");
+            return fail(err, cap,
+                        "parameter thresholds: '%s' is not an early exit of the model "
+                        "(early exits: %s)",
+                        name, names[0] ? names : "none");
         }
         float v = c->threshold_value[t];
         int entropy = ert_model_exit_policy(m, idx) == ERT_POLICY_ENTROPY;

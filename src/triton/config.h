@@ -11,8 +11,13 @@
 #include <exitrt.h>
 
 /* The outputs the backend can produce, by index. */
-enum { ERT_TRITON_CLASS, ERT_TRITON_EXIT, ERT_TRITON_SCORE, ERT_TRITON_LOGITS,
-       ERT_TRITON_NUM_OUTPUTS };
+enum {
+    ERT_TRITON_CLASS,
+    ERT_TRITON_EXIT,
+    ERT_TRITON_SCORE,
+    ERT_TRITON_LOGITS,
+    ERT_TRITON_NUM_OUTPUTS
+};
 
 /* Their names as config.pbtxt and the requests spell them. */
 extern const char *const ert_triton_output_names[ERT_TRITON_NUM_OUTPUTS];
@@ -22,12 +27,12 @@ extern const char *const ert_triton_output_names[ERT_TRITON_NUM_OUTPUTS];
 
 typedef struct ert_triton_config {
     char model_path[ERT_TRITON_PATH_MAX]; /* the exitrt model directory, resolved */
-    ert_mode mode;          /* the engine's mode (refill: COMPACTED engine) */
-    int refill;             /* mode "refill": through an ert_stream */
-    int max_batch;          /* max_batch_size (> 0) */
-    int threads;            /* CPU threads, 0 = the library's default */
-    int refill_batch;       /* rows per stage run, 0 = max_batch */
-    double refill_deadline_ms; /* a partial stage batch runs once this old */
+    ert_mode mode;                        /* the engine's mode (refill: COMPACTED engine) */
+    int refill;                           /* mode "refill": through an ert_stream */
+    int max_batch;                        /* max_batch_size (> 0) */
+    int threads;                          /* CPU threads, 0 = the library's default */
+    int refill_batch;                     /* rows per stage run, 0 = max_batch */
+    double refill_deadline_ms;            /* a partial stage batch runs once this old */
     int num_thresholds;
     char threshold_exit[ERT_MAX_EXITS][64]; /* exit name or index, as written */
     float threshold_value[ERT_MAX_EXITS];
@@ -35,7 +40,7 @@ typedef struct ert_triton_config {
     int input_ndims;
     int64_t input_dims[ERT_TRITON_MAX_DIMS];
     int has_output[ERT_TRITON_NUM_OUTPUTS];
-    int64_t logits_dim;     /* LOGITS' dims[0] when present */
+    int64_t logits_dim; /* LOGITS' dims[0] when present */
 } ert_triton_config;
 
 /* Reads a model configuration in Triton's JSON form. model_folder is the

@@ -166,18 +166,18 @@ TRITONSERVER_Error *TRITONBACKEND_Initialize(TRITONBACKEND_Backend *backend)
         return e;
     if (major != ERT_TRITON_BACKEND_API_MAJOR || minor < ERT_TRITON_BACKEND_API_MINOR) {
         LOG_ERROR("exitrt: the server's backend API is %u.%u; this backend needs %d.x with x >= "
-                  "%d (built for %d.%d, Triton 24.10 / 2.51 or newer)", major, minor,
-                  ERT_TRITON_BACKEND_API_MAJOR, ERT_TRITON_BACKEND_API_MINOR,
+                  "%d (built for %d.%d, Triton 24.10 / 2.51 or newer)",
+                  major, minor, ERT_TRITON_BACKEND_API_MAJOR, ERT_TRITON_BACKEND_API_MINOR,
                   ERT_TRITON_BACKEND_API_MAJOR, ERT_TRITON_BACKEND_API_MINOR);
         return errf(TRITONSERVER_ERROR_UNSUPPORTED,
-                    "exitrt backend: server backend API %u.%u is not compatible with %d.%d",
-                    major, minor, ERT_TRITON_BACKEND_API_MAJOR, ERT_TRITON_BACKEND_API_MINOR);
+                    "exitrt backend: server backend API %u.%u is not compatible with %d.%d", major,
+                    minor, ERT_TRITON_BACKEND_API_MAJOR, ERT_TRITON_BACKEND_API_MINOR);
     }
     metrics_init();
     LOG_INFO("exitrt: backend '%s' loaded: exitrt %s, backend API %d.%d (server %u.%u), CUDA "
-             "backend %s", name, ert_version(), ERT_TRITON_BACKEND_API_MAJOR,
-             ERT_TRITON_BACKEND_API_MINOR, major, minor,
-             ert_cuda_available() ? "available" : "not available");
+             "backend %s",
+             name, ert_version(), ERT_TRITON_BACKEND_API_MAJOR, ERT_TRITON_BACKEND_API_MINOR, major,
+             minor, ert_cuda_available() ? "available" : "not available");
     return NULL;
 }
 
@@ -196,7 +196,8 @@ TRITONSERVER_Error *TRITONBACKEND_ModelInitialize(TRITONBACKEND_Model *model)
     uint64_t version = 0;
     TRITONBACKEND_ArtifactType at;
     TRITONSERVER_Error *e;
-    if ((e = TRITONBACKEND_ModelName(model, &name)) || (e = TRITONBACKEND_ModelVersion(model, &version)) ||
+    if ((e = TRITONBACKEND_ModelName(model, &name)) ||
+        (e = TRITONBACKEND_ModelVersion(model, &version)) ||
         (e = TRITONBACKEND_ModelRepository(model, &at, &folder)))
         return e;
     if (at != TRITONBACKEND_ARTIFACT_FILESYSTEM || !folder)
@@ -232,9 +233,10 @@ TRITONSERVER_Error *TRITONBACKEND_ModelInitialize(TRITONBACKEND_Model *model)
     ert_error err = {{0}};
     ert_status st = ert_model_load(ms->cfg.model_path, &ms->model, &err);
     if (st != ERT_OK) {
-        e = errf(TRITONSERVER_ERROR_INVALID_ARG, "exitrt: model '%s': cannot load the exitrt "
-                 "model (parameter model_path, relative to the version folder): %s", name,
-                 err.msg[0] ? err.msg : ert_status_string(st));
+        e = errf(TRITONSERVER_ERROR_INVALID_ARG,
+                 "exitrt: model '%s': cannot load the exitrt "
+                 "model (parameter model_path, relative to the version folder): %s",
+                 name, err.msg[0] ? err.msg : ert_status_string(st));
         free(ms);
         return e;
     }
@@ -254,8 +256,9 @@ TRITONSERVER_Error *TRITONBACKEND_ModelInitialize(TRITONBACKEND_Model *model)
     }
     static const char *modes[] = {"full", "masked", "compacted"};
     LOG_INFO("exitrt: model '%s' version %" PRIu64 ": %s, mode %s, max_batch_size %d, %d exits, "
-             "%d classes", name, version, ms->cfg.model_path,
-             ms->cfg.refill ? "refill" : modes[ms->cfg.mode], ms->cfg.max_batch, ms->E, ms->K);
+             "%d classes",
+             name, version, ms->cfg.model_path, ms->cfg.refill ? "refill" : modes[ms->cfg.mode],
+             ms->cfg.max_batch, ms->E, ms->K);
     return NULL;
 }
 
@@ -274,7 +277,6 @@ TRITONSERVER_Error *TRITONBACKEND_ModelFinalize(TRITONBACKEND_Model *model)
 }
 
 /* ---- instance ---------------------------------------------------------------------------- */
-
 
 
 static void instance_free(instance_state *is)
@@ -350,7 +352,8 @@ TRITONSERVER_Error *TRITONBACKEND_ModelInstanceInitialize(TRITONBACKEND_ModelIns
             instance_free(is);
             return errf(TRITONSERVER_ERROR_UNAVAILABLE,
                         "exitrt: instance %s: KIND_GPU, but this exitrt build has no CUDA "
-                        "backend or no usable CUDA device (use KIND_CPU)", name);
+                        "backend or no usable CUDA device (use KIND_CPU)",
+                        name);
         }
         ec.backend = ERT_BACKEND_CUDA;
         ec.device = device;
@@ -365,14 +368,16 @@ TRITONSERVER_Error *TRITONBACKEND_ModelInstanceInitialize(TRITONBACKEND_ModelIns
     ert_status st = ert_engine_create(ms->model, &ec, &is->engine, &err);
     if (st != ERT_OK) {
         instance_free(is);
-        return errf(TRITONSERVER_ERROR_UNAVAILABLE, "exitrt: instance %s: cannot create the "
-                    "engine: %s", name, err.msg[0] ? err.msg : ert_status_string(st));
+        return errf(TRITONSERVER_ERROR_UNAVAILABLE,
+                    "exitrt: instance %s: cannot create the "
+                    "engine: %s",
+                    name, err.msg[0] ? err.msg : ert_status_string(st));
     }
     for (int t = 0; t < c->num_thresholds; t++) {
         if (ert_engine_set_threshold(is->engine, ms->exit_index[t], c->threshold_value[t]) !=
             ERT_OK) {
-            e = errf(TRITONSERVER_ERROR_INVALID_ARG, "exitrt: instance %s: threshold %s: %s",
-                     name, c->threshold_exit[t], ert_engine_error(is->engine));
+            e = errf(TRITONSERVER_ERROR_INVALID_ARG, "exitrt: instance %s: threshold %s: %s", name,
+                     c->threshold_exit[t], ert_engine_error(is->engine));
             instance_free(is);
             return e;
         }
@@ -396,8 +401,10 @@ TRITONSERVER_Error *TRITONBACKEND_ModelInstanceInitialize(TRITONBACKEND_ModelIns
         sc.deadline_ms = c->refill_deadline_ms;
         if ((st = ert_stream_create(is->engine, &sc, &is->stream, &err)) != ERT_OK) {
             instance_free(is);
-            return errf(TRITONSERVER_ERROR_UNAVAILABLE, "exitrt: instance %s: cannot create the "
-                        "refill stream: %s", name, err.msg[0] ? err.msg : ert_status_string(st));
+            return errf(TRITONSERVER_ERROR_UNAVAILABLE,
+                        "exitrt: instance %s: cannot create the "
+                        "refill stream: %s",
+                        name, err.msg[0] ? err.msg : ert_status_string(st));
         }
         is->npend = sc.queue; /* each request in flight holds >= 1 admitted row */
         is->res_cap = sc.queue;
@@ -424,14 +431,18 @@ TRITONSERVER_Error *TRITONBACKEND_ModelInstanceInitialize(TRITONBACKEND_ModelIns
             if (!r2)
                 pthread_cond_destroy(&is->cv);
             instance_free(is);
-            return errf(TRITONSERVER_ERROR_INTERNAL, "exitrt: instance %s: cannot create a "
-                        "mutex", name);
+            return errf(TRITONSERVER_ERROR_INTERNAL,
+                        "exitrt: instance %s: cannot create a "
+                        "mutex",
+                        name);
         }
         is->have_sync = 1;
         if (pthread_create(&is->flusher, NULL, flusher_main, is) != 0) {
             instance_free(is);
-            return errf(TRITONSERVER_ERROR_INTERNAL, "exitrt: instance %s: cannot start the "
-                        "flusher thread", name);
+            return errf(TRITONSERVER_ERROR_INTERNAL,
+                        "exitrt: instance %s: cannot start the "
+                        "flusher thread",
+                        name);
         }
         is->have_thread = 1;
         ert_stream_get_stats(is->stream, &is->last);
@@ -447,10 +458,11 @@ TRITONSERVER_Error *TRITONBACKEND_ModelInstanceInitialize(TRITONBACKEND_ModelIns
         return e;
     }
     const char *note = ert_engine_note(is->engine);
-    LOG_INFO("exitrt: instance %s (%s, device %d): %s engine, mode %s, max_batch %d, threads %d%s%s",
-             name, kind_s, (int)device, ert_backend_string(ert_engine_backend(is->engine)),
-             c->refill ? "refill" : ert_mode_string(c->mode), c->max_batch, c->threads,
-             note[0] ? "; " : "", note);
+    LOG_INFO(
+        "exitrt: instance %s (%s, device %d): %s engine, mode %s, max_batch %d, threads %d%s%s",
+        name, kind_s, (int)device, ert_backend_string(ert_engine_backend(is->engine)),
+        c->refill ? "refill" : ert_mode_string(c->mode), c->max_batch, c->threads,
+        note[0] ? "; " : "", note);
     return NULL;
 }
 
@@ -480,7 +492,8 @@ static void log_counters(instance_state *is)
     double share = is->macs_full ? (double)is->macs_executed / (double)is->macs_full : 0.0;
     LOG_INFO("exitrt: instance %s: %" PRIu64 " requests (%" PRIu64 " rejected), %" PRIu64
              " samples in %" PRIu64 " %s; exits: %s; MACs executed %" PRIu64 " of %" PRIu64
-             " full (%.1f%%)", is->name, is->requests, is->bad_requests, total, is->batches,
+             " full (%.1f%%)",
+             is->name, is->requests, is->bad_requests, total, is->batches,
              is->stream ? "executes" : "batches", exits, is->macs_executed, is->macs_full,
              100.0 * share);
 }
@@ -514,8 +527,8 @@ TRITONSERVER_Error *TRITONBACKEND_ModelInstanceFinalize(TRITONBACKEND_ModelInsta
 }
 
 TRITONSERVER_Error *TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstance *instance,
-                                                      TRITONBACKEND_Request **requests,
-                                                      const uint32_t request_count)
+                                                       TRITONBACKEND_Request **requests,
+                                                       const uint32_t request_count)
 {
     void *p = NULL;
     TRITONSERVER_Error *e = TRITONBACKEND_ModelInstanceState(instance, &p);

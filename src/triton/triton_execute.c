@@ -10,7 +10,7 @@
  * with the reason in *fail (the caller owns it). rows_out only is filled
  * when dst is NULL (to size the batch first). */
 long read_request(instance_state *is, TRITONBACKEND_Request *req, float *dst,
-                         int want[ERT_TRITON_NUM_OUTPUTS], TRITONSERVER_Error **fail)
+                  int want[ERT_TRITON_NUM_OUTPUTS], TRITONSERVER_Error **fail)
 {
     const ert_triton_config *c = &is->ms->cfg;
     uint32_t count = 0;
@@ -33,8 +33,10 @@ long read_request(instance_state *is, TRITONBACKEND_Request *req, float *dst,
         (e = TRITONBACKEND_InputProperties(in, &name, &dt, &shape, &nd, &bytes, &nbuf)))
         return *fail = e, -1;
     if (strcmp(name, c->input_name) != 0) {
-        *fail = errf(TRITONSERVER_ERROR_INVALID_ARG, "exitrt: unknown input '%s' (the model's "
-                     "input is %s)", name, c->input_name);
+        *fail = errf(TRITONSERVER_ERROR_INVALID_ARG,
+                     "exitrt: unknown input '%s' (the model's "
+                     "input is %s)",
+                     name, c->input_name);
         return -1;
     }
     long rows = ert_triton_check_input(c, (int)dt, shape, nd, bytes, why, sizeof why);
@@ -71,13 +73,17 @@ long read_request(instance_state *is, TRITONBACKEND_Request *req, float *dst,
         if ((e = TRITONBACKEND_InputBuffer(in, b, &buf, &sz, &mt, &mid)))
             return *fail = e, -1;
         if (mt == TRITONSERVER_MEMORY_GPU) {
-            *fail = errf(TRITONSERVER_ERROR_UNSUPPORTED, "exitrt: input %s is in GPU memory; "
-                         "send it in CPU memory", c->input_name);
+            *fail = errf(TRITONSERVER_ERROR_UNSUPPORTED,
+                         "exitrt: input %s is in GPU memory; "
+                         "send it in CPU memory",
+                         c->input_name);
             return -1;
         }
         if (sz > bytes - off) {
-            *fail = errf(TRITONSERVER_ERROR_INVALID_ARG, "exitrt: input %s: buffers hold more "
-                         "than its %" PRIu64 " bytes", c->input_name, bytes);
+            *fail = errf(TRITONSERVER_ERROR_INVALID_ARG,
+                         "exitrt: input %s: buffers hold more "
+                         "than its %" PRIu64 " bytes",
+                         c->input_name, bytes);
             return -1;
         }
         if (sz)
@@ -85,8 +91,9 @@ long read_request(instance_state *is, TRITONBACKEND_Request *req, float *dst,
         off += sz;
     }
     if (off != bytes) {
-        *fail = errf(TRITONSERVER_ERROR_INVALID_ARG, "exitrt: input %s: buffers hold %" PRIu64
-                     " of its %" PRIu64 " bytes", c->input_name, off, bytes);
+        *fail = errf(TRITONSERVER_ERROR_INVALID_ARG,
+                     "exitrt: input %s: buffers hold %" PRIu64 " of its %" PRIu64 " bytes",
+                     c->input_name, off, bytes);
         return -1;
     }
     return rows;
@@ -95,8 +102,8 @@ long read_request(instance_state *is, TRITONBACKEND_Request *req, float *dst,
 /* Creates and sends the response of req: the wanted outputs of n samples,
  * or the error fail (which stays the caller's). Returns whether a
  * successful response went out. */
-int respond(instance_state *is, TRITONBACKEND_Request *req, const int *want,
-                   const ert_sample *s, const float *logits, long n, TRITONSERVER_Error *fail)
+int respond(instance_state *is, TRITONBACKEND_Request *req, const int *want, const ert_sample *s,
+            const float *logits, long n, TRITONSERVER_Error *fail)
 {
     TRITONBACKEND_Response *resp = NULL;
     TRITONSERVER_Error *e = TRITONBACKEND_ResponseNew(&resp, req);
@@ -123,8 +130,10 @@ int respond(instance_state *is, TRITONBACKEND_Request *req, const int *want,
             (own = TRITONBACKEND_OutputBuffer(out, &buf, bytes, &mt, &mid)))
             break;
         if (mt == TRITONSERVER_MEMORY_GPU) {
-            own = errf(TRITONSERVER_ERROR_UNSUPPORTED, "exitrt: output %s: the server offers GPU "
-                       "memory only", ert_triton_output_names[o]);
+            own = errf(TRITONSERVER_ERROR_UNSUPPORTED,
+                       "exitrt: output %s: the server offers GPU "
+                       "memory only",
+                       ert_triton_output_names[o]);
             break;
         }
         if (!n)
@@ -154,8 +163,8 @@ int respond(instance_state *is, TRITONBACKEND_Request *req, const int *want,
 }
 
 /* Statistics and release: the end of the backend's ownership of req. */
-void finish(instance_state *is, TRITONBACKEND_Request *req, int ok, uint64_t t0,
-                   uint64_t t1, uint64_t t2, uint64_t t3)
+void finish(instance_state *is, TRITONBACKEND_Request *req, int ok, uint64_t t0, uint64_t t1,
+            uint64_t t2, uint64_t t3)
 {
     log_drop(TRITONBACKEND_ModelInstanceReportStatistics(is->inst, req, ok, t0, t1, t2, t3),
              "reporting statistics");

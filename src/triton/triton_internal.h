@@ -97,15 +97,18 @@ void metric_add(TRITONSERVER_Metric *m, double v);
  * max_batch rows) and which outputs it asks for. Returns its rows, or -1
  * with the reason in *fail (the caller owns it). rows_out only is filled
  * when dst is NULL (to size the batch first). */
-long read_request(instance_state *is, TRITONBACKEND_Request *req, float *dst, int want[ERT_TRITON_NUM_OUTPUTS], TRITONSERVER_Error **fail);
+long read_request(instance_state *is, TRITONBACKEND_Request *req, float *dst,
+                  int want[ERT_TRITON_NUM_OUTPUTS], TRITONSERVER_Error **fail);
 
 /* Creates and sends the response of req: the wanted outputs of n samples,
  * or the error fail (which stays the caller's). Returns whether a
  * successful response went out. */
-int respond(instance_state *is, TRITONBACKEND_Request *req, const int *want, const ert_sample *s, const float *logits, long n, TRITONSERVER_Error *fail);
+int respond(instance_state *is, TRITONBACKEND_Request *req, const int *want, const ert_sample *s,
+            const float *logits, long n, TRITONSERVER_Error *fail);
 
 /* Statistics and release: the end of the backend's ownership of req. */
-void finish(instance_state *is, TRITONBACKEND_Request *req, int ok, uint64_t t0, uint64_t t1, uint64_t t2, uint64_t t3);
+void finish(instance_state *is, TRITONBACKEND_Request *req, int ok, uint64_t t0, uint64_t t1,
+            uint64_t t2, uint64_t t3);
 
 /* A request that cannot run: error response, failure statistics, release. */
 void reject(instance_state *is, TRITONBACKEND_Request *req, TRITONSERVER_Error *why);

@@ -35,9 +35,10 @@ static void pending_complete(instance_state *is, int slot, TRITONSERVER_Error *f
 static void refill_reset(instance_state *is, const char *why)
 {
     LOG_ERROR("exitrt: instance %s: refill stream failed: %s; failing %ld rows in flight and "
-              "starting a new stream", is->name, why, is->rows_in_flight);
-    TRITONSERVER_Error *fail = errf(TRITONSERVER_ERROR_INTERNAL, "exitrt: inference failed: %s",
-                                    why);
+              "starting a new stream",
+              is->name, why, is->rows_in_flight);
+    TRITONSERVER_Error *fail =
+        errf(TRITONSERVER_ERROR_INTERNAL, "exitrt: inference failed: %s", why);
     for (int i = 0; i < is->npend; i++)
         if (is->pend[i].req)
             pending_complete(is, i, fail);
@@ -58,8 +59,7 @@ static void refill_reset(instance_state *is, const char *why)
     is->stream = NULL;
     ert_error err = {{0}};
     if (ert_stream_create(is->engine, &sc, &is->stream, &err) != ERT_OK)
-        LOG_ERROR("exitrt: instance %s: cannot create a new refill stream: %s", is->name,
-                  err.msg);
+        LOG_ERROR("exitrt: instance %s: cannot create a new refill stream: %s", is->name, err.msg);
     else
         ert_stream_get_stats(is->stream, &is->last);
 }
@@ -84,8 +84,8 @@ void refill_drain(instance_state *is, int flush)
             int slot = (int)(id >> 32), row = (int)(id & 0xffffffffu);
             pending *p = slot < is->npend ? &is->pend[slot] : NULL;
             if (!p || !p->req || row >= p->n) {
-                LOG_ERROR("exitrt: instance %s: the stream returned unknown id %" PRIu64,
-                          is->name, id);
+                LOG_ERROR("exitrt: instance %s: the stream returned unknown id %" PRIu64, is->name,
+                          id);
                 continue;
             }
             p->samples[row] = is->res[i].sample;
@@ -175,8 +175,8 @@ void execute_refill(instance_state *is, TRITONBACKEND_Request **requests, uint32
         memcpy(p->want, want, sizeof want);
         p->exec_start = exec_start;
         p->samples = malloc((size_t)n * sizeof *p->samples);
-        p->logits = want[ERT_TRITON_LOGITS] ? malloc((size_t)n * (size_t)ms->K * sizeof(float))
-                                            : NULL;
+        p->logits =
+            want[ERT_TRITON_LOGITS] ? malloc((size_t)n * (size_t)ms->K * sizeof(float)) : NULL;
         if (!p->samples || (want[ERT_TRITON_LOGITS] && !p->logits)) {
             pending_free(is, slot);
             reject(is, req, errf(TRITONSERVER_ERROR_INTERNAL, "exitrt: out of memory"));
@@ -195,8 +195,9 @@ void execute_refill(instance_state *is, TRITONBACKEND_Request **requests, uint32
         if (st != ERT_OK) {
             const char *m = is->stream ? ert_stream_error(is->stream) : "";
             pending_free(is, slot);
-            reject(is, req, errf(TRITONSERVER_ERROR_INTERNAL, "exitrt: submit failed: %s",
-                                 m[0] ? m : ert_status_string(st)));
+            reject(is, req,
+                   errf(TRITONSERVER_ERROR_INTERNAL, "exitrt: submit failed: %s",
+                        m[0] ? m : ert_status_string(st)));
             continue;
         }
         is->rows_in_flight += n;
@@ -211,7 +212,7 @@ void execute_refill(instance_state *is, TRITONBACKEND_Request **requests, uint32
     pthread_mutex_unlock(&is->mu);
     uint64_t ee = now_ns();
     if (rows > 0)
-        log_drop(TRITONBACKEND_ModelInstanceReportBatchStatistics(
-                     is->inst, (uint64_t)rows, exec_start, first_submit, ce, ee),
+        log_drop(TRITONBACKEND_ModelInstanceReportBatchStatistics(is->inst, (uint64_t)rows,
+                                                                  exec_start, first_submit, ce, ee),
                  "reporting batch statistics");
 }

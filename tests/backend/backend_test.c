@@ -99,8 +99,8 @@ int tb_flip(const ert_engine *e, const ert_sample *a, const ert_sample *b, const
     const ert_sample *early = a->exit_index < b->exit_index ? a : b;
     float thr = ert_engine_threshold(e, early->exit_index);
     cr_assert(tol_near_threshold(early->score, thr),
-              "%s: sample %d: exit %d vs %d (score %.9g, threshold %.9g)", what, row,
-              a->exit_index, b->exit_index, early->score, thr);
+              "%s: sample %d: exit %d vs %d (score %.9g, threshold %.9g)", what, row, a->exit_index,
+              b->exit_index, early->score, thr);
     return 1;
 }
 

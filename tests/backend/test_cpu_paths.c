@@ -28,8 +28,8 @@ static void paths_agree(mw_kind kind, uint64_t seed, ert_mode mode)
     ert_engine *ops = tb_engine_on(m, ERT_BACKEND_CPU, mode, 64, 0, 1);
     ert_cpu_test_dnnl_fail = 0;
     cr_assert(tb_note_is(dn, "cpu: oneDNN "), "oneDNN path note: '%s'", ert_engine_note(dn));
-    cr_assert(tb_note_is(ops, "cpu: oneDNN off (forced by the test hook)"),
-              "fallback note: '%s'", ert_engine_note(ops));
+    cr_assert(tb_note_is(ops, "cpu: oneDNN off (forced by the test hook)"), "fallback note: '%s'",
+              ert_engine_note(ops));
     float *x = fx_random_inputs(m, n, seed * 7 + 1);
     tb_result a, b;
     tb_result_init(&a, n, K);

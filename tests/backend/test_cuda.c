@@ -63,9 +63,9 @@ static void late_input(ert_mode mode, int graph_buckets, int inflight)
     cr_assert_eq(cudaDeviceSynchronize(), cudaSuccess);
     /* the real input arrives 200 ms from now, on the legacy stream */
     cr_assert_eq(cudaLaunchHostFunc(cudaStreamLegacy, sleep_200ms, NULL), cudaSuccess);
-    cr_assert_eq(cudaMemcpyAsync(d_x, x, sizeof(float) * per * n, cudaMemcpyHostToDevice,
-                                 cudaStreamLegacy),
-                 cudaSuccess);
+    cr_assert_eq(
+        cudaMemcpyAsync(d_x, x, sizeof(float) * per * n, cudaMemcpyHostToDevice, cudaStreamLegacy),
+        cudaSuccess);
     ert_device_result dr = {.samples = d_samples};
     cr_assert_eq(ert_infer_device(e, d_x, n, &dr, NULL), ERT_OK, "%s", ert_engine_error(e));
     cr_assert_eq(cudaMemcpy(got, d_samples, sizeof(ert_sample) * n, cudaMemcpyDeviceToHost),

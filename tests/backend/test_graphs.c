@@ -167,7 +167,7 @@ static void bucketed_sweep(mw_kind kind, uint64_t seed, int k, int inflight, int
     float thr[ERT_MAX_EXITS];
     long early = 0;
     for (int set = -2; set <= sets; set++) {
-        if (set != 0) { /* 0: the model's own thresholds */
+        if (set != 0) {  /* 0: the model's own thresholds */
             if (set < 0) /* -1: nobody leaves early; -2: everybody at the first exit */
                 fx_bound_thresholds(g.m, set == -2, thr);
             else
@@ -259,8 +259,7 @@ static void fallback(const char *fault)
     ert_engine *g = tb_engine_on(m, ERT_BACKEND_CUDA, ERT_MODE_COMPACTED, GB_MAX, 8, 1);
     SET_GRAPH_FAULT(NULL);
     ert_engine *w = tb_engine_on(m, ERT_BACKEND_CUDA, ERT_MODE_MASKED, GB_MAX, 0, 1);
-    cr_assert(tb_note_is(g, "graphs: off: "), "fault %s: note '%s'",
-              fault, ert_engine_note(g));
+    cr_assert(tb_note_is(g, "graphs: off: "), "fault %s: note '%s'", fault, ert_engine_note(g));
     cr_assert_str_empty(ert_engine_error(g));
 
     float *x = fx_random_inputs(m, GB_MAX, 4141);
@@ -291,8 +290,7 @@ Test(graphs, masked_ignores_buckets)
     need_cuda_graphs();
     ert_model *m = fx_random_model(42, MW_MLP);
     ert_engine *e = tb_engine_on(m, ERT_BACKEND_CUDA, ERT_MODE_MASKED, 16, 8, 1);
-    cr_assert(tb_note_is(e, "graphs: not used"), "note '%s'",
-              ert_engine_note(e));
+    cr_assert(tb_note_is(e, "graphs: not used"), "note '%s'", ert_engine_note(e));
     ert_engine_free(e);
     ert_model_free(m);
 }
@@ -318,14 +316,13 @@ Test(graphs, infer_device)
     cr_assert_eq(cudaMalloc((void **)&d_x, sizeof(float) * per * n), cudaSuccess);
     cr_assert_eq(cudaMalloc((void **)&d_samples, sizeof(ert_sample) * n), cudaSuccess);
     cr_assert_eq(cudaMalloc((void **)&d_logits, sizeof(float) * K * n), cudaSuccess);
-    cr_assert_eq(cudaMemcpy(d_x, x, sizeof(float) * per * n, cudaMemcpyHostToDevice),
-                 cudaSuccess);
+    cr_assert_eq(cudaMemcpy(d_x, x, sizeof(float) * per * n, cudaMemcpyHostToDevice), cudaSuccess);
     ert_device_result dr = {.samples = d_samples, .logits = d_logits};
     ert_status st = ert_infer_device(g, d_x, n, &dr, NULL);
     cr_assert_eq(st, ERT_OK, "%s", ert_engine_error(g));
     cr_assert_eq(dr.host_waits, 0);
-    cr_assert_eq(cudaMemcpy(got.samples, d_samples, sizeof(ert_sample) * n,
-                            cudaMemcpyDeviceToHost), cudaSuccess);
+    cr_assert_eq(cudaMemcpy(got.samples, d_samples, sizeof(ert_sample) * n, cudaMemcpyDeviceToHost),
+                 cudaSuccess);
     cr_assert_eq(cudaMemcpy(got.logits, d_logits, sizeof(float) * K * n, cudaMemcpyDeviceToHost),
                  cudaSuccess);
     for (int i = 0; i < n; i++) {

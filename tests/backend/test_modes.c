@@ -56,8 +56,8 @@ static void set_thresholds(ert_engine **es, int ne, const ert_model *m, const fl
 
 typedef struct mode_run {
     tb_result full, masked, comp;
-    int early;  /* rows COMPACTED sent out before the final head */
-    int flips;  /* rows whose exit differed, each within rounding of a threshold */
+    int early; /* rows COMPACTED sent out before the final head */
+    int flips; /* rows whose exit differed, each within rounding of a threshold */
 } mode_run;
 
 /* Runs FULL, MASKED and COMPACTED on the same batch and checks everything
@@ -97,14 +97,12 @@ static void run_modes(ert_model *m, const plan *p, ert_engine **es, const float 
         }
         cr_assert_eq(c->predicted, ert_argmax(cl, K));
     }
-    cr_assert(tol_flips_ok(mr->flips, batch), "%d exits differ in a batch of %d", mr->flips,
-                  batch);
+    cr_assert(tol_flips_ok(mr->flips, batch), "%d exits differ in a batch of %d", mr->flips, batch);
     if (tb_exact(es[1]) && tb_exact(es[2])) {
         /* The engines are batch-invariant (their notes say so): a row's
          * numbers do not depend on the rows beside it, so the modes agree
          * bit for bit. */
-        cr_assert_eq(mr->flips, 0, "CPU: %d exits differ between MASKED and COMPACTED",
-                     mr->flips);
+        cr_assert_eq(mr->flips, 0, "CPU: %d exits differ between MASKED and COMPACTED", mr->flips);
         for (int i = 0; i < batch; i++) {
             const ert_sample *a = &mr->masked.samples[i], *c = &mr->comp.samples[i];
             cr_assert(memcmp(&a->score, &c->score, sizeof(float)) == 0,
@@ -205,8 +203,8 @@ static long sweep(mw_kind kind, uint64_t seed, int sets)
     }
     /* the calibrated thresholds send about half the rows out early; a
      * sweep that never exits early would test nothing */
-    cr_assert_gt(early, rows / 10, "%s: only %ld of %ld rows left early", mw_kind_name(kind),
-                 early, rows);
+    cr_assert_gt(early, rows / 10, "%s: only %ld of %ld rows left early", mw_kind_name(kind), early,
+                 rows);
     fixture_close(&f);
     return early;
 }
@@ -356,8 +354,8 @@ static void vs_reference(mw_kind kind, uint64_t seed)
         for (int e = 0; e < E; e++)
             for (int i = 0; i < n; i++) {
                 float got = sc[(size_t)i * E + e], want = rsc[(size_t)e * n + i];
-                cr_assert(tol_score_ok(got, want),
-                          "exit %d sample %d: score %.9g, reference %.9g", e, i, got, want);
+                cr_assert(tol_score_ok(got, want), "exit %d sample %d: score %.9g, reference %.9g",
+                          e, i, got, want);
             }
     }
     free(rs);

@@ -31,7 +31,7 @@
 #define N 100
 #define NAN_ROW 3
 #define INF_ROW 17
-#define NEVER_K 16.0f     /* no streak reaches it: a model has at most 16 exits */
+#define NEVER_K 16.0f      /* no streak reaches it: a model has at most 16 exits */
 #define ALWAYS_ENT 3.0e38f /* every finite entropy is below it */
 
 static const int batches[] = {1, 7, 64, N};
@@ -41,8 +41,8 @@ typedef struct pfix {
     ert_engine *es[3]; /* FULL, MASKED, COMPACTED */
     int E, K;
     size_t per;
-    float *x;          /* [N, per] */
-    float *z;          /* [N, E, K] every exit's logits (MASKED); NaN where not finite */
+    float *x;           /* [N, per] */
+    float *z;           /* [N, E, K] every exit's logits (MASKED); NaN where not finite */
     unsigned char *fin; /* [N, E] the logits at that exit are finite */
 } pfix;
 
@@ -219,8 +219,7 @@ static void stream_run(const pfix *f, ert_engine *e, ert_sample *got, int skip)
         }
         ert_status st;
         uint64_t id = (uint64_t)r;
-        while ((st = ert_stream_submit(s, f->x + (size_t)r * f->per, 1, &id)) ==
-               ERT_QUEUE_FULL) {
+        while ((st = ert_stream_submit(s, f->x + (size_t)r * f->per, 1, &id)) == ERT_QUEUE_FULL) {
             cr_assert_eq(ert_stream_poll(s, res, NULL, 64, &n), ERT_OK, "%s", ert_stream_error(s));
             if (n == 0)
                 cr_assert_eq(ert_stream_flush(s), ERT_OK, "%s", ert_stream_error(s));
@@ -309,8 +308,8 @@ static void all_modes(pfix *f, const float *thr, int32_t *counts)
      * logits may round otherwise than in one call. */
     for (int x = 1; x <= 2; x++) {
         stream_run(f, f->es[x], got, INF_ROW);
-        check(f, f->es[x], thr, got, ref, INF_ROW, x == 1 ? "stream (MASKED engine)"
-                                                          : "stream (COMPACTED engine)");
+        check(f, f->es[x], thr, got, ref, INF_ROW,
+              x == 1 ? "stream (MASKED engine)" : "stream (COMPACTED engine)");
     }
     tb_result_free(&t);
 }
@@ -587,11 +586,11 @@ Test(patience, exit_outputs)
                 if (patience && x == 0)
                     streaks[(int)sc[at]]++;
                 if (ERT_TEST_BACKEND == ERT_BACKEND_CPU || !explainable(&f, thr, r, e)) {
-                    cr_assert_eq(cl[at], rcl[at], "row %d exit %d: class %d, reference %d", r,
-                                 e, cl[at], rcl[at]);
+                    cr_assert_eq(cl[at], rcl[at], "row %d exit %d: class %d, reference %d", r, e,
+                                 cl[at], rcl[at]);
                     if (patience)
-                        cr_assert_eq(sc[at], rsc[at], "row %d exit %d: streak %g, reference %g",
-                                     r, e, sc[at], rsc[at]);
+                        cr_assert_eq(sc[at], rsc[at], "row %d exit %d: streak %g, reference %g", r,
+                                     e, sc[at], rsc[at]);
                     else if (ERT_TEST_BACKEND == ERT_BACKEND_CPU)
                         cr_assert(memcmp(&sc[at], &rsc[at], sizeof(float)) == 0);
                     else

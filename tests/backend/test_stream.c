@@ -33,9 +33,9 @@ typedef struct fixture {
     plan p;
     int K, E, N;
     size_t per;
-    float *x;               /* [N, per] */
-    ert_sample *want;       /* [N] MASKED's */
-    float *want_logits;     /* [N, K] */
+    float *x;           /* [N, per] */
+    ert_sample *want;   /* [N] MASKED's */
+    float *want_logits; /* [N, K] */
     int32_t want_counts[ERT_MAX_EXITS];
 } fixture;
 
@@ -212,8 +212,8 @@ static void check_results(const fixture *f, const collect *c)
             flips++;
             continue;
         }
-        cr_assert(tol_score_ok(b->score, a->score),
-                  "sample %d: score %.9g, MASKED %.9g", i, b->score, a->score);
+        cr_assert(tol_score_ok(b->score, a->score), "sample %d: score %.9g, MASKED %.9g", i,
+                  b->score, a->score);
         if (c->has_logits[i]) {
             fx_check_logits(bl, al, f->K, "stream vs MASKED", i);
             cr_assert_eq(b->predicted, ert_argmax(bl, f->K));
@@ -304,16 +304,16 @@ static void drive_random(const fixture *f, ert_stream *s, collect *c, int batch,
                 ids[i] = c->id_base + 3 * (uint64_t)(off + i);
             ert_stream_stats before, after;
             ert_stream_get_stats(s, &before);
-            ert_status st = ert_stream_submit(s, f->x + (size_t)off * f->per, n,
-                                              c->id_base ? ids : NULL);
+            ert_status st =
+                ert_stream_submit(s, f->x + (size_t)off * f->per, n, c->id_base ? ids : NULL);
             ert_stream_get_stats(s, &after);
             if (st == ERT_QUEUE_FULL) {
                 /* all or nothing, and refused only when it did not fit */
                 cr_assert_gt(before.admitted + n, queue);
                 cr_assert_eq(after.submitted, before.submitted);
                 cr_assert_eq(after.admitted, before.admitted);
-                cr_assert(memcmp(after.stage_rows, before.stage_rows, sizeof after.stage_rows) ==
-                          0, "a refused submit ran stages");
+                cr_assert(memcmp(after.stage_rows, before.stage_rows, sizeof after.stage_rows) == 0,
+                          "a refused submit ran stages");
                 continue;
             }
             cr_assert_eq(st, ERT_OK, "submit %d: %s: %s", n, ert_status_string(st),
@@ -381,8 +381,8 @@ static void interleavings(mw_kind kind, uint64_t seed, ert_mode mode)
         for (size_t q = 0; q < sizeof queues / sizeof queues[0]; q++) {
             for (int v = 0; v < 2; v++, round++) {
                 double deadline = v ? 0.0 : NEVER;
-                ert_stream_schedule sched = (round & 2) ? ERT_SCHEDULE_SHALLOWEST_FIRST
-                                                        : ERT_SCHEDULE_DEEPEST_FIRST;
+                ert_stream_schedule sched =
+                    (round & 2) ? ERT_SCHEDULE_SHALLOWEST_FIRST : ERT_SCHEDULE_DEEPEST_FIRST;
                 ert_stream *s = stream_new(f.e, batch, queues[q], deadline, sched);
                 collect c;
                 collect_init(&c, f.N, f.K, queues[q], round & 1 ? 1000 : 0);
@@ -492,8 +492,8 @@ Test(stream, back_pressure)
     take(&c, s, f.K, 10, 1);
     for (int off = 11; off < f.N; off += 10) {
         int n = f.N - off < 10 ? f.N - off : 10;
-        cr_assert_eq(ert_stream_submit(s, f.x + (size_t)off * f.per, n, NULL), ERT_OK,
-                     "%s", ert_stream_error(s));
+        cr_assert_eq(ert_stream_submit(s, f.x + (size_t)off * f.per, n, NULL), ERT_OK, "%s",
+                     ert_stream_error(s));
         cr_assert_eq(ert_stream_flush(s), ERT_OK);
         cr_assert_eq(take(&c, s, f.K, 10, 1), n);
     }
@@ -515,8 +515,8 @@ Test(stream, full_batches_until_flush)
         collect c;
         collect_init(&c, f.N, f.K, 32, 0);
         for (int off = 0; off < f.N; off += 8) {
-            cr_assert_eq(ert_stream_submit(s, f.x + (size_t)off * f.per, 8, NULL), ERT_OK,
-                         "%s", ert_stream_error(s));
+            cr_assert_eq(ert_stream_submit(s, f.x + (size_t)off * f.per, 8, NULL), ERT_OK, "%s",
+                         ert_stream_error(s));
             take(&c, s, f.K, 32, 1);
         }
         ert_stream_stats st;
@@ -524,8 +524,7 @@ Test(stream, full_batches_until_flush)
         cr_assert_eq(st.stage_runs[0], 12, "stage 0: %llu runs for 12 full batches",
                      (unsigned long long)st.stage_runs[0]);
         for (int si = 0; si < f.E; si++) {
-            cr_assert_eq(st.stage_partial_runs[si], 0, "stage %d: a partial run before flush",
-                         si);
+            cr_assert_eq(st.stage_partial_runs[si], 0, "stage %d: a partial run before flush", si);
             cr_assert_eq(st.stage_rows[si], st.stage_runs[si] * 8);
         }
         cr_assert_eq(ert_stream_flush(s), ERT_OK);

@@ -35,9 +35,9 @@ static int write_npy(const char *path, const char *descr, size_t n, size_t k, co
     char dict[160];
     int dl;
     if (k)
-        dl = snprintf(dict, sizeof dict,
-                      "{'descr': '%s', 'fortran_order': False, 'shape': (%zu, %zu), }", descr, n,
-                      k);
+        dl =
+            snprintf(dict, sizeof dict,
+                     "{'descr': '%s', 'fortran_order': False, 'shape': (%zu, %zu), }", descr, n, k);
     else
         dl = snprintf(dict, sizeof dict,
                       "{'descr': '%s', 'fortran_order': False, 'shape': (%zu,), }", descr, n);
@@ -46,7 +46,15 @@ static int write_npy(const char *path, const char *descr, size_t n, size_t k, co
     FILE *f = fopen(path, "wb");
     if (!f)
         return -1;
-    unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hlen & 0xff),
+    unsigned char pre[10] = {0x93,
+                             'N',
+                             'U',
+                             'M',
+                             'P',
+                             'Y',
+                             1,
+                             0,
+                             (unsigned char)(hlen & 0xff),
                              (unsigned char)(hlen >> 8)};
     fwrite(pre, 1, 10, f);
     fwrite(dict, 1, (size_t)dl, f);
@@ -72,7 +80,8 @@ static int write_idx(const char *path, int gz, int ndim, const uint32_t *dims,
         gzFile f = gzopen(path, "wb");
         if (!f)
             return -1;
-        int ok = gzwrite(f, hdr, (unsigned)hn) == (int)hn && gzwrite(f, data, (unsigned)n) == (int)n;
+        int ok =
+            gzwrite(f, hdr, (unsigned)hn) == (int)hn && gzwrite(f, data, (unsigned)n) == (int)n;
         return gzclose(f) == Z_OK && ok ? 0 : -1;
     }
     FILE *f = fopen(path, "wb");

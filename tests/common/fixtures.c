@@ -9,8 +9,8 @@
 
 /* ---- models, engines, inputs -------------------------------------------------- */
 
-ert_model *fx_policy_model(uint64_t seed, mw_kind kind, const char *const *types,
-                           const double *thr, int n)
+ert_model *fx_policy_model(uint64_t seed, mw_kind kind, const char *const *types, const double *thr,
+                           int n)
 {
     char dir[256];
     cr_assert_eq(mw_tempdir(dir, sizeof dir), 0, "mw_tempdir");
@@ -18,8 +18,8 @@ ert_model *fx_policy_model(uint64_t seed, mw_kind kind, const char *const *types
                  mw_kind_name(kind), (unsigned long long)seed);
     for (int i = 0; i < n; i++)
         if (types[i])
-            cr_assert_eq(mw_set_policy(dir, i, types[i], thr[i]), 0, "exit %d: %s %g", i,
-                         types[i], thr[i]);
+            cr_assert_eq(mw_set_policy(dir, i, types[i], thr[i]), 0, "exit %d: %s %g", i, types[i],
+                         thr[i]);
     ert_model *m = NULL;
     ert_error err = {{0}};
     ert_status st = ert_model_load(dir, &m, &err);
@@ -38,7 +38,8 @@ ert_engine *fx_engine(ert_model *m, const ert_engine_config *cfg)
     ert_engine *e = NULL;
     ert_error err = {{0}};
     ert_status st = ert_engine_create(m, cfg, &e, &err);
-    cr_assert_eq(st, ERT_OK, "ert_engine_create (%s, %s, max_batch %d, graph_buckets %d, "
+    cr_assert_eq(st, ERT_OK,
+                 "ert_engine_create (%s, %s, max_batch %d, graph_buckets %d, "
                  "inflight %d): %s: %s",
                  ert_backend_string(cfg->backend), ert_mode_string(cfg->mode), cfg->max_batch,
                  cfg->graph_buckets, cfg->inflight, ert_status_string(st), err.msg);

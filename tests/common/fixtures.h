@@ -23,8 +23,8 @@ ert_model *fx_random_model(uint64_t seed, mw_kind kind);
 
 /* The same with early exit i's policy set to types[i] with threshold thr[i]
  * (mw_set_policy) for i < n; types[i] NULL keeps exit i's. */
-ert_model *fx_policy_model(uint64_t seed, mw_kind kind, const char *const *types,
-                           const double *thr, int n);
+ert_model *fx_policy_model(uint64_t seed, mw_kind kind, const char *const *types, const double *thr,
+                           int n);
 
 /* ert_engine_create with cfg; the message of a failure names the backend,
  * mode, max_batch, graph_buckets and inflight. */

@@ -18,7 +18,11 @@
 
 #include <unistd.h>
 
-typedef enum gpu_verdict { GPU_RUN = 0, GPU_SKIP, GPU_FAIL } gpu_verdict;
+typedef enum gpu_verdict {
+    GPU_RUN = 0,
+    GPU_SKIP,
+    GPU_FAIL
+} gpu_verdict;
 
 /* runtime_ok: cudaGetDeviceCount returned cudaSuccess; count: what it gave;
  * no_device: it returned cudaErrorNoDevice; driver: gpu_driver_present(). */

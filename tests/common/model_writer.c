@@ -64,7 +64,10 @@ int mw_write_file(const char *path, const void *bytes, size_t n)
     return ok ? 0 : -1;
 }
 
-int mw_write_text(const char *path, const char *text) { return mw_write_file(path, text, strlen(text)); }
+int mw_write_text(const char *path, const char *text)
+{
+    return mw_write_file(path, text, strlen(text));
+}
 
 int mw_write_json(const char *path, const cJSON *json)
 {
@@ -250,7 +253,9 @@ static double *run_layer(const layer *l, const double *x)
                                 int ix = ox * c->stride_w - c->pad_w + kx * c->dil_w;
                                 if (iy < 0 || iy >= i.h || ix < 0 || ix >= i.w)
                                     continue;
-                                s += (double)c->weight[((size_t)(oc * cig + ic) * c->kh + ky) * c->kw + kx] *
+                                s += (double)
+                                         c->weight[((size_t)(oc * cig + ic) * c->kh + ky) * c->kw +
+                                                   kx] *
                                      x[((size_t)(g * cig + ic) * i.h + iy) * i.w + ix];
                             }
                     y[((size_t)oc * o.h + oy) * o.w + ox] = s;
@@ -325,9 +330,7 @@ static double *run_layer(const layer *l, const double *x)
         free(s);
         break;
     }
-    default:
-        free(y);
-        return NULL;
+    default: free(y); return NULL;
     }
     return y;
 }
@@ -385,7 +388,9 @@ void mw_walk_exits(const ert_model *m, const float *thr, const float *z, const f
             s = ert_policy_score(final ? ERT_POLICY_NONE : (int)xd->policy, ze, K,
                                  conf ? conf[e] : 0.0f);
             fires = ert_policy_exits(final ? ERT_POLICY_NONE : (int)xd->policy, s,
-                                     final ? NAN : thr ? thr[e] : xd->threshold);
+                                     final ? NAN
+                                     : thr ? thr[e]
+                                           : xd->threshold);
         }
         if (scores)
             scores[e] = s;
@@ -413,7 +418,8 @@ int mw_reference_infer(const ert_model *m, const float *input, int batch, ert_sa
     for (int b = 0; b < batch && rc == 0; b++) {
         for (size_t k = 0; k < insz; k++) {
             int ch = (int)(k / plane);
-            x[k] = ((double)input[(size_t)b * insz + k] * m->input_scale - m->mean[ch]) / m->std[ch];
+            x[k] =
+                ((double)input[(size_t)b * insz + k] * m->input_scale - m->mean[ch]) / m->std[ch];
         }
         /* the backbone layer by layer, keeping the outputs exits read */
         double *cur = malloc(insz * sizeof *cur);
@@ -441,7 +447,8 @@ int mw_reference_infer(const ert_model *m, const float *input, int batch, ert_sa
                     z[(size_t)e * K + k] = (float)h[k];
                 conf[e] = cf ? (float)cf[0] : 0.0f;
                 if (all_logits)
-                    memcpy(all_logits + ((size_t)e * batch + b) * K, z + (size_t)e * K, K * sizeof *z);
+                    memcpy(all_logits + ((size_t)e * batch + b) * K, z + (size_t)e * K,
+                           K * sizeof *z);
                 free(h);
                 free(cf);
             }
@@ -486,7 +493,8 @@ static void add_tensor(bld *b, cJSON *o, const char *key, const char *prefix, in
                        const int64_t *shape, float mean, float std, float span)
 {
     char name[256];
-    snprintf(name, sizeof name, "%s.%s.%s", prefix, cJSON_GetObjectItem(o, "name")->valuestring, key);
+    snprintf(name, sizeof name, "%s.%s.%s", prefix, cJSON_GetObjectItem(o, "name")->valuestring,
+             key);
     size_t n = 1;
     for (int i = 0; i < ndim; i++)
         n *= (size_t)shape[i];
@@ -496,7 +504,8 @@ static void add_tensor(bld *b, cJSON *o, const char *key, const char *prefix, in
         return;
     }
     for (size_t i = 0; i < n; i++)
-        v[i] = span > 0 ? mean + span * mw_rng_uniform(&b->rng) : mean + std * mw_rng_normal(&b->rng);
+        v[i] =
+            span > 0 ? mean + span * mw_rng_uniform(&b->rng) : mean + std * mw_rng_normal(&b->rng);
     if (mw_st_add(b->st, name, ndim, shape, v))
         b->err = 1;
     free(v);
@@ -514,8 +523,8 @@ static void add_pair(cJSON *o, const char *key, int h, int w)
     }
 }
 
-static void conv(bld *b, cJSON *list, const char *prefix, const char *name, int in, int out,
-                 int kh, int kw, int sh, int sw, int ph, int pw, int dil, int groups, int bias)
+static void conv(bld *b, cJSON *list, const char *prefix, const char *name, int in, int out, int kh,
+                 int kw, int sh, int sw, int ph, int pw, int dil, int groups, int bias)
 {
     cJSON *o = add_layer(list, name, "conv2d");
     cJSON_AddNumberToObject(o, "in_channels", in);
@@ -638,7 +647,7 @@ static cJSON *build_cnn(bld *b)
     pool(bb, "pool1", "maxpool2d", 2, 2, 0);                   /* 8x6x6 */
     conv(b, bb, B, "conv3", 8, 12, 3, 1, 1, 1, 1, 0, 1, 1, 1); /* 12x6x6 */
     add_layer(bb, "relu3", "relu");
-    pool(bb, "pool2", "avgpool2d", 3, 2, 1);                   /* 12x3x3 */
+    pool(bb, "pool2", "avgpool2d", 3, 2, 1);                    /* 12x3x3 */
     conv(b, bb, B, "conv4", 12, 16, 3, 3, 2, 1, 1, 1, 1, 4, 1); /* 16x2x3 */
     add_layer(bb, "relu4", "relu");
     cJSON *e = add_exit(ex, "exit1", "pool1", "confidence_head", 0.5);
@@ -715,7 +724,9 @@ static int cmp_float(const void *a, const void *b)
  * inputs leave at each exit and at the final head. Writes them into root. */
 static int calibrate(const char *dir, cJSON *root)
 {
-    enum { N = 384 };
+    enum {
+        N = 384
+    };
     ert_model *m = NULL;
     if (ert_model_load(dir, &m, NULL) != ERT_OK)
         return -1;
@@ -809,7 +820,9 @@ int mw_random_model(const char *dir, uint64_t seed, mw_kind kind)
     bld b = {.st = mw_st_new(), .rng = mw_rng_seed(seed * 3 + (uint64_t)kind)};
     if (!b.st)
         return -1;
-    cJSON *root = kind == MW_MLP ? build_mlp(&b) : kind == MW_CNN ? build_cnn(&b) : build_resnet(&b);
+    cJSON *root = kind == MW_MLP   ? build_mlp(&b)
+                  : kind == MW_CNN ? build_cnn(&b)
+                                   : build_resnet(&b);
     char jp[4096], wp[4096];
     int rc = -1;
     if (root && !b.err && !mw_path(jp, sizeof jp, dir, "model.json") &&

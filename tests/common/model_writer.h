@@ -103,9 +103,9 @@ typedef struct mw_rng {
 } mw_rng;
 
 mw_rng mw_rng_seed(uint64_t seed);
-uint64_t mw_rng_next(mw_rng *r);     /* splitmix64 */
-float mw_rng_uniform(mw_rng *r);     /* [0, 1) */
-float mw_rng_normal(mw_rng *r);      /* mean 0, standard deviation 1 */
+uint64_t mw_rng_next(mw_rng *r); /* splitmix64 */
+float mw_rng_uniform(mw_rng *r); /* [0, 1) */
+float mw_rng_normal(mw_rng *r);  /* mean 0, standard deviation 1 */
 
 /* n floats uniform in [0, 1), the inputs random models are calibrated for. */
 void mw_random_input(float *x, size_t n, uint64_t seed);

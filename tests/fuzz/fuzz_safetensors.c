@@ -28,7 +28,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         const unsigned char *b = t->data;
         for (size_t k = 0; k < t->nbytes; k++)
             sum += b[k];
-    (void)sum;
+        (void)sum;
         if (t->dtype == ST_F32 && t->nbytes != t->count * 4)
             __builtin_trap();
     }

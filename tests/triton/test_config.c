@@ -47,8 +47,10 @@ static int parse_params(const char *params, ert_triton_config *c)
 Test(triton_config, documented_config)
 {
     ert_triton_config c;
-    cr_assert_eq(parse_params(P("mode", "refill") "," P("thresholds", "exit1=0.9, exit2=0.8") ","
-                              P("threads", "2") "," P("refill_deadline_ms", "0.5"), &c), 0, "%s", err);
+    cr_assert_eq(parse_params(P("mode", "refill") "," P("thresholds", "exit1=0.9, exit2=0.8") "," P(
+                                  "threads", "2") "," P("refill_deadline_ms", "0.5"),
+                              &c),
+                 0, "%s", err);
     cr_assert_eq(c.max_batch, 64);
     cr_assert(c.refill);
     cr_assert_eq(c.mode, ERT_MODE_COMPACTED);
@@ -138,12 +140,14 @@ Test(triton_config, refusals)
          "reshape"},
         {"{\"max_batch_size\":8,\"input\":[],\"output\":[]}", "exactly one input"},
         {"{\"max_batch_size\":8,\"input\":[{\"name\":\"X\",\"data_type\":\"TYPE_FP32\",\"dims\":[1]}],"
-         "\"output\":[]}", "at least one of"},
+         "\"output\":[]}",
+         "at least one of"},
         {"not json", "not valid JSON"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        cr_assert_eq(ert_triton_config_parse(bad[i][0], strlen(bad[i][0]), "/r", 1, &c, err,
-                                             sizeof err), -1, "bad %zu accepted", i);
+        cr_assert_eq(
+            ert_triton_config_parse(bad[i][0], strlen(bad[i][0]), "/r", 1, &c, err, sizeof err), -1,
+            "bad %zu accepted", i);
         cr_assert(strstr(err, bad[i][1]), "bad %zu: '%s' does not name '%s'", i, err, bad[i][1]);
     }
 }
@@ -152,8 +156,7 @@ static ert_model *load_mlp3(void)
 {
     ert_model *m = NULL;
     ert_error e;
-    cr_assert_eq(ert_model_load(ERT_SOURCE_DIR "/models/fmnist-mlp3", &m, &e), ERT_OK, "%s",
-                 e.msg);
+    cr_assert_eq(ert_model_load(ERT_SOURCE_DIR "/models/fmnist-mlp3", &m, &e), ERT_OK, "%s", e.msg);
     return m;
 }
 
@@ -198,14 +201,16 @@ Test(triton_config, request_input)
     cr_assert_eq(parse_params("", &c), 0, "%s", err);
     const uint64_t row = 784 * 4;
     int64_t good[4] = {5, 1, 28, 28};
-    cr_assert_eq(ert_triton_check_input(&c, TRITONSERVER_TYPE_FP32, good, 4, 5 * row, err,
-                                        sizeof err), 5, "%s", err);
+    cr_assert_eq(
+        ert_triton_check_input(&c, TRITONSERVER_TYPE_FP32, good, 4, 5 * row, err, sizeof err), 5,
+        "%s", err);
     int64_t none[4] = {0, 1, 28, 28};
-    cr_assert_eq(ert_triton_check_input(&c, TRITONSERVER_TYPE_FP32, none, 4, 0, err, sizeof err),
-                 0, "%s", err);
+    cr_assert_eq(ert_triton_check_input(&c, TRITONSERVER_TYPE_FP32, none, 4, 0, err, sizeof err), 0,
+                 "%s", err);
     int64_t max[4] = {64, 1, 28, 28};
-    cr_assert_eq(ert_triton_check_input(&c, TRITONSERVER_TYPE_FP32, max, 4, 64 * row, err,
-                                        sizeof err), 64, "%s", err);
+    cr_assert_eq(
+        ert_triton_check_input(&c, TRITONSERVER_TYPE_FP32, max, 4, 64 * row, err, sizeof err), 64,
+        "%s", err);
     struct {
         int dt;
         int64_t shape[5];
@@ -226,8 +231,8 @@ Test(triton_config, request_input)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         err[0] = '\0';
         cr_assert_eq(ert_triton_check_input(&c, cases[i].dt, cases[i].shape, cases[i].nd,
-                                            cases[i].bytes, err, sizeof err), -1,
-                     "case %zu accepted", i);
+                                            cases[i].bytes, err, sizeof err),
+                     -1, "case %zu accepted", i);
         cr_assert(strstr(err, cases[i].want), "case %zu: '%s' does not name '%s'", i, err,
                   cases[i].want);
     }

@@ -175,12 +175,13 @@ Test(api_misuse, engine_create_out_of_memory_then_works)
     char path[128];
     /* [4, 512, 512] inputs: 1M floats a row; 2^20 rows need 4 TiB a buffer */
     mw_path(path, sizeof path, big, "model.json");
-    cr_assert_eq(mw_write_text(path,
-                               "{\"format\":\"exitrt-model\",\"version\":1,\"weights\":\"w.safetensors\","
-                               "\"input\":{\"shape\":[4,512,512]},\"num_classes\":4,"
-                               "\"backbone\":[{\"name\":\"gap\",\"type\":\"global_avgpool\"}],"
-                               "\"final\":{\"head\":[]}}"),
-                 0);
+    cr_assert_eq(
+        mw_write_text(path,
+                      "{\"format\":\"exitrt-model\",\"version\":1,\"weights\":\"w.safetensors\","
+                      "\"input\":{\"shape\":[4,512,512]},\"num_classes\":4,"
+                      "\"backbone\":[{\"name\":\"gap\",\"type\":\"global_avgpool\"}],"
+                      "\"final\":{\"head\":[]}}"),
+        0);
     mw_path(path, sizeof path, big, "w.safetensors");
     mw_st *st = mw_st_new();
     cr_assert_eq(mw_st_write(st, path), 0);
@@ -215,7 +216,8 @@ static void expect_engine_fail(ert_engine *e, ert_status got, ert_status want, c
 {
     cr_assert_eq(got, want, "status %s, want %s: %s", ert_status_string(got),
                  ert_status_string(want), ert_engine_error(e));
-    cr_assert(strstr(ert_engine_error(e), msg), "message '%s' lacks '%s'", ert_engine_error(e), msg);
+    cr_assert(strstr(ert_engine_error(e), msg), "message '%s' lacks '%s'", ert_engine_error(e),
+              msg);
 }
 
 Test(api_misuse, infer_bad_arguments)
@@ -235,7 +237,8 @@ Test(api_misuse, infer_bad_arguments)
     expect_engine_fail(e, ert_infer(e, x, 1, &nos), ERT_INVALID_ARGUMENT, "samples is NULL");
     int bad[] = {0, -1, 5, INT_MAX, INT_MIN};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        expect_engine_fail(e, ert_infer(e, x, bad[i], &r), ERT_INVALID_ARGUMENT, "out of range [1, 4]");
+        expect_engine_fail(e, ert_infer(e, x, bad[i], &r), ERT_INVALID_ARGUMENT,
+                           "out of range [1, 4]");
         expect_engine_fail(e, ert_engine_scores(e, x, bad[i], scores), ERT_INVALID_ARGUMENT,
                            "out of range [1, 4]");
     }
@@ -246,8 +249,8 @@ Test(api_misuse, infer_bad_arguments)
     cr_assert_eq(ert_engine_exit_outputs(NULL, x, 1, scores, classes), ERT_INVALID_ARGUMENT);
     expect_engine_fail(e, ert_engine_exit_outputs(e, x, 1, NULL, NULL), ERT_INVALID_ARGUMENT,
                        "both NULL");
-    expect_engine_fail(e, ert_engine_exit_outputs(e, NULL, 1, NULL, classes),
-                       ERT_INVALID_ARGUMENT, "input is NULL");
+    expect_engine_fail(e, ert_engine_exit_outputs(e, NULL, 1, NULL, classes), ERT_INVALID_ARGUMENT,
+                       "input is NULL");
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         expect_engine_fail(e, ert_engine_exit_outputs(e, x, bad[i], NULL, classes),
                            ERT_INVALID_ARGUMENT, "out of range [1, 4]");
@@ -256,7 +259,8 @@ Test(api_misuse, infer_bad_arguments)
     ert_device_result dr = {.samples = s};
     cr_assert_eq(ert_infer_device(NULL, x, 1, &dr, NULL), ERT_INVALID_ARGUMENT);
     expect_engine_fail(e, ert_infer_device(e, x, 1, &dr, NULL), ERT_UNSUPPORTED, "CUDA backend");
-    expect_engine_fail(e, ert_infer_device(e, x, 0, &dr, NULL), ERT_INVALID_ARGUMENT, "out of range");
+    expect_engine_fail(e, ert_infer_device(e, x, 0, &dr, NULL), ERT_INVALID_ARGUMENT,
+                       "out of range");
 
     /* after all that, a good call works and clears the message */
     cr_assert_eq(ert_infer(e, x, 4, &r), ERT_OK, "%s", ert_engine_error(e));
@@ -271,7 +275,8 @@ Test(api_misuse, thresholds_out_of_range)
     int E = ert_model_num_exits(m);
     cr_assert(E >= 3, "the MLP test model has two early exits");
     cr_assert_eq(ert_engine_set_threshold(NULL, 0, 0.5f), ERT_INVALID_ARGUMENT);
-    expect_engine_fail(e, ert_engine_set_threshold(e, -1, 0.5f), ERT_INVALID_ARGUMENT, "no threshold");
+    expect_engine_fail(e, ert_engine_set_threshold(e, -1, 0.5f), ERT_INVALID_ARGUMENT,
+                       "no threshold");
     expect_engine_fail(e, ert_engine_set_threshold(e, E - 1, 0.5f), ERT_INVALID_ARGUMENT,
                        "no threshold");
     expect_engine_fail(e, ert_engine_set_threshold(e, INT_MAX, 0.5f), ERT_INVALID_ARGUMENT,
@@ -492,14 +497,17 @@ Test(api_misuse, nonfinite_inputs_every_mode)
             y[5 * per + i] = NAN; /* a row of NaNs */
         r = (ert_result){.samples = s, .logits = logits};
         cr_assert_eq(ert_infer(e, y, n, &r), ERT_OK, "%s", ert_engine_error(e));
-        cr_assert_eq(r.nonfinite_samples, 4, "%s: %d", ert_mode_string(modes[mi]), r.nonfinite_samples);
+        cr_assert_eq(r.nonfinite_samples, 4, "%s: %d", ert_mode_string(modes[mi]),
+                     r.nonfinite_samples);
         for (int i = 0; i < n; i++) {
             cr_assert(s[i].exit_index >= 0 && s[i].exit_index < E);
             cr_assert(s[i].exit_index == E - 1 || isfinite(s[i].score),
                       "row %d left early on a non-finite score", i);
         }
-        cr_assert_eq(s[1].exit_index, E - 1, "%s: a NaN row left early", ert_mode_string(modes[mi]));
-        cr_assert_eq(s[5].exit_index, E - 1, "%s: a NaN row left early", ert_mode_string(modes[mi]));
+        cr_assert_eq(s[1].exit_index, E - 1, "%s: a NaN row left early",
+                     ert_mode_string(modes[mi]));
+        cr_assert_eq(s[5].exit_index, E - 1, "%s: a NaN row left early",
+                     ert_mode_string(modes[mi]));
         cr_assert(isnan(logits[5 * K]), "NaN does not reach the logits");
         cr_assert_eq(memcmp(&s[0], &clean[0], sizeof s[0]), 0, "row 0 changed");
         cr_assert_eq(memcmp(&s[4], &clean[4], sizeof s[4]), 0, "row 4 changed");

@@ -26,13 +26,15 @@ static int count_exits(ert_policy_kind k, const float *s, int n, float t)
 
 Test(bench_calibrate, distinct_scores_every_count)
 {
-    enum { N = 100 };
+    enum {
+        N = 100
+    };
     float s[N], scratch[N];
     /* distinct scores in (0, 1), shuffled by a fixed permutation */
     for (int i = 0; i < N; i++)
         s[i] = 0.005f + 0.0099f * (float)((i * 37) % N);
-    ert_policy_kind kinds[] = {ERT_POLICY_MAX_PROB, ERT_POLICY_MARGIN,
-                               ERT_POLICY_CONFIDENCE_HEAD, ERT_POLICY_ENTROPY};
+    ert_policy_kind kinds[] = {ERT_POLICY_MAX_PROB, ERT_POLICY_MARGIN, ERT_POLICY_CONFIDENCE_HEAD,
+                               ERT_POLICY_ENTROPY};
     for (int k = 0; k < 4; k++)
         for (int take = 0; take <= N; take++) {
             float t;
@@ -58,7 +60,9 @@ Test(bench_calibrate, direction)
 
 Test(bench_calibrate, ties_move_as_a_block)
 {
-    enum { N = 100 };
+    enum {
+        N = 100
+    };
     float s[N], scratch[N], t;
     /* 20 at 0.9, 20 distinct in (0.7, 0.8], 60 at 0.1 */
     for (int i = 0; i < N; i++)
@@ -117,7 +121,10 @@ Test(bench_calibrate, patience_integer_thresholds)
 
 Test(bench_calibrate, profile_sequential_with_ties)
 {
-    enum { N = 256, E = 3 };
+    enum {
+        N = 256,
+        E = 3
+    };
     float *sc = malloc(sizeof *sc * N * E);
     int32_t ex[N];
     ert_policy_kind kinds[E] = {ERT_POLICY_ENTROPY, ERT_POLICY_MAX_PROB, ERT_POLICY_NONE};
@@ -141,8 +148,8 @@ Test(bench_calibrate, profile_sequential_with_ties)
         cr_assert_eq(sum, N);
         for (int x = 0; x < E; x++) {
             cr_assert_eq(per[x], cnt[x]);
-            cr_assert(abs(cnt[x] - tg[x]) <= 2, "profile %d exit %d: %d, target %d", p, x,
-                      cnt[x], tg[x]);
+            cr_assert(abs(cnt[x] - tg[x]) <= 2, "profile %d exit %d: %d, target %d", p, x, cnt[x],
+                      tg[x]);
         }
         cr_assert_eq(tg[0], (int32_t)lround(profiles[p][0] * N));
         /* a later exit only sees the survivors: each sample's exit is the
@@ -164,7 +171,9 @@ Test(bench_calibrate, profile_sequential_with_ties)
 
 static void engine_profile_check(mw_kind kind, int batch)
 {
-    enum { N = 256 };
+    enum {
+        N = 256
+    };
     ert_model *m = fx_random_model(11, kind);
     int E = ert_model_num_exits(m);
     size_t per = ert_model_input_size(m);
@@ -179,8 +188,8 @@ static void engine_profile_check(mw_kind kind, int batch)
     ert_policy_kind kinds[ERT_MAX_EXITS];
     for (int i = 0; i < E; i++)
         kinds[i] = ert_model_exit_policy(m, i);
-    const double profiles[][3] = {{0.5, 0.25, 0.1}, {0.8, 0.1, 0.05}, {0.1, 0.1, 0.1},
-                                  {0.0, 0.0, 0.0}, {0.3, 0.0, 0.3}};
+    const double profiles[][3] = {
+        {0.5, 0.25, 0.1}, {0.8, 0.1, 0.05}, {0.1, 0.1, 0.1}, {0.0, 0.0, 0.0}, {0.3, 0.0, 0.3}};
     for (int p = 0; p < 5; p++) {
         float thr[ERT_MAX_EXITS];
         int32_t tg[ERT_MAX_EXITS], cnt[ERT_MAX_EXITS], got[ERT_MAX_EXITS] = {0};
@@ -284,7 +293,8 @@ static void num_array(const cJSON *a, int n)
 {
     cr_assert_eq(cJSON_GetArraySize(a), n);
     const cJSON *v;
-    cJSON_ArrayForEach(v, a) cr_assert(cJSON_IsNumber(v));
+    cJSON_ArrayForEach (v, a)
+        cr_assert(cJSON_IsNumber(v));
 }
 
 Test(bench_json, documented_keys_and_types, .timeout = 120)
@@ -293,9 +303,11 @@ Test(bench_json, documented_keys_and_types, .timeout = 120)
     cr_assert_eq(mw_tempdir(dir, sizeof dir), 0);
     cr_assert_eq(mw_random_model(dir, 3, MW_RESNET), 0);
     snprintf(json, sizeof json, "%s/bench.json", dir);
-    char *argv[] = {"bench", dir, "--batches", "8,64", "--reps", "1", "--warmup", "0",
-                    "--rep-samples", "64", "--threads", "1", "--device", "cpu",
-                    "--profile", "mine=0.2,0.2,0.2", "--json", json, NULL};
+    char *argv[] = {"bench",         dir,   "--batches", "8,64",
+                    "--reps",        "1",   "--warmup",  "0",
+                    "--rep-samples", "64",  "--threads", "1",
+                    "--device",      "cpu", "--profile", "mine=0.2,0.2,0.2",
+                    "--json",        json,  NULL};
     int argc = (int)(sizeof argv / sizeof argv[0]) - 1;
     cr_assert_eq(bench_main(argc, argv), 0);
 
@@ -321,16 +333,14 @@ Test(bench_json, documented_keys_and_types, .timeout = 120)
     int E = cJSON_GetArraySize(exits);
     cr_assert_eq(E, 4);
     const cJSON *e;
-    cJSON_ArrayForEach(e, exits)
-    {
+    cJSON_ArrayForEach (e, exits) {
         get(e, "name", is_str);
         get(e, "policy", is_str);
     }
     const cJSON *profs = get(j, "profiles", is_arr);
     cr_assert_eq(cJSON_GetArraySize(profs), 5); /* 4 defaults + mine */
     const cJSON *p;
-    cJSON_ArrayForEach(p, profs)
-    {
+    cJSON_ArrayForEach (p, profs) {
         get(p, "name", is_str);
         get(p, "shares", is_arr);
         num_array(get(p, "thresholds", is_arr), E - 1);
@@ -354,15 +364,13 @@ Test(bench_json, documented_keys_and_types, .timeout = 120)
     /* 2 batches x 5 profiles x 3 modes */
     cr_assert_eq(cJSON_GetArraySize(cells), 30);
     const cJSON *c;
-    cJSON_ArrayForEach(c, cells)
-    {
+    cJSON_ArrayForEach (c, cells) {
         cr_assert_str_eq(get(c, "backend", is_str)->valuestring, "cpu");
         get(c, "profile", is_str);
         int b = get(c, "batch", is_num)->valueint;
         cr_assert(b == 8 || b == 64);
         const char *mode = get(c, "mode", is_str)->valuestring;
-        cr_assert(!strcmp(mode, "full") || !strcmp(mode, "masked") ||
-                  !strcmp(mode, "compacted"));
+        cr_assert(!strcmp(mode, "full") || !strcmp(mode, "masked") || !strcmp(mode, "compacted"));
         cr_assert_eq(get(c, "reps", is_num)->valueint, 1);
         cr_assert_eq(get(c, "samples_per_rep", is_num)->valueint, 64);
         cr_assert(get(c, "samples_per_s", is_num)->valuedouble > 0);
@@ -379,7 +387,8 @@ Test(bench_json, documented_keys_and_types, .timeout = 120)
         num_array(cnt, E);
         int sum = 0;
         const cJSON *v;
-        cJSON_ArrayForEach(v, cnt) sum += v->valueint;
+        cJSON_ArrayForEach (v, cnt)
+            sum += v->valueint;
         cr_assert_eq(sum, 64);
         cr_assert(cJSON_IsNull(get(c, "torch_samples_per_s", is_num_or_null)));
         get(c, "torch_best_ee_samples_per_s", is_num_or_null);
@@ -399,8 +408,9 @@ Test(bench_json, quick_keeps_explicit_options, .timeout = 120)
     cr_assert_eq(mw_tempdir(dir, sizeof dir), 0);
     cr_assert_eq(mw_random_model(dir, 4, MW_MLP), 0);
     snprintf(json, sizeof json, "%s/bench.json", dir);
-    char *argv[] = {"bench", dir, "--quick", "--reps", "2", "--warmup", "0", "--rep-samples",
-                    "300", "--threads", "1", "--device", "cpu", "--json", json, NULL};
+    char *argv[] = {
+        "bench", dir,         "--quick", "--reps",   "2",   "--warmup", "0",  "--rep-samples",
+        "300",   "--threads", "1",       "--device", "cpu", "--json",   json, NULL};
     cr_assert_eq(bench_main((int)(sizeof argv / sizeof argv[0]) - 1, argv), 0);
     cJSON *j = read_json(json);
     cr_assert_eq(get(j, "reps", is_num)->valueint, 2);

@@ -10,9 +10,10 @@ Test(buckets, sizes)
 {
     /* {max_batch, K, step, buckets, last bucket's rows} */
     const int cases[][5] = {
-        {256, 8, 32, 8, 256},  {257, 8, 33, 8, 257}, {10, 8, 2, 5, 10},    {1, 8, 1, 1, 1},
-        {100, 3, 34, 3, 100},  {7, 64, 1, 7, 7},     {1024, 1, 1024, 1, 1024},
-        {1024, 64, 16, 64, 1024}, {100, 8, 13, 8, 100}, {9, 4, 3, 3, 9},
+        {256, 8, 32, 8, 256},     {257, 8, 33, 8, 257},     {10, 8, 2, 5, 10},
+        {1, 8, 1, 1, 1},          {100, 3, 34, 3, 100},     {7, 64, 1, 7, 7},
+        {1024, 1, 1024, 1, 1024}, {1024, 64, 16, 64, 1024}, {100, 8, 13, 8, 100},
+        {9, 4, 3, 3, 9},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int B = cases[i][0], K = cases[i][1];
@@ -56,8 +57,8 @@ Test(buckets, smallest_holding_bucket)
             for (int n = 1; n <= B; n++) {
                 int b = ert_bucket_of(n, step, nb);
                 cr_assert(b >= 0 && b < nb);
-                cr_assert_geq(ert_bucket_rows(b, step, B), n, "B %d K %d n %d: bucket %d", B, K,
-                              n, b);
+                cr_assert_geq(ert_bucket_rows(b, step, B), n, "B %d K %d n %d: bucket %d", B, K, n,
+                              b);
                 if (b > 0)
                     cr_assert_lt(ert_bucket_rows(b - 1, step, B), n);
                 /* padding below one step */

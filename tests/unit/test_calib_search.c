@@ -48,7 +48,10 @@ Test(calib_search, evaluate_counts_by_hand)
 
 /* ---- the search against brute force ------------------------------------------ */
 
-enum { BN = 24, BE = 3 };
+enum {
+    BN = 24,
+    BE = 3
+};
 
 typedef struct synth {
     ert_policy_kind kinds[BE];
@@ -301,7 +304,9 @@ Test(calib_search, drop_bound_covers)
 
 Test(calib_search, shuffle_is_a_seeded_permutation)
 {
-    enum { N = 1000 };
+    enum {
+        N = 1000
+    };
     int a[N], b[N], c[N], seen[N] = {0};
     cal_shuffle(a, N, 7);
     cal_shuffle(b, N, 7);

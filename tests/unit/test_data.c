@@ -129,16 +129,14 @@ static const char *write_idx(const char *name, int ndim, const uint32_t *dims, c
     return p;
 }
 
-#define assert_fails(call, status, substr)                                                    \
-    do {                                                                                      \
-        ert_error e_ = {{0}};                                                                 \
-        ert_status s_ = (call);                                                               \
-        cr_assert_eq(s_, (status), "status %d (%s), want %d; message: %s", s_,                \
-                     ert_status_string(s_), (status), e_.msg);                                \
-        cr_assert_not_null(strstr(e_.msg, (substr)), "message '%s' lacks '%s'", e_.msg,       \
-                           (substr));                                                         \
-        cr_assert_not_null(strstr(e_.msg, g_dir), "message '%s' does not name the file",      \
-                           e_.msg);                                                           \
+#define assert_fails(call, status, substr)                                                         \
+    do {                                                                                           \
+        ert_error e_ = {{0}};                                                                      \
+        ert_status s_ = (call);                                                                    \
+        cr_assert_eq(s_, (status), "status %d (%s), want %d; message: %s", s_,                     \
+                     ert_status_string(s_), (status), e_.msg);                                     \
+        cr_assert_not_null(strstr(e_.msg, (substr)), "message '%s' lacks '%s'", e_.msg, (substr)); \
+        cr_assert_not_null(strstr(e_.msg, g_dir), "message '%s' does not name the file", e_.msg);  \
     } while (0)
 
 /* A version 1 .npy file with this header and data, loaded as input data:
@@ -190,9 +188,9 @@ Test(data, npy_u1_v1_and_v2)
         v[i] = (unsigned char)(i * 13);
     for (int version = 1; version <= 2; version++) {
         /* double quotes, no trailing comma, other key order: all valid Python */
-        const char *p = write_npy("u.npy", version,
-                                  "{\"shape\": (4, 5), \"fortran_order\": False, \"descr\": \"|u1\"}",
-                                  v, sizeof v, 0);
+        const char *p = write_npy(
+            "u.npy", version, "{\"shape\": (4, 5), \"fortran_order\": False, \"descr\": \"|u1\"}",
+            v, sizeof v, 0);
         ert_dataset d;
         ert_error err = {{0}};
         cr_assert_eq(ert_dataset_load(p, &d, &err), ERT_OK, "%s", err.msg);
@@ -208,8 +206,8 @@ Test(data, npy_u1_v1_and_v2)
 Test(data, npy_one_dim_is_one_value_per_sample)
 {
     float v[3] = {1, 2, 3};
-    const char *p = write_npy("a.npy", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }",
-                              v, sizeof v, 0);
+    const char *p = write_npy(
+        "a.npy", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }", v, sizeof v, 0);
     ert_dataset d;
     ert_error err = {{0}};
     cr_assert_eq(ert_dataset_load(p, &d, &err), ERT_OK, "%s", err.msg);
@@ -224,14 +222,14 @@ Test(data, npy_one_dim_is_one_value_per_sample)
  * stays NaN, tiny values become subnormals or zero. */
 static void check_f8(int version, int gz)
 {
-    const double v[2 * 6] = {0.1, -2.25, 1e300, -1e300, NAN, 1e-40,
-                             1e-50, 3.4028235e38, 3.40282356e38, -3.40282357e38, 65504.0,
-                             0x1.ffffffp127};
-    const float want[12] = {0.1f, -2.25f, INFINITY, -INFINITY, NAN, 1e-40f,
-                            0.0f, FLT_MAX, FLT_MAX, -INFINITY, 65504.0f, INFINITY};
-    const char *p = write_npy("d.npy", version,
-                              "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 6), }", v,
-                              sizeof v, gz);
+    const double v[2 * 6] = {0.1,           -2.25,          1e300,   -1e300,
+                             NAN,           1e-40,          1e-50,   3.4028235e38,
+                             3.40282356e38, -3.40282357e38, 65504.0, 0x1.ffffffp127};
+    const float want[12] = {0.1f, -2.25f,  INFINITY, -INFINITY, NAN,      1e-40f,
+                            0.0f, FLT_MAX, FLT_MAX,  -INFINITY, 65504.0f, INFINITY};
+    const char *p =
+        write_npy("d.npy", version, "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 6), }",
+                  v, sizeof v, gz);
     ert_dataset d;
     ert_error err = {{0}};
     cr_assert_eq(ert_dataset_load(p, &d, &err), ERT_OK, "%s", err.msg);
@@ -255,8 +253,8 @@ Test(data, npy_f8_sizes_checked)
 {
     double v[6] = {0};
     /* 2x3 doubles announced, 47 bytes there */
-    bytes b = npy_bytes(1, "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }", v,
-                        sizeof v);
+    bytes b =
+        npy_bytes(1, "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }", v, sizeof v);
     const char *p = write_file("t.npy", b.p, b.n - 1, 0);
     ert_dataset d;
     assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
@@ -281,7 +279,11 @@ Test(data, npy_f8_sizes_checked)
 
 static void check_idx(int gz)
 {
-    enum { N = 3, H = 4, W = 5 };
+    enum {
+        N = 3,
+        H = 4,
+        W = 5
+    };
     unsigned char img[N * H * W];
     for (int i = 0; i < N * H * W; i++)
         img[i] = (unsigned char)(255 - i * 3);
@@ -321,8 +323,8 @@ Test(data, npy_labels_i4_i8_u1)
     ert_labels l;
     ert_error err = {{0}};
 
-    const char *p = write_npy("a.npy", 1, "{'descr': '<i4', 'fortran_order': False, 'shape': (4,), }",
-                              a, sizeof a, 0);
+    const char *p = write_npy(
+        "a.npy", 1, "{'descr': '<i4', 'fortran_order': False, 'shape': (4,), }", a, sizeof a, 0);
     cr_assert_eq(ert_labels_load(p, &l, &err), ERT_OK, "%s", err.msg);
     cr_assert_eq(l.count, 4);
     for (int i = 0; i < 4; i++)
@@ -416,8 +418,8 @@ Test(data, gzip_stream_cut_short)
     float v[600];
     for (int i = 0; i < 600; i++)
         v[i] = (float)i;
-    bytes b = npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (600,), }", v,
-                        sizeof v);
+    bytes b =
+        npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (600,), }", v, sizeof v);
     const char *full = write_file("g.npy.gz", b.p, b.n, 1);
     FILE *f = fopen(full, "rb");
     cr_assert_not_null(f);
@@ -460,9 +462,8 @@ Test(data, npy_unsupported_dtype)
                 ERT_UNSUPPORTED, "input data must be float32, float64 or uint8, not int32");
     /* and floats are not labels */
     ert_labels l;
-    const char *p = write_npy("l.npy", 1,
-                              "{'descr': '<f4', 'fortran_order': False, 'shape': (6,), }", v, 24,
-                              0);
+    const char *p = write_npy(
+        "l.npy", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (6,), }", v, 24, 0);
     assert_fails(ert_labels_load(p, &l, &e_), ERT_UNSUPPORTED, "integers");
 }
 
@@ -658,7 +659,8 @@ Test(data, layout_refused_naming_both_shapes)
               "samples of shape 30x34x3 do not match the model's input 3x30x34: the same 3060 "
               "values in another layout (channels last? numpy: x.transpose(0, 3, 1, 2))",
               "accepted: [N, 3, 30, 34] or [N, 3060]");
-    shape_bad(3, 30, 34, 4, swapped, "samples of shape 3x34x30 do not match the model's input 3x30x34",
+    shape_bad(3, 30, 34, 4, swapped,
+              "samples of shape 3x34x30 do not match the model's input 3x30x34",
               "height and width swapped? numpy: x.transpose(0, 1, 3, 2)");
     shape_bad(3, 30, 34, 3, merged, "samples of shape 3x1020 do not match", "another layout;");
     shape_bad(3, 30, 34, 3, hwflat, "samples of shape 1020x3 do not match", "another layout;");

@@ -87,8 +87,8 @@ static int replay_block(const unsigned char *exited, int n, int *dst)
 
 Test(compact_math, block_replay_equals_compact_index)
 {
-    const int ns[] = {1, 2, 31, 32, 33, 63, 64, 65, 255, 256, 257, 1000, 1023, 1024, 1025,
-                      2047, 2048, 2049, 4103};
+    const int ns[] = {1,   2,    31,   32,   33,   63,   64,   65,   255, 256,
+                      257, 1000, 1023, 1024, 1025, 2047, 2048, 2049, 4103};
     const unsigned rates[] = {0, 1, 128, 200, 255, 256}; /* exits: a random byte < rate */
     mw_rng rng = mw_rng_seed(88172645463325252ull);
     int cases = 0;
@@ -129,14 +129,21 @@ static uint64_t mix(uint64_t h, uint64_t v)
     return h ^ (h >> 33);
 }
 
-enum { T_LAYER = 1, T_ACT, T_ADD };
+enum {
+    T_LAYER = 1,
+    T_ACT,
+    T_ADD
+};
 
 static uint64_t h_act(uint64_t x, int act)
 {
     return act == ERT_ACT_NONE ? x : mix(mix(T_ACT, (uint64_t)act), x);
 }
 
-static uint64_t h_layer(const layer *l, uint64_t x) { return mix(mix(T_LAYER, (uint64_t)(uintptr_t)l), x); }
+static uint64_t h_layer(const layer *l, uint64_t x)
+{
+    return mix(mix(T_LAYER, (uint64_t)(uintptr_t)l), x);
+}
 
 /* The value a layer list computes from x, walked from the model. */
 static uint64_t ref_list(const layer *items, int count, uint64_t x)
@@ -202,7 +209,7 @@ static void check_program(const ert_model *m, const plan *p, ert_mode mode,
     uint64_t buf[PROG_MAX_BUF];
     for (int i = 0; i < PROG_MAX_BUF; i++)
         buf[i] = 0xdead0000u + (uint64_t)i; /* garbage nobody may read as a value */
-    uint64_t x = 12345; /* the normalised input */
+    uint64_t x = 12345;                     /* the normalised input */
     buf[g.stages[0].in_buf] = x;
     for (int s = 0; s < g.num_stages; s++) {
         const prog_stage *ps = &g.stages[s];
@@ -284,8 +291,8 @@ Test(program, residual_heads_and_fusion)
     layer rb_sc[1] = {L(LAYER_CONV2D, "sc", 4, 4)};
     layer hb_body[3] = {L(LAYER_CONV2D, "h1", 4, 4), L(LAYER_RELU, "hr", 4, 4),
                         L(LAYER_CONV2D, "h2", 4, 4)};
-    layer backbone[6] = {L(LAYER_CONV2D, "stem", 4, 4), L(LAYER_RELU, "relu", 4, 4),
-                         L(LAYER_RESIDUAL, "block", 4, 4), L(LAYER_SIGMOID, "sig", 4, 4),
+    layer backbone[6] = {L(LAYER_CONV2D, "stem", 4, 4),        L(LAYER_RELU, "relu", 4, 4),
+                         L(LAYER_RESIDUAL, "block", 4, 4),     L(LAYER_SIGMOID, "sig", 4, 4),
                          L(LAYER_GLOBAL_AVGPOOL, "gap", 4, 4), L(LAYER_FLATTEN, "flat", 4, 1)};
     backbone[2].p.residual = (residual_params){{rb_body, 3}, {rb_sc, 1}, 1};
     backbone[4].out = (shape3){4, 1, 1};
@@ -328,8 +335,7 @@ Test(program, residual_heads_and_fusion)
     /* fused: no OP_ADD is left, and both joins are convs with in2 */
     program f;
     ert_error ferr;
-    cr_assert_eq(program_build(m, &p, ERT_MODE_MASKED, &fused, &f, &ferr), ERT_OK, "%s",
-                 ferr.msg);
+    cr_assert_eq(program_build(m, &p, ERT_MODE_MASKED, &fused, &f, &ferr), ERT_OK, "%s", ferr.msg);
     int adds = 0, joins = 0;
     for (int i = 0; i < f.nops; i++) {
         adds += f.ops[i].kind == OP_ADD;
@@ -360,4 +366,3 @@ Test(program, residual_heads_and_fusion)
     cr_assert_eq(program_build(m, &p, ERT_MODE_FULL, NULL, &g, &err), ERT_INTERNAL);
     free(m);
 }
-

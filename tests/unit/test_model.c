@@ -80,7 +80,8 @@ static void write_weights(int f16_conv1)
     mw_st *st = mw_st_new();
     cr_assert_not_null(st);
     int64_t c1[4] = {4, 2, 3, 3}, s4[1] = {4}, c2[4] = {6, 2, 3, 2}, s6[1] = {6};
-    int64_t e[2] = {3, 36}, s3[1] = {3}, f[2] = {3, 18}, cw[2] = {1, 36}, s1[1] = {1}, xw[2] = {2, 36};
+    int64_t e[2] = {3, 36}, s3[1] = {3}, f[2] = {3, 18}, cw[2] = {1, 36}, s1[1] = {1},
+            xw[2] = {2, 36};
     int64_t ow[2] = {1, 18};
     int rc = 0;
     if (f16_conv1) {
@@ -135,7 +136,8 @@ static ert_model *load_ok(const char *path)
 
 static void expect_shape(shape3 s, int c, int h, int w)
 {
-    cr_assert(s.c == c && s.h == h && s.w == w, "shape %dx%dx%d, want %dx%dx%d", s.c, s.h, s.w, c, h, w);
+    cr_assert(s.c == c && s.h == h && s.w == w, "shape %dx%dx%d, want %dx%dx%d", s.c, s.h, s.w, c,
+              h, w);
 }
 
 Test(model, small_shapes_and_macs)
@@ -253,8 +255,8 @@ Test(model, batchnorm_folding_matches_conv_then_bn)
             }
         naive_conv(x, 2, 6, 6, cv->weight, cv->bias, 4, 3, 3, 1, 1, 1, got, 6, 6);
         for (int k = 0; k < 144; k++)
-            cr_assert(fabs(got[k] - ref[k]) <= 1e-5 * (1 + fabs(ref[k])), "[%d] folded %g, conv+bn %g",
-                      k, got[k], ref[k]);
+            cr_assert(fabs(got[k] - ref[k]) <= 1e-5 * (1 + fabs(ref[k])),
+                      "[%d] folded %g, conv+bn %g", k, got[k], ref[k]);
     }
     /* and the fold did change the weights (gamma/sqrt(var+eps) != 1 here) */
     cr_assert_neq(memcmp(cv->weight, W.c1w, sizeof W.c1w), 0);
@@ -334,7 +336,9 @@ static void check_random_model(mw_kind kind, int want_exits)
     cr_assert_eq(mw_random_model(dir, 1234, kind), 0, "%s", mw_kind_name(kind));
     cr_assert_eq(ert_model_load(dir, &m, &err), ERT_OK, "%s: %s", mw_kind_name(kind), err.msg);
     cr_assert_eq(m->num_exits, want_exits);
-    enum { N = 600 };
+    enum {
+        N = 600
+    };
     size_t insz = ert_model_input_size(m);
     float *x = malloc(N * insz * sizeof *x), *logits = malloc(N * m->num_classes * sizeof *logits);
     ert_sample *s = malloc(N * sizeof *s);
@@ -427,7 +431,10 @@ static void put(cJSON *o, const char *key, cJSON *v)
         cJSON_AddItemToObject(o, key, v);
 }
 static void set_num(cJSON *o, const char *key, double v) { put(o, key, cJSON_CreateNumber(v)); }
-static void set_str(cJSON *o, const char *key, const char *v) { put(o, key, cJSON_CreateString(v)); }
+static void set_str(cJSON *o, const char *key, const char *v)
+{
+    put(o, key, cJSON_CreateString(v));
+}
 
 /* Writes the base model mutated by mut, then replaces the text `from` by
  * `to` (when given), loads, and checks the status and message. */
@@ -462,12 +469,12 @@ static void expect_bad(void (*mut)(cJSON *), const char *from, const char *to, e
     cr_assert(strstr(err.msg, dir), "message '%s' names no file", err.msg);
 }
 
-#define BAD(name, status, want, ...)                                      \
-    static void mut_##name(cJSON *r)                                      \
-    {                                                                     \
-        (void)r;                                                          \
-        __VA_ARGS__;                                                      \
-    }                                                                     \
+#define BAD(name, status, want, ...) \
+    static void mut_##name(cJSON *r) \
+    {                                \
+        (void)r;                     \
+        __VA_ARGS__;                 \
+    }                                \
     Test(model_bad, name) { expect_bad(mut_##name, NULL, NULL, status, want); }
 
 BAD(bad_format, ERT_FORMAT, "format: 'exitrt-modle' is not", set_str(r, "format", "exitrt-modle"))
@@ -475,20 +482,23 @@ BAD(bad_version, ERT_UNSUPPORTED, "version: 2 is not supported", set_num(r, "ver
 BAD(missing_version, ERT_FORMAT, "version: missing", cJSON_DeleteItemFromObject(r, "version"))
 BAD(unknown_layer_type, ERT_UNSUPPORTED, "backbone[2].type: unknown layer type 'conv3d'",
     set_str(BB(r, 2), "type", "conv3d"))
-BAD(exit_after_unknown_layer, ERT_FORMAT, "exits[0].after: 'nolayer' is not a top-level backbone layer",
+BAD(exit_after_unknown_layer, ERT_FORMAT,
+    "exits[0].after: 'nolayer' is not a top-level backbone layer",
     set_str(EX(r), "after", "nolayer"))
 BAD(exit_after_last_layer, ERT_FORMAT, "exits[0].after: 'flatten' is the end of the backbone",
     set_str(EX(r), "after", "flatten"))
 BAD(exit_after_leading_dropout, ERT_FORMAT,
     "exits[0].after: 'd0' has no computing layer before it (a dropout is a no-op at inference): "
     "the exit would read the input",
-    cJSON_InsertItemInArray(J(r, "backbone"), 0, cJSON_Parse("{\"name\":\"d0\",\"type\":\"dropout\"}"));
+    cJSON_InsertItemInArray(J(r, "backbone"), 0,
+                            cJSON_Parse("{\"name\":\"d0\",\"type\":\"dropout\"}"));
     set_str(EX(r), "after", "d0"))
 BAD(two_exits_one_layer, ERT_FORMAT,
     "exits[1].after: 'drop' gives the same output as exits[0]'s layer (a dropout is a no-op at "
     "inference); at most one exit per layer",
     /* relu1 and pool1 differ, but pool1 and drop give the same output */
-    cJSON *e2 = cJSON_Duplicate(EX(r), 1); set_str(e2, "name", "e2"); set_str(e2, "after", "drop");
+    cJSON *e2 = cJSON_Duplicate(EX(r), 1);
+    set_str(e2, "name", "e2"); set_str(e2, "after", "drop");
     cJSON_AddItemToArray(J(r, "exits"), e2))
 BAD(exit_before_trailing_dropout, ERT_FORMAT,
     "exits[0].after: 'flatten' is the end of the backbone (only dropout follows it, a no-op at "
@@ -502,63 +512,83 @@ BAD(exit_between_conv_and_batchnorm, ERT_FORMAT,
     "output without it is never computed); attach the exit after 'bn1'",
     set_str(EX(r), "after", "conv1"))
 BAD(exits_out_of_order, ERT_FORMAT, "exits must be in backbone order",
-    cJSON *e2 = cJSON_Duplicate(EX(r), 1); set_str(e2, "name", "e2"); set_str(e2, "after", "relu1");
+    cJSON *e2 = cJSON_Duplicate(EX(r), 1);
+    set_str(e2, "name", "e2"); set_str(e2, "after", "relu1");
     cJSON_AddItemToArray(J(r, "exits"), e2))
 BAD(duplicate_exit_name, ERT_FORMAT, "final.name: 'early' is already the name of exits[0]",
     set_str(J(r, "final"), "name", "early"))
 BAD(duplicate_layer_name, ERT_FORMAT, "backbone[3].name: 'relu1' is already used by backbone[2]",
     set_str(BB(r, 3), "name", "relu1"))
-BAD(head_not_ending_in_k, ERT_FORMAT, "exits[0].head: ends in 36x1x1 = 36 values, expected num_classes = 3",
+BAD(head_not_ending_in_k, ERT_FORMAT,
+    "exits[0].head: ends in 36x1x1 = 36 values, expected num_classes = 3",
     cJSON_DeleteItemFromArray(J(EX(r), "head"), 1))
 BAD(head_wrong_out_features, ERT_FORMAT, "expected num_classes = 3",
-    cJSON *fc = I(J(EX(r), "head"), 1); set_num(fc, "out_features", 2); set_str(fc, "weight", "x.w");
+    cJSON *fc = I(J(EX(r), "head"), 1);
+    set_num(fc, "out_features", 2); set_str(fc, "weight", "x.w");
     cJSON_DeleteItemFromObject(fc, "bias"))
-BAD(conv_weight_shape_mismatch, ERT_FORMAT, "backbone[0].weight: tensor 'c1.w' has shape [4, 2, 3, 3], expected [4, 3, 3, 3]",
+BAD(conv_weight_shape_mismatch, ERT_FORMAT,
+    "backbone[0].weight: tensor 'c1.w' has shape [4, 2, 3, 3], expected [4, 3, 3, 3]",
     set_num(BB(r, 0), "in_channels", 3))
 BAD(missing_tensor, ERT_FORMAT, "backbone[5].bias: tensor 'nope' not found in",
     set_str(BB(r, 5), "bias", "nope"))
-BAD(entropy_threshold_negative, ERT_FORMAT, "exits[0].policy.threshold: -0.1 is out of range (>= 0)",
+BAD(entropy_threshold_negative, ERT_FORMAT,
+    "exits[0].policy.threshold: -0.1 is out of range (>= 0)",
     set_num(J(EX(r), "policy"), "threshold", -0.1))
-BAD(max_prob_threshold_above_one, ERT_FORMAT, "exits[0].policy.threshold: 1.5 is out of range ([0, 1])",
-    set_str(J(EX(r), "policy"), "type", "max_prob"); set_num(J(EX(r), "policy"), "threshold", 1.5))
+BAD(max_prob_threshold_above_one, ERT_FORMAT,
+    "exits[0].policy.threshold: 1.5 is out of range ([0, 1])",
+    set_str(J(EX(r), "policy"), "type", "max_prob");
+    set_num(J(EX(r), "policy"), "threshold", 1.5))
 BAD(threshold_nan_string, ERT_FORMAT, "exits[0].policy.threshold: must be a number",
     set_str(J(EX(r), "policy"), "threshold", "NaN"))
 BAD(unknown_policy, ERT_UNSUPPORTED, "exits[0].policy.type: unknown policy 'oracle'",
     set_str(J(EX(r), "policy"), "type", "oracle"))
-BAD(patience_threshold_zero, ERT_FORMAT, "exits[0].policy.threshold: 0 is out of range (an integer >= 1)",
-    set_str(J(EX(r), "policy"), "type", "patience"); set_num(J(EX(r), "policy"), "threshold", 0))
+BAD(patience_threshold_zero, ERT_FORMAT,
+    "exits[0].policy.threshold: 0 is out of range (an integer >= 1)",
+    set_str(J(EX(r), "policy"), "type", "patience");
+    set_num(J(EX(r), "policy"), "threshold", 0))
 BAD(patience_threshold_fraction, ERT_FORMAT,
     "exits[0].policy.threshold: 1.5 is out of range (an integer >= 1)",
-    set_str(J(EX(r), "policy"), "type", "patience"); set_num(J(EX(r), "policy"), "threshold", 1.5))
+    set_str(J(EX(r), "policy"), "type", "patience");
+    set_num(J(EX(r), "policy"), "threshold", 1.5))
 BAD(patience_threshold_negative, ERT_FORMAT,
     "exits[0].policy.threshold: -2 is out of range (an integer >= 1)",
-    set_str(J(EX(r), "policy"), "type", "patience"); set_num(J(EX(r), "policy"), "threshold", -2))
-BAD(patience_with_confidence, ERT_FORMAT, "exits[0].confidence: only allowed with the confidence_head",
-    set_str(J(EX(r), "policy"), "type", "patience"); set_num(J(EX(r), "policy"), "threshold", 2);
+    set_str(J(EX(r), "policy"), "type", "patience");
+    set_num(J(EX(r), "policy"), "threshold", -2))
+BAD(patience_with_confidence, ERT_FORMAT,
+    "exits[0].confidence: only allowed with the confidence_head",
+    set_str(J(EX(r), "policy"), "type", "patience");
+    set_num(J(EX(r), "policy"), "threshold", 2); put(EX(r), "confidence", cJSON_Parse("[]")))
+BAD(confidence_without_confidence_policy, ERT_FORMAT,
+    "exits[0].confidence: only allowed with the confidence_head",
     put(EX(r), "confidence", cJSON_Parse("[]")))
-BAD(confidence_without_confidence_policy, ERT_FORMAT, "exits[0].confidence: only allowed with the confidence_head",
-    put(EX(r), "confidence", cJSON_Parse("[]")))
-BAD(confidence_head_without_confidence, ERT_FORMAT, "exits[0].confidence: required for the confidence_head policy",
+BAD(confidence_head_without_confidence, ERT_FORMAT,
+    "exits[0].confidence: required for the confidence_head policy",
     set_str(J(EX(r), "policy"), "type", "confidence_head"))
 BAD(confidence_not_ending_in_one, ERT_FORMAT, "exits[0].confidence: ends in 36 values, expected 1",
     set_str(J(EX(r), "policy"), "type", "confidence_head");
     put(EX(r), "confidence", cJSON_Parse("[{\"name\":\"f\",\"type\":\"flatten\"}]")))
 BAD(batchnorm_after_relu, ERT_FORMAT, "backbone[2]: batchnorm2d must directly follow a conv2d",
     /* swap bn1 and relu1 (Debian's cJSON 1.7.15 refuses inserts inside an array) */
-    cJSON *bn = cJSON_Duplicate(BB(r, 1), 1); cJSON *relu = cJSON_Duplicate(BB(r, 2), 1);
-    cJSON_ReplaceItemInArray(J(r, "backbone"), 1, relu); cJSON_ReplaceItemInArray(J(r, "backbone"), 2, bn))
-BAD(batchnorm_channel_mismatch, ERT_FORMAT, "backbone[1].num_features: 6 does not match the preceding conv2d's out_channels 4",
+    cJSON *bn = cJSON_Duplicate(BB(r, 1), 1);
+    cJSON *relu = cJSON_Duplicate(BB(r, 2), 1); cJSON_ReplaceItemInArray(J(r, "backbone"), 1, relu);
+    cJSON_ReplaceItemInArray(J(r, "backbone"), 2, bn))
+BAD(batchnorm_channel_mismatch, ERT_FORMAT,
+    "backbone[1].num_features: 6 does not match the preceding conv2d's out_channels 4",
     set_num(BB(r, 1), "num_features", 6))
 BAD(batchnorm_negative_variance, ERT_FORMAT, "backbone[1].running_var: [1] + eps is",
     set_str(BB(r, 1), "running_var", "neg.v"))
-BAD(conv_channels_vs_input, ERT_FORMAT, "backbone layer 'conv1': in_channels is 2, but its input has 3 channels",
-    cJSON *sh = J(J(r, "input"), "shape"); cJSON_ReplaceItemInArray(sh, 0, cJSON_CreateNumber(3));
+BAD(conv_channels_vs_input, ERT_FORMAT,
+    "backbone layer 'conv1': in_channels is 2, but its input has 3 channels",
+    cJSON *sh = J(J(r, "input"), "shape");
+    cJSON_ReplaceItemInArray(sh, 0, cJSON_CreateNumber(3));
     put(J(r, "input"), "mean", cJSON_CreateNumber(0)))
-BAD(linear_in_features_vs_input, ERT_FORMAT, "final.head layer 'fc': in_features is 18, but its input has 36 values",
+BAD(linear_in_features_vs_input, ERT_FORMAT,
+    "final.head layer 'fc': in_features is 18, but its input has 36 values",
     put(BB(r, 5), "stride", cJSON_CreateNumber(1)))
 BAD(groups_do_not_divide, ERT_FORMAT, "backbone[5].groups: 3 does not divide",
     set_num(BB(r, 5), "groups", 3))
-BAD(pool_window_too_large, ERT_FORMAT, "backbone layer 'pool1': the 7x7 window does not fit the 6x6 input",
+BAD(pool_window_too_large, ERT_FORMAT,
+    "backbone layer 'pool1': the 7x7 window does not fit the 6x6 input",
     set_num(BB(r, 3), "kernel_size", 7))
 BAD(pool_padding_over_half, ERT_FORMAT, "backbone[3].padding: must be at most half the kernel size",
     set_num(BB(r, 3), "padding", 2))
@@ -573,13 +603,18 @@ BAD(missing_in_features, ERT_FORMAT, "final.head[0].in_features: missing",
 BAD(layer_not_object, ERT_FORMAT, "backbone[2]: a layer must be an object",
     cJSON_ReplaceItemInArray(J(r, "backbone"), 2, cJSON_CreateNumber(5)))
 BAD(nested_residual, ERT_UNSUPPORTED, "backbone[2].body[0]: residuals do not nest",
-    cJSON_ReplaceItemInArray(J(r, "backbone"), 2, cJSON_Parse(
-        "{\"name\":\"res\",\"type\":\"residual\",\"body\":[{\"name\":\"inner\",\"type\":\"residual\","
-        "\"body\":[{\"name\":\"r\",\"type\":\"relu\"}]}]}")))
-BAD(residual_shape_mismatch, ERT_FORMAT, "backbone layer 'res': the body gives 4x3x3 but the shortcut 4x6x6",
-    cJSON_ReplaceItemInArray(J(r, "backbone"), 2, cJSON_Parse(
-        "{\"name\":\"res\",\"type\":\"residual\",\"body\":[{\"name\":\"p\",\"type\":\"maxpool2d\","
-        "\"kernel_size\":2}]}")))
+    cJSON_ReplaceItemInArray(
+        J(r, "backbone"), 2,
+        cJSON_Parse(
+            "{\"name\":\"res\",\"type\":\"residual\",\"body\":[{\"name\":\"inner\",\"type\":\"residual\","
+            "\"body\":[{\"name\":\"r\",\"type\":\"relu\"}]}]}")))
+BAD(residual_shape_mismatch, ERT_FORMAT,
+    "backbone layer 'res': the body gives 4x3x3 but the shortcut 4x6x6",
+    cJSON_ReplaceItemInArray(
+        J(r, "backbone"), 2,
+        cJSON_Parse(
+            "{\"name\":\"res\",\"type\":\"residual\",\"body\":[{\"name\":\"p\",\"type\":\"maxpool2d\","
+            "\"kernel_size\":2}]}")))
 BAD(input_too_many_channels, ERT_FORMAT, "input.shape[0]: must be an integer in [1, 4]",
     cJSON_ReplaceItemInArray(J(J(r, "input"), "shape"), 0, cJSON_CreateNumber(5)))
 BAD(input_std_zero, ERT_FORMAT, "input.std[0]: must be > 0", set_num(J(r, "input"), "std", 0))
@@ -598,10 +633,13 @@ BAD(padding_mode_reflect, ERT_UNSUPPORTED, "backbone[0].padding_mode: 'reflect' 
     cJSON_AddStringToObject(BB(r, 0), "padding_mode", "reflect"))
 BAD(ceil_mode, ERT_UNSUPPORTED, "backbone[3].ceil_mode: true not supported",
     cJSON_AddTrueToObject(BB(r, 3), "ceil_mode"))
-BAD(final_missing, ERT_FORMAT, "final: missing or not an object", cJSON_DeleteItemFromObject(r, "final"))
+BAD(final_missing, ERT_FORMAT, "final: missing or not an object",
+    cJSON_DeleteItemFromObject(r, "final"))
 BAD(bad_activation, ERT_FORMAT, "backbone[2].activation: 'gelu' is not",
-    cJSON_ReplaceItemInArray(J(r, "backbone"), 2, cJSON_Parse(
-        "{\"name\":\"res\",\"type\":\"residual\",\"activation\":\"gelu\",\"body\":[{\"name\":\"r\",\"type\":\"relu\"}]}")))
+    cJSON_ReplaceItemInArray(
+        J(r, "backbone"), 2,
+        cJSON_Parse(
+            "{\"name\":\"res\",\"type\":\"residual\",\"activation\":\"gelu\",\"body\":[{\"name\":\"r\",\"type\":\"relu\"}]}")))
 
 /* 1e999 parses as infinity: "threshold": NaN is not JSON, but a file can
  * still carry a non-finite number this way. */
@@ -627,7 +665,8 @@ Test(model_bad, weights_offsets_beyond_file)
 {
     const char *h = "{\"c1.w\":{\"dtype\":\"F32\",\"shape\":[4,2,3,3],\"data_offsets\":[0,288]}}";
     cr_assert_eq(mw_write_st_raw(st_path, strlen(h), h, NULL, 100), 0);
-    expect_bad(NULL, NULL, NULL, ERT_FORMAT, "data_offsets [0, 288] exceed the data section (100 bytes)");
+    expect_bad(NULL, NULL, NULL, ERT_FORMAT,
+               "data_offsets [0, 288] exceed the data section (100 bytes)");
 }
 
 Test(model_bad, weights_header_beyond_file)
@@ -665,8 +704,9 @@ static void after_bn1(cJSON *r)
 {
     set_str(EX(r), "after", "bn1");
     /* [4,6,6] there: pool it to the head's 36 inputs */
-    cJSON_InsertItemInArray(J(EX(r), "head"), 0,
-                            cJSON_Parse("{\"name\":\"p\",\"type\":\"maxpool2d\",\"kernel_size\":2}"));
+    cJSON_InsertItemInArray(
+        J(EX(r), "head"), 0,
+        cJSON_Parse("{\"name\":\"p\",\"type\":\"maxpool2d\",\"kernel_size\":2}"));
 }
 
 /* A dropout is a no-op: an exit after it reads the layer before (pool1);
@@ -710,11 +750,13 @@ Test(model, one_class_exits)
         float threshold, score;
         int exits;
     } cases[] = {
-        {"entropy", 0.5f, 0.0f, 1},   {"entropy", 1e-30f, 0.0f, 1}, {"entropy", 0.0f, 1.0f, 0},
-        {"max_prob", 1.0f, 1.0f, 1},  {"max_prob", 0.0f, 1.0f, 1},  {"margin", 1.0f, 1.0f, 1},
+        {"entropy", 0.5f, 0.0f, 1},  {"entropy", 1e-30f, 0.0f, 1}, {"entropy", 0.0f, 1.0f, 0},
+        {"max_prob", 1.0f, 1.0f, 1}, {"max_prob", 0.0f, 1.0f, 1},  {"margin", 1.0f, 1.0f, 1},
         {"margin", 0.25f, 1.0f, 1},
     };
-    enum { N = 6 };
+    enum {
+        N = 6
+    };
     float x[N * 72];
     mw_random_input(x, N * 72, 9);
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {

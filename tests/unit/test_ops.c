@@ -56,8 +56,8 @@ static void check_close(const float *got, const double *ref, const double *absum
     for (size_t i = 0; i < n; i++) {
         cr_assert(isfinite(got[i]), "%s[%zu] is not finite: %g", what, i, got[i]);
         double tol = 1e-5 * fabs(ref[i]) + 1e-6 * (absum ? absum[i] : fabs(ref[i])) + 1e-7;
-        cr_assert(fabs(got[i] - ref[i]) <= tol, "%s[%zu]: got %.9g, want %.9g (tol %.3g)", what,
-                  i, got[i], ref[i], tol);
+        cr_assert(fabs(got[i] - ref[i]) <= tol, "%s[%zu]: got %.9g, want %.9g (tol %.3g)", what, i,
+                  got[i], ref[i], tol);
     }
 }
 
@@ -70,18 +70,30 @@ typedef struct conv_case {
 
 static conv_params make_conv(const conv_case *k, const float *wt, const float *b)
 {
-    conv_params p = {.in_ch = k->cin, .out_ch = k->cout, .kh = k->kh, .kw = k->kw,
-                     .stride_h = k->sh, .stride_w = k->sw, .pad_h = k->ph, .pad_w = k->pw,
-                     .dil_h = k->dh, .dil_w = k->dw, .groups = k->groups, .weight = wt,
+    conv_params p = {.in_ch = k->cin,
+                     .out_ch = k->cout,
+                     .kh = k->kh,
+                     .kw = k->kw,
+                     .stride_h = k->sh,
+                     .stride_w = k->sw,
+                     .pad_h = k->ph,
+                     .pad_w = k->pw,
+                     .dil_h = k->dh,
+                     .dil_w = k->dw,
+                     .groups = k->groups,
+                     .weight = wt,
                      .bias = b};
     return p;
 }
 
-static int out_dim(int in, int k, int s, int p, int d) { return (in + 2 * p - d * (k - 1) - 1) / s + 1; }
+static int out_dim(int in, int k, int s, int p, int d)
+{
+    return (in + 2 * p - d * (k - 1) - 1) / s + 1;
+}
 
 /* in [n,cin,h,w], w [cout,cin/g,kh,kw] -> ref/absum [n,cout,ho,wo] */
-static void naive_conv(const conv_case *k, const float *in, const float *wt, const float *b,
-                       int n, int relu, double *ref, double *absum)
+static void naive_conv(const conv_case *k, const float *in, const float *wt, const float *b, int n,
+                       int relu, double *ref, double *absum)
 {
     int ho = out_dim(k->h, k->kh, k->sh, k->ph, k->dh);
     int wo = out_dim(k->w, k->kw, k->sw, k->pw, k->dw);
@@ -99,8 +111,9 @@ static void naive_conv(const conv_case *k, const float *in, const float *wt, con
                                 int iw = ow * k->sw - k->pw + j * k->dw;
                                 if (ih < 0 || ih >= k->h || iw < 0 || iw >= k->w)
                                     continue;
-                                double x = in[(((size_t)s * k->cin + g * cin_g + ci) * k->h + ih) *
-                                                  k->w + iw];
+                                double x =
+                                    in[(((size_t)s * k->cin + g * cin_g + ci) * k->h + ih) * k->w +
+                                       iw];
                                 double wv = wt[(((size_t)co * cin_g + ci) * k->kh + i) * k->kw + j];
                                 acc += x * wv;
                                 ab += fabs(x * wv);
@@ -148,8 +161,8 @@ static void run_conv_case(const conv_case *k)
                     float *col = malloc(sizeof(float) * (caps[mode] + 1));
                     for (size_t i = 0; i < out_len; i++)
                         out[i] = NAN; /* every output must be written */
-                    op_conv2d(&p, (shape3){k->cin, k->h, k->w}, in, n, out, relu, col,
-                              caps[mode], mode != 0);
+                    op_conv2d(&p, (shape3){k->cin, k->h, k->w}, in, n, out, relu, col, caps[mode],
+                              mode != 0);
                     check_close(out, ref, ab, out_len, "conv");
                     free(col);
                 }
@@ -249,7 +262,9 @@ Test(ops, linear)
                             ref[r * fout + o] = relu && acc < 0 ? 0.0 : acc;
                             ab[r * fout + o] = a;
                         }
-                    linear_params p = {.in_features = fin, .out_features = fout, .weight = wt,
+                    linear_params p = {.in_features = fin,
+                                       .out_features = fout,
+                                       .weight = wt,
                                        .bias = with_bias ? b : NULL};
                     for (int i = 0; i < n * fout; i++)
                         out[i] = NAN;
@@ -286,8 +301,8 @@ static void naive_pool(const pool_case *k, const float *in, int n, int is_max, d
             for (int x = 0; x < W; x++) {
                 int iy = y - k->ph, ix = x - k->pw;
                 int inside = iy >= 0 && iy < k->h && ix >= 0 && ix < k->w;
-                pad[y * W + x] = inside ? in[((size_t)pl * k->h + iy) * k->w + ix]
-                                        : (is_max ? -INFINITY : 0.0);
+                pad[y * W + x] =
+                    inside ? in[((size_t)pl * k->h + iy) * k->w + ix] : (is_max ? -INFINITY : 0.0);
             }
         for (int oy = 0; oy < ho; oy++)
             for (int ox = 0; ox < wo; ox++) {
@@ -308,12 +323,11 @@ Test(ops, pools)
     rng_seed(4);
     const pool_case cases[] = {
         /* c h  w  kh kw sh sw ph pw */
-        {3, 8, 8, 2, 2, 2, 2, 0, 0},
-        {2, 9, 7, 3, 3, 2, 2, 1, 1},  /* odd sizes, padded */
-        {4, 5, 6, 3, 3, 1, 1, 1, 1},  /* overlapping, stride 1 */
-        {2, 7, 9, 3, 2, 2, 1, 1, 0},  /* non-square */
-        {1, 6, 6, 2, 2, 1, 1, 1, 1},  /* pad 1 with k 2 */
-        {3, 4, 4, 4, 4, 4, 4, 0, 0},  /* one window */
+        {3, 8, 8, 2, 2, 2, 2, 0, 0}, {2, 9, 7, 3, 3, 2, 2, 1, 1}, /* odd sizes, padded */
+        {4, 5, 6, 3, 3, 1, 1, 1, 1},                              /* overlapping, stride 1 */
+        {2, 7, 9, 3, 2, 2, 1, 1, 0},                              /* non-square */
+        {1, 6, 6, 2, 2, 1, 1, 1, 1},                              /* pad 1 with k 2 */
+        {3, 4, 4, 4, 4, 4, 4, 0, 0},                              /* one window */
     };
     const int ns[] = {1, 7};
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++)
@@ -335,7 +349,8 @@ Test(ops, pools)
             /* sums of up to kh*kw values in [-1,1): floor by the window */
             for (size_t i = 0; i < out_len; i++) {
                 cr_assert(isfinite(out[i]));
-                cr_assert(fabs(out[i] - ref[i]) <= 1e-5 * fabs(ref[i]) + 1e-6, "avgpool[%zu] %g vs %g", i, out[i], ref[i]);
+                cr_assert(fabs(out[i] - ref[i]) <= 1e-5 * fabs(ref[i]) + 1e-6,
+                          "avgpool[%zu] %g vs %g", i, out[i], ref[i]);
             }
             free(in);
             free(out);
@@ -639,7 +654,9 @@ Test(ops, run_layers_residual_pipeline)
             memcpy(keep, in, sizeof(float) * in_len);
             size_t act = layers_max_act(&list);
             cr_assert_geq(act, (size_t)8 * 12 * 12, "layers_max_act %zu", act);
-            ops_ws ws = {.act_cap = act * n, .col_cap = (3 * 9 * 144 + act) * n, .tile_rows = 16,
+            ops_ws ws = {.act_cap = act * n,
+                         .col_cap = (3 * 9 * 144 + act) * n,
+                         .tile_rows = 16,
                          .conv_batched = batched};
             ws_alloc(&ws);
             for (int i = 0; i < 3; i++)
@@ -708,7 +725,9 @@ Test(ops, run_layers_residual_first_on_readonly_input)
         size_t in_len = shape_size(s) * n;
         float *in = rnd_array(in_len), *keep = malloc(sizeof(float) * in_len);
         memcpy(keep, in, sizeof(float) * in_len);
-        ops_ws ws = {.act_cap = 144 * n, .col_cap = (4 * 9 * 36 + 144) * n, .conv_batched = 1,
+        ops_ws ws = {.act_cap = 144 * n,
+                     .col_cap = (4 * 9 * 36 + 144) * n,
+                     .conv_batched = 1,
                      .tile_rows = 16};
         ws_alloc(&ws);
         const float *y = run_layers(&list, in, n, &ws);
@@ -743,9 +762,9 @@ Test(ops, batch_invariant)
     float *w[6][2];
     const int N = 70; /* more than the largest tile */
     layer ls[6];
-    ls[0] = L_conv((shape3){16, 14, 14}, 32, 3, 1, 1, 1, w[0]);  /* chunked GEMMs */
-    ls[1] = L_conv((shape3){1, 28, 28}, 16, 3, 1, 1, 1, w[1]);   /* per sample */
-    ls[2] = L_conv((shape3){64, 7, 7}, 64, 3, 1, 1, 2, w[2]);    /* chunked, groups */
+    ls[0] = L_conv((shape3){16, 14, 14}, 32, 3, 1, 1, 1, w[0]); /* chunked GEMMs */
+    ls[1] = L_conv((shape3){1, 28, 28}, 16, 3, 1, 1, 1, w[1]);  /* per sample */
+    ls[2] = L_conv((shape3){64, 7, 7}, 64, 3, 1, 1, 2, w[2]);   /* chunked, groups */
     ls[3] = L_linear((shape3){784, 1, 1}, 1024, w[3]);
     ls[4] = L_linear((shape3){64, 1, 1}, 10, w[4]);
     ls[5] = L_linear((shape3){1024, 1, 1}, 1, w[5]);
@@ -753,7 +772,8 @@ Test(ops, batch_invariant)
         const layer *l = &ls[li];
         size_t in_row = shape_size(l->in), out_row = shape_size(l->out);
         float *x = rnd_array(in_row * N);
-        float *all = malloc(sizeof(float) * out_row * N), *part = malloc(sizeof(float) * out_row * N);
+        float *all = malloc(sizeof(float) * out_row * N),
+              *part = malloc(sizeof(float) * out_row * N);
         size_t cap = 0;
         if (l->kind == LAYER_CONV2D)
             cap = conv_chunk_rows(&l->p.conv, l->in) * conv_chunk_row_floats(&l->p.conv, l->in);
@@ -771,8 +791,7 @@ Test(ops, batch_invariant)
                 if (n < N)
                     cr_assert(memcmp(part, all + (size_t)(N - n) * out_row,
                                      sizeof(float) * out_row * n) == 0,
-                              "layer %d, tile %d: rows differ when run in a batch of %d", li, t,
-                              n);
+                              "layer %d, tile %d: rows differ when run in a batch of %d", li, t, n);
             }
         free(x);
         free(all);

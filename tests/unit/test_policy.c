@@ -70,9 +70,8 @@ Test(policy, scores_match_double_reference)
                     /* probabilities and entropy are O(1) (entropy <= log k):
                      * float32 softmax gets them to a few ulps of that scale */
                     double tol = 1e-5 * fabs(want) + 2e-6 * (1.0 + log(k));
-                    cr_assert(fabs(got - want) <= tol,
-                              "kind %d k %d scale %g: %.9g vs %.9g", kinds[c], k, scales[si],
-                              got, want);
+                    cr_assert(fabs(got - want) <= tol, "kind %d k %d scale %g: %.9g vs %.9g",
+                              kinds[c], k, scales[si], got, want);
                     cr_assert(got >= 0.0f);
                     if (kinds[c] != ERT_POLICY_ENTROPY)
                         cr_assert(got <= 1.0f + 1e-6f);

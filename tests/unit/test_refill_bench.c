@@ -29,9 +29,9 @@ Test(refill_bench, matches_masked_and_adds_up)
     for (int sched = 0; sched < 2; sched++) {
         refill_bench_result rr;
         memset(got, 0xff, sizeof *got * n);
-        cr_assert_eq(refill_bench_run(e, x, n, per, 16, -1.0, (ert_stream_schedule)sched, got, &rr,
-                                      &err),
-                     ERT_OK, "%s", err.msg);
+        cr_assert_eq(
+            refill_bench_run(e, x, n, per, 16, -1.0, (ert_stream_schedule)sched, got, &rr, &err),
+            ERT_OK, "%s", err.msg);
         if (e->exact_modes) {
             cr_assert(memcmp(want, got, sizeof *got * n) == 0, "refill differs from MASKED");
         } else { /* rounding may move a sample sitting on a threshold */
@@ -52,9 +52,9 @@ Test(refill_bench, matches_masked_and_adds_up)
     }
     ert_error e2 = {{0}};
     refill_bench_result rr;
-    cr_assert_eq(refill_bench_run(e, x, n, per, 17, -1.0, ERT_SCHEDULE_DEEPEST_FIRST, NULL, &rr,
-                                  &e2),
-                 ERT_INVALID_ARGUMENT);
+    cr_assert_eq(
+        refill_bench_run(e, x, n, per, 17, -1.0, ERT_SCHEDULE_DEEPEST_FIRST, NULL, &rr, &e2),
+        ERT_INVALID_ARGUMENT);
     cr_assert(strstr(e2.msg, "batch") != NULL, "%s", e2.msg);
     free(x);
     free(want);

@@ -153,13 +153,17 @@ Test(safetensors, header_over_limit)
 }
 
 Test(safetensors, invalid_json) { expect_bad_header("{\"a\": {", 0, ERT_FORMAT, "invalid JSON"); }
-Test(safetensors, not_an_object) { expect_bad_header("[1, 2]  ", 0, ERT_FORMAT, "not a JSON object"); }
+Test(safetensors, not_an_object)
+{
+    expect_bad_header("[1, 2]  ", 0, ERT_FORMAT, "not a JSON object");
+}
 Test(safetensors, trailing_bytes) { expect_bad_header("{} xx", 0, ERT_FORMAT, "unexpected bytes"); }
 
 Test(safetensors, offsets_beyond_data)
 {
     expect_bad_header("{\"w\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 12,
-                      ERT_FORMAT, "tensor 'w': data_offsets [0, 16] exceed the data section (12 bytes)");
+                      ERT_FORMAT,
+                      "tensor 'w': data_offsets [0, 16] exceed the data section (12 bytes)");
 }
 
 Test(safetensors, offsets_reversed)
@@ -205,8 +209,9 @@ Test(safetensors, unknown_dtype)
 
 Test(safetensors, too_many_dims)
 {
-    expect_bad_header("{\"w\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}",
-                      4, ERT_FORMAT, "9 dims (at most 8)");
+    expect_bad_header(
+        "{\"w\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", 4,
+        ERT_FORMAT, "9 dims (at most 8)");
 }
 
 Test(safetensors, negative_dim)
@@ -217,8 +222,9 @@ Test(safetensors, negative_dim)
 
 Test(safetensors, shape_overflow)
 {
-    expect_bad_header("{\"w\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,16],\"data_offsets\":[0,4]}}",
-                      4, ERT_FORMAT, "overflows");
+    expect_bad_header(
+        "{\"w\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,16],\"data_offsets\":[0,4]}}",
+        4, ERT_FORMAT, "overflows");
 }
 
 Test(safetensors, fractional_offset)
