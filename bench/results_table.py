@@ -3,6 +3,16 @@
 files, so the tables there are the bench's own numbers, not retyped.
 
     python3 bench/results_table.py bench/results/cpu-fmnist-mlp3.json ...
+    python3 bench/results_table.py --summary bench/results/cpu-*.json
+
+--stages prints, from a run with profiles that send every sample to one exit
+(`--profile first=1 --profile second=0,1`), what each stage (with its exit
+head) costs in time against its share of the MACs.
+
+--summary prints one table over the files: per model and batch, FULL
+against PyTorch's and ONNX Runtime's full network, and COMPACTED (balanced /
+early-heavy profiles) against PyTorch's best early-exit mode and ONNX
+Runtime's early-exit pipeline, with COMPACTED's efficiency.
 """
 import json
 import sys
@@ -33,8 +43,10 @@ def table(path):
               f"of {sum(p['achieved'])} |")
     print()
     print("| batch | profile | mode | samples/s | p50 ms | p99 ms | MMAC/sample | ideal | speedup "
-          "| eff | PyTorch samples/s | ÷ PyTorch same mode | ÷ PyTorch best early-exit |")
-    print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| eff | PyTorch samples/s | ÷ PyTorch same mode | ÷ PyTorch best early-exit "
+          "| ONNX Runtime samples/s | ÷ ONNX Runtime |")
+    print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+          "| ---: | ---: |")
     seen_full = set()
     for c in d["cells"]:
         if c["mode"] == "full":
@@ -47,14 +59,89 @@ def table(path):
         ts, best = c.get("torch_samples_per_s"), c.get("torch_best_ee_samples_per_s")
         ratio = c["samples_per_s"] / ts if ts else None
         ratio_best = c["samples_per_s"] / best if best and c["mode"] != "full" else None
+        ort = c.get("ort_samples_per_s")
+        ratio_ort = c["samples_per_s"] / ort if ort else None
         eff = None if c["mode"] == "full" else c["efficiency"]
         ideal = None if c["mode"] == "full" else c["ideal_speedup"]
         print(f"| {c['batch']} | {prof} | {c['mode']} | {c['samples_per_s']:.0f} | {c['p50_ms']:.2f} "
               f"| {c['p99_ms']:.2f} | {c['macs_per_sample'] / 1e6:.3f} | {num(ideal, '.2f')} "
               f"| {c['speedup']:.2f}x | {num(eff, '.2f')} | {num(ts, '.0f')} | {num(ratio, '.2f')} "
-              f"| {num(ratio_best, '.2f')} |")
+              f"| {num(ratio_best, '.2f')} | {num(ort, '.0f')} | {num(ratio_ort, '.2f')} |")
+    print()
+    drift = d.get("drift")
+    if drift:
+        move = drift["after"] / drift["before"] - 1
+        print(f"Drift: FULL at batch {drift['batch']} ran {drift['before']:.0f} samples/s before "
+              f"the peers and {drift['after']:.0f} after ({100 * move:+.1f}%).\n")
+
+
+def summary(paths):
+    print("| model | batch | FULL samples/s | ÷ PyTorch | ÷ ORT | COMPACTED bal. / early samples/s "
+          "| ÷ PyTorch best EE | ÷ ORT pipeline | eff |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for path in paths:
+        d = json.load(open(path))
+        name = d["model"].rstrip("/").split("/")[-1]
+        for b in sorted({c["batch"] for c in d["cells"]}):
+            cells = [c for c in d["cells"] if c["batch"] == b]
+            full = next(c for c in cells if c["mode"] == "full")
+            comp = [next((c for c in cells if c["mode"] == "compacted" and c["profile"] == p), None)
+                    for p in ("balanced", "early-heavy")]
+            comp = [c for c in comp if c]
+
+            def ratio(c, key):
+                v = c.get(key)
+                return c["samples_per_s"] / v if v else None
+
+            def pair(f):
+                return " / ".join(f(c) for c in comp)
+            print(f"| {name} | {b} | {full['samples_per_s']:.0f} "
+                  f"| {num(ratio(full, 'torch_samples_per_s'), '.2f')} "
+                  f"| {num(ratio(full, 'ort_samples_per_s'), '.2f')} "
+                  f"| {pair(lambda c: format(c['samples_per_s'], '.0f'))} "
+                  f"| {pair(lambda c: num(ratio(c, 'torch_best_ee_samples_per_s'), '.2f'))} "
+                  f"| {pair(lambda c: num(ratio(c, 'ort_samples_per_s'), '.2f'))} "
+                  f"| {pair(lambda c: format(c['efficiency'], '.2f'))} |")
     print()
 
 
-for path in sys.argv[1:]:
-    table(path)
+def stages(paths):
+    print("| model | batch | up to exit | MMAC/sample (cumulative) | µs/sample (cumulative) "
+          "| this stage: share of MACs | share of time | µs per MMAC |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    for path in paths:
+        d = json.load(open(path))
+        name = d["model"].rstrip("/").split("/")[-1]
+        names = [e["name"] for e in d["exits"]]
+        for b in sorted({c["batch"] for c in d["cells"]}):
+            # every sample to exit k: the profile whose achieved counts put
+            # all (or nearly all) samples at one exit, the cheapest first
+            pts = []
+            for c in d["cells"]:
+                if c["batch"] != b or c["mode"] != "compacted":
+                    continue
+                n = sum(c["exit_counts"])
+                k = max(range(len(names)), key=lambda i: c["exit_counts"][i])
+                if c["exit_counts"][k] >= 0.95 * n:
+                    pts.append((c["macs_per_sample"], 1e6 / c["samples_per_s"], names[k]))
+            best = {}
+            for m, t, k in pts:  # one point per exit: the faster of equal profiles
+                if m not in best or t < best[m][1]:
+                    best[m] = (m, t, k)
+            pts = sorted(best.values())
+            total_m, total_t = pts[-1][0], pts[-1][1]
+            pm = pt = 0.0
+            for m, t, k in pts:
+                print(f"| {name} | {b} | {k} | {m / 1e6:.3f} | {t:.1f} | {100 * (m - pm) / total_m:.1f}% "
+                      f"| {100 * (t - pt) / total_t:.1f}% | {(t - pt) / ((m - pm) / 1e6):.1f} |")
+                pm, pt = m, t
+    print()
+
+
+if sys.argv[1:2] == ["--summary"]:
+    summary(sys.argv[2:])
+elif sys.argv[1:2] == ["--stages"]:
+    stages(sys.argv[2:])
+else:
+    for path in sys.argv[1:]:
+        table(path)
