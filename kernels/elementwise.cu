@@ -155,6 +155,7 @@ extern "C" cudaError_t ert_k_global_avgpool(const float *x, float *y, int rows, 
         return cudaErrorInvalidValue;
     const int warps_per_block = BLOCK / 32;
     size_t g = CEIL_DIV((size_t)rows, (size_t)warps_per_block);
-    gap_kernel < < <g> MAX_GRID ? MAX_GRID : (unsigned)g, BLOCK, 0, s >>> (x, y, rows, hw);
+    const unsigned grid = g > MAX_GRID ? MAX_GRID : (unsigned)g;
+    gap_kernel<<<grid, BLOCK, 0, s>>>(x, y, rows, hw);
     return cudaGetLastError();
 }
