@@ -1,5 +1,5 @@
-/* data_read.h - the file reader behind data.c, shared with the .npy header
- * parser (data_npy.c). Private to those two files. */
+/* data_read.h - the byte stream under the data readers (data_read.c), used
+ * by data.c and the .npy header parser (data_npy.c). Private to src/cli/data*. */
 #ifndef ERT_DATA_READ_H
 #define ERT_DATA_READ_H
 
@@ -50,6 +50,15 @@ typedef struct reader {
 size_t dtype_size(dtype t);
 const char *dtype_name(dtype t);
 
+/* Opens path (plain or gzip) for reading; errors go to err, naming path. */
+ert_status rd_open(reader *r, const char *path, ert_error *err);
+void rd_close(reader *r);
+/* Up to n bytes; the count, or -1 after a read error (message set). */
+long long rd_some(reader *r, void *buf, size_t n);
+/* Before allocating for `bytes` of data: can the rest of the file hold them? */
+ert_status rd_can_hold(reader *r, size_t bytes);
+/* After the data: the file must end here. */
+ert_status rd_expect_end(reader *r);
 /* Reads exactly n bytes of `what`; a short read is a truncated file. */
 ert_status rd_exact(reader *r, void *buf, size_t n, const char *what);
 /* Fills info->elems and info->bytes from the dims, bounded. */

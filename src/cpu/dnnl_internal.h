@@ -1,6 +1,6 @@
 /* dnnl_internal.h - what the oneDNN path's two files share: the executor's
- * structs, the layout helpers (dnnl.c) and the making of one op's
- * primitives (dnnl_ops.c). Private to src/cpu/dnnl*.c. */
+ * structs, the layout helpers and the making of one op's primitives
+ * (dnnl_ops.c, below dnnl.c). Private to src/cpu/dnnl*.c. */
 #ifndef ERT_CPU_DNNL_INTERNAL_H
 #define ERT_CPU_DNNL_INTERNAL_H
 
@@ -82,7 +82,7 @@ typedef struct dx_build {
         }                                                                                 \
     } while (0)
 
-/* ---- layout helpers (dnnl.c; each described there) ---- */
+/* ---- layout helpers (dnnl_ops.c; each described there) ---- */
 
 size_t md_floats(const dnnl_memory_desc_t *md);
 size_t md_row(const dnnl_memory_desc_t *md);

@@ -11,6 +11,66 @@
 #include "cpu/dnnl_internal.h"
 #include "util.h"
 
+/* ---- helpers ------------------------------------------------------------------------ */
+
+
+size_t md_floats(const dnnl_memory_desc_t *md)
+{
+    return dnnl_memory_desc_get_size(md) / sizeof(float);
+}
+
+/* Floats per row (sample) of an activation layout. */
+size_t md_row(const dnnl_memory_desc_t *md) { return md_floats(md) / (size_t)md->dims[0]; }
+
+/* The same layout for a tile of T rows. Valid because every activation
+ * layout here keeps the batch outermost (checked in make_op): only the row
+ * count changes. */
+dnnl_memory_desc_t retile(dnnl_memory_desc_t md, int T)
+{
+    md.dims[0] = T;
+    md.padded_dims[0] = T;
+    return md;
+}
+
+/* Whether the batch is the outermost dimension: a row is contiguous. */
+int batch_outermost(const dnnl_memory_desc_t *md)
+{
+    if (md->format_kind != dnnl_blocked)
+        return 0;
+    const dnnl_dim_t row = (dnnl_dim_t)md_row(md);
+    for (int k = 1; k < md->ndims; k++)
+        if (md->format_desc.blocking.strides[k] > md->format_desc.blocking.strides[0])
+            return 0;
+    return md->format_desc.blocking.strides[0] == row && md->format_desc.blocking.inner_nblks >= 0;
+}
+
+dnnl_memory_desc_t md_tag(int ndims, const dnnl_dims_t dims, dnnl_format_tag_t tag)
+{
+    dnnl_memory_desc_t md;
+    dnnl_memory_desc_init_by_tag(&md, ndims, dims, dnnl_f32, tag);
+    return md;
+}
+
+/* The plain layout of a tensor of this many dimensions. */
+dnnl_format_tag_t plain_tag(int ndims)
+{
+    return ndims == 1   ? dnnl_a
+           : ndims == 2 ? dnnl_ab
+           : ndims == 3 ? dnnl_abc
+           : ndims == 4 ? dnnl_abcd
+                        : dnnl_abcde;
+}
+
+void *alloc_floats(size_t n)
+{
+    size_t bytes = (n ? n : 1) * sizeof(float);
+    bytes = (bytes + 63) / 64 * 64;
+    void *p = aligned_alloc(64, bytes);
+    if (p)
+        memset(p, 0, bytes);
+    return p;
+}
+
 
 /* Primitive attributes: a user scratchpad, the op's fused residual join
  * (binary add of src1) and its activation. */

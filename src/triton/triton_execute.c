@@ -178,7 +178,7 @@ void reject(instance_state *is, TRITONBACKEND_Request *req, TRITONSERVER_Error *
     is->bad_requests++;
     respond(is, req, NULL, NULL, NULL, 0, why);
     TRITONSERVER_ErrorDelete(why);
-    uint64_t t = now_ns();
+    uint64_t t = triton_now_ns();
     finish(is, req, 0, t, t, t, t);
 }
 
@@ -192,13 +192,13 @@ static void run_batch(instance_state *is, member *g, int ng, long rows, uint64_t
     int any_logits = 0;
     for (int i = 0; i < ng; i++)
         any_logits |= g[i].want[ERT_TRITON_LOGITS];
-    uint64_t cs = now_ns();
+    uint64_t cs = triton_now_ns();
     ert_result res;
     memset(&res, 0, sizeof res);
     res.samples = is->samples;
     res.logits = any_logits ? is->logits : NULL;
     ert_status st = rows > 0 ? ert_infer(is->engine, is->in, (int)rows, &res) : ERT_OK;
-    uint64_t ce = now_ns();
+    uint64_t ce = triton_now_ns();
     TRITONSERVER_Error *fail = NULL;
     if (st != ERT_OK) {
         const char *m = ert_engine_error(is->engine);
@@ -225,7 +225,7 @@ static void run_batch(instance_state *is, member *g, int ng, long rows, uint64_t
         if (ok)
             ok[i] = r;
     }
-    uint64_t ee = now_ns();
+    uint64_t ee = triton_now_ns();
     for (int i = 0; i < ng; i++)
         finish(is, g[i].req, ok ? ok[i] : !fail, exec_start, cs, ce, ee);
     free(ok);
@@ -239,7 +239,7 @@ static void run_batch(instance_state *is, member *g, int ng, long rows, uint64_t
 
 void execute_batch(instance_state *is, TRITONBACKEND_Request **requests, uint32_t count)
 {
-    uint64_t exec_start = now_ns();
+    uint64_t exec_start = triton_now_ns();
     const long B = is->ms->cfg.max_batch;
     size_t per = is->ms->per;
     member *g = malloc((count ? count : 1) * sizeof *g);
@@ -260,7 +260,7 @@ void execute_batch(instance_state *is, TRITONBACKEND_Request **requests, uint32_
             run_batch(is, g, ng, rows, exec_start);
             ng = 0;
             rows = 0;
-            exec_start = now_ns();
+            exec_start = triton_now_ns();
         }
         if (n >= 0)
             n = read_request(is, req, is->in + (size_t)rows * per, m.want, &why);

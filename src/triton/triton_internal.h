@@ -2,6 +2,7 @@
  * the instance's state, logging and errors, and the execute paths.
  *
  * triton_backend.c  the TRITONBACKEND_* entry points, metrics, counters
+ * triton_util.c     logging, errors, the clock, counter increments
  * triton_execute.c  requests in and responses out; modes full, masked and
  *                   compacted (one ert_infer per execute)
  * triton_refill.c   mode refill: the stream, requests in flight, the flusher
@@ -75,7 +76,7 @@ typedef struct member {
     int want[ERT_TRITON_NUM_OUTPUTS];
 } member;
 
-/* ---- helpers (triton_backend.c) ---- */
+/* ---- helpers (triton_util.c) ---- */
 
 void logf_(TRITONSERVER_LogLevel level, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -87,7 +88,7 @@ TRITONSERVER_Error *errf(TRITONSERVER_Error_Code code, const char *fmt, ...)
 /* Logs and drops an error a call returned (where nothing better can be done). */
 void log_drop(TRITONSERVER_Error *e, const char *what);
 /* ns of the monotonic clock (what steady_clock reads on Linux). */
-uint64_t now_ns(void);
+uint64_t triton_now_ns(void);
 /* Adds v to a counter (NULL: metrics off). */
 void metric_add(TRITONSERVER_Metric *m, double v);
 

@@ -22,9 +22,9 @@ static void pending_free(instance_state *is, int slot)
 static void pending_complete(instance_state *is, int slot, TRITONSERVER_Error *fail)
 {
     pending *p = &is->pend[slot];
-    uint64_t ce = now_ns();
+    uint64_t ce = triton_now_ns();
     int ok = respond(is, p->req, p->want, p->samples, p->logits, p->n, fail);
-    uint64_t ee = now_ns();
+    uint64_t ee = triton_now_ns();
     finish(is, p->req, ok, p->exec_start, p->compute_start ? p->compute_start : p->exec_start, ce,
            ee);
     pending_free(is, slot);
@@ -127,7 +127,7 @@ void *flusher_main(void *arg)
             continue;
         }
         uint64_t seen = is->executes;
-        uint64_t t = now_ns() + wait_ns;
+        uint64_t t = triton_now_ns() + wait_ns;
         struct timespec ts = {.tv_sec = (time_t)(t / 1000000000ull),
                               .tv_nsec = (long)(t % 1000000000ull)};
         int rc = 0;
@@ -143,7 +143,7 @@ void *flusher_main(void *arg)
 void execute_refill(instance_state *is, TRITONBACKEND_Request **requests, uint32_t count)
 {
     model_state *ms = is->ms;
-    uint64_t exec_start = now_ns(), first_submit = 0;
+    uint64_t exec_start = triton_now_ns(), first_submit = 0;
     long rows = 0;
     pthread_mutex_lock(&is->mu);
     is->executes++;
@@ -160,7 +160,7 @@ void execute_refill(instance_state *is, TRITONBACKEND_Request **requests, uint32
             continue;
         }
         if (n == 0) { /* nothing to run: an empty response */
-            uint64_t t = now_ns();
+            uint64_t t = triton_now_ns();
             int ok = respond(is, req, want, NULL, NULL, 0, NULL);
             finish(is, req, ok, exec_start, t, t, t);
             continue;
@@ -184,7 +184,7 @@ void execute_refill(instance_state *is, TRITONBACKEND_Request **requests, uint32
         }
         for (long i = 0; i < n; i++)
             is->ids[i] = ((uint64_t)slot << 32) | (uint64_t)i;
-        p->compute_start = now_ns();
+        p->compute_start = triton_now_ns();
         if (!first_submit)
             first_submit = p->compute_start;
         ert_status st = ert_stream_submit(is->stream, is->in, (int)n, is->ids);
@@ -203,14 +203,14 @@ void execute_refill(instance_state *is, TRITONBACKEND_Request **requests, uint32
         is->rows_in_flight += n;
         rows += n;
     }
-    uint64_t ce = now_ns();
+    uint64_t ce = triton_now_ns();
     refill_drain(is, 0);
     if (rows > 0)
         is->batches++;
     if (is->rows_in_flight > 0)
         pthread_cond_signal(&is->cv);
     pthread_mutex_unlock(&is->mu);
-    uint64_t ee = now_ns();
+    uint64_t ee = triton_now_ns();
     if (rows > 0)
         log_drop(TRITONBACKEND_ModelInstanceReportBatchStatistics(is->inst, (uint64_t)rows,
                                                                   exec_start, first_submit, ce, ee),
