@@ -168,11 +168,9 @@ typedef struct ert_engine_config {
 } ert_engine_config;
 
 /* Defaults: AUTO backend, COMPACTED mode, max_batch 256, threads 0,
- * device 0, inflight 1, graph_buckets 0 -- or the value of the environment
- * variable ERT_GRAPH_BUCKETS (an integer in [0, 64]) when it is set, so that
- * programs that leave the field alone (exitrt run, exitrt bench, the test
- * suites) can be switched to the bucketed path without a rebuild. The
- * default stays 0 until the bucketed path has been verified on a GPU. */
+ * device 0, inflight 1, graph_buckets 0. The library reads no environment
+ * variables; the exitrt command takes its --graph-buckets default from
+ * ERT_GRAPH_BUCKETS. */
 ERT_API ert_engine_config ert_engine_config_default(void);
 
 /* Creates an engine for model m. Buffers are sized for cfg->max_batch once,
