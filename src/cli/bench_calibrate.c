@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "calib_search.h"
 #include "policy.h"
 
 float calib_clamp_threshold(ert_policy_kind kind, float t)
@@ -31,16 +32,6 @@ static int cmp_desc(const void *a, const void *b) { return cmp_asc(b, a); }
 /* A value strictly above v with room to spare: calibration scores and the
  * scores an engine computes later may differ in the last bits. */
 static float above(float v) { return v + fmaxf(fabsf(v) * 1e-3f, 1e-6f); }
-
-/* A threshold t with lo < t <= hi for two distinct neighbours lo < hi:
- * the midpoint, or hi where rounding puts the midpoint on lo. For >=
- * policies hi is the last score that exits; for entropy (score < t) hi is
- * the first score that stays. */
-static float between(float lo, float hi)
-{
-    float t = (float)(((double)hi + (double)lo) * 0.5);
-    return (t > lo && t <= hi) ? t : hi;
-}
 
 int calib_pick_threshold(ert_policy_kind kind, const float *scores, int n, int take, float *scratch,
                          float *thr)
@@ -76,9 +67,9 @@ int calib_pick_threshold(ert_policy_kind kind, const float *scores, int n, int t
     if (m == 0)
         t = lt ? 0.0f : 1.0f;
     else if (lt)
-        t = j == 0 ? 0.0f : j == m ? above(v[m - 1]) : between(v[j - 1], v[j]);
+        t = j == 0 ? 0.0f : j == m ? above(v[m - 1]) : cal_between(v[j - 1], v[j]);
     else
-        t = j == 0 ? above(v[0]) : j == m ? 0.0f : between(v[j], v[j - 1]);
+        t = j == 0 ? above(v[0]) : j == m ? 0.0f : cal_between(v[j], v[j - 1]);
     t = calib_clamp_threshold(kind, t);
     *thr = t;
 

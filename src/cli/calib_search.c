@@ -71,11 +71,7 @@ static float cal_always(const cal_problem *p, int e)
     return 0.0f;
 }
 
-/* A threshold t with lo < t <= hi for distinct neighbours lo < hi: the
- * midpoint, or hi where rounding puts the midpoint on lo. Both rules fire
- * the same side of it: score >= t fires hi and up, score < t fires lo and
- * down. */
-static float between(float lo, float hi)
+float cal_between(float lo, float hi)
 {
     float t = (float)(((double)lo + (double)hi) * 0.5);
     return (t > lo && t <= hi) ? t : hi;
@@ -205,7 +201,7 @@ static int improve_exit(const cal_problem *p, const int *rows, int count, float 
     else if (integer_policy(kind))
         t = w->c[best_j].s; /* streaks are whole numbers: fires c[j] and up */
     else
-        t = between(w->c[best_j - 1].s, w->c[best_j].s);
+        t = cal_between(w->c[best_j - 1].s, w->c[best_j].s);
     if (t == thr[e])
         return 0;
     float old = thr[e];

@@ -53,6 +53,13 @@ void cal_evaluate(const cal_problem *p, const float *thresholds, const int *rows
  * [0,1] policies get 1, at which only a score of exactly 1 fires. */
 float cal_never(const cal_problem *p, int e);
 
+/* A threshold t with lo < t <= hi for distinct neighbouring scores lo < hi:
+ * the midpoint, or hi where rounding puts the midpoint on lo. Both rules
+ * fire the same side of it (score >= t fires hi and up, score < t fires lo
+ * and down), and scores that move by rounding on another engine keep their
+ * side. Shared with the bench's profile calibration (bench_calibrate.c). */
+float cal_between(float lo, float hi);
+
 /* Searches thresholds[num_exits - 1] minimising the summed cost over the
  * rows (NULL: all n) subject to at least `need` correct predictions.
  * Exits are searched jointly: coordinate descent in which each step sets

@@ -211,8 +211,6 @@ static void figures_of(const cal_problem *p, const float *thr, const int *rows, 
     f->macs_ratio = f->o.cost / ((double)count * macs_full);
 }
 
-static const char *policy_name(ert_policy_kind k) { return ert_policy_string(k); }
-
 static void print_text(const cal_opts *o, const ert_model *m, size_t n, int ncal, int nhold,
                        int64_t need, const float *thr, const float *file_thr, const figures *cal,
                        const figures *held, const figures *file)
@@ -244,7 +242,7 @@ static void print_text(const cal_opts *o, const ert_model *m, size_t n, int ncal
         const figures *f[2] = {held, file};
         const float *t[2] = {thr, file_thr};
         printf("%-10s %-15s", ert_model_exit_name(m, e),
-               e == E - 1 ? "(final)" : policy_name(ert_model_exit_policy(m, e)));
+               e == E - 1 ? "(final)" : ert_policy_string(ert_model_exit_policy(m, e)));
         for (int k = 0; k < 2; k++) {
             int64_t n = f[k]->o.taken[e];
             if (e < E - 1)
