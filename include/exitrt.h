@@ -133,6 +133,32 @@ ERT_API int ert_model_num_classes(const ert_model *m);
 /* Floats per input sample (C*H*W), and the shape. */
 ERT_API size_t ert_model_input_size(const ert_model *m);
 ERT_API void ert_model_input_shape(const ert_model *m, int *c, int *h, int *w);
+/* Token models (model.json "input": {"tokens": T}; models/FORMAT.md,
+ * "Transformer encoders"): T, the sequence length; 0 for an image model.
+ * A token model's input row is 2T floats, the T token ids then the T mask
+ * values (nonzero: attended; 0: padding), so ert_model_input_size() is 2T
+ * and ert_model_input_shape() gives (2, T, 1): every call that takes float
+ * input (ert_infer, ert_engine_exit_outputs, the streams) takes such rows. */
+ERT_API int ert_model_input_tokens(const ert_model *m);
+/* A token model's vocabulary size (ids lie in [0, vocab)); 0 for an image
+ * model. */
+ERT_API int ert_model_vocab_size(const ert_model *m);
+/* Packs n sequences into input rows for a token model of T tokens.
+ *   ids   [n * T] token ids, each in [0, ert_model_vocab_size(m))
+ *   mask  [n * T] nonzero: attended, 0: padding; or NULL: all attended
+ *   rows  [n * 2T] floats, written
+ * ERT_INVALID_ARGUMENT (message in err) for an image model, n < 0, a NULL
+ * pointer, or an id out of range; rows is then left unspecified. */
+ERT_API ERT_NODISCARD ert_status ert_pack_tokens(const ert_model *m, const int32_t *ids,
+                                                 const int32_t *mask, int n, float *rows,
+                                                 ert_error *err);
+/* ert_infer for a token model, from ids and mask as ert_pack_tokens takes
+ * them (packed into a buffer the engine allocated at create, so no
+ * allocation per call). ERT_INVALID_ARGUMENT for an image model's engine
+ * or an id out of range (the message on ert_engine_error). */
+ERT_API ERT_NODISCARD ert_status ert_infer_tokens(ert_engine *e, const int32_t *ids,
+                                                  const int32_t *mask, int batch,
+                                                  ert_result *out);
 /* The exit's name, or NULL when i is out of range. */
 ERT_API const char *ert_model_exit_name(const ert_model *m, int i);
 /* The exit's index by name, or -1. */

@@ -30,14 +30,30 @@ typedef enum layer_kind {
     LAYER_RESIDUAL,
     LAYER_DROPOUT, /* only while loading: a no-op, removed */
     LAYER_SIGMOID,
+    /* transformer encoders (FORMAT.md, "Transformer encoders") */
+    LAYER_PATCH_EMBED,
+    LAYER_TOKEN_EMBED,
+    LAYER_LAYER_NORM,
+    LAYER_GELU,
+    LAYER_TANH,
+    LAYER_SELF_ATTENTION,
+    LAYER_ENCODER_BLOCK,
+    LAYER_TOKEN_POOL,
     LAYER_KIND_COUNT
 } layer_kind;
 
 /* A per-sample activation shape. After flatten or linear: c = features,
- * h = w = 1. */
+ * h = w = 1. A token activation (tokens = 1) is T tokens of D features,
+ * each followed by its mask value: c = T, h = D + 1, w = 1, stored token
+ * after token (FORMAT.md, "Token activations"). */
 typedef struct shape3 {
     int c, h, w;
+    int tokens; /* 1: a token activation */
 } shape3;
+
+/* A token activation's T and D. */
+static inline int shape_tokens(shape3 s) { return s.c; }
+static inline int shape_dim(shape3 s) { return s.h - 1; }
 
 static inline size_t shape_size(shape3 s) { return (size_t)s.c * (size_t)s.h * (size_t)s.w; }
 
@@ -74,6 +90,52 @@ typedef struct bn_params { /* loading only */
 } bn_params;
 
 /* out = act(body(x) + shortcut(x)); shortcut empty = identity. */
+/* Layer norm over D values (each token's features, or a vector). weight and
+ * bias are always present after loading (1 and 0 when the file has none). */
+typedef struct norm_params {
+    int dim;
+    float eps;
+    const float *weight, *bias; /* [dim] */
+} norm_params;
+
+/* Multi-head self-attention (nn.MultiheadAttention, q = k = v). Biases are
+ * always present after loading (zeros when the file has none). */
+typedef struct attention_params {
+    int dim, heads;
+    const float *in_weight;  /* [3 * dim, dim]: q, k, v rows */
+    const float *in_bias;    /* [3 * dim] */
+    const float *out_weight; /* [dim, dim] */
+    const float *out_bias;   /* [dim] */
+} attention_params;
+
+/* One nn.TransformerEncoderLayer. ff1/ff2 apply to every token; their
+ * biases are always present after loading. */
+typedef struct encoder_params {
+    int norm_first; /* 1: pre-LN, 0: post-LN */
+    int act;        /* act.h: ERT_ACT_RELU or ERT_ACT_GELU */
+    attention_params attn;
+    norm_params norm1, norm2;
+    linear_params ff1, ff2; /* dim -> ffn, ffn -> dim */
+} encoder_params;
+
+/* Patches to tokens: conv (kernel = stride = patch, no padding, bias always
+ * present), then the class token first when cls != NULL, then + pos. */
+typedef struct patch_params {
+    conv_params conv;
+    const float *cls; /* [dim] or NULL */
+    const float *pos; /* [tokens, dim] or NULL */
+} patch_params;
+
+/* Token ids to vectors: weight[id] + pos[t] + segment. */
+typedef struct embed_params {
+    int vocab, dim;
+    const float *weight;  /* [vocab, dim] */
+    const float *pos;     /* [tokens, dim] or NULL */
+    const float *segment; /* [dim] or NULL */
+} embed_params;
+
+typedef enum token_pool_mode { TOKEN_POOL_FIRST = 0, TOKEN_POOL_MEAN } token_pool_mode;
+
 typedef struct residual_params {
     layer_list body;
     layer_list shortcut;
@@ -91,6 +153,12 @@ struct layer {
         linear_params linear;
         bn_params bn;
         residual_params residual;
+        norm_params norm;           /* layer_norm */
+        attention_params attn;      /* self_attention */
+        encoder_params enc;         /* encoder_block */
+        patch_params patch;         /* patch_embed */
+        embed_params embed;         /* token_embed */
+        token_pool_mode token_pool; /* token_pool */
     } p;
 };
 
@@ -110,7 +178,9 @@ struct ert_model {
     char sample_data[1024]; /* "" when none */
     char sample_labels[1024];
 
-    shape3 input;
+    shape3 input;     /* token models: (2, T, 1), the ids then the mask */
+    int input_tokens; /* token models: T; image models: 0 */
+    int vocab;        /* token models: the token_embed's vocab_size */
     float input_scale;     /* x' = (x * scale - mean[c]) / std[c] */
     float mean[4], std[4]; /* per input channel (C <= 4), or one value repeated */
     int num_classes;
