@@ -1,0 +1,57 @@
+/* tx_ops.h - the CPU ops of the transformer layers (models/FORMAT.md,
+ * "Transformer encoders"): the reference semantics, as cpu_ops.h is for
+ * the others. No allocation: the caller passes every buffer.
+ *
+ * A token row is T tokens of D features, each followed by its mask value
+ * (1 attended, 0 padding): T * (D + 1) floats, shape3 {T, D + 1, 1, tokens
+ * = 1}. Every op here carries the mask column from its input to its output
+ * unchanged. `in` and `out` must not overlap unless an op says so.
+ */
+#ifndef ERT_CPU_TX_OPS_H
+#define ERT_CPU_TX_OPS_H
+
+#include <stddef.h>
+
+#include "model.h"
+
+/* Layer norm of every D-vector: each token's features (s.tokens) or the
+ * row's D values (s = {D, 1, 1}). in == out allowed. */
+void op_layer_norm(const norm_params *p, shape3 s, const float *in, int n, float *out);
+
+/* Exact GELU and tanh, elementwise over len floats; in == out allowed. */
+void op_gelu(const float *in, float *out, size_t len);
+void op_tanh(const float *in, float *out, size_t len);
+
+/* Token ids to tokens.
+ *   in  [n, 2T]: T ids then T mask values (nonzero: attended)
+ *   out [n, T, D + 1]
+ * An id that is not an integer in [0, vocab) gives its token NaN features. */
+void op_token_embed(const embed_params *p, int T, const float *in, int n, float *out);
+
+/* Patches to tokens: the conv, then class token, position, mask 1.
+ *   in      [n, C, H, W] (in_s)
+ *   out     [n, T, D + 1] (out_s)
+ *   scratch at least patch_scratch_floats(p, in_s) floats */
+void op_patch_embed(const patch_params *p, shape3 in_s, shape3 out_s, const float *in, int n,
+                    float *out, float *scratch);
+size_t patch_scratch_floats(const patch_params *p, shape3 in_s);
+
+/* Tokens [n, T, D + 1] to vectors [n, D]: token 0, or the mean over the
+ * attended tokens (NaN where none is). */
+void op_token_pool(token_pool_mode mode, shape3 in_s, const float *in, int n, float *out);
+
+/* Scratch floats per sample that op_self_attention and op_encoder_block
+ * need for a layer of this kind and shape (0 for other layers). */
+size_t tx_scratch_floats(const layer *l);
+
+/* Multi-head self-attention (no residual): out = attn(in), mask copied.
+ *   in, out [n, T, D + 1]; scratch: n * tx_scratch_floats(l) floats */
+void op_self_attention(const attention_params *p, shape3 s, const float *in, int n, float *out,
+                       float *scratch);
+
+/* One encoder block (pre- or post-LN).
+ *   in, out [n, T, D + 1]; scratch: n * tx_scratch_floats(l) floats */
+void op_encoder_block(const encoder_params *p, shape3 s, const float *in, int n, float *out,
+                      float *scratch);
+
+#endif /* ERT_CPU_TX_OPS_H */
