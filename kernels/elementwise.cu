@@ -1,8 +1,10 @@
 /* elementwise.cu - the small ops cuDNN and cuBLAS do not give us as we need
- * them: input normalisation, bias + activation, residual add, global average
- * pooling, index initialisation. Grid-stride loops over size_t indices: an
+ * them: input normalisation, bias + activation (act.h's, as tx_math.h's
+ * ert_act_apply computes them), residual add, global average pooling, index
+ * initialisation. Grid-stride loops over size_t indices: an
  * activation buffer may exceed 2^31 floats. */
 #include "kernels.h"
+#include "tx_math.h"
 
 #define CEIL_DIV(a, b) (((a) + (b)-1) / (b))
 #define BLOCK 256
@@ -20,15 +22,6 @@ static unsigned grid_for(size_t count)
 #define GRID_STRIDE(i, count)                                                   \
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (count); \
          i += (size_t)gridDim.x * blockDim.x)
-
-static __device__ __forceinline__ float act_apply(float v, int act)
-{
-    if (act == ERT_ACT_RELU)
-        return v < 0.0f ? 0.0f : v; /* NaN stays NaN, as torch.relu */
-    if (act == ERT_ACT_SIGMOID)
-        return 1.0f / (1.0f + expf(-v));
-    return v;
-}
 
 /* ---- normalize ------------------------------------------------------------------ */
 
@@ -84,14 +77,14 @@ static __global__ void bias_act_kernel(float *y, const float *bias, size_t count
         float v = y[i];
         if (bias)
             v += bias[(i / (size_t)HW) % (size_t)C];
-        y[i] = act_apply(v, act);
+        y[i] = ert_act_apply(v, act);
     }
 }
 
 extern "C" cudaError_t ert_k_bias_act(float *y, const float *bias, int n, int C, int HW, int act,
                                       cudaStream_t s)
 {
-    if (!y || n < 1 || C < 1 || HW < 1 || act < ERT_ACT_NONE || act > ERT_ACT_SIGMOID)
+    if (!y || n < 1 || C < 1 || HW < 1 || act < ERT_ACT_NONE || act > ERT_ACT_TANH)
         return cudaErrorInvalidValue;
     size_t count = (size_t)n * C * HW;
     bias_act_kernel<<<grid_for(count), BLOCK, 0, s>>>(y, bias, count, C, HW, act);
@@ -103,12 +96,12 @@ extern "C" cudaError_t ert_k_bias_act(float *y, const float *bias, int n, int C,
 static __global__ void act_kernel(const float *x, float *y, size_t count, int act)
 {
     GRID_STRIDE(i, count)
-    y[i] = act_apply(x[i], act);
+    y[i] = ert_act_apply(x[i], act);
 }
 
 extern "C" cudaError_t ert_k_act(const float *x, float *y, size_t count, int act, cudaStream_t s)
 {
-    if (!x || !y || count < 1 || act < ERT_ACT_NONE || act > ERT_ACT_SIGMOID)
+    if (!x || !y || count < 1 || act < ERT_ACT_NONE || act > ERT_ACT_TANH)
         return cudaErrorInvalidValue;
     act_kernel<<<grid_for(count), BLOCK, 0, s>>>(x, y, count, act);
     return cudaGetLastError();
@@ -117,13 +110,13 @@ extern "C" cudaError_t ert_k_act(const float *x, float *y, size_t count, int act
 static __global__ void add_kernel(const float *a, const float *b, float *y, size_t count, int act)
 {
     GRID_STRIDE(i, count)
-    y[i] = act_apply(a[i] + b[i], act);
+    y[i] = ert_act_apply(a[i] + b[i], act);
 }
 
 extern "C" cudaError_t ert_k_add(const float *a, const float *b, float *y, size_t count, int act,
                                  cudaStream_t s)
 {
-    if (!a || !b || !y || count < 1 || act < ERT_ACT_NONE || act > ERT_ACT_SIGMOID)
+    if (!a || !b || !y || count < 1 || act < ERT_ACT_NONE || act > ERT_ACT_TANH)
         return cudaErrorInvalidValue;
     add_kernel<<<grid_for(count), BLOCK, 0, s>>>(a, b, y, count, act);
     return cudaGetLastError();

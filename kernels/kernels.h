@@ -38,7 +38,8 @@ cudaError_t ert_k_iota(int *idx, int n, int base, cudaStream_t s);
 
 
 /* y[r, c, p] = act(y[r, c, p] + bias[c]) in place; y [n, C, HW]; bias [C]
- * or NULL. ReLU keeps NaN (as PyTorch). */
+ * or NULL. act: any of act.h's (kernels/tx_math.h's ert_act_apply); ReLU
+ * keeps NaN (as PyTorch). */
 cudaError_t ert_k_bias_act(float *y, const float *bias, int n, int C, int HW, int act,
                            cudaStream_t s);
 
@@ -137,6 +138,60 @@ cudaError_t ert_k_graph_prep(int *d_rows, int rows, float *d_thr, const float *t
  * With sw.on = 0 only the reset (a warm-up launch outside the graph, so the
  * kernel's module is loaded before any capture). */
 cudaError_t ert_k_graph_root(const int *d_rows, ert_switch_args sw, cudaStream_t s);
+
+/* ---- transformer.cu ------------------------------------------------------------ */
+/* Token rows (models/FORMAT.md, "Token activations"): T tokens of D
+ * features, each followed by its mask value, T * (D + 1) floats per sample.
+ * The math per value and per row is kernels/tx_math.h. */
+
+/* Token ids to tokens: out[r, t, :D] = w[id] + pos[t] + seg, out[r, t, D] =
+ * 1 where the input's mask value is nonzero, else 0. in [n, 2T] (T ids,
+ * then T mask values); out [n, T, D + 1]; w [vocab, D]; pos [T, D] and seg
+ * [D] or NULL. An id that is not an integer in [0, vocab) gives NaN
+ * features (never an out-of-bounds read). */
+cudaError_t ert_k_token_embed(const float *in, float *out, const float *w, const float *pos,
+                              const float *seg, int n, int T, int D, int vocab, cudaStream_t s);
+
+/* A patch convolution's output to tokens. conv [n, D, P] (P patches in
+ * row-major order, without bias); out [n, T, D + 1], T = P + (cls != NULL):
+ * token 0 is cls [D] when given, then conv[:, p] + bias[D] (bias may be
+ * NULL); + pos [T, D] when given; every mask value 1. conv != out. */
+cudaError_t ert_k_patch_tokens(const float *conv, const float *bias, const float *cls,
+                               const float *pos, float *out, int n, int P, int D, cudaStream_t s);
+
+/* Layer norm of `rows` vectors of D values: tokens (tokens = 1: rows of
+ * stride D + 1, the mask value copied) or plain vectors (stride D). add [D]
+ * (or NULL) is added to each value first (a bias not yet applied). w, b
+ * [D]. y may equal x. */
+cudaError_t ert_k_layer_norm(const float *x, const float *add, float *y, size_t rows, int D,
+                             int tokens, float eps, const float *w, const float *b, cudaStream_t s);
+
+/* Over `tokens` token rows of D + 1 floats: y[r, j] += bias[j] for j < D
+ * (bias may be NULL), and with mask_src (same layout as y) y[r, D] =
+ * mask_src[r, D]. Not both NULL. */
+cudaError_t ert_k_token_bias(float *y, const float *bias, const float *mask_src, size_t tokens,
+                             int D, cudaStream_t s);
+
+/* The input projection [n * T, 3D] (q, k, v columns; + bias [3D] or NULL)
+ * split into q, k, v, each [n, H, T, d] (D = H * d), q divided by sqrt(d)
+ * (PyTorch's scaling of the scores). */
+cudaError_t ert_k_qkv_split(const float *qkv, const float *bias, float *q, float *k, float *v,
+                            int n, int T, int H, int d, cudaStream_t s);
+
+/* Softmax over the keys of scores [n, H, T, T] (query rows, key columns) in
+ * place; key j of sample b is padded where the tokens x [n, T, D + 1] have
+ * mask value 0 there (score -inf). A row with every key padded: NaN. */
+cudaError_t ert_k_attn_softmax(float *scores, const float *x, int n, int H, int T, int D,
+                               cudaStream_t s);
+
+/* The heads' outputs [n, H, T, d] concatenated per token: ctx [n, T, H * d]. */
+cudaError_t ert_k_heads_merge(const float *ctx_h, float *ctx, int n, int T, int H, int d,
+                              cudaStream_t s);
+
+/* Tokens [n, T, D + 1] to vectors y [n, D]: token 0 (mean = 0) or the mean
+ * over the tokens with mask value nonzero (NaN where there is none). */
+cudaError_t ert_k_token_pool(const float *x, float *y, int n, int T, int D, int mean,
+                             cudaStream_t s);
 
 #ifdef __cplusplus
 }

@@ -77,6 +77,7 @@ static prog_op op_new(prog_op_kind kind, const layer *l, int in, int out, shape3
     op.l = l;
     op.in = in;
     op.in2 = -1;
+    op.tmp = -1;
     op.out = out;
     op.act = ERT_ACT_NONE;
     op.in_shape = is;
@@ -153,8 +154,13 @@ static int run_list(builder *b, const layer *items, int count, int in, shape3 sh
         case LAYER_FLATTEN: /* NCHW rows are contiguous: flatten moves no data */
         case LAYER_BATCHNORM2D: /* folded at load; none survives */ break;
         case LAYER_RELU:
-        case LAYER_SIGMOID: {
-            int act = l->kind == LAYER_RELU ? ERT_ACT_RELU : ERT_ACT_SIGMOID;
+        case LAYER_SIGMOID:
+        case LAYER_GELU:
+        case LAYER_TANH: {
+            int act = l->kind == LAYER_RELU      ? ERT_ACT_RELU
+                      : l->kind == LAYER_SIGMOID ? ERT_ACT_SIGMOID
+                      : l->kind == LAYER_GELU    ? ERT_ACT_GELU
+                                                 : ERT_ACT_TANH;
             if (last >= 0 && b->prog->ops[last].act == ERT_ACT_NONE) {
                 b->prog->ops[last].act = act;
                 last = -1;
@@ -190,6 +196,54 @@ static int run_list(builder *b, const layer *items, int count, int in, shape3 sh
                 buf_free(b, cur);
             cur = out;
             last = (k == OP_CONV || k == OP_LINEAR) ? at : -1;
+            break;
+        }
+        case LAYER_LAYER_NORM: {
+            /* per value after its row's mean and variance: in place is safe */
+            int out = owned ? cur : buf_alloc(b);
+            if (out < 0)
+                return -1;
+            if (emit(b, op_new(OP_LAYER_NORM, l, cur, out, l->in, l->out)) < 0)
+                return -1;
+            cur = out;
+            last = -1;
+            break;
+        }
+        case LAYER_PATCH_EMBED: {
+            /* the convolution's [D, h, w] goes to a scratch buffer, then the
+               tokens to out; D * h * w < T * (D + 1), so it fits a buffer */
+            int out = buf_alloc(b);
+            int tmp = out < 0 ? -1 : buf_alloc(b);
+            if (tmp < 0)
+                return -1;
+            prog_op op = op_new(OP_PATCH_EMBED, l, cur, out, l->in, l->out);
+            op.tmp = tmp;
+            if (emit(b, op) < 0)
+                return -1;
+            buf_free(b, tmp);
+            if (owned)
+                buf_free(b, cur);
+            cur = out;
+            last = -1;
+            break;
+        }
+        case LAYER_TOKEN_EMBED:
+        case LAYER_TOKEN_POOL:
+        case LAYER_SELF_ATTENTION:
+        case LAYER_ENCODER_BLOCK: {
+            prog_op_kind k = l->kind == LAYER_TOKEN_EMBED      ? OP_TOKEN_EMBED
+                             : l->kind == LAYER_TOKEN_POOL     ? OP_TOKEN_POOL
+                             : l->kind == LAYER_SELF_ATTENTION ? OP_ATTENTION
+                                                               : OP_ENCODER;
+            int out = buf_alloc(b);
+            if (out < 0)
+                return -1;
+            if (emit(b, op_new(k, l, cur, out, l->in, l->out)) < 0)
+                return -1;
+            if (owned)
+                buf_free(b, cur);
+            cur = out;
+            last = -1;
             break;
         }
         case LAYER_RESIDUAL: {

@@ -9,8 +9,9 @@
  *
  * Buffer assignment: a layer list runs with the buffers its caller still
  * needs marked protected; ReLU and sigmoid work in place on a buffer the
- * list owns (or are fused into the conv/linear/add before them), every other
- * op writes a free buffer. Residuals do not nest (FORMAT.md), so a head over
+ * list owns (or are fused into the conv/linear/add before them), as do GELU
+ * and tanh; layer norm works in place on a buffer the list owns; every
+ * other op writes a free buffer. Residuals do not nest (FORMAT.md), so a head over
  * a residual needs at most: the stage output, the block input, the body's
  * output, and two for the shortcut: 5. PROG_MAX_BUF leaves room.
  */
@@ -20,7 +21,7 @@
 #include "act.h"
 #include "engine_core.h"
 
-/* op.act holds act.h's ERT_ACT_NONE / ERT_ACT_RELU / ERT_ACT_SIGMOID. */
+/* op.act holds one of act.h's activations. */
 
 #define PROG_MAX_BUF 8
 
@@ -32,7 +33,15 @@ typedef enum prog_op_kind {
     OP_GAP,      /* global average pooling kernel */
     OP_LINEAR,   /* cuBLAS SGEMM + bias/activation kernel */
     OP_ACT,      /* activation kernel: out = act(in) (in == out: in place) */
-    OP_ADD       /* out = act(in + in2), the residual join */
+    OP_ADD,      /* out = act(in + in2), the residual join */
+    /* transformer layers (models/FORMAT.md, "Transformer encoders"); a
+       token row is T * (D + 1) floats, the mask value after each token */
+    OP_PATCH_EMBED, /* the patch conv into buffer tmp, then tokens into out */
+    OP_TOKEN_EMBED, /* token ids and mask (2T floats) to tokens */
+    OP_LAYER_NORM,  /* per token or over a vector; in == out: in place */
+    OP_TOKEN_POOL,  /* tokens to a D-vector */
+    OP_ATTENTION,   /* self_attention: tokens to tokens (no residual) */
+    OP_ENCODER      /* encoder_block: tokens to tokens */
 } prog_op_kind;
 
 typedef struct prog_op {
@@ -40,6 +49,8 @@ typedef struct prog_op {
     const layer *l;             /* conv, pools, linear: the model layer */
     int in, in2, out;           /* buffers (in2: OP_ADD, and OP_CONV with a fused
                            residual join; else -1) */
+    int tmp;                    /* OP_PATCH_EMBED: the buffer its convolution
+                           writes ([D, h, w] per sample); else -1 */
     int act;                    /* applied to the output */
     shape3 in_shape, out_shape; /* per sample */
 } prog_op;

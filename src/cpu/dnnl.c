@@ -120,6 +120,16 @@ ert_status dx_create(const ert_model *m, const plan *p, const program *prog, int
         snprintf(why, cap, "forced by the test hook");
         return ERT_UNSUPPORTED;
     }
+    /* token rows (a mask value after each token's features) are no oneDNN
+       layout: the transformer ops are the BLAS path's (src/cpu/tx_ops.h) */
+    for (int i = 0; i < prog->nops; i++) {
+        prog_op_kind k = prog->ops[i].kind;
+        if (k == OP_PATCH_EMBED || k == OP_TOKEN_EMBED || k == OP_LAYER_NORM ||
+            k == OP_TOKEN_POOL || k == OP_ATTENTION || k == OP_ENCODER) {
+            snprintf(why, cap, "transformer layers run on the BLAS path");
+            return ERT_UNSUPPORTED;
+        }
+    }
     dnnl_exec *x = calloc(1, sizeof *x);
     dx_build b;
     memset(&b, 0, sizeof b);

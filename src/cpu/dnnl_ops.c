@@ -89,6 +89,10 @@ static ert_status make_attr(dx_build *b, const prog_op *op, const dnnl_memory_de
         r = dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_relu, 0.0f, 0.0f);
     if (r == dnnl_success && act == ERT_ACT_SIGMOID)
         r = dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_logistic, 0.0f, 0.0f);
+    if (r == dnnl_success && act == ERT_ACT_GELU)
+        r = dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_gelu_erf, 0.0f, 0.0f);
+    if (r == dnnl_success && act == ERT_ACT_TANH)
+        r = dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_tanh, 0.0f, 0.0f);
     if (r == dnnl_success)
         r = dnnl_primitive_attr_set_post_ops(*out, po);
     dnnl_post_ops_destroy(po);
@@ -612,7 +616,10 @@ ert_status dx_make_op(dx_build *b, int i, char *why, size_t cap)
     }
     case OP_ACT: {
         dnnl_eltwise_desc_t desc;
-        dnnl_alg_kind_t alg = op->act == ERT_ACT_RELU ? dnnl_eltwise_relu : dnnl_eltwise_logistic;
+        dnnl_alg_kind_t alg = op->act == ERT_ACT_RELU   ? dnnl_eltwise_relu
+                              : op->act == ERT_ACT_GELU ? dnnl_eltwise_gelu_erf
+                              : op->act == ERT_ACT_TANH ? dnnl_eltwise_tanh
+                                                        : dnnl_eltwise_logistic;
         if (dnnl_eltwise_forward_desc_init(&desc, dnnl_forward_inference, alg, &src, 0.0f, 0.0f) !=
                 dnnl_success ||
             dnnl_primitive_attr_create(&attr) != dnnl_success ||

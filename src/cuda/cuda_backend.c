@@ -3,7 +3,8 @@
  * Resources (all made at create, sized for cfg.max_batch, freed at destroy):
  * the weights in one device allocation; per slot (cfg.inflight of them) a
  * non-blocking stream, a cuBLAS and a cuDNN handle bound to it with fixed
- * workspaces, the activation buffers the program needs, the row-index
+ * workspaces, the activation buffers the program needs, the transformer
+ * ops' workspace (tx_ops.c), the row-index
  * buffers and pinned count words; shared pinned staging for ert_infer's
  * input and results.
  *
@@ -74,6 +75,7 @@ static void slot_free(cuda_slot *s)
     cudaFree(s->d_count);
     cudaFree(s->done);
     cudaFree(s->pstate);
+    cudaFree(s->tx_ws);
     if (s->h_count)
         cudaFreeHost(s->h_count);
     if (s->stream)
@@ -148,6 +150,12 @@ static ert_status slot_init(ert_engine *e, cuda_ctx *c, cuda_slot *s)
     CUDA_TRY(e, cudaMalloc((void **)&s->pstate, B * sizeof(ert_patience)));
     CUDA_TRY(
         e, cudaHostAlloc((void **)&s->h_count, ERT_MAX_EXITS * sizeof(int), cudaHostAllocDefault));
+    if (c->tx_ws_row) {
+        size_t ws;
+        if (!size_mul(c->tx_ws_row, B, &ws) || !size_mul(ws, sizeof(float), &ws))
+            return engine_fail(e, ERT_OUT_OF_MEMORY, "cuda: attention workspace overflows size_t");
+        CUDA_TRY(e, cudaMalloc((void **)&s->tx_ws, ws));
+    }
     return ERT_OK;
 fail:
     return st;
@@ -192,6 +200,15 @@ static ert_status cuda_create(ert_engine *e, void **out)
     if (st != ERT_OK) {
         engine_fail(e, st, "%s", perr.msg);
         goto fail;
+    }
+
+    /* the transformer ops' workspace, one per slot for max_batch samples */
+    for (int i = 0; i < c->prog.nops; i++) {
+        size_t w = tx_ws_floats(&c->prog.ops[i]);
+        if (w > c->tx_ws_row)
+            c->tx_ws_row = w;
+        if ((st = tx_check_sizes(e, &c->prog.ops[i])) != ERT_OK)
+            goto fail;
     }
 
     CUDA_TRY(e, cudaMalloc((void **)&c->d_weights,

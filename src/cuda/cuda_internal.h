@@ -5,6 +5,9 @@
  *             linear through cuBLAS, the rest through the kernels/ .cu files
  * ../program.c the model compiled into ops and buffers (no CUDA calls;
  *             shared with the CPU oneDNN path)
+ * tx_ops.c    the transformer ops (token embedding, layer norm, token
+ *             pooling, self-attention, encoder blocks) over cuBLAS and the
+ *             kernels of kernels/transformer.cu
  * stage.c     the one stage path (stage_enqueue), and the refill stream's
  *             stage op (src/stream.c)
  */
@@ -60,6 +63,8 @@ typedef struct cuda_slot {
                                   original position (orig): compaction never
                                   moves it (kernels/exit.cu) */
     int *h_count;             /* pinned [ERT_MAX_EXITS] */
+    float *tx_ws;             /* [max_batch * cuda_ctx.tx_ws_row] the attention and
+                                 encoder ops' workspace (tx_ops.c), or NULL */
 } cuda_slot;
 
 typedef struct cuda_ctx {
@@ -69,6 +74,8 @@ typedef struct cuda_ctx {
     cudnnActivationDescriptor_t relu;
     size_t dnn_ws_size; /* bytes of each slot's cuDNN workspace */
     float *d_weights;   /* the model's weight block, on the device */
+    size_t tx_ws_row;   /* floats per sample of each slot's tx_ws: the largest
+                           tx_ws_floats of the program's ops (0: none) */
     cuda_slot *slots;
     int nslots;
     float *h_input;             /* pinned [max_batch * input size] */
@@ -118,6 +125,15 @@ extern int ert_cuda_test_unfused;
 /* Enqueues op prog.ops[op_index] for n rows on slot s's stream. */
 ert_status op_run(ert_engine *e, cuda_ctx *c, cuda_slot *s, int op_index, int n);
 
+/* tx_ops.c: the workspace floats per sample a transformer op needs (0 for
+ * the others); whether the op's sizes fit cuBLAS's int counts at max_batch
+ * (ERT_UNSUPPORTED with a message on e if not); and the op itself for n
+ * rows (OP_TOKEN_EMBED, OP_LAYER_NORM, OP_TOKEN_POOL, OP_ATTENTION,
+ * OP_ENCODER; OP_PATCH_EMBED is a convolution, in cuda_ops.c). */
+size_t tx_ws_floats(const prog_op *op);
+ert_status tx_check_sizes(ert_engine *e, const prog_op *op);
+ert_status tx_op_run(ert_engine *e, cuda_ctx *c, cuda_slot *s, const prog_op *op, int n);
+
 /* One ert_infer / ert_infer_device call, as the wait-based path
  * (cuda_backend.c) and the graphs (graph.c) run it. */
 typedef struct cuda_call {
@@ -141,7 +157,8 @@ typedef struct stage_args {
                                bucket's row count */
     const int *d_n;           /* graphs: the real count on the device (<= n), else NULL */
     const float *norm_src;    /* stage 0: raw rows to normalise into the stage's input
-                               buffer (may be that buffer); NULL: no normalisation */
+                               buffer (may be that buffer; a token model's rows are
+                               copied unchanged); NULL: no normalisation */
     int iota_base;            /* >= 0: first orig[cur][i] = iota_base + i */
     int cur;                  /* s->orig[cur] holds the rows' original positions */
     unsigned char *done;      /* MASKED: rows already out (skipped, then marked); else NULL */

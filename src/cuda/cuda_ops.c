@@ -1,5 +1,6 @@
-/* ops.c - the device ops: cuDNN convolution and pooling, cuBLAS linear, and
- * the kernels of the kernels/ .cu files for the rest.
+/* ops.c - the device ops: cuDNN convolution and pooling (and the patch
+ * embedding's convolution), cuBLAS linear, and the kernels of the kernels/
+ * .cu files for the rest; the transformer ops are in tx_ops.c.
  *
  * cuDNN: the legacy API (cudnnConvolutionForward and friends). cuDNN 9.19
  * marks it deprecated but ships it; we use it because the row count changes
@@ -35,13 +36,39 @@ static const float ONE = 1.0f, ZERO = 0.0f;
 
 /* ---- setup ------------------------------------------------------------------------ */
 
+/* The convolution of an OP_CONV or an OP_PATCH_EMBED, and its output shape
+ * per sample. A patch embedding's conv (FORMAT.md: kernel = stride = the
+ * patch, no padding, one group) writes [D, h, w] into op->tmp; its unset
+ * fields are taken as those defaults. */
+static conv_params op_conv(const prog_op *op, shape3 *os)
+{
+    if (op->kind != OP_PATCH_EMBED) {
+        *os = op->out_shape;
+        return op->l->p.conv;
+    }
+    conv_params cp = op->l->p.patch.conv;
+    cp.stride_h = cp.stride_h ? cp.stride_h : cp.kh;
+    cp.stride_w = cp.stride_w ? cp.stride_w : cp.kw;
+    cp.dil_h = cp.dil_h ? cp.dil_h : 1;
+    cp.dil_w = cp.dil_w ? cp.dil_w : 1;
+    cp.groups = cp.groups ? cp.groups : 1;
+    shape3 is = op->in_shape;
+    os->c = cp.out_ch;
+    os->h = (is.h + 2 * cp.pad_h - cp.dil_h * (cp.kh - 1) - 1) / cp.stride_h + 1;
+    os->w = (is.w + 2 * cp.pad_w - cp.dil_w * (cp.kw - 1) - 1) / cp.stride_w + 1;
+    os->tokens = 0;
+    return cp;
+}
+
 static ert_status conv_setup(ert_engine *e, cuda_ctx *c, cudnnHandle_t h, const prog_op *op,
                              dnn_op *d)
 {
     ert_status st = ERT_OK;
-    const conv_params *cp = &op->l->p.conv;
+    shape3 os;
+    const conv_params cpv = op_conv(op, &os);
+    const conv_params *cp = &cpv;
     const int B = e->cfg.max_batch;
-    shape3 is = op->in_shape, os = op->out_shape;
+    shape3 is = op->in_shape;
     CUDNN_TRY(e, cudnnCreateTensorDescriptor(&d->x));
     CUDNN_TRY(e, cudnnCreateTensorDescriptor(&d->y));
     CUDNN_TRY(e, cudnnCreateTensorDescriptor(&d->bias));
@@ -70,7 +97,7 @@ static ert_status conv_setup(ert_engine *e, cuda_ctx *c, cudnnHandle_t h, const 
        but IDENTITY only with IMPLICIT_PRECOMP_GEMM: fuse only the ReLU; a
        conv without one (or with a sigmoid) runs the plain convolution and
        the bias/activation kernel. */
-    d->fused = op->act == ERT_ACT_RELU;
+    d->fused = op->kind == OP_CONV && op->act == ERT_ACT_RELU;
 
     cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     int got = 0;
@@ -163,7 +190,7 @@ ert_status dnn_setup(ert_engine *e, cuda_ctx *c, cudnnHandle_t handle)
     c->dnn_ws_size = 0;
     for (int i = 0; i < g->nops; i++) {
         const prog_op *op = &g->ops[i];
-        if (op->kind == OP_CONV)
+        if (op->kind == OP_CONV || op->kind == OP_PATCH_EMBED)
             st = conv_setup(e, c, handle, op, &c->dnn[i]);
         else if (op->kind == OP_MAXPOOL || op->kind == OP_AVGPOOL)
             st = pool_setup(e, op, &c->dnn[i]);
@@ -289,12 +316,14 @@ static ert_status set_rows(ert_engine *e, cuda_ctx *c, cuda_slot *s, const prog_
     if (d->last_n == n)
         return ERT_OK;
     shape3 is = op->in_shape, os = op->out_shape;
+    if (op->kind == OP_PATCH_EMBED)
+        (void)op_conv(op, &os);
     CUDNN_TRY(e, cudnnSetTensor4dDescriptor(d->x, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, n, is.c,
                                             is.h, is.w));
     CUDNN_TRY(e, cudnnSetTensor4dDescriptor(d->y, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, n, os.c,
                                             os.h, os.w));
     d->last_n = 0; /* until the algorithm for n is settled */
-    if (op->kind == OP_CONV) {
+    if (op->kind == OP_CONV || op->kind == OP_PATCH_EMBED) {
         size_t ws = 0;
         cudnnStatus_t r = cudnnGetConvolutionForwardWorkspaceSize(s->dnn, d->x, d->w, d->conv, d->y,
                                                                   d->algo, &ws);
@@ -360,6 +389,30 @@ fail:
     return st;
 }
 
+/* A patch embedding: the convolution (no bias) into buffer op->tmp, then
+ * the tokens (bias, class token, position, mask 1) into op->out. */
+static ert_status run_patch(ert_engine *e, cuda_ctx *c, cuda_slot *s, const prog_op *op, dnn_op *d,
+                            int n)
+{
+    ert_status st = set_rows(e, c, s, op, d, n);
+    if (st != ERT_OK)
+        return st;
+    const ert_model *m = e->model;
+    const patch_params *pp = &op->l->p.patch;
+    shape3 cs;
+    (void)op_conv(op, &cs);
+    float *conv = s->buf[op->tmp];
+    CUDNN_TRY(e, cudnnConvolutionForward(s->dnn, &ONE, d->x, s->buf[op->in], d->w,
+                                         dev_weight(c, m, pp->conv.weight), d->conv, d->last_algo,
+                                         s->dnn_ws, c->dnn_ws_size, &ZERO, d->y, conv));
+    KERNEL_TRY(e, ert_k_patch_tokens(conv, dev_weight(c, m, pp->conv.bias),
+                                     dev_weight(c, m, pp->cls), dev_weight(c, m, pp->pos),
+                                     s->buf[op->out], n, cs.h * cs.w, cs.c, s->stream));
+    return ERT_OK;
+fail:
+    return st;
+}
+
 /* Y[n, out] = X[n, in] W[out, in]^T + b. cuBLAS is column-major: there Y is
  * [out, n] (ld out), X is [in, n] (ld in) and W is [in, out] (ld in), so
  * Y = W^T X, i.e. C^T = W X^T in row-major terms. */
@@ -401,6 +454,12 @@ ert_status op_run(ert_engine *e, cuda_ctx *c, cuda_slot *s, int op_index, int n)
         KERNEL_TRY(e, ert_k_add(s->buf[op->in], s->buf[op->in2], s->buf[op->out], count, op->act,
                                 s->stream));
         return ERT_OK;
+    case OP_PATCH_EMBED: return run_patch(e, c, s, op, &c->dnn[op_index], n);
+    case OP_TOKEN_EMBED:
+    case OP_LAYER_NORM:
+    case OP_TOKEN_POOL:
+    case OP_ATTENTION:
+    case OP_ENCODER: return tx_op_run(e, c, s, op, n);
     }
     return engine_fail(e, ERT_INTERNAL, "cuda: op %d has an unknown kind %d", op_index,
                        (int)op->kind);

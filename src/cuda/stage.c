@@ -34,7 +34,14 @@ ert_status stage_enqueue(ert_engine *e, cuda_ctx *c, cuda_slot *s, const stage_a
     const prog_stage *ps = &c->prog.stages[a->si];
     const int n = a->n;
 
-    if (a->norm_src) {
+    if (a->norm_src && m->input_tokens > 0) {
+        /* token ids and mask are taken as they are (FORMAT.md, "Token
+           inputs"): only moved where the input is elsewhere */
+        if (a->norm_src != s->buf[ps->in_buf])
+            CUDA_TRY(e, cudaMemcpyAsync(s->buf[ps->in_buf], a->norm_src,
+                                        (size_t)n * shape_size(m->input) * sizeof(float),
+                                        cudaMemcpyDeviceToDevice, s->stream));
+    } else if (a->norm_src) {
         ert_norm_params np;
         np.scale = m->input_scale;
         for (int i = 0; i < 4; i++) {

@@ -3,6 +3,9 @@
  *   - kernels/compact_math.h: the exit kernel's single-block compaction
  *     (tiles, __ballot_sync words, popcounts below the lane, a shuffle scan
  *     of the warp totals) replayed on the CPU, against ert_compact_index;
+ *   - kernels/tx_math.h: the transformer kernels' math (GELU and the other
+ *     activations, token ids, layer norm, the masked softmax of attention)
+ *     against plain loops in double;
  *   - src/cuda/program.c (CUDA builds only): the buffer assignment, by
  *     running each compiled program symbolically (every buffer holds a hash
  *     of how its value was computed) against the model's layer lists walked
@@ -14,6 +17,7 @@
 #include <string.h>
 
 #include "../../kernels/compact_math.h"
+#include "../../kernels/tx_math.h"
 #include "fixtures.h"
 #include "policy.h"
 
@@ -153,6 +157,8 @@ static uint64_t ref_list(const layer *items, int count, uint64_t x)
         switch (l->kind) {
         case LAYER_RELU: x = h_act(x, ERT_ACT_RELU); break;
         case LAYER_SIGMOID: x = h_act(x, ERT_ACT_SIGMOID); break;
+        case LAYER_GELU: x = h_act(x, ERT_ACT_GELU); break;
+        case LAYER_TANH: x = h_act(x, ERT_ACT_TANH); break;
         case LAYER_FLATTEN:
         case LAYER_DROPOUT:
         case LAYER_BATCHNORM2D: break;
@@ -183,7 +189,17 @@ static void sym_run(const program *g, prog_range r, uint64_t *buf)
             cr_assert(op->in2 >= 0 && op->in2 < g->nbuf);
             v = mix(mix(T_ADD, buf[op->in]), buf[op->in2]);
         } else {
-            cr_assert_neq(op->in, op->out, "op %d (%s) runs in place", i, op->l->name);
+            if (op->kind != OP_LAYER_NORM) /* the one op that may run in place */
+                cr_assert_neq(op->in, op->out, "op %d (%s) runs in place", i, op->l->name);
+            if (op->kind == OP_PATCH_EMBED) {
+                /* its convolution's scratch: a third buffer, clobbered */
+                cr_assert(op->tmp >= 0 && op->tmp < g->nbuf && op->tmp != op->in &&
+                              op->tmp != op->out,
+                          "op %d: scratch buffer %d", i, op->tmp);
+                buf[op->tmp] = 0xbad5c4a7u;
+            } else {
+                cr_assert_eq(op->tmp, -1, "op %d: a scratch buffer on kind %d", i, (int)op->kind);
+            }
             v = h_layer(op->l, buf[op->in]);
             if (op->in2 >= 0) { /* a conv with a fused residual join */
                 cr_assert_eq(op->kind, OP_CONV, "op %d: in2 on a non-conv", i);
@@ -277,7 +293,7 @@ static layer L(layer_kind k, const char *name, int c, int hw)
     memset(&l, 0, sizeof l);
     l.kind = k;
     strncpy(l.name, name, sizeof l.name - 1);
-    l.in = l.out = (shape3){c, hw, hw};
+    l.in = l.out = (shape3){c, hw, hw, 0};
     return l;
 }
 
@@ -295,20 +311,20 @@ Test(program, residual_heads_and_fusion)
                          L(LAYER_RESIDUAL, "block", 4, 4),     L(LAYER_SIGMOID, "sig", 4, 4),
                          L(LAYER_GLOBAL_AVGPOOL, "gap", 4, 4), L(LAYER_FLATTEN, "flat", 4, 1)};
     backbone[2].p.residual = (residual_params){{rb_body, 3}, {rb_sc, 1}, 1};
-    backbone[4].out = (shape3){4, 1, 1};
-    backbone[5].in = backbone[5].out = (shape3){4, 1, 1};
+    backbone[4].out = (shape3){4, 1, 1, 0};
+    backbone[5].in = backbone[5].out = (shape3){4, 1, 1, 0};
     layer head[4] = {L(LAYER_RESIDUAL, "hres", 4, 4), L(LAYER_RELU, "hrelu", 4, 4),
                      L(LAYER_FLATTEN, "hflat", 4, 4), L(LAYER_LINEAR, "fc", 4, 4)};
     head[0].p.residual = (residual_params){{hb_body, 3}, {NULL, 0}, 0};
-    head[2].out = (shape3){64, 1, 1};
-    head[3].in = (shape3){64, 1, 1};
-    head[3].out = (shape3){4, 1, 1};
+    head[2].out = (shape3){64, 1, 1, 0};
+    head[3].in = (shape3){64, 1, 1, 0};
+    head[3].out = (shape3){4, 1, 1, 0};
     layer conf[2] = {L(LAYER_LINEAR, "cfc", 4, 4), L(LAYER_SIGMOID, "csig", 1, 1)};
-    conf[0].out = (shape3){1, 1, 1};
+    conf[0].out = (shape3){1, 1, 1, 0};
 
     ert_model *m = calloc(1, sizeof *m);
     cr_assert(m);
-    m->input = (shape3){4, 4, 4};
+    m->input = (shape3){4, 4, 4, 0};
     m->num_classes = 4;
     m->backbone = (layer_list){backbone, 6};
     m->num_exits = 2;
@@ -323,8 +339,8 @@ Test(program, residual_heads_and_fusion)
     plan p;
     memset(&p, 0, sizeof p);
     p.num_stages = 2;
-    p.stages[0] = (stage){0, 2, {4, 4, 4}, {4, 4, 4}, 0};
-    p.stages[1] = (stage){2, 6, {4, 4, 4}, {4, 1, 1}, 0};
+    p.stages[0] = (stage){0, 2, {4, 4, 4, 0}, {4, 4, 4, 0}, 0};
+    p.stages[1] = (stage){2, 6, {4, 4, 4, 0}, {4, 1, 1, 0}, 0};
     p.max_act = 64;
     program_opts fused = {.fuse_residual = 1};
     for (int mode = ERT_MODE_FULL; mode <= ERT_MODE_COMPACTED; mode++) {
@@ -364,5 +380,299 @@ Test(program, residual_heads_and_fusion)
     /* a plan whose largest activation is too small is refused, not overrun */
     p.max_act = 16;
     cr_assert_eq(program_build(m, &p, ERT_MODE_FULL, NULL, &g, &err), ERT_INTERNAL);
+    free(m);
+}
+
+/* ---- tx_math.h: the transformer kernels' math ------------------------------------- */
+
+#include <math.h>
+
+static int close_rel(double got, double want, double rel)
+{
+    return fabs(got - want) <= rel * fmax(fabs(want), 1e-30) + 1e-7;
+}
+
+Test(tx_math, activations)
+{
+    for (int i = -4000; i <= 4000; i++) {
+        float x = (float)i / 400.0f; /* [-10, 10] */
+        double want = 0.5 * (double)x * (1.0 + erf((double)x / sqrt(2.0)));
+        cr_assert(close_rel(ert_gelu(x), want, 1e-5), "gelu(%g) = %.9g, want %.9g", x, ert_gelu(x),
+                  want);
+        cr_assert_eq(ert_act_apply(x, ERT_ACT_GELU), ert_gelu(x));
+        cr_assert(close_rel(ert_act_apply(x, ERT_ACT_TANH), tanh((double)x), 1e-6), "tanh(%g)", x);
+        cr_assert(close_rel(ert_act_apply(x, ERT_ACT_SIGMOID), 1.0 / (1.0 + exp(-(double)x)), 1e-6),
+                  "sigmoid(%g)", x);
+        cr_assert_eq(ert_act_apply(x, ERT_ACT_RELU), x < 0 ? 0.0f : x);
+        cr_assert_eq(ert_act_apply(x, ERT_ACT_NONE), x);
+    }
+    /* GELU: the exact form, not the tanh approximation, which differs by
+       about 2e-4 at x = -2 (torch.nn.functional.gelu(-2.) = -0.04550027) */
+    cr_assert(fabsf(ert_gelu(-2.0f) - -0.04550027f) < 1e-7f, "gelu(-2) = %.9g", ert_gelu(-2.0f));
+    cr_assert(isnan(ert_act_apply(NAN, ERT_ACT_RELU)), "ReLU keeps NaN");
+    cr_assert(isnan(ert_gelu(NAN)) && isnan(ert_act_apply(NAN, ERT_ACT_TANH)));
+    cr_assert_eq(ert_gelu(-INFINITY) == 0.0f || isnan(ert_gelu(-INFINITY)), 1);
+    cr_assert_eq(ert_act_apply(INFINITY, ERT_ACT_TANH), 1.0f);
+}
+
+Test(tx_math, token_rows)
+{
+    cr_assert_eq(ert_token_row(0.0f, 10), 0);
+    cr_assert_eq(ert_token_row(9.0f, 10), 9);
+    cr_assert_eq(ert_token_row(10.0f, 10), -1);
+    cr_assert_eq(ert_token_row(-1.0f, 10), -1);
+    cr_assert_eq(ert_token_row(-0.0f, 10), 0);
+    cr_assert_eq(ert_token_row(2.5f, 10), -1);
+    cr_assert_eq(ert_token_row(NAN, 10), -1);
+    cr_assert_eq(ert_token_row(INFINITY, 10), -1);
+    cr_assert_eq(ert_token_row(-INFINITY, 10), -1);
+    cr_assert_eq(ert_token_row(1e30f, 10), -1);
+    cr_assert_eq(ert_token_row(16777215.0f, 1 << 24), 16777215);
+    cr_assert_eq(ert_token_row(16777216.0f, 1 << 24), -1);
+    cr_assert_eq(ert_mask_value(0.0f), 0.0f);
+    cr_assert_eq(ert_mask_value(-0.0f), 0.0f);
+    cr_assert_eq(ert_mask_value(3.0f), 1.0f);
+    cr_assert_eq(ert_mask_value(NAN), 1.0f); /* nonzero: attended */
+}
+
+/* Layer norm in double, PyTorch's definition. */
+static void ln_naive(const float *x, const float *add, double *y, int D, double eps, const float *w,
+                     const float *b)
+{
+    double mean = 0, var = 0;
+    for (int j = 0; j < D; j++)
+        mean += (double)x[j] + (add ? add[j] : 0.0);
+    mean /= D;
+    for (int j = 0; j < D; j++) {
+        double d = (double)x[j] + (add ? add[j] : 0.0) - mean;
+        var += d * d;
+    }
+    var /= D;
+    for (int j = 0; j < D; j++)
+        y[j] = ((double)x[j] + (add ? add[j] : 0.0) - mean) / sqrt(var + eps) * w[j] + b[j];
+}
+
+Test(tx_math, layer_norm_row)
+{
+    mw_rng r = mw_rng_seed(4242);
+    const int dims[] = {1, 2, 7, 32, 33, 100, 768};
+    for (size_t k = 0; k < sizeof dims / sizeof dims[0]; k++) {
+        const int D = dims[k];
+        float *x = malloc(sizeof(float) * D * 5);
+        cr_assert(x);
+        float *add = x + D, *w = add + D, *b = w + D, *y = b + D;
+        double *want = malloc(sizeof(double) * D);
+        cr_assert(want);
+        for (int with_add = 0; with_add < 2; with_add++) {
+            for (int j = 0; j < D; j++) {
+                x[j] = 3.0f + 2.0f * mw_rng_normal(&r); /* an offset mean */
+                add[j] = mw_rng_normal(&r);
+                w[j] = 1.0f + 0.1f * mw_rng_normal(&r);
+                b[j] = 0.1f * mw_rng_normal(&r);
+            }
+            const float *a = with_add ? add : NULL;
+            ln_naive(x, a, want, D, 1e-5, w, b);
+            ert_ln_row(x, a, y, D, 1e-5f, w, b);
+            for (int j = 0; j < D; j++)
+                cr_assert(fabs(y[j] - want[j]) <= 1e-4 * (1.0 + fabs(want[j])),
+                          "D %d add %d: y[%d] = %.9g, want %.9g", D, with_add, j, y[j], want[j]);
+            ert_ln_row(x, a, x, D, 1e-5f, w, b); /* in place */
+            cr_assert_eq(memcmp(x, y, sizeof(float) * D), 0, "D %d: in place differs", D);
+        }
+        free(want);
+        free(x);
+    }
+    /* a constant vector: zero variance, eps keeps it finite: the bias */
+    float c[4] = {5, 5, 5, 5}, one[4] = {1, 1, 1, 1}, bias[4] = {0.5f, -1, 2, 0}, out[4];
+    ert_ln_row(c, NULL, out, 4, 1e-5f, one, bias);
+    for (int j = 0; j < 4; j++)
+        cr_assert_eq(out[j], bias[j]);
+}
+
+Test(tx_math, masked_softmax_row)
+{
+    mw_rng r = mw_rng_seed(777);
+    for (int T = 1; T <= 70; T += 3) {
+        float s[70], mask[2 * 70];
+        double want[70];
+        for (int rep = 0; rep < 4; rep++) {
+            int attended = 0;
+            for (int j = 0; j < T; j++) {
+                s[j] = 4.0f * mw_rng_normal(&r);
+                mask[2 * j] = mw_rng_uniform(&r) < 0.7f ? 1.0f : 0.0f; /* stride 2 */
+                mask[2 * j + 1] = NAN;                                 /* never read */
+                attended += mask[2 * j] != 0.0f;
+            }
+            double mx = -INFINITY, sum = 0;
+            for (int j = 0; j < T; j++)
+                if (mask[2 * j] != 0.0f)
+                    mx = fmax(mx, s[j]);
+            for (int j = 0; j < T; j++)
+                sum += want[j] = mask[2 * j] != 0.0f ? exp(s[j] - mx) : 0.0;
+            ert_masked_softmax_row(s, mask, 2, T);
+            for (int j = 0; j < T; j++) {
+                if (!attended) {
+                    cr_assert(isnan(s[j]), "T %d: all padded: s[%d] = %g, want NaN", T, j, s[j]);
+                } else if (mask[2 * j] == 0.0f) {
+                    cr_assert_eq(s[j], 0.0f, "T %d: padded key %d has weight %g", T, j, s[j]);
+                } else {
+                    double wv = want[j] / sum;
+                    cr_assert(fabs(s[j] - wv) <= 1e-6 + 1e-5 * wv, "T %d: p[%d] = %.9g, want %.9g",
+                              T, j, s[j], wv);
+                }
+            }
+        }
+    }
+    /* every key padded: NaN, as PyTorch's key_padding_mask */
+    float s1[3] = {1, 2, 3}, m0[3] = {0, 0, 0};
+    ert_masked_softmax_row(s1, m0, 1, 3);
+    cr_assert(isnan(s1[0]) && isnan(s1[1]) && isnan(s1[2]));
+    /* a NaN score spoils its row */
+    float s2[3] = {1, NAN, 3}, m1[3] = {1, 1, 1};
+    ert_masked_softmax_row(s2, m1, 1, 3);
+    cr_assert(isnan(s2[0]) && isnan(s2[1]) && isnan(s2[2]));
+    /* large scores do not overflow: the max is subtracted */
+    float s3[2] = {1000, 1000}, m2[2] = {1, 1};
+    ert_masked_softmax_row(s3, m2, 1, 2);
+    cr_assert(s3[0] == 0.5f && s3[1] == 0.5f);
+}
+
+/* ---- program: transformer graphs ------------------------------------------------------ */
+
+static layer TL(layer_kind k, const char *name, shape3 in, shape3 out)
+{
+    layer l;
+    memset(&l, 0, sizeof l);
+    l.kind = k;
+    strncpy(l.name, name, sizeof l.name - 1);
+    l.in = in;
+    l.out = out;
+    return l;
+}
+
+/* Counts the program's ops of kind k (acts: with activation act, or any
+ * when act < 0). */
+static int count_ops(const program *g, prog_op_kind k, int act)
+{
+    int n = 0;
+    for (int i = 0; i < g->nops; i++)
+        n += g->ops[i].kind == k && (act < 0 || g->ops[i].act == act);
+    return n;
+}
+
+static void check_tx_model(ert_model *m, plan *p)
+{
+    program_opts fused = {.fuse_residual = 1};
+    for (int mode = ERT_MODE_FULL; mode <= ERT_MODE_COMPACTED; mode++) {
+        check_program(m, p, (ert_mode)mode, NULL);
+        check_program(m, p, (ert_mode)mode, &fused);
+    }
+}
+
+Test(program, vit_like)
+{
+    /* patch_embed (3x8x8, 4x4 patches, D 8, class token: T 5), three
+       pre-LN blocks; exit 0 after block 0 and the final head, both
+       [token_pool, layer_norm, linear] */
+    const shape3 img = {3, 8, 8, 0}, tok = {5, 9, 1, 1}, vec = {8, 1, 1, 0}, cls = {4, 1, 1, 0};
+    layer backbone[4] = {
+        TL(LAYER_PATCH_EMBED, "patch", img, tok), TL(LAYER_ENCODER_BLOCK, "b0", tok, tok),
+        TL(LAYER_ENCODER_BLOCK, "b1", tok, tok), TL(LAYER_ENCODER_BLOCK, "b2", tok, tok)};
+    layer h0[3] = {TL(LAYER_TOKEN_POOL, "pool0", tok, vec), TL(LAYER_LAYER_NORM, "ln0", vec, vec),
+                   TL(LAYER_LINEAR, "fc0", vec, cls)};
+    layer h1[3] = {TL(LAYER_TOKEN_POOL, "pool1", tok, vec), TL(LAYER_LAYER_NORM, "ln1", vec, vec),
+                   TL(LAYER_LINEAR, "fc1", vec, cls)};
+    ert_model *m = calloc(1, sizeof *m);
+    cr_assert(m);
+    m->input = img;
+    m->num_classes = 4;
+    m->backbone = (layer_list){backbone, 4};
+    m->num_exits = 2;
+    strcpy(m->exits[0].name, "e0");
+    m->exits[0].after = 1;
+    m->exits[0].head = (layer_list){h0, 3};
+    m->exits[0].policy = ERT_POLICY_ENTROPY;
+    strcpy(m->exits[1].name, "final");
+    m->exits[1].after = 3;
+    m->exits[1].head = (layer_list){h1, 3};
+    m->exits[1].policy = ERT_POLICY_NONE;
+    plan p;
+    memset(&p, 0, sizeof p);
+    p.num_stages = 2;
+    p.stages[0] = (stage){0, 2, img, tok, 0};
+    p.stages[1] = (stage){2, 4, tok, tok, 0};
+    p.max_act = 192;
+    check_tx_model(m, &p);
+
+    program g;
+    ert_error err;
+    cr_assert_eq(program_build(m, &p, ERT_MODE_COMPACTED, NULL, &g, &err), ERT_OK, "%s", err.msg);
+    cr_assert_eq(count_ops(&g, OP_PATCH_EMBED, -1), 1);
+    cr_assert_eq(count_ops(&g, OP_ENCODER, -1), 3);
+    cr_assert_eq(count_ops(&g, OP_TOKEN_POOL, -1), 2);
+    cr_assert_eq(count_ops(&g, OP_LAYER_NORM, -1), 2);
+    /* the head's layer norm runs in place on the pooled vector */
+    for (int i = 0; i < g.nops; i++)
+        if (g.ops[i].kind == OP_LAYER_NORM)
+            cr_assert_eq(g.ops[i].in, g.ops[i].out, "op %d: a vector's layer norm not in place", i);
+    cr_assert(g.nbuf <= PROG_MAX_BUF);
+    program_free(&g);
+    free(m);
+}
+
+Test(program, bert_like)
+{
+    /* token_embed (T 6, D 8), layer_norm over the tokens, two post-LN GELU
+       blocks; a DeeBERT exit [token_pool, linear, tanh, linear] after each,
+       the first with a confidence head [token_pool, linear, gelu, linear,
+       sigmoid] */
+    const shape3 ids = {2, 6, 1, 0}, tok = {6, 9, 1, 1}, vec = {8, 1, 1, 0}, cls = {3, 1, 1, 0},
+                 one = {1, 1, 1, 0};
+    layer backbone[4] = {
+        TL(LAYER_TOKEN_EMBED, "embed", ids, tok), TL(LAYER_LAYER_NORM, "ln", tok, tok),
+        TL(LAYER_ENCODER_BLOCK, "b0", tok, tok), TL(LAYER_ENCODER_BLOCK, "b1", tok, tok)};
+    layer h0[4] = {TL(LAYER_TOKEN_POOL, "p0", tok, vec), TL(LAYER_LINEAR, "pool0", vec, vec),
+                   TL(LAYER_TANH, "t0", vec, vec), TL(LAYER_LINEAR, "fc0", vec, cls)};
+    layer c0[5] = {TL(LAYER_TOKEN_POOL, "cp", tok, vec), TL(LAYER_LINEAR, "c1", vec, vec),
+                   TL(LAYER_GELU, "cg", vec, vec), TL(LAYER_LINEAR, "c2", vec, one),
+                   TL(LAYER_SIGMOID, "cs", one, one)};
+    layer h1[4] = {TL(LAYER_TOKEN_POOL, "p1", tok, vec), TL(LAYER_LINEAR, "pool1", vec, vec),
+                   TL(LAYER_TANH, "t1", vec, vec), TL(LAYER_LINEAR, "fc1", vec, cls)};
+    ert_model *m = calloc(1, sizeof *m);
+    cr_assert(m);
+    m->input = ids;
+    m->input_tokens = 6;
+    m->num_classes = 3;
+    m->backbone = (layer_list){backbone, 4};
+    m->num_exits = 2;
+    strcpy(m->exits[0].name, "e0");
+    m->exits[0].after = 2;
+    m->exits[0].head = (layer_list){h0, 4};
+    m->exits[0].confidence = (layer_list){c0, 5};
+    m->exits[0].policy = ERT_POLICY_CONFIDENCE_HEAD;
+    strcpy(m->exits[1].name, "final");
+    m->exits[1].after = 3;
+    m->exits[1].head = (layer_list){h1, 4};
+    m->exits[1].policy = ERT_POLICY_NONE;
+    plan p;
+    memset(&p, 0, sizeof p);
+    p.num_stages = 2;
+    p.stages[0] = (stage){0, 3, ids, tok, 0};
+    p.stages[1] = (stage){3, 4, tok, tok, 0};
+    p.max_act = 54;
+    check_tx_model(m, &p);
+
+    program g;
+    ert_error err;
+    cr_assert_eq(program_build(m, &p, ERT_MODE_MASKED, NULL, &g, &err), ERT_OK, "%s", err.msg);
+    /* tanh and GELU ride on the linear before them: no activation op */
+    cr_assert_eq(count_ops(&g, OP_ACT, -1), 0);
+    cr_assert_eq(count_ops(&g, OP_LINEAR, ERT_ACT_TANH), 2);
+    cr_assert_eq(count_ops(&g, OP_LINEAR, ERT_ACT_GELU), 1);
+    cr_assert_eq(count_ops(&g, OP_TOKEN_EMBED, -1), 1);
+    /* the backbone's layer norm works in place on the embedding it owns */
+    cr_assert_eq(g.ops[1].kind, OP_LAYER_NORM);
+    cr_assert_eq(g.ops[1].in, g.ops[1].out);
+    program_free(&g);
     free(m);
 }
