@@ -231,7 +231,7 @@ static __global__ void qkv_split_kernel(const float *qkv, const float *bias, flo
         float *dst = which == 0 ? q : which == 1 ? k : v;
         if (which == 0)
             val = val / q_div; /* as PyTorch's q / sqrt(head_dim) */
-        dst[((b * H + (size_t)h) * T + (size_t)t) * d + (size_t)e] = val;
+        dst[ert_head_offset(b, h, t, e, T, H, d)] = val;
     }
 }
 
@@ -301,7 +301,7 @@ static __global__ void heads_merge_kernel(const float *ctx_h, float *ctx, size_t
         const size_t b = tok / (size_t)T;
         const int t = (int)(tok % (size_t)T);
         const int h = c / d, e = c % d;
-        ctx[i] = ctx_h[((b * H + (size_t)h) * T + (size_t)t) * d + (size_t)e];
+        ctx[i] = ctx_h[ert_head_offset(b, h, t, e, T, H, d)];
     }
 }
 

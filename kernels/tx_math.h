@@ -12,6 +12,7 @@
 #define ERT_TX_MATH_H
 
 #include <math.h>
+#include <stddef.h>
 
 #include "act.h"
 #include "policy.h" /* ERT_HD */
@@ -108,6 +109,76 @@ static inline ERT_HD void ert_masked_softmax_row(float *s, const float *mask, in
     }
     for (int j = 0; j < T; j++)
         s[j] = s[j] / sum;
+}
+
+/* ---- attention layouts ------------------------------------------------------------- */
+
+/* The offset of head h's feature e of token t of sample b in a per-head
+ * array [n, H, T, d] (q, k, v and the heads' outputs, kernels/transformer.cu):
+ * each (sample, head) a contiguous [T, d] matrix, as the batched GEMMs take
+ * them. */
+static inline ERT_HD size_t ert_head_offset(size_t b, int h, int t, int e, int T, int H, int d)
+{
+    return ((b * (size_t)H + (size_t)h) * (size_t)T + (size_t)t) * (size_t)d + (size_t)e;
+}
+
+/* One cuBLAS SGEMM (batch 1) or strided batched SGEMM, column-major as
+ * cuBLAS reads it: C_p = alpha op(A_p) op(B_p) + beta C_p for p < batch,
+ * A_p = A + p * stride_a (and B, C alike); op(X) = X^T where trans_x. The
+ * transformer ops' calls (src/cuda/tx_ops.c) are built by the functions
+ * below, so the host test replays them with a plain loop GEMM. */
+typedef struct ert_gemm {
+    int trans_a, trans_b;
+    int m, n, k;
+    int lda, ldb, ldc;
+    long long stride_a, stride_b, stride_c;
+    int batch;
+} ert_gemm;
+
+static inline ERT_HD ert_gemm ert_gemm_make(int trans_a, int trans_b, int m, int n, int k, int lda,
+                                            int ldb, int ldc, long long stride_a,
+                                            long long stride_b, long long stride_c, int batch)
+{
+    ert_gemm g;
+    g.trans_a = trans_a;
+    g.trans_b = trans_b;
+    g.m = m;
+    g.n = n;
+    g.k = k;
+    g.lda = lda;
+    g.ldb = ldb;
+    g.ldc = ldc;
+    g.stride_a = stride_a;
+    g.stride_b = stride_b;
+    g.stride_c = stride_c;
+    g.batch = batch;
+    return g;
+}
+
+/* Row-major Y[rows, out] (row stride ldy) = X[rows, in] (row stride ldx)
+ * W[out, in]^T: A = W, B = X, C = Y (column-major Y^T = W X^T). A token
+ * input has ldx = D + 1, so the mask column is skipped; ldy = D + 1 leaves
+ * the output's mask column as it was. */
+static inline ERT_HD ert_gemm ert_gemm_rows(int rows, int in, int out, int ldx, int ldy)
+{
+    return ert_gemm_make(1, 0, out, rows, in, in, ldx, ldy, 0, 0, 0, 1);
+}
+
+/* Per (sample, head), n * H of them: scores S[T_q, T_k] = Q K^T from the
+ * [n, H, T, d] arrays: A = K, B = Q, C = S [n, H, T, T] (column-major S^T =
+ * K Q^T). */
+static inline ERT_HD ert_gemm ert_gemm_scores(int n, int H, int T, int d)
+{
+    const long long td = (long long)T * d, tt = (long long)T * T;
+    return ert_gemm_make(1, 0, T, T, d, d, d, T, td, td, tt, n * H);
+}
+
+/* Per (sample, head): O[T_q, d] = P[T_q, T_k] V[T_k, d]: A = V, B = P, C =
+ * O [n, H, T, d] (column-major O^T = V^T P^T, both read as stored). */
+static inline ERT_HD ert_gemm ert_gemm_context(int n, int H, int T, int d)
+{
+    const long long td = (long long)T * d, tt = (long long)T * T;
+    return ert_gemm_make(0, 0, d, T, T, d, T, d, td, tt, td, n * H);
 }
 
 #endif /* ERT_TX_MATH_H */

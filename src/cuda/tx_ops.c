@@ -33,8 +33,9 @@
 #include "cuda_check.h"
 #include "cuda_internal.h"
 #include "kernels.h"
+#include "tx_math.h"
 
-static const float ONE = 1.0f, ZERO = 0.0f;
+static const float ONE = 1.0f;
 
 /* ---- workspace ---------------------------------------------------------------------- */
 
@@ -79,18 +80,33 @@ ert_status tx_check_sizes(ert_engine *e, const prog_op *op)
 
 /* ---- GEMM helpers --------------------------------------------------------------------- */
 
-/* Y[rows, out] (row stride ldy) = X[rows, in] (row stride ldx) W[out, in]^T
- * + beta Y, as cuda_ops.c's run_linear with strides: in cuBLAS's
- * column-major terms Y^T = W X^T. */
-static ert_status gemm_rows(ert_engine *e, cuda_slot *s, int rows, int in, int out, const float *w,
-                            const float *x, int ldx, float *y, int ldy, float beta)
+/* One GEMM of tx_math.h's (its parameters built there, so the host test
+ * replays the same calls): C = A B (+ beta C), as one SGEMM or one strided
+ * batched SGEMM. */
+static ert_status gemm(ert_engine *e, cuda_slot *s, ert_gemm g, const float *a, const float *b,
+                       float *c, float beta)
 {
     ert_status st = ERT_OK;
-    CUBLAS_TRY(e, cublasSgemm(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &ONE, w, in, x, ldx,
-                              &beta, y, ldy));
+    const cublasOperation_t ta = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t tb = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (g.batch == 1)
+        CUBLAS_TRY(e, cublasSgemm(s->blas, ta, tb, g.m, g.n, g.k, &ONE, a, g.lda, b, g.ldb, &beta,
+                                  c, g.ldc));
+    else
+        CUBLAS_TRY(e, cublasSgemmStridedBatched(s->blas, ta, tb, g.m, g.n, g.k, &ONE, a, g.lda,
+                                                g.stride_a, b, g.ldb, g.stride_b, &beta, c, g.ldc,
+                                                g.stride_c, g.batch));
     return ERT_OK;
 fail:
     return st;
+}
+
+/* Y[rows, out] (row stride ldy) = X[rows, in] (row stride ldx) W[out, in]^T
+ * + beta Y: the linear layer of cuda_ops.c's run_linear with strides. */
+static ert_status gemm_rows(ert_engine *e, cuda_slot *s, int rows, int in, int out, const float *w,
+                            const float *x, int ldx, float *y, int ldy, float beta)
+{
+    return gemm(e, s, ert_gemm_rows(rows, in, out, ldx, ldy), w, x, y, beta);
 }
 
 /* Multi-head attention of the tokens x [n, T, D + 1] (q = k = v = x; the
@@ -107,22 +123,20 @@ static ert_status attn_core(ert_engine *e, cuda_ctx *c, cuda_slot *s, const atte
     float *qkv = ws;
     float *q = qkv + 3 * MD, *k = q + MD, *v = k + MD;
     float *sc = v + MD;
-    const long long sT = (long long)T * d, sS = (long long)T * T;
 
     if ((st = gemm_rows(e, s, M, D, 3 * D, dev_weight(c, m, p->in_weight), x, D + 1, qkv, 3 * D,
                         0.0f)) != ERT_OK)
         return st;
     KERNEL_TRY(e,
                ert_k_qkv_split(qkv, dev_weight(c, m, p->in_bias), q, k, v, n, T, H, d, s->stream));
-    /* per (sample, head): S[T_q, T_k] = Q K^T; column-major S^T = K Q^T */
-    CUBLAS_TRY(e, cublasSgemmStridedBatched(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, T, T, d, &ONE, k, d,
-                                            sT, q, d, sT, &ZERO, sc, T, sS, n * H));
+    /* per (sample, head): S[T_q, T_k] = Q K^T */
+    if ((st = gemm(e, s, ert_gemm_scores(n, H, T, d), k, q, sc, 0.0f)) != ERT_OK)
+        return st;
     KERNEL_TRY(e, ert_k_attn_softmax(sc, x, n, H, T, D, s->stream));
-    /* O[T_q, d] = P V; column-major O^T = V^T P^T, both read as stored.
-       The heads' outputs go over QKV, dead since the split. */
+    /* O[T_q, d] = P V, over QKV, dead since the split */
     float *ctx_h = qkv;
-    CUBLAS_TRY(e, cublasSgemmStridedBatched(s->blas, CUBLAS_OP_N, CUBLAS_OP_N, d, T, T, &ONE, v, d,
-                                            sT, sc, T, sS, &ZERO, ctx_h, d, sT, n * H));
+    if ((st = gemm(e, s, ert_gemm_context(n, H, T, d), v, sc, ctx_h, 0.0f)) != ERT_OK)
+        return st;
     /* concatenated over Q, dead since the scores */
     KERNEL_TRY(e, ert_k_heads_merge(ctx_h, q, n, T, H, d, s->stream));
     *ctx = q;

@@ -5,7 +5,10 @@
  *     of the warp totals) replayed on the CPU, against ert_compact_index;
  *   - kernels/tx_math.h: the transformer kernels' math (GELU and the other
  *     activations, token ids, layer norm, the masked softmax of attention)
- *     against plain loops in double;
+ *     against plain loops in double, and the attention of src/cuda/tx_ops.c
+ *     replayed call by call (its GEMMs' parameters through a plain
+ *     column-major GEMM, the kernels' layouts) against attention computed
+ *     from its definition;
  *   - src/cuda/program.c (CUDA builds only): the buffer assignment, by
  *     running each compiled program symbolically (every buffer holds a hash
  *     of how its value was computed) against the model's layer lists walked
@@ -535,6 +538,134 @@ Test(tx_math, masked_softmax_row)
     float s3[2] = {1000, 1000}, m2[2] = {1, 1};
     ert_masked_softmax_row(s3, m2, 1, 2);
     cr_assert(s3[0] == 0.5f && s3[1] == 0.5f);
+}
+
+/* ---- tx_math.h's GEMMs: src/cuda/tx_ops.c's attention replayed --------------------- */
+
+/* What cuBLAS computes for g (column-major, alpha 1; beta 0 reads no C). */
+static void ref_gemm(ert_gemm g, const float *a, const float *b, float *c, float beta)
+{
+    for (int p = 0; p < g.batch; p++) {
+        const float *A = a + p * g.stride_a, *B = b + p * g.stride_b;
+        float *C = c + p * g.stride_c;
+        for (int j = 0; j < g.n; j++)
+            for (int i = 0; i < g.m; i++) {
+                double acc = 0;
+                for (int l = 0; l < g.k; l++) {
+                    float av = g.trans_a ? A[l + (size_t)i * g.lda] : A[i + (size_t)l * g.lda];
+                    float bv = g.trans_b ? B[j + (size_t)l * g.ldb] : B[l + (size_t)j * g.ldb];
+                    acc += (double)av * bv;
+                }
+                float *cv = &C[i + (size_t)j * g.ldc];
+                *cv = (float)(beta != 0.0f ? acc + beta * *cv : acc);
+            }
+    }
+}
+
+Test(tx_math, attention_replay)
+{
+    enum {
+        n = 3,
+        T = 5,
+        D = 8,
+        H = 2,
+        d = D / H,
+        M = n * T,
+        R = D + 1
+    };
+    mw_rng r = mw_rng_seed(99);
+    static float x[M * R], inw[3 * D * D], inb[3 * D], outw[D * D], outb[D];
+    static float qkv[M * 3 * D], q[M * D], k[M * D], v[M * D], sc[n * H * T * T];
+    static float ctxh[M * D], ctx[M * D], y[M * R];
+    for (int i = 0; i < M * R; i++)
+        x[i] = mw_rng_normal(&r);
+    for (int b = 0; b < n; b++) /* sample 0 attends to all, 1 to its first 3, 2 to none */
+        for (int t = 0; t < T; t++)
+            x[(b * T + t) * R + D] = b == 0 || (b == 1 && t < 3) ? 1.0f : 0.0f;
+    for (int i = 0; i < 3 * D * D; i++)
+        inw[i] = mw_rng_normal(&r) / 3.0f;
+    for (int i = 0; i < D * D; i++)
+        outw[i] = mw_rng_normal(&r) / 3.0f;
+    for (int i = 0; i < 3 * D; i++)
+        inb[i] = 0.1f * mw_rng_normal(&r);
+    for (int i = 0; i < D; i++)
+        outb[i] = 0.1f * mw_rng_normal(&r);
+
+    /* the op, as tx_ops.c runs it (attn_core, then run_attention) */
+    ref_gemm(ert_gemm_rows(M, D, 3 * D, R, 3 * D), inw, x, qkv, 0.0f);
+    for (int row = 0; row < M; row++) /* ert_k_qkv_split */
+        for (int c = 0; c < 3 * D; c++) {
+            int b = row / T, t = row % T, which = c / D, h = (c % D) / d, e = c % d;
+            float val = qkv[row * 3 * D + c] + inb[c];
+            float *dst = which == 0 ? q : which == 1 ? k : v;
+            dst[ert_head_offset((size_t)b, h, t, e, T, H, d)] =
+                which == 0 ? val / sqrtf((float)d) : val;
+        }
+    ref_gemm(ert_gemm_scores(n, H, T, d), k, q, sc, 0.0f);
+    for (int row = 0; row < n * H * T; row++) /* ert_k_attn_softmax */
+        ert_masked_softmax_row(sc + row * T, x + (row / (H * T)) * T * R + D, R, T);
+    ref_gemm(ert_gemm_context(n, H, T, d), v, sc, ctxh, 0.0f);
+    for (int row = 0; row < M; row++) /* ert_k_heads_merge */
+        for (int c = 0; c < D; c++)
+            ctx[row * D + c] =
+                ctxh[ert_head_offset((size_t)(row / T), c / d, row % T, c % d, T, H, d)];
+    for (int i = 0; i < M * R; i++)
+        y[i] = -777.0f;
+    ref_gemm(ert_gemm_rows(M, D, D, D, R), outw, ctx, y, 0.0f);
+    for (int row = 0; row < M; row++) {
+        cr_assert_eq(y[row * R + D], -777.0f, "token %d: the GEMM wrote the mask column", row);
+        for (int j = 0; j < D; j++) /* ert_k_token_bias */
+            y[row * R + j] += outb[j];
+        y[row * R + D] = x[row * R + D];
+    }
+
+    /* attention from its definition, in double */
+    for (int b = 0; b < n; b++) {
+        double pq[T][3 * D];
+        for (int t = 0; t < T; t++)
+            for (int c = 0; c < 3 * D; c++) {
+                double acc = inb[c];
+                for (int j = 0; j < D; j++)
+                    acc += (double)inw[c * D + j] * x[(b * T + t) * R + j];
+                pq[t][c] = acc;
+            }
+        double o[T][D];
+        int any = 0;
+        for (int t = 0; t < T; t++)
+            any |= x[(b * T + t) * R + D] != 0.0f;
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < T; i++) {
+                double s[T], mx = -INFINITY, sum = 0;
+                for (int j = 0; j < T; j++) {
+                    double acc = 0;
+                    for (int e = 0; e < d; e++)
+                        acc += pq[i][h * d + e] * pq[j][D + h * d + e];
+                    s[j] = x[(b * T + j) * R + D] != 0.0f ? acc / sqrt((double)d) : -INFINITY;
+                    mx = fmax(mx, s[j]);
+                }
+                for (int j = 0; j < T; j++)
+                    sum += s[j] = s[j] == -INFINITY ? 0.0 : exp(s[j] - mx);
+                for (int e = 0; e < d; e++) {
+                    double acc = 0;
+                    for (int j = 0; j < T; j++)
+                        acc += s[j] / sum * pq[j][2 * D + h * d + e];
+                    o[i][h * d + e] = acc;
+                }
+            }
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < D; j++) {
+                double want = outb[j];
+                for (int c = 0; c < D; c++)
+                    want += (double)outw[j * D + c] * o[t][c];
+                float got = y[(b * T + t) * R + j];
+                if (!any)
+                    cr_assert(isnan(got), "sample %d (all padded): y[%d][%d] = %g, want NaN", b, t,
+                              j, got);
+                else
+                    cr_assert(fabs(got - want) <= 1e-4 * (1.0 + fabs(want)),
+                              "sample %d token %d feature %d: %.7g, want %.7g", b, t, j, got, want);
+            }
+    }
 }
 
 /* ---- program: transformer graphs ------------------------------------------------------ */
