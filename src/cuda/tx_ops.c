@@ -200,7 +200,8 @@ static ert_status run_encoder(ert_engine *e, cuda_ctx *c, cuda_slot *s, const pr
         CUDA_TRY(e, cudaMemcpyAsync(y, x, rowbytes, cudaMemcpyDeviceToDevice, s->stream));
         if ((st = gemm_rows(e, s, M, D, D, w_out, ctx, D, y, D + 1, 1.0f)) != ERT_OK)
             return st;
-        KERNEL_TRY(e, ert_k_token_bias(y, b_out, NULL, tok, D, s->stream));
+        if (b_out) /* present after loading (model.h); the kernel refuses no work */
+            KERNEL_TRY(e, ert_k_token_bias(y, b_out, NULL, tok, D, s->stream));
         KERNEL_TRY(e, ert_k_layer_norm(y, NULL, z, tok, D, 1, n2->eps, dev_weight(c, m, n2->weight),
                                        dev_weight(c, m, n2->bias), s->stream));
         if ((st = gemm_rows(e, s, M, D, F, w1, z, D + 1, ws, F, 0.0f)) != ERT_OK)
@@ -208,7 +209,8 @@ static ert_status run_encoder(ert_engine *e, cuda_ctx *c, cuda_slot *s, const pr
         KERNEL_TRY(e, ert_k_bias_act(ws, b1, M, F, 1, p->act, s->stream));
         if ((st = gemm_rows(e, s, M, F, D, w2, ws, F, y, D + 1, 1.0f)) != ERT_OK)
             return st;
-        KERNEL_TRY(e, ert_k_token_bias(y, b2, NULL, tok, D, s->stream));
+        if (b2)
+            KERNEL_TRY(e, ert_k_token_bias(y, b2, NULL, tok, D, s->stream));
         return ERT_OK;
     }
     if ((st = attn_core(e, c, s, &p->attn, x, n, T, ws, &ctx)) != ERT_OK)

@@ -469,7 +469,7 @@ static void tx_modes(tx_kind kind, uint64_t seed)
         ert_engine *g = tb_engine_on(m, ERT_BACKEND_CUDA, runs[r].mode, 64, runs[r].graph_buckets,
                                      runs[r].inflight);
         if (runs[r].graph_buckets)
-            cr_assert(strstr(ert_engine_note(g), "graphs: off") == NULL, "%s: %s", what,
+            cr_assert(strstr(ert_engine_note(g), "graphs: on:") != NULL, "%s: %s", what,
                       ert_engine_note(g));
         ert_engine *c = tb_engine_on(m, ERT_BACKEND_CPU, runs[r].mode, 64, 0, 1);
         tx_set_thresholds(g, m, thr);
