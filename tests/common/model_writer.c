@@ -1163,6 +1163,7 @@ static cJSON *build_vit(bld *b)
     cJSON *bb, *ex, *fin;
     cJSON *r = model_root(3, g[0], g[1], K, &bb, &ex, &fin);
     patch_embed(b, bb, "backbone", "patch", 3, D, g[2], g[3], T, 1, 1);
+    self_attention(b, bb, "backbone", "attn", D, H, 1); /* a self_attention of its own */
     static const char *const policies[] = {"entropy", "max_prob", "margin"};
     char name[32], en[32];
     for (int k = 0; k < blocks; k++) {
@@ -1174,8 +1175,6 @@ static cJSON *build_vit(bld *b)
         snprintf(name, sizeof name, "block%d", k + 1);
         snprintf(en, sizeof en, "exit%d", k + 1);
         cJSON *h = cJSON_AddArrayToObject(add_exit(ex, en, name, policies[k], 0.5), "head");
-        if (k == 0) /* a self_attention of its own before the pooling */
-            self_attention(b, h, en, "attn", D, H, 1);
         token_pool(h, "pool", "first");
         layer_norm(b, h, en, "ln", D, k != 1);
         linear(b, h, en, "fc", D, K, 3.0f);

@@ -48,9 +48,10 @@ typedef enum mw_kind {
      * sizes vary with the seed: D 16, 24 or 32, H among 1, 2, 4 and D,
      * F = 2D, T 8..17, K 4..7. */
     /* input [3, H, W] (12x12, 16x16, 12x16 or 8x12), patch_embed (patch 4
-     * or [4, 2]) with class token and position (T = patches + 1), 2 or 3
-     * pre-LN blocks (GELU, or ReLU for some seeds; some without attention
-     * biases), a final layer_norm; exits after each block with
+     * or [4, 2]) with class token and position (T = patches + 1), a
+     * self_attention (no residual), 2 or 3 pre-LN blocks (GELU, or ReLU for
+     * some seeds; some without attention biases in block 1), a final
+     * layer_norm; exits after each block with
      * [token_pool first, layer_norm, linear] heads (entropy, max_prob,
      * margin); final head [token_pool first, linear] */
     MW_VIT = MW_KIND_COUNT,

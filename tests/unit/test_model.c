@@ -893,7 +893,8 @@ static void write_tx_weights(void)
         {"v6", 1, {6}},
         {"m6x8", 2, {6, 8}},
         {"m7x8", 2, {7, 8}},
-        {"pe.w42", 4, {8, 3, 4, 2}},
+        {"pe.w42", 4, {8, 3, 4, 2}}, {"pe.w2", 4, {8, 2, 4, 4}}, {"c.w", 4, {8, 2, 1, 1}},
+        {"a.iw4", 2, {12, 4}}, {"a.ib4", 1, {12}}, {"a.ow4", 2, {4, 4}}, {"a.ob4", 1, {4}},
     };
     int rc = 0;
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
@@ -972,7 +973,7 @@ Test(model, tokens_shapes_and_macs)
         if (i > 0)
             expect_tokens(l->in, T, D);
     }
-    cr_assert_eq(m->backbone.items[0].in.tokens, 0);
+    cr_assert_eq(m->backbone.items[0].in.tokens, SHAPE_IDS); /* the ids, not tokens */
     cr_assert_eq(shape_size(m->backbone.items[0].in), (size_t)2 * T);
     /* MACs: token_embed and layer_norm 0; attention T*4D^2 + 2*T^2*D; the
        block its attention + 2*T*D*F */
@@ -1152,7 +1153,7 @@ TX_BAD(conv_on_token_ids, TX_JSON, ERT_FORMAT, "'conv'", "token",
        cJSON_ReplaceItemInArray(
            J(r, "backbone"), 0,
            layer_json("{\"name\":\"conv\",\"type\":\"conv2d\",\"in_channels\":2,"
-                      "\"out_channels\":8,\"kernel_size\":1,\"weight\":\"pe.w\"}")))
+                      "\"out_channels\":8,\"kernel_size\":1,\"weight\":\"c.w\"}")))
 TX_BAD(linear_on_token_ids, TX_JSON, ERT_FORMAT, "'lin'", "token",
        cJSON_ReplaceItemInArray(J(r, "backbone"), 0,
                                 layer_json("{\"name\":\"lin\",\"type\":\"flatten\"}")))
@@ -1160,7 +1161,7 @@ TX_BAD(patch_embed_on_token_ids, TX_JSON, ERT_FORMAT, "'patch'", "token",
        cJSON_ReplaceItemInArray(J(r, "backbone"), 0,
                                 layer_json("{\"name\":\"patch\",\"type\":\"patch_embed\","
                                            "\"in_channels\":2,\"embed_dim\":8,\"patch_size\":1,"
-                                           "\"weight\":\"pe.w\"}")))
+                                           "\"weight\":\"c.w\"}")))
 /* sizes that do not agree */
 TX_BAD(layer_norm_dim_mismatch, TX_JSON, ERT_FORMAT, "'ln'", "6",
        set_num(BB(r, 1), "normalized_shape", 6);
@@ -1172,8 +1173,10 @@ TX_BAD(heads_do_not_divide, TX_JSON, ERT_FORMAT, "num_heads", "3",
 TX_BAD(heads_zero, TX_JSON, ERT_FORMAT, "num_heads", NULL, set_num(BB(r, 2), "num_heads", 0))
 TX_BAD(block_heads_do_not_divide, TX_JSON, ERT_FORMAT, "num_heads", "5",
        set_num(J(BB(r, 3), "attention"), "num_heads", 5))
-TX_BAD(attention_dim_vs_input, TX_JSON, ERT_FORMAT, "'attn'", NULL,
-       set_num(BB(r, 2), "embed_dim", 4))
+TX_BAD(attention_dim_vs_input, TX_JSON, ERT_FORMAT, "'attn'", "embed_dim is 4",
+       set_num(BB(r, 2), "embed_dim", 4);
+       set_str(BB(r, 2), "in_weight", "a.iw4"); set_str(BB(r, 2), "in_bias", "a.ib4");
+       set_str(BB(r, 2), "out_weight", "a.ow4"); set_str(BB(r, 2), "out_bias", "a.ob4"))
 TX_BAD(block_linear1_in_features, TX_JSON, ERT_FORMAT, "linear1", NULL,
        set_num(J(BB(r, 3), "linear1"), "in_features", 6))
 TX_BAD(block_linear2_out_features, TX_JSON, ERT_FORMAT, "linear2", NULL,
@@ -1185,7 +1188,7 @@ TX_BAD(block_missing_norm2, TX_JSON, ERT_FORMAT, "norm2", NULL,
 TX_BAD(token_pool_bad_mode, TX_JSON, ERT_FORMAT, "mode", "max",
        set_str(I(J(EX(r), "head"), 0), "mode", "max"))
 TX_BAD(patch_in_channels_vs_input, VIT_JSON, ERT_FORMAT, "'patch'", NULL,
-       set_num(BB(r, 0), "in_channels", 2))
+       set_num(BB(r, 0), "in_channels", 2); set_str(BB(r, 0), "weight", "pe.w2"))
 /* tensors of the wrong shape */
 TX_BAD(embed_weight_shape, TX_JSON, ERT_FORMAT, "weight", NULL, set_str(BB(r, 0), "weight", "m6x8"))
 TX_BAD(embed_position_shape, TX_JSON, ERT_FORMAT, "position", NULL,
