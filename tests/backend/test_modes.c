@@ -233,6 +233,17 @@ Test(modes, vit_equivalent) { tx_sweep(MW_VIT, 31, 3); }
 Test(modes, vit_other_seed) { tx_sweep(MW_VIT, 32, 1); }
 Test(modes, bert_equivalent) { tx_sweep(MW_BERT, 33, 3); }
 Test(modes, bert_other_seed) { tx_sweep(MW_BERT, 34, 1); }
+/* more seeds: other D (16, 24, 32), H (1, 2, 4, D), T, depths, ReLU or GELU */
+Test(modes, vit_many_seeds)
+{
+    for (uint64_t seed = 50; seed < 58; seed++)
+        tx_sweep(MW_VIT, seed, 0);
+}
+Test(modes, bert_many_seeds)
+{
+    for (uint64_t seed = 60; seed < 68; seed++)
+        tx_sweep(MW_BERT, seed, 0);
+}
 
 /* Thresholds at the bounds: nobody leaves early, then everybody leaves at
  * the first exit. */

@@ -893,8 +893,13 @@ static void write_tx_weights(void)
         {"v6", 1, {6}},
         {"m6x8", 2, {6, 8}},
         {"m7x8", 2, {7, 8}},
-        {"pe.w42", 4, {8, 3, 4, 2}}, {"pe.w2", 4, {8, 2, 4, 4}}, {"c.w", 4, {8, 2, 1, 1}},
-        {"a.iw4", 2, {12, 4}}, {"a.ib4", 1, {12}}, {"a.ow4", 2, {4, 4}}, {"a.ob4", 1, {4}},
+        {"pe.w42", 4, {8, 3, 4, 2}},
+        {"pe.w2", 4, {8, 2, 4, 4}},
+        {"c.w", 4, {8, 2, 1, 1}},
+        {"a.iw4", 2, {12, 4}},
+        {"a.ib4", 1, {12}},
+        {"a.ow4", 2, {4, 4}},
+        {"a.ob4", 1, {4}},
     };
     int rc = 0;
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
@@ -1157,7 +1162,7 @@ TX_BAD(conv_on_token_ids, TX_JSON, ERT_FORMAT, "'conv'", "token",
 TX_BAD(linear_on_token_ids, TX_JSON, ERT_FORMAT, "'lin'", "token",
        cJSON_ReplaceItemInArray(J(r, "backbone"), 0,
                                 layer_json("{\"name\":\"lin\",\"type\":\"flatten\"}")))
-TX_BAD(patch_embed_on_token_ids, TX_JSON, ERT_FORMAT, "'patch'", "token",
+TX_BAD(patch_embed_on_token_ids, TX_JSON, ERT_FORMAT, "'patch'", "reads an image",
        cJSON_ReplaceItemInArray(J(r, "backbone"), 0,
                                 layer_json("{\"name\":\"patch\",\"type\":\"patch_embed\","
                                            "\"in_channels\":2,\"embed_dim\":8,\"patch_size\":1,"
@@ -1188,7 +1193,8 @@ TX_BAD(block_missing_norm2, TX_JSON, ERT_FORMAT, "norm2", NULL,
 TX_BAD(token_pool_bad_mode, TX_JSON, ERT_FORMAT, "mode", "max",
        set_str(I(J(EX(r), "head"), 0), "mode", "max"))
 TX_BAD(patch_in_channels_vs_input, VIT_JSON, ERT_FORMAT, "'patch'", NULL,
-       set_num(BB(r, 0), "in_channels", 2); set_str(BB(r, 0), "weight", "pe.w2"))
+       set_num(BB(r, 0), "in_channels", 2);
+       set_str(BB(r, 0), "weight", "pe.w2"))
 /* tensors of the wrong shape */
 TX_BAD(embed_weight_shape, TX_JSON, ERT_FORMAT, "weight", NULL, set_str(BB(r, 0), "weight", "m6x8"))
 TX_BAD(embed_position_shape, TX_JSON, ERT_FORMAT, "position", NULL,
