@@ -845,15 +845,16 @@ def exporter_checks(work):
 
     def exp(bb, exits=None, final=None, shape=(1, 4, 4)):
         return lambda: ex.export(bb, exits or {}, final, out, shape, 2)
-    expect_error(exp(nn.Sequential(nn.Flatten(), nn.Linear(16, 2), nn.Tanh())), "2", "Tanh")
+    expect_error(exp(nn.Sequential(nn.Flatten(), nn.Linear(16, 2), nn.LeakyReLU())), "2",
+                 "LeakyReLU")
     inner = nn.Sequential()
     inner.add_module("conv", nn.Conv2d(1, 2, 3))
-    inner.add_module("act", nn.GELU())
+    inner.add_module("act", nn.SiLU())
     bb = nn.Sequential()
     bb.add_module("stem", inner)
     bb.add_module("flat", nn.Flatten())
     bb.add_module("fc", nn.Linear(8, 2))
-    expect_error(exp(bb), "stem.act", "GELU")
+    expect_error(exp(bb), "stem.act", "SiLU")
     expect_error(exp(nn.Sequential(nn.Flatten(), nn.Linear(16, 2)),
                      {"nope": (nn.Linear(16, 2), {"type": "entropy", "threshold": 1})}),
                  "nope")
