@@ -1282,13 +1282,19 @@ def export(backbone, exits, final_head, out_dir, input_shape, num_classes,
         shape = (c, h, w)
         afters = {e["after"]: e for e in exits_json}
 
+        def shape_of(layers, shape, what):
+            try:
+                return layer_macs(layers, shape)[1]
+            except ExportError as err:
+                raise ExportError(f"{what}: {err}") from None
+
         def ends_in(layers, shape, k, what):
-            out = layer_macs(layers, shape)[1]
+            out = shape_of(layers, shape, what)
             if _is_tokens(out) or _numel(out) != k:
                 raise ExportError(f"{what} does not end in {k} value{'s' if k > 1 else ''}"
                                   + (" (it ends in tokens)" if _is_tokens(out) else ""))
         for L in backbone_json:
-            _, shape = layer_macs([L], shape)
+            shape = shape_of([L], shape, "backbone")
             if L["name"] in afters:
                 e = afters[L["name"]]
                 ends_in(e["head"], shape, num_classes, f"exit '{e['name']}': head")
