@@ -67,6 +67,56 @@ graph with an independent interpreter and compares it with the PyTorch
 modules, so a block whose forward differs is caught and reported.
 An unsupported module raises ExportError naming its path and type.
 
+Transformer encoders (models/FORMAT.md, "Transformer encoders"):
+
+    # an image model: patches, then encoder layers
+    bb = nn.Sequential()
+    bb.add_module("patch", PatchEmbed(3, 64, 4, 32))       # models/transformer.py
+    bb.add_module("encoder", nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(64, 4, 128, norm_first=True, batch_first=True), 6))
+    exits = {"encoder.layers.1": (nn.Sequential(TokenPool("first"), nn.Linear(64, 10)),
+                                  {"type": "entropy", "threshold": 0.5})}
+    export(bb, exits, nn.Sequential(TokenPool("first"), nn.Linear(64, 10)), out_dir,
+           (3, 32, 32), 10, input_norm=..., golden_inputs=x_raw[:16])
+
+    # a text model: input_shape={"tokens": T}; inputs are rows [N, 2, T] of
+    # floats, the ids then the mask (1 attended, 0 padding)
+    net = BertClassifier(...)                               # models/bert.py
+    backbone, exits, final = net.export_parts({"encoder.0": policy0, ...})
+    export(backbone, exits, final, out_dir, {"tokens": 128}, K,
+           golden_inputs=pack_tokens(ids[:16], mask[:16]))
+
+  - nn.TransformerEncoderLayer -> encoder_block: either norm order
+    (norm_first), activation relu or exact gelu (a string, F.relu/F.gelu or
+    an nn.ReLU/nn.GELU module), batch_first True or False (the graph keeps
+    tokens [N, T, D] between modules and transposes around a sequence-first
+    layer). Its self_attn must be plain self-attention (no add_bias_kv,
+    add_zero_attn, kdim/vdim of their own); the key padding mask is the
+    input's, and no other attention mask can be expressed (a module that
+    applies one is an unsupported module).
+  - nn.TransformerEncoder: flattened like an nn.Sequential, its layers named
+    "<name>.layers.<i>" (exits keyed by these; "<name>" attaches after its
+    last layer, or after its norm, "<name>.norm", written as a layer_norm).
+  - torchvision's EncoderBlock (ViT's; pre-LN, MLP Linear-GELU-Dropout-
+    Linear-Dropout) -> encoder_block; a VisionTransformer backbone as above.
+  - nn.LayerNorm over the last dimension (per token, or on a vector) ->
+    layer_norm (with a weight and no bias: a bias of zeros); nn.GELU (exact)
+    -> gelu; nn.Tanh -> tanh; models/transformer.py's TokenPool ->
+    token_pool, PatchEmbed -> patch_embed, TokenEmbedding -> token_embed.
+  - BERT-style embeddings (children word_embeddings, position_embeddings,
+    token_type_embeddings, LayerNorm, dropout: Hugging Face's names, as
+    models/bert.py's BertEmbeddings) -> token_embed (position rows 0..T-1,
+    token type row 0 as the segment vector) then layer_norm
+    ("<name>.LayerNorm"; an exit keyed by the embeddings reads the latter).
+    A token model's first layer is one of these embeddings.
+  - The mask: Graph.forward splits a token input into ids and mask
+    (transformer.split_tokens) and passes the mask to every module that
+    takes one: nn.TransformerEncoderLayer (as src_key_padding_mask) and the
+    modules whose `takes_mask` is true, called as m(h, mask) (TokenPool).
+Golden files of a token model hold its input rows [N, 2, T]. A layer given
+the wrong kind of activation (a Linear on tokens, a head ending in tokens)
+is refused, naming the layer.
+
 Needs only torch and numpy (works with torch 1.13 and 2.x); safetensors is
 written by hand.
 """
@@ -1116,6 +1166,11 @@ def layer_macs(layers, shape):
             total += tt * 4 * d * d + 2 * tt * tt * d + 2 * tt * d * L["linear1"]["out_features"]
         elif ty == "token_pool":
             shape = (hh - 1, 1, 1)
+        elif ty == "layer_norm":
+            d = hh - 1 if tok else c * hh * ww
+            if L["normalized_shape"] != d:
+                raise ExportError(f"layer '{L['name']}' (layer_norm) over "
+                                  f"{L['normalized_shape']} values, given {d}")
     return total, shape
 
 
@@ -1182,7 +1237,9 @@ def export(backbone, exits, final_head, out_dir, input_shape, num_classes,
            golden_inputs=None, check=True):
     """Writes out_dir/model.json and out_dir/model.safetensors, and
     out_dir/golden.safetensors when golden_inputs (raw units, [N,C,H,W] or
-    [N,H,W] for C=1) are given. Returns the model.json dict.
+    [N,H,W] for C=1; a token model's rows [N,2,T], or ids [N,T]: every token
+    attended) are given. input_shape is [C,H,W], or {"tokens": T} for a
+    token model (then no input_norm). Returns the model.json dict.
 
     The modules are put in eval mode for the export and restored after. With
     check (the default) the written graph is run by an independent
