@@ -232,7 +232,7 @@ def _vit_parts(vit):
     """A torchvision VisionTransformer as a layer list: patch_embed (conv_proj,
     class token, position embedding), the encoder's layers by module path,
     and the default final head's items [(layer name, module path, module)]:
-    the class token, the encoder's final layer norm (per token, so it may
+    token 0 (the class token), the encoder's final layer norm (per token, so it may
     follow the pooling) and the heads."""
     if not isinstance(vit.conv_proj, nn.Conv2d):
         raise ExportError(f"backbone: VisionTransformer conv_proj ({type(vit.conv_proj).__name__}): "
