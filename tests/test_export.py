@@ -579,7 +579,43 @@ def check_bert(model, model_dir, exe, work):
     types = [L["type"] for L in model["backbone"]]
     if types[:2] != ["token_embed", "layer_norm"] or model["input"] != {"tokens": 16}:
         raise Failure(f"backbone {types}, input {model['input']}")
-    return out + [f"BertClassifier.forward vs the exported graph: max rel err {worst:.2g}"]
+    out.append(f"BertClassifier.forward vs the exported graph: max rel err {worst:.2g}")
+    # FORMAT.md, "Token inputs": an id outside [0, vocab) and a sequence with
+    # no attended token give NaN logits, and such a sample never exits early
+    bad = bad_token_rows(golden["input"], model)
+    tensors = {k: np.array(v) for k, v in
+               ex.read_safetensors(os.path.join(model_dir, "model.safetensors"))[0].items()}
+    logits, _ = ex.run_model(model, tensors, bad)
+    for name, z in logits.items():
+        if not np.isnan(z[:4]).all(1).all() or not np.isfinite(z[4:]).all():
+            raise Failure(f"interpreter at {name}: NaN rows "
+                          f"{np.isnan(z).all(1).nonzero()[0].tolist()}, want [0, 1, 2, 3]")
+    if exe:
+        data = os.path.join(work, "bad-tokens.npy")
+        np.save(data, bad)
+        rows, z = run_plain(exe, model_dir, data, work, "bad-tokens")
+        final = len(model["exits"])
+        names = [e["name"] for e in model["exits"]] + ["final"]
+        for idx, exit_, _cls, _score in rows:
+            got = int(exit_) if exit_.isdigit() else names.index(exit_)
+            if idx < 4 and (got != final or not np.isnan(z[idx]).all()):
+                raise Failure(f"bad token row {idx}: exit {exit_}, logits {z[idx][:3]}; "
+                              "want the final head and NaN logits")
+            if idx >= 4 and not np.isfinite(z[idx]).all():
+                raise Failure(f"row {idx} (valid) has non-finite logits {z[idx]}")
+        out.append("ids outside the vocabulary and an all-padding sequence: NaN logits, "
+                   "the final head (interpreter and exitrt)")
+    return out
+
+
+def bad_token_rows(x, model):
+    """x's rows with a bad first token (always attended) in rows 0, 1 and 3:
+    the id vocab_size, 2.5 and -1, and row 2 a mask of zeros (the others
+    unchanged)."""
+    x = np.array(x[:8], dtype=np.float32)
+    vocab = model["backbone"][0]["vocab_size"]
+    x[0, 0, 0], x[1, 0, 0], x[3, 0, 0], x[2, 1, :] = vocab, 2.5, -1, 0
+    return x
 
 
 SPEC_NETS = {}
