@@ -21,6 +21,19 @@ others, and for every exit j one that sends every sample to exit j, so the
 logits of every exit are compared for every input. The shipped models'
 golden files (models/*/golden.safetensors) are checked the same way.
 
+Transformer encoders (models/FORMAT.md, "Transformer encoders"), the same
+way: an nn.TransformerEncoder of pre-LN ReLU layers behind a patch
+embedding; post-LN GELU nn.TransformerEncoderLayers (sequence first) on
+padded token sequences; torchvision's VisionTransformer; models/bert.py's
+BERT-style classifier with DeeBERT exits on padded sequences. For these the
+exporter's own interpreter, run on the written files, is compared with
+PyTorch too (and must depend on the masks), the MACs with FORMAT.md's
+formulas, and ids outside the vocabulary or a sequence of padding alone
+must give NaN logits and the final head. The worst relative logit error of
+exitrt against PyTorch over these models is printed at the end. What the
+format cannot express (other activations, extra key/value rows, attention
+masks, a Linear on tokens, ...) is refused at export, naming the module.
+
 Where an exit reads (models/FORMAT.md): the networks whose Dropout leaves
 an exit without a layer of its own (after another exit's layer, before a
 trailing Dropout, after a leading one) and an exit between a conv and its
