@@ -556,8 +556,16 @@ def check_transformer(model, model_dir, exe, work):
     got = ex.model_macs(model)["full"]
     if got != want:
         raise Failure(f"model_macs full {got}, FORMAT.md's formulas give {want}")
+    if exe:  # and exitrt counts the same
+        r = subprocess.run([exe, "inspect", model_dir], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=60)
+        text = r.stdout.decode("utf-8", "replace")
+        line = [ln for ln in text.splitlines() if ln.startswith("MACs full")]
+        macs = int(line[0].split()[2].replace(",", "")) if line else None
+        if r.returncode != 0 or macs != got:
+            raise Failure(f"exitrt inspect: MACs full {macs}, model_macs {got}\n{text[-1500:]}")
     return [f"interpreter (from the written files) vs PyTorch: max rel err {worst:.2g}; "
-            f"{got} MACs"]
+            f"{got} MACs" + (" (exitrt inspect: the same)" if exe else "")]
 
 
 def check_vit(model, model_dir, exe, work):
@@ -604,7 +612,7 @@ def check_bert(model, model_dir, exe, work):
             raise Failure(f"interpreter at {name}: NaN rows "
                           f"{np.isnan(z).all(1).nonzero()[0].tolist()}, want [0, 1, 2, 3]")
     if exe:
-        data = os.path.join(work, "bad-tokens.npy")
+        data = os.path.join(work, "bad-tokens-input.npy")
         np.save(data, bad)
         rows, z = run_plain(exe, model_dir, data, work, "bad-tokens")
         final = len(model["exits"])
