@@ -66,8 +66,8 @@ static void softmax_row(float *s, int T, const float *key_mask, size_t stride)
 }
 
 /* C[M, N] (ldc) = A[M, K] (lda) W[N, K]^T + bias[N]. */
-static void gemm_bias(const float *A, int lda, const float *W, const float *bias, float *C,
-                      int ldc, int M, int N, int K)
+static void gemm_bias(const float *A, int lda, const float *W, const float *bias, float *C, int ldc,
+                      int M, int N, int K)
 {
     for (int i = 0; i < M; i++)
         memcpy(C + (size_t)i * ldc, bias, sizeof(float) * (size_t)N);
@@ -234,8 +234,8 @@ static void attend(const attention_params *p, int T, const float *x, int ldx, co
                     0.0f, s, T);
         for (int i = 0; i < T; i++)
             softmax_row(s + (size_t)i * T, T, mask, mask_stride);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, d, T, 1.0f, s, T, v, 3 * D,
-                    0.0f, ctx + h * d, D);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, d, T, 1.0f, s, T, v, 3 * D, 0.0f,
+                    ctx + h * d, D);
     }
     gemm_bias(ctx, D, p->out_weight, p->out_bias, a, D, T, D, D);
 }
