@@ -952,11 +952,15 @@ def _attention(x, mask, A, t):
         qkv = qkv + t(A["in_bias"])
     q, k, v = (qkv[..., i * d:(i + 1) * d].reshape(n, tt, nh, hd).transpose(1, 2)
                for i in range(3))
-    s = q @ k.transpose(-1, -2) / math.sqrt(hd)
-    s = s + torch.where(mask, 0.0, -math.inf)[:, None, None, :]
+    # a padded key takes no part (its score -inf, its value never read: a
+    # NaN there, from an invalid id, has no effect); with no attended key
+    # the softmax is NaN, as PyTorch's
+    keep = mask[:, None, None, :]
+    s = torch.where(keep, q @ k.transpose(-1, -2) / math.sqrt(hd), torch.tensor(-math.inf))
     s = s - s.max(-1, keepdim=True).values
     p = torch.exp(s)
     p = p / p.sum(-1, keepdim=True)
+    v = torch.where(mask[:, None, :, None], v, torch.zeros(()))
     o = (p @ v).transpose(1, 2).reshape(n, tt, d) @ t(A["out_weight"]).T
     return o + t(A["out_bias"]) if "out_bias" in A else o
 
@@ -1065,9 +1069,9 @@ def run_layers(layers, T, h):
             x, mask = _tokens_in(h, ty)
             if L["mode"] == "first":
                 v = x[:, 0]
-            else:
-                m = mask.to(x.dtype).unsqueeze(-1)
-                v = (x * m).sum(1) / m.sum(1)
+            else:  # the padded tokens skipped (a NaN there has no effect)
+                m = mask.unsqueeze(-1)
+                v = torch.where(m, x, torch.zeros(())).sum(1) / m.sum(1)
             h = v.reshape(v.shape[0], -1, 1, 1)
         else:
             raise ExportError(f"layer type {ty}")

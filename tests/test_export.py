@@ -626,6 +626,27 @@ def check_bert(model, model_dir, exe, work):
                 raise Failure(f"row {idx} (valid) has non-finite logits {z[idx]}")
         out.append("ids outside the vocabulary and an all-padding sequence: NaN logits, "
                    "the final head (interpreter and exitrt)")
+    # invalid ids at padded tokens change nothing, at any exit
+    pad = padded_bad_rows(golden["input"], model)
+    valid = np.array(golden["input"])[(golden["input"][:, 1] == 0).any(1)][:6]
+    if len(pad) == 0:
+        raise Failure("no padded rows in the golden input")
+    a, _ = ex.run_model(model, tensors, pad)
+    b, _ = ex.run_model(model, tensors, valid)
+    for name in a:
+        if not np.array_equal(a[name], b[name]):
+            raise Failure(f"interpreter at {name}: invalid ids at padded tokens change the logits")
+    if exe:
+        runs = []
+        for tag, rows in (("pad-bad", pad), ("pad-valid", valid)):
+            data = os.path.join(work, f"{tag}-input.npy")
+            np.save(data, rows)
+            runs.append(run_plain(exe, model_dir, data, work, tag))
+        if runs[0][0] != runs[1][0] or not np.array_equal(runs[0][1], runs[1][1]):
+            raise Failure("exitrt: invalid ids at padded tokens change the results: logits "
+                          f"{runs[0][1][:2].tolist()}, without them {runs[1][1][:2].tolist()}")
+        out.append("invalid ids at padded tokens: no effect (interpreter and exitrt, bit "
+                   "for bit)")
     return out
 
 
@@ -636,6 +657,17 @@ def bad_token_rows(x, model):
     x = np.array(x[:8], dtype=np.float32)
     vocab = model["backbone"][0]["vocab_size"]
     x[0, 0, 0], x[1, 0, 0], x[3, 0, 0], x[2, 1, :] = vocab, 2.5, -1, 0
+    return x
+
+
+def padded_bad_rows(x, model):
+    """x's padded rows (the first 6), with invalid ids (vocab_size, -1, 0.5
+    in turn) written at every padded token: which has no effect
+    (FORMAT.md, "Token inputs")."""
+    x = np.array(x[(x[:, 1] == 0).any(1)][:6], dtype=np.float32)
+    vocab = model["backbone"][0]["vocab_size"]
+    for i in range(len(x)):
+        x[i, 0][x[i, 1] == 0] = (vocab, -1, 0.5)[i % 3]
     return x
 
 
