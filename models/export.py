@@ -235,8 +235,9 @@ def _vit_parts(vit):
     token 0 (the class token), the encoder's final layer norm (per token, so it may
     follow the pooling) and the heads."""
     if not isinstance(vit.conv_proj, nn.Conv2d):
-        raise ExportError(f"backbone: VisionTransformer conv_proj ({type(vit.conv_proj).__name__}): "
-                          "a convolutional stem is not supported, only the Conv2d patchifier")
+        raise ExportError(f"backbone: VisionTransformer conv_proj "
+                          f"({type(vit.conv_proj).__name__}): a convolutional stem is not "
+                          "supported, only the Conv2d patchifier")
     top = [("patch_embed", tx.VitPatchEmbed(vit))]
     top += [(f"encoder.layers.{n}", b) for n, b in vit.encoder.layers.named_children()]
     pool = tx.TokenPool("first")
