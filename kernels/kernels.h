@@ -144,7 +144,7 @@ cudaError_t ert_k_graph_root(const int *d_rows, ert_switch_args sw, cudaStream_t
  * features, each followed by its mask value, T * (D + 1) floats per sample.
  * The math per value and per row is kernels/tx_math.h. */
 
-/* Token ids to tokens: out[r, t, :D] = w[id] + pos[t] + seg, out[r, t, D] =
+/* Token ids to tokens: out[r, t, :D] = w[id] + seg + pos[t], out[r, t, D] =
  * 1 where the input's mask value is nonzero, else 0. in [n, 2T] (T ids,
  * then T mask values); out [n, T, D + 1]; w [vocab, D]; pos [T, D] and seg
  * [D] or NULL. An id that is not an integer in [0, vocab) gives NaN
@@ -173,10 +173,12 @@ cudaError_t ert_k_token_bias(float *y, const float *bias, const float *mask_src,
                              int D, cudaStream_t s);
 
 /* The input projection [n * T, 3D] (q, k, v columns; + bias [3D] or NULL)
- * split into q, k, v, each [n, H, T, d] (D = H * d), q divided by sqrt(d)
- * (PyTorch's scaling of the scores). */
-cudaError_t ert_k_qkv_split(const float *qkv, const float *bias, float *q, float *k, float *v,
-                            int n, int T, int H, int d, cudaStream_t s);
+ * split into q, k, v, each [n, H, T, d] (D = H * d). The value row of a
+ * token whose mask value in x (the attention's input tokens [n, T, D + 1])
+ * is 0 is written as zeros: a padded key has weight 0 and must not turn
+ * the weighted sum NaN (models/FORMAT.md, "Token inputs"). */
+cudaError_t ert_k_qkv_split(const float *qkv, const float *bias, const float *x, float *q, float *k,
+                            float *v, int n, int T, int H, int d, cudaStream_t s);
 
 /* Softmax over the keys of scores [n, H, T, T] (query rows, key columns) in
  * place; key j of sample b is padded where the tokens x [n, T, D + 1] have

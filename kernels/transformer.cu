@@ -78,10 +78,10 @@ static __global__ void token_embed_kernel(const float *in, float *out, const flo
         }
         const int id = ert_token_row(x[t], vocab);
         float v = id < 0 ? NAN : w[(size_t)id * D + j];
+        if (seg) /* the CPU's order (src/cpu/tx_ops.c): segment, then position */
+            v += seg[j];
         if (pos)
             v += pos[(size_t)t * D + j];
-        if (seg)
-            v += seg[j];
         out[i] = v;
     }
 }
@@ -213,8 +213,9 @@ extern "C" cudaError_t ert_k_token_bias(float *y, const float *bias, const float
 
 /* ---- heads: split, softmax, merge ---------------------------------------------------- */
 
-static __global__ void qkv_split_kernel(const float *qkv, const float *bias, float *q, float *k,
-                                        float *v, size_t count, int T, int H, int d, float q_div)
+static __global__ void qkv_split_kernel(const float *qkv, const float *bias, const float *x,
+                                        float *q, float *k, float *v, size_t count, int T, int H,
+                                        int d)
 {
     const int D = H * d;
     const size_t row = 3 * (size_t)D;
@@ -228,21 +229,23 @@ static __global__ void qkv_split_kernel(const float *qkv, const float *bias, flo
         float val = qkv[i];
         if (bias)
             val += bias[c];
+        /* a padded key's value row is 0: its weight is 0, and a NaN there
+           (an invalid id at a padded token) must not spread as 0 * NaN */
+        if (which == 2 && x[tok * ((size_t)D + 1) + D] == 0.0f)
+            val = 0.0f;
         float *dst = which == 0 ? q : which == 1 ? k : v;
-        if (which == 0)
-            val = val / q_div; /* as PyTorch's q / sqrt(head_dim) */
         dst[ert_head_offset(b, h, t, e, T, H, d)] = val;
     }
 }
 
-extern "C" cudaError_t ert_k_qkv_split(const float *qkv, const float *bias, float *q, float *k,
-                                       float *v, int n, int T, int H, int d, cudaStream_t s)
+extern "C" cudaError_t ert_k_qkv_split(const float *qkv, const float *bias, const float *x,
+                                       float *q, float *k, float *v, int n, int T, int H, int d,
+                                       cudaStream_t s)
 {
-    if (!qkv || !q || !k || !v || n < 1 || T < 1 || H < 1 || d < 1)
+    if (!qkv || !x || !q || !k || !v || n < 1 || T < 1 || H < 1 || d < 1)
         return cudaErrorInvalidValue;
     size_t count = (size_t)n * T * 3 * (size_t)H * d;
-    qkv_split_kernel<<<grid_for(count), BLOCK, 0, s>>>(qkv, bias, q, k, v, count, T, H, d,
-                                                       sqrtf((float)d));
+    qkv_split_kernel<<<grid_for(count), BLOCK, 0, s>>>(qkv, bias, x, q, k, v, count, T, H, d);
     return cudaGetLastError();
 }
 

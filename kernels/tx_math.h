@@ -122,6 +122,10 @@ static inline ERT_HD size_t ert_head_offset(size_t b, int h, int t, int e, int T
     return ((b * (size_t)H + (size_t)h) * (size_t)T + (size_t)t) * (size_t)d + (size_t)e;
 }
 
+/* The scores' scale 1 / sqrt(d), rounded once from double (as the CPU's
+ * src/cpu/tx_ops.c). */
+static inline ERT_HD float ert_attn_scale(int d) { return (float)(1.0 / sqrt((double)d)); }
+
 /* One cuBLAS SGEMM (batch 1) or strided batched SGEMM, column-major as
  * cuBLAS reads it: C_p = alpha op(A_p) op(B_p) + beta C_p for p < batch,
  * A_p = A + p * stride_a (and B, C alike); op(X) = X^T where trans_x. The
@@ -166,7 +170,7 @@ static inline ERT_HD ert_gemm ert_gemm_rows(int rows, int in, int out, int ldx, 
 
 /* Per (sample, head), n * H of them: scores S[T_q, T_k] = Q K^T from the
  * [n, H, T, d] arrays: A = K, B = Q, C = S [n, H, T, T] (column-major S^T =
- * K Q^T). */
+ * K Q^T). The caller scales by alpha = ert_attn_scale(d). */
 static inline ERT_HD ert_gemm ert_gemm_scores(int n, int H, int T, int d)
 {
     const long long td = (long long)T * d, tt = (long long)T * T;

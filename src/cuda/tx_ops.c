@@ -19,7 +19,7 @@
  *                                    residual sum before a post-LN norm
  *   attention:    QKV [n * T, 3D]    the input projection; later the heads'
  *                                    outputs [n, H, T, d]
- *                 Q, K, V [n, H, T, d] each (Q divided by sqrt(d)); Q later
+ *                 Q, K, V [n, H, T, d] each (V zero at padded keys); Q later
  *                                    holds the heads concatenated [n * T, D]
  *                 S   [n, H, T, T]   scores, then probabilities
  *   FFN:          F1  [n * T, F]     over QKV..S, which are dead by then
@@ -34,8 +34,6 @@
 #include "cuda_internal.h"
 #include "kernels.h"
 #include "tx_math.h"
-
-static const float ONE = 1.0f;
 
 /* ---- workspace ---------------------------------------------------------------------- */
 
@@ -59,18 +57,17 @@ size_t tx_ws_floats(const prog_op *op)
 
 ert_status tx_check_sizes(ert_engine *e, const prog_op *op)
 {
-    /* cuBLAS takes int row counts and batch counts: n * T token rows and
-       n * H heads must fit at max_batch */
-    const long long B = e->cfg.max_batch;
-    const long long T = shape_tokens(op->in_shape);
-    long long H = 1;
+    /* cuBLAS takes int counts: n * T token rows and n * H heads must fit at
+       max_batch */
+    const long long B = e->cfg.max_batch, T = shape_tokens(op->in_shape);
+    long long H;
     if (op->kind == OP_ATTENTION)
         H = op->l->p.attn.heads;
     else if (op->kind == OP_ENCODER)
         H = op->l->p.enc.attn.heads;
-    else if (op->kind != OP_LAYER_NORM && op->kind != OP_TOKEN_POOL && op->kind != OP_TOKEN_EMBED)
+    else
         return ERT_OK;
-    if (op->in_shape.tokens && (B * T > 0x7fffffffLL || B * H > 0x7fffffffLL))
+    if (B * T > 0x7fffffffLL || B * H > 0x7fffffffLL)
         return engine_fail(e, ERT_UNSUPPORTED,
                            "cuda: layer %s: %lld samples of %lld tokens (%lld heads) exceed "
                            "cuBLAS's int counts; use a smaller max_batch",
@@ -83,17 +80,17 @@ ert_status tx_check_sizes(ert_engine *e, const prog_op *op)
 /* One GEMM of tx_math.h's (its parameters built there, so the host test
  * replays the same calls): C = A B (+ beta C), as one SGEMM or one strided
  * batched SGEMM. */
-static ert_status gemm(ert_engine *e, cuda_slot *s, ert_gemm g, const float *a, const float *b,
-                       float *c, float beta)
+static ert_status gemm(ert_engine *e, cuda_slot *s, ert_gemm g, float alpha, const float *a,
+                       const float *b, float *c, float beta)
 {
     ert_status st = ERT_OK;
     const cublasOperation_t ta = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasOperation_t tb = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     if (g.batch == 1)
-        CUBLAS_TRY(e, cublasSgemm(s->blas, ta, tb, g.m, g.n, g.k, &ONE, a, g.lda, b, g.ldb, &beta,
+        CUBLAS_TRY(e, cublasSgemm(s->blas, ta, tb, g.m, g.n, g.k, &alpha, a, g.lda, b, g.ldb, &beta,
                                   c, g.ldc));
     else
-        CUBLAS_TRY(e, cublasSgemmStridedBatched(s->blas, ta, tb, g.m, g.n, g.k, &ONE, a, g.lda,
+        CUBLAS_TRY(e, cublasSgemmStridedBatched(s->blas, ta, tb, g.m, g.n, g.k, &alpha, a, g.lda,
                                                 g.stride_a, b, g.ldb, g.stride_b, &beta, c, g.ldc,
                                                 g.stride_c, g.batch));
     return ERT_OK;
@@ -106,7 +103,7 @@ fail:
 static ert_status gemm_rows(ert_engine *e, cuda_slot *s, int rows, int in, int out, const float *w,
                             const float *x, int ldx, float *y, int ldy, float beta)
 {
-    return gemm(e, s, ert_gemm_rows(rows, in, out, ldx, ldy), w, x, y, beta);
+    return gemm(e, s, ert_gemm_rows(rows, in, out, ldx, ldy), 1.0f, w, x, y, beta);
 }
 
 /* Multi-head attention of the tokens x [n, T, D + 1] (q = k = v = x; the
@@ -127,15 +124,15 @@ static ert_status attn_core(ert_engine *e, cuda_ctx *c, cuda_slot *s, const atte
     if ((st = gemm_rows(e, s, M, D, 3 * D, dev_weight(c, m, p->in_weight), x, D + 1, qkv, 3 * D,
                         0.0f)) != ERT_OK)
         return st;
-    KERNEL_TRY(e,
-               ert_k_qkv_split(qkv, dev_weight(c, m, p->in_bias), q, k, v, n, T, H, d, s->stream));
-    /* per (sample, head): S[T_q, T_k] = Q K^T */
-    if ((st = gemm(e, s, ert_gemm_scores(n, H, T, d), k, q, sc, 0.0f)) != ERT_OK)
+    KERNEL_TRY(
+        e, ert_k_qkv_split(qkv, dev_weight(c, m, p->in_bias), x, q, k, v, n, T, H, d, s->stream));
+    /* per (sample, head): S[T_q, T_k] = Q K^T / sqrt(d) */
+    if ((st = gemm(e, s, ert_gemm_scores(n, H, T, d), ert_attn_scale(d), k, q, sc, 0.0f)) != ERT_OK)
         return st;
     KERNEL_TRY(e, ert_k_attn_softmax(sc, x, n, H, T, D, s->stream));
     /* O[T_q, d] = P V, over QKV, dead since the split */
     float *ctx_h = qkv;
-    if ((st = gemm(e, s, ert_gemm_context(n, H, T, d), v, sc, ctx_h, 0.0f)) != ERT_OK)
+    if ((st = gemm(e, s, ert_gemm_context(n, H, T, d), 1.0f, v, sc, ctx_h, 0.0f)) != ERT_OK)
         return st;
     /* concatenated over Q, dead since the scores */
     KERNEL_TRY(e, ert_k_heads_merge(ctx_h, q, n, T, H, d, s->stream));
@@ -249,7 +246,7 @@ ert_status tx_op_run(ert_engine *e, cuda_ctx *c, cuda_slot *s, const prog_op *op
     }
     case OP_LAYER_NORM: {
         const norm_params *p = &op->l->p.norm;
-        const int tokens = op->in_shape.tokens;
+        const int tokens = op->in_shape.tokens == SHAPE_TOKENS;
         size_t rows = (size_t)n * (tokens ? (size_t)shape_tokens(op->in_shape) : 1);
         KERNEL_TRY(e, ert_k_layer_norm(x, NULL, y, rows, p->dim, tokens, p->eps,
                                        dev_weight(c, m, p->weight), dev_weight(c, m, p->bias),

@@ -542,8 +542,8 @@ Test(tx_math, masked_softmax_row)
 
 /* ---- tx_math.h's GEMMs: src/cuda/tx_ops.c's attention replayed --------------------- */
 
-/* What cuBLAS computes for g (column-major, alpha 1; beta 0 reads no C). */
-static void ref_gemm(ert_gemm g, const float *a, const float *b, float *c, float beta)
+/* What cuBLAS computes for g (column-major; beta 0 reads no C). */
+static void ref_gemm(ert_gemm g, float alpha, const float *a, const float *b, float *c, float beta)
 {
     for (int p = 0; p < g.batch; p++) {
         const float *A = a + p * g.stride_a, *B = b + p * g.stride_b;
@@ -557,7 +557,7 @@ static void ref_gemm(ert_gemm g, const float *a, const float *b, float *c, float
                     acc += (double)av * bv;
                 }
                 float *cv = &C[i + (size_t)j * g.ldc];
-                *cv = (float)(beta != 0.0f ? acc + beta * *cv : acc);
+                *cv = (float)(beta != 0.0f ? alpha * acc + beta * *cv : alpha * acc);
             }
     }
 }
@@ -582,6 +582,8 @@ Test(tx_math, attention_replay)
     for (int b = 0; b < n; b++) /* sample 0 attends to all, 1 to its first 3, 2 to none */
         for (int t = 0; t < T; t++)
             x[(b * T + t) * R + D] = b == 0 || (b == 1 && t < 3) ? 1.0f : 0.0f;
+    for (int j = 0; j < D; j++) /* a padded token of NaN (an invalid id): no effect */
+        x[(1 * T + 4) * R + j] = NAN;
     for (int i = 0; i < 3 * D * D; i++)
         inw[i] = mw_rng_normal(&r) / 3.0f;
     for (int i = 0; i < D * D; i++)
@@ -592,26 +594,27 @@ Test(tx_math, attention_replay)
         outb[i] = 0.1f * mw_rng_normal(&r);
 
     /* the op, as tx_ops.c runs it (attn_core, then run_attention) */
-    ref_gemm(ert_gemm_rows(M, D, 3 * D, R, 3 * D), inw, x, qkv, 0.0f);
+    ref_gemm(ert_gemm_rows(M, D, 3 * D, R, 3 * D), 1.0f, inw, x, qkv, 0.0f);
     for (int row = 0; row < M; row++) /* ert_k_qkv_split */
         for (int c = 0; c < 3 * D; c++) {
             int b = row / T, t = row % T, which = c / D, h = (c % D) / d, e = c % d;
             float val = qkv[row * 3 * D + c] + inb[c];
+            if (which == 2 && x[row * R + D] == 0.0f)
+                val = 0.0f;
             float *dst = which == 0 ? q : which == 1 ? k : v;
-            dst[ert_head_offset((size_t)b, h, t, e, T, H, d)] =
-                which == 0 ? val / sqrtf((float)d) : val;
+            dst[ert_head_offset((size_t)b, h, t, e, T, H, d)] = val;
         }
-    ref_gemm(ert_gemm_scores(n, H, T, d), k, q, sc, 0.0f);
+    ref_gemm(ert_gemm_scores(n, H, T, d), ert_attn_scale(d), k, q, sc, 0.0f);
     for (int row = 0; row < n * H * T; row++) /* ert_k_attn_softmax */
         ert_masked_softmax_row(sc + row * T, x + (row / (H * T)) * T * R + D, R, T);
-    ref_gemm(ert_gemm_context(n, H, T, d), v, sc, ctxh, 0.0f);
+    ref_gemm(ert_gemm_context(n, H, T, d), 1.0f, v, sc, ctxh, 0.0f);
     for (int row = 0; row < M; row++) /* ert_k_heads_merge */
         for (int c = 0; c < D; c++)
             ctx[row * D + c] =
                 ctxh[ert_head_offset((size_t)(row / T), c / d, row % T, c % d, T, H, d)];
     for (int i = 0; i < M * R; i++)
         y[i] = -777.0f;
-    ref_gemm(ert_gemm_rows(M, D, D, D, R), outw, ctx, y, 0.0f);
+    ref_gemm(ert_gemm_rows(M, D, D, D, R), 1.0f, outw, ctx, y, 0.0f);
     for (int row = 0; row < M; row++) {
         cr_assert_eq(y[row * R + D], -777.0f, "token %d: the GEMM wrote the mask column", row);
         for (int j = 0; j < D; j++) /* ert_k_token_bias */
@@ -645,10 +648,11 @@ Test(tx_math, attention_replay)
                 }
                 for (int j = 0; j < T; j++)
                     sum += s[j] = s[j] == -INFINITY ? 0.0 : exp(s[j] - mx);
-                for (int e = 0; e < d; e++) {
+                for (int e = 0; e < d; e++) { /* padded keys take no part */
                     double acc = 0;
                     for (int j = 0; j < T; j++)
-                        acc += s[j] / sum * pq[j][2 * D + h * d + e];
+                        if (x[(b * T + j) * R + D] != 0.0f)
+                            acc += s[j] / sum * pq[j][2 * D + h * d + e];
                     o[i][h * d + e] = acc;
                 }
             }
@@ -658,9 +662,8 @@ Test(tx_math, attention_replay)
                 for (int c = 0; c < D; c++)
                     want += (double)outw[j * D + c] * o[t][c];
                 float got = y[(b * T + t) * R + j];
-                if (!any)
-                    cr_assert(isnan(got), "sample %d (all padded): y[%d][%d] = %g, want NaN", b, t,
-                              j, got);
+                if (!any || isnan(want)) /* all padded; the NaN token's own row */
+                    cr_assert(isnan(got), "sample %d: y[%d][%d] = %g, want NaN", b, t, j, got);
                 else
                     cr_assert(fabs(got - want) <= 1e-4 * (1.0 + fabs(want)),
                               "sample %d token %d feature %d: %.7g, want %.7g", b, t, j, got, want);
@@ -705,7 +708,8 @@ Test(program, vit_like)
     /* patch_embed (3x8x8, 4x4 patches, D 8, class token: T 5), three
        pre-LN blocks; exit 0 after block 0 and the final head, both
        [token_pool, layer_norm, linear] */
-    const shape3 img = {3, 8, 8, 0}, tok = {5, 9, 1, 1}, vec = {8, 1, 1, 0}, cls = {4, 1, 1, 0};
+    const shape3 img = {3, 8, 8, 0}, tok = {5, 9, 1, SHAPE_TOKENS}, vec = {8, 1, 1, 0},
+                 cls = {4, 1, 1, 0};
     layer backbone[4] = {
         TL(LAYER_PATCH_EMBED, "patch", img, tok), TL(LAYER_ENCODER_BLOCK, "b0", tok, tok),
         TL(LAYER_ENCODER_BLOCK, "b1", tok, tok), TL(LAYER_ENCODER_BLOCK, "b2", tok, tok)};
@@ -757,8 +761,8 @@ Test(program, bert_like)
        blocks; a DeeBERT exit [token_pool, linear, tanh, linear] after each,
        the first with a confidence head [token_pool, linear, gelu, linear,
        sigmoid] */
-    const shape3 ids = {2, 6, 1, 0}, tok = {6, 9, 1, 1}, vec = {8, 1, 1, 0}, cls = {3, 1, 1, 0},
-                 one = {1, 1, 1, 0};
+    const shape3 ids = {2, 6, 1, SHAPE_IDS}, tok = {6, 9, 1, SHAPE_TOKENS}, vec = {8, 1, 1, 0},
+                 cls = {3, 1, 1, 0}, one = {1, 1, 1, 0};
     layer backbone[4] = {
         TL(LAYER_TOKEN_EMBED, "embed", ids, tok), TL(LAYER_LAYER_NORM, "ln", tok, tok),
         TL(LAYER_ENCODER_BLOCK, "b0", tok, tok), TL(LAYER_ENCODER_BLOCK, "b1", tok, tok)};
