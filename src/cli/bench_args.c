@@ -30,8 +30,14 @@ static const char *USAGE =
     "  --plot FILE.png      throughput and efficiency vs batch size (gnuplot)\n"
     "  --peer               run bench/torch_peer.py (python: $ERT_PYTHON or\n"
     "                       /usr/bin/python3) and print exitrt / PyTorch\n"
+    "  --b1-samples N       the peer's batch-1-with-if loop (DeeBERT's, PABEE's: one\n"
+    "                       sample at a time, a Python `if` after each exit): samples\n"
+    "                       per rep (default: --rep-samples; 0: not run)\n"
+    "  --peer-runs 1|2      2 (default): the peer with OpenMP's default wait, then with\n"
+    "                       OMP_WAIT_POLICY=PASSIVE, the better per cell; 1: the first only\n"
     "  --quick              batches 64,256, profiles none+balanced, 3 reps of 256+\n"
-    "                       samples, 1 warm-up batch (options given still apply)\n";
+    "                       samples (the peer's batch1-if 64), 1 warm-up batch\n"
+    "                       (options given still apply)\n";
 
 /* ---- options ------------------------------------------------------------- */
 
@@ -71,6 +77,7 @@ static void add_profile(bench_run *r, const char *name, const double *s, int n)
         p->shares[i] = s[i];
     p->nshares = n;
     p->ort_mismatch = -1;
+    p->peer_mismatch_b1if = -1;
 }
 
 /* "[NAME=]0.5,0.25": shares in [0, 1] summing to at most 1. Returns 0, or
@@ -219,6 +226,11 @@ int bench_parse_args(int argc, char **argv, bench_run *r, bench_opts *o)
             o->rep_samples_given = 1;
         } else if (!strcmp(key, "--threads"))
             bad = parse_int(val, 1, 1024, &r->threads);
+        else if (!strcmp(key, "--b1-samples")) {
+            bad = parse_int(val, 0, 1 << 24, &r->b1_samples);
+            o->b1_samples_given = 1;
+        } else if (!strcmp(key, "--peer-runs"))
+            bad = parse_int(val, 1, 2, &r->peer_runs);
         else if (!strcmp(key, "--inflight"))
             bad = parse_int(val, 1, 16, &r->inflight);
         else if (!strcmp(key, "--graph-buckets"))
@@ -256,6 +268,8 @@ int bench_setup_sweep(bench_run *r, const bench_opts *o)
             r->warmup = 1;
         if (!o->rep_samples_given)
             r->rep_samples = 256;
+        if (!o->b1_samples_given)
+            r->b1_samples = 64;
     } else {
         static const int defb[] = {1, 8, 64, 256, 1024};
         for (int i = 0; i < 5; i++)

@@ -328,6 +328,8 @@ Test(bench_json, documented_keys_and_types, .timeout = 120)
     get(j, "rep_samples", is_num);
     get(j, "inflight", is_num);
     get(j, "graph_buckets", is_num);
+    cr_assert_eq(get(j, "b1_samples", is_num)->valueint, 64); /* --rep-samples */
+    cr_assert_eq(get(j, "peer_runs", is_num)->valueint, 2);
     get(j, "macs_full", is_num);
     const cJSON *exits = get(j, "exits", is_arr);
     int E = cJSON_GetArraySize(exits);
@@ -350,6 +352,7 @@ Test(bench_json, documented_keys_and_types, .timeout = 120)
         get(p, "torch_mismatch_masked", is_num_or_null);
         get(p, "torch_mismatch_compacted", is_num_or_null);
         get(p, "ort_mismatch", is_num_or_null);
+        cr_assert(cJSON_IsNull(get(p, "torch_mismatch_b1if", is_num_or_null)));
     }
     const cJSON *peer = get(j, "peer", is_obj);
     cr_assert(cJSON_IsFalse(get(peer, "requested", is_bool)));
@@ -392,6 +395,7 @@ Test(bench_json, documented_keys_and_types, .timeout = 120)
         cr_assert_eq(sum, 64);
         cr_assert(cJSON_IsNull(get(c, "torch_samples_per_s", is_num_or_null)));
         get(c, "torch_best_ee_samples_per_s", is_num_or_null);
+        cr_assert(cJSON_IsNull(get(c, "torch_b1if_samples_per_s", is_num_or_null)));
         cr_assert(cJSON_IsNull(get(c, "ort_samples_per_s", is_num_or_null)));
         if (!strcmp(mode, "full"))
             cr_assert_float_eq(get(c, "speedup", is_num)->valuedouble, 1.0, 1e-12);
