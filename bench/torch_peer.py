@@ -612,12 +612,12 @@ def sweep_device(M, dev, x, profiles, args, out):
     Mdev = M.to(dev)
     modes = args.modes
     thr_of = dict(profiles)
-    sweeps = [(batch, (args.rep_samples + batch - 1) // batch) for batch in args.batches]
+    # (batch, batches per rep, batch1-if): each batch size, then batch1-if
+    sweeps = [(batch, (args.rep_samples + batch - 1) // batch, False) for batch in args.batches]
     if b1if_on(args, profiles):
-        sweeps.append((1, "batch1-if"))
-    for batch, nb in sweeps:
-        if nb == "batch1-if":  # one sample at a time, a cell per profile
-            nb = args.b1_samples
+        sweeps.append((1, args.b1_samples, True))
+    for batch, nb, b1if in sweeps:
+        if b1if:  # one sample at a time, a cell per profile
             cells = [Cell("batch1-if", pname) for pname, _ in profiles]
         else:
             cells = [Cell("full", None)]
@@ -640,7 +640,7 @@ def sweep_device(M, dev, x, profiles, args, out):
                         "samples_per_s": nb * batch / median(c.rep_s),
                         "p50_ms": 1e3 * pct(c.lat_s, 0.50), "p99_ms": 1e3 * pct(c.lat_s, 0.99),
                         "exit_counts": [int(v) for v in c.counts]})
-        what = "batch1-if" if cells[0].mode == "batch1-if" else f"batch {batch}"
+        what = "batch1-if" if b1if else f"batch {batch}"
         print(f"torch_peer: {dev.type} {what} done ({time.perf_counter() - t0:.1f}s)", flush=True)
 
 
