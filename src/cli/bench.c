@@ -76,7 +76,7 @@ static uint64_t xorshift(uint64_t *s)
 static void random_token_inputs(const ert_model *m, float *x, size_t rows)
 {
     uint64_t s = 0x9E3779B97F4A7C15ull;
-    int T = m->input_tokens, V = m->vocab;
+    int T = ert_model_input_tokens(m), V = ert_model_vocab_size(m);
     int lo = T / 8 > 1 ? T / 8 : 1;
     for (size_t i = 0; i < rows; i++) {
         float *ids = x + i * 2 * (size_t)T, *mask = ids + T;
@@ -94,7 +94,7 @@ static void random_token_inputs(const ert_model *m, float *x, size_t rows)
  * token model. */
 static void random_inputs(const ert_model *m, float *x, size_t rows)
 {
-    if (m->input_tokens > 0) {
+    if (ert_model_input_tokens(m) > 0) {
         random_token_inputs(m, x, rows);
         return;
     }
@@ -128,7 +128,7 @@ static int load_inputs(bench_run *r, const char *data)
     if (!path) {
         random_inputs(m, r->inputs, (size_t)r->n);
         snprintf(r->input_desc, sizeof r->input_desc,
-                 m->input_tokens > 0
+                 ert_model_input_tokens(m) > 0
                      ? "deterministic random token ids and lengths (the model names no sample "
                        "data)"
                      : "deterministic random inputs (the model names no sample data)");
@@ -139,7 +139,8 @@ static int load_inputs(bench_run *r, const char *data)
             fprintf(stderr, "exitrt bench: %s\n", err.msg);
             return -1;
         }
-        if (ert_dataset_check_shape(&d, path, m->input.c, m->input.h, m->input.w, &err) != ERT_OK) {
+        /* a token model's [N, 2, T] or [N, T] ids become rows of 2T floats */
+        if (ert_dataset_fit_model(&d, path, m, &err) != ERT_OK) {
             fprintf(stderr, "exitrt bench: %s\n", err.msg);
             ert_dataset_free(&d);
             return -1;
