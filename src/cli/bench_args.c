@@ -17,6 +17,7 @@ static const char *USAGE =
     "  --profile [NAME=]S1,S2,...  add an exit profile: target share per early exit\n"
     "                       (defaults: none, late-heavy 0.1,0.1, balanced 0.5,0.25,\n"
     "                       early-heavy 0.8,0.1); may be repeated\n"
+    "  --no-default-profiles  the --profile ones alone (at least one)\n"
     "  --modes LIST         full,masked,compacted (default all; FULL is always measured)\n"
     "  --device cpu|cuda|all  (default all: the CPU and CUDA when present)\n"
     "  --reps N             timed reps per cell, median taken (default 5)\n"
@@ -167,6 +168,10 @@ int bench_parse_args(int argc, char **argv, bench_run *r, bench_opts *o)
             r->quick = 1;
             continue;
         }
+        if (!strcmp(a, "--no-default-profiles")) {
+            r->no_default_profiles = 1;
+            continue;
+        }
         if (!strcmp(a, "--peer")) {
             r->peer_requested = 1;
             continue;
@@ -259,8 +264,10 @@ int bench_setup_sweep(bench_run *r, const bench_opts *o)
         r->batches[0] = 64;
         r->batches[1] = 256;
         r->nbatches = 2;
-        add_profile(r, "none", zero, 1);
-        add_profile(r, "balanced", bal, 2);
+        if (!r->no_default_profiles) {
+            add_profile(r, "none", zero, 1);
+            add_profile(r, "balanced", bal, 2);
+        }
         /* under a minute on 2 cores for a 30 MMAC network */
         if (!o->reps_given)
             r->reps = 3;
@@ -275,10 +282,12 @@ int bench_setup_sweep(bench_run *r, const bench_opts *o)
         for (int i = 0; i < 5; i++)
             r->batches[i] = defb[i];
         r->nbatches = 5;
-        add_profile(r, "none", zero, 1);
-        add_profile(r, "late-heavy", late, 2);
-        add_profile(r, "balanced", bal, 2);
-        add_profile(r, "early-heavy", early, 2);
+        if (!r->no_default_profiles) {
+            add_profile(r, "none", zero, 1);
+            add_profile(r, "late-heavy", late, 2);
+            add_profile(r, "balanced", bal, 2);
+            add_profile(r, "early-heavy", early, 2);
+        }
     }
     if (o->batches &&
         parse_int_list(o->batches, 1, 1 << 20, r->batches, BENCH_MAX_BATCHES, &r->nbatches)) {
@@ -294,6 +303,10 @@ int bench_setup_sweep(bench_run *r, const bench_opts *o)
                     o->profiles[i], why);
             return 2;
         }
+    }
+    if (r->nprof == 0) {
+        fprintf(stderr, "exitrt bench: --no-default-profiles needs a --profile\n");
+        return 2;
     }
     r->mode_on[0] = r->mode_on[1] = r->mode_on[2] = 1;
     if (o->modes && parse_modes(r, o->modes)) {

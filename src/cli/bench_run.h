@@ -78,6 +78,7 @@ typedef struct bench_run {
     int peer_runs;     /* 1: the peer once (OpenMP's default wait); 2: also PASSIVE */
     int graph_buckets; /* -1: the engine's default */
     int quick;
+    int no_default_profiles; /* --no-default-profiles: the --profile ones alone */
 
     bench_cell *cells;
     int ncells, cap;

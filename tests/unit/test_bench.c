@@ -407,6 +407,13 @@ Test(bench_json, documented_keys_and_types, .timeout = 120)
     mw_rmtree(dir);
 }
 
+/* --no-default-profiles without a --profile is a usage error. */
+Test(bench_json, no_default_profiles_needs_a_profile)
+{
+    char *argv[] = {"bench", "model-not-read", "--no-default-profiles", NULL};
+    cr_assert_eq(bench_main(3, argv), 2);
+}
+
 /* --quick sets reps, warm-up and samples per rep only where the command
  * line did not. */
 Test(bench_json, quick_keeps_explicit_options, .timeout = 120)
@@ -477,12 +484,35 @@ static void encoder_with_peer(const char *arch)
                    NULL};
     cr_assert_eq(run_argv(gen), 0, "make_encoder.py failed");
     setenv("ERT_TORCH_PEER", ERT_SOURCE_DIR "/bench/torch_peer.py", 1);
-    char *argv[] = {
-        "bench",     dir,         "--batches",     "4,16",      "--reps",       "1",
-        "--warmup",  "0",         "--rep-samples", "16",        "--b1-samples", "4",
-        "--threads", "1",         "--device",      "cpu",       "--peer",       "--peer-runs",
-        "1",         "--profile", "mid=0.25,0.25", "--profile", "all-first=1",  "--json",
-        json,        NULL};
+    char *argv[] = {"bench",
+                    dir,
+                    "--batches",
+                    "4,16",
+                    "--reps",
+                    "1",
+                    "--warmup",
+                    "0",
+                    "--rep-samples",
+                    "16",
+                    "--b1-samples",
+                    "4",
+                    "--threads",
+                    "1",
+                    "--device",
+                    "cpu",
+                    "--peer",
+                    "--peer-runs",
+                    "1",
+                    "--profile",
+                    "mid=0.25,0.25",
+                    "--profile",
+                    "all-first=1",
+                    "--json",
+                    json,
+                    "--no-default-profiles",
+                    "--modes",
+                    "full,compacted",
+                    NULL};
     cr_assert_eq(bench_main((int)(sizeof argv / sizeof argv[0]) - 1, argv), 0);
     cJSON *j = read_json(json);
     cr_assert(cJSON_IsTrue(get(get(j, "peer", is_obj), "ran", is_bool)));
@@ -504,13 +534,19 @@ static void encoder_with_peer(const char *arch)
                  cJSON_GetArrayItem(a, 0)->valueint == 16; /* every sample at exit 1 */
     }
     cr_assert_eq(early, 1);
-    const cJSON *c;
-    cJSON_ArrayForEach (c, get(j, "cells", is_arr)) {
+    cr_assert_eq(cJSON_GetArraySize(get(j, "profiles", is_arr)), 2); /* no defaults */
+    const cJSON *cells = get(j, "cells", is_arr), *c;
+    cr_assert_eq(cJSON_GetArraySize(cells), 8); /* 2 batches x 2 profiles x FULL, COMPACTED */
+    cJSON_ArrayForEach (c, cells) {
         const char *mode = get(c, "mode", is_str)->valuestring;
         cr_assert(get(c, "torch_samples_per_s", is_num)->valuedouble > 0);
-        if (strcmp(mode, "full") != 0)
+        if (strcmp(mode, "full") != 0) {
+            cr_assert_str_eq(mode, "compacted");
             cr_assert(get(c, "torch_b1if_samples_per_s", is_num)->valuedouble > 0);
-        else
+            /* the peer ran its masked loop too: best early exit >= its compacted */
+            cr_assert(get(c, "torch_best_ee_samples_per_s", is_num)->valuedouble >=
+                      get(c, "torch_samples_per_s", is_num)->valuedouble);
+        } else
             cr_assert(cJSON_IsNull(get(c, "torch_b1if_samples_per_s", is_num_or_null)));
     }
     cJSON_Delete(j);
