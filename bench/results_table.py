@@ -65,7 +65,7 @@ def encoders(paths):
                       f"| {sps:{sps_fmt(sps)}} | {c['speedup']:.2f}x | {c['efficiency']:.2f} "
                       f"| {num(b1s, sps_fmt(b1s))} | {num(sps / b1s if b1s else None, '.2f')} "
                       f"| {num(best, sps_fmt(best))} | {num(sps / best if best else None, '.2f')} "
-                      f"| {num(full['samples_per_s'] if full else None, sps_fmt(sps))} "
+                      f"| {num(full['samples_per_s'] if full else None, sps_fmt(full and full['samples_per_s']))} "
                       f"| {num(full['samples_per_s'] / fts if fts else None, '.2f')} |")
     print()
 

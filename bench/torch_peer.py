@@ -40,7 +40,8 @@ Modes, as the two ways in the threads this project grew from:
              Python `if` on the policy's decision (`.item()`) that breaks
              out of the layer loop; timed over --b1-samples samples per rep
              (default: --rep-samples; 0: not run), one cell per profile
-             (batch 1)
+             (batch 1); fewer samples than inputs are taken evenly spread
+             over the inputs, so that they meet the profile's mix of exits
 Timing: per cell, `warmup` batches, then `reps` reps of ceil(rep_samples /
 batch) batches cycling through the inputs; samples/s from the median rep;
 p50/p99 of the per-batch latencies. Each batch starts from host memory and
@@ -573,6 +574,8 @@ def run_batches(M, dev, xs, n, batch, nb, cell, thr, timed, first):
     counts = np.zeros(M.E, dtype=np.int64)
     for k in range(nb):
         start = (k * batch) % n
+        if cell.mode == "batch1-if" and nb < n:
+            start = k * n // nb  # spread over the inputs: the profile's mix of exits
         xb = xs[start:start + batch]
         if cuda:
             ev0.record()
