@@ -34,7 +34,7 @@ extern "C" {
  * the same within one major version (the shared library's SONAME is
  * libexitrt.so.<major>). */
 #define ERT_VERSION_MAJOR 0
-#define ERT_VERSION_MINOR 2
+#define ERT_VERSION_MINOR 3
 #define ERT_VERSION_PATCH 0
 
 /* ERT_API marks what the shared library exports (everything else is hidden);

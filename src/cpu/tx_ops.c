@@ -228,6 +228,12 @@ static void attend(const attention_params *p, int T, const float *x, int ldx, co
     const int D = p->dim, H = p->heads, d = D / H;
     const float scale = (float)(1.0 / sqrt((double)d));
     gemm_bias(x, ldx, p->in_weight, p->in_bias, qkv, 3 * D, T, 3 * D, D);
+    /* A padded key's weight is 0; its value row is zeroed too, so that a
+       NaN there (an invalid id at a padded token) cannot spread as 0 * NaN
+       (FORMAT.md, "Token inputs"). */
+    for (int t = 0; t < T; t++)
+        if (mask[(size_t)t * mask_stride] == 0.0f)
+            memset(qkv + (size_t)t * 3 * D + 2 * D, 0, sizeof(float) * (size_t)D);
     for (int h = 0; h < H; h++) {
         const float *q = qkv + h * d, *k = qkv + D + h * d, *v = qkv + 2 * D + h * d;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, d, scale, q, 3 * D, k, 3 * D,

@@ -12,7 +12,7 @@ cpack -G DEB --config "$build/CPackConfig.cmake" -B "$work" >"$work/cpack.log" 2
 deb=$(ls "$work"/exitrt_*.deb 2>/dev/null | head -1)
 [ -n "$deb" ] || fail "no exitrt_*.deb in $work"
 dpkg-deb -c "$deb" >"$work/contents.txt"
-for f in ./usr/include/exitrt.h ./usr/lib/libexitrt.a ./usr/lib/libexitrt.so.0.2.0 \
+for f in ./usr/include/exitrt.h ./usr/lib/libexitrt.a ./usr/lib/libexitrt.so.0.3.0 \
          ./usr/lib/libexitrt.so.0 ./usr/lib/libexitrt.so ./usr/bin/exitrt \
          ./usr/lib/pkgconfig/exitrt.pc ./usr/lib/cmake/exitrt/exitrt-config.cmake \
          ./usr/lib/cmake/exitrt/exitrt-targets.cmake ./usr/share/doc/exitrt/FORMAT.md; do

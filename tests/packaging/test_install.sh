@@ -91,7 +91,7 @@ links_shared() {
     grep -q "libexitrt.so.0 => $prefix/lib/" <<<"$out"
 }
 
-# ---- CMake: find_package(exitrt 0.2), shared and static -----------------------------------
+# ---- CMake: find_package(exitrt 0.3), shared and static -----------------------------------
 for kind in shared static; do
     static=OFF
     [ $kind = static ] && static=ON
