@@ -206,8 +206,8 @@ int bench_run_peer(bench_run *r)
     }
 
     /* argv: py script --model M --inputs X --exits E --out O --batches B
-       --modes M --reps R --warmup W --rep-samples S --threads T --device D
-       (--profile NAME=T1,T2)* */
+       --modes M --reps R --warmup W --rep-samples S --b1-samples B1 --threads T
+       --device D (--profile NAME=T1,T2)* (--ort | --no-check) */
     int nargs = 0, cap = 40 + 2 * r->nprof;
     argv = calloc((size_t)cap, sizeof *argv);
     argbuf = malloc(4096 + (size_t)r->nprof * 512);
