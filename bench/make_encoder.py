@@ -18,7 +18,8 @@ commit it. Sample data: `sample_data.npy` int32 [N, 2, T] (token ids, then
 the mask; FORMAT.md's token data file), every id drawn uniformly from
 [1000, vocab) (BERT's unused and special ids lie below; [1, vocab) when
 vocab <= 2000) (the first token too, so that samples differ from the first
-block on), lengths uniform in [T/8, T], padded tokens id 0 and mask 0;
+block on), lengths uniform in [T/8, T] (--full-length: all T), padded tokens id 0
+and mask 0;
 `sample_labels.npy` int32 [N] uniform over the classes.
 
 --arch vit is a ViT in torchvision's layout (patch_embed with a class token
@@ -184,7 +185,8 @@ def sample_data(a, rng, T):
     N = a.samples
     if a.arch == "bert":
         x = np.zeros((N, 2, T), dtype=np.int32)
-        lengths = rng.integers(max(T // 8, 1), T + 1, size=N)
+        lo = T if a.full_length else max(T // 8, 1)
+        lengths = rng.integers(lo, T + 1, size=N)
         for i, n in enumerate(lengths):
             x[i, 0, :n] = rng.integers(1000 if a.vocab > 2000 else 1, a.vocab, size=n)
             x[i, 1, :n] = 1
@@ -201,6 +203,8 @@ def main():
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--full-length", action="store_true",
+                    help="bert: every sequence T tokens long (no padding)")
     for k in ("blocks", "dim", "heads", "ffn", "tokens", "vocab", "classes", "image", "patch"):
         ap.add_argument("--" + k, type=int)
     a = ap.parse_args()

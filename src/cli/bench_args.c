@@ -36,6 +36,8 @@ static const char *USAGE =
     "                       per rep (default: --rep-samples; 0: not run)\n"
     "  --peer-runs 1|2      2 (default): the peer with OpenMP's default wait, then with\n"
     "                       OMP_WAIT_POLICY=PASSIVE, the better per cell; 1: the first only\n"
+    "  --peer-dense         the peer's nn.TransformerEncoder without nested tensors (by\n"
+    "                       default PyTorch skips padded tokens through them)\n"
     "  --quick              batches 64,256, profiles none+balanced, 3 reps of 256+\n"
     "                       samples (the peer's batch1-if 64), 1 warm-up batch\n"
     "                       (options given still apply)\n";
@@ -170,6 +172,10 @@ int bench_parse_args(int argc, char **argv, bench_run *r, bench_opts *o)
         }
         if (!strcmp(a, "--no-default-profiles")) {
             r->no_default_profiles = 1;
+            continue;
+        }
+        if (!strcmp(a, "--peer-dense")) {
+            r->peer_dense = 1;
             continue;
         }
         if (!strcmp(a, "--peer")) {

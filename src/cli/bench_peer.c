@@ -207,7 +207,7 @@ int bench_run_peer(bench_run *r)
 
     /* argv: py script --model M --inputs X --exits E --out O --batches B
        --modes M --reps R --warmup W --rep-samples S --b1-samples B1 --threads T
-       --device D (--profile NAME=T1,T2)* (--ort | --no-check) */
+       [--no-nested] --device D (--profile NAME=T1,T2)* (--ort | --no-check) */
     int nargs = 0, cap = 40 + 2 * r->nprof;
     argv = calloc((size_t)cap, sizeof *argv);
     argbuf = malloc(4096 + (size_t)r->nprof * 512);
@@ -252,6 +252,8 @@ int bench_run_peer(bench_run *r)
     ARG("%d", r->b1_samples);
     ARG("--threads");
     ARG("%d", r->threads);
+    if (r->peer_dense)
+        ARG("--no-nested");
     ARG("--device");
     ARG("%s", r->backend_on[ERT_BACKEND_CPU] && r->backend_on[ERT_BACKEND_CUDA] ? "all"
               : r->backend_on[ERT_BACKEND_CUDA]                                 ? "cuda"
@@ -275,7 +277,7 @@ int bench_run_peer(bench_run *r)
      * ONNX Runtime (--ort) and checks the exit decisions; the second
      * skips both (--no-check). */
     int won[2] = {0, 0};
-    char ver[64] = "?", nested[96] = "";
+    char ver[64] = "?", nested[128] = "";
     argv[nargs] = "--ort";
     argv[nargs + 1] = NULL;
     for (int variant = 0; variant < r->peer_runs; variant++) {
@@ -321,8 +323,9 @@ int bench_run_peer(bench_run *r)
                      cJSON_IsString(on) ? on->valuestring : "not run: no CPU cells");
             const cJSON *nt = cJSON_GetObjectItemCaseSensitive(j, "nested_tensors");
             if (cJSON_IsBool(nt))
-                snprintf(nested, sizeof nested, "; encoders as nn.TransformerEncoder%s",
-                         cJSON_IsTrue(nt) ? " (nested tensors for padding)" : "");
+                snprintf(nested, sizeof nested, "; encoders as nn.TransformerEncoder %s",
+                         cJSON_IsTrue(nt) ? "(nested tensors: padded tokens skipped)"
+                                          : "without nested tensors (padded tokens computed)");
             read_decisions(r, cJSON_GetObjectItemCaseSensitive(j, "decisions"));
         }
         for (int i = 0; i < r->ncells; i++) {
