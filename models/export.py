@@ -42,6 +42,14 @@ The backbone's layer list ("top-level layers" in FORMAT.md):
   - a torchvision ResNet (recognised by its attributes): conv1, bn1, relu,
     maxpool, layer1..layer4 (flattened as above), avgpool and a flatten; the
     final head defaults to its fc.
+  - a torchvision VisionTransformer (recognised by its attributes):
+    "patch_embed" (conv_proj, class_token and encoder.pos_embedding, any
+    in_channels), then its encoder layers named by module path
+    ("encoder.layers.encoder_layer_0", ...: exits are keyed by these); the
+    final head defaults to [token_pool (first), encoder.ln, heads]. An exit
+    head on tokens starts with models/transformer.py's TokenPool, e.g.
+    nn.Sequential(TokenPool("first"), nn.LayerNorm(D, eps=1e-6),
+    nn.Linear(D, K)). (Transformer encoders in general: see below.)
 Anything else is rejected.
 
 Supported modules: Conv2d (zeros padding), BatchNorm2d (written with its
@@ -59,6 +67,56 @@ graph with an independent interpreter and compares it with the PyTorch
 modules, so a block whose forward differs is caught and reported.
 An unsupported module raises ExportError naming its path and type.
 
+Transformer encoders (models/FORMAT.md, "Transformer encoders"):
+
+    # an image model: patches, then encoder layers
+    bb = nn.Sequential()
+    bb.add_module("patch", PatchEmbed(3, 64, 4, 32))       # models/transformer.py
+    bb.add_module("encoder", nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(64, 4, 128, norm_first=True, batch_first=True), 6))
+    exits = {"encoder.layers.1": (nn.Sequential(TokenPool("first"), nn.Linear(64, 10)),
+                                  {"type": "entropy", "threshold": 0.5})}
+    export(bb, exits, nn.Sequential(TokenPool("first"), nn.Linear(64, 10)), out_dir,
+           (3, 32, 32), 10, input_norm=..., golden_inputs=x_raw[:16])
+
+    # a text model: input_shape={"tokens": T}; inputs are rows [N, 2, T] of
+    # floats, the ids then the mask (1 attended, 0 padding)
+    net = BertClassifier(...)                               # models/bert.py
+    backbone, exits, final = net.export_parts({"encoder.0": policy0, ...})
+    export(backbone, exits, final, out_dir, {"tokens": 128}, K,
+           golden_inputs=pack_tokens(ids[:16], mask[:16]))
+
+  - nn.TransformerEncoderLayer -> encoder_block: either norm order
+    (norm_first), activation relu or exact gelu (a string, F.relu/F.gelu or
+    an nn.ReLU/nn.GELU module), batch_first True or False (the graph keeps
+    tokens [N, T, D] between modules and transposes around a sequence-first
+    layer). Its self_attn must be plain self-attention (no add_bias_kv,
+    add_zero_attn, kdim/vdim of their own); the key padding mask is the
+    input's, and no other attention mask can be expressed (a module that
+    applies one is an unsupported module).
+  - nn.TransformerEncoder: flattened like an nn.Sequential, its layers named
+    "<name>.layers.<i>" (exits keyed by these; "<name>" attaches after its
+    last layer, or after its norm, "<name>.norm", written as a layer_norm).
+  - torchvision's EncoderBlock (ViT's; pre-LN, MLP Linear-GELU-Dropout-
+    Linear-Dropout) -> encoder_block; a VisionTransformer backbone as above.
+  - nn.LayerNorm over the last dimension (per token, or on a vector) ->
+    layer_norm (with a weight and no bias: a bias of zeros); nn.GELU (exact)
+    -> gelu; nn.Tanh -> tanh; models/transformer.py's TokenPool ->
+    token_pool, PatchEmbed -> patch_embed, TokenEmbedding -> token_embed.
+  - BERT-style embeddings (children word_embeddings, position_embeddings,
+    token_type_embeddings, LayerNorm, dropout: Hugging Face's names, as
+    models/bert.py's BertEmbeddings) -> token_embed (position rows 0..T-1,
+    token type row 0 as the segment vector) then layer_norm
+    ("<name>.LayerNorm"; an exit keyed by the embeddings reads the latter).
+    A token model's first layer is one of these embeddings.
+  - The mask: Graph.forward splits a token input into ids and mask
+    (transformer.split_tokens) and passes the mask to every module that
+    takes one: nn.TransformerEncoderLayer (as src_key_padding_mask) and the
+    modules whose `takes_mask` is true, called as m(h, mask) (TokenPool).
+Golden files of a token model hold its input rows [N, 2, T]. A layer given
+the wrong kind of activation (a Linear on tokens, a head ending in tokens)
+is refused, naming the layer.
+
 Needs only torch and numpy (works with torch 1.13 and 2.x); safetensors is
 written by hand.
 """
@@ -71,6 +129,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+try:  # models/ on sys.path (the scripts and tests), or models imported as a package
+    import transformer as tx
+except ImportError:  # pragma: no cover
+    from . import transformer as tx
 
 FORMAT_VERSION = 1
 GOLDEN_VERSION = "1"
@@ -154,11 +217,41 @@ def _is_torchvision_resnet(m):
             and all(isinstance(getattr(m, a, None), nn.Module) for a in need))
 
 
+def _is_torchvision_vit(m):
+    """torchvision's VisionTransformer (by its attributes, as the ResNet)."""
+    enc = getattr(m, "encoder", None)
+    return (not isinstance(m, nn.Sequential)
+            and all(isinstance(getattr(m, a, None), nn.Module) for a in ("conv_proj", "heads"))
+            and isinstance(getattr(m, "class_token", None), torch.Tensor)
+            and isinstance(getattr(enc, "pos_embedding", None), torch.Tensor)
+            and isinstance(getattr(enc, "layers", None), nn.Sequential)
+            and isinstance(getattr(enc, "ln", None), nn.Module))
+
+
+def _vit_parts(vit):
+    """A torchvision VisionTransformer as a layer list: patch_embed (conv_proj,
+    class token, position embedding), the encoder's layers by module path,
+    and the default final head's items [(layer name, module path, module)]:
+    the class token, the encoder's final layer norm (per token, so it may
+    follow the pooling) and the heads."""
+    if not isinstance(vit.conv_proj, nn.Conv2d):
+        raise ExportError(f"backbone: VisionTransformer conv_proj ({type(vit.conv_proj).__name__}): "
+                          "a convolutional stem is not supported, only the Conv2d patchifier")
+    top = [("patch_embed", tx.VitPatchEmbed(vit))]
+    top += [(f"encoder.layers.{n}", b) for n, b in vit.encoder.layers.named_children()]
+    pool = tx.TokenPool("first")
+    final_items = [("token_pool", "token_pool", pool), ("encoder.ln", "encoder.ln", vit.encoder.ln),
+                   ("heads", "heads", vit.heads)]
+    return top, final_items, nn.Sequential(pool, vit.encoder.ln, vit.heads)
+
+
 def backbone_layers(backbone):
     """The backbone's top-level layer list [(name, module)] and a map from
     every name an exit may be keyed by to the index of the layer it attaches
-    after (-1: before the first layer). Also returns the default final head
-    (a torchvision ResNet's fc)."""
+    after (-1: before the first layer). Also returns the default final head,
+    None or (items [(layer name, module path, module)], module): a
+    torchvision ResNet's fc, a torchvision ViT's [token_pool, encoder.ln,
+    heads]."""
     default_final = None
     if isinstance(backbone, nn.Sequential):
         top = list(backbone.named_children())
@@ -167,17 +260,26 @@ def backbone_layers(backbone):
                ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2",
                 "layer3", "layer4", "avgpool"]]
         top.append(("flatten", nn.Flatten(1)))
-        default_final = ("fc", backbone.fc)
+        default_final = ([("fc", "", backbone.fc)], backbone.fc)
+    elif _is_torchvision_vit(backbone):
+        top, items, mod = _vit_parts(backbone)
+        default_final = (items, mod)
     else:
         raise ExportError(f"backbone: {type(backbone).__name__} is neither an "
-                          "nn.Sequential nor a torchvision ResNet; wrap its "
-                          "layers in an nn.Sequential")
+                          "nn.Sequential nor a torchvision ResNet or VisionTransformer; "
+                          "wrap its layers in an nn.Sequential")
     layers, where = [], {}
 
     def add(name, m):
         if isinstance(m, nn.Sequential):
             for cn, c in m.named_children():
                 add(f"{name}.{cn}", c)
+        elif isinstance(m, nn.TransformerEncoder):
+            # its layers one by one (an exit may follow any), then its norm
+            for i, c in enumerate(m.layers):
+                add(f"{name}.layers.{i}", c)
+            if m.norm is not None:
+                add(f"{name}.norm", m.norm)
         elif not isinstance(m, nn.Identity):
             layers.append((name, m))
         where[name] = len(layers) - 1
@@ -189,6 +291,57 @@ def backbone_layers(backbone):
     return layers, where, default_final
 
 
+def _token_input(m):
+    """Whether module m reads a token input [N, 2, T] (a token model's first
+    layer): models/transformer.py's TokenEmbedding, or BERT-style embeddings
+    (word_embeddings, position_embeddings, LayerNorm children)."""
+    return _is_module(m, "TokenEmbedding") or _is_bert_embeddings(m)
+
+
+def _is_module(m, cls_name):
+    """isinstance against models/transformer.py's class of that name, also
+    when the caller imported that file under another module name."""
+    c = getattr(tx, cls_name)
+    return isinstance(m, c) or (type(m).__name__ == cls_name
+                                and type(m).__module__.split(".")[-1] == "transformer")
+
+
+def _is_bert_embeddings(m):
+    ch = dict(m.named_children())
+    return (isinstance(ch.get("word_embeddings"), nn.Embedding)
+            and isinstance(ch.get("position_embeddings"), nn.Embedding)
+            and isinstance(ch.get("LayerNorm"), nn.LayerNorm))
+
+
+def _kpm(mask):
+    return None if mask is None else ~mask
+
+
+def call(m, h, mask):
+    """Runs module m on h as the exporter's graph does: the mask (token
+    models: [N, T] bool, True where attended; None otherwise) goes to the
+    modules that take one (models/transformer.py's `takes_mask`, and
+    nn.TransformerEncoderLayer's key padding mask); an nn.Sequential or
+    nn.TransformerEncoder runs child by child; a layer that is not
+    batch_first gets its input transposed (and its output transposed back):
+    between modules, tokens are always [N, T, D]."""
+    if isinstance(m, nn.Sequential):
+        for c in m:
+            h = call(c, h, mask)
+        return h
+    if isinstance(m, nn.TransformerEncoder):
+        for c in m.layers:
+            h = call(c, h, mask)
+        return m.norm(h) if m.norm is not None else h
+    if isinstance(m, nn.TransformerEncoderLayer):
+        if m.self_attn.batch_first:
+            return m(h, src_key_padding_mask=_kpm(mask))
+        return m(h.transpose(0, 1), src_key_padding_mask=_kpm(mask)).transpose(0, 1)
+    if getattr(m, "takes_mask", False):
+        return m(h, mask)
+    return m(h)
+
+
 class Graph:
     """A resolved multi-exit network: layers [(name, module)], exits in
     backbone order [dict(name, key, after (index of the layer the key names,
@@ -198,9 +351,12 @@ class Graph:
 
     def __init__(self, backbone, exits, final_head):
         self.layers, where, default_final = backbone_layers(backbone)
+        self.backbone = backbone
+        self.tokens = _token_input(self.layers[0][1])
         self.final_name = "final"
+        self.final_items = None
         if final_head is None and default_final is not None:
-            final_head = default_final[1]
+            self.final_items, final_head = default_final
         self.final = final_head
         found = []
         for key, spec in (exits or {}).items():
@@ -258,7 +414,7 @@ class Graph:
                               f"{MAX_EXITS - 1}")
 
     def modules(self):
-        ms = [m for _, m in self.layers]
+        ms = [self.backbone] + [m for _, m in self.layers]
         for e in self.exits:
             ms.append(e["head"])
             if e["confidence"] is not None:
@@ -269,21 +425,24 @@ class Graph:
 
     def forward(self, x, detach_confidence=False):
         """Runs every exit on every sample: (names, [logits [N,K]] in exit
-        order with the final head last, [confidence [N,1] or None])."""
+        order with the final head last, [confidence [N,1] or None]). x: the
+        normalised images, or a token model's rows [N, 2, T] (ids, then the
+        mask), whose mask goes to every layer that takes one (call())."""
         by_layer = {e["after"]: e for e in self.exits}
         logits, confs = [], []
+        mask = tx.split_tokens(x)[1] if self.tokens else None
         h = x
         for i, (_, m) in enumerate(self.layers):
-            h = m(h)
+            h = call(m, h, mask)
             e = by_layer.get(i)
             if e is not None:
-                logits.append(e["head"](h).reshape(h.shape[0], -1))
+                logits.append(call(e["head"], h, mask).reshape(h.shape[0], -1))
                 c = e["confidence"]
                 if c is not None:
-                    c = c(h.detach() if detach_confidence else h)
+                    c = call(c, h.detach() if detach_confidence else h, mask)
                     c = c.reshape(h.shape[0], -1)
                 confs.append(c)
-        z = self.final(h) if self.final is not None else h
+        z = call(self.final, h, mask) if self.final is not None else h
         logits.append(z.reshape(z.shape[0], -1))
         confs.append(None)
         return [e["name"] for e in self.exits] + [self.final_name], logits, confs
@@ -317,8 +476,9 @@ def _scalar_or_pair(v):
 
 
 class Translator:
-    def __init__(self):
+    def __init__(self, tokens=None):
         self.tensors = {}
+        self.tokens = tokens  # T of a token model (position tables are cut to it)
 
     def tensor(self, prefix, path, what, t):
         name = ".".join(p for p in (prefix, path, what) if p)
@@ -332,6 +492,11 @@ class Translator:
         out = []
         for lname, path, m in items:
             out.extend(self.module(lname, path, m, prefix, where, in_residual))
+        return self.validate(out, where)
+
+    def validate(self, out, where):
+        """A written layer list's batch norms follow a conv, its names are
+        unique and 1..63 bytes."""
         for i, layer in enumerate(out):
             if layer["type"] == "batchnorm2d" and (
                     i == 0 or out[i - 1]["type"] != "conv2d"):
@@ -441,6 +606,9 @@ class Translator:
             if m.bias is not None:
                 layer["bias"] = self.tensor(prefix, path, "bias", m.bias)
             return [layer]
+        tx_layers = self.transformer_module(lname, path, m, prefix, here)
+        if tx_layers is not None:
+            return tx_layers
         kind = _block_kind(m, here)
         if kind is not None:
             if in_residual:
@@ -477,6 +645,232 @@ class Translator:
                           f"{type(m).__name__}")
 
 
+    # -- transformer encoders (FORMAT.md, "Transformer encoders")
+
+    def transformer_module(self, lname, path, m, prefix, here):
+        """The layers of a transformer module, or None when m is not one."""
+        if isinstance(m, nn.TransformerEncoder):
+            for i, c in enumerate(m.layers):
+                if not (isinstance(c, nn.TransformerEncoderLayer) or _is_vit_block(c)):
+                    raise ExportError(f"{here}: layer {i} is a {type(c).__name__}, not an "
+                                      "nn.TransformerEncoderLayer")
+            out = [self.encoder_block(f"{lname}.layers.{i}", f"{path}.layers.{i}" if path
+                                      else f"layers.{i}", c, prefix,
+                                      f"{here} layer {i}")
+                   for i, c in enumerate(m.layers)]
+            if m.norm is not None:
+                out.extend(self.transformer_module(f"{lname}.norm", f"{path}.norm" if path
+                                                   else "norm", m.norm, prefix, here) or [])
+            return out
+        if isinstance(m, nn.TransformerEncoderLayer) or _is_vit_block(m):
+            return [self.encoder_block(lname, path, m, prefix, here)]
+        if _is_module(m, "TokenPool"):
+            return [dict(name=lname, type="token_pool", mode=m.mode)]
+        if isinstance(m, nn.LayerNorm):
+            return [dict(name=lname, type="layer_norm", **self.layer_norm(path, m, prefix, here))]
+        if isinstance(m, nn.GELU):
+            if getattr(m, "approximate", "none") != "none":
+                raise ExportError(f"{here}: GELU(approximate={m.approximate!r}); only the "
+                                  "exact GELU is supported")
+            return [dict(name=lname, type="gelu")]
+        if isinstance(m, nn.Tanh):
+            return [dict(name=lname, type="tanh")]
+        if _is_module(m, "PatchEmbed"):
+            conv = m.proj
+            ct, pos = m.class_token, m.position
+            return [self.patch_embed(lname, conv, ct, pos, prefix, path, here,
+                                     (f"{path}.proj" if path else "proj",
+                                      f"{path}.class_token" if path else "class_token",
+                                      f"{path}.position" if path else "position"))]
+        if _is_module(m, "VitPatchEmbed"):
+            vit = m.vit[0]
+            return [self.patch_embed(lname, vit.conv_proj, vit.class_token.reshape(-1),
+                                     vit.encoder.pos_embedding.reshape(
+                                         vit.encoder.pos_embedding.shape[-2:]),
+                                     prefix, path, here,
+                                     ("conv_proj", "class_token", "encoder.pos_embedding"))]
+        if _is_module(m, "TokenEmbedding"):
+            layer = self.token_embed(lname, m.word, prefix, f"{path}.word" if path else "word",
+                                     here)
+            if m.position is not None:
+                layer["position"] = self.position(prefix, path, "position", m.position, here)
+            if m.segment is not None:
+                layer["segment"] = self.tensor(prefix, path, "segment", m.segment)
+            return [layer]
+        if _is_bert_embeddings(m):
+            ch = dict(m.named_children())
+            extra = sorted(set(ch) - {"word_embeddings", "position_embeddings",
+                                      "token_type_embeddings", "LayerNorm", "dropout"})
+            if extra:
+                raise ExportError(f"{here}: BERT-style embeddings with children {extra} "
+                                  "that the format has no place for")
+            sub = lambda n: f"{path}.{n}" if path else n  # noqa: E731
+            layer = self.token_embed(lname, ch["word_embeddings"], prefix,
+                                     sub("word_embeddings"), here)
+            pe = ch["position_embeddings"]
+            self.check_embedding(pe, here)
+            layer["position"] = self.position(prefix, sub("position_embeddings"), "weight",
+                                              pe.weight, here)
+            tt = ch.get("token_type_embeddings")
+            if tt is not None:
+                self.check_embedding(tt, here)
+                layer["segment"] = self.tensor(prefix, sub("token_type_embeddings"), "row0",
+                                               tt.weight[0])
+            if "dropout" in ch and not isinstance(ch["dropout"], NO_OPS + (nn.Identity,)):
+                raise ExportError(f"{here}: its dropout is a {type(ch['dropout']).__name__}")
+            ln = dict(name=f"{lname}.LayerNorm", type="layer_norm",
+                      **self.layer_norm(sub("LayerNorm"), ch["LayerNorm"], prefix, here))
+            return [layer, ln]
+        if isinstance(m, (nn.MultiheadAttention, nn.TransformerDecoderLayer,
+                          nn.TransformerDecoder, nn.Transformer, nn.Embedding)):
+            raise ExportError(f"{here}: not supported on its own; attention runs inside an "
+                              "nn.TransformerEncoderLayer (or torchvision's EncoderBlock), "
+                              "embeddings inside models/transformer.py's TokenEmbedding or "
+                              "BERT-style embeddings")
+        return None
+
+    def check_embedding(self, e, here):
+        if e.max_norm is not None:
+            raise ExportError(f"{here}: Embedding with max_norm renormalises its rows at "
+                              "lookup; not supported")
+
+    def token_embed(self, lname, word, prefix, wpath, here):
+        self.check_embedding(word, here)
+        v, d = word.weight.shape
+        if not 1 <= v <= 1 << 24:
+            raise ExportError(f"{here}: vocabulary of {v} tokens; at most 2^24")
+        return dict(name=lname, type="token_embed", vocab_size=int(v), embed_dim=int(d),
+                    weight=self.tensor(prefix, wpath, "weight", word.weight))
+
+    def position(self, prefix, path, what, table, here):
+        """A position table cut to the model's T rows."""
+        t = self.tokens
+        if t is None:
+            raise ExportError(f"{here}: a token embedding in a model whose input is not "
+                              "tokens (export's input_shape={'tokens': T})")
+        if table.shape[0] < t:
+            raise ExportError(f"{here}: {table.shape[0]} positions for {t} tokens")
+        return self.tensor(prefix, path, what, table[:t])
+
+    def patch_embed(self, lname, conv, class_token, position, prefix, path, here, paths):
+        if not isinstance(conv, nn.Conv2d):
+            raise ExportError(f"{here}: its projection is a {type(conv).__name__}, not a Conv2d")
+        k, s = _pair(conv.kernel_size), _pair(conv.stride)
+        if (k != s or _pair(conv.padding) != [0, 0] or _pair(conv.dilation) != [1, 1]
+                or conv.groups != 1):
+            raise ExportError(f"{here}: a patch projection needs kernel = stride, no padding, "
+                              "no dilation, one group")
+        cpath, tpath, ppath = paths
+        layer = dict(name=lname, type="patch_embed", in_channels=conv.in_channels,
+                     embed_dim=conv.out_channels, patch_size=_scalar_or_pair(k),
+                     weight=self.tensor(prefix, cpath, "weight", conv.weight))
+        if conv.bias is not None:
+            layer["bias"] = self.tensor(prefix, cpath, "bias", conv.bias)
+        if class_token is not None:
+            layer["class_token"] = self.tensor(prefix, tpath, "", class_token.reshape(-1))
+        if position is not None:
+            layer["position"] = self.tensor(prefix, ppath, "", position)
+        return layer
+
+    def layer_norm(self, path, m, prefix, here):
+        shp = tuple(m.normalized_shape)
+        if len(shp) != 1:
+            raise ExportError(f"{here}: LayerNorm over {list(shp)}; only over the last "
+                              "dimension (one normalized_shape D)")
+        f = dict(normalized_shape=int(shp[0]), eps=float(m.eps))
+        w, b = m.weight, getattr(m, "bias", None)
+        if w is not None:
+            f["weight"] = self.tensor(prefix, path, "weight", w)
+            # a LayerNorm with a weight and no bias (torch >= 2.1, bias=False)
+            # is the same as a bias of zeros
+            f["bias"] = self.tensor(prefix, path, "bias", b if b is not None
+                                    else torch.zeros_like(w))
+        elif b is not None:
+            raise ExportError(f"{here}: LayerNorm with a bias and no weight")
+        return f
+
+    def linear_fields(self, path, m, prefix, here):
+        if not isinstance(m, nn.Linear):
+            raise ExportError(f"{here}: {path} is a {type(m).__name__}, not a Linear")
+        f = dict(in_features=m.in_features, out_features=m.out_features,
+                 weight=self.tensor(prefix, path, "weight", m.weight))
+        if m.bias is not None:
+            f["bias"] = self.tensor(prefix, path, "bias", m.bias)
+        return f
+
+    def attention(self, path, a, prefix, here):
+        if not isinstance(a, nn.MultiheadAttention):
+            raise ExportError(f"{here}: its attention is a {type(a).__name__}")
+        if a.bias_k is not None or a.bias_v is not None or a.add_zero_attn:
+            raise ExportError(f"{here}: MultiheadAttention with add_bias_kv or add_zero_attn "
+                              "(extra key/value rows); not supported")
+        d = a.embed_dim
+        if a.kdim != d or a.vdim != d:
+            raise ExportError(f"{here}: MultiheadAttention with kdim/vdim other than "
+                              "embed_dim; self-attention only")
+        if a.in_proj_weight is not None:
+            w = a.in_proj_weight
+        else:  # separate q, k, v projections of the same size: rows q, k, v
+            w = torch.cat([a.q_proj_weight, a.k_proj_weight, a.v_proj_weight], 0)
+        f = dict(embed_dim=int(d), num_heads=int(a.num_heads),
+                 in_weight=self.tensor(prefix, path, "in_weight", w))
+        if a.in_proj_bias is not None:
+            f["in_bias"] = self.tensor(prefix, path, "in_bias", a.in_proj_bias)
+        f["out_weight"] = self.tensor(prefix, path, "out_weight", a.out_proj.weight)
+        if a.out_proj.bias is not None:
+            f["out_bias"] = self.tensor(prefix, path, "out_bias", a.out_proj.bias)
+        return f
+
+    def encoder_block(self, lname, path, m, prefix, here):
+        """nn.TransformerEncoderLayer or torchvision's EncoderBlock ->
+        encoder_block."""
+        sub = lambda n: f"{path}.{n}" if path else n  # noqa: E731
+        if isinstance(m, nn.TransformerEncoderLayer):
+            act = m.activation
+            if act is F.relu or isinstance(act, nn.ReLU):
+                act_name = "relu"
+            elif act is F.gelu or (isinstance(act, nn.GELU)
+                                   and getattr(act, "approximate", "none") == "none"):
+                act_name = "gelu"
+            else:
+                raise ExportError(f"{here}: activation {act!r}; relu or the exact gelu only")
+            return dict(name=lname, type="encoder_block", norm_first=bool(m.norm_first),
+                        activation=act_name,
+                        attention=self.attention(sub("self_attn"), m.self_attn, prefix, here),
+                        norm1=self.layer_norm(sub("norm1"), m.norm1, prefix, here),
+                        linear1=self.linear_fields(sub("linear1"), m.linear1, prefix, here),
+                        linear2=self.linear_fields(sub("linear2"), m.linear2, prefix, here),
+                        norm2=self.layer_norm(sub("norm2"), m.norm2, prefix, here))
+        # torchvision's EncoderBlock: pre-LN; mlp = Linear, GELU, Dropout, Linear, Dropout
+        ch = dict(m.named_children())
+        mlp = list(ch["mlp"].children())
+        kinds = [type(c).__name__ for c in mlp]
+        if (len(mlp) != 5 or not isinstance(mlp[0], nn.Linear) or not isinstance(mlp[1], nn.GELU)
+                or getattr(mlp[1], "approximate", "none") != "none"
+                or not isinstance(mlp[2], NO_OPS) or not isinstance(mlp[3], nn.Linear)
+                or not isinstance(mlp[4], NO_OPS)):
+            raise ExportError(f"{here}: its mlp is {kinds}; Linear, GELU, Dropout, Linear, "
+                              "Dropout expected")
+        mnames = [n for n, _ in ch["mlp"].named_children()]
+        return dict(name=lname, type="encoder_block", norm_first=True, activation="gelu",
+                    attention=self.attention(sub("self_attention"), ch["self_attention"],
+                                             prefix, here),
+                    norm1=self.layer_norm(sub("ln_1"), ch["ln_1"], prefix, here),
+                    linear1=self.linear_fields(sub(f"mlp.{mnames[0]}"), mlp[0], prefix, here),
+                    linear2=self.linear_fields(sub(f"mlp.{mnames[3]}"), mlp[3], prefix, here),
+                    norm2=self.layer_norm(sub("ln_2"), ch["ln_2"], prefix, here))
+
+
+def _is_vit_block(m):
+    """torchvision's EncoderBlock, by its children (ln_1, self_attention,
+    dropout, ln_2, mlp)."""
+    ch = dict(m.named_children())
+    return (set(ch) == {"ln_1", "self_attention", "dropout", "ln_2", "mlp"}
+            and isinstance(ch["self_attention"], nn.MultiheadAttention)
+            and isinstance(ch["ln_1"], nn.LayerNorm) and isinstance(ch["ln_2"], nn.LayerNorm)
+            and isinstance(ch["mlp"], nn.Sequential))
+
+
 def _block_kind(m, here):
     """'basic', 'bottleneck' or None: whether m has the structure of a
     torchvision BasicBlock / Bottleneck."""
@@ -505,6 +899,14 @@ def _block_kind(m, here):
 
 
 def _normalise(x, inp):
+    """Raw inputs -> what the network reads: images (x * scale - mean) /
+    std; a token model's rows [N, 2, T] unchanged ([N, T]: ids alone, every
+    token attended)."""
+    if "tokens" in inp:
+        x = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        if x.dim() == 2:
+            x = torch.stack([x, torch.ones_like(x)], 1)
+        return x
     c = x.shape[1]
     scale = float(inp.get("scale", 1.0))
     mean = np.broadcast_to(np.asarray(inp.get("mean", [0.0]), dtype=np.float32), (c,))
@@ -513,11 +915,69 @@ def _normalise(x, inp):
     return (x - torch.tensor(mean).view(1, c, 1, 1)) / torch.tensor(std).view(1, c, 1, 1)
 
 
+def _tokens_in(h, ty):
+    """A token activation [N, T, D+1] -> (features [N, T, D], mask [N, T]
+    bool), FORMAT.md's "Token activations" row."""
+    if h.dim() != 3:
+        raise ExportError(f"layer type {ty} reads tokens; given {list(h.shape[1:])}")
+    return h[..., :-1], h[..., -1] != 0
+
+
+def _tokens_out(x, mask):
+    return torch.cat([x, mask.to(x.dtype).unsqueeze(-1)], -1)
+
+
+def _layer_norm(x, L, t):
+    mu = x.mean(-1, keepdim=True)
+    var = ((x - mu) ** 2).mean(-1, keepdim=True)
+    y = (x - mu) / torch.sqrt(var + L.get("eps", 1e-5))
+    if "weight" in L:
+        y = y * t(L["weight"]) + t(L["bias"])
+    return y
+
+
+def _linear(x, L, t):
+    y = x @ t(L["weight"]).T
+    return y + t(L["bias"]) if "bias" in L else y
+
+
+def _attention(x, mask, A, t):
+    """FORMAT.md's self_attention on features x [N, T, D] with mask [N, T]:
+    written out (matmuls and a softmax), not PyTorch's MultiheadAttention."""
+    n, tt, d = x.shape
+    nh = A["num_heads"]
+    hd = d // nh
+    qkv = x @ t(A["in_weight"]).T
+    if "in_bias" in A:
+        qkv = qkv + t(A["in_bias"])
+    q, k, v = (qkv[..., i * d:(i + 1) * d].reshape(n, tt, nh, hd).transpose(1, 2)
+               for i in range(3))
+    s = q @ k.transpose(-1, -2) / math.sqrt(hd)
+    s = s + torch.where(mask, 0.0, -math.inf)[:, None, None, :]
+    s = s - s.max(-1, keepdim=True).values
+    p = torch.exp(s)
+    p = p / p.sum(-1, keepdim=True)
+    o = (p @ v).transpose(1, 2).reshape(n, tt, d) @ t(A["out_weight"]).T
+    return o + t(A["out_bias"]) if "out_bias" in A else o
+
+
+def _act(x, name):
+    if name == "relu":
+        return torch.clamp(x, min=0)
+    return x * (1 + torch.erf(x / math.sqrt(2))) / 2  # gelu, exact
+
+
 def run_layers(layers, T, h):
-    """Runs a FORMAT.md layer list on h [N,C,H,W] with tensors T."""
+    """Runs a FORMAT.md layer list on h with tensors T: h is [N,C,H,W] for
+    images and vectors, [N,2,T,1] for a token input, [N,T,D+1] for tokens
+    (each token's features, then its mask value)."""
     t = lambda n: torch.as_tensor(np.asarray(T[n]))  # noqa: E731
     for L in layers:
         ty = L["type"]
+        if ty in ("conv2d", "batchnorm2d", "maxpool2d", "avgpool2d", "global_avgpool",
+                  "flatten", "linear", "residual", "relu", "sigmoid", "gelu", "tanh") \
+                and h.dim() == 3:
+            raise ExportError(f"layer '{L['name']}' ({ty}) given tokens")
         if ty == "conv2d":
             h = F.conv2d(h, t(L["weight"]), t(L["bias"]) if "bias" in L else None,
                          _pair(L.get("stride", 1)), _pair(L.get("padding", 0)),
@@ -529,6 +989,10 @@ def run_layers(layers, T, h):
             h = F.relu(h)
         elif ty == "sigmoid":
             h = torch.sigmoid(h)
+        elif ty == "gelu":
+            h = _act(h, "gelu")
+        elif ty == "tanh":
+            h = torch.tanh(h)
         elif ty == "maxpool2d":
             k = _pair(L["kernel_size"])
             h = F.max_pool2d(h, k, _pair(L.get("stride", k)), _pair(L.get("padding", 0)))
@@ -551,6 +1015,60 @@ def run_layers(layers, T, h):
             h = run_layers(L["body"], T, h) + s
             if L.get("activation", "relu") == "relu":
                 h = F.relu(h)
+        elif ty == "patch_embed":
+            if h.dim() != 4:
+                raise ExportError(f"layer '{L['name']}' (patch_embed) given tokens")
+            p = _pair(L["patch_size"])
+            x = F.conv2d(h, t(L["weight"]), t(L["bias"]) if "bias" in L else None, p)
+            x = x.flatten(2).transpose(1, 2)  # [N, h*w, D], patches row-major
+            if "class_token" in L:
+                x = torch.cat([t(L["class_token"]).expand(x.shape[0], 1, -1), x], 1)
+            if "position" in L:
+                x = x + t(L["position"])
+            h = _tokens_out(x, torch.ones(x.shape[:2], dtype=torch.bool))
+        elif ty == "token_embed":
+            if h.dim() != 4 or h.shape[1] != 2:
+                raise ExportError(f"layer '{L['name']}' (token_embed) reads the token input")
+            ids, mask = h[:, 0, :, 0], h[:, 1, :, 0] != 0
+            w = t(L["weight"])
+            ok = (ids == torch.floor(ids)) & (ids >= 0) & (ids < w.shape[0])
+            x = w[torch.where(ok, ids, torch.zeros_like(ids)).long()]
+            x = torch.where(ok.unsqueeze(-1), x, torch.full_like(x, math.nan))
+            if "position" in L:
+                x = x + t(L["position"])
+            if "segment" in L:
+                x = x + t(L["segment"])
+            h = _tokens_out(x, mask)
+        elif ty == "layer_norm":
+            if h.dim() == 3:
+                x, mask = _tokens_in(h, ty)
+                h = _tokens_out(_layer_norm(x, L, t), mask)
+            else:
+                h = _layer_norm(h.reshape(h.shape[0], -1), L, t).reshape(h.shape[0], -1, 1, 1)
+        elif ty == "self_attention":
+            x, mask = _tokens_in(h, ty)
+            h = _tokens_out(_attention(x, mask, L, t), mask)
+        elif ty == "encoder_block":
+            x, mask = _tokens_in(h, ty)
+            act = L["activation"]
+
+            def ff(y):
+                return _linear(_act(_linear(y, L["linear1"], t), act), L["linear2"], t)
+            if L["norm_first"]:
+                x = x + _attention(_layer_norm(x, L["norm1"], t), mask, L["attention"], t)
+                x = x + ff(_layer_norm(x, L["norm2"], t))
+            else:
+                x = _layer_norm(x + _attention(x, mask, L["attention"], t), L["norm1"], t)
+                x = _layer_norm(x + ff(x), L["norm2"], t)
+            h = _tokens_out(x, mask)
+        elif ty == "token_pool":
+            x, mask = _tokens_in(h, ty)
+            if L["mode"] == "first":
+                v = x[:, 0]
+            else:
+                m = mask.to(x.dtype).unsqueeze(-1)
+                v = (x * m).sum(1) / m.sum(1)
+            h = v.reshape(v.shape[0], -1, 1, 1)
         else:
             raise ExportError(f"layer type {ty}")
     return h
@@ -559,9 +1077,12 @@ def run_layers(layers, T, h):
 @torch.no_grad()
 def run_model(model, T, x_raw):
     """Interprets a model.json dict on raw inputs: ({exit name: logits
-    [N,K]}, {exit name: confidence [N,1]}), the final head included."""
+    [N,K]}, {exit name: confidence [N,1]}), the final head included. A token
+    model's raw inputs are its rows [N, 2, T]."""
     h = _normalise(x_raw, model["input"])
     n = h.shape[0]
+    if "tokens" in model["input"]:
+        h = h.reshape(n, 2, -1, 1)
     by_layer = {e["after"]: e for e in model["exits"]}
     logits, confs = {}, {}
     for L in model["backbone"]:
@@ -575,13 +1096,33 @@ def run_model(model, T, x_raw):
     return logits, confs
 
 
+def _numel(shape):
+    return int(np.prod(shape[:3]))
+
+
+def _is_tokens(shape):
+    """Shapes are (C, H, W), or (T, D + 1, 1, "tokens") for a token
+    activation (FORMAT.md: shape [T, D + 1, 1], marked as tokens)."""
+    return len(shape) == 4
+
+
 def layer_macs(layers, shape):
     """(MACs per sample, output shape) of a layer list on input shape
-    [C,H,W], counted as src/plan.h does."""
+    [C,H,W] (a token input: [2, T, 1]; tokens: (T, D+1, 1, "tokens")),
+    counted as src/plan.h does; a layer given the wrong kind of input
+    (tokens or not) raises ExportError, as the loader refuses it."""
     total = 0
-    c, hh, ww = shape
     for L in layers:
         ty = L["type"]
+        tok = _is_tokens(shape)
+        token_layers = ("self_attention", "encoder_block", "token_pool")
+        if tok and ty not in token_layers + ("layer_norm",):
+            raise ExportError(f"layer '{L['name']}' ({ty}) given tokens [{shape[0]}, "
+                              f"{shape[1]}, 1]; it takes no token activation")
+        if not tok and ty in token_layers:
+            raise ExportError(f"layer '{L['name']}' ({ty}) reads tokens; given "
+                              f"{list(shape)}")
+        c, hh, ww = shape[:3]
         if ty == "conv2d":
             k, s = _pair(L["kernel_size"]), _pair(L.get("stride", 1))
             p, d = _pair(L.get("padding", 0)), _pair(L.get("dilation", 1))
@@ -589,32 +1130,56 @@ def layer_macs(layers, shape):
             wo = (ww + 2 * p[1] - d[1] * (k[1] - 1) - 1) // s[1] + 1
             oc = L["out_channels"]
             total += oc * ho * wo * (c // L.get("groups", 1)) * k[0] * k[1]
-            c, hh, ww = oc, ho, wo
+            shape = (oc, ho, wo)
         elif ty in ("maxpool2d", "avgpool2d"):
             k = _pair(L["kernel_size"])
             s, p = _pair(L.get("stride", k)), _pair(L.get("padding", 0))
-            hh = (hh + 2 * p[0] - k[0]) // s[0] + 1
-            ww = (ww + 2 * p[1] - k[1]) // s[1] + 1
+            shape = (c, (hh + 2 * p[0] - k[0]) // s[0] + 1, (ww + 2 * p[1] - k[1]) // s[1] + 1)
         elif ty == "global_avgpool":
-            hh = ww = 1
+            shape = (c, 1, 1)
         elif ty == "flatten":
-            c, hh, ww = c * hh * ww, 1, 1
+            shape = (c * hh * ww, 1, 1)
         elif ty == "linear":
             total += L["in_features"] * L["out_features"]
-            c, hh, ww = L["out_features"], 1, 1
+            shape = (L["out_features"], 1, 1)
         elif ty == "residual":
-            mb, out = layer_macs(L["body"], (c, hh, ww))
-            ms = layer_macs(L["shortcut"], (c, hh, ww))[0] if L.get("shortcut") else 0
+            mb, out = layer_macs(L["body"], shape)
+            ms = layer_macs(L["shortcut"], shape)[0] if L.get("shortcut") else 0
             total += mb + ms
-            c, hh, ww = out
-    return total, (c, hh, ww)
+            shape = out
+        elif ty == "patch_embed":
+            p = _pair(L["patch_size"])
+            d = L["embed_dim"]
+            ph, pw = hh // p[0], ww // p[1]
+            total += d * ph * pw * c * p[0] * p[1]
+            shape = (ph * pw + (1 if "class_token" in L else 0), d + 1, 1, "tokens")
+        elif ty == "token_embed":
+            if (c, ww) != (2, 1):
+                raise ExportError(f"layer '{L['name']}' (token_embed) reads the token input "
+                                  f"[2, T, 1]; given {list(shape)}")
+            shape = (hh, L["embed_dim"] + 1, 1, "tokens")
+        elif ty == "self_attention":
+            d, tt = L["embed_dim"], c
+            total += tt * 4 * d * d + 2 * tt * tt * d
+        elif ty == "encoder_block":
+            d, tt = L["attention"]["embed_dim"], c
+            total += tt * 4 * d * d + 2 * tt * tt * d + 2 * tt * d * L["linear1"]["out_features"]
+        elif ty == "token_pool":
+            shape = (hh - 1, 1, 1)
+        elif ty == "layer_norm":
+            d = hh - 1 if tok else c * hh * ww
+            if L["normalized_shape"] != d:
+                raise ExportError(f"layer '{L['name']}' (layer_norm) over "
+                                  f"{L['normalized_shape']} values, given {d}")
+    return total, shape
 
 
 def model_macs(model):
     """Per-sample MACs as src/plan.h counts them: {"stage": [backbone MACs
     of stage s], "head": [head (+ confidence) MACs of exit s, final last],
     "full": backbone + final head}."""
-    shape = tuple(model["input"]["shape"])
+    inp = model["input"]
+    shape = (2, inp["tokens"], 1) if "tokens" in inp else tuple(inp["shape"])
     afters = [e["after"] for e in model["exits"]]
     stage, head = [], []
     cur = 0
@@ -672,7 +1237,9 @@ def export(backbone, exits, final_head, out_dir, input_shape, num_classes,
            golden_inputs=None, check=True):
     """Writes out_dir/model.json and out_dir/model.safetensors, and
     out_dir/golden.safetensors when golden_inputs (raw units, [N,C,H,W] or
-    [N,H,W] for C=1) are given. Returns the model.json dict.
+    [N,H,W] for C=1; a token model's rows [N,2,T], or ids [N,T]: every token
+    attended) are given. input_shape is [C,H,W], or {"tokens": T} for a
+    token model (then no input_norm). Returns the model.json dict.
 
     The modules are put in eval mode for the export and restored after. With
     check (the default) the written graph is run by an independent
@@ -680,11 +1247,30 @@ def export(backbone, exits, final_head, out_dir, input_shape, num_classes,
     ExportError (it means a module's forward is not what its structure says).
     """
     g = Graph(backbone, exits, final_head)
-    c, h, w = (int(v) for v in input_shape)
-    if not (1 <= c <= 4 and 1 <= h <= 65536 and 1 <= w <= 65536):
-        raise ExportError(f"input_shape {input_shape}: [C,H,W] with C in 1..4")
+    tokens = None
+    if isinstance(input_shape, dict):
+        if set(input_shape) != {"tokens"}:
+            raise ExportError(f"input_shape {input_shape}: [C,H,W] or {{'tokens': T}}")
+        tokens = int(input_shape["tokens"])
+        if not 1 <= tokens <= 65536:
+            raise ExportError(f"input_shape {input_shape}: T in 1..65536")
+        if input_norm:
+            raise ExportError("input_norm: a token model's input is not normalised")
+        if not g.tokens:
+            raise ExportError(f"input_shape {input_shape}: tokens, but the first backbone layer "
+                              f"'{g.layers[0][0]}' ({type(g.layers[0][1]).__name__}) is no "
+                              "token embedding")
+        inp = {"tokens": tokens}
+        c, h, w = 2, tokens, 1
+    else:
+        if g.tokens:
+            raise ExportError(f"the first backbone layer '{g.layers[0][0]}' reads tokens; "
+                              "give input_shape={'tokens': T}")
+        c, h, w = (int(v) for v in input_shape)
+        if not (1 <= c <= 4 and 1 <= h <= 65536 and 1 <= w <= 65536):
+            raise ExportError(f"input_shape {input_shape}: [C,H,W] with C in 1..4")
+        inp = {"shape": [c, h, w]}
     input_norm = dict(input_norm or {})
-    inp = {"shape": [c, h, w]}
     if "scale" in input_norm:
         inp["scale"] = float(input_norm.pop("scale"))
     if "mean" in input_norm:
@@ -700,16 +1286,21 @@ def export(backbone, exits, final_head, out_dir, input_shape, num_classes,
     for m, _ in modes:
         m.eval()
     try:
-        tr = Translator()
-        items = [(n, n, m) for n, m in g.layers]
-        backbone_json = tr.sequence(items, "backbone", "backbone")
+        tr = Translator(tokens)
+        backbone_json, last_written = [], []
+        for n, m in g.layers:
+            backbone_json.extend(tr.module(n, n, m, "backbone", "backbone", False))
+            # an exit after a module written as several layers (BERT's
+            # embeddings: token_embed, layer_norm) reads the last of them
+            last_written.append(backbone_json[-1]["name"] if backbone_json else None)
+        tr.validate(backbone_json, "backbone")
         exits_json = []
         for e in g.exits:
             def seq(m, prefix, where):
                 if isinstance(m, nn.Sequential):
                     return tr.sequence(tr.children(m, ""), prefix, where)
                 return tr.sequence([(_short(m), "", m)], prefix, where)
-            ej = {"name": e["name"], "after": g.layers[e["at"]][0],
+            ej = {"name": e["name"], "after": last_written[e["at"]],
                   "head": seq(e["head"], f"exits.{e['name']}.head", f"exit '{e['name']}' head"),
                   "policy": _check_policy(e["name"], e["policy"])}
             if e["confidence"] is not None:
@@ -722,14 +1313,14 @@ def export(backbone, exits, final_head, out_dir, input_shape, num_classes,
                 raise ExportError(f"exit '{e['name']}': policy confidence_head "
                                   "without a confidence module")
             exits_json.append(ej)
-        if g.final is None:
+        if g.final_items is not None:
+            final_json = tr.sequence(g.final_items, "final", "final head")
+        elif g.final is None:
             final_json = []
         elif isinstance(g.final, nn.Sequential):
             final_json = tr.sequence(tr.children(g.final, ""), "final", "final head")
         else:
-            fname = "fc" if _is_torchvision_resnet(backbone) and final_head is None \
-                else _short(g.final)
-            final_json = tr.sequence([(fname, "", g.final)], "final", "final head")
+            final_json = tr.sequence([(_short(g.final), "", g.final)], "final", "final head")
 
         model = {"format": "exitrt-model", "version": FORMAT_VERSION, "name": name,
                  "weights": "model.safetensors", "input": inp,
@@ -747,17 +1338,26 @@ def export(backbone, exits, final_head, out_dir, input_shape, num_classes,
         # Shapes: every head ends in K values, every confidence in one.
         shape = (c, h, w)
         afters = {e["after"]: e for e in exits_json}
+
+        def shape_of(layers, shape, what):
+            try:
+                return layer_macs(layers, shape)[1]
+            except ExportError as err:
+                raise ExportError(f"{what}: {err}") from None
+
+        def ends_in(layers, shape, k, what):
+            out = shape_of(layers, shape, what)
+            if _is_tokens(out) or _numel(out) != k:
+                raise ExportError(f"{what} does not end in {k} value{'s' if k > 1 else ''}"
+                                  + (" (it ends in tokens)" if _is_tokens(out) else ""))
         for L in backbone_json:
-            _, shape = layer_macs([L], shape)
+            shape = shape_of([L], shape, "backbone")
             if L["name"] in afters:
                 e = afters[L["name"]]
-                if int(np.prod(layer_macs(e["head"], shape)[1])) != num_classes:
-                    raise ExportError(f"exit '{e['name']}': head does not end in "
-                                      f"{num_classes} values")
-                if "confidence" in e and int(np.prod(layer_macs(e["confidence"], shape)[1])) != 1:
-                    raise ExportError(f"exit '{e['name']}': confidence does not end in 1 value")
-        if int(np.prod(layer_macs(final_json, shape)[1])) != num_classes:
-            raise ExportError(f"final head does not end in {num_classes} values")
+                ends_in(e["head"], shape, num_classes, f"exit '{e['name']}': head")
+                if "confidence" in e:
+                    ends_in(e["confidence"], shape, 1, f"exit '{e['name']}': confidence")
+        ends_in(final_json, shape, num_classes, "final head")
 
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "model.json"), "w") as f:
@@ -768,10 +1368,20 @@ def export(backbone, exits, final_head, out_dir, input_shape, num_classes,
         x_check = None
         if golden_inputs is not None:
             x_check = np.asarray(golden_inputs, dtype=np.float32)
-            if x_check.ndim == 3 and c == 1:
-                x_check = x_check[:, None]
-            if x_check.shape[1:] != (c, h, w):
-                raise ExportError(f"golden_inputs shape {x_check.shape}; [N,{c},{h},{w}] expected")
+            if tokens is not None:
+                if x_check.ndim == 2:  # ids alone: every token attended
+                    x_check = np.stack([x_check, np.ones_like(x_check)], 1)
+                if x_check.shape[1:] != (2, tokens):
+                    raise ExportError(f"golden_inputs shape {x_check.shape}; [N,2,{tokens}] "
+                                      "(ids, then mask) expected")
+            else:
+                if x_check.ndim == 3 and c == 1:
+                    x_check = x_check[:, None]
+                if x_check.shape[1:] != (c, h, w):
+                    raise ExportError(f"golden_inputs shape {x_check.shape}; "
+                                      f"[N,{c},{h},{w}] expected")
+        elif check and tokens is not None:
+            x_check = random_tokens(4, tokens, backbone_json[0]["vocab_size"], seed=0)
         elif check:
             gen = torch.Generator().manual_seed(0)
             x_check = (torch.rand((4, c, h, w), generator=gen) /
@@ -798,6 +1408,18 @@ def export(backbone, exits, final_head, out_dir, input_shape, num_classes,
         for m, training in modes:
             m.train(training)
     return model
+
+
+def random_tokens(n, tokens, vocab, seed=0):
+    """n token rows [n, 2, T] (float32): random ids in [0, vocab), each
+    sequence attending to its first L tokens (L random in 1..T, sequence 0
+    all T) and padded after them (ids of padding random too)."""
+    g = np.random.default_rng(seed)
+    ids = g.integers(0, vocab, size=(n, tokens))
+    lens = g.integers(1, tokens + 1, size=n)
+    lens[0] = tokens
+    mask = np.arange(tokens)[None, :] < lens[:, None]
+    return np.stack([ids, mask], 1).astype(np.float32)
 
 
 def _short(m):
