@@ -19,6 +19,7 @@ horizontal flips.
     /usr/bin/python3 models/train_vit.py          # writes models/fmnist-vit/
 """
 import argparse
+import json
 import os
 import time
 
@@ -26,6 +27,9 @@ import torch
 import torch.nn as nn
 from torchvision.models.vision_transformer import VisionTransformer
 
+import numpy as np
+
+import export as ex
 import fmnist
 from transformer import TokenPool
 
@@ -101,6 +105,49 @@ def hflip(x, gen):
     return x
 
 
+def export(model, out_dir, x_test):
+    """Exports to out_dir with golden inputs (the exporter checks its written
+    graph against the PyTorch modules with its own interpreter), then checks
+    the exporter's view of the network (ex.forward_exits: the torchvision
+    modules as it translates them) against this script's forward on the
+    whole test split."""
+    ex.export(model.vit, model.exits(), None, out_dir, input_shape=(1, 28, 28),
+              num_classes=10, input_norm=fmnist.INPUT_NORM, name=NAME,
+              sample_data=fmnist.SAMPLE_DATA, sample_labels=fmnist.SAMPLE_LABELS,
+              golden_inputs=fmnist.golden_batch(x_test))
+    model.eval()
+    worst = 0.0
+    with torch.no_grad():
+        for s in range(0, len(x_test), 500):
+            x = fmnist.normalize(x_test[s:s + 500])
+            mine, _ = model(x)
+            theirs, _ = ex.forward_exits(model.vit, model.exits(), None, x)
+            for a, b in zip(mine, theirs):
+                worst = max(worst, float((a - b).abs().max()))
+    names = model.exit_names()
+    golden = ex.read_safetensors(os.path.join(out_dir, "golden.safetensors"))[0]
+    with torch.no_grad():
+        mine, _ = model(fmnist.normalize(np.array(golden["input"])))
+    gworst = max(float(np.abs(golden[f"logits.{n}"] - z.numpy()).max())
+                 for n, z in zip(names, mine))
+    # the written files run by the exporter's interpreter (its own attention,
+    # layer norm and MLP code), on the first 500 test images
+    graph = json.load(open(os.path.join(out_dir, "model.json")))
+    weights = ex.read_safetensors(os.path.join(out_dir, "model.safetensors"))[0]
+    x = np.asarray(x_test[:500], dtype=np.float32)
+    interp, _ = ex.run_model(graph, weights, x)
+    with torch.no_grad():
+        mine, _ = model(fmnist.normalize(x))
+    iworst = max(float(np.abs(interp[n] - z.numpy()).max()) for n, z in zip(names, mine))
+    scale = max(float(z.abs().max()) for z in mine)
+    print(f"export check, max |logit difference| at every exit (largest logit {scale:.3g}): "
+          f"the exporter's forward vs this script's on the test split {worst:.3g}; golden "
+          f"logits vs this script's {gworst:.3g}; the written graph run by the exporter's "
+          f"interpreter vs this script's on 500 test images {iworst:.3g}", flush=True)
+    if not (worst <= 1e-4 and gworst <= 1e-4 and iworst <= 1e-3 * max(1.0, scale)):
+        raise SystemExit("export check failed")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--epochs", type=int, default=10)
@@ -143,13 +190,20 @@ def main():
         os.makedirs(args.out, exist_ok=True)
         torch.save({"model": model.state_dict(), "seconds": seconds}, ckpt)
     t0 = time.time()
-    _, _, accs = fmnist.evaluate(model, x_test, y_test)
+    logits, _, accs = fmnist.evaluate(model, x_test, y_test)
     print("test accuracy per exit: " +
           ", ".join(f"{n} {a:.2f}%" for n, a in zip(model.exit_names(), accs)) +
           f" ({time.time() - t0:.0f}s)", flush=True)
     if args.no_export:
         return 0
-    raise SystemExit("export: not written yet")
+    import sweep
+    os.makedirs(args.out, exist_ok=True)
+    export(model, args.out, x_test)
+    np.savez_compressed(os.path.join(args.out, "test_logits.npz"), logits=logits,
+                        labels=np.asarray(y_test))
+    print(f"training time {seconds:.0f}s; exported to {args.out}")
+    sweep.report(args.out)
+    return 0
 
 
 if __name__ == "__main__":
