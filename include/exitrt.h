@@ -152,13 +152,6 @@ ERT_API int ert_model_vocab_size(const ert_model *m);
 ERT_API ERT_NODISCARD ert_status ert_pack_tokens(const ert_model *m, const int32_t *ids,
                                                  const int32_t *mask, int n, float *rows,
                                                  ert_error *err);
-/* ert_infer for a token model, from ids and mask as ert_pack_tokens takes
- * them (packed into a buffer the engine allocated at create, so no
- * allocation per call). ERT_INVALID_ARGUMENT for an image model's engine
- * or an id out of range (the message on ert_engine_error). */
-ERT_API ERT_NODISCARD ert_status ert_infer_tokens(ert_engine *e, const int32_t *ids,
-                                                  const int32_t *mask, int batch,
-                                                  ert_result *out);
 /* The exit's name, or NULL when i is out of range. */
 ERT_API const char *ert_model_exit_name(const ert_model *m, int i);
 /* The exit's index by name, or -1. */
@@ -270,6 +263,13 @@ typedef struct ert_result {
  * positions, and the per-batch figures. */
 ERT_API ERT_NODISCARD ert_status ert_infer(ert_engine *e, const float *input, int batch,
                                            ert_result *out);
+
+/* ert_infer for a token model, from ids and mask as ert_pack_tokens takes
+ * them (packed into a buffer the engine allocated at create, so no
+ * allocation per call). ERT_INVALID_ARGUMENT for an image model's engine
+ * or an id out of range (the message on ert_engine_error). */
+ERT_API ERT_NODISCARD ert_status ert_infer_tokens(ert_engine *e, const int32_t *ids,
+                                                  const int32_t *mask, int batch, ert_result *out);
 
 /* Every exit's policy score for every sample of a batch, for calibration
  * (choosing thresholds that give a wanted share of samples per exit).

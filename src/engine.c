@@ -129,14 +129,23 @@ ert_status ert_engine_create(ert_model *m, const ert_engine_config *cfg, ert_eng
         e->thresholds[i] = m->exits[i].threshold;
     atomic_init(&e->busy, 0);
 
+    if (m->input_tokens > 0) { /* ert_infer_tokens packs its rows here */
+        e->token_rows = malloc(sizeof(float) * shape_size(m->input) * (size_t)cfg->max_batch);
+        if (!e->token_rows) {
+            free(e);
+            return ert_fail(err, ERT_OUT_OF_MEMORY, "ert_engine_create: out of memory");
+        }
+    }
     ert_status st = ops->create(e, &e->ctx);
     if (st != ERT_OK) {
         ert_fail(err, st, "%s", e->err);
+        free(e->token_rows);
         free(e);
         return st;
     }
     if (!model_acquire(m)) { /* ert_model_free ran meanwhile, from another thread */
         ops->destroy(e->ctx);
+        free(e->token_rows);
         free(e);
         return ert_fail(err, ERT_INVALID_ARGUMENT, "ert_engine_create: the model was freed");
     }
@@ -150,6 +159,7 @@ void ert_engine_free(ert_engine *e)
         return;
     e->ops->destroy(e->ctx);
     ert_model *m = e->model;
+    free(e->token_rows);
     free(e);
     model_release(m);
 }
@@ -196,19 +206,10 @@ static ert_status check_batch(ert_engine *e, const void *input, int batch, const
     return ERT_OK;
 }
 
-ert_status ert_infer(ert_engine *e, const float *input, int batch, ert_result *out)
+/* ert_infer's work, on an engine the caller entered (engine_enter). */
+static ert_status infer_entered(ert_engine *e, const float *input, int batch, ert_result *out)
 {
-    if (!e)
-        return ERT_INVALID_ARGUMENT;
-    ert_status st = check_batch(e, input, batch, out);
-    if (st != ERT_OK)
-        return st;
-    if (!out->samples)
-        return engine_fail(e, ERT_INVALID_ARGUMENT, "result->samples is NULL");
-    if (!engine_enter(e))
-        return engine_fail(e, ERT_BUSY, "the engine is running another call");
-    e->err[0] = '\0';
-
+    ert_status st;
     const ert_model *m = e->model;
     size_t per = shape_size(m->input);
     int nonfinite = 0;
@@ -242,6 +243,48 @@ ert_status ert_infer(ert_engine *e, const float *input, int batch, ert_result *o
         out->macs_full = (uint64_t)batch * m->macs_full;
         out->nonfinite_samples = nonfinite;
     }
+    return st;
+}
+
+ert_status ert_infer(ert_engine *e, const float *input, int batch, ert_result *out)
+{
+    if (!e)
+        return ERT_INVALID_ARGUMENT;
+    ert_status st = check_batch(e, input, batch, out);
+    if (st != ERT_OK)
+        return st;
+    if (!out->samples)
+        return engine_fail(e, ERT_INVALID_ARGUMENT, "result->samples is NULL");
+    if (!engine_enter(e))
+        return engine_fail(e, ERT_BUSY, "the engine is running another call");
+    e->err[0] = '\0';
+    st = infer_entered(e, input, batch, out);
+    engine_leave(e);
+    return st;
+}
+
+ert_status ert_infer_tokens(ert_engine *e, const int32_t *ids, const int32_t *mask, int batch,
+                            ert_result *out)
+{
+    if (!e)
+        return ERT_INVALID_ARGUMENT;
+    if (!e->token_rows)
+        return engine_fail(e, ERT_INVALID_ARGUMENT,
+                           "ert_infer_tokens: the model takes images, not tokens (ert_infer)");
+    ert_status st = check_batch(e, ids, batch, out);
+    if (st != ERT_OK)
+        return st;
+    if (!out->samples)
+        return engine_fail(e, ERT_INVALID_ARGUMENT, "result->samples is NULL");
+    if (!engine_enter(e))
+        return engine_fail(e, ERT_BUSY, "the engine is running another call");
+    e->err[0] = '\0';
+    ert_error perr = {{0}};
+    st = ert_pack_tokens(e->model, ids, mask, batch, e->token_rows, &perr);
+    if (st != ERT_OK)
+        engine_fail(e, st, "ert_infer_tokens: %s", perr.msg);
+    else
+        st = infer_entered(e, e->token_rows, batch, out);
     engine_leave(e);
     return st;
 }

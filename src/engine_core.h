@@ -79,6 +79,7 @@ struct ert_engine {
     char note[ERT_ERROR_LEN]; /* ert_engine_note(); the backend sets it at create */
     int exact_modes;          /* MASKED, COMPACTED and refill agree bit for bit
                                  (the backend sets it at create; the note says so) */
+    float *token_rows;        /* token models: max_batch input rows for ert_infer_tokens */
 };
 
 /* Records a printf-style message on the engine and returns status. */

@@ -152,8 +152,33 @@ static ert_status parse_input(parse_ctx *c, const cJSON *root, ert_model *m)
     if (!cJSON_IsObject(in))
         return ert_fail(c->err, ERT_FORMAT, "%s: input: missing or not an object", c->file);
     const cJSON *sh = cJSON_GetObjectItemCaseSensitive(in, "shape");
+    const cJSON *tok = cJSON_GetObjectItemCaseSensitive(in, "tokens");
+    if (tok) {
+        /* A token model: the input row is the ids, then the mask, as is. */
+        static const char *const image_only[] = {"shape", "scale", "mean", "std"};
+        for (size_t i = 0; i < sizeof image_only / sizeof *image_only; i++)
+            if (cJSON_GetObjectItemCaseSensitive(in, image_only[i]))
+                return ert_fail(c->err, ERT_FORMAT,
+                                "%s: input.%s: not allowed with input.tokens (a token model's "
+                                "input is not an image and is not normalised)",
+                                c->file, image_only[i]);
+        long long T;
+        ert_status st = json_get_int(c, in, "input", "tokens", 0, 0, 1, 65536, &T);
+        if (st != ERT_OK)
+            return st;
+        m->input = (shape3){2, (int)T, 1, SHAPE_IDS};
+        m->input_tokens = (int)T;
+        m->input_scale = 1.0f;
+        for (int i = 0; i < 4; i++) {
+            m->mean[i] = 0.0f;
+            m->std[i] = 1.0f;
+        }
+        return ERT_OK;
+    }
     if (!cJSON_IsArray(sh) || cJSON_GetArraySize(sh) != 3)
-        return ert_fail(c->err, ERT_FORMAT, "%s: input.shape: must be [C, H, W]", c->file);
+        return ert_fail(c->err, ERT_FORMAT,
+                        "%s: input.shape: must be [C, H, W] (or input.tokens: T for a token model)",
+                        c->file);
     int d[3];
     for (int i = 0; i < 3; i++) {
         const cJSON *x = cJSON_GetArrayItem(sh, i);
@@ -164,7 +189,7 @@ static ert_status parse_input(parse_ctx *c, const cJSON *root, ert_model *m)
                             "%s: input.shape[%d]: must be an integer in [1, %lld]", c->file, i, hi);
         d[i] = (int)x->valuedouble;
     }
-    m->input = (shape3){d[0], d[1], d[2]};
+    m->input = (shape3){d[0], d[1], d[2], SHAPE_PLAIN};
     double scale;
     ert_status st = json_get_number(c, in, "input", "scale", 1, 1.0, &scale);
     if (st != ERT_OK)
@@ -559,6 +584,39 @@ void model_release(ert_model *m)
 int ert_model_num_exits(const ert_model *m) { return m ? m->num_exits : 0; }
 int ert_model_num_classes(const ert_model *m) { return m ? m->num_classes : 0; }
 size_t ert_model_input_size(const ert_model *m) { return m ? shape_size(m->input) : 0; }
+
+int ert_model_input_tokens(const ert_model *m) { return m ? m->input_tokens : 0; }
+int ert_model_vocab_size(const ert_model *m) { return m ? m->vocab : 0; }
+
+ert_status ert_pack_tokens(const ert_model *m, const int32_t *ids, const int32_t *mask, int n,
+                           float *rows, ert_error *err)
+{
+    if (!m || !ids || !rows)
+        return ert_fail(err, ERT_INVALID_ARGUMENT, "ert_pack_tokens: %s is NULL",
+                        !m     ? "model"
+                        : !ids ? "ids"
+                               : "rows");
+    if (m->input_tokens < 1)
+        return ert_fail(err, ERT_INVALID_ARGUMENT,
+                        "ert_pack_tokens: the model takes images, not tokens");
+    if (n < 0)
+        return ert_fail(err, ERT_INVALID_ARGUMENT, "ert_pack_tokens: n is %d", n);
+    const size_t T = (size_t)m->input_tokens;
+    for (size_t i = 0; i < (size_t)n; i++) {
+        float *row = rows + i * 2 * T;
+        for (size_t t = 0; t < T; t++) {
+            int32_t id = ids[i * T + t];
+            if (id < 0 || id >= m->vocab)
+                return ert_fail(err, ERT_INVALID_ARGUMENT,
+                                "ert_pack_tokens: sequence %zu, token %zu: id %d outside the "
+                                "vocabulary [0, %d)",
+                                i, t, (int)id, m->vocab);
+            row[t] = (float)id;
+            row[T + t] = !mask || mask[i * T + t] != 0 ? 1.0f : 0.0f;
+        }
+    }
+    return ERT_OK;
+}
 
 void ert_model_input_shape(const ert_model *m, int *c, int *h, int *w)
 {

@@ -43,12 +43,18 @@ typedef enum layer_kind {
 } layer_kind;
 
 /* A per-sample activation shape. After flatten or linear: c = features,
- * h = w = 1. A token activation (tokens = 1) is T tokens of D features,
- * each followed by its mask value: c = T, h = D + 1, w = 1, stored token
- * after token (FORMAT.md, "Token activations"). */
+ * h = w = 1. A token activation (tokens = SHAPE_TOKENS) is T tokens of D
+ * features, each followed by its mask value: c = T, h = D + 1, w = 1,
+ * stored token after token (FORMAT.md, "Token activations"). A token
+ * model's input (SHAPE_IDS) is c = 2, h = T, w = 1: the ids, then the mask. */
+enum {
+    SHAPE_PLAIN = 0,
+    SHAPE_TOKENS = 1,
+    SHAPE_IDS = 2
+};
 typedef struct shape3 {
     int c, h, w;
-    int tokens; /* 1: a token activation */
+    int tokens; /* SHAPE_PLAIN, SHAPE_TOKENS or SHAPE_IDS */
 } shape3;
 
 /* A token activation's T and D. */
@@ -123,18 +129,23 @@ typedef struct encoder_params {
 typedef struct patch_params {
     conv_params conv;
     const float *cls; /* [dim] or NULL */
-    const float *pos; /* [tokens, dim] or NULL */
+    const float *pos; /* [pos_len, dim] or NULL; pos_len == tokens (checked at finalize) */
+    int pos_len;
 } patch_params;
 
 /* Token ids to vectors: weight[id] + pos[t] + segment. */
 typedef struct embed_params {
     int vocab, dim;
     const float *weight;  /* [vocab, dim] */
-    const float *pos;     /* [tokens, dim] or NULL */
+    const float *pos;     /* [pos_len, dim] or NULL; pos_len == tokens */
     const float *segment; /* [dim] or NULL */
+    int pos_len;
 } embed_params;
 
-typedef enum token_pool_mode { TOKEN_POOL_FIRST = 0, TOKEN_POOL_MEAN } token_pool_mode;
+typedef enum token_pool_mode {
+    TOKEN_POOL_FIRST = 0,
+    TOKEN_POOL_MEAN
+} token_pool_mode;
 
 typedef struct residual_params {
     layer_list body;
@@ -178,9 +189,9 @@ struct ert_model {
     char sample_data[1024]; /* "" when none */
     char sample_labels[1024];
 
-    shape3 input;     /* token models: (2, T, 1), the ids then the mask */
-    int input_tokens; /* token models: T; image models: 0 */
-    int vocab;        /* token models: the token_embed's vocab_size */
+    shape3 input;          /* token models: (2, T, 1), the ids then the mask */
+    int input_tokens;      /* token models: T; image models: 0 */
+    int vocab;             /* token models: the token_embed's vocab_size */
     float input_scale;     /* x' = (x * scale - mean[c]) / std[c] */
     float mean[4], std[4]; /* per input channel (C <= 4), or one value repeated */
     int num_classes;
@@ -202,6 +213,9 @@ struct ert_model {
     atomic_int freed;     /* ert_model_free was called while engines lived */
     pthread_mutex_t lock; /* zeroed = PTHREAD_MUTEX_INITIALIZER (glibc) */
 };
+
+/* The layer type's name in model.json ("conv2d", "encoder_block", ...). */
+const char *layer_kind_name(layer_kind k);
 
 /* Computes every layer's in/out shape and MACs, every exit's head_macs,
  * backbone_macs and macs_full, and validates the graph (shapes agree, heads

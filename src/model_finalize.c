@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "model.h"
+#include "act.h"
 #include "model_parse.h"
 #include "util.h"
 #include "policy.h"
@@ -40,12 +41,188 @@ static ert_status finalize_list(const ert_model *m, layer_list *l, const char *w
 
 #define LFAIL(...) ert_fail(err, ERT_FORMAT, __VA_ARGS__)
 
+/* a * b * c, 0 on overflow (a MAC count is never 0 for a valid layer). */
+static uint64_t mul3(uint64_t a, uint64_t b, uint64_t c)
+{
+    uint64_t r;
+    return u64_mul(a, b, &r) && u64_mul(r, c, &r) ? r : 0;
+}
+
+static int is_tx_kind(layer_kind k)
+{
+    return k == LAYER_PATCH_EMBED || k == LAYER_TOKEN_EMBED || k == LAYER_LAYER_NORM ||
+           k == LAYER_GELU || k == LAYER_TANH || k == LAYER_SELF_ATTENTION ||
+           k == LAYER_ENCODER_BLOCK || k == LAYER_TOKEN_POOL;
+}
+
+static ert_status check_norm(const ert_model *m, const layer *l, const char *where,
+                             const char *what, const norm_params *p, int dim, ert_error *err)
+{
+    if (p->dim != dim)
+        return LFAIL("%s: %s layer '%s': %snormalized_shape is %d, but the features are %d",
+                     model_file(m), where, l->name, what, p->dim, dim);
+    if (!p->weight || !p->bias || !(p->eps >= 0))
+        return LFAIL("%s: %s layer '%s': %slayer_norm parameters out of range", model_file(m),
+                     where, l->name, what);
+    return ERT_OK;
+}
+
+static ert_status check_attention(const ert_model *m, const layer *l, const char *where,
+                                  const char *what, const attention_params *p, int dim,
+                                  ert_error *err)
+{
+    if (p->dim != dim)
+        return LFAIL("%s: %s layer '%s': %sembed_dim is %d, but the tokens have %d features",
+                     model_file(m), where, l->name, what, p->dim, dim);
+    if (p->heads < 1 || p->dim % p->heads || !p->in_weight || !p->in_bias || !p->out_weight ||
+        !p->out_bias)
+        return LFAIL("%s: %s layer '%s': %sself_attention parameters out of range", model_file(m),
+                     where, l->name, what);
+    return ERT_OK;
+}
+
+/* Self-attention MACs per sample: T * 4D^2 + 2 * T^2 * D (FORMAT.md). */
+static uint64_t attention_macs(uint64_t T, uint64_t D)
+{
+    uint64_t a = mul3(T, 4 * D, D), b = mul3(2 * T, T, D);
+    return a && b && a <= UINT64_MAX - b ? a + b : 0;
+}
+
+/* The transformer layers (FORMAT.md, "Transformer encoders"). */
+static ert_status finalize_tx_layer(const ert_model *m, layer *l, const char *where, int nested,
+                                    ert_error *err)
+{
+    const char *f = model_file(m);
+    shape3 in = l->in, o = in;
+    uint64_t macs = 0;
+    ert_status st;
+    const char *kind = layer_kind_name(l->kind);
+    if (nested)
+        return LFAIL("%s: %s layer '%s': %s inside a residual is not supported", f, where, l->name,
+                     kind);
+    int T = shape_tokens(in), D = shape_dim(in);
+    int reads_tokens = l->kind == LAYER_SELF_ATTENTION || l->kind == LAYER_ENCODER_BLOCK ||
+                       l->kind == LAYER_TOKEN_POOL;
+    if (reads_tokens && in.tokens != SHAPE_TOKENS)
+        return LFAIL("%s: %s layer '%s': %s reads a token activation, but its input is %s", f,
+                     where, l->name, kind,
+                     in.tokens == SHAPE_IDS ? "the token input (a token_embed reads it)"
+                                            : "not one");
+    if ((l->kind == LAYER_GELU || l->kind == LAYER_TANH) && in.tokens != SHAPE_PLAIN)
+        return LFAIL("%s: %s layer '%s': %s cannot read %s", f, where, l->name, kind,
+                     in.tokens == SHAPE_IDS ? "the token input" : "a token activation");
+    switch (l->kind) {
+    case LAYER_PATCH_EMBED: {
+        const patch_params *p = &l->p.patch;
+        const conv_params *c = &p->conv;
+        if (in.tokens != SHAPE_PLAIN)
+            return LFAIL("%s: %s layer '%s': patch_embed reads an image [C, H, W]", f, where,
+                         l->name);
+        if (c->in_ch != in.c)
+            return LFAIL("%s: %s layer '%s': in_channels is %d, but its input has %d channels", f,
+                         where, l->name, c->in_ch, in.c);
+        if (!c->weight || !c->bias || c->kh < 1 || c->kw < 1 || c->kh > in.h || c->kw > in.w)
+            return LFAIL("%s: %s layer '%s': the %dx%d patch does not fit the %dx%d input", f,
+                         where, l->name, c->kh, c->kw, in.h, in.w);
+        int64_t patches = (int64_t)(in.h / c->kh) * (in.w / c->kw), t = patches + (p->cls != NULL);
+        if (t > 65536)
+            return LFAIL("%s: %s layer '%s': %lld tokens, more than 65536", f, where, l->name,
+                         (long long)t);
+        if (p->pos && p->pos_len != t)
+            return LFAIL("%s: %s layer '%s': position has %d rows, but there are %lld tokens", f,
+                         where, l->name, p->pos_len, (long long)t);
+        o = (shape3){(int)t, c->out_ch + 1, 1, SHAPE_TOKENS};
+        macs = mul3((uint64_t)patches * (uint64_t)c->out_ch, (uint64_t)c->in_ch,
+                    (uint64_t)c->kh * (uint64_t)c->kw);
+        if (!macs)
+            return LFAIL("%s: %s layer '%s': MAC count overflows", f, where, l->name);
+        break;
+    }
+    case LAYER_TOKEN_EMBED: {
+        const embed_params *p = &l->p.embed;
+        if (in.tokens != SHAPE_IDS)
+            return LFAIL("%s: %s layer '%s': token_embed reads the token input (input.tokens), "
+                         "as the first backbone layer",
+                         f, where, l->name);
+        T = in.h;
+        if (!p->weight || p->vocab < 1 || p->dim < 1)
+            return LFAIL("%s: %s layer '%s': token_embed parameters out of range", f, where,
+                         l->name);
+        if (p->pos && p->pos_len != T)
+            return LFAIL("%s: %s layer '%s': position has %d rows, but there are %d tokens", f,
+                         where, l->name, p->pos_len, T);
+        o = (shape3){T, p->dim + 1, 1, SHAPE_TOKENS};
+        break;
+    }
+    case LAYER_LAYER_NORM:
+        if (in.tokens == SHAPE_IDS)
+            return LFAIL("%s: %s layer '%s': layer_norm cannot read the token input", f, where,
+                         l->name);
+        st = check_norm(m, l, where, "", &l->p.norm,
+                        in.tokens == SHAPE_TOKENS ? D : (int)shape_size(in), err);
+        if (st != ERT_OK)
+            return st;
+        break;
+    case LAYER_GELU:
+    case LAYER_TANH: break;
+    case LAYER_SELF_ATTENTION:
+        if ((st = check_attention(m, l, where, "", &l->p.attn, D, err)) != ERT_OK)
+            return st;
+        macs = attention_macs((uint64_t)T, (uint64_t)D);
+        break;
+    case LAYER_ENCODER_BLOCK: {
+        const encoder_params *p = &l->p.enc;
+        if ((st = check_attention(m, l, where, "attention.", &p->attn, D, err)) ||
+            (st = check_norm(m, l, where, "norm1.", &p->norm1, D, err)) ||
+            (st = check_norm(m, l, where, "norm2.", &p->norm2, D, err)))
+            return st;
+        if (p->ff1.in_features != D || p->ff2.out_features != D ||
+            p->ff2.in_features != p->ff1.out_features || !p->ff1.weight || !p->ff2.weight ||
+            !p->ff1.bias || !p->ff2.bias)
+            return LFAIL("%s: %s layer '%s': linear1 must map the %d features to F and linear2 F "
+                         "back to %d (got %d -> %d, %d -> %d)",
+                         f, where, l->name, D, D, p->ff1.in_features, p->ff1.out_features,
+                         p->ff2.in_features, p->ff2.out_features);
+        if (p->act != ERT_ACT_RELU && p->act != ERT_ACT_GELU)
+            return LFAIL("%s: %s layer '%s': activation out of range", f, where, l->name);
+        uint64_t a = attention_macs((uint64_t)T, (uint64_t)D);
+        uint64_t b = mul3(2 * (uint64_t)T, (uint64_t)D, (uint64_t)p->ff1.out_features);
+        if (!a || !b || a > UINT64_MAX - b)
+            return LFAIL("%s: %s layer '%s': MAC count overflows", f, where, l->name);
+        macs = a + b;
+        break;
+    }
+    case LAYER_TOKEN_POOL: o = (shape3){D, 1, 1, SHAPE_PLAIN}; break;
+    default:
+        return ert_fail(err, ERT_INVALID_ARGUMENT, "%s: %s layer '%s': unknown layer kind %d", f,
+                        where, l->name, (int)l->kind);
+    }
+    if (l->kind == LAYER_SELF_ATTENTION && !macs)
+        return LFAIL("%s: %s layer '%s': MAC count overflows", f, where, l->name);
+    if (o.c < 1 || o.h < 1 || o.w < 1 || shape_size(o) > MAX_ACT_FLOATS)
+        return LFAIL("%s: %s layer '%s': output %dx%dx%d is empty or too large", f, where, l->name,
+                     o.c, o.h, o.w);
+    l->out = o;
+    l->macs = macs;
+    return ERT_OK;
+}
+
 static ert_status finalize_layer(const ert_model *m, layer *l, const char *where, int nested,
                                  ert_error *err)
 {
     const char *f = model_file(m);
     shape3 in = l->in, o = in;
     uint64_t macs = 0;
+    if (is_tx_kind(l->kind))
+        return finalize_tx_layer(m, l, where, nested, err);
+    if (in.tokens != SHAPE_PLAIN)
+        return LFAIL("%s: %s layer '%s': %s cannot read %s%s", f, where, l->name,
+                     layer_kind_name(l->kind),
+                     in.tokens == SHAPE_IDS ? "the token input (a token_embed reads it)"
+                                            : "a token activation",
+                     in.tokens == SHAPE_TOKENS && l->kind == LAYER_LINEAR
+                         ? " (pool the tokens first: token_pool)"
+                         : "");
     switch (l->kind) {
     case LAYER_CONV2D: {
         const conv_params *c = &l->p.conv;
@@ -68,7 +245,7 @@ static ert_status finalize_layer(const ert_model *m, layer *l, const char *where
             return LFAIL(
                 "%s: %s layer '%s': the kernel does not fit the %dx%d input (output would be empty)",
                 f, where, l->name, in.h, in.w);
-        o = (shape3){c->out_ch, (int)oh, (int)ow};
+        o = (shape3){c->out_ch, (int)oh, (int)ow, SHAPE_PLAIN};
         uint64_t a;
         if (!u64_mul((uint64_t)c->out_ch * (uint64_t)oh, (uint64_t)ow, &a) ||
             !u64_mul(a, (uint64_t)(c->in_ch / c->groups), &a) ||
@@ -87,11 +264,11 @@ static ert_status finalize_layer(const ert_model *m, layer *l, const char *where
         if (oh < 1 || ow < 1)
             return LFAIL("%s: %s layer '%s': the %dx%d window does not fit the %dx%d input", f,
                          where, l->name, p->kh, p->kw, in.h, in.w);
-        o = (shape3){in.c, (int)oh, (int)ow};
+        o = (shape3){in.c, (int)oh, (int)ow, SHAPE_PLAIN};
         break;
     }
-    case LAYER_GLOBAL_AVGPOOL: o = (shape3){in.c, 1, 1}; break;
-    case LAYER_FLATTEN: o = (shape3){(int)shape_size(in), 1, 1}; break;
+    case LAYER_GLOBAL_AVGPOOL: o = (shape3){in.c, 1, 1, SHAPE_PLAIN}; break;
+    case LAYER_FLATTEN: o = (shape3){(int)shape_size(in), 1, 1, SHAPE_PLAIN}; break;
     case LAYER_RELU:
     case LAYER_SIGMOID: break;
     case LAYER_LINEAR: {
@@ -102,7 +279,7 @@ static ert_status finalize_layer(const ert_model *m, layer *l, const char *where
             return LFAIL(
                 "%s: %s layer '%s': in_features is %d, but its input has %zu values (%dx%dx%d)", f,
                 where, l->name, p->in_features, shape_size(in), in.c, in.h, in.w);
-        o = (shape3){p->out_features, 1, 1};
+        o = (shape3){p->out_features, 1, 1, SHAPE_PLAIN};
         macs = (uint64_t)p->in_features * (uint64_t)p->out_features;
         break;
     }
@@ -111,7 +288,7 @@ static ert_status finalize_layer(const ert_model *m, layer *l, const char *where
             return LFAIL("%s: %s layer '%s': residuals do not nest", f, where, l->name);
         residual_params *r = &l->p.residual;
         char sub[256];
-        shape3 ob = {0, 0, 0}, os = {0, 0, 0};
+        shape3 ob = {0, 0, 0, SHAPE_PLAIN}, os = {0, 0, 0, SHAPE_PLAIN};
         uint64_t mb = 0, ms = 0;
         if (r->body.count < 1)
             return LFAIL("%s: %s layer '%s': empty residual body", f, where, l->name);
@@ -171,6 +348,10 @@ ert_status model_finalize(ert_model *m, ert_error *err)
         return ert_fail(err, ERT_INVALID_ARGUMENT, "model_finalize: NULL model");
     const char *f = model_file(m);
     shape3 in = m->input;
+    m->vocab = 0;
+    if (in.tokens == SHAPE_IDS && m->backbone.count > 0 &&
+        m->backbone.items[0].kind == LAYER_TOKEN_EMBED)
+        m->vocab = m->backbone.items[0].p.embed.vocab;
     if (in.c < 1 || in.h < 1 || in.w < 1 || in.c > 4 || shape_size(in) > MAX_ACT_FLOATS)
         return LFAIL("%s: input.shape: %dx%dx%d out of range", f, in.c, in.h, in.w);
     if (m->num_classes < 1)
@@ -210,10 +391,14 @@ ert_status model_finalize(ert_model *m, ert_error *err)
                              e);
             snprintf(where, sizeof where, "exits[%d].head", e);
         }
-        shape3 hin = m->backbone.items[x->after].out, hout = {0, 0, 0}, cout = {0, 0, 0};
+        shape3 hin = m->backbone.items[x->after].out, hout = {0, 0, 0, SHAPE_PLAIN},
+               cout = {0, 0, 0, SHAPE_PLAIN};
         uint64_t hm = 0, cm = 0;
         if ((st = finalize_list(m, &x->head, where, 0, hin, &hout, &hm, err)) != ERT_OK)
             return st;
+        if (hout.tokens != SHAPE_PLAIN)
+            return LFAIL("%s: %s: ends in a token activation; pool the tokens (token_pool)", f,
+                         where);
         if (shape_size(hout) != (size_t)m->num_classes)
             return LFAIL("%s: %s: ends in %dx%dx%d = %zu values, expected num_classes = %d", f,
                          where, hout.c, hout.h, hout.w, shape_size(hout), m->num_classes);

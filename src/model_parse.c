@@ -13,13 +13,11 @@
 
 #include "util.h"
 
-#define MAX_COUNT (1LL << 30) /* channels, features */
-#define MAX_DIM 65536LL       /* kernel, stride, padding, dilation */
 
 /* ---- field readers ------------------------------------------------------- */
 
 /* "<field>.<key>" into buf. */
-static const char *fpath(char *buf, size_t len, const char *field, const char *key)
+const char *fpath(char *buf, size_t len, const char *field, const char *key)
 {
     if (field[0])
         snprintf(buf, len, "%s.%s", field, key);
@@ -104,8 +102,8 @@ ert_status json_get_string(parse_ctx *c, const cJSON *obj, const char *field, co
 }
 
 /* An int or an [h, w] pair. */
-static ert_status get_pair(parse_ctx *c, const cJSON *obj, const char *field, const char *key,
-                           int has_def, int def, long long lo, long long hi, int *h, int *w)
+ert_status get_pair(parse_ctx *c, const cJSON *obj, const char *field, const char *key, int has_def,
+                    int def, long long lo, long long hi, int *h, int *w)
 {
     char p[512];
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(obj, key);
@@ -147,8 +145,8 @@ static int fmt_shape(char *buf, size_t len, int ndim, const int64_t *shape)
 
 /* Looks up the tensor obj[key] names and checks dtype and shape. *t is
  * NULL when the key is absent and optional. */
-static ert_status find_tensor(parse_ctx *c, const cJSON *obj, const char *field, const char *key,
-                              int required, int ndim, const int64_t *shape, const st_tensor **t)
+ert_status find_tensor(parse_ctx *c, const cJSON *obj, const char *field, const char *key,
+                       int required, int ndim, const int64_t *shape, const st_tensor **t)
 {
     char p[512], want[128], got[128];
     const char *name;
@@ -187,7 +185,7 @@ static float tensor_at(const st_tensor *t, size_t i)
 
 /* Takes n floats from the block (counting pass: just counts). Copies t's
  * data there when t is not NULL, else zeroes them. */
-static float *take(parse_ctx *c, size_t n, const st_tensor *t)
+float *take(parse_ctx *c, size_t n, const st_tensor *t)
 {
     float *dst = c->block ? c->block + c->used : NULL;
     /* Saturates instead of wrapping: a tensor named by many layers is copied
@@ -206,13 +204,31 @@ static float *take(parse_ctx *c, size_t n, const st_tensor *t)
 /* ---- layers ---------------------------------------------------------------- */
 
 static const char *const kind_names[LAYER_KIND_COUNT] = {
-    [LAYER_CONV2D] = "conv2d",       [LAYER_BATCHNORM2D] = "batchnorm2d",
-    [LAYER_RELU] = "relu",           [LAYER_MAXPOOL2D] = "maxpool2d",
-    [LAYER_AVGPOOL2D] = "avgpool2d", [LAYER_GLOBAL_AVGPOOL] = "global_avgpool",
-    [LAYER_FLATTEN] = "flatten",     [LAYER_LINEAR] = "linear",
-    [LAYER_RESIDUAL] = "residual",   [LAYER_DROPOUT] = "dropout",
+    [LAYER_CONV2D] = "conv2d",
+    [LAYER_BATCHNORM2D] = "batchnorm2d",
+    [LAYER_RELU] = "relu",
+    [LAYER_MAXPOOL2D] = "maxpool2d",
+    [LAYER_AVGPOOL2D] = "avgpool2d",
+    [LAYER_GLOBAL_AVGPOOL] = "global_avgpool",
+    [LAYER_FLATTEN] = "flatten",
+    [LAYER_LINEAR] = "linear",
+    [LAYER_RESIDUAL] = "residual",
+    [LAYER_DROPOUT] = "dropout",
     [LAYER_SIGMOID] = "sigmoid",
+    [LAYER_PATCH_EMBED] = "patch_embed",
+    [LAYER_TOKEN_EMBED] = "token_embed",
+    [LAYER_LAYER_NORM] = "layer_norm",
+    [LAYER_GELU] = "gelu",
+    [LAYER_TANH] = "tanh",
+    [LAYER_SELF_ATTENTION] = "self_attention",
+    [LAYER_ENCODER_BLOCK] = "encoder_block",
+    [LAYER_TOKEN_POOL] = "token_pool",
 };
+
+const char *layer_kind_name(layer_kind k)
+{
+    return k >= 0 && k < LAYER_KIND_COUNT && kind_names[k] ? kind_names[k] : "?";
+}
 
 static ert_status parse_conv(parse_ctx *c, const cJSON *o, const char *f, conv_params *cv)
 {
@@ -331,7 +347,7 @@ static ert_status parse_pool(parse_ctx *c, const cJSON *o, const char *f, pool_p
     return ERT_OK;
 }
 
-static ert_status parse_linear(parse_ctx *c, const cJSON *o, const char *f, linear_params *lp)
+ert_status parse_linear(parse_ctx *c, const cJSON *o, const char *f, linear_params *lp)
 {
     long long in, out;
     ert_status st;
@@ -485,7 +501,13 @@ ert_status parse_layer_list(parse_ctx *c, const cJSON *arr, const char *field, i
         case LAYER_AVGPOOL2D: st = parse_pool(c, o, f, &l->p.pool); break;
         case LAYER_LINEAR: st = parse_linear(c, o, f, &l->p.linear); break;
         case LAYER_RESIDUAL: st = parse_residual(c, o, f, &l->p.residual); break;
-        default: break; /* relu, sigmoid, global_avgpool, flatten: no fields */
+        case LAYER_PATCH_EMBED: st = parse_patch_embed(c, o, f, &l->p.patch); break;
+        case LAYER_TOKEN_EMBED: st = parse_token_embed(c, o, f, &l->p.embed); break;
+        case LAYER_LAYER_NORM: st = parse_layer_norm(c, o, f, &l->p.norm); break;
+        case LAYER_SELF_ATTENTION: st = parse_attention(c, o, f, &l->p.attn); break;
+        case LAYER_ENCODER_BLOCK: st = parse_encoder_block(c, o, f, &l->p.enc); break;
+        case LAYER_TOKEN_POOL: st = parse_token_pool(c, o, f, &l->p.token_pool); break;
+        default: break; /* relu, sigmoid, gelu, tanh, global_avgpool, flatten: no fields */
         }
         if (st != ERT_OK)
             goto fail;

@@ -21,6 +21,9 @@
 #define MODEL_MAX_WEIGHT_FLOATS ((size_t)1 << 31) /* the folded weight block */
 #define MODEL_MAX_MACS ((uint64_t)1 << 40)        /* per sample, any exit's path */
 
+#define MAX_COUNT (1LL << 30) /* channels, features */
+#define MAX_DIM 65536LL       /* kernel, stride, padding, dilation */
+
 typedef struct parse_ctx {
     const char *file;  /* model.json, the prefix of every message */
     const st_file *st; /* the weights */
@@ -62,5 +65,28 @@ ert_status json_get_number(parse_ctx *c, const cJSON *obj, const char *field, co
 /* A string (NULL when absent or null and optional). */
 ert_status json_get_string(parse_ctx *c, const cJSON *obj, const char *field, const char *key,
                            int required, const char **out);
+
+/* "<field>.<key>" into buf. */
+const char *fpath(char *buf, size_t len, const char *field, const char *key);
+/* An int or an [h, w] pair. */
+ert_status get_pair(parse_ctx *c, const cJSON *obj, const char *field, const char *key, int has_def,
+                    int def, long long lo, long long hi, int *h, int *w);
+/* Looks up the tensor obj[key] names and checks dtype and shape. *t is
+ * NULL when the key is absent and optional. */
+ert_status find_tensor(parse_ctx *c, const cJSON *obj, const char *field, const char *key,
+                       int required, int ndim, const int64_t *shape, const st_tensor **t);
+/* Takes n floats from the weight block (counting pass: counts only); copies
+ * t's data there when t is not NULL, else zeroes them. */
+float *take(parse_ctx *c, size_t n, const st_tensor *t);
+
+ert_status parse_linear(parse_ctx *c, const cJSON *o, const char *f, linear_params *lp);
+
+/* The transformer layers (model_parse_tx.c). */
+ert_status parse_patch_embed(parse_ctx *c, const cJSON *o, const char *f, patch_params *p);
+ert_status parse_token_embed(parse_ctx *c, const cJSON *o, const char *f, embed_params *p);
+ert_status parse_layer_norm(parse_ctx *c, const cJSON *o, const char *f, norm_params *p);
+ert_status parse_attention(parse_ctx *c, const cJSON *o, const char *f, attention_params *p);
+ert_status parse_encoder_block(parse_ctx *c, const cJSON *o, const char *f, encoder_params *p);
+ert_status parse_token_pool(parse_ctx *c, const cJSON *o, const char *f, token_pool_mode *mode);
 
 #endif /* ERT_MODEL_PARSE_H */

@@ -119,6 +119,27 @@ static void conv_f8_f32(const unsigned char *s, size_t n, void *dst, size_t at)
     }
 }
 
+/* Token ids (int32, int64) to float32: exact up to 2^24 (the largest
+ * vocabulary a model may have); beyond, rounded as numpy's astype. */
+static void conv_i4_f32(const unsigned char *s, size_t n, void *dst, size_t at)
+{
+    float *o = (float *)dst + at;
+    for (size_t i = 0; i < n; i++)
+        o[i] = (float)(int32_t)((uint32_t)s[4 * i] | (uint32_t)s[4 * i + 1] << 8 |
+                                (uint32_t)s[4 * i + 2] << 16 | (uint32_t)s[4 * i + 3] << 24);
+}
+
+static void conv_i8_f32(const unsigned char *s, size_t n, void *dst, size_t at)
+{
+    float *o = (float *)dst + at;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t u = 0;
+        for (int j = 7; j >= 0; j--)
+            u = u << 8 | s[8 * i + j];
+        o[i] = (float)(int64_t)u;
+    }
+}
+
 static ert_status read_payload(reader *r, const array_info *info, void *dst, convert_fn conv)
 {
     if (!conv) /* stored exactly as we keep it */
@@ -154,10 +175,12 @@ ert_status ert_dataset_load(const char *path, ert_dataset *out, ert_error *err)
     ert_status st = read_header(&r, path, err, &info);
     if (st)
         goto fail;
-    if (info.type != DT_F4 && info.type != DT_F8 && info.type != DT_U1) {
+    if (info.type != DT_F4 && info.type != DT_F8 && info.type != DT_U1 && info.type != DT_I4 &&
+        info.type != DT_I8) {
         st = ert_fail(err, ERT_UNSUPPORTED,
-                      "%s: input data must be float32, float64 or uint8, not %s", path,
-                      dtype_name(info.type));
+                      "%s: input data must be float32, float64, uint8 or (token ids) int32 or "
+                      "int64, not %s",
+                      path, dtype_name(info.type));
         goto fail;
     }
     if (info.ndim < 1) {
@@ -183,7 +206,11 @@ ert_status ert_dataset_load(const char *path, ert_dataset *out, ert_error *err)
         st = ert_fail(err, ERT_OUT_OF_MEMORY, "%s: out of memory for %zu bytes", path, fbytes);
         goto fail;
     }
-    convert_fn conv = info.type == DT_U1 ? conv_u1_f32 : info.type == DT_F8 ? conv_f8_f32 : NULL;
+    convert_fn conv = info.type == DT_U1   ? conv_u1_f32
+                      : info.type == DT_F8 ? conv_f8_f32
+                      : info.type == DT_I4 ? conv_i4_f32
+                      : info.type == DT_I8 ? conv_i8_f32
+                                           : NULL;
     if ((st = read_payload(&r, &info, out->values, conv)))
         goto fail;
     if ((st = rd_expect_end(&r)))
@@ -194,6 +221,7 @@ ert_status ert_dataset_load(const char *path, ert_dataset *out, ert_error *err)
     out->ndim = info.ndim;
     memcpy(out->dims, info.dims, sizeof info.dims);
     out->was_uint8 = info.type == DT_U1;
+    out->was_int = info.type == DT_I4 || info.type == DT_I8;
     return ERT_OK;
 fail:
     rd_close(&r);
@@ -255,6 +283,55 @@ ert_status ert_dataset_check_shape(const ert_dataset *d, const char *path, int c
                     "%s: samples of shape %s do not match the model's input %dx%dx%d: the same %zu "
                     "values in another layout%s; accepted: [N, %d, %d, %d]%s or [N, %zu]",
                     path, shape, c, h, w, per, hint, c, h, w, hw, per);
+}
+
+/* A token model's rows: [N, 2, T] (or flat [N, 2T]) as they are; [N, T]
+ * ids get a mask of ones (FORMAT.md, "Token inputs"). */
+static ert_status fit_tokens(ert_dataset *d, const char *path, size_t T, ert_error *err)
+{
+    char shape[160];
+    fmt_dims(shape, sizeof shape, d->dims, 1, d->ndim);
+    int pair = d->sample_size == 2 * T &&
+               (d->ndim == 2 || (d->ndim == 3 && d->dims[1] == 2 && (size_t)d->dims[2] == T));
+    if (pair)
+        return ERT_OK;
+    if (d->sample_size != T || d->ndim != 2)
+        return ert_fail(err, ERT_FORMAT,
+                        "%s: samples of shape %s do not fit a model of %zu tokens: accepted "
+                        "[N, 2, %zu] (ids, then the attention mask) or [N, %zu] (ids only)",
+                        path, shape[0] ? shape : "1-D data", T, T, T);
+    size_t bytes;
+    if (!size_mul(d->count, 2 * T * sizeof(float), &bytes))
+        return ert_fail(err, ERT_FORMAT, "%s: too many samples", path);
+    float *rows = malloc(bytes ? bytes : 1);
+    if (!rows)
+        return ert_fail(err, ERT_OUT_OF_MEMORY, "%s: out of memory", path);
+    for (size_t i = 0; i < d->count; i++) {
+        memcpy(rows + i * 2 * T, d->values + i * T, T * sizeof(float));
+        for (size_t t = 0; t < T; t++)
+            rows[i * 2 * T + T + t] = 1.0f;
+    }
+    free(d->values);
+    d->values = rows;
+    d->sample_size = 2 * T;
+    d->ndim = 3;
+    d->dims[1] = 2;
+    d->dims[2] = (int64_t)T;
+    return ERT_OK;
+}
+
+ert_status ert_dataset_fit_model(ert_dataset *d, const char *path, const ert_model *m,
+                                 ert_error *err)
+{
+    int T = ert_model_input_tokens(m);
+    if (T > 0)
+        return fit_tokens(d, path, (size_t)T, err);
+    if (d->was_int)
+        return ert_fail(err, ERT_FORMAT,
+                        "%s: integer data is read as token ids, but the model takes images", path);
+    int c, h, w;
+    ert_model_input_shape(m, &c, &h, &w);
+    return ert_dataset_check_shape(d, path, c, h, w, err);
 }
 
 void ert_dataset_free(ert_dataset *d)

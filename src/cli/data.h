@@ -19,6 +19,7 @@ typedef struct ert_dataset {
     int ndim;
     int64_t dims[8];
     int was_uint8;
+    int was_int; /* int32 or int64: token ids */
 } ert_dataset;
 
 typedef struct ert_labels {
@@ -40,6 +41,13 @@ void ert_dataset_free(ert_dataset *d);
  * this (exitrt run, exitrt bench). */
 ert_status ert_dataset_check_shape(const ert_dataset *d, const char *path, int c, int h, int w,
                                    ert_error *err);
+
+/* Fits d to model m's input: for an image model ert_dataset_check_shape
+ * (integer data refused); for a token model of T tokens, [N, 2, T] or
+ * [N, 2T] rows as they are (ids, then the mask), and [N, T] ids given a
+ * mask of ones, so d->values holds input rows of 2T floats. */
+ert_status ert_dataset_fit_model(ert_dataset *d, const char *path, const ert_model *m,
+                                 ert_error *err);
 
 /* Labels: IDX1 ubyte, or .npy of integer (u1, i4, i8) values. */
 ert_status ert_labels_load(const char *path, ert_labels *out, ert_error *err);

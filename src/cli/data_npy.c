@@ -134,7 +134,7 @@ static ert_status parse_descr(reader *r, const char *d, array_info *info)
     }
     return ert_fail(r->err, ERT_UNSUPPORTED,
                     "%s: unsupported dtype '%s' (inputs: float32 '<f4', float64 '<f8' or uint8 "
-                    "'|u1'; labels: '|u1', '<i4' or '<i8')",
+                    "'|u1', token ids '<i4' or '<i8'; labels: '|u1', '<i4' or '<i8')",
                     r->path, d);
 }
 

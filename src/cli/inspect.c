@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "act.h"
 #include "cli.h"
 #include "model.h"
 #include "plan.h"
@@ -16,24 +17,6 @@ static const char INSPECT_USAGE[] =
     "prints its input and normalisation, classes, the backbone layers with\n"
     "shapes, parameters and MACs per sample, the stages between exits, and\n"
     "each exit's policy, threshold and head MACs.\n";
-
-static const char *kind_name(layer_kind k)
-{
-    switch (k) {
-    case LAYER_CONV2D: return "conv2d";
-    case LAYER_BATCHNORM2D: return "batchnorm2d";
-    case LAYER_RELU: return "relu";
-    case LAYER_MAXPOOL2D: return "maxpool2d";
-    case LAYER_AVGPOOL2D: return "avgpool2d";
-    case LAYER_GLOBAL_AVGPOOL: return "global_avgpool";
-    case LAYER_FLATTEN: return "flatten";
-    case LAYER_LINEAR: return "linear";
-    case LAYER_RESIDUAL: return "residual";
-    case LAYER_DROPOUT: return "dropout";
-    case LAYER_SIGMOID: return "sigmoid";
-    default: return "?";
-    }
-}
 
 static uint64_t list_params(const layer_list *l);
 
@@ -53,6 +36,24 @@ static uint64_t layer_params(const layer *ly)
     }
     case LAYER_RESIDUAL:
         return list_params(&ly->p.residual.body) + list_params(&ly->p.residual.shortcut);
+    case LAYER_LAYER_NORM: return 2 * (uint64_t)ly->p.norm.dim;
+    case LAYER_SELF_ATTENTION: return 4 * (uint64_t)ly->p.attn.dim * (ly->p.attn.dim + 1);
+    case LAYER_ENCODER_BLOCK: {
+        const encoder_params *p = &ly->p.enc;
+        uint64_t D = (uint64_t)p->attn.dim, F = (uint64_t)p->ff1.out_features;
+        return 4 * D * (D + 1) + 4 * D + 2 * D * F + F + D;
+    }
+    case LAYER_PATCH_EMBED: {
+        const patch_params *p = &ly->p.patch;
+        uint64_t D = (uint64_t)p->conv.out_ch;
+        return D * (uint64_t)p->conv.in_ch * (uint64_t)p->conv.kh * (uint64_t)p->conv.kw + D +
+               (p->cls ? D : 0) + (uint64_t)p->pos_len * D;
+    }
+    case LAYER_TOKEN_EMBED: {
+        const embed_params *p = &ly->p.embed;
+        uint64_t D = (uint64_t)p->dim;
+        return (uint64_t)p->vocab * D + (uint64_t)p->pos_len * D + (p->segment ? D : 0);
+    }
     default: return 0;
     }
 }
@@ -95,13 +96,40 @@ static void layer_detail(const layer *ly, char *buf, size_t len)
         snprintf(buf, len, "%s%s", ly->p.residual.shortcut.count ? "projection" : "identity",
                  ly->p.residual.relu_after ? ", relu after add" : "");
         break;
+    case LAYER_PATCH_EMBED:
+        snprintf(buf, len, "%d->%d patch %dx%d%s%s", ly->p.patch.conv.in_ch,
+                 ly->p.patch.conv.out_ch, ly->p.patch.conv.kh, ly->p.patch.conv.kw,
+                 ly->p.patch.cls ? " +cls" : "", ly->p.patch.pos ? " +pos" : "");
+        break;
+    case LAYER_TOKEN_EMBED:
+        snprintf(buf, len, "vocab %d->%d%s%s", ly->p.embed.vocab, ly->p.embed.dim,
+                 ly->p.embed.pos ? " +pos" : "", ly->p.embed.segment ? " +seg" : "");
+        break;
+    case LAYER_LAYER_NORM:
+        snprintf(buf, len, "%d eps %g", ly->p.norm.dim, (double)ly->p.norm.eps);
+        break;
+    case LAYER_SELF_ATTENTION:
+        snprintf(buf, len, "D%d H%d", ly->p.attn.dim, ly->p.attn.heads);
+        break;
+    case LAYER_ENCODER_BLOCK:
+        snprintf(buf, len, "D%d H%d F%d %s %s", ly->p.enc.attn.dim, ly->p.enc.attn.heads,
+                 ly->p.enc.ff1.out_features, ly->p.enc.norm_first ? "pre-LN" : "post-LN",
+                 ly->p.enc.act == ERT_ACT_GELU ? "gelu" : "relu");
+        break;
+    case LAYER_TOKEN_POOL:
+        snprintf(buf, len, "%s", ly->p.token_pool == TOKEN_POOL_MEAN ? "mean" : "first");
+        break;
     default: break;
     }
 }
 
 static void print_shape(shape3 s, char *buf, size_t len)
 {
-    if (s.h == 1 && s.w == 1)
+    if (s.tokens == SHAPE_TOKENS) /* T tokens of D features (+ the mask column) */
+        snprintf(buf, len, "%dx%d tok", s.c, s.h - 1);
+    else if (s.tokens == SHAPE_IDS)
+        snprintf(buf, len, "%d ids+mask", s.h);
+    else if (s.h == 1 && s.w == 1)
         snprintf(buf, len, "[%d]", s.c);
     else
         snprintf(buf, len, "[%d,%d,%d]", s.c, s.h, s.w);
@@ -121,7 +149,7 @@ static void print_list(const layer_list *l, int depth, int first_index)
         char label[ERT_NAME_LEN + 40];
         snprintf(label, sizeof label, "%*s%s%s", pad, "", idx, ly->name);
         printf("  %-28s %-14s %-26s %14s -> %-14s params %10s  MACs %12s\n", label,
-               kind_name(ly->kind), det, in, out, cli_commas(layer_params(ly), p, sizeof p),
+               layer_kind_name(ly->kind), det, in, out, cli_commas(layer_params(ly), p, sizeof p),
                cli_commas(ly->macs, m, sizeof m));
         if (ly->kind == LAYER_RESIDUAL) {
             printf("  %*sbody:\n", pad + 5, "");
@@ -171,13 +199,18 @@ int cmd_inspect(int argc, char **argv)
     char a[40], b[40];
 
     printf("model    %s\n", m->path);
-    printf("input    [%d, %d, %d]  scale %.6g  ", m->input.c, m->input.h, m->input.w,
-           (double)m->input_scale);
-    int nc = m->input.c <= 4 ? m->input.c : 4;
-    print_floats("mean", m->mean, nc);
-    printf("  ");
-    print_floats("std", m->std, nc);
-    printf("\n");
+    if (m->input_tokens > 0) {
+        printf("input    %d tokens (a row of 2x%d floats: the ids, then the mask)  vocab %d\n",
+               m->input_tokens, m->input_tokens, m->vocab);
+    } else {
+        printf("input    [%d, %d, %d]  scale %.6g  ", m->input.c, m->input.h, m->input.w,
+               (double)m->input_scale);
+        int nc = m->input.c <= 4 ? m->input.c : 4;
+        print_floats("mean", m->mean, nc);
+        printf("  ");
+        print_floats("std", m->std, nc);
+        printf("\n");
+    }
     printf("classes  %d\n", m->num_classes);
     if (m->sample_data[0])
         printf("sample   %s\n", m->sample_data);

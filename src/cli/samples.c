@@ -28,9 +28,7 @@ int cli_load_samples(const char *model_path, const ert_model *m, const char *dat
         return cli_error(CLI_USAGE, "%s: no labels: give --labels FILE", out->data_path);
     if ((st = ert_dataset_load(out->data_path, &out->data, &err)) != ERT_OK)
         return cli_error(CLI_FAIL, "%s", err.msg);
-    int c, h, w;
-    ert_model_input_shape(m, &c, &h, &w);
-    if ((st = ert_dataset_check_shape(&out->data, out->data_path, c, h, w, &err)) != ERT_OK)
+    if ((st = ert_dataset_fit_model(&out->data, out->data_path, m, &err)) != ERT_OK)
         return cli_error(CLI_FAIL, "%s", err.msg);
     if (!out->labels_path)
         return 0;

@@ -21,6 +21,7 @@
 
 #include "engine_core.h"
 #include "cpu/cpu_ops.h"
+#include "cpu/tx_ops.h"
 #include "policy.h"
 #include "program.h"
 #include "util.h"
@@ -154,6 +155,16 @@ static ert_status cpu_create(ert_engine *e, void **out)
     }
     if (tile > c->col_cap)
         c->col_cap = tile;
+    /* the transformer layers' scratch (tx_ops.h): one sample's at a time */
+    size_t tx = tx_list_scratch(&e->model->backbone);
+    for (int x = 0; x < e->model->num_exits; x++) {
+        size_t h = tx_list_scratch(&e->model->exits[x].head);
+        size_t cf = tx_list_scratch(&e->model->exits[x].confidence);
+        tx = h > tx ? h : tx;
+        tx = cf > tx ? cf : tx;
+    }
+    if (tx > c->col_cap)
+        c->col_cap = tx;
     for (int i = 0; i < 4; i++)
         c->act[i] = malloc(sizeof(float) * (c->act_cap ? c->act_cap : 1));
     c->col = malloc(sizeof(float) * (c->col_cap ? c->col_cap : 1));

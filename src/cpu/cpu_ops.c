@@ -1,6 +1,7 @@
 /* ops.c - the CPU layer ops (see ops.h): im2col + OpenBLAS SGEMM for
  * convolution and linear layers, plain loops for the rest. */
 #include "cpu/cpu_ops.h"
+#include "cpu/tx_ops.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -457,11 +458,20 @@ static const float *run_range(const layer *items, int count, const float *cur, i
         case LAYER_BATCHNORM2D: /* folded at load; never reaches here */ continue;
         case LAYER_RELU:
         case LAYER_SIGMOID:
+        case LAYER_GELU:
+        case LAYER_TANH:
+        case LAYER_LAYER_NORM:
             dst = cur_writable ? (float *)cur : ws->buf[pick(allowed, ci)];
             if (L->kind == LAYER_RELU)
                 op_relu(cur, dst, len);
-            else
+            else if (L->kind == LAYER_SIGMOID)
                 op_sigmoid(cur, dst, len);
+            else if (L->kind == LAYER_GELU)
+                op_gelu(cur, dst, len);
+            else if (L->kind == LAYER_TANH)
+                op_tanh(cur, dst, len);
+            else
+                op_layer_norm(&L->p.norm, L->in, cur, n, dst);
             cur = dst;
             continue;
         default: break;
@@ -498,6 +508,15 @@ static const float *run_range(const layer *items, int count, const float *cur, i
         case LAYER_MAXPOOL2D: op_maxpool2d(&L->p.pool, L->in, cur, n, dst); break;
         case LAYER_AVGPOOL2D: op_avgpool2d(&L->p.pool, L->in, cur, n, dst); break;
         case LAYER_GLOBAL_AVGPOOL: op_global_avgpool(L->in, cur, n, dst); break;
+        case LAYER_PATCH_EMBED:
+            op_patch_embed(&L->p.patch, L->in, L->out, cur, n, dst, ws->col);
+            break;
+        case LAYER_TOKEN_EMBED: op_token_embed(&L->p.embed, L->in.h, cur, n, dst); break;
+        case LAYER_SELF_ATTENTION:
+            op_self_attention(&L->p.attn, L->in, cur, n, dst, ws->col);
+            break;
+        case LAYER_ENCODER_BLOCK: op_encoder_block(&L->p.enc, L->in, cur, n, dst, ws->col); break;
+        case LAYER_TOKEN_POOL: op_token_pool(L->p.token_pool, L->in, cur, n, dst); break;
         default: continue; /* unreachable: every kind is handled above */
         }
         cur = dst;

@@ -40,17 +40,20 @@ size_t patch_scratch_floats(const patch_params *p, shape3 in_s);
  * attended tokens (NaN where none is). */
 void op_token_pool(token_pool_mode mode, shape3 in_s, const float *in, int n, float *out);
 
-/* Scratch floats per sample that op_self_attention and op_encoder_block
- * need for a layer of this kind and shape (0 for other layers). */
+/* Scratch floats that op_self_attention, op_encoder_block and
+ * op_patch_embed need for this layer (0 for the other layers). They run
+ * one sample at a time, so this does not grow with n. */
 size_t tx_scratch_floats(const layer *l);
+/* The largest tx_scratch_floats over a list. */
+size_t tx_list_scratch(const layer_list *list);
 
 /* Multi-head self-attention (no residual): out = attn(in), mask copied.
- *   in, out [n, T, D + 1]; scratch: n * tx_scratch_floats(l) floats */
+ *   in, out [n, T, D + 1]; scratch: tx_scratch_floats(l) floats */
 void op_self_attention(const attention_params *p, shape3 s, const float *in, int n, float *out,
                        float *scratch);
 
 /* One encoder block (pre- or post-LN).
- *   in, out [n, T, D + 1]; scratch: n * tx_scratch_floats(l) floats */
+ *   in, out [n, T, D + 1]; scratch: tx_scratch_floats(l) floats */
 void op_encoder_block(const encoder_params *p, shape3 s, const float *in, int n, float *out,
                       float *scratch);
 

@@ -173,9 +173,9 @@ static void fixture_close(fixture *f)
     tb_result_free(&f->mr.comp);
 }
 
-/* Every batch size, the model's calibrated thresholds and then `sets`
- * random ones. Returns the early exits seen in all. */
-static long sweep(mw_kind kind, uint64_t seed, int sets)
+/* Every batch size of bs[nb], the model's calibrated thresholds and then
+ * `sets` random ones. Returns the early exits seen in all. */
+static long sweep_batches(mw_kind kind, uint64_t seed, int sets, const int *bs, size_t nb)
 {
     fixture f;
     fixture_open(&f, seed, kind);
@@ -187,9 +187,9 @@ static long sweep(mw_kind kind, uint64_t seed, int sets)
             fx_random_thresholds(f.m, &r, thr);
             set_thresholds(f.es, 3, f.m, thr);
         }
-        for (size_t b = 0; b < sizeof batches / sizeof batches[0]; b++) {
+        for (size_t b = 0; b < nb; b++) {
             /* a different slice of the inputs for each batch */
-            int batch = batches[b];
+            int batch = bs[b];
             size_t off = ((size_t)set * 13 + b * 5) % (MAXB - batch + 1);
             run_modes(f.m, &f.p, f.es, f.x + off * ert_model_input_size(f.m), batch, &f.mr);
             if (set == 0 && batch >= 64) /* calibrated: about half leave early */
@@ -209,10 +209,41 @@ static long sweep(mw_kind kind, uint64_t seed, int sets)
     return early;
 }
 
+static long sweep(mw_kind kind, uint64_t seed, int sets)
+{
+    return sweep_batches(kind, seed, sets, batches, sizeof batches / sizeof batches[0]);
+}
+
 Test(modes, mlp_equivalent) { sweep(MW_MLP, 1, 8); }
 Test(modes, cnn_equivalent) { sweep(MW_CNN, 2, 8); }
 Test(modes, resnet_equivalent) { sweep(MW_RESNET, 3, 8); }
 Test(modes, resnet_other_seed) { sweep(MW_RESNET, 44, 4); }
+
+/* Transformer encoders (model_writer.h's ViT-like and BERT-like random
+ * models; each seed its own D, H, T and depth): fewer batch sizes, the
+ * models cost more per row. */
+static const int tx_batches[] = {1, 7, 64};
+
+static void tx_sweep(mw_kind kind, uint64_t seed, int sets)
+{
+    sweep_batches(kind, seed, sets, tx_batches, sizeof tx_batches / sizeof tx_batches[0]);
+}
+
+Test(modes, vit_equivalent) { tx_sweep(MW_VIT, 31, 3); }
+Test(modes, vit_other_seed) { tx_sweep(MW_VIT, 32, 1); }
+Test(modes, bert_equivalent) { tx_sweep(MW_BERT, 33, 3); }
+Test(modes, bert_other_seed) { tx_sweep(MW_BERT, 34, 1); }
+/* more seeds: other D (16, 24, 32), H (1, 2, 4, D), T, depths, ReLU or GELU */
+Test(modes, vit_many_seeds)
+{
+    for (uint64_t seed = 50; seed < 58; seed++)
+        tx_sweep(MW_VIT, seed, 0);
+}
+Test(modes, bert_many_seeds)
+{
+    for (uint64_t seed = 60; seed < 68; seed++)
+        tx_sweep(MW_BERT, seed, 0);
+}
 
 /* Thresholds at the bounds: nobody leaves early, then everybody leaves at
  * the first exit. */
@@ -257,6 +288,7 @@ static void bounds(mw_kind kind, uint64_t seed)
 Test(modes, bounds_mlp) { bounds(MW_MLP, 5); }
 Test(modes, bounds_cnn) { bounds(MW_CNN, 6); }
 Test(modes, bounds_resnet) { bounds(MW_RESNET, 7); }
+Test(modes, bounds_bert) { bounds(MW_BERT, 8); }
 
 /* A sample's outcome does not depend on the batch around it: each row of a
  * COMPACTED batch equals that row run alone. */
@@ -306,6 +338,52 @@ Test(modes, nonfinite_rows)
         }
     }
     cr_assert_eq(f.mr.comp.r.nonfinite_samples, 2);
+    free(x);
+    fixture_close(&f);
+}
+
+/* A token row that attends to nothing (mask all 0) or holds an invalid id
+ * at an attended token (negative, past the vocabulary, not an integer,
+ * NaN) has NaN logits (models/FORMAT.md, "Token inputs"): it never leaves
+ * early; its neighbours are unaffected. */
+Test(modes, token_rows_nan)
+{
+    fixture f;
+    fixture_open(&f, 11, MW_BERT);
+    const int E = ert_model_num_exits(f.m), K = ert_model_num_classes(f.m), n = 9;
+    const int T = f.m->input_tokens, V = f.m->vocab;
+    size_t per = ert_model_input_size(f.m);
+    cr_assert_eq(per, (size_t)2 * T);
+    float *x = malloc(sizeof(float) * per * n);
+    memcpy(x, f.x, sizeof(float) * per * n);
+    run_modes(f.m, &f.p, f.es, x, n, &f.mr);
+    ert_sample clean[9];
+    memcpy(clean, f.mr.comp.samples, sizeof clean);
+    for (int t = 0; t < T; t++)
+        x[1 * per + T + t] = 0.0f; /* all padded */
+    x[2 * per + 0] = -1.0f;        /* token 0 is always attended; row 4 attends to all */
+    x[4 * per + T - 1] = (float)V;
+    x[8 * per + 0] = 0.5f;
+    x[8 * per + T + 0] = 1.0f;
+    x[6 * per + 0] = NAN;
+    x[6 * per + T + 0] = 1.0f;
+    run_modes(f.m, &f.p, f.es, x, n, &f.mr);
+    for (int i = 0; i < n; i++) {
+        const ert_sample *s = &f.mr.comp.samples[i];
+        if (i == 1 || i == 2 || i == 4 || i == 6 || i == 8) {
+            cr_assert_eq(s->exit_index, E - 1, "row %d with NaN logits left at %d", i,
+                         s->exit_index);
+            for (int k = 0; k < K; k++)
+                cr_assert(isnan(f.mr.comp.logits[(size_t)i * K + k]), "row %d logit %d: %g", i, k,
+                          f.mr.comp.logits[(size_t)i * K + k]);
+        } else {
+            cr_assert_eq(s->exit_index, clean[i].exit_index);
+            cr_assert_eq(s->predicted, clean[i].predicted);
+        }
+    }
+    /* the count is of rows whose input holds NaN or Inf (exitrt.h): the NaN
+       id's row; the others' inputs are finite numbers */
+    cr_assert_eq(f.mr.comp.r.nonfinite_samples, 1);
     free(x);
     fixture_close(&f);
 }
@@ -369,6 +447,10 @@ static void vs_reference(mw_kind kind, uint64_t seed)
 Test(modes_vs_reference, mlp) { vs_reference(MW_MLP, 21); }
 Test(modes_vs_reference, cnn) { vs_reference(MW_CNN, 22); }
 Test(modes_vs_reference, resnet) { vs_reference(MW_RESNET, 23); }
+Test(modes_vs_reference, vit) { vs_reference(MW_VIT, 27); }
+Test(modes_vs_reference, vit_other_seed) { vs_reference(MW_VIT, 28); }
+Test(modes_vs_reference, bert) { vs_reference(MW_BERT, 29); }
+Test(modes_vs_reference, bert_other_seed) { vs_reference(MW_BERT, 30); }
 
 /* ---- every exit's outputs (ert_engine_exit_outputs) ----------------------------- */
 
@@ -480,3 +562,5 @@ static void exit_outputs(mw_kind kind, uint64_t seed)
 Test(exit_outputs, mlp) { exit_outputs(MW_MLP, 24); }
 Test(exit_outputs, cnn_confidence_head) { exit_outputs(MW_CNN, 25); }
 Test(exit_outputs, resnet) { exit_outputs(MW_RESNET, 26); }
+Test(exit_outputs, vit) { exit_outputs(MW_VIT, 35); }
+Test(exit_outputs, bert) { exit_outputs(MW_BERT, 36); }

@@ -112,9 +112,16 @@ static void pfix_open(pfix *f, ert_model *m, uint64_t seed)
     f->z = malloc(sizeof(float) * (size_t)N * f->E * f->K);
     f->fin = malloc((size_t)N * f->E);
     cr_assert(f->x && f->z && f->fin);
-    mw_random_input(f->x, f->per * N, seed);
-    f->x[NAN_ROW * f->per + 2] = NAN;
-    f->x[INF_ROW * f->per + f->per / 2] = INFINITY;
+    mw_model_inputs(m, f->x, N, seed);
+    if (m->input_tokens > 0) {
+        /* token 0 is attended in every row (mw_random_tokens): an id that
+           is NaN or infinite there makes the row's logits NaN */
+        f->x[NAN_ROW * f->per] = NAN;
+        f->x[INF_ROW * f->per] = INFINITY;
+    } else {
+        f->x[NAN_ROW * f->per + 2] = NAN;
+        f->x[INF_ROW * f->per + f->per / 2] = INFINITY;
+    }
     pfix_engines(f);
 }
 
@@ -425,6 +432,36 @@ Test(patience, around_entropy_all_modes)
             float thr[3] = {NEVER_K, ent[a], (float)k2};
             all_modes(&f, thr, NULL);
         }
+    pfix_close(&f);
+}
+
+/* A token model (model_writer.h's BERT-like random model: post-LN blocks,
+ * pooler heads): patience, entropy, patience over its three early exits;
+ * the streak runs through the entropy exit, and the rows with an invalid
+ * id (NaN logits) never leave early. */
+Test(patience, bert_all_modes)
+{
+    const char *types[] = {"patience", "entropy", "patience"};
+    const double thr0[] = {1.0, 1.0, 2.0};
+    pfix f;
+    pfix_open(&f, fx_policy_model(64, MW_BERT, types, thr0, 3), 640);
+    cr_assert_gt(ert_model_input_tokens(f.m), 0);
+    favour_class0(&f);
+    for (int e = 0; e < f.E; e++) {
+        cr_assert_eq(f.fin[(size_t)NAN_ROW * f.E + e], 0, "exit %d: the NaN id's logits", e);
+        cr_assert_eq(f.fin[(size_t)INF_ROW * f.E + e], 0, "exit %d: the infinite id's logits", e);
+    }
+    const float ent[] = {0.0f, entropy_share(&f, 1, 0.3f)};
+    int early_patience = 0;
+    for (int a = 0; a < 2; a++)
+        for (int k0 = 1; k0 <= 2; k0++)
+            for (int k2 = 1; k2 <= 3; k2++) {
+                float thr[3] = {k0 == 1 ? NEVER_K : 1.0f, ent[a], (float)k2};
+                int32_t counts[ERT_MAX_EXITS];
+                all_modes(&f, thr, counts);
+                early_patience += counts[0] + counts[2];
+            }
+    cr_assert_gt(early_patience, 0, "no sample ever left at a patience exit");
     pfix_close(&f);
 }
 

@@ -74,7 +74,7 @@ static void fixture_open(fixture *f, mw_kind kind, uint64_t seed, ert_mode mode,
     f->want = calloc((size_t)N, sizeof *f->want);
     f->want_logits = calloc((size_t)N * f->K, sizeof(float));
     cr_assert(f->x && f->want && f->want_logits);
-    mw_random_input(f->x, f->per * (size_t)N, seed * 7919 + 1);
+    mw_model_inputs(f->m, f->x, N, seed * 7919 + 1); /* token rows for a token model */
     reference(f, max_batch);
 }
 
@@ -367,6 +367,9 @@ static void chunks(mw_kind kind, uint64_t seed)
 Test(stream, mlp_equals_masked) { chunks(MW_MLP, 101); }
 Test(stream, cnn_equals_masked) { chunks(MW_CNN, 102); }
 Test(stream, resnet_equals_masked) { chunks(MW_RESNET, 103); }
+/* transformer encoders: a token row is one row like any other */
+Test(stream, vit_equals_masked) { chunks(MW_VIT, 104); }
+Test(stream, bert_equals_masked) { chunks(MW_BERT, 105); }
 
 /* Random interleavings over queue sizes, batches, deadlines and schedules. */
 static void interleavings(mw_kind kind, uint64_t seed, ert_mode mode)
@@ -402,6 +405,7 @@ Test(stream, random_cnn) { interleavings(MW_CNN, 202, ERT_MODE_MASKED); }
 Test(stream, random_resnet) { interleavings(MW_RESNET, 203, ERT_MODE_MASKED); }
 /* On CUDA a COMPACTED engine's program has other buffers (the gather's). */
 Test(stream, random_resnet_compacted_engine) { interleavings(MW_RESNET, 204, ERT_MODE_COMPACTED); }
+Test(stream, random_bert_compacted_engine) { interleavings(MW_BERT, 205, ERT_MODE_COMPACTED); }
 
 /* An engine in FULL mode: everybody takes the final head, as ert_infer gives. */
 Test(stream, full_mode_engine)

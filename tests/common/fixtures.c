@@ -60,7 +60,7 @@ float *fx_random_inputs(const ert_model *m, int n, uint64_t seed)
     size_t len = ert_model_input_size(m) * (size_t)n;
     float *x = malloc(sizeof(float) * len);
     cr_assert_not_null(x);
-    mw_random_input(x, len, seed);
+    mw_model_inputs(m, x, n, seed);
     return x;
 }
 

@@ -33,7 +33,8 @@ ert_engine *fx_engine(ert_model *m, const ert_engine_config *cfg);
 /* A CPU engine with the other settings at their defaults. */
 ert_engine *fx_cpu_engine(ert_model *m, ert_mode mode, int max_batch);
 
-/* n rows of m's input, uniform in [0, 1) (mw_random_input), malloc'd. */
+/* n rows of m's input, malloc'd: uniform in [0, 1) (mw_random_input), or
+ * for a token model token rows with padding (mw_random_tokens). */
 float *fx_random_inputs(const ert_model *m, int n, uint64_t seed);
 
 /* ---- thresholds ---------------------------------------------------------------- */

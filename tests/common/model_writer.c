@@ -9,6 +9,7 @@
 #include <unistd.h>
 #include <dirent.h>
 
+#include "act.h"
 #include "model.h"
 #include "policy.h"
 
@@ -226,9 +227,295 @@ void mw_random_input(float *x, size_t n, uint64_t seed)
         x[i] = mw_rng_uniform(&r);
 }
 
+void mw_random_tokens(float *rows, int n, int T, int vocab, uint64_t seed)
+{
+    mw_rng r = mw_rng_seed(seed);
+    for (int i = 0; i < n; i++) {
+        float *row = rows + (size_t)i * 2 * T;
+        int len = i % 4 == 0 ? T : 1 + (int)(mw_rng_next(&r) % (uint64_t)T);
+        for (int t = 0; t < T; t++) {
+            row[t] = t < len ? (float)(mw_rng_next(&r) % (uint64_t)vocab) : 0.0f;
+            row[T + t] = t < len ? 1.0f : 0.0f;
+        }
+    }
+}
+
+void mw_model_inputs(const ert_model *m, float *x, int n, uint64_t seed)
+{
+    if (m->input_tokens > 0)
+        mw_random_tokens(x, n, m->input_tokens, m->vocab, seed);
+    else
+        mw_random_input(x, (size_t)n * shape_size(m->input), seed);
+}
+
 /* ---- the reference ------------------------------------------------------------------ */
 
 static double *run_list(const layer_list *l, const double *x, shape3 in);
+
+/* ---- the transformer layers (models/FORMAT.md, "Transformer encoders") ---- */
+
+/* Layer norm of n values at x (stride 1) into y, in double. */
+static void ref_norm(const norm_params *p, const double *x, double *y, int n)
+{
+    double mean = 0, var = 0;
+    for (int d = 0; d < n; d++)
+        mean += x[d];
+    mean /= n;
+    for (int d = 0; d < n; d++)
+        var += (x[d] - mean) * (x[d] - mean);
+    var /= n; /* biased, as PyTorch */
+    double inv = 1.0 / sqrt(var + (double)p->eps);
+    for (int d = 0; d < n; d++) {
+        double w = p->weight ? p->weight[d] : 1.0, b = p->bias ? p->bias[d] : 0.0;
+        y[d] = (x[d] - mean) * inv * w + b;
+    }
+}
+
+/* Every token's norm, the mask column copied (T tokens of D + 1). */
+static void ref_norm_tokens(const norm_params *p, int T, int D, const double *x, double *y)
+{
+    for (int t = 0; t < T; t++) {
+        ref_norm(p, x + (size_t)t * (D + 1), y + (size_t)t * (D + 1), D);
+        y[(size_t)t * (D + 1) + D] = x[(size_t)t * (D + 1) + D];
+    }
+}
+
+/* y[t] = W x[t] + b for every token (W [out, in]); y has out + 1 per token,
+ * its last column the mask. */
+static void ref_linear_tokens(const linear_params *p, int T, const double *x, double *y)
+{
+    int I = p->in_features, O = p->out_features;
+    for (int t = 0; t < T; t++) {
+        const double *xt = x + (size_t)t * (I + 1);
+        double *yt = y + (size_t)t * (O + 1);
+        for (int o = 0; o < O; o++) {
+            double s = p->bias ? p->bias[o] : 0.0;
+            for (int k = 0; k < I; k++)
+                s += (double)p->weight[(size_t)o * I + k] * xt[k];
+            yt[o] = s;
+        }
+        yt[O] = xt[I];
+    }
+}
+
+static double ref_gelu(double v) { return 0.5 * v * (1.0 + erf(v / sqrt(2.0))); }
+
+/* Multi-head self-attention of T tokens of D (+ mask) into y (same
+ * layout), nn.MultiheadAttention with q = k = v = x and the mask as
+ * key_padding_mask; no residual. */
+static int ref_attention(const attention_params *p, int T, const double *x, double *y)
+{
+    const int D = p->dim, H = p->heads, dh = D / H;
+    double *qkv = malloc((size_t)T * 3 * D * sizeof *qkv);
+    double *cat = malloc((size_t)T * D * sizeof *cat);
+    double *w = malloc((size_t)T * sizeof *w);
+    if (!qkv || !cat || !w) {
+        free(qkv);
+        free(cat);
+        free(w);
+        return -1;
+    }
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < 3 * D; r++) {
+            double s = p->in_bias ? p->in_bias[r] : 0.0;
+            for (int k = 0; k < D; k++)
+                s += (double)p->in_weight[(size_t)r * D + k] * x[(size_t)t * (D + 1) + k];
+            qkv[(size_t)t * 3 * D + r] = s;
+        }
+    for (int h = 0; h < H; h++)
+        for (int i = 0; i < T; i++) {
+            const double *q = qkv + (size_t)i * 3 * D + h * dh;
+            double mx = -INFINITY;
+            int any = 0;
+            for (int j = 0; j < T; j++) {
+                if (x[(size_t)j * (D + 1) + D] == 0) /* a padded key: -inf, no weight */
+                    continue;
+                const double *k = qkv + (size_t)j * 3 * D + D + h * dh;
+                double s = 0;
+                for (int c = 0; c < dh; c++)
+                    s += q[c] * k[c];
+                w[j] = s / sqrt((double)dh);
+                if (w[j] > mx)
+                    mx = w[j]; /* a NaN score still spreads through exp below */
+                any = 1;
+            }
+            double sum = 0;
+            for (int j = 0; j < T; j++)
+                if (x[(size_t)j * (D + 1) + D] != 0)
+                    sum += (w[j] = exp(w[j] - mx));
+            for (int c = 0; c < dh; c++) {
+                double acc = 0;
+                for (int j = 0; j < T; j++)
+                    if (x[(size_t)j * (D + 1) + D] != 0)
+                        acc += w[j] / sum * qkv[(size_t)j * 3 * D + 2 * D + h * dh + c];
+                /* no attended key: softmax over nothing, NaN (as PyTorch) */
+                cat[(size_t)i * D + h * dh + c] = any ? acc : NAN;
+            }
+        }
+    for (int t = 0; t < T; t++) {
+        for (int o = 0; o < D; o++) {
+            double s = p->out_bias ? p->out_bias[o] : 0.0;
+            for (int k = 0; k < D; k++)
+                s += (double)p->out_weight[(size_t)o * D + k] * cat[(size_t)t * D + k];
+            y[(size_t)t * (D + 1) + o] = s;
+        }
+        y[(size_t)t * (D + 1) + D] = x[(size_t)t * (D + 1) + D];
+    }
+    free(qkv);
+    free(cat);
+    free(w);
+    return 0;
+}
+
+/* One nn.TransformerEncoderLayer (FORMAT.md's encoder_block) into y. */
+static int ref_encoder(const encoder_params *p, int T, const double *x, double *y)
+{
+    const int D = p->attn.dim, F = p->ff1.out_features;
+    const size_t n = (size_t)T * (D + 1);
+    double *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b);
+    double *h = malloc((size_t)T * (F + 1) * sizeof *h);
+    int rc = a && b && h ? 0 : -1;
+    if (rc == 0 && p->norm_first) {
+        /* x = x + attn(norm1(x)); x = x + ff(norm2(x)) */
+        ref_norm_tokens(&p->norm1, T, D, x, a);
+        rc = ref_attention(&p->attn, T, a, b);
+        for (size_t k = 0; rc == 0 && k < n; k++)
+            y[k] = (k % (D + 1) == (size_t)D) ? x[k] : x[k] + b[k];
+        if (rc == 0)
+            ref_norm_tokens(&p->norm2, T, D, y, a);
+    } else if (rc == 0) {
+        /* x = norm1(x + attn(x)); x = norm2(x + ff(x)) */
+        rc = ref_attention(&p->attn, T, x, b);
+        for (size_t k = 0; rc == 0 && k < n; k++)
+            a[k] = (k % (D + 1) == (size_t)D) ? x[k] : x[k] + b[k];
+        if (rc == 0) {
+            ref_norm_tokens(&p->norm1, T, D, a, y);
+            memcpy(a, y, n * sizeof *a);
+        }
+    }
+    if (rc == 0) {
+        /* a: the feed-forward's input; y: the residual stream */
+        ref_linear_tokens(&p->ff1, T, a, h);
+        for (int t = 0; t < T; t++)
+            for (int f = 0; f < F; f++) {
+                double *v = &h[(size_t)t * (F + 1) + f];
+                *v = p->act == ERT_ACT_GELU ? ref_gelu(*v) : (*v > 0 ? *v : 0);
+            }
+        ref_linear_tokens(&p->ff2, T, h, b);
+        for (size_t k = 0; k < n; k++)
+            if (k % (D + 1) != (size_t)D)
+                y[k] += b[k];
+        if (!p->norm_first) {
+            memcpy(a, y, n * sizeof *a);
+            ref_norm_tokens(&p->norm2, T, D, a, y);
+        }
+    }
+    free(a);
+    free(b);
+    free(h);
+    return rc;
+}
+
+/* The transformer layers; 1 when l is none of them, -1 on failure. */
+static int run_tx_layer(const layer *l, const double *x, double *y)
+{
+    shape3 i = l->in, o = l->out;
+    switch (l->kind) {
+    case LAYER_PATCH_EMBED: {
+        const patch_params *p = &l->p.patch;
+        const conv_params *c = &p->conv;
+        const int D = c->out_ch, gh = i.h / c->kh, gw = i.w / c->kw, first = p->cls ? 1 : 0;
+        const int T = shape_tokens(o);
+        if (T != gh * gw + first || shape_dim(o) != D)
+            return -1;
+        for (int t = 0; t < T; t++) {
+            double *yt = y + (size_t)t * (D + 1);
+            for (int d = 0; d < D; d++) {
+                double s;
+                if (t < first) {
+                    s = p->cls[d];
+                } else {
+                    int py = (t - first) / gw, px = (t - first) % gw; /* row-major patches */
+                    s = c->bias ? c->bias[d] : 0.0;
+                    for (int ch = 0; ch < c->in_ch; ch++)
+                        for (int ky = 0; ky < c->kh; ky++)
+                            for (int kx = 0; kx < c->kw; kx++)
+                                s +=
+                                    (double)c->weight[(((size_t)d * c->in_ch + ch) * c->kh + ky) *
+                                                          c->kw +
+                                                      kx] *
+                                    x[((size_t)ch * i.h + py * c->kh + ky) * i.w + px * c->kw + kx];
+                }
+                if (p->pos)
+                    s += p->pos[(size_t)t * D + d];
+                yt[d] = s;
+            }
+            yt[D] = 1.0;
+        }
+        return 0;
+    }
+    case LAYER_TOKEN_EMBED: {
+        const embed_params *p = &l->p.embed;
+        const int T = shape_tokens(o), D = p->dim;
+        for (int t = 0; t < T; t++) {
+            double id = x[t], *yt = y + (size_t)t * (D + 1);
+            int ok = id >= 0 && id < p->vocab && id == floor(id);
+            for (int d = 0; d < D; d++) {
+                if (!ok) {
+                    yt[d] = NAN;
+                    continue;
+                }
+                double s = p->weight[(size_t)id * D + d];
+                if (p->pos)
+                    s += p->pos[(size_t)t * D + d];
+                if (p->segment)
+                    s += p->segment[d];
+                yt[d] = s;
+            }
+            yt[D] = x[T + t] != 0 ? 1.0 : 0.0;
+        }
+        return 0;
+    }
+    case LAYER_LAYER_NORM:
+        if (i.tokens)
+            ref_norm_tokens(&l->p.norm, shape_tokens(i), shape_dim(i), x, y);
+        else
+            ref_norm(&l->p.norm, x, y, (int)shape_size(i));
+        return 0;
+    case LAYER_GELU:
+        for (size_t k = 0; k < shape_size(i); k++)
+            y[k] = ref_gelu(x[k]);
+        return 0;
+    case LAYER_TANH:
+        for (size_t k = 0; k < shape_size(i); k++)
+            y[k] = tanh(x[k]);
+        return 0;
+    case LAYER_SELF_ATTENTION: return ref_attention(&l->p.attn, shape_tokens(i), x, y);
+    case LAYER_ENCODER_BLOCK: return ref_encoder(&l->p.enc, shape_tokens(i), x, y);
+    case LAYER_TOKEN_POOL: {
+        const int T = shape_tokens(i), D = shape_dim(i);
+        if (l->p.token_pool == TOKEN_POOL_FIRST) {
+            for (int d = 0; d < D; d++)
+                y[d] = x[d];
+            return 0;
+        }
+        int n = 0;
+        for (int d = 0; d < D; d++)
+            y[d] = 0;
+        for (int t = 0; t < T; t++) {
+            if (x[(size_t)t * (D + 1) + D] == 0)
+                continue;
+            n++;
+            for (int d = 0; d < D; d++)
+                y[d] += x[(size_t)t * (D + 1) + d];
+        }
+        for (int d = 0; d < D; d++)
+            y[d] = n ? y[d] / n : NAN;
+        return 0;
+    }
+    default: return 1;
+    }
+}
 
 /* One layer on one sample; returns a new array of l->out's size. */
 static double *run_layer(const layer *l, const double *x)
@@ -330,10 +617,19 @@ static double *run_layer(const layer *l, const double *x)
         free(s);
         break;
     }
-    default: free(y); return NULL;
+    default: {
+        int rc = run_tx_layer(l, x, y);
+        if (rc != 0) {
+            free(y);
+            return NULL;
+        }
+        break;
+    }
     }
     return y;
 }
+
+double *mw_reference_layer(const struct layer *l, const double *x) { return run_layer(l, x); }
 
 /* The list on one sample; returns a new array (a copy of x when empty). */
 static double *run_list(const layer_list *l, const double *x, shape3 in)
@@ -418,8 +714,10 @@ int mw_reference_infer(const ert_model *m, const float *input, int batch, ert_sa
     for (int b = 0; b < batch && rc == 0; b++) {
         for (size_t k = 0; k < insz; k++) {
             int ch = (int)(k / plane);
-            x[k] =
-                ((double)input[(size_t)b * insz + k] * m->input_scale - m->mean[ch]) / m->std[ch];
+            x[k] = m->input_tokens > 0 /* token rows are not normalised */
+                       ? (double)input[(size_t)b * insz + k]
+                       : ((double)input[(size_t)b * insz + k] * m->input_scale - m->mean[ch]) /
+                             m->std[ch];
         }
         /* the backbone layer by layer, keeping the outputs exits read */
         double *cur = malloc(insz * sizeof *cur);
@@ -487,18 +785,15 @@ static cJSON *add_layer(cJSON *list, const char *name, const char *type)
     return o;
 }
 
-/* A tensor "<prefix>.<layer>.<key>" with values mean + std * N(0,1), or
- * uniform in [lo, lo + span) when span > 0; its name into o[key]. */
-static void add_tensor(bld *b, cJSON *o, const char *key, const char *prefix, int ndim,
-                       const int64_t *shape, float mean, float std, float span)
+/* A tensor named name with values mean + std * N(0,1), or uniform in
+ * [mean, mean + span) when span > 0; its name into o[key]. */
+static void add_tensor_as(bld *b, cJSON *o, const char *key, const char *name, int ndim,
+                          const int64_t *shape, float mean, float std, float span)
 {
-    char name[256];
-    snprintf(name, sizeof name, "%s.%s.%s", prefix, cJSON_GetObjectItem(o, "name")->valuestring,
-             key);
     size_t n = 1;
     for (int i = 0; i < ndim; i++)
         n *= (size_t)shape[i];
-    float *v = malloc(n * sizeof *v);
+    float *v = malloc((n ? n : 1) * sizeof *v);
     if (!v) {
         b->err = 1;
         return;
@@ -510,6 +805,16 @@ static void add_tensor(bld *b, cJSON *o, const char *key, const char *prefix, in
         b->err = 1;
     free(v);
     cJSON_AddStringToObject(o, key, name);
+}
+
+/* A tensor "<prefix>.<layer>.<key>" (add_tensor_as). */
+static void add_tensor(bld *b, cJSON *o, const char *key, const char *prefix, int ndim,
+                       const int64_t *shape, float mean, float std, float span)
+{
+    char name[256];
+    snprintf(name, sizeof name, "%s.%s.%s", prefix, cJSON_GetObjectItem(o, "name")->valuestring,
+             key);
+    add_tensor_as(b, o, key, name, ndim, shape, mean, std, span);
 }
 
 /* A pair field: one int when h == w, else [h, w] (both forms get tested). */
@@ -714,6 +1019,211 @@ static cJSON *build_resnet(bld *b)
     return r;
 }
 
+/* ---- random transformer encoders ------------------------------------------------ */
+
+/* base + "." + key into out (a tensor name under a layer or a sub-object). */
+static const char *tname(char *out, size_t len, const char *base, const char *key)
+{
+    snprintf(out, len, "%s.%s", base, key);
+    return out;
+}
+
+/* A layer_norm's fields into o; tensors "<base>.weight" and ".bias" when
+ * affine. */
+static void fill_norm(bld *b, cJSON *o, const char *base, int D, int affine)
+{
+    char n[256];
+    int64_t s[1] = {D};
+    cJSON_AddNumberToObject(o, "normalized_shape", D);
+    cJSON_AddNumberToObject(o, "eps", 1e-5);
+    if (affine) {
+        add_tensor_as(b, o, "weight", tname(n, sizeof n, base, "weight"), 1, s, 0.7f, 0, 0.6f);
+        add_tensor_as(b, o, "bias", tname(n, sizeof n, base, "bias"), 1, s, 0.0f, 0.1f, 0);
+    }
+}
+
+/* A linear's fields (no name, no type) into o. */
+static void fill_linear(bld *b, cJSON *o, const char *base, int in, int out, float gain)
+{
+    char n[256];
+    int64_t ws[2] = {out, in}, bs[1] = {out};
+    cJSON_AddNumberToObject(o, "in_features", in);
+    cJSON_AddNumberToObject(o, "out_features", out);
+    add_tensor_as(b, o, "weight", tname(n, sizeof n, base, "weight"), 2, ws, 0.0f,
+                  gain / sqrtf((float)in), 0);
+    add_tensor_as(b, o, "bias", tname(n, sizeof n, base, "bias"), 1, bs, 0.0f, 0.1f, 0);
+}
+
+/* A self_attention's fields into o; biases when bias. The q and k rows get
+ * a gain of 2 so that the attention is not near uniform. */
+static void fill_attention(bld *b, cJSON *o, const char *base, int D, int H, int bias)
+{
+    char n[256];
+    int64_t iw[2] = {3 * D, D}, ib[1] = {3 * D}, ow[2] = {D, D}, ob[1] = {D};
+    cJSON_AddNumberToObject(o, "embed_dim", D);
+    cJSON_AddNumberToObject(o, "num_heads", H);
+    add_tensor_as(b, o, "in_weight", tname(n, sizeof n, base, "in_weight"), 2, iw, 0.0f,
+                  1.5f / sqrtf((float)D), 0);
+    if (bias)
+        add_tensor_as(b, o, "in_bias", tname(n, sizeof n, base, "in_bias"), 1, ib, 0.0f, 0.1f, 0);
+    add_tensor_as(b, o, "out_weight", tname(n, sizeof n, base, "out_weight"), 2, ow, 0.0f,
+                  1.0f / sqrtf((float)D), 0);
+    if (bias)
+        add_tensor_as(b, o, "out_bias", tname(n, sizeof n, base, "out_bias"), 1, ob, 0.0f, 0.1f, 0);
+}
+
+static void layer_norm(bld *b, cJSON *list, const char *prefix, const char *name, int D, int affine)
+{
+    char base[256];
+    snprintf(base, sizeof base, "%s.%s", prefix, name);
+    fill_norm(b, add_layer(list, name, "layer_norm"), base, D, affine);
+}
+
+static void self_attention(bld *b, cJSON *list, const char *prefix, const char *name, int D, int H,
+                           int bias)
+{
+    char base[256];
+    snprintf(base, sizeof base, "%s.%s", prefix, name);
+    fill_attention(b, add_layer(list, name, "self_attention"), base, D, H, bias);
+}
+
+static void token_pool(cJSON *list, const char *name, const char *mode)
+{
+    cJSON_AddStringToObject(add_layer(list, name, "token_pool"), "mode", mode);
+}
+
+/* One encoder_block: D features, H heads, F hidden; pre-LN when norm_first. */
+static void encoder(bld *b, cJSON *list, const char *prefix, const char *name, int D, int H, int F,
+                    int norm_first, int gelu, int attn_bias)
+{
+    char base[256], sub[300];
+    snprintf(base, sizeof base, "%s.%s", prefix, name);
+    cJSON *o = add_layer(list, name, "encoder_block");
+    cJSON_AddBoolToObject(o, "norm_first", norm_first);
+    cJSON_AddStringToObject(o, "activation", gelu ? "gelu" : "relu");
+    fill_attention(b, cJSON_AddObjectToObject(o, "attention"), tname(sub, sizeof sub, base, "attn"),
+                   D, H, attn_bias);
+    fill_norm(b, cJSON_AddObjectToObject(o, "norm1"), tname(sub, sizeof sub, base, "norm1"), D, 1);
+    fill_linear(b, cJSON_AddObjectToObject(o, "linear1"), tname(sub, sizeof sub, base, "linear1"),
+                D, F, sqrtf(2.0f));
+    fill_linear(b, cJSON_AddObjectToObject(o, "linear2"), tname(sub, sizeof sub, base, "linear2"),
+                F, D, 1.0f);
+    fill_norm(b, cJSON_AddObjectToObject(o, "norm2"), tname(sub, sizeof sub, base, "norm2"), D, 1);
+}
+
+static void patch_embed(bld *b, cJSON *list, const char *prefix, const char *name, int C, int D,
+                        int ph, int pw, int T, int cls, int pos)
+{
+    cJSON *o = add_layer(list, name, "patch_embed");
+    cJSON_AddNumberToObject(o, "in_channels", C);
+    cJSON_AddNumberToObject(o, "embed_dim", D);
+    add_pair(o, "patch_size", ph, pw);
+    int64_t ws[4] = {D, C, ph, pw}, bs[1] = {D}, ps[2] = {T, D};
+    add_tensor(b, o, "weight", prefix, 4, ws, 0.0f, 1.0f / sqrtf((float)(C * ph * pw)), 0);
+    add_tensor(b, o, "bias", prefix, 1, bs, 0.0f, 0.1f, 0);
+    if (cls)
+        add_tensor(b, o, "class_token", prefix, 1, bs, 0.0f, 0.5f, 0);
+    if (pos)
+        add_tensor(b, o, "position", prefix, 2, ps, 0.0f, 0.5f, 0);
+}
+
+static void token_embed(bld *b, cJSON *list, const char *prefix, const char *name, int V, int D,
+                        int T, int pos, int seg)
+{
+    cJSON *o = add_layer(list, name, "token_embed");
+    cJSON_AddNumberToObject(o, "vocab_size", V);
+    cJSON_AddNumberToObject(o, "embed_dim", D);
+    int64_t ws[2] = {V, D}, ps[2] = {T, D}, ss[1] = {D};
+    add_tensor(b, o, "weight", prefix, 2, ws, 0.0f, 1.0f, 0);
+    if (pos)
+        add_tensor(b, o, "position", prefix, 2, ps, 0.0f, 0.5f, 0);
+    if (seg)
+        add_tensor(b, o, "segment", prefix, 1, ss, 0.0f, 0.3f, 0);
+}
+
+static int pick(bld *b, int n) { return (int)(mw_rng_next(&b->rng) % (uint64_t)n); }
+
+/* D 16, 24 or 32 and H among 1, 2, 4 and D (each divides D). */
+static void pick_dims(bld *b, int *D, int *H)
+{
+    static const int dims[] = {16, 24, 32};
+    *D = dims[pick(b, 3)];
+    int h = pick(b, 4);
+    *H = h == 3 ? *D : 1 << h;
+}
+
+static cJSON *build_vit(bld *b)
+{
+    static const int img[4][4] = {{12, 12, 4, 4}, {16, 16, 4, 4}, {12, 16, 4, 4}, {8, 12, 4, 2}};
+    const int *g = img[pick(b, 4)];
+    int D, H;
+    pick_dims(b, &D, &H);
+    const int T = (g[0] / g[2]) * (g[1] / g[3]) + 1, K = 4 + pick(b, 4), blocks = 2 + pick(b, 2);
+    const int gelu = pick(b, 3) != 0, bias = pick(b, 4) != 0;
+    cJSON *bb, *ex, *fin;
+    cJSON *r = model_root(3, g[0], g[1], K, &bb, &ex, &fin);
+    patch_embed(b, bb, "backbone", "patch", 3, D, g[2], g[3], T, 1, 1);
+    self_attention(b, bb, "backbone", "attn", D, H, 1); /* a self_attention of its own */
+    static const char *const policies[] = {"entropy", "max_prob", "margin"};
+    char name[32], en[32];
+    for (int k = 0; k < blocks; k++) {
+        snprintf(name, sizeof name, "block%d", k + 1);
+        encoder(b, bb, "backbone", name, D, H, 2 * D, 1, gelu, bias || k > 0);
+    }
+    layer_norm(b, bb, "backbone", "ln", D, 1);
+    for (int k = 0; k < blocks; k++) {
+        snprintf(name, sizeof name, "block%d", k + 1);
+        snprintf(en, sizeof en, "exit%d", k + 1);
+        cJSON *h = cJSON_AddArrayToObject(add_exit(ex, en, name, policies[k], 0.5), "head");
+        token_pool(h, "pool", "first");
+        layer_norm(b, h, en, "ln", D, k != 1);
+        linear(b, h, en, "fc", D, K, 3.0f);
+    }
+    cJSON *h = cJSON_AddArrayToObject(fin, "head");
+    token_pool(h, "pool", "first");
+    linear(b, h, "final", "fc", D, K, 3.0f);
+    return r;
+}
+
+/* BERT's pooler and a classifier: [token_pool, linear, act, linear]. */
+static void pooler_head(bld *b, cJSON *h, const char *prefix, const char *mode, const char *act,
+                        int D, int K)
+{
+    token_pool(h, "pool", mode);
+    linear(b, h, prefix, "pooler", D, D, 1.0f);
+    add_layer(h, "act", act);
+    linear(b, h, prefix, "fc", D, K, 3.0f);
+}
+
+static cJSON *build_bert(bld *b)
+{
+    const int T = 8 + pick(b, 10), V = 40 + pick(b, 60);
+    int D, H;
+    pick_dims(b, &D, &H);
+    const int K = 4 + pick(b, 4);
+    cJSON *bb, *ex, *fin;
+    cJSON *r = model_root(1, 1, 1, K, &bb, &ex, &fin);
+    cJSON *in = cJSON_CreateObject();
+    cJSON_AddNumberToObject(in, "tokens", T);
+    cJSON_ReplaceItemInObject(r, "input", in);
+    token_embed(b, bb, "backbone", "embed", V, D, T, 1, 1);
+    layer_norm(b, bb, "backbone", "emb_ln", D, 1);
+    char name[32];
+    for (int k = 0; k < 3; k++) {
+        snprintf(name, sizeof name, "block%d", k + 1);
+        encoder(b, bb, "backbone", name, D, H, 2 * D, 0, 1, 1);
+    }
+    cJSON *h = cJSON_AddArrayToObject(add_exit(ex, "exit0", "emb_ln", "max_prob", 0.5), "head");
+    token_pool(h, "pool", "mean");
+    linear(b, h, "exit0", "fc", D, K, 3.0f);
+    pooler_head(b, cJSON_AddArrayToObject(add_exit(ex, "exit1", "block1", "entropy", 1.0), "head"),
+                "exit1", "first", "tanh", D, K);
+    pooler_head(b, cJSON_AddArrayToObject(add_exit(ex, "exit2", "block2", "margin", 0.3), "head"),
+                "exit2", "mean", "gelu", D, K);
+    pooler_head(b, cJSON_AddArrayToObject(fin, "head"), "final", "first", "tanh", D, K);
+    return r;
+}
+
 static int cmp_float(const void *a, const void *b)
 {
     float x = *(const float *)a, y = *(const float *)b;
@@ -738,7 +1248,7 @@ static int calibrate(const char *dir, cJSON *root)
     unsigned char *alive = malloc(N);
     if (!x || !scores || !sorted || !s || !alive)
         goto done;
-    mw_random_input(x, N * insz, 0xCA11B4A7Eull);
+    mw_model_inputs(m, x, N, 0xCA11B4A7Eull);
     if (mw_reference_infer(m, x, N, s, NULL, NULL, scores))
         goto done;
     memset(alive, 1, N);
@@ -809,20 +1319,22 @@ int mw_set_policy(const char *dir, int exit, const char *type, double threshold)
 
 const char *mw_kind_name(mw_kind kind)
 {
-    static const char *const names[] = {"mlp", "cnn", "resnet"};
-    return kind >= 0 && kind < MW_KIND_COUNT ? names[kind] : "unknown";
+    static const char *const names[] = {"mlp", "cnn", "resnet", "vit", "bert"};
+    return kind >= 0 && kind < MW_ALL_KINDS ? names[kind] : "unknown";
 }
 
 int mw_random_model(const char *dir, uint64_t seed, mw_kind kind)
 {
-    if (kind < 0 || kind >= MW_KIND_COUNT)
+    if (kind < 0 || kind >= MW_ALL_KINDS)
         return -1;
     bld b = {.st = mw_st_new(), .rng = mw_rng_seed(seed * 3 + (uint64_t)kind)};
     if (!b.st)
         return -1;
-    cJSON *root = kind == MW_MLP   ? build_mlp(&b)
-                  : kind == MW_CNN ? build_cnn(&b)
-                                   : build_resnet(&b);
+    cJSON *root = kind == MW_MLP      ? build_mlp(&b)
+                  : kind == MW_CNN    ? build_cnn(&b)
+                  : kind == MW_RESNET ? build_resnet(&b)
+                  : kind == MW_VIT    ? build_vit(&b)
+                                      : build_bert(&b);
     char jp[4096], wp[4096];
     int rc = -1;
     if (root && !b.err && !mw_path(jp, sizeof jp, dir, "model.json") &&

@@ -42,10 +42,30 @@ typedef enum mw_kind {
      * identity block, global_avgpool, flatten; exits after each block with
      * entropy, max_prob and margin policies */
     MW_RESNET,
-    MW_KIND_COUNT
+    /* the image kinds above: a loop to MW_KIND_COUNT keeps to them */
+    MW_KIND_COUNT,
+    /* Transformer encoders (models/FORMAT.md, "Transformer encoders"). Their
+     * sizes vary with the seed: D 16, 24 or 32, H among 1, 2, 4 and D,
+     * F = 2D, T 8..17, K 4..7. */
+    /* input [3, H, W] (12x12, 16x16, 12x16 or 8x12), patch_embed (patch 4
+     * or [4, 2]) with class token and position (T = patches + 1), a
+     * self_attention (no residual), 2 or 3 pre-LN blocks (GELU, or ReLU for
+     * some seeds; some without attention biases in block 1), a final
+     * layer_norm; exits after each block with
+     * [token_pool first, layer_norm, linear] heads (entropy, max_prob,
+     * margin); final head [token_pool first, linear] */
+    MW_VIT = MW_KIND_COUNT,
+    /* input {"tokens": T}, vocabulary 40..99: token_embed with position and
+     * segment, layer_norm, 3 post-LN GELU blocks; exits after the layer
+     * norm ([token_pool mean, linear], max_prob) and after blocks 1 and 2
+     * (BERT's pooler then a classifier, [token_pool first, linear, tanh,
+     * linear], entropy; and a mean-pool head, margin); final head the
+     * pooler and classifier. Its inputs: mw_random_tokens. */
+    MW_BERT,
+    MW_ALL_KINDS /* every kind: image and token models */
 } mw_kind;
 
-/* "mlp", "cnn", "resnet". */
+/* "mlp", "cnn", "resnet", "vit", "bert". */
 const char *mw_kind_name(mw_kind kind);
 
 /* Writes a random valid model of this kind into dir (model.json and
@@ -107,8 +127,20 @@ uint64_t mw_rng_next(mw_rng *r); /* splitmix64 */
 float mw_rng_uniform(mw_rng *r); /* [0, 1) */
 float mw_rng_normal(mw_rng *r);  /* mean 0, standard deviation 1 */
 
-/* n floats uniform in [0, 1), the inputs random models are calibrated for. */
+/* n floats uniform in [0, 1), the inputs random image models are calibrated
+ * for. */
 void mw_random_input(float *x, size_t n, uint64_t seed);
+
+/* n input rows for a token model of T tokens and vocabulary vocab, 2T
+ * floats each (models/FORMAT.md, "Token inputs"): the ids, then the mask.
+ * Row i attends to its first L tokens and pads the rest (id 0, mask 0):
+ * every fourth row (i % 4 == 0) has L = T, the others L uniform in [1, T].
+ * Attended ids are uniform in [0, vocab). */
+void mw_random_tokens(float *rows, int n, int T, int vocab, uint64_t seed);
+
+/* n rows of m's input, those its thresholds were calibrated on:
+ * mw_random_tokens for a token model, mw_random_input otherwise. */
+void mw_model_inputs(const ert_model *m, float *x, int n, uint64_t seed);
 
 /* A slow, plain-loop reference of early-exit inference on a loaded model,
  * accumulating in double: every exit's logits are computed; each sample takes
@@ -119,6 +151,19 @@ void mw_random_input(float *x, size_t n, uint64_t seed);
  * NULL): [num_exits * batch], every exit's policy score. */
 int mw_reference_infer(const ert_model *m, const float *input, int batch, ert_sample *samples,
                        float *logits, float *all_logits, float *scores);
+
+/* One layer on one sample, in the reference's plain loops (double): x
+ * holds shape_size(l->in) values; returns a malloc'd array of
+ * shape_size(l->out) values, or NULL (out of memory, a layer kind the
+ * reference does not know). The transformer layers follow models/FORMAT.md
+ * ("Transformer encoders"), written from its text: a token row is T tokens
+ * of D features each followed by its mask value; a padded key gets no
+ * weight in attention (it is skipped, so its values never enter); a query
+ * with no attended key gets NaN; an id that is not an integer in
+ * [0, vocab) gets NaN features; token_pool mean over no attended token is
+ * NaN. */
+struct layer;
+double *mw_reference_layer(const struct layer *l, const double *x);
 
 /* One sample's walk over the exits, in plain loops, given every exit's
  * logits z [num_exits * K] (float, as some engine or reference computed

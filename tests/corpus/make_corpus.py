@@ -500,6 +500,173 @@ case("st-truncated-data", "w.safetensors: tensor 'neg.v': data_offsets [")(
     lambda j, t: st_bytes(t)[:-8])
 
 
+# -- transformer encoders (FORMAT.md, "Transformer encoders"): a token model
+# (input {"tokens": 6}, vocabulary 10, D 8: token_embed, layer_norm,
+# self_attention, a post-LN encoder_block; exit after the attention with
+# [token_pool mean, linear]; final [token_pool first, linear, tanh, linear])
+# and a model of patches on the base's [2, 8, 8] input (patch_embed 4x4 with
+# class token and position, a pre-LN block, layer_norm), each with one thing
+# broken.
+
+def tx_json():
+    return {
+        "format": "exitrt-model", "version": 1, "name": "corpus-tokens",
+        "weights": "w.safetensors", "input": {"tokens": 6}, "num_classes": 3,
+        "backbone": [
+            L("embed", "token_embed", vocab_size=10, embed_dim=8, weight="te.w", position="te.p",
+              segment="te.s"),
+            L("ln", "layer_norm", normalized_shape=8, eps=1e-5, weight="ln.w", bias="ln.b"),
+            L("attn", "self_attention", embed_dim=8, num_heads=2, in_weight="a.iw", in_bias="a.ib",
+              out_weight="a.ow", out_bias="a.ob"),
+            L("block", "encoder_block", norm_first=False, activation="gelu",
+              attention={"embed_dim": 8, "num_heads": 4, "in_weight": "a.iw", "out_weight": "a.ow"},
+              norm1={"normalized_shape": 8},
+              linear1={"in_features": 8, "out_features": 16, "weight": "l1.w", "bias": "l1.b"},
+              linear2={"in_features": 16, "out_features": 8, "weight": "l2.w", "bias": "l2.b"},
+              norm2={"normalized_shape": 8, "weight": "ln.w", "bias": "ln.b"}),
+        ],
+        "exits": [
+            {"name": "e1", "after": "attn",
+             "head": [L("pool", "token_pool", mode="mean"),
+                      L("fc", "linear", in_features=8, out_features=3, weight="h.w", bias="h.b")],
+             "policy": {"type": "entropy", "threshold": 0.5}},
+        ],
+        "final": {"name": "final", "head": [
+            L("pool", "token_pool", mode="first"),
+            L("pooler", "linear", in_features=8, out_features=8, weight="p.w", bias="ln.b"),
+            L("tanh", "tanh"),
+            L("fc", "linear", in_features=8, out_features=3, weight="h.w", bias="h.b")]},
+    }
+
+
+def vit_json():
+    return {
+        "format": "exitrt-model", "version": 1, "name": "corpus-patches",
+        "weights": "w.safetensors",
+        "input": {"shape": [2, 8, 8], "scale": 1.0, "mean": 0.5, "std": 0.25},
+        "num_classes": 3,
+        "backbone": [
+            L("patch", "patch_embed", in_channels=2, embed_dim=8, patch_size=4, weight="pe.w",
+              bias="pe.b", class_token="pe.c", position="pe.p"),
+            L("block", "encoder_block", norm_first=True, activation="relu",
+              attention={"embed_dim": 8, "num_heads": 2, "in_weight": "a.iw", "in_bias": "a.ib",
+                         "out_weight": "a.ow", "out_bias": "a.ob"},
+              norm1={"normalized_shape": 8, "weight": "ln.w", "bias": "ln.b"},
+              linear1={"in_features": 8, "out_features": 16, "weight": "l1.w", "bias": "l1.b"},
+              linear2={"in_features": 16, "out_features": 8, "weight": "l2.w", "bias": "l2.b"},
+              norm2={"normalized_shape": 8, "weight": "ln.w", "bias": "ln.b"}),
+            L("ln", "layer_norm", normalized_shape=8),
+        ],
+        "exits": [
+            {"name": "e1", "after": "block",
+             "head": [L("pool", "token_pool", mode="first"),
+                      L("ln", "layer_norm", normalized_shape=8, weight="ln.w", bias="ln.b"),
+                      L("fc", "linear", in_features=8, out_features=3, weight="h.w", bias="h.b")],
+             "policy": {"type": "max_prob", "threshold": 0.6}},
+        ],
+        "final": {"name": "final", "head": [
+            L("pool", "token_pool", mode="mean"),
+            L("fc", "linear", in_features=8, out_features=3, weight="h.w", bias="h.b")]},
+    }
+
+
+def tx_tensors():
+    r = np.random.RandomState(12)
+
+    def n(*shape):
+        return (0.5 * r.standard_normal(shape)).astype(np.float32)
+    return [
+        ("te.w", n(10, 8)), ("te.p", n(6, 8)), ("te.s", n(8)), ("ln.w", n(8)), ("ln.b", n(8)),
+        ("a.iw", n(24, 8)), ("a.ib", n(24)), ("a.ow", n(8, 8)), ("a.ob", n(8)),
+        ("l1.w", n(16, 8)), ("l1.b", n(16)), ("l2.w", n(8, 16)), ("l2.b", n(8)),
+        ("h.w", n(3, 8)), ("h.b", n(3)), ("p.w", n(8, 8)),
+        ("pe.w", n(8, 2, 4, 4)), ("pe.b", n(8)), ("pe.c", n(8)), ("pe.p", n(5, 8)),
+        ("v6", n(6)), ("c.w", n(8, 2, 1, 1)), ("pe.w3", n(8, 3, 4, 4)),
+        ("l1.w6", n(16, 6)), ("pe.w16", n(8, 2, 16, 16)),
+    ]
+
+
+def tx_case(name, want, base=tx_json):
+    """A case on the token model (or base=vit_json: the patches)."""
+    def deco(fn):
+        def m(j, t):
+            j.clear()
+            j.update(base())
+            t[:] = tx_tensors()
+            return fn(j, t)
+        MODEL_CASES.append((name, want, m))
+        return fn
+    return deco
+
+
+def tx_block(j):
+    return bb(j, "block")
+
+
+tx_case("tx-linear-on-tokens", "model.json: backbone layer 'lin': linear cannot read a token activation (pool the tokens first: token_pool)")(
+    lambda j, t: j["backbone"].__setitem__(1, L("lin", "linear", in_features=8, out_features=8, weight="p.w")))
+tx_case("tx-relu-on-tokens", "model.json: backbone layer 'r': relu cannot read a token activation")(
+    lambda j, t: j["backbone"].__setitem__(1, L("r", "relu")))
+tx_case("tx-flatten-on-tokens", "model.json: final.head layer 'flat': flatten cannot read a token activation")(
+    lambda j, t: j["final"]["head"].__setitem__(0, L("flat", "flatten")))
+tx_case("tx-token-pool-on-vector", "model.json: exits[0].head layer 'pool2': token_pool reads a token activation, but its input is not one")(
+    lambda j, t: ex(j, 0)["head"].insert(1, L("pool2", "token_pool", mode="first")))
+tx_case("tx-token-embed-on-tokens", "model.json: backbone layer 'embed2': token_embed reads the token input (input.tokens), as the first backbone layer")(
+    lambda j, t: j["backbone"].__setitem__(1, dict(bb(j, "embed"), name="embed2")))
+tx_case("tx-conv-on-ids", "model.json: backbone layer 'conv': conv2d cannot read the token input (a token_embed reads it)")(
+    lambda j, t: j["backbone"].__setitem__(0, L("conv", "conv2d", in_channels=2, out_channels=8,
+                                                 kernel_size=1, weight="c.w")))
+tx_case("tx-layer-norm-dim", "model.json: backbone layer 'ln': normalized_shape is 6, but the features are 8")(
+    lambda j, t: (bb(j, "ln").update(normalized_shape=6), bb(j, "ln").pop("weight"), bb(j, "ln").pop("bias")))
+tx_case("tx-layer-norm-weight-only", "model.json: backbone[1]: weight and bias come together (or neither)")(
+    lambda j, t: bb(j, "ln").pop("bias"))
+tx_case("tx-heads-not-dividing", "model.json: backbone[2].num_heads: 3 heads do not divide embed_dim 8")(
+    lambda j, t: bb(j, "attn").update(num_heads=3))
+tx_case("tx-in-weight-shape", "model.json: backbone[2].in_weight: tensor 'a.ow' has shape [8, 8], expected [24, 8]")(
+    lambda j, t: bb(j, "attn").update(in_weight="a.ow"))
+tx_case("tx-position-shape", "model.json: backbone layer 'embed': position has 10 rows, but there are 6 tokens")(
+    lambda j, t: bb(j, "embed").update(position="te.w"))
+tx_case("tx-segment-shape", "model.json: backbone[0].segment: tensor 'v6' has shape [6], expected [8]")(
+    lambda j, t: bb(j, "embed").update(segment="v6"))
+tx_case("tx-tokens-with-shape", "model.json: input.shape: not allowed with input.tokens")(
+    lambda j, t: j["input"].update(shape=[2, 6, 1]))
+tx_case("tx-tokens-with-scale", "model.json: input.scale: not allowed with input.tokens")(
+    lambda j, t: j["input"].update(scale=1.0))
+tx_case("tx-tokens-zero", "model.json: input.tokens: 0 is out of range [1, 65536]")(
+    lambda j, t: j["input"].update(tokens=0))
+tx_case("tx-tokens-string", "model.json: input.tokens: must be an integer")(
+    lambda j, t: j["input"].update(tokens="6"))
+tx_case("tx-vocab-zero", "model.json: backbone[0].vocab_size: 0 is out of range [1, 16777216]")(
+    lambda j, t: bb(j, "embed").update(vocab_size=0))
+tx_case("tx-token-pool-mode", "model.json: exits[0].head[0].mode: 'max' is not \"first\" or \"mean\"")(
+    lambda j, t: ex(j, 0)["head"][0].update(mode="max"))
+tx_case("tx-block-activation", "model.json: backbone[3].activation: 'tanh' is not \"relu\" or \"gelu\"")(
+    lambda j, t: tx_block(j).update(activation="tanh"))
+tx_case("tx-block-norm-first-string", "model.json: backbone[3].norm_first: must be true or false")(
+    lambda j, t: tx_block(j).update(norm_first="yes"))
+tx_case("tx-block-attention-missing", "model.json: backbone[3].attention: missing or not an object")(
+    lambda j, t: tx_block(j).pop("attention"))
+tx_case("tx-block-attention-not-object", "model.json: backbone[3].attention: missing or not an object")(
+    lambda j, t: tx_block(j).update(attention=5))
+tx_case("tx-block-linear1-features", "model.json: backbone layer 'block': linear1 must map the 8 features to F and linear2 F back to 8 (got 6 -> 16, 16 -> 8)")(
+    lambda j, t: tx_block(j)["linear1"].update(in_features=6, weight="l1.w6"))
+tx_case("tx-block-linear2-weight", "model.json: backbone[3].linear2.weight: tensor 'l1.w' has shape [16, 8], expected [8, 16]")(
+    lambda j, t: tx_block(j)["linear2"].update(weight="l1.w"))
+tx_case("tx-block-heads", "model.json: backbone[3].attention.num_heads: 5 heads do not divide embed_dim 8")(
+    lambda j, t: tx_block(j)["attention"].update(num_heads=5))
+tx_case("tx-patch-channels", "model.json: backbone layer 'patch': in_channels is 3, but its input has 2 channels",
+        vit_json)(lambda j, t: bb(j, "patch").update(in_channels=3, weight="pe.w3"))
+tx_case("tx-patch-position-shape", "model.json: backbone layer 'patch': position has 6 rows, but there are 5 tokens",
+        vit_json)(lambda j, t: bb(j, "patch").update(position="te.p"))
+tx_case("tx-patch-too-large", "model.json: backbone layer 'patch': the 16x16 patch does not fit the 8x8 input",
+        vit_json)(lambda j, t: bb(j, "patch").update(patch_size=16, weight="pe.w16"))
+tx_case("tx-token-pool-on-image", "model.json: backbone layer 'pool': token_pool reads a token activation, but its input is not one", vit_json)(
+    lambda j, t: j["backbone"].insert(0, L("pool", "token_pool", mode="first")))
+tx_case("tx-token-embed-on-image", "model.json: backbone layer 'embed': token_embed reads the token input (input.tokens), as the first backbone layer",
+        vit_json)(lambda j, t: j["backbone"].__setitem__(0, L("embed", "token_embed", vocab_size=10, embed_dim=8,
+                                                             weight="te.w")))
+
+
 # ---- data cases -----------------------------------------------------------------------
 
 def valid_inputs():
@@ -717,6 +884,12 @@ def main_seeds(out):
     mt = [("a.w", r.random_sample((6, 16)).astype(np.float32)), ("a.b", np.zeros(6, np.float32)),
           ("b.w", r.random_sample((6, 6)).astype(np.float32)), ("h.w", r.random_sample((3, 6)).astype(np.float32))]
     write(os.path.join(out, "fuzz_model", "mlp"), model_seed(json.dumps(mlp, separators=(",", ":")).encode(), st_bytes(mt)))
+    # the transformer encoders: a token model and one of patches
+    txt = st_bytes(tx_tensors())
+    write(os.path.join(out, "fuzz_model", "tokens"),
+          model_seed(json.dumps(tx_json(), separators=(",", ":")).encode(), txt))
+    write(os.path.join(out, "fuzz_model", "patches"),
+          model_seed(json.dumps(vit_json(), separators=(",", ":")).encode(), txt))
     # fuzz_data: byte 0 = flags (bit 0: gzip the rest before writing), then the file
     x = f4(X)
     seeds = {

@@ -457,9 +457,18 @@ Test(data, npy_unsupported_dtype)
     /* big-endian float32 */
     npy_refused("{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }", v, 24,
                 ERT_UNSUPPORTED, "'>f4'");
-    /* integers are labels, not inputs */
-    npy_refused("{'descr': '<i4', 'fortran_order': False, 'shape': (2, 3), }", v, 24,
-                ERT_UNSUPPORTED, "input data must be float32, float64 or uint8, not int32");
+    /* integers are read as token ids (exact in float32), marked as such */
+    int32_t ids[6] = {0, 1, 16777216, -3, 7, 30521};
+    const char *ip =
+        write_npy("ids.npy", 1, "{'descr': '<i4', 'fortran_order': False, 'shape': (2, 3), }", ids,
+                  sizeof ids, 0);
+    ert_dataset d;
+    ert_error err = {{0}};
+    cr_assert_eq(ert_dataset_load(ip, &d, &err), ERT_OK, "%s", err.msg);
+    cr_assert(d.was_int && d.count == 2 && d.sample_size == 3);
+    for (int i = 0; i < 6; i++)
+        cr_assert_eq(d.values[i], (float)ids[i]);
+    ert_dataset_free(&d);
     /* and floats are not labels */
     ert_labels l;
     const char *p = write_npy(

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "fixtures.h"
+#include "act.h"
 #include "model.h"
 #include "model_writer.h"
 #include "policy.h"
@@ -335,7 +336,10 @@ static void check_random_model(mw_kind kind, int want_exits)
     ert_error err = {{0}};
     cr_assert_eq(mw_random_model(dir, 1234, kind), 0, "%s", mw_kind_name(kind));
     cr_assert_eq(ert_model_load(dir, &m, &err), ERT_OK, "%s: %s", mw_kind_name(kind), err.msg);
-    cr_assert_eq(m->num_exits, want_exits);
+    if (want_exits > 0)
+        cr_assert_eq(m->num_exits, want_exits);
+    else /* a ViT-like model: one exit per block, 2 or 3 blocks */
+        cr_assert(m->num_exits == 3 || m->num_exits == 4, "%d exits", m->num_exits);
     enum {
         N = 600
     };
@@ -343,7 +347,7 @@ static void check_random_model(mw_kind kind, int want_exits)
     float *x = malloc(N * insz * sizeof *x), *logits = malloc(N * m->num_classes * sizeof *logits);
     ert_sample *s = malloc(N * sizeof *s);
     cr_assert(x && logits && s);
-    mw_random_input(x, N * insz, 555); /* not the calibration inputs */
+    mw_model_inputs(m, x, N, 555); /* not the calibration inputs */
     cr_assert_eq(mw_reference_infer(m, x, N, s, logits, NULL, NULL), 0);
     int counts[ERT_MAX_EXITS] = {0}, classes[64] = {0};
     for (int i = 0; i < N; i++) {
@@ -370,6 +374,8 @@ static void check_random_model(mw_kind kind, int want_exits)
 Test(model, random_mlp) { check_random_model(MW_MLP, 3); }
 Test(model, random_cnn) { check_random_model(MW_CNN, 2); }
 Test(model, random_resnet) { check_random_model(MW_RESNET, 4); }
+Test(model, random_vit) { check_random_model(MW_VIT, 0); }
+Test(model, random_bert) { check_random_model(MW_BERT, 4); }
 
 Test(model, random_resnet_structure)
 {
@@ -780,4 +786,577 @@ Test(model, one_class_exits)
         ert_engine_free(e);
         ert_model_free(m);
     }
+}
+
+/* ---- transformer encoders (models/FORMAT.md, "Transformer encoders") ----------------- *
+ *
+ * A token model: input {"tokens": 6}, vocabulary 10, D = 8.
+ *   embed  token_embed (position, segment)        tokens [6, 9, 1]
+ *   ln     layer_norm 8
+ *   attn   self_attention, 2 heads
+ *   block  encoder_block post-LN gelu, 4 heads, F 16; no attention biases, norm1
+ *          without weight and bias
+ * Exit "early" after attn: [token_pool mean, gelu, linear 8->3]. Final: BERT's
+ * pooler and a classifier, [token_pool first, linear 8->8, tanh, linear 8->3].
+ */
+static const char *TX_JSON =
+    "{\"format\":\"exitrt-model\",\"version\":1,\"name\":\"tx\",\"weights\":\"w.safetensors\","
+    "\"input\":{\"tokens\":6},\"num_classes\":3,"
+    "\"backbone\":["
+    "{\"name\":\"embed\",\"type\":\"token_embed\",\"vocab_size\":10,\"embed_dim\":8,"
+    "\"weight\":\"te.w\",\"position\":\"te.p\",\"segment\":\"te.s\"},"
+    "{\"name\":\"ln\",\"type\":\"layer_norm\",\"normalized_shape\":8,\"eps\":1e-5,"
+    "\"weight\":\"ln.w\",\"bias\":\"ln.b\"},"
+    "{\"name\":\"attn\",\"type\":\"self_attention\",\"embed_dim\":8,\"num_heads\":2,"
+    "\"in_weight\":\"a.iw\",\"in_bias\":\"a.ib\",\"out_weight\":\"a.ow\",\"out_bias\":\"a.ob\"},"
+    "{\"name\":\"block\",\"type\":\"encoder_block\",\"norm_first\":false,\"activation\":\"gelu\","
+    "\"attention\":{\"embed_dim\":8,\"num_heads\":4,\"in_weight\":\"a.iw\",\"out_weight\":\"a.ow\"},"
+    "\"norm1\":{\"normalized_shape\":8},"
+    "\"linear1\":{\"in_features\":8,\"out_features\":16,\"weight\":\"l1.w\",\"bias\":\"l1.b\"},"
+    "\"linear2\":{\"in_features\":16,\"out_features\":8,\"weight\":\"l2.w\",\"bias\":\"l2.b\"},"
+    "\"norm2\":{\"normalized_shape\":8,\"eps\":1e-6,\"weight\":\"ln.w\",\"bias\":\"ln.b\"}}],"
+    "\"exits\":[{\"name\":\"early\",\"after\":\"attn\",\"head\":["
+    "{\"name\":\"pool\",\"type\":\"token_pool\",\"mode\":\"mean\"},"
+    "{\"name\":\"act\",\"type\":\"gelu\"},"
+    "{\"name\":\"fc\",\"type\":\"linear\",\"in_features\":8,\"out_features\":3,\"weight\":\"h.w\","
+    "\"bias\":\"h.b\"}],\"policy\":{\"type\":\"entropy\",\"threshold\":0.5}}],"
+    "\"final\":{\"name\":\"final\",\"head\":["
+    "{\"name\":\"pool\",\"type\":\"token_pool\",\"mode\":\"first\"},"
+    "{\"name\":\"pooler\",\"type\":\"linear\",\"in_features\":8,\"out_features\":8,"
+    "\"weight\":\"p.w\",\"bias\":\"ln.b\"},"
+    "{\"name\":\"tanh\",\"type\":\"tanh\"},"
+    "{\"name\":\"fc\",\"type\":\"linear\",\"in_features\":8,\"out_features\":3,\"weight\":\"h.w\","
+    "\"bias\":\"h.b\"}]}}";
+
+/* An image model of patches: input [3, 8, 8], patch_embed 4x4 to D = 8 with
+ * class token and position (T = 5), a pre-LN relu block (2 heads, F 16), a
+ * layer_norm. Exit "early" after the block: [token_pool first, layer_norm,
+ * linear 8->3]. Final: [token_pool mean, linear 8->3]. */
+static const char *VIT_JSON =
+    "{\"format\":\"exitrt-model\",\"version\":1,\"name\":\"vit\",\"weights\":\"w.safetensors\","
+    "\"input\":{\"shape\":[3,8,8],\"scale\":1,\"mean\":0.5,\"std\":0.25},\"num_classes\":3,"
+    "\"backbone\":["
+    "{\"name\":\"patch\",\"type\":\"patch_embed\",\"in_channels\":3,\"embed_dim\":8,"
+    "\"patch_size\":4,\"weight\":\"pe.w\",\"bias\":\"pe.b\",\"class_token\":\"pe.c\","
+    "\"position\":\"pe.p\"},"
+    "{\"name\":\"block\",\"type\":\"encoder_block\",\"norm_first\":true,\"activation\":\"relu\","
+    "\"attention\":{\"embed_dim\":8,\"num_heads\":2,\"in_weight\":\"a.iw\",\"in_bias\":\"a.ib\","
+    "\"out_weight\":\"a.ow\",\"out_bias\":\"a.ob\"},"
+    "\"norm1\":{\"normalized_shape\":8,\"weight\":\"ln.w\",\"bias\":\"ln.b\"},"
+    "\"linear1\":{\"in_features\":8,\"out_features\":16,\"weight\":\"l1.w\",\"bias\":\"l1.b\"},"
+    "\"linear2\":{\"in_features\":16,\"out_features\":8,\"weight\":\"l2.w\",\"bias\":\"l2.b\"},"
+    "\"norm2\":{\"normalized_shape\":8,\"weight\":\"ln.w\",\"bias\":\"ln.b\"}},"
+    "{\"name\":\"ln\",\"type\":\"layer_norm\",\"normalized_shape\":8}],"
+    "\"exits\":[{\"name\":\"early\",\"after\":\"block\",\"head\":["
+    "{\"name\":\"pool\",\"type\":\"token_pool\",\"mode\":\"first\"},"
+    "{\"name\":\"ln\",\"type\":\"layer_norm\",\"normalized_shape\":8,\"weight\":\"ln.w\","
+    "\"bias\":\"ln.b\"},"
+    "{\"name\":\"fc\",\"type\":\"linear\",\"in_features\":8,\"out_features\":3,\"weight\":\"h.w\","
+    "\"bias\":\"h.b\"}],\"policy\":{\"type\":\"max_prob\",\"threshold\":0.5}}],"
+    "\"final\":{\"name\":\"final\",\"head\":["
+    "{\"name\":\"pool\",\"type\":\"token_pool\",\"mode\":\"mean\"},"
+    "{\"name\":\"fc\",\"type\":\"linear\",\"in_features\":8,\"out_features\":3,\"weight\":\"h.w\","
+    "\"bias\":\"h.b\"}]}}";
+
+/* The weights both name (and a few of other shapes, for the refusals). */
+static void write_tx_weights(void)
+{
+    mw_rng r = mw_rng_seed(11);
+    mw_st *st = mw_st_new();
+    cr_assert_not_null(st);
+    static const struct {
+        const char *name;
+        int ndim;
+        int64_t shape[4];
+    } t[] = {
+        {"te.w", 2, {10, 8}},
+        {"te.p", 2, {6, 8}},
+        {"te.s", 1, {8}},
+        {"ln.w", 1, {8}},
+        {"ln.b", 1, {8}},
+        {"a.iw", 2, {24, 8}},
+        {"a.ib", 1, {24}},
+        {"a.ow", 2, {8, 8}},
+        {"a.ob", 1, {8}},
+        {"l1.w", 2, {16, 8}},
+        {"l1.b", 1, {16}},
+        {"l2.w", 2, {8, 16}},
+        {"l2.b", 1, {8}},
+        {"h.w", 2, {3, 8}},
+        {"h.b", 1, {3}},
+        {"p.w", 2, {8, 8}},
+        {"pe.w", 4, {8, 3, 4, 4}},
+        {"pe.b", 1, {8}},
+        {"pe.c", 1, {8}},
+        {"pe.p", 2, {5, 8}},
+        {"pe.p4", 2, {4, 8}},
+        {"v6", 1, {6}},
+        {"m6x8", 2, {6, 8}},
+        {"m7x8", 2, {7, 8}},
+        {"pe.w42", 4, {8, 3, 4, 2}},
+        {"pe.w2", 4, {8, 2, 4, 4}},
+        {"c.w", 4, {8, 2, 1, 1}},
+        {"a.iw4", 2, {12, 4}},
+        {"a.ib4", 1, {12}},
+        {"a.ow4", 2, {4, 4}},
+        {"a.ob4", 1, {4}},
+    };
+    int rc = 0;
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        size_t n = 1;
+        for (int d = 0; d < t[i].ndim; d++)
+            n *= (size_t)t[i].shape[d];
+        float *v = malloc(sizeof(float) * n);
+        cr_assert_not_null(v);
+        for (size_t k = 0; k < n; k++)
+            v[k] = mw_rng_normal(&r) * 0.5f;
+        rc |= mw_st_add(st, t[i].name, t[i].ndim, t[i].shape, v);
+        free(v);
+    }
+    rc |= mw_st_write(st, st_path);
+    mw_st_free(st);
+    cr_assert_eq(rc, 0);
+}
+
+/* base (TX_JSON or VIT_JSON) mutated by mut (NULL: as it is) into the model
+ * directory, with the transformer weights. */
+static void write_tx(const char *base, void (*mut)(cJSON *))
+{
+    write_tx_weights();
+    cJSON *r = cJSON_Parse(base);
+    cr_assert_not_null(r, "the base model does not parse");
+    if (mut)
+        mut(r);
+    char *text = cJSON_PrintUnformatted(r);
+    cJSON_Delete(r);
+    cr_assert_not_null(text);
+    cr_assert_eq(mw_write_text(json_path, text), 0);
+    cJSON_free(text);
+}
+
+static void expect_tokens(shape3 s, int T, int D)
+{
+    cr_assert(s.tokens == 1 && s.c == T && s.h == D + 1 && s.w == 1,
+              "shape %dx%dx%d tokens %d, want tokens [%d, %d + 1, 1]", s.c, s.h, s.w, s.tokens, T,
+              D);
+}
+
+static void expect_vector(shape3 s, int D)
+{
+    cr_assert(s.tokens == 0 && s.c == D && s.h == 1 && s.w == 1,
+              "shape %dx%dx%d tokens %d, want a vector [%d, 1, 1]", s.c, s.h, s.w, s.tokens, D);
+}
+
+static int all_equal(const float *v, int n, float x)
+{
+    for (int i = 0; i < n; i++)
+        if (v[i] != x)
+            return 0;
+    return 1;
+}
+
+Test(model, tokens_shapes_and_macs)
+{
+    write_tx(TX_JSON, NULL);
+    ert_model *m = load_ok(dir);
+    const int T = 6, D = 8, F = 16;
+    cr_assert_eq(m->input_tokens, T);
+    cr_assert_eq(m->vocab, 10);
+    cr_assert_eq(ert_model_input_tokens(m), T);
+    cr_assert_eq(ert_model_vocab_size(m), 10);
+    cr_assert_eq(ert_model_input_size(m), (size_t)2 * T);
+    int c, h, w;
+    ert_model_input_shape(m, &c, &h, &w);
+    cr_assert(c == 2 && h == T && w == 1, "input shape %dx%dx%d", c, h, w);
+    cr_assert_eq(m->backbone.count, 4);
+    static const layer_kind kinds[] = {LAYER_TOKEN_EMBED, LAYER_LAYER_NORM, LAYER_SELF_ATTENTION,
+                                       LAYER_ENCODER_BLOCK};
+    for (int i = 0; i < 4; i++) {
+        const layer *l = &m->backbone.items[i];
+        cr_assert_eq(l->kind, kinds[i], "backbone[%d]: kind %d", i, l->kind);
+        expect_tokens(l->out, T, D);
+        if (i > 0)
+            expect_tokens(l->in, T, D);
+    }
+    cr_assert_eq(m->backbone.items[0].in.tokens, SHAPE_IDS); /* the ids, not tokens */
+    cr_assert_eq(shape_size(m->backbone.items[0].in), (size_t)2 * T);
+    /* MACs: token_embed and layer_norm 0; attention T*4D^2 + 2*T^2*D; the
+       block its attention + 2*T*D*F */
+    const uint64_t attn = (uint64_t)T * 4 * D * D + 2ull * T * T * D;
+    cr_assert_eq(m->backbone.items[0].macs, 0);
+    cr_assert_eq(m->backbone.items[1].macs, 0);
+    cr_assert_eq(m->backbone.items[2].macs, attn);
+    cr_assert_eq(m->backbone.items[3].macs, attn + 2ull * T * D * F);
+    cr_assert_eq(m->backbone_macs, 2 * attn + 2ull * T * D * F);
+    /* the heads: token_pool, gelu and tanh 0, the linears as ever */
+    cr_assert_eq(m->num_exits, 2);
+    cr_assert_eq(m->exits[0].after, 2);
+    cr_assert_eq(m->exits[0].head.count, 3);
+    expect_vector(m->exits[0].head.items[0].out, D);
+    cr_assert_eq(m->exits[0].head.items[0].p.token_pool, TOKEN_POOL_MEAN);
+    cr_assert_eq(m->exits[0].head.items[1].kind, LAYER_GELU);
+    cr_assert_eq(m->exits[0].head_macs, (uint64_t)D * 3);
+    cr_assert_eq(m->exits[1].head.items[0].p.token_pool, TOKEN_POOL_FIRST);
+    cr_assert_eq(m->exits[1].head.items[2].kind, LAYER_TANH);
+    cr_assert_eq(m->exits[1].head_macs, (uint64_t)D * D + D * 3);
+    cr_assert_eq(m->macs_full, m->backbone_macs + m->exits[1].head_macs);
+    cr_assert_eq(ert_model_macs_full(m), m->macs_full);
+
+    /* parameters, and the defaults of what the file leaves out */
+    const embed_params *e = &m->backbone.items[0].p.embed;
+    cr_assert(e->vocab == 10 && e->dim == D && e->weight && e->pos && e->segment);
+    const norm_params *n = &m->backbone.items[1].p.norm;
+    cr_assert(n->dim == D && fabsf(n->eps - 1e-5f) < 1e-12f && n->weight && n->bias);
+    const attention_params *a = &m->backbone.items[2].p.attn;
+    cr_assert(a->dim == D && a->heads == 2 && a->in_weight && a->in_bias && a->out_weight &&
+              a->out_bias);
+    const encoder_params *b = &m->backbone.items[3].p.enc;
+    cr_assert_eq(b->norm_first, 0);
+    cr_assert_eq(b->act, ERT_ACT_GELU);
+    cr_assert_eq(b->attn.heads, 4);
+    cr_assert(b->attn.in_bias && all_equal(b->attn.in_bias, 3 * D, 0.0f), "missing in_bias: zeros");
+    cr_assert(b->attn.out_bias && all_equal(b->attn.out_bias, D, 0.0f), "missing out_bias: zeros");
+    cr_assert(b->norm1.weight && all_equal(b->norm1.weight, D, 1.0f), "norm1 weight: ones");
+    cr_assert(b->norm1.bias && all_equal(b->norm1.bias, D, 0.0f), "norm1 bias: zeros");
+    cr_assert(fabsf(b->norm1.eps - 1e-5f) < 1e-12f, "the default eps is 1e-5: %g", b->norm1.eps);
+    cr_assert(fabsf(b->norm2.eps - 1e-6f) < 1e-13f);
+    cr_assert(b->ff1.in_features == D && b->ff1.out_features == F && b->ff2.in_features == F &&
+              b->ff2.out_features == D && b->ff1.bias && b->ff2.bias);
+    ert_model_free(m);
+}
+
+Test(model, patches_shapes_and_macs)
+{
+    write_tx(VIT_JSON, NULL);
+    ert_model *m = load_ok(dir);
+    const int T = 5, D = 8, F = 16;
+    cr_assert_eq(m->input_tokens, 0);
+    cr_assert_eq(ert_model_input_tokens(m), 0);
+    cr_assert_eq(ert_model_vocab_size(m), 0);
+    cr_assert_eq(ert_model_input_size(m), (size_t)3 * 8 * 8);
+    const layer *p = &m->backbone.items[0];
+    cr_assert_eq(p->kind, LAYER_PATCH_EMBED);
+    expect_tokens(p->out, T, D);
+    cr_assert(p->p.patch.cls && p->p.patch.pos && p->p.patch.conv.bias);
+    cr_assert(p->p.patch.conv.kh == 4 && p->p.patch.conv.kw == 4 && p->p.patch.conv.stride_h == 4 &&
+              p->p.patch.conv.stride_w == 4 && p->p.patch.conv.pad_h == 0 &&
+              p->p.patch.conv.pad_w == 0);
+    /* as its convolution: D * 2 * 2 outputs of C * 4 * 4 */
+    cr_assert_eq(p->macs, (uint64_t)D * 4 * 3 * 16);
+    const layer *b = &m->backbone.items[1];
+    cr_assert_eq(b->p.enc.norm_first, 1);
+    cr_assert_eq(b->p.enc.act, ERT_ACT_RELU);
+    cr_assert_eq(b->macs, (uint64_t)T * 4 * D * D + 2ull * T * T * D + 2ull * T * D * F);
+    expect_tokens(m->backbone.items[2].out, T, D);
+    expect_vector(m->exits[0].head.items[1].out, D); /* layer_norm on the pooled vector */
+    cr_assert_eq(m->exits[0].head_macs, (uint64_t)D * 3);
+    ert_model_free(m);
+}
+
+static void no_class_token(cJSON *r)
+{
+    cJSON_DeleteItemFromObject(BB(r, 0), "class_token");
+    set_str(BB(r, 0), "position", "pe.p4");
+}
+
+static void no_position_rect(cJSON *r)
+{
+    cJSON_DeleteItemFromObject(BB(r, 0), "position");
+    put(BB(r, 0), "patch_size", cJSON_Parse("[4,2]"));
+    set_str(BB(r, 0), "weight", "pe.w42");
+}
+
+Test(model, patches_without_class_token_or_position)
+{
+    write_tx(VIT_JSON, no_class_token);
+    ert_model *m = load_ok(dir);
+    expect_tokens(m->backbone.items[0].out, 4, 8);
+    cr_assert_null(m->backbone.items[0].p.patch.cls);
+    expect_tokens(m->exits[0].head.items[0].in, 4, 8);
+    ert_model_free(m);
+    /* patches of 4x2 over 8x8: 2 * 4 and the class token */
+    write_tx(VIT_JSON, no_position_rect);
+    m = load_ok(dir);
+    expect_tokens(m->backbone.items[0].out, 9, 8);
+    cr_assert_null(m->backbone.items[0].p.patch.pos);
+    cr_assert(m->backbone.items[0].p.patch.cls);
+    cr_assert_eq(m->backbone.items[0].macs, (uint64_t)8 * 8 * 3 * 8);
+    ert_model_free(m);
+}
+
+/* ---- refusals: each names the layer (or field) and the problem ---- */
+
+/* base mutated by mut must be refused with status want_st and a message
+ * holding want and also (when given) want2, and naming the file. */
+static void expect_tx_bad(const char *base, void (*mut)(cJSON *), ert_status want_st,
+                          const char *want, const char *want2)
+{
+    write_tx(base, mut);
+    static ert_model sentinel;
+    ert_model *m = &sentinel;
+    ert_error err = {{0}};
+    ert_status st = ert_model_load(dir, &m, &err);
+    cr_assert_eq(st, want_st, "status %s, want %s: %s", ert_status_string(st),
+                 ert_status_string(want_st), err.msg);
+    cr_assert_null(m);
+    cr_assert(strstr(err.msg, want), "message '%s' lacks '%s'", err.msg, want);
+    if (want2)
+        cr_assert(strstr(err.msg, want2), "message '%s' lacks '%s'", err.msg, want2);
+    cr_assert(strstr(err.msg, dir), "message '%s' names no file", err.msg);
+}
+
+#define TX_BAD(name, base, status, want, want2, ...) \
+    static void txmut_##name(cJSON *r)               \
+    {                                                \
+        (void)r;                                     \
+        __VA_ARGS__;                                 \
+    }                                                \
+    Test(model_bad, name) { expect_tx_bad(base, txmut_##name, status, want, want2); }
+
+static cJSON *layer_json(const char *text)
+{
+    cJSON *o = cJSON_Parse(text);
+    cr_assert_not_null(o, "%s", text);
+    return o;
+}
+
+/* layers that do not take tokens */
+TX_BAD(
+    linear_on_tokens, TX_JSON, ERT_FORMAT, "'lin'", "token",
+    cJSON_ReplaceItemInArray(J(r, "backbone"), 1,
+                             layer_json("{\"name\":\"lin\",\"type\":\"linear\",\"in_features\":8,"
+                                        "\"out_features\":8,\"weight\":\"p.w\"}")))
+TX_BAD(relu_on_tokens, TX_JSON, ERT_FORMAT, "'r'", "token",
+       cJSON_ReplaceItemInArray(J(r, "backbone"), 1,
+                                layer_json("{\"name\":\"r\",\"type\":\"relu\"}")))
+TX_BAD(gelu_on_tokens, TX_JSON, ERT_FORMAT, "'g'", "token",
+       cJSON_ReplaceItemInArray(J(r, "backbone"), 1,
+                                layer_json("{\"name\":\"g\",\"type\":\"gelu\"}")))
+TX_BAD(flatten_on_tokens, TX_JSON, ERT_FORMAT, "'flat'", "token",
+       cJSON_ReplaceItemInArray(J(J(r, "final"), "head"), 0,
+                                layer_json("{\"name\":\"flat\",\"type\":\"flatten\"}")))
+TX_BAD(tokens_into_a_head_linear, TX_JSON, ERT_FORMAT, "'fc'", "token",
+       cJSON_DeleteItemFromArray(J(EX(r), "head"), 0);
+       cJSON_DeleteItemFromArray(J(EX(r), "head"), 0))
+/* token layers that take nothing else */
+TX_BAD(token_pool_on_a_vector, TX_JSON, ERT_FORMAT, "'pool2'", "token",
+       cJSON_ReplaceItemInArray(J(EX(r), "head"), 1,
+                                layer_json("{\"name\":\"pool2\",\"type\":\"token_pool\","
+                                           "\"mode\":\"first\"}")))
+TX_BAD(attention_on_a_vector, TX_JSON, ERT_FORMAT, "'sa'", "token",
+       cJSON *sa = cJSON_Duplicate(BB(r, 2), 1);
+       set_str(sa, "name", "sa"); cJSON_ReplaceItemInArray(J(EX(r), "head"), 1, sa))
+TX_BAD(token_embed_not_first, TX_JSON, ERT_FORMAT, "'embed2'", "token",
+       cJSON *e2 = cJSON_Duplicate(BB(r, 0), 1);
+       set_str(e2, "name", "embed2"); cJSON_ReplaceItemInArray(J(r, "backbone"), 1, e2))
+TX_BAD(
+    token_embed_on_an_image, VIT_JSON, ERT_FORMAT, "'embed'", "token",
+    cJSON_ReplaceItemInArray(J(r, "backbone"), 0,
+                             layer_json("{\"name\":\"embed\",\"type\":\"token_embed\","
+                                        "\"vocab_size\":10,\"embed_dim\":8,\"weight\":\"te.w\"}")))
+TX_BAD(conv_on_token_ids, TX_JSON, ERT_FORMAT, "'conv'", "token",
+       cJSON_ReplaceItemInArray(
+           J(r, "backbone"), 0,
+           layer_json("{\"name\":\"conv\",\"type\":\"conv2d\",\"in_channels\":2,"
+                      "\"out_channels\":8,\"kernel_size\":1,\"weight\":\"c.w\"}")))
+TX_BAD(linear_on_token_ids, TX_JSON, ERT_FORMAT, "'lin'", "token",
+       cJSON_ReplaceItemInArray(J(r, "backbone"), 0,
+                                layer_json("{\"name\":\"lin\",\"type\":\"flatten\"}")))
+TX_BAD(patch_embed_on_token_ids, TX_JSON, ERT_FORMAT, "'patch'", "reads an image",
+       cJSON_ReplaceItemInArray(J(r, "backbone"), 0,
+                                layer_json("{\"name\":\"patch\",\"type\":\"patch_embed\","
+                                           "\"in_channels\":2,\"embed_dim\":8,\"patch_size\":1,"
+                                           "\"weight\":\"c.w\"}")))
+/* sizes that do not agree */
+TX_BAD(layer_norm_dim_mismatch, TX_JSON, ERT_FORMAT, "'ln'", "6",
+       set_num(BB(r, 1), "normalized_shape", 6);
+       cJSON_DeleteItemFromObject(BB(r, 1), "weight"); cJSON_DeleteItemFromObject(BB(r, 1), "bias"))
+TX_BAD(layer_norm_weight_without_bias, TX_JSON, ERT_FORMAT, "bias", NULL,
+       cJSON_DeleteItemFromObject(BB(r, 1), "bias"))
+TX_BAD(heads_do_not_divide, TX_JSON, ERT_FORMAT, "num_heads", "3",
+       set_num(BB(r, 2), "num_heads", 3))
+TX_BAD(heads_zero, TX_JSON, ERT_FORMAT, "num_heads", NULL, set_num(BB(r, 2), "num_heads", 0))
+TX_BAD(block_heads_do_not_divide, TX_JSON, ERT_FORMAT, "num_heads", "5",
+       set_num(J(BB(r, 3), "attention"), "num_heads", 5))
+TX_BAD(attention_dim_vs_input, TX_JSON, ERT_FORMAT, "'attn'", "embed_dim is 4",
+       set_num(BB(r, 2), "embed_dim", 4);
+       set_str(BB(r, 2), "in_weight", "a.iw4"); set_str(BB(r, 2), "in_bias", "a.ib4");
+       set_str(BB(r, 2), "out_weight", "a.ow4"); set_str(BB(r, 2), "out_bias", "a.ob4"))
+TX_BAD(block_linear1_in_features, TX_JSON, ERT_FORMAT, "linear1", NULL,
+       set_num(J(BB(r, 3), "linear1"), "in_features", 6))
+TX_BAD(block_linear2_out_features, TX_JSON, ERT_FORMAT, "linear2", NULL,
+       set_num(J(BB(r, 3), "linear2"), "out_features", 6))
+TX_BAD(block_bad_activation, TX_JSON, ERT_FORMAT, "activation", "tanh",
+       set_str(BB(r, 3), "activation", "tanh"))
+TX_BAD(block_missing_norm2, TX_JSON, ERT_FORMAT, "norm2", NULL,
+       cJSON_DeleteItemFromObject(BB(r, 3), "norm2"))
+TX_BAD(token_pool_bad_mode, TX_JSON, ERT_FORMAT, "mode", "max",
+       set_str(I(J(EX(r), "head"), 0), "mode", "max"))
+TX_BAD(patch_in_channels_vs_input, VIT_JSON, ERT_FORMAT, "'patch'", NULL,
+       set_num(BB(r, 0), "in_channels", 2);
+       set_str(BB(r, 0), "weight", "pe.w2"))
+/* tensors of the wrong shape */
+TX_BAD(embed_weight_shape, TX_JSON, ERT_FORMAT, "weight", NULL, set_str(BB(r, 0), "weight", "m6x8"))
+TX_BAD(embed_position_shape, TX_JSON, ERT_FORMAT, "position", NULL,
+       set_str(BB(r, 0), "position", "m7x8"))
+TX_BAD(embed_segment_shape, TX_JSON, ERT_FORMAT, "segment", NULL,
+       set_str(BB(r, 0), "segment", "v6"))
+TX_BAD(attention_in_weight_shape, TX_JSON, ERT_FORMAT, "in_weight", NULL,
+       set_str(BB(r, 2), "in_weight", "a.ow"))
+TX_BAD(attention_out_bias_shape, TX_JSON, ERT_FORMAT, "out_bias", NULL,
+       set_str(BB(r, 2), "out_bias", "a.ib"))
+TX_BAD(block_linear1_weight_shape, TX_JSON, ERT_FORMAT, "linear1", "weight",
+       set_str(J(BB(r, 3), "linear1"), "weight", "l2.w"))
+TX_BAD(layer_norm_weight_shape, TX_JSON, ERT_FORMAT, "weight", NULL,
+       set_str(BB(r, 1), "weight", "v6"))
+TX_BAD(patch_position_shape, VIT_JSON, ERT_FORMAT, "position", NULL,
+       set_str(BB(r, 0), "position", "pe.p4"))
+TX_BAD(patch_class_token_shape, VIT_JSON, ERT_FORMAT, "class_token", NULL,
+       set_str(BB(r, 0), "class_token", "v6"))
+TX_BAD(patch_weight_shape, VIT_JSON, ERT_FORMAT, "weight", NULL, set_num(BB(r, 0), "patch_size", 2))
+/* the token input */
+TX_BAD(tokens_with_shape, TX_JSON, ERT_FORMAT, "input", "shape",
+       put(J(r, "input"), "shape", cJSON_Parse("[2,6,1]")))
+TX_BAD(tokens_with_scale, TX_JSON, ERT_FORMAT, "input", "scale", set_num(J(r, "input"), "scale", 1))
+TX_BAD(tokens_with_mean, TX_JSON, ERT_FORMAT, "input", "mean", set_num(J(r, "input"), "mean", 0))
+TX_BAD(tokens_with_std, TX_JSON, ERT_FORMAT, "input", "std", set_num(J(r, "input"), "std", 1))
+TX_BAD(tokens_zero, TX_JSON, ERT_FORMAT, "input.tokens", NULL, set_num(J(r, "input"), "tokens", 0))
+TX_BAD(tokens_too_many, TX_JSON, ERT_FORMAT, "input.tokens", NULL,
+       set_num(J(r, "input"), "tokens", 65537))
+TX_BAD(tokens_fractional, TX_JSON, ERT_FORMAT, "input.tokens", NULL,
+       set_num(J(r, "input"), "tokens", 2.5))
+TX_BAD(vocab_zero, TX_JSON, ERT_FORMAT, "vocab_size", NULL, set_num(BB(r, 0), "vocab_size", 0))
+TX_BAD(vocab_too_large, TX_JSON, ERT_FORMAT, "vocab_size", NULL,
+       set_num(BB(r, 0), "vocab_size", 16777217))
+
+/* ---- the token API: ert_pack_tokens, ert_infer_tokens ---- */
+
+Test(model, pack_tokens)
+{
+    write_tx(TX_JSON, NULL);
+    ert_model *m = load_ok(dir);
+    const int T = 6, n = 3;
+    int32_t ids[18], mask[18];
+    for (int i = 0; i < n * T; i++) {
+        ids[i] = (i * 7) % 10;
+        mask[i] = i % 5 == 4 ? 0 : i % 3 == 1 ? 7 : 1; /* any nonzero value attends */
+    }
+    float rows[36];
+    ert_error err = {{0}};
+    cr_assert_eq(ert_pack_tokens(m, ids, mask, n, rows, &err), ERT_OK, "%s", err.msg);
+    for (int b = 0; b < n; b++)
+        for (int t = 0; t < T; t++) {
+            cr_assert_eq(rows[b * 2 * T + t], (float)ids[b * T + t]);
+            cr_assert_eq(rows[b * 2 * T + T + t] != 0.0f, mask[b * T + t] != 0,
+                         "row %d token %d: mask %g for %d", b, t, rows[b * 2 * T + T + t],
+                         mask[b * T + t]);
+        }
+    /* no mask: every token attended */
+    cr_assert_eq(ert_pack_tokens(m, ids, NULL, n, rows, &err), ERT_OK, "%s", err.msg);
+    for (int b = 0; b < n; b++)
+        for (int t = 0; t < T; t++)
+            cr_assert_neq(rows[b * 2 * T + T + t], 0.0f);
+    cr_assert_eq(ert_pack_tokens(m, ids, mask, 0, rows, &err), ERT_OK, "n = 0: %s", err.msg);
+
+    /* refusals */
+    memset(&err, 0, sizeof err);
+    cr_assert_eq(ert_pack_tokens(m, ids, mask, -1, rows, &err), ERT_INVALID_ARGUMENT);
+    cr_assert_neq(err.msg[0], '\0');
+    cr_assert_eq(ert_pack_tokens(m, NULL, mask, n, rows, &err), ERT_INVALID_ARGUMENT);
+    cr_assert_eq(ert_pack_tokens(m, ids, mask, n, NULL, &err), ERT_INVALID_ARGUMENT);
+    cr_assert_eq(ert_pack_tokens(NULL, ids, mask, n, rows, &err), ERT_INVALID_ARGUMENT);
+    ids[8] = 10; /* == vocab_size */
+    memset(&err, 0, sizeof err);
+    cr_assert_eq(ert_pack_tokens(m, ids, mask, n, rows, &err), ERT_INVALID_ARGUMENT);
+    cr_assert(strstr(err.msg, "10"), "the message names the id: '%s'", err.msg);
+    ids[8] = -1;
+    cr_assert_eq(ert_pack_tokens(m, ids, mask, n, rows, NULL), ERT_INVALID_ARGUMENT);
+    /* an invalid id at a padded token is still refused */
+    mask[8] = 0;
+    cr_assert_eq(ert_pack_tokens(m, ids, mask, n, rows, NULL), ERT_INVALID_ARGUMENT);
+    ert_model_free(m);
+
+    /* an image model */
+    write_tx(VIT_JSON, NULL);
+    m = load_ok(dir);
+    ids[8] = 1;
+    memset(&err, 0, sizeof err);
+    cr_assert_eq(ert_pack_tokens(m, ids, NULL, 1, rows, &err), ERT_INVALID_ARGUMENT);
+    cr_assert_neq(err.msg[0], '\0');
+    ert_model_free(m);
+}
+
+/* ert_infer_tokens gives what ert_infer gives on the packed rows, bit for
+ * bit on the CPU, in every mode. */
+Test(model, infer_tokens_equals_infer)
+{
+    ert_model *m = fx_random_model(41, MW_BERT);
+    const int T = ert_model_input_tokens(m), V = ert_model_vocab_size(m), n = 23;
+    const int K = ert_model_num_classes(m);
+    cr_assert(T >= 8 && T <= 17 && V >= 40, "T %d V %d", T, V);
+    float *x = fx_random_inputs(m, n, 4242), *rows = malloc(sizeof(float) * n * 2 * T);
+    int32_t *ids = malloc(sizeof(int32_t) * n * T), *mask = malloc(sizeof(int32_t) * n * T);
+    cr_assert(rows && ids && mask);
+    for (int b = 0; b < n; b++)
+        for (int t = 0; t < T; t++) {
+            ids[b * T + t] = (int32_t)x[b * 2 * T + t];
+            mask[b * T + t] = x[b * 2 * T + T + t] != 0.0f ? (b % 2 ? 1 : 3) : 0;
+        }
+    ert_error err = {{0}};
+    cr_assert_eq(ert_pack_tokens(m, ids, mask, n, rows, &err), ERT_OK, "%s", err.msg);
+    ert_sample s1[23], s2[23];
+    float *z1 = malloc(sizeof(float) * n * K), *z2 = malloc(sizeof(float) * n * K);
+    cr_assert(z1 && z2);
+    for (int mode = ERT_MODE_FULL; mode <= ERT_MODE_COMPACTED; mode++) {
+        ert_engine *e = fx_cpu_engine(m, (ert_mode)mode, n);
+        ert_result r1 = {.samples = s1, .logits = z1}, r2 = {.samples = s2, .logits = z2};
+        cr_assert_eq(ert_infer(e, rows, n, &r1), ERT_OK, "%s", ert_engine_error(e));
+        cr_assert_eq(ert_infer_tokens(e, ids, mask, n, &r2), ERT_OK, "%s", ert_engine_error(e));
+        cr_assert(memcmp(s1, s2, sizeof s1) == 0, "%s: the samples differ",
+                  ert_mode_string((ert_mode)mode));
+        cr_assert(memcmp(z1, z2, sizeof(float) * n * K) == 0, "%s: the logits differ",
+                  ert_mode_string((ert_mode)mode));
+        cr_assert_eq(r1.macs_executed, r2.macs_executed);
+        /* and the rows as fx_random_inputs made them (mask 1) */
+        cr_assert_eq(ert_infer(e, x, n, &r1), ERT_OK);
+        cr_assert(memcmp(s1, s2, sizeof s1) == 0);
+        /* no mask: all attended, as rows with every mask value 1 */
+        for (int b = 0; b < n; b++)
+            for (int t = 0; t < T; t++)
+                rows[b * 2 * T + T + t] = 1.0f;
+        cr_assert_eq(ert_infer(e, rows, n, &r1), ERT_OK);
+        cr_assert_eq(ert_infer_tokens(e, ids, NULL, n, &r2), ERT_OK, "%s", ert_engine_error(e));
+        cr_assert(memcmp(z1, z2, sizeof(float) * n * K) == 0);
+        cr_assert_eq(ert_pack_tokens(m, ids, mask, n, rows, &err), ERT_OK);
+
+        /* an id out of range: refused, the message says which */
+        ids[5] = V;
+        cr_assert_eq(ert_infer_tokens(e, ids, mask, n, &r2), ERT_INVALID_ARGUMENT);
+        cr_assert_neq(ert_engine_error(e)[0], '\0');
+        ids[5] = -3;
+        cr_assert_eq(ert_infer_tokens(e, ids, mask, n, &r2), ERT_INVALID_ARGUMENT);
+        ids[5] = 0;
+        cr_assert_eq(ert_infer_tokens(e, NULL, mask, n, &r2), ERT_INVALID_ARGUMENT);
+        cr_assert_eq(ert_infer_tokens(e, ids, mask, n + 1, &r2), ERT_INVALID_ARGUMENT,
+                     "batch beyond max_batch");
+        ids[5] = (int32_t)x[5];
+        ert_engine_free(e);
+    }
+    free(x);
+    free(rows);
+    free(ids);
+    free(mask);
+    free(z1);
+    free(z2);
+    ert_model_free(m);
+
+    /* an image model's engine */
+    m = fx_random_model(42, MW_MLP);
+    ert_engine *e = fx_cpu_engine(m, ERT_MODE_MASKED, 4);
+    int32_t one[64] = {0};
+    ert_result r = {.samples = s1, .logits = NULL};
+    cr_assert_eq(ert_infer_tokens(e, one, NULL, 1, &r), ERT_INVALID_ARGUMENT);
+    cr_assert_neq(ert_engine_error(e)[0], '\0');
+    ert_engine_free(e);
+    ert_model_free(m);
 }

@@ -149,20 +149,22 @@ static void run_conv_case(const conv_case *k)
                 const float *bb = with_bias ? b : NULL;
                 conv_params p = make_conv(k, wt, bb);
                 naive_conv(k, in, wt, bb, n, relu, ref, ab);
-                size_t per_sample = conv_col_floats(&p, (shape3){k->cin, k->h, k->w}, 1);
+                size_t per_sample =
+                    conv_col_floats(&p, (shape3){k->cin, k->h, k->w, SHAPE_PLAIN}, 1);
                 size_t per_row = per_sample + (size_t)(k->cout / k->groups) * ho * wo;
                 /* per sample; batched with room for all rows; room for less
                  * than one batched row (falls back); room for two rows
                  * (chunks of 2 and a remainder of 1 at n = 7) */
-                size_t caps[4] = {per_sample ? per_sample : 1,
-                                  per_row * conv_chunk_rows(&p, (shape3){k->cin, k->h, k->w}),
-                                  per_sample + 1, per_row * 2 + 5};
+                size_t caps[4] = {
+                    per_sample ? per_sample : 1,
+                    per_row * conv_chunk_rows(&p, (shape3){k->cin, k->h, k->w, SHAPE_PLAIN}),
+                    per_sample + 1, per_row * 2 + 5};
                 for (int mode = 0; mode < 4; mode++) {
                     float *col = malloc(sizeof(float) * (caps[mode] + 1));
                     for (size_t i = 0; i < out_len; i++)
                         out[i] = NAN; /* every output must be written */
-                    op_conv2d(&p, (shape3){k->cin, k->h, k->w}, in, n, out, relu, col, caps[mode],
-                              mode != 0);
+                    op_conv2d(&p, (shape3){k->cin, k->h, k->w, SHAPE_PLAIN}, in, n, out, relu, col,
+                              caps[mode], mode != 0);
                     check_close(out, ref, ab, out_len, "conv");
                     free(col);
                 }
@@ -207,10 +209,11 @@ Test(ops, conv2d_col_floats)
     conv_case k = {4, 6, 10, 7, 2, 3, 2, 1, 0, 1, 1, 1, 2};
     conv_params p = make_conv(&k, NULL, NULL);
     int ho = out_dim(10, 2, 2, 0, 1), wo = out_dim(7, 3, 1, 1, 1);
-    cr_assert_eq(conv_col_floats(&p, (shape3){4, 10, 7}, 3), (size_t)2 * 2 * 3 * ho * wo * 3);
+    cr_assert_eq(conv_col_floats(&p, (shape3){4, 10, 7, SHAPE_PLAIN}, 3),
+                 (size_t)2 * 2 * 3 * ho * wo * 3);
     conv_case q = {8, 4, 5, 5, 1, 1, 1, 1, 0, 0, 1, 1, 1};
     p = make_conv(&q, NULL, NULL);
-    cr_assert_eq(conv_col_floats(&p, (shape3){8, 5, 5}, 3), 0);
+    cr_assert_eq(conv_col_floats(&p, (shape3){8, 5, 5, SHAPE_PLAIN}, 3), 0);
 }
 
 Test(ops, conv2d_nonfinite_input)
@@ -223,7 +226,8 @@ Test(ops, conv2d_nonfinite_input)
     float out[3 * 36], col[2 * 9 * 36 + 3 * 36];
     in[0 * 36 + 2 * 6 + 3] = INFINITY; /* channel 0, (2, 3) */
     conv_params p = make_conv(&k, wt, b);
-    op_conv2d(&p, (shape3){2, 6, 6}, in, 1, out, 0, col, sizeof col / sizeof col[0], 1);
+    op_conv2d(&p, (shape3){2, 6, 6, SHAPE_PLAIN}, in, 1, out, 0, col, sizeof col / sizeof col[0],
+              1);
     for (int co = 0; co < 3; co++)
         for (int oh = 0; oh < 6; oh++)
             for (int ow = 0; ow < 6; ow++) {
@@ -340,7 +344,7 @@ Test(ops, pools)
             float *in = rnd_array(in_len), *out = malloc(sizeof(float) * out_len);
             double *ref = malloc(sizeof(double) * out_len);
             pool_params p = {k->kh, k->kw, k->sh, k->sw, k->ph, k->pw};
-            shape3 s = {k->c, k->h, k->w};
+            shape3 s = {k->c, k->h, k->w, SHAPE_PLAIN};
             naive_pool(k, in, n, 1, ref);
             op_maxpool2d(&p, s, in, n, out);
             check_close(out, ref, NULL, out_len, "maxpool");
@@ -364,11 +368,11 @@ Test(ops, pools_count_padding_in_divisor)
      * so avgpool gives 4/9 everywhere (not 1); maxpool gives 1 */
     float in[4] = {1, 1, 1, 1}, out[4];
     pool_params p = {3, 3, 1, 1, 1, 1};
-    op_avgpool2d(&p, (shape3){1, 2, 2}, in, 1, out);
+    op_avgpool2d(&p, (shape3){1, 2, 2, SHAPE_PLAIN}, in, 1, out);
     for (int i = 0; i < 4; i++)
         cr_assert_float_eq(out[i], 4.0f / 9.0f, 1e-7);
     float neg[4] = {-5, -6, -7, -8};
-    op_maxpool2d(&p, (shape3){1, 2, 2}, neg, 1, out);
+    op_maxpool2d(&p, (shape3){1, 2, 2, SHAPE_PLAIN}, neg, 1, out);
     for (int i = 0; i < 4; i++) /* -inf padding never wins, not 0 */
         cr_assert_eq(out[i], -5.0f);
 }
@@ -380,7 +384,7 @@ Test(ops, maxpool_propagates_nan)
         in[i] = (float)i;
     in[5] = NAN; /* window (0,0) */
     pool_params p = {2, 2, 2, 2, 0, 0};
-    op_maxpool2d(&p, (shape3){1, 4, 4}, in, 1, out);
+    op_maxpool2d(&p, (shape3){1, 4, 4, SHAPE_PLAIN}, in, 1, out);
     cr_assert(isnan(out[0]));
     cr_assert_eq(out[1], 7.0f);
     cr_assert_eq(out[2], 13.0f);
@@ -404,7 +408,7 @@ Test(ops, global_avgpool)
             ref[pl] = s / (h * w);
             ab[pl] = a / (h * w);
         }
-        op_global_avgpool((shape3){c, h, w}, in, n, out);
+        op_global_avgpool((shape3){c, h, w, SHAPE_PLAIN}, in, n, out);
         check_close(out, ref, ab, (size_t)n * c, "global_avgpool");
         free(in);
     }
@@ -485,7 +489,7 @@ Test(ops, normalize)
     float mean[3] = {0.25f, -0.5f, 0.1f}, std[3] = {0.5f, 2.0f, 0.3f};
     for (int ni = 0; ni < 2; ni++) {
         int n = ns[ni];
-        shape3 s = {3, 4, 5};
+        shape3 s = {3, 4, 5, SHAPE_PLAIN};
         size_t len = (size_t)n * 60;
         float *in = rnd_array(len), *out = malloc(sizeof(float) * len);
         double *ref = malloc(sizeof(double) * len);
@@ -515,7 +519,8 @@ static layer L_conv(shape3 in, int cout, int k, int stride, int pad, int groups,
     w[0] = wt;
     w[1] = b;
     l.p.conv = make_conv(&cc, wt, b);
-    l.out = (shape3){cout, out_dim(in.h, k, stride, pad, 1), out_dim(in.w, k, stride, pad, 1)};
+    l.out = (shape3){cout, out_dim(in.h, k, stride, pad, 1), out_dim(in.w, k, stride, pad, 1),
+                     SHAPE_PLAIN};
     return l;
 }
 
@@ -523,9 +528,9 @@ static layer L_simple(layer_kind kind, shape3 in)
 {
     layer l = {.kind = kind, .in = in, .out = in};
     if (kind == LAYER_GLOBAL_AVGPOOL)
-        l.out = (shape3){in.c, 1, 1};
+        l.out = (shape3){in.c, 1, 1, SHAPE_PLAIN};
     if (kind == LAYER_FLATTEN)
-        l.out = (shape3){in.c * in.h * in.w, 1, 1};
+        l.out = (shape3){in.c * in.h * in.w, 1, 1, SHAPE_PLAIN};
     return l;
 }
 
@@ -533,7 +538,7 @@ static layer L_pool(layer_kind kind, shape3 in, int k, int s, int p)
 {
     layer l = {.kind = kind, .in = in};
     l.p.pool = (pool_params){k, k, s, s, p, p};
-    l.out = (shape3){in.c, (in.h + 2 * p - k) / s + 1, (in.w + 2 * p - k) / s + 1};
+    l.out = (shape3){in.c, (in.h + 2 * p - k) / s + 1, (in.w + 2 * p - k) / s + 1, SHAPE_PLAIN};
     return l;
 }
 
@@ -608,7 +613,7 @@ Test(ops, run_layers_residual_pipeline)
     rng_seed(8);
     float *w[16][2];
     int nw = 0;
-    shape3 s0 = {3, 12, 12};
+    shape3 s0 = {3, 12, 12, SHAPE_PLAIN};
     /* residual 1: body conv3x3 s2 + relu + conv3x3, shortcut conv1x1 s2 */
     layer body1[3], sc1[1], body2[2];
     layer top[10];
@@ -686,13 +691,13 @@ Test(ops, run_layers_reshape_only_and_empty)
 {
     float in[12] = {0}, b0[12], b1[12], b2[12];
     ops_ws ws = {.buf = {b0, b1, b2}, .act_cap = 12, .col = NULL, .col_cap = 0, .tile_rows = 16};
-    layer fl = L_simple(LAYER_FLATTEN, (shape3){3, 2, 2});
+    layer fl = L_simple(LAYER_FLATTEN, (shape3){3, 2, 2, SHAPE_PLAIN});
     layer_list one = {&fl, 1}, none = {NULL, 0};
     cr_assert_eq(run_layers(&one, in, 1, &ws), in);
     cr_assert_eq(run_layers(&none, in, 1, &ws), in);
     /* a leading relu must not write the read-only input */
     float x[4] = {-1, 2, -3, 4};
-    layer r = L_simple(LAYER_RELU, (shape3){4, 1, 1});
+    layer r = L_simple(LAYER_RELU, (shape3){4, 1, 1, SHAPE_PLAIN});
     layer_list rl = {&r, 1};
     const float *y = run_layers(&rl, x, 1, &ws);
     cr_assert_neq(y, x);
@@ -708,7 +713,7 @@ Test(ops, run_layers_residual_first_on_readonly_input)
      * it intact, and it must stay intact */
     rng_seed(9);
     float *w[4][2];
-    shape3 s = {4, 6, 6};
+    shape3 s = {4, 6, 6, SHAPE_PLAIN};
     layer b1[3], b2[1], sc2[1], top[2];
     b1[0] = L_conv(s, 4, 3, 1, 1, 1, w[0]);
     b1[1] = L_simple(LAYER_RELU, b1[0].out);
@@ -762,12 +767,12 @@ Test(ops, batch_invariant)
     float *w[6][2];
     const int N = 70; /* more than the largest tile */
     layer ls[6];
-    ls[0] = L_conv((shape3){16, 14, 14}, 32, 3, 1, 1, 1, w[0]); /* chunked GEMMs */
-    ls[1] = L_conv((shape3){1, 28, 28}, 16, 3, 1, 1, 1, w[1]);  /* per sample */
-    ls[2] = L_conv((shape3){64, 7, 7}, 64, 3, 1, 1, 2, w[2]);   /* chunked, groups */
-    ls[3] = L_linear((shape3){784, 1, 1}, 1024, w[3]);
-    ls[4] = L_linear((shape3){64, 1, 1}, 10, w[4]);
-    ls[5] = L_linear((shape3){1024, 1, 1}, 1, w[5]);
+    ls[0] = L_conv((shape3){16, 14, 14, SHAPE_PLAIN}, 32, 3, 1, 1, 1, w[0]); /* chunked GEMMs */
+    ls[1] = L_conv((shape3){1, 28, 28, SHAPE_PLAIN}, 16, 3, 1, 1, 1, w[1]);  /* per sample */
+    ls[2] = L_conv((shape3){64, 7, 7, SHAPE_PLAIN}, 64, 3, 1, 1, 2, w[2]);   /* chunked, groups */
+    ls[3] = L_linear((shape3){784, 1, 1, SHAPE_PLAIN}, 1024, w[3]);
+    ls[4] = L_linear((shape3){64, 1, 1, SHAPE_PLAIN}, 10, w[4]);
+    ls[5] = L_linear((shape3){1024, 1, 1, SHAPE_PLAIN}, 1, w[5]);
     for (int li = 0; li < 6; li++) {
         const layer *l = &ls[li];
         size_t in_row = shape_size(l->in), out_row = shape_size(l->out);
@@ -820,7 +825,7 @@ Test(ops, blas_probe_consistent)
         cr_skip_test("BLAS not batch-invariant here; nothing to check");
     rng_seed(11);
     float *w[2];
-    layer l = L_linear((shape3){300, 1, 1}, 50, w);
+    layer l = L_linear((shape3){300, 1, 1, SHAPE_PLAIN}, 50, w);
     const int t = GEMM_ROWS_MIN;
     float *x = rnd_array(300 * t), *y0 = malloc(sizeof(float) * 50 * t),
           *y1 = malloc(sizeof(float) * 50 * t), *x1 = malloc(sizeof(float) * 300 * t);
