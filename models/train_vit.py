@@ -19,7 +19,7 @@ same function. Exits use the entropy policy (BranchyNet), as fmnist-resnet.
 Joint training, exit loss weights 0.3 / 0.3 / 1, Adam + OneCycle (max lr
 2e-3), batch 128, 10 epochs, random horizontal flips, 1 CPU thread (as
 train_resnet.py: on the 2 shared cores here one thread ran a training step
-in 175 ms, two in 405 ms). An epoch takes 82 s on an idle core.
+in 175 ms, two in 405 ms); 82 s per epoch on a quiet core.
 Thresholds: one entropy threshold for both early exits, a round value read
 off sweep.py's PyTorch-side sweep of the test logits (as fmnist-resnet's
 0.5), keeping the overall accuracy within about 0.1 point of the final
