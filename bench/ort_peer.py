@@ -32,6 +32,12 @@ import torch.nn as nn
 
 POLICY = {"entropy": 1, "max_prob": 2, "margin": 3, "confidence_head": 4}
 
+# Transformer encoders are not exported: the stages pass (tokens, padding
+# mask) pairs, which Stage and Head below do not carry, and torch.onnx has
+# no symbolic for the fused encoder layer PyTorch runs in inference mode.
+TRANSFORMER_NOTE = ("the ONNX Runtime peer does not export transformer encoders (token or "
+                    "patch inputs)")
+
 
 def import_ort():
     """onnxruntime, from this python or the repository's .venv; (module, why)."""
@@ -120,6 +126,8 @@ def policy_exits(kind, z, conf, thr):
 
 class OrtPeer:
     def __init__(self, ort, M, threads, spin):
+        if M.transformer:
+            raise ValueError(TRANSFORMER_NOTE)
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1

@@ -4,6 +4,7 @@ files, so the tables there are the bench's own numbers, not retyped.
 
     python3 bench/results_table.py bench/results/cpu-fmnist-mlp3.json ...
     python3 bench/results_table.py --summary bench/results/cpu-*.json
+    python3 bench/results_table.py --encoders bench/results/cpu-bert-base.json
 
 --stages prints, from a run with profiles that send every sample to one exit
 (`--profile first=1 --profile second=0,1`), what each stage (with its exit
@@ -13,6 +14,14 @@ head) costs in time against its share of the MACs.
 against PyTorch's and ONNX Runtime's full network, and COMPACTED (balanced /
 early-heavy profiles) against PyTorch's best early-exit mode and ONNX
 Runtime's early-exit pipeline, with COMPACTED's efficiency.
+
+--encoders prints, per model, batch and profile (every profile that exits
+some samples early), exitrt's COMPACTED against PyTorch run the way the
+public early-exit codes run (DeeBERT, PABEE: one sample at a time, a Python
+`if` after each exit; the peer's "batch1-if" mode) and against PyTorch's
+best batched early exit (the better of its masked and compacted loops at
+the same batch), with the ideal speedup, the measured speedup over FULL and
+the efficiency, and FULL against PyTorch's full network.
 """
 import json
 import sys
@@ -27,6 +36,40 @@ def num(v, fmt):
     return "-" if v is None else format(v, fmt)
 
 
+def sps_fmt(v):
+    """Samples/s: whole numbers, one decimal below 100 (encoders run a few
+    samples per second)."""
+    return ".1f" if v is not None and v < 100 else ".0f"
+
+
+def encoders(paths):
+    print("| model | batch | profile | ideal | exitrt COMPACTED samples/s | speedup over FULL | eff "
+          "| PyTorch batch1-if samples/s | ÷ PyTorch batch1-if "
+          "| PyTorch best batched EE samples/s | ÷ PyTorch best batched EE "
+          "| exitrt FULL samples/s | ÷ PyTorch FULL |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for path in paths:
+        d = json.load(open(path))
+        name = d["model"].rstrip("/").split("/")[-1]
+        for b in sorted({c["batch"] for c in d["cells"]}):
+            cells = [c for c in d["cells"] if c["batch"] == b]
+            full = next((c for c in cells if c["mode"] == "full"), None)
+            for c in cells:
+                if c["mode"] != "compacted" or c["exit_counts"][-1] == sum(c["exit_counts"]):
+                    continue  # every sample at the final head: no early exit to compare
+                b1s = c.get("torch_b1if_samples_per_s")
+                best = c.get("torch_best_ee_samples_per_s")
+                sps = c["samples_per_s"]
+                fts = full.get("torch_samples_per_s") if full else None
+                print(f"| {name} | {b} | {c['profile']} | {c['ideal_speedup']:.2f} "
+                      f"| {sps:{sps_fmt(sps)}} | {c['speedup']:.2f}x | {c['efficiency']:.2f} "
+                      f"| {num(b1s, sps_fmt(b1s))} | {num(sps / b1s if b1s else None, '.2f')} "
+                      f"| {num(best, sps_fmt(best))} | {num(sps / best if best else None, '.2f')} "
+                      f"| {num(full['samples_per_s'] if full else None, sps_fmt(full and full['samples_per_s']))} "
+                      f"| {num(full['samples_per_s'] / fts if fts else None, '.2f')} |")
+    print()
+
+
 def table(path):
     d = json.load(open(path))
     exits = ", ".join(f"{e['name']} ({e['policy']})" for e in d["exits"])
@@ -34,19 +77,24 @@ def table(path):
     print(f"{d['date']}; exits: {exits}; full network {d['macs_full'] / 1e6:.3f} MMAC/sample; "
           f"{d['threads']} threads; {d['reps']} reps of {d['rep_samples']}+ samples (median); "
           f"peer: {d['peer'].get('note', 'not run')}. Every cell: `{path}`.\n")
-    print("| profile | target % per exit | achieved % | thresholds | PyTorch exit mismatches (masked / compacted) |")
+    b1 = any(c.get("torch_b1if_samples_per_s") for c in d["cells"])
+    print("| profile | target % per exit | achieved % | thresholds | PyTorch exit mismatches "
+          f"(masked / compacted{' / batch1-if' if b1 else ''}) |")
     print("| --- | --- | --- | --- | --- |")
     for p in d["profiles"]:
         thr = ", ".join(f"{t:.4g}" for t in p["thresholds"])
+        mm = [p.get("torch_mismatch_masked"), p.get("torch_mismatch_compacted")]
+        if b1:
+            mm.append(p.get("torch_mismatch_b1if"))
         print(f"| {p['name']} | {pct(p['targets'])} | {pct(p['achieved'])} | {thr} | "
-              f"{p.get('torch_mismatch_masked', '-')} / {p.get('torch_mismatch_compacted', '-')} "
-              f"of {sum(p['achieved'])} |")
+              f"{' / '.join(num(v, 'd') for v in mm)} of {sum(p['achieved'])} |")
     print()
     print("| batch | profile | mode | samples/s | p50 ms | p99 ms | MMAC/sample | ideal | speedup "
           "| eff | PyTorch samples/s | ÷ PyTorch same mode | ÷ PyTorch best early-exit "
-          "| ONNX Runtime samples/s | ÷ ONNX Runtime |")
+          + ("| PyTorch batch1-if samples/s | ÷ PyTorch batch1-if " if b1 else "")
+          + "| ONNX Runtime samples/s | ÷ ONNX Runtime |")
     print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-          "| ---: | ---: |")
+          + ("| ---: | ---: " if b1 else "") + "| ---: | ---: |")
     seen_full = set()
     for c in d["cells"]:
         if c["mode"] == "full":
@@ -63,10 +111,16 @@ def table(path):
         ratio_ort = c["samples_per_s"] / ort if ort else None
         eff = None if c["mode"] == "full" else c["efficiency"]
         ideal = None if c["mode"] == "full" else c["ideal_speedup"]
-        print(f"| {c['batch']} | {prof} | {c['mode']} | {c['samples_per_s']:.0f} | {c['p50_ms']:.2f} "
+        b1cols = ""
+        if b1:
+            b1s = c.get("torch_b1if_samples_per_s")
+            b1cols = (f"| {num(b1s, sps_fmt(b1s))} "
+                      f"| {num(c['samples_per_s'] / b1s if b1s else None, '.2f')} ")
+        print(f"| {c['batch']} | {prof} | {c['mode']} | {c['samples_per_s']:{sps_fmt(c['samples_per_s'])}} "
+              f"| {c['p50_ms']:.2f} "
               f"| {c['p99_ms']:.2f} | {c['macs_per_sample'] / 1e6:.3f} | {num(ideal, '.2f')} "
-              f"| {c['speedup']:.2f}x | {num(eff, '.2f')} | {num(ts, '.0f')} | {num(ratio, '.2f')} "
-              f"| {num(ratio_best, '.2f')} | {num(ort, '.0f')} | {num(ratio_ort, '.2f')} |")
+              f"| {c['speedup']:.2f}x | {num(eff, '.2f')} | {num(ts, sps_fmt(ts))} | {num(ratio, '.2f')} "
+              f"| {num(ratio_best, '.2f')} {b1cols}| {num(ort, '.0f')} | {num(ratio_ort, '.2f')} |")
     print()
     drift = d.get("drift")
     if drift:
@@ -138,7 +192,9 @@ def stages(paths):
     print()
 
 
-if sys.argv[1:2] == ["--summary"]:
+if sys.argv[1:2] == ["--encoders"]:
+    encoders(sys.argv[2:])
+elif sys.argv[1:2] == ["--summary"]:
     summary(sys.argv[2:])
 elif sys.argv[1:2] == ["--stages"]:
     stages(sys.argv[2:])

@@ -6,12 +6,27 @@ eager PyTorch (fp32).
     torch_peer.py --model DIR --inputs X.npy [--exits E.npy] --out OUT.json
                   --profile NAME=T1,T2 [--profile ...] [--batches 64,256]
                   [--modes full,masked,compacted] [--reps 5] [--warmup 3]
-                  [--rep-samples 1024] [--threads 2] [--device cpu|cuda|all] [--ort]
+                  [--rep-samples 1024] [--b1-samples N] [--threads 2]
+                  [--device cpu|cuda|all] [--ort] [--no-check] [--no-nested]
 
 The model is read from model.json and its safetensors file with json,
 struct and numpy only (not models/export.py), and built as torch modules
 layer by layer; batch norm stays an nn.BatchNorm2d in eval mode (the same
 math as exitrt's folding, up to rounding).
+
+Transformer encoders (models/FORMAT.md, "Transformer encoders") are built
+from PyTorch's own modules, as a user of PyTorch writes them: each run of
+consecutive encoder_blocks in a stage is one nn.TransformerEncoder of
+nn.TransformerEncoderLayers (batch_first, dropout 0, the layer's
+norm_first, activation and eps), self_attention an nn.MultiheadAttention,
+the padding as src_key_padding_mask. In eval mode under inference_mode
+PyTorch then takes its fast path (torch._transformer_encoder_layer_fwd)
+and, for post-LN stacks with a padding mask, runs the padded batch as a
+nested tensor that skips the padded tokens (enable_nested_tensor, on by
+default; --no-nested turns it off). A token model's input rows ([N, 2, T,
+1]: the ids, then the mask) become int64 ids for an nn.Embedding and a
+boolean key-padding mask (True: padding) that travels with the tokens
+between the layers; patch_embed is an nn.Conv2d, flattened to tokens.
 
 Modes, as the two ways in the threads this project grew from:
   full       every sample through the backbone and the final head
@@ -20,6 +35,13 @@ Modes, as the two ways in the threads this project grew from:
   compacted  after each exit the samples that left are dropped by boolean
              indexing; the survivor count is read on the host (`.item()`,
              i.e. `if mask.any()`), as the forum thread does
+  batch1-if  the way the public early-exit codes run (DeeBERT's and PABEE's
+             evaluation): one sample at a time, and after each exit head a
+             Python `if` on the policy's decision (`.item()`) that breaks
+             out of the layer loop; timed over --b1-samples samples per rep
+             (default: --rep-samples; 0: not run), one cell per profile
+             (batch 1); fewer samples than inputs are taken evenly spread
+             over the inputs, so that they meet the profile's mix of exits
 Timing: per cell, `warmup` batches, then `reps` reps of ceil(rep_samples /
 batch) batches cycling through the inputs; samples/s from the median rep;
 p50/p99 of the per-batch latencies. Each batch starts from host memory and
@@ -30,10 +52,11 @@ CUDA: CUDA events, a synchronize per batch, TF32 off.
 early-exit pipeline (ort_peer.py), into cells of modes "ort-full" and
 "ort-pipeline".
 
-Exit decisions: for every profile the masked and compacted runs over all
-inputs are compared with exitrt's per-sample exits (--exits, [profiles, N]
-int32, in --profile order); mismatches are counted and reported, never
-hidden. Prints one JSON object to --out (and a summary to stdout).
+Exit decisions: for every profile the masked, compacted and batch1-if runs
+over all inputs are compared with exitrt's per-sample exits (--exits,
+[profiles, N] int32, in --profile order); mismatches are counted and
+reported, never hidden (--no-check skips this, for a second run of the same
+settings). Prints one JSON object to --out (and a summary to stdout).
 """
 import argparse
 import json
@@ -41,6 +64,7 @@ import os
 import struct
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -107,6 +131,159 @@ def tensor(w, name):
     return torch.from_numpy(np.array(w[name], dtype=np.float32))
 
 
+# Token activations travel as a tuple (x [N, T, D], pad [N, T] bool, True
+# for padding, or None: nothing padded); every other activation as a tensor.
+
+
+def nrows(h):
+    return h[0].shape[0] if isinstance(h, tuple) else h.shape[0]
+
+
+def select(h, keep):
+    """Rows `keep` (a boolean or index tensor) of an activation."""
+    if isinstance(h, tuple):
+        return tuple(t[keep] if t is not None else None for t in h)
+    return h[keep]
+
+
+class TokenInput(nn.Module):
+    """Input rows [N, 2, T, 1] (ids, then mask) to (ids int64, pad)."""
+
+    def forward(self, x):
+        x = x.reshape(x.shape[0], 2, -1)
+        return x[:, 0].long(), x[:, 1] == 0
+
+
+class TokenEmbed(nn.Module):
+    def __init__(self, L, w):
+        super().__init__()
+        V, D = int(L["vocab_size"]), int(L["embed_dim"])
+        self.emb = nn.Embedding(V, D)
+        self.emb.weight.data = tensor(w, L["weight"])
+        self.register_buffer("pos", tensor(w, L["position"]) if "position" in L else None)
+        self.register_buffer("seg", tensor(w, L["segment"]) if "segment" in L else None)
+
+    def forward(self, h):
+        ids, pad = h
+        x = self.emb(ids)
+        if self.pos is not None:
+            x = x + self.pos
+        if self.seg is not None:
+            x = x + self.seg
+        return x, pad
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, L, w):
+        super().__init__()
+        C, D = int(L["in_channels"]), int(L["embed_dim"])
+        p = pair(L["patch_size"])
+        self.conv = nn.Conv2d(C, D, p, stride=p, bias="bias" in L)
+        self.conv.weight.data = tensor(w, L["weight"])
+        if "bias" in L:
+            self.conv.bias.data = tensor(w, L["bias"])
+        self.register_buffer("cls", tensor(w, L["class_token"]) if "class_token" in L else None)
+        self.register_buffer("pos", tensor(w, L["position"]) if "position" in L else None)
+
+    def forward(self, x):
+        x = self.conv(x).flatten(2).transpose(1, 2)  # [N, h*w, D], row-major patches
+        if self.cls is not None:
+            x = torch.cat([self.cls.expand(x.shape[0], 1, -1), x], dim=1)
+        if self.pos is not None:
+            x = x + self.pos
+        return x, None
+
+
+class PerToken(nn.Module):
+    """A module applied to each token's features (or to a plain tensor)."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, h):
+        if isinstance(h, tuple):
+            return self.m(h[0]), h[1]
+        return self.m(h.flatten(1) if h.dim() > 2 else h)
+
+
+def attention(A, w):
+    D, H = int(A["embed_dim"]), int(A["num_heads"])
+    m = nn.MultiheadAttention(D, H, dropout=0.0, bias=True, batch_first=True)
+    m.in_proj_weight.data = tensor(w, A["in_weight"])
+    m.in_proj_bias.data = tensor(w, A["in_bias"]) if "in_bias" in A else torch.zeros(3 * D)
+    m.out_proj.weight.data = tensor(w, A["out_weight"])
+    m.out_proj.bias.data = tensor(w, A["out_bias"]) if "out_bias" in A else torch.zeros(D)
+    return m
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, L, w):
+        super().__init__()
+        self.attn = attention(L, w)
+
+    def forward(self, h):
+        x, pad = h
+        return self.attn(x, x, x, key_padding_mask=pad, need_weights=False)[0], pad
+
+
+def encoder_layer(L, w):
+    A, N1, N2 = L["attention"], L["norm1"], L["norm2"]
+    D, F = int(A["embed_dim"]), int(L["linear1"]["out_features"])
+    act = L.get("activation", "relu")
+    m = nn.TransformerEncoderLayer(D, int(A["num_heads"]), F, dropout=0.0, activation=act,
+                                   layer_norm_eps=float(N1.get("eps", 1e-5)), batch_first=True,
+                                   norm_first=bool(L.get("norm_first", False)))
+    m.self_attn = attention(A, w)
+    for norm, N in ((m.norm1, N1), (m.norm2, N2)):
+        norm.eps = float(N.get("eps", 1e-5))
+        if "weight" in N:
+            norm.weight.data = tensor(w, N["weight"])
+            norm.bias.data = tensor(w, N["bias"])
+    for lin, J in ((m.linear1, L["linear1"]), (m.linear2, L["linear2"])):
+        lin.weight.data = tensor(w, J["weight"])
+        if "bias" in J:
+            lin.bias.data = tensor(w, J["bias"])
+        else:
+            lin.bias.data.zero_()
+    return m
+
+
+class Encoder(nn.Module):
+    """A run of encoder_blocks as one nn.TransformerEncoder."""
+
+    NESTED = True  # enable_nested_tensor (--no-nested: off)
+
+    def __init__(self, layers):
+        super().__init__()
+        self.enc = nn.TransformerEncoder(layers[0], 1, enable_nested_tensor=Encoder.NESTED)
+        self.enc.layers = nn.ModuleList(layers)
+        self.enc.num_layers = len(layers)
+
+    def forward(self, h):
+        x, pad = h
+        y = self.enc(x, src_key_padding_mask=pad)
+        if y.shape[1] != x.shape[1]:
+            # the nested path pads back to the batch's longest sequence only
+            y = torch.nn.functional.pad(y, (0, 0, 0, x.shape[1] - y.shape[1]))
+        return y, pad
+
+
+class TokenPool(nn.Module):
+    def __init__(self, mode):
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, h):
+        x, pad = h
+        if self.mode == "first":
+            return x[:, 0]
+        if pad is None:
+            return x.mean(dim=1)
+        m = (~pad).to(x.dtype).unsqueeze(-1)
+        return (x * m).sum(dim=1) / m.sum(dim=1)
+
+
 def build_layer(L, w):
     t = L["type"]
     if t == "conv2d":
@@ -149,6 +326,27 @@ def build_layer(L, w):
         return m
     if t == "dropout":
         return nn.Identity()
+    if t == "gelu":
+        return PerToken(nn.GELU())
+    if t == "tanh":
+        return PerToken(nn.Tanh())
+    if t == "layer_norm":
+        D = int(L["normalized_shape"])
+        m = nn.LayerNorm(D, eps=float(L.get("eps", 1e-5)))
+        if "weight" in L:
+            m.weight.data = tensor(w, L["weight"])
+            m.bias.data = tensor(w, L["bias"])
+        return PerToken(m)
+    if t == "token_embed":
+        return TokenEmbed(L, w)
+    if t == "patch_embed":
+        return PatchEmbed(L, w)
+    if t == "self_attention":
+        return SelfAttention(L, w)
+    if t == "encoder_block":
+        return Encoder([encoder_layer(L, w)])
+    if t == "token_pool":
+        return TokenPool(L.get("mode", "first"))
     if t == "residual":
         sc = L.get("shortcut") or []
         return Residual(build_list(L["body"], w), build_list(sc, w) if sc else None,
@@ -157,7 +355,18 @@ def build_layer(L, w):
 
 
 def build_list(layers, w):
-    return nn.Sequential(*[build_layer(L, w) for L in layers])
+    """nn.Sequential of the layers; a run of encoder_blocks is one Encoder."""
+    mods = []
+    for L in layers:
+        if L["type"] == "encoder_block" and mods and isinstance(mods[-1], Encoder):
+            mods[-1] = Encoder(list(mods[-1].enc.layers) + [encoder_layer(L, w)])
+        else:
+            mods.append(build_layer(L, w))
+    return nn.Sequential(*mods)
+
+
+TOKEN_LAYERS = {"token_embed", "patch_embed", "self_attention", "encoder_block", "token_pool",
+                "layer_norm", "gelu", "tanh"}
 
 
 POLICY = {"entropy": 1, "max_prob": 2, "margin": 3, "confidence_head": 4}
@@ -175,15 +384,24 @@ class MultiExit(nn.Module):
             j = json.load(f)
         d = os.path.dirname(path)
         w = read_safetensors(os.path.join(d, j["weights"]))
-        c, h, wd = j["input"]["shape"]
         inp = j["input"]
-        mean = inp.get("mean", [0.0])
-        std = inp.get("std", [1.0])
-        mean = mean * c if len(mean) == 1 else mean
-        std = std * c if len(std) == 1 else std
-        self.shape = (c, h, wd)
+        self.tokens = int(inp.get("tokens", 0))
+        if self.tokens:
+            self.shape = (2, self.tokens, 1)
+            self.norm = TokenInput()
+        else:
+            c, h, wd = inp["shape"]
+            mean = inp.get("mean", [0.0])
+            std = inp.get("std", [1.0])
+            mean = mean * c if len(mean) == 1 else mean
+            std = std * c if len(std) == 1 else std
+            self.shape = (c, h, wd)
+            self.norm = Normalize(c, inp.get("scale", 1.0), mean, std)
         self.K = int(j["num_classes"])
-        self.norm = Normalize(c, inp.get("scale", 1.0), mean, std)
+        layers = list(j["backbone"]) + list(j["final"]["head"])
+        for e in j["exits"]:
+            layers += list(e["head"]) + list(e.get("confidence") or [])
+        self.transformer = any(L["type"] in TOKEN_LAYERS for L in layers)
         names = [L["name"] for L in j["backbone"]]
         stages, heads, confs, self.kinds, self.exit_names = [], [], [], [], []
         begin = 0
@@ -238,7 +456,7 @@ def run_full(M, x):
     h = M.norm(x)
     for st in M.stages:
         h = st(h)
-    z = M.heads[-1](h).reshape(h.shape[0], -1)
+    z = M.heads[-1](h).reshape(x.shape[0], -1)
     return z, torch.full((x.shape[0],), M.E - 1, dtype=torch.int32, device=x.device)
 
 
@@ -274,7 +492,7 @@ def run_compacted(M, x, thr):
     idx = torch.arange(n, device=x.device)
     for s in range(M.E):
         h = M.stages[s](h)
-        z = M.heads[s](h).reshape(h.shape[0], -1)
+        z = M.heads[s](h).reshape(nrows(h), -1)
         if s == M.E - 1:
             out[idx] = z
             break
@@ -284,10 +502,31 @@ def run_compacted(M, x, thr):
             out[idx[take]] = z[take]
             ex[idx[take]] = s
             keep = ~take
-            h, idx = h[keep], idx[keep]
-            if h.shape[0] == 0:
+            h, idx = select(h, keep), idx[keep]
+            if idx.shape[0] == 0:
                 break
     return out, ex
+
+
+def run_b1if(M, x, thr):
+    """Batch 1, DeeBERT's and PABEE's loop: after each exit head, a Python
+    `if` on the decision (a host sync), then break or go on."""
+    h = M.norm(x)
+    for s in range(M.E):
+        h = M.stages[s](h)
+        z = M.heads[s](h).reshape(1, -1)
+        if s == M.E - 1:
+            break
+        conf = M.confs[s](h) if M.has_conf[s] else None
+        if policy_exits(M.kinds[s], z, conf, thr[s]).item():
+            break
+    return z, torch.full((1,), s, dtype=torch.int32)
+
+
+def run_b1if_rows(M, x, thr):
+    """run_b1if over each row of x in turn (results as the batched modes')."""
+    outs = [run_b1if(M, x[i:i + 1], thr) for i in range(x.shape[0])]
+    return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
 
 
 def infer(M, mode, x, thr):
@@ -295,6 +534,8 @@ def infer(M, mode, x, thr):
         return run_full(M, x)
     if mode == "masked":
         return run_masked(M, x, thr)
+    if mode == "batch1-if":
+        return run_b1if(M, x, thr) if x.shape[0] == 1 else run_b1if_rows(M, x, thr)
     return run_compacted(M, x, thr)
 
 
@@ -333,6 +574,8 @@ def run_batches(M, dev, xs, n, batch, nb, cell, thr, timed, first):
     counts = np.zeros(M.E, dtype=np.int64)
     for k in range(nb):
         start = (k * batch) % n
+        if cell.mode == "batch1-if" and nb < n:
+            start = k * n // nb  # spread over the inputs: the profile's mix of exits
         xb = xs[start:start + batch]
         if cuda:
             ev0.record()
@@ -371,14 +614,20 @@ def sweep_device(M, dev, x, profiles, args, out):
         xs = xs.pin_memory()
     Mdev = M.to(dev)
     modes = args.modes
-    for batch in args.batches:
-        nb = (args.rep_samples + batch - 1) // batch
-        cells = [Cell("full", None)]
-        for pname, thr in profiles:
-            for mode in ("masked", "compacted"):
-                if mode in modes:
-                    cells.append(Cell(mode, pname))
-        thr_of = dict(profiles)
+    thr_of = dict(profiles)
+    # (batch, batches per rep, batch1-if): each batch size, then batch1-if
+    sweeps = [(batch, (args.rep_samples + batch - 1) // batch, False) for batch in args.batches]
+    if b1if_on(args, profiles):
+        sweeps.append((1, args.b1_samples, True))
+    for batch, nb, b1if in sweeps:
+        if b1if:  # one sample at a time, a cell per profile
+            cells = [Cell("batch1-if", pname) for pname, _ in profiles]
+        else:
+            cells = [Cell("full", None)]
+            for pname, thr in profiles:
+                for mode in ("masked", "compacted"):
+                    if mode in modes:
+                        cells.append(Cell(mode, pname))
         t0 = time.perf_counter()
         with torch.inference_mode():
             for rep in range(-1, args.reps):
@@ -394,20 +643,26 @@ def sweep_device(M, dev, x, profiles, args, out):
                         "samples_per_s": nb * batch / median(c.rep_s),
                         "p50_ms": 1e3 * pct(c.lat_s, 0.50), "p99_ms": 1e3 * pct(c.lat_s, 0.99),
                         "exit_counts": [int(v) for v in c.counts]})
-        print(f"torch_peer: {dev.type} batch {batch} done ({time.perf_counter() - t0:.1f}s)",
-              flush=True)
+        what = "batch1-if" if b1if else f"batch {batch}"
+        print(f"torch_peer: {dev.type} {what} done ({time.perf_counter() - t0:.1f}s)", flush=True)
 
 
-def check_decisions(M, x, profiles, exits):
-    """Each profile's exits over all inputs (masked and compacted, CPU) against
-    exitrt's."""
+def b1if_on(args, profiles):
+    return args.b1_samples > 0 and bool(profiles) and ("masked" in args.modes or
+                                                         "compacted" in args.modes)
+
+
+def check_decisions(M, x, profiles, exits, b1if):
+    """Each profile's exits over all inputs (masked, compacted and, with b1if,
+    batch1-if; CPU) against exitrt's."""
     res = []
     n = x.shape[0]
     xt = torch.from_numpy(x)
+    modes = ("masked", "compacted") + (("batch1-if",) if b1if else ())
     with torch.inference_mode():
         for p, (pname, thr) in enumerate(profiles):
             d = {"profile": pname}
-            for mode in ("masked", "compacted"):
+            for mode in modes:
                 ex = np.concatenate([infer(M, mode, xt[b:b + 256], thr)[1].numpy()
                                      for b in range(0, n, 256)])
                 d[f"counts_{mode}"] = np.bincount(ex, minlength=M.E).tolist()
@@ -429,6 +684,12 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rep-samples", type=int, default=1024)
+    ap.add_argument("--b1-samples", type=int, default=None,
+                    help="samples per rep of batch1-if (default: --rep-samples; 0: off)")
+    ap.add_argument("--no-check", action="store_true",
+                    help="skip the exit-decision check against --exits")
+    ap.add_argument("--no-nested", action="store_true",
+                    help="nn.TransformerEncoder without nested tensors")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "all"])
     ap.add_argument("--ort", action="store_true",
@@ -436,6 +697,10 @@ def main():
     args = ap.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
     args.modes = args.modes.split(",")
+    if args.b1_samples is None:
+        args.b1_samples = args.rep_samples
+    Encoder.NESTED = not args.no_nested
+    warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors")
 
     torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -465,12 +730,14 @@ def main():
         elif args.device == "cuda":
             sys.exit("torch_peer: --device cuda, but torch sees no CUDA device")
 
-    decisions = check_decisions(M, x, profiles, exits)
+    decisions = [] if args.no_check else check_decisions(M, x, profiles, exits,
+                                                          b1if_on(args, profiles))
     for d in decisions:
-        if d.get("mismatch_masked") or d.get("mismatch_compacted"):
+        bad = {k[9:]: v for k, v in d.items() if k.startswith("mismatch_") and v}
+        if bad:
             print(f"torch_peer: profile {d['profile']}: exit decisions differ from exitrt's on "
-                  f"{d['mismatch_masked']} (masked) / {d['mismatch_compacted']} (compacted) "
-                  f"of {x.shape[0]} samples", flush=True)
+                  + ", ".join(f"{v} ({k})" for k, v in bad.items())
+                  + f" of {x.shape[0]} samples", flush=True)
     cells = []
     for dev in devices:
         sweep_device(M, dev, x, profiles, args, cells)
@@ -478,7 +745,9 @@ def main():
     if args.ort and any(d.type == "cpu" for d in devices):
         import ort_peer
         ort, why = ort_peer.import_ort()
-        if ort is None:
+        if M.transformer:
+            ort_note = f"not run: {ort_peer.TRANSFORMER_NOTE}"
+        elif ort is None:
             ort_note = f"not run: {why}"
         else:
             try:
@@ -490,7 +759,9 @@ def main():
     res = {"format": "exitrt-torch-peer", "version": 1, "torch": torch.__version__,
            "threads": torch.get_num_threads(), "devices": [d.type for d in devices],
            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
-           "tf32": False, "cells": cells, "decisions": decisions, "ort": ort_note}
+           "tf32": False, "cells": cells, "decisions": decisions, "ort": ort_note,
+           "nested_tensors": Encoder.NESTED if M.transformer else None,
+           "b1_samples": args.b1_samples if b1if_on(args, profiles) else 0}
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
 

@@ -62,20 +62,48 @@ static int model_is_random(const ert_model *m)
     return rnd;
 }
 
+static uint64_t xorshift(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+/* Deterministic token rows (FORMAT.md, "Token inputs"): sequence lengths
+ * uniform in [T/8, T] (at least 1), ids uniform in [1, vocab) (0 is BERT's
+ * padding id; [0, 1) when vocab is 1), padded tokens id 0 and mask 0. */
+static void random_token_inputs(const ert_model *m, float *x, size_t rows)
+{
+    uint64_t s = 0x9E3779B97F4A7C15ull;
+    int T = ert_model_input_tokens(m), V = ert_model_vocab_size(m);
+    int lo = T / 8 > 1 ? T / 8 : 1;
+    for (size_t i = 0; i < rows; i++) {
+        float *ids = x + i * 2 * (size_t)T, *mask = ids + T;
+        int len = lo + (int)(xorshift(&s) % (uint64_t)(T - lo + 1));
+        for (int t = 0; t < T; t++) {
+            int id = V > 1 ? 1 + (int)(xorshift(&s) % (uint64_t)(V - 1)) : 0;
+            ids[t] = t < len ? (float)id : 0.0f;
+            mask[t] = t < len ? 1.0f : 0.0f;
+        }
+    }
+}
+
 /* Deterministic inputs: normal-ish values in the network's units, mapped
- * back to raw units through the model's normalisation. */
+ * back to raw units through the model's normalisation; token rows for a
+ * token model. */
 static void random_inputs(const ert_model *m, float *x, size_t rows)
 {
+    if (ert_model_input_tokens(m) > 0) {
+        random_token_inputs(m, x, rows);
+        return;
+    }
     uint64_t s = 0x9E3779B97F4A7C15ull;
     size_t hw = (size_t)m->input.h * (size_t)m->input.w;
     for (size_t i = 0; i < rows * m->input.c * hw; i++) {
         double u = 0.0;
-        for (int k = 0; k < 4; k++) { /* Irwin-Hall: sum of 4 uniforms, var 1/3 */
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            u += (double)(s >> 11) * (1.0 / 9007199254740992.0);
-        }
+        for (int k = 0; k < 4; k++) /* Irwin-Hall: sum of 4 uniforms, var 1/3 */
+            u += (double)(xorshift(&s) >> 11) * (1.0 / 9007199254740992.0);
         double z = (u - 2.0) * sqrt(3.0);
         int c = (int)((i / hw) % (size_t)m->input.c);
         x[i] = (float)((z * m->std[c] + m->mean[c]) / m->input_scale);
@@ -100,7 +128,10 @@ static int load_inputs(bench_run *r, const char *data)
     if (!path) {
         random_inputs(m, r->inputs, (size_t)r->n);
         snprintf(r->input_desc, sizeof r->input_desc,
-                 "deterministic random inputs (the model names no sample data)");
+                 ert_model_input_tokens(m) > 0
+                     ? "deterministic random token ids and lengths (the model names no sample "
+                       "data)"
+                     : "deterministic random inputs (the model names no sample data)");
     } else {
         ert_dataset d;
         ert_error err;
@@ -108,7 +139,8 @@ static int load_inputs(bench_run *r, const char *data)
             fprintf(stderr, "exitrt bench: %s\n", err.msg);
             return -1;
         }
-        if (ert_dataset_check_shape(&d, path, m->input.c, m->input.h, m->input.w, &err) != ERT_OK) {
+        /* a token model's [N, 2, T] or [N, T] ids become rows of 2T floats */
+        if (ert_dataset_fit_model(&d, path, m, &err) != ERT_OK) {
             fprintf(stderr, "exitrt bench: %s\n", err.msg);
             ert_dataset_free(&d);
             return -1;
@@ -270,6 +302,7 @@ static bench_cell *new_cell(bench_run *r)
     memset(c, 0, sizeof *c);
     c->torch_samples_per_s = -1.0;
     c->torch_best_ee = -1.0;
+    c->torch_b1if = -1.0;
     c->ort_samples_per_s = -1.0;
     return c;
 }
@@ -419,6 +452,8 @@ int bench_main(int argc, char **argv)
     r.rep_samples = 1024;
     r.inflight = 1;
     r.graph_buckets = -1;
+    r.b1_samples = -1;
+    r.peer_runs = 2;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     r.threads = ncpu > 0 ? (int)ncpu : 1;
 
@@ -428,6 +463,8 @@ int bench_main(int argc, char **argv)
     rc = bench_setup_sweep(&r, &o);
     if (rc)
         return rc;
+    if (r.b1_samples < 0)
+        r.b1_samples = r.rep_samples;
     r.model_path = o.model;
     if (r.graph_buckets < 0)
         r.graph_buckets = tools_graph_buckets_default();

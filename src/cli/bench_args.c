@@ -17,6 +17,7 @@ static const char *USAGE =
     "  --profile [NAME=]S1,S2,...  add an exit profile: target share per early exit\n"
     "                       (defaults: none, late-heavy 0.1,0.1, balanced 0.5,0.25,\n"
     "                       early-heavy 0.8,0.1); may be repeated\n"
+    "  --no-default-profiles  the --profile ones alone (at least one)\n"
     "  --modes LIST         full,masked,compacted (default all; FULL is always measured)\n"
     "  --device cpu|cuda|all  (default all: the CPU and CUDA when present)\n"
     "  --reps N             timed reps per cell, median taken (default 5)\n"
@@ -30,8 +31,16 @@ static const char *USAGE =
     "  --plot FILE.png      throughput and efficiency vs batch size (gnuplot)\n"
     "  --peer               run bench/torch_peer.py (python: $ERT_PYTHON or\n"
     "                       /usr/bin/python3) and print exitrt / PyTorch\n"
+    "  --b1-samples N       the peer's batch-1-with-if loop (DeeBERT's, PABEE's: one\n"
+    "                       sample at a time, a Python `if` after each exit): samples\n"
+    "                       per rep (default: --rep-samples; 0: not run)\n"
+    "  --peer-runs 1|2      2 (default): the peer with OpenMP's default wait, then with\n"
+    "                       OMP_WAIT_POLICY=PASSIVE, the better per cell; 1: the first only\n"
+    "  --peer-dense         the peer's nn.TransformerEncoder without nested tensors (by\n"
+    "                       default PyTorch skips padded tokens through them)\n"
     "  --quick              batches 64,256, profiles none+balanced, 3 reps of 256+\n"
-    "                       samples, 1 warm-up batch (options given still apply)\n";
+    "                       samples (the peer's batch1-if 64), 1 warm-up batch\n"
+    "                       (options given still apply)\n";
 
 /* ---- options ------------------------------------------------------------- */
 
@@ -71,6 +80,7 @@ static void add_profile(bench_run *r, const char *name, const double *s, int n)
         p->shares[i] = s[i];
     p->nshares = n;
     p->ort_mismatch = -1;
+    p->peer_mismatch_b1if = -1;
 }
 
 /* "[NAME=]0.5,0.25": shares in [0, 1] summing to at most 1. Returns 0, or
@@ -160,6 +170,14 @@ int bench_parse_args(int argc, char **argv, bench_run *r, bench_opts *o)
             r->quick = 1;
             continue;
         }
+        if (!strcmp(a, "--no-default-profiles")) {
+            r->no_default_profiles = 1;
+            continue;
+        }
+        if (!strcmp(a, "--peer-dense")) {
+            r->peer_dense = 1;
+            continue;
+        }
         if (!strcmp(a, "--peer")) {
             r->peer_requested = 1;
             continue;
@@ -219,6 +237,11 @@ int bench_parse_args(int argc, char **argv, bench_run *r, bench_opts *o)
             o->rep_samples_given = 1;
         } else if (!strcmp(key, "--threads"))
             bad = parse_int(val, 1, 1024, &r->threads);
+        else if (!strcmp(key, "--b1-samples")) {
+            bad = parse_int(val, 0, 1 << 24, &r->b1_samples);
+            o->b1_samples_given = 1;
+        } else if (!strcmp(key, "--peer-runs"))
+            bad = parse_int(val, 1, 2, &r->peer_runs);
         else if (!strcmp(key, "--inflight"))
             bad = parse_int(val, 1, 16, &r->inflight);
         else if (!strcmp(key, "--graph-buckets"))
@@ -247,8 +270,10 @@ int bench_setup_sweep(bench_run *r, const bench_opts *o)
         r->batches[0] = 64;
         r->batches[1] = 256;
         r->nbatches = 2;
-        add_profile(r, "none", zero, 1);
-        add_profile(r, "balanced", bal, 2);
+        if (!r->no_default_profiles) {
+            add_profile(r, "none", zero, 1);
+            add_profile(r, "balanced", bal, 2);
+        }
         /* under a minute on 2 cores for a 30 MMAC network */
         if (!o->reps_given)
             r->reps = 3;
@@ -256,15 +281,19 @@ int bench_setup_sweep(bench_run *r, const bench_opts *o)
             r->warmup = 1;
         if (!o->rep_samples_given)
             r->rep_samples = 256;
+        if (!o->b1_samples_given)
+            r->b1_samples = 64;
     } else {
         static const int defb[] = {1, 8, 64, 256, 1024};
         for (int i = 0; i < 5; i++)
             r->batches[i] = defb[i];
         r->nbatches = 5;
-        add_profile(r, "none", zero, 1);
-        add_profile(r, "late-heavy", late, 2);
-        add_profile(r, "balanced", bal, 2);
-        add_profile(r, "early-heavy", early, 2);
+        if (!r->no_default_profiles) {
+            add_profile(r, "none", zero, 1);
+            add_profile(r, "late-heavy", late, 2);
+            add_profile(r, "balanced", bal, 2);
+            add_profile(r, "early-heavy", early, 2);
+        }
     }
     if (o->batches &&
         parse_int_list(o->batches, 1, 1 << 20, r->batches, BENCH_MAX_BATCHES, &r->nbatches)) {
@@ -280,6 +309,10 @@ int bench_setup_sweep(bench_run *r, const bench_opts *o)
                     o->profiles[i], why);
             return 2;
         }
+    }
+    if (r->nprof == 0) {
+        fprintf(stderr, "exitrt bench: --no-default-profiles needs a --profile\n");
+        return 2;
     }
     r->mode_on[0] = r->mode_on[1] = r->mode_on[2] = 1;
     if (o->modes && parse_modes(r, o->modes)) {

@@ -1,6 +1,7 @@
 /* bench_peer.c - running bench/torch_peer.py on the bench's inputs and thresholds.
  *
- * The bench writes its inputs ([n, C, H, W] float32, raw units) and each
+ * The bench writes its inputs ([n, C, H, W] float32, raw units; a token
+ * model's rows as [n, 2, T, 1], ids then mask) and each
  * profile's per-sample exits as exitrt decided them ([profiles, n] int32) to
  * .npy files in a temporary folder, runs the peer (no shell: argv), and
  * reads the one JSON object the peer writes. The peer's exit decisions are
@@ -136,6 +137,32 @@ static double peer_sps(const cJSON *cells, const char *dev, const char *profile,
     return -1.0;
 }
 
+static int mismatch(const cJSON *d, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(d, key);
+    return cJSON_IsNumber(v) ? (int)v->valuedouble : -1;
+}
+
+/* The peer's check of its exit decisions against exitrt's, per profile. */
+static void read_decisions(bench_run *r, const cJSON *dec)
+{
+    const cJSON *d;
+    cJSON_ArrayForEach (d, dec) {
+        const cJSON *p = cJSON_GetObjectItemCaseSensitive(d, "profile");
+        if (!cJSON_IsString(p))
+            continue;
+        for (int q = 0; q < r->nprof; q++)
+            if (!strcmp(r->prof[q].name, p->valuestring)) {
+                bench_profile *pr = &r->prof[q];
+                pr->peer_checked = 1;
+                pr->peer_mismatch_masked = mismatch(d, "mismatch_masked");
+                pr->peer_mismatch_compacted = mismatch(d, "mismatch_compacted");
+                pr->peer_mismatch_b1if = mismatch(d, "mismatch_batch1-if");
+                pr->ort_mismatch = mismatch(d, "mismatch_ort");
+            }
+    }
+}
+
 int bench_run_peer(bench_run *r)
 {
     char script[1100];
@@ -179,9 +206,9 @@ int bench_run_peer(bench_run *r)
     }
 
     /* argv: py script --model M --inputs X --exits E --out O --batches B
-       --modes M --reps R --warmup W --rep-samples S --threads T --device D
-       (--profile NAME=T1,T2)* */
-    int nargs = 0, cap = 34 + 2 * r->nprof;
+       --modes M --reps R --warmup W --rep-samples S --b1-samples B1 --threads T
+       [--no-nested] --device D (--profile NAME=T1,T2)* (--ort | --no-check) */
+    int nargs = 0, cap = 40 + 2 * r->nprof;
     argv = calloc((size_t)cap, sizeof *argv);
     argbuf = malloc(4096 + (size_t)r->nprof * 512);
     if (!argv || !argbuf)
@@ -210,17 +237,23 @@ int bench_run_peer(bench_run *r)
         w++;
         argv[nargs++] = b0;
     }
+    /* PyTorch's best early exit is the better of its two batched loops,
+       whichever of exitrt's modes run */
     ARG("--modes");
-    ARG("full%s%s", r->mode_on[ERT_MODE_MASKED] ? ",masked" : "",
-        r->mode_on[ERT_MODE_COMPACTED] ? ",compacted" : "");
+    ARG("full%s",
+        r->mode_on[ERT_MODE_MASKED] || r->mode_on[ERT_MODE_COMPACTED] ? ",masked,compacted" : "");
     ARG("--reps");
     ARG("%d", r->reps);
     ARG("--warmup");
     ARG("%d", r->warmup);
     ARG("--rep-samples");
     ARG("%d", r->rep_samples);
+    ARG("--b1-samples");
+    ARG("%d", r->b1_samples);
     ARG("--threads");
     ARG("%d", r->threads);
+    if (r->peer_dense)
+        ARG("--no-nested");
     ARG("--device");
     ARG("%s", r->backend_on[ERT_BACKEND_CPU] && r->backend_on[ERT_BACKEND_CUDA] ? "all"
               : r->backend_on[ERT_BACKEND_CUDA]                                 ? "cuda"
@@ -240,17 +273,19 @@ int bench_run_peer(bench_run *r)
     /* Two runs of the peer, as an expert would configure Debian's PyTorch
      * (OpenMP and OpenBLAS threads side by side): OpenMP's default
      * busy-waiting, then OMP_WAIT_POLICY=PASSIVE; each cell keeps the
-     * better. The first run also times ONNX Runtime (--ort). */
+     * better (--peer-runs 1: the first alone). The first run also times
+     * ONNX Runtime (--ort) and checks the exit decisions; the second
+     * skips both (--no-check). */
     int won[2] = {0, 0};
-    char ver[64] = "?";
+    char ver[64] = "?", nested[128] = "";
     argv[nargs] = "--ort";
     argv[nargs + 1] = NULL;
-    for (int variant = 0; variant < 2; variant++) {
+    for (int variant = 0; variant < r->peer_runs; variant++) {
         fprintf(stderr, "exitrt bench: running the PyTorch peer (%s %s%s)\n", py, script,
                 variant ? ", OMP_WAIT_POLICY=PASSIVE" : ", and ONNX Runtime");
         fflush(stderr);
         if (variant)
-            argv[nargs] = NULL; /* no second ONNX Runtime run */
+            argv[nargs] = "--no-check"; /* no second ONNX Runtime run nor check */
         pid_t pid = fork();
         if (pid < 0)
             goto done;
@@ -286,14 +321,12 @@ int bench_run_peer(bench_run *r)
             const cJSON *on = cJSON_GetObjectItemCaseSensitive(j, "ort");
             snprintf(r->ort_note, sizeof r->ort_note, "%s",
                      cJSON_IsString(on) ? on->valuestring : "not run: no CPU cells");
-            const cJSON *d;
-            cJSON_ArrayForEach (d, cJSON_GetObjectItemCaseSensitive(j, "decisions")) {
-                const cJSON *p = cJSON_GetObjectItemCaseSensitive(d, "profile");
-                const cJSON *mo = cJSON_GetObjectItemCaseSensitive(d, "mismatch_ort");
-                for (int q = 0; q < r->nprof && cJSON_IsString(p); q++)
-                    if (!strcmp(r->prof[q].name, p->valuestring))
-                        r->prof[q].ort_mismatch = cJSON_IsNumber(mo) ? (int)mo->valuedouble : -1;
-            }
+            const cJSON *nt = cJSON_GetObjectItemCaseSensitive(j, "nested_tensors");
+            if (cJSON_IsBool(nt))
+                snprintf(nested, sizeof nested, "; encoders as nn.TransformerEncoder %s",
+                         cJSON_IsTrue(nt) ? "(nested tensors: padded tokens skipped)"
+                                          : "without nested tensors (padded tokens computed)");
+            read_decisions(r, cJSON_GetObjectItemCaseSensitive(j, "decisions"));
         }
         for (int i = 0; i < r->ncells; i++) {
             bench_cell *c = &r->cells[i];
@@ -302,6 +335,9 @@ int bench_run_peer(bench_run *r)
             double t = peer_sps(cells, dev, pn, c->batch, MODE_NAMES[c->mode]);
             double a = peer_sps(cells, dev, pn, c->batch, "masked");
             double b = peer_sps(cells, dev, pn, c->batch, "compacted");
+            double b1 = peer_sps(cells, dev, pn, 1, "batch1-if");
+            if (c->mode != ERT_MODE_FULL && b1 > c->torch_b1if)
+                c->torch_b1if = b1;
             if (t > 0 && variant == 0)
                 won[0]++; /* until the second run beats it */
             if (t > c->torch_samples_per_s && variant == 1 && c->torch_samples_per_s > 0) {
@@ -317,27 +353,19 @@ int bench_run_peer(bench_run *r)
                     peer_sps(cells, dev, pn, c->batch,
                              c->mode == ERT_MODE_FULL ? "ort-full" : "ort-pipeline");
         }
-        /* the decision checks below read the last run's */
     }
-    snprintf(r->peer_note, sizeof r->peer_note,
-             "PyTorch %s, eager fp32, %d threads, better of OpenMP's default wait (%d cells) "
-             "and OMP_WAIT_POLICY=PASSIVE (%d cells)",
-             ver, r->threads, won[0], won[1]);
-    const cJSON *dec = cJSON_GetObjectItemCaseSensitive(j, "decisions");
-    const cJSON *d;
-    cJSON_ArrayForEach (d, dec) {
-        const cJSON *p = cJSON_GetObjectItemCaseSensitive(d, "profile");
-        const cJSON *mm = cJSON_GetObjectItemCaseSensitive(d, "mismatch_masked");
-        const cJSON *mc = cJSON_GetObjectItemCaseSensitive(d, "mismatch_compacted");
-        if (!cJSON_IsString(p))
-            continue;
-        for (int q = 0; q < r->nprof; q++)
-            if (!strcmp(r->prof[q].name, p->valuestring)) {
-                r->prof[q].peer_checked = 1;
-                r->prof[q].peer_mismatch_masked = cJSON_IsNumber(mm) ? (int)mm->valuedouble : -1;
-                r->prof[q].peer_mismatch_compacted = cJSON_IsNumber(mc) ? (int)mc->valuedouble : -1;
-            }
-    }
+    char b1[96] = "";
+    if (r->b1_samples > 0)
+        snprintf(b1, sizeof b1, "; batch1-if over %d samples per rep", r->b1_samples);
+    if (r->peer_runs == 2)
+        snprintf(r->peer_note, sizeof r->peer_note,
+                 "PyTorch %s, eager fp32, %d threads, better of OpenMP's default wait (%d cells) "
+                 "and OMP_WAIT_POLICY=PASSIVE (%d cells)%s%s",
+                 ver, r->threads, won[0], won[1], nested, b1);
+    else
+        snprintf(r->peer_note, sizeof r->peer_note,
+                 "PyTorch %s, eager fp32, %d threads, OpenMP's default wait only%s%s", ver,
+                 r->threads, nested, b1);
     rc = 0;
 done:
     if (rc && !r->peer_note[0])

@@ -89,7 +89,13 @@ void bench_print_table(const bench_run *r, FILE *out)
                     " (missed by up to %d samples: tied scores, or scores at the bound "
                     "of the policy's threshold range, e.g. max_prob exactly 1)",
                     miss);
-        if (pr->peer_checked)
+        if (pr->peer_checked && pr->peer_mismatch_b1if >= 0)
+            fprintf(out,
+                    "; PyTorch decisions differ on %d (masked), %d (compacted), %d (batch1-if) "
+                    "of %d",
+                    pr->peer_mismatch_masked, pr->peer_mismatch_compacted, pr->peer_mismatch_b1if,
+                    r->n);
+        else if (pr->peer_checked)
             fprintf(out, "; PyTorch decisions differ on %d (masked), %d (compacted) of %d",
                     pr->peer_mismatch_masked, pr->peer_mismatch_compacted, r->n);
         if (pr->ort_mismatch >= 0)
@@ -112,14 +118,18 @@ void bench_print_table(const bench_run *r, FILE *out)
                     : "");
 
     int peer = r->peer_ok;
-    int ort = 0;
-    for (int i = 0; i < r->ncells; i++)
+    int ort = 0, b1 = 0;
+    for (int i = 0; i < r->ncells; i++) {
         ort |= r->cells[i].ort_samples_per_s > 0;
+        b1 |= peer && r->cells[i].torch_b1if > 0;
+    }
     fprintf(out, "\n%-7s %-12s %6s %-10s %-16s %11s %8s %8s %10s %7s %7s %5s %6s", "backend",
             "profile", "batch", "mode", "exits %", "samples/s", "p50 ms", "p99 ms", "MMAC/smp",
             "ideal", "speedup", "eff", "waits");
     if (peer)
         fprintf(out, " %11s %7s %8s", "torch s/s", "x torch", "x bestEE");
+    if (b1)
+        fprintf(out, " %10s %7s", "b1-if s/s", "x b1-if");
     if (ort)
         fprintf(out, " %11s %7s", "ORT s/s", "x ORT");
     fputc('\n', out);
@@ -142,6 +152,12 @@ void bench_print_table(const bench_run *r, FILE *out)
             else
                 fprintf(out, " %8s", "-");
         }
+        if (b1) {
+            if (c->torch_b1if > 0)
+                fprintf(out, " %10.1f %6.2fx", c->torch_b1if, c->samples_per_s / c->torch_b1if);
+            else
+                fprintf(out, " %10s %7s", "-", "-");
+        }
         if (ort) {
             if (c->ort_samples_per_s > 0)
                 fprintf(out, " %11.1f %6.2fx", c->ort_samples_per_s,
@@ -161,6 +177,9 @@ void bench_print_table(const bench_run *r, FILE *out)
     if (peer)
         fprintf(out, "; x torch = exitrt / PyTorch, same mode; x bestEE = exitrt / PyTorch's "
                      "best early-exit mode (masked or compacted)");
+    if (b1)
+        fprintf(out, "; x b1-if = exitrt / PyTorch one sample at a time with a Python `if` "
+                     "after each exit (DeeBERT's and PABEE's loop), same profile");
     fprintf(out, ".\n");
 }
 
@@ -217,6 +236,8 @@ int bench_write_json(const bench_run *r, const char *path)
     cJSON_AddNumberToObject(root, "rep_samples", r->rep_samples);
     cJSON_AddNumberToObject(root, "inflight", r->inflight);
     cJSON_AddNumberToObject(root, "graph_buckets", r->graph_buckets);
+    cJSON_AddNumberToObject(root, "b1_samples", r->b1_samples);
+    cJSON_AddNumberToObject(root, "peer_runs", r->peer_runs);
     cJSON_AddNumberToObject(root, "macs_full", (double)m->macs_full);
     cJSON *exits = cJSON_AddArrayToObject(root, "exits");
     for (int x = 0; x < E; x++) {
@@ -246,6 +267,8 @@ int bench_write_json(const bench_run *r, const char *path)
             cJSON_AddNullToObject(o, "torch_mismatch_masked");
             cJSON_AddNullToObject(o, "torch_mismatch_compacted");
         }
+        cJSON_AddItemToObject(o, "torch_mismatch_b1if",
+                              num_or_null(pr->peer_checked ? pr->peer_mismatch_b1if : -1));
         cJSON_AddItemToObject(o, "ort_mismatch", num_or_null(pr->ort_mismatch));
         cJSON_AddItemToArray(profs, o);
     }
@@ -284,6 +307,7 @@ int bench_write_json(const bench_run *r, const char *path)
         cJSON_AddItemToObject(o, "torch_samples_per_s", num_or_null(c->torch_samples_per_s));
         cJSON_AddItemToObject(o, "torch_best_ee_samples_per_s",
                               num_or_null(c->mode == ERT_MODE_FULL ? -1.0 : c->torch_best_ee));
+        cJSON_AddItemToObject(o, "torch_b1if_samples_per_s", num_or_null(c->torch_b1if));
         cJSON_AddItemToObject(o, "ort_samples_per_s", num_or_null(c->ort_samples_per_s));
         cJSON_AddItemToArray(cells, o);
     }

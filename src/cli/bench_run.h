@@ -28,7 +28,8 @@ typedef struct bench_profile {
     /* the peer's check of its exit decisions against `exits` */
     int peer_checked;
     int peer_mismatch_masked, peer_mismatch_compacted;
-    int ort_mismatch; /* ONNX Runtime pipeline vs exitrt; -1: not checked */
+    int peer_mismatch_b1if; /* PyTorch's batch-1-with-if loop; -1: not checked */
+    int ort_mismatch;       /* ONNX Runtime pipeline vs exitrt; -1: not checked */
 } bench_profile;
 
 /* One measured cell: backend x profile x batch x mode. */
@@ -50,7 +51,9 @@ typedef struct bench_cell {
     int32_t exit_counts[ERT_MAX_EXITS]; /* summed over one rep */
     double torch_samples_per_s;         /* the peer, same device/profile/batch/mode; < 0: none */
     double torch_best_ee;               /* the peer's best of MASKED/COMPACTED; < 0: none */
-    double ort_samples_per_s;           /* ONNX Runtime (CPU): FULL cells the full network,
+    double torch_b1if;        /* the peer's batch-1-with-if loop (DeeBERT's), same device and
+                          profile, whatever the cell's batch; < 0: none */
+    double ort_samples_per_s; /* ONNX Runtime (CPU): FULL cells the full network,
                                    COMPACTED cells its early-exit pipeline; < 0: none */
 } bench_cell;
 
@@ -71,8 +74,12 @@ typedef struct bench_run {
     int mode_on[3];    /* requested modes (FULL is always measured) */
     int backend_on[3]; /* indexed by ert_backend */
     int reps, warmup, rep_samples, threads, inflight;
+    int b1_samples;    /* the peer's batch1-if: samples per rep (0: off; -1: rep_samples) */
+    int peer_runs;     /* 1: the peer once (OpenMP's default wait); 2: also PASSIVE */
+    int peer_dense;    /* --peer-dense: the peer's encoders without nested tensors */
     int graph_buckets; /* -1: the engine's default */
     int quick;
+    int no_default_profiles; /* --no-default-profiles: the --profile ones alone */
 
     bench_cell *cells;
     int ncells, cap;
@@ -111,7 +118,7 @@ typedef struct bench_opts {
     const char *model, *data, *json, *plot, *device, *batches, *modes;
     const char *profiles[BENCH_MAX_PROFILES];
     int nprofiles;
-    int reps_given, warmup_given, rep_samples_given;
+    int reps_given, warmup_given, rep_samples_given, b1_samples_given;
 } bench_opts;
 
 /* Parses argv into r's settings and o. Returns 0, 3 after --help (printed),

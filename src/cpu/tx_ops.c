@@ -8,6 +8,12 @@
  * them); the BLAS reads them with lda = D + 1 and never touches the mask.
  * Sums that set a whole row's scale (layer norm's mean and variance, the
  * softmax's denominator) accumulate in double.
+ *
+ * Attention and the encoder block compute a sample's tokens up to its last
+ * attended one (live_tokens): the padding after it changes no attended
+ * token and no pooled vector, so its features are written as zeros. The
+ * GEMM shapes then depend on the sample's own length, still not on the
+ * batch. MAC counts (FORMAT.md) stay those of all T tokens.
  */
 #include "cpu/tx_ops.h"
 
@@ -246,19 +252,41 @@ static void attend(const attention_params *p, int T, const float *x, int ldx, co
     gemm_bias(ctx, D, p->out_weight, p->out_bias, a, D, T, D, D);
 }
 
+/* The tokens of one sample that are computed: up to its last attended one.
+ * The padding after it is attended by no token and read by no pooling, so
+ * it is skipped (as PyTorch's nested tensors skip it) and written as zeros.
+ * A sample with no attended token is computed whole, to give its NaNs. */
+static size_t live_tokens(const float *x, size_t T, size_t D)
+{
+    for (size_t t = T; t > 0; t--)
+        if (x[(t - 1) * (D + 1) + D] != 0.0f)
+            return t;
+    return T;
+}
+
+/* Writes zero features for tokens [L, T) of y and copies every mask value
+ * from x. */
+static void finish_row(const float *x, float *y, size_t L, size_t T, size_t D)
+{
+    for (size_t t = L; t < T; t++)
+        memset(y + t * (D + 1), 0, sizeof(float) * D);
+    for (size_t t = 0; t < T; t++)
+        y[t * (D + 1) + D] = x[t * (D + 1) + D];
+}
+
 void op_self_attention(const attention_params *p, shape3 s, const float *in, int n, float *out,
                        float *scratch)
 {
     const size_t T = (size_t)shape_tokens(s), D = (size_t)p->dim, row = T * (D + 1);
-    float *qkv = scratch, *sc = qkv + T * 3 * D, *ctx = sc + T * T, *a = ctx + T * D;
     for (int i = 0; i < n; i++) {
         const float *x = in + (size_t)i * row;
         float *y = out + (size_t)i * row;
-        attend(p, (int)T, x, (int)D + 1, x + D, D + 1, qkv, sc, ctx, a);
-        for (size_t t = 0; t < T; t++) {
+        const size_t L = live_tokens(x, T, D);
+        float *qkv = scratch, *sc = qkv + L * 3 * D, *ctx = sc + L * L, *a = ctx + L * D;
+        attend(p, (int)L, x, (int)D + 1, x + D, D + 1, qkv, sc, ctx, a);
+        for (size_t t = 0; t < L; t++)
             memcpy(y + t * (D + 1), a + t * D, sizeof(float) * D);
-            y[t * (D + 1) + D] = x[t * (D + 1) + D];
-        }
+        finish_row(x, y, L, T, D);
     }
 }
 
@@ -279,14 +307,15 @@ static void feed_forward(const encoder_params *p, int T, const float *x, int ldx
 void op_encoder_block(const encoder_params *p, shape3 s, const float *in, int n, float *out,
                       float *scratch)
 {
-    const size_t T = (size_t)shape_tokens(s), D = (size_t)p->attn.dim, row = T * (D + 1);
+    const size_t T_all = (size_t)shape_tokens(s), D = (size_t)p->attn.dim, row = T_all * (D + 1);
     const size_t ld = D + 1;
-    float *qkv = scratch, *sc = qkv + T * 3 * D, *ctx = sc + T * T, *a = ctx + T * D;
-    float *h = a + T * D, *xn = h + T * D, *f = xn + T * D;
     for (int i = 0; i < n; i++) {
         const float *x = in + (size_t)i * row;
         float *y = out + (size_t)i * row;
         const float *mask = x + D;
+        const size_t T = live_tokens(x, T_all, D);
+        float *qkv = scratch, *sc = qkv + T * 3 * D, *ctx = sc + T * T, *a = ctx + T * D;
+        float *h = a + T * D, *xn = h + T * D, *f = xn + T * D;
         if (p->norm_first) {
             /* x + attn(norm1(x)), then + ff(norm2(.)) */
             for (size_t t = 0; t < T; t++)
@@ -316,7 +345,6 @@ void op_encoder_block(const encoder_params *p, shape3 s, const float *in, int n,
                 norm_row(&p->norm2, a + t * D, y + t * ld, (int)D);
             }
         }
-        for (size_t t = 0; t < T; t++)
-            y[t * ld + D] = x[t * ld + D];
+        finish_row(x, y, T, T_all, D);
     }
 }

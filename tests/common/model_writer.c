@@ -490,8 +490,23 @@ static int run_tx_layer(const layer *l, const double *x, double *y)
         for (size_t k = 0; k < shape_size(i); k++)
             y[k] = tanh(x[k]);
         return 0;
-    case LAYER_SELF_ATTENTION: return ref_attention(&l->p.attn, shape_tokens(i), x, y);
-    case LAYER_ENCODER_BLOCK: return ref_encoder(&l->p.enc, shape_tokens(i), x, y);
+    case LAYER_SELF_ATTENTION:
+    case LAYER_ENCODER_BLOCK: {
+        const int T = shape_tokens(i), D = shape_dim(i);
+        int r = l->kind == LAYER_SELF_ATTENTION ? ref_attention(&l->p.attn, T, x, y)
+                                                : ref_encoder(&l->p.enc, T, x, y);
+        /* the CPU backend's rule (FORMAT.md leaves it open): the padding
+           after the last attended token is not computed and comes out as
+           zeros (all padded: computed whole) */
+        int last = -1;
+        for (int t = 0; t < T; t++)
+            if (x[(size_t)t * (D + 1) + D] != 0)
+                last = t;
+        for (int t = last + 1; last >= 0 && t < T; t++)
+            for (int d = 0; d < D; d++)
+                y[(size_t)t * (D + 1) + d] = 0;
+        return r;
+    }
     case LAYER_TOKEN_POOL: {
         const int T = shape_tokens(i), D = shape_dim(i);
         if (l->p.token_pool == TOKEN_POOL_FIRST) {

@@ -1,12 +1,15 @@
 /* test_bench.c - the bench's bookkeeping, never its timings: thresholds
  * from score quantiles meet the exit profiles (synthetic scores with ties,
  * and a random model run through an engine), the ideal-speedup arithmetic
- * against a hand computation, and the JSON file's keys and types. */
+ * against a hand computation, the JSON file's keys and types, and tiny
+ * transformer encoders whose exit decisions the PyTorch peer checks. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "bench.h"
 #include "bench_calibrate.h"
@@ -328,6 +331,8 @@ Test(bench_json, documented_keys_and_types, .timeout = 120)
     get(j, "rep_samples", is_num);
     get(j, "inflight", is_num);
     get(j, "graph_buckets", is_num);
+    cr_assert_eq(get(j, "b1_samples", is_num)->valueint, 64); /* --rep-samples */
+    cr_assert_eq(get(j, "peer_runs", is_num)->valueint, 2);
     get(j, "macs_full", is_num);
     const cJSON *exits = get(j, "exits", is_arr);
     int E = cJSON_GetArraySize(exits);
@@ -350,6 +355,7 @@ Test(bench_json, documented_keys_and_types, .timeout = 120)
         get(p, "torch_mismatch_masked", is_num_or_null);
         get(p, "torch_mismatch_compacted", is_num_or_null);
         get(p, "ort_mismatch", is_num_or_null);
+        cr_assert(cJSON_IsNull(get(p, "torch_mismatch_b1if", is_num_or_null)));
     }
     const cJSON *peer = get(j, "peer", is_obj);
     cr_assert(cJSON_IsFalse(get(peer, "requested", is_bool)));
@@ -392,12 +398,20 @@ Test(bench_json, documented_keys_and_types, .timeout = 120)
         cr_assert_eq(sum, 64);
         cr_assert(cJSON_IsNull(get(c, "torch_samples_per_s", is_num_or_null)));
         get(c, "torch_best_ee_samples_per_s", is_num_or_null);
+        cr_assert(cJSON_IsNull(get(c, "torch_b1if_samples_per_s", is_num_or_null)));
         cr_assert(cJSON_IsNull(get(c, "ort_samples_per_s", is_num_or_null)));
         if (!strcmp(mode, "full"))
             cr_assert_float_eq(get(c, "speedup", is_num)->valuedouble, 1.0, 1e-12);
     }
     cJSON_Delete(j);
     mw_rmtree(dir);
+}
+
+/* --no-default-profiles without a --profile is a usage error. */
+Test(bench_json, no_default_profiles_needs_a_profile)
+{
+    char *argv[] = {"bench", "model-not-read", "--no-default-profiles", NULL};
+    cr_assert_eq(bench_main(3, argv), 2);
 }
 
 /* --quick sets reps, warm-up and samples per rep only where the command
@@ -419,3 +433,125 @@ Test(bench_json, quick_keeps_explicit_options, .timeout = 120)
     cJSON_Delete(j);
     mw_rmtree(dir);
 }
+
+/* ---- transformer encoders against the PyTorch peer ------------------------------ */
+
+/* Runs argv (no shell); its exit status, or -1. */
+static int run_argv(char *const argv[])
+{
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    int status;
+    if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status))
+        return -1;
+    return WEXITSTATUS(status);
+}
+
+/* Whether /usr/bin/python3 imports torch: the peer needs it. */
+static int have_torch(void)
+{
+    char *argv[] = {"/usr/bin/python3", "-c", "import torch", NULL};
+    return access(argv[0], X_OK) == 0 && run_argv(argv) == 0;
+}
+
+/* A tiny encoder from bench/make_encoder.py (arch "bert": token inputs,
+ * post-LN blocks, DeeBERT heads; "vit": patches, pre-LN blocks) benched
+ * with the peer: exitrt's exit decisions and PyTorch's (masked, compacted,
+ * batch1-if; PyTorch's own nn.TransformerEncoder) agree on every sample of
+ * every profile, and the batch1-if figures reach the cells. */
+static void encoder_with_peer(const char *arch)
+{
+    if (!have_torch())
+        cr_skip_test("/usr/bin/python3 with torch is needed for the peer");
+    char dir[128], json[256];
+    cr_assert_eq(mw_tempdir(dir, sizeof dir), 0);
+    snprintf(json, sizeof json, "%s/bench.json", dir);
+    char *gen[] = {"/usr/bin/python3",
+                   ERT_SOURCE_DIR "/bench/make_encoder.py",
+                   dir,
+                   "--tiny",
+                   "--arch",
+                   (char *)arch,
+                   "--samples",
+                   "24",
+                   NULL};
+    cr_assert_eq(run_argv(gen), 0, "make_encoder.py failed");
+    setenv("ERT_TORCH_PEER", ERT_SOURCE_DIR "/bench/torch_peer.py", 1);
+    char *argv[] = {"bench",
+                    dir,
+                    "--batches",
+                    "4,16",
+                    "--reps",
+                    "1",
+                    "--warmup",
+                    "0",
+                    "--rep-samples",
+                    "16",
+                    "--b1-samples",
+                    "4",
+                    "--threads",
+                    "1",
+                    "--device",
+                    "cpu",
+                    "--peer",
+                    "--peer-runs",
+                    "1",
+                    "--profile",
+                    "mid=0.25,0.25",
+                    "--profile",
+                    "all-first=1",
+                    "--json",
+                    json,
+                    "--no-default-profiles",
+                    "--modes",
+                    "full,compacted",
+                    NULL};
+    cr_assert_eq(bench_main((int)(sizeof argv / sizeof argv[0]) - 1, argv), 0);
+    cJSON *j = read_json(json);
+    cr_assert(cJSON_IsTrue(get(get(j, "peer", is_obj), "ran", is_bool)));
+    const char *ort = get(get(j, "peer", is_obj), "ort_note", is_str)->valuestring;
+    cr_assert(strncmp(ort, "not run", 7) == 0, "ort_note: %s", ort);
+    cr_assert_eq(get(j, "num_inputs", is_num)->valueint, 16);
+    const cJSON *p;
+    int early = 0;
+    cJSON_ArrayForEach (p, get(j, "profiles", is_arr)) {
+        const char *name = get(p, "name", is_str)->valuestring;
+        cr_assert_eq(get(p, "torch_mismatch_masked", is_num)->valueint, 0, "%s", name);
+        cr_assert_eq(get(p, "torch_mismatch_compacted", is_num)->valueint, 0, "%s", name);
+        cr_assert_eq(get(p, "torch_mismatch_b1if", is_num)->valueint, 0, "%s", name);
+        const cJSON *a = get(p, "achieved", is_arr), *t = get(p, "targets", is_arr);
+        for (int x = 0; x < cJSON_GetArraySize(a); x++)
+            cr_assert_eq(cJSON_GetArrayItem(a, x)->valueint, cJSON_GetArrayItem(t, x)->valueint,
+                         "%s: exit %d", name, x);
+        early += !strcmp(name, "all-first") &&
+                 cJSON_GetArrayItem(a, 0)->valueint == 16; /* every sample at exit 1 */
+    }
+    cr_assert_eq(early, 1);
+    cr_assert_eq(cJSON_GetArraySize(get(j, "profiles", is_arr)), 2); /* no defaults */
+    const cJSON *cells = get(j, "cells", is_arr), *c;
+    cr_assert_eq(cJSON_GetArraySize(cells), 8); /* 2 batches x 2 profiles x FULL, COMPACTED */
+    cJSON_ArrayForEach (c, cells) {
+        const char *mode = get(c, "mode", is_str)->valuestring;
+        cr_assert(get(c, "torch_samples_per_s", is_num)->valuedouble > 0);
+        if (strcmp(mode, "full") != 0) {
+            cr_assert_str_eq(mode, "compacted");
+            cr_assert(get(c, "torch_b1if_samples_per_s", is_num)->valuedouble > 0);
+            /* the peer ran its masked loop too: best early exit >= its compacted */
+            cr_assert(get(c, "torch_best_ee_samples_per_s", is_num)->valuedouble >=
+                      get(c, "torch_samples_per_s", is_num)->valuedouble);
+        } else
+            cr_assert(cJSON_IsNull(get(c, "torch_b1if_samples_per_s", is_num_or_null)));
+    }
+    cJSON_Delete(j);
+    mw_rmtree(dir);
+}
+
+Test(bench_encoder, bert_tiny_with_peer, .timeout = 300) { encoder_with_peer("bert"); }
+Test(bench_encoder, vit_tiny_with_peer, .timeout = 300) { encoder_with_peer("vit"); }
