@@ -349,7 +349,7 @@ static ert_status parse_pool(parse_ctx *c, const cJSON *o, const char *f, pool_p
 
 ert_status parse_linear(parse_ctx *c, const cJSON *o, const char *f, linear_params *lp)
 {
-    long long in, out;
+    long long in = 0, out = 0;
     ert_status st;
     if ((st = json_get_int(c, o, f, "in_features", 0, 0, 1, MAX_COUNT, &in)) ||
         (st = json_get_int(c, o, f, "out_features", 0, 0, 1, MAX_COUNT, &out)))
