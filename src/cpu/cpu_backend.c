@@ -40,6 +40,7 @@ typedef struct cpu_ctx {
     ert_patience *pstate;    /* [max_batch] by sample position in the call */
     int conv_batched;
     int tile_rows;         /* linear GEMM tile (ops.h) */
+    int tok_tile;          /* the transformer ops' GEMM tile (tx_ops.h) */
     int has_dnnl;          /* the oneDNN path is there */
     unsigned char *finite; /* [max_batch] a row's input is finite (oneDNN path) */
     int *ids;              /* [max_batch] a group's rows (the two paths) */
@@ -144,6 +145,8 @@ static ert_status cpu_create(ert_engine *e, void **out)
      * chunking (and with it the rounding) never depends on max_batch; and
      * for op_linear's padded tile of tile_rows rows in and out. */
     c->tile_rows = linear_tile_rows(e->cfg.max_batch);
+    /* one sample at a time: the chunk's own row count is the sample's */
+    c->tok_tile = e->cfg.max_batch == 1 ? 0 : TX_TILE_ROWS;
     size_t col_row, tile;
     if (!size_mul(p->max_act, B, &c->act_cap) || !size_add(p->max_col, p->max_act, &col_row) ||
         !size_mul(col_row, CONV_CHUNK_MAX, &c->col_cap) ||
@@ -210,7 +213,8 @@ static ops_ws ws_without(const cpu_ctx *c, const float *busy)
                  .col = c->col,
                  .col_cap = c->col_cap,
                  .conv_batched = c->conv_batched,
-                 .tile_rows = c->tile_rows};
+                 .tile_rows = c->tile_rows,
+                 .tok_tile = c->tok_tile};
     int k = 0;
     for (int i = 0; i < 4; i++)
         if (c->act[i] != busy && k < 3)

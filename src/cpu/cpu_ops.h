@@ -129,6 +129,7 @@ typedef struct ops_ws {
     size_t col_cap;   /* floats */
     int conv_batched; /* op_conv2d's `batched` */
     int tile_rows;    /* op_linear's t */
+    int tok_tile;     /* the transformer ops' GEMM tile (tx_ops.h) */
 } ops_ws;
 
 /* Runs the layers of `list` on n rows.

@@ -40,9 +40,20 @@ size_t patch_scratch_floats(const patch_params *p, shape3 in_s);
  * attended tokens (NaN where none is). */
 void op_token_pool(token_pool_mode mode, shape3 in_s, const float *in, int n, float *out);
 
+/* Attention and the encoder block run chunks of samples whose live tokens
+ * (up to each sample's last attended one) total at most TX_CHUNK_TOKENS
+ * (or one sample's T, when more), packed into one matrix: each projection
+ * is one matrix product over the chunk, in GEMM calls of exactly `tile`
+ * rows, the last one padded, so a row's rounding does not depend on the
+ * batch it runs in (cpu_ops.h, "Batch invariance"). tile 0: one call per
+ * chunk, for an engine that only ever runs one sample. The engine's tile
+ * is TX_TILE_ROWS. */
+#define TX_CHUNK_TOKENS 4096
+#define TX_TILE_ROWS 256
+
 /* Scratch floats that op_self_attention, op_encoder_block and
- * op_patch_embed need for this layer (0 for the other layers). They run
- * one sample at a time, so this does not grow with n. */
+ * op_patch_embed need for this layer (0 for the other layers), whatever n
+ * and tile (<= TX_TILE_ROWS). */
 size_t tx_scratch_floats(const layer *l);
 /* The largest tx_scratch_floats over a list. */
 size_t tx_list_scratch(const layer_list *list);
@@ -50,11 +61,11 @@ size_t tx_list_scratch(const layer_list *list);
 /* Multi-head self-attention (no residual): out = attn(in), mask copied.
  *   in, out [n, T, D + 1]; scratch: tx_scratch_floats(l) floats */
 void op_self_attention(const attention_params *p, shape3 s, const float *in, int n, float *out,
-                       float *scratch);
+                       float *scratch, int tile);
 
 /* One encoder block (pre- or post-LN).
  *   in, out [n, T, D + 1]; scratch: tx_scratch_floats(l) floats */
 void op_encoder_block(const encoder_params *p, shape3 s, const float *in, int n, float *out,
-                      float *scratch);
+                      float *scratch, int tile);
 
 #endif /* ERT_CPU_TX_OPS_H */
