@@ -3,25 +3,9 @@
  * ert_act_apply computes them), residual add, global average pooling, index
  * initialisation. Grid-stride loops over size_t indices: an
  * activation buffer may exceed 2^31 floats. */
+#include "grid.cuh"
 #include "kernels.h"
 #include "tx_math.h"
-
-#define CEIL_DIV(a, b) (((a) + (b)-1) / (b))
-#define BLOCK 256
-/* enough blocks to fill an H200 several times; the loops cover the rest */
-#define MAX_GRID 8192u
-
-static unsigned grid_for(size_t count)
-{
-    size_t g = CEIL_DIV(count, (size_t)BLOCK);
-    if (g < 1)
-        g = 1;
-    return g > MAX_GRID ? MAX_GRID : (unsigned)g;
-}
-
-#define GRID_STRIDE(i, count)                                                   \
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (count); \
-         i += (size_t)gridDim.x * blockDim.x)
 
 /* ---- normalize ------------------------------------------------------------------ */
 

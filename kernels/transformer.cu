@@ -8,21 +8,11 @@
  * A token row is T tokens of D features, each followed by its mask value:
  * T * (D + 1) floats (models/FORMAT.md, "Token activations"). Element loops
  * are grid-stride over size_t; row kernels give each row one warp. */
+#include "grid.cuh"
 #include "kernels.h"
 #include "tx_math.h"
 
-#define CEIL_DIV(a, b) (((a) + (b)-1) / (b))
-#define BLOCK 256
 #define WARPS (BLOCK / 32)
-#define MAX_GRID 8192u
-
-static unsigned grid_for(size_t count)
-{
-    size_t g = CEIL_DIV(count, (size_t)BLOCK);
-    if (g < 1)
-        g = 1;
-    return g > MAX_GRID ? MAX_GRID : (unsigned)g;
-}
 
 /* blocks for one warp per row */
 static unsigned grid_rows(size_t rows)
@@ -32,10 +22,6 @@ static unsigned grid_rows(size_t rows)
         g = 1;
     return g > MAX_GRID ? MAX_GRID : (unsigned)g;
 }
-
-#define GRID_STRIDE(i, count)                                                   \
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (count); \
-         i += (size_t)gridDim.x * blockDim.x)
 
 /* each warp takes rows r, r + (warps in the grid), ... */
 #define WARP_ROWS(r, rows)                                                     \

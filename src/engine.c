@@ -246,10 +246,10 @@ static ert_status infer_entered(ert_engine *e, const float *input, int batch, er
     return st;
 }
 
-ert_status ert_infer(ert_engine *e, const float *input, int batch, ert_result *out)
+/* ert_infer's and ert_infer_tokens' checks, then the engine is entered
+ * (the caller leaves it). */
+static ert_status enter_infer(ert_engine *e, const void *input, int batch, const ert_result *out)
 {
-    if (!e)
-        return ERT_INVALID_ARGUMENT;
     ert_status st = check_batch(e, input, batch, out);
     if (st != ERT_OK)
         return st;
@@ -258,6 +258,16 @@ ert_status ert_infer(ert_engine *e, const float *input, int batch, ert_result *o
     if (!engine_enter(e))
         return engine_fail(e, ERT_BUSY, "the engine is running another call");
     e->err[0] = '\0';
+    return ERT_OK;
+}
+
+ert_status ert_infer(ert_engine *e, const float *input, int batch, ert_result *out)
+{
+    if (!e)
+        return ERT_INVALID_ARGUMENT;
+    ert_status st = enter_infer(e, input, batch, out);
+    if (st != ERT_OK)
+        return st;
     st = infer_entered(e, input, batch, out);
     engine_leave(e);
     return st;
@@ -271,14 +281,9 @@ ert_status ert_infer_tokens(ert_engine *e, const int32_t *ids, const int32_t *ma
     if (!e->token_rows)
         return engine_fail(e, ERT_INVALID_ARGUMENT,
                            "ert_infer_tokens: the model takes images, not tokens (ert_infer)");
-    ert_status st = check_batch(e, ids, batch, out);
+    ert_status st = enter_infer(e, ids, batch, out);
     if (st != ERT_OK)
         return st;
-    if (!out->samples)
-        return engine_fail(e, ERT_INVALID_ARGUMENT, "result->samples is NULL");
-    if (!engine_enter(e))
-        return engine_fail(e, ERT_BUSY, "the engine is running another call");
-    e->err[0] = '\0';
     ert_error perr = {{0}};
     st = ert_pack_tokens(e->model, ids, mask, batch, e->token_rows, &perr);
     if (st != ERT_OK)

@@ -41,6 +41,18 @@ static ert_status finalize_list(const ert_model *m, layer_list *l, const char *w
 
 #define LFAIL(...) ert_fail(err, ERT_FORMAT, __VA_ARGS__)
 
+/* The layer's output shape (checked) and MACs. */
+static ert_status set_output(const ert_model *m, layer *l, const char *where, shape3 o,
+                             uint64_t macs, ert_error *err)
+{
+    if (o.c < 1 || o.h < 1 || o.w < 1 || shape_size(o) > MAX_ACT_FLOATS)
+        return LFAIL("%s: %s layer '%s': output %dx%dx%d is empty or too large", model_file(m),
+                     where, l->name, o.c, o.h, o.w);
+    l->out = o;
+    l->macs = macs;
+    return ERT_OK;
+}
+
 /* a * b * c, 0 on overflow (a MAC count is never 0 for a valid layer). */
 static uint64_t mul3(uint64_t a, uint64_t b, uint64_t c)
 {
@@ -199,12 +211,7 @@ static ert_status finalize_tx_layer(const ert_model *m, layer *l, const char *wh
     }
     if (l->kind == LAYER_SELF_ATTENTION && !macs)
         return LFAIL("%s: %s layer '%s': MAC count overflows", f, where, l->name);
-    if (o.c < 1 || o.h < 1 || o.w < 1 || shape_size(o) > MAX_ACT_FLOATS)
-        return LFAIL("%s: %s layer '%s': output %dx%dx%d is empty or too large", f, where, l->name,
-                     o.c, o.h, o.w);
-    l->out = o;
-    l->macs = macs;
-    return ERT_OK;
+    return set_output(m, l, where, o, macs, err);
 }
 
 static ert_status finalize_layer(const ert_model *m, layer *l, const char *where, int nested,
@@ -315,12 +322,7 @@ static ert_status finalize_layer(const ert_model *m, layer *l, const char *where
         return ert_fail(err, ERT_INVALID_ARGUMENT, "%s: %s layer '%s': unknown layer kind %d", f,
                         where, l->name, (int)l->kind);
     }
-    if (o.c < 1 || o.h < 1 || o.w < 1 || shape_size(o) > MAX_ACT_FLOATS)
-        return LFAIL("%s: %s layer '%s': output %dx%dx%d is empty or too large", f, where, l->name,
-                     o.c, o.h, o.w);
-    l->out = o;
-    l->macs = macs;
-    return ERT_OK;
+    return set_output(m, l, where, o, macs, err);
 }
 
 static ert_status finalize_list(const ert_model *m, layer_list *l, const char *where, int nested,

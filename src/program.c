@@ -44,6 +44,22 @@ static void buf_free(builder *b, int i)
         b->live &= ~(1u << i);
 }
 
+/* The op of a layer that compiles to one op into a new buffer. */
+static prog_op_kind one_op_kind(layer_kind k)
+{
+    switch (k) {
+    case LAYER_CONV2D: return OP_CONV;
+    case LAYER_MAXPOOL2D: return OP_MAXPOOL;
+    case LAYER_AVGPOOL2D: return OP_AVGPOOL;
+    case LAYER_LINEAR: return OP_LINEAR;
+    case LAYER_TOKEN_EMBED: return OP_TOKEN_EMBED;
+    case LAYER_TOKEN_POOL: return OP_TOKEN_POOL;
+    case LAYER_SELF_ATTENTION: return OP_ATTENTION;
+    case LAYER_ENCODER_BLOCK: return OP_ENCODER;
+    default: return OP_GAP;
+    }
+}
+
 static int emit(builder *b, prog_op op)
 {
     program *g = b->prog;
@@ -180,12 +196,12 @@ static int run_list(builder *b, const layer *items, int count, int in, shape3 sh
         case LAYER_MAXPOOL2D:
         case LAYER_AVGPOOL2D:
         case LAYER_GLOBAL_AVGPOOL:
-        case LAYER_LINEAR: {
-            prog_op_kind k = l->kind == LAYER_CONV2D      ? OP_CONV
-                             : l->kind == LAYER_MAXPOOL2D ? OP_MAXPOOL
-                             : l->kind == LAYER_AVGPOOL2D ? OP_AVGPOOL
-                             : l->kind == LAYER_LINEAR    ? OP_LINEAR
-                                                          : OP_GAP;
+        case LAYER_LINEAR:
+        case LAYER_TOKEN_EMBED:
+        case LAYER_TOKEN_POOL:
+        case LAYER_SELF_ATTENTION:
+        case LAYER_ENCODER_BLOCK: {
+            prog_op_kind k = one_op_kind(l->kind);
             int out = buf_alloc(b);
             if (out < 0)
                 return -1;
@@ -221,25 +237,6 @@ static int run_list(builder *b, const layer *items, int count, int in, shape3 sh
             if (emit(b, op) < 0)
                 return -1;
             buf_free(b, tmp);
-            if (owned)
-                buf_free(b, cur);
-            cur = out;
-            last = -1;
-            break;
-        }
-        case LAYER_TOKEN_EMBED:
-        case LAYER_TOKEN_POOL:
-        case LAYER_SELF_ATTENTION:
-        case LAYER_ENCODER_BLOCK: {
-            prog_op_kind k = l->kind == LAYER_TOKEN_EMBED      ? OP_TOKEN_EMBED
-                             : l->kind == LAYER_TOKEN_POOL     ? OP_TOKEN_POOL
-                             : l->kind == LAYER_SELF_ATTENTION ? OP_ATTENTION
-                                                               : OP_ENCODER;
-            int out = buf_alloc(b);
-            if (out < 0)
-                return -1;
-            if (emit(b, op_new(k, l, cur, out, l->in, l->out)) < 0)
-                return -1;
             if (owned)
                 buf_free(b, cur);
             cur = out;
