@@ -15,13 +15,7 @@
 #define WARPS (BLOCK / 32)
 
 /* blocks for one warp per row */
-static unsigned grid_rows(size_t rows)
-{
-    size_t g = CEIL_DIV(rows, (size_t)WARPS);
-    if (g < 1)
-        g = 1;
-    return g > MAX_GRID ? MAX_GRID : (unsigned)g;
-}
+static unsigned grid_rows(size_t rows) { return grid_of(rows, (size_t)WARPS); }
 
 /* each warp takes rows r, r + (warps in the grid), ... */
 #define WARP_ROWS(r, rows)                                                     \

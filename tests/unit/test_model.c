@@ -442,6 +442,23 @@ static void set_str(cJSON *o, const char *key, const char *v)
     put(o, key, cJSON_CreateString(v));
 }
 
+
+/* ert_model_load(dir) fails with want_st, leaves the model NULL, and says
+ * want (and want2 when given) and the file. */
+static void expect_load_fails(ert_status want_st, const char *want, const char *want2)
+{
+    static ert_model sentinel;
+    ert_model *m = &sentinel;
+    ert_error err = {{0}};
+    ert_status st = ert_model_load(dir, &m, &err);
+    cr_assert_eq(st, want_st, "status %s, want %s: %s", ert_status_string(st),
+                 ert_status_string(want_st), err.msg);
+    cr_assert_null(m);
+    cr_assert(strstr(err.msg, want), "message '%s' lacks '%s'", err.msg, want);
+    if (want2)
+        cr_assert(strstr(err.msg, want2), "message '%s' lacks '%s'", err.msg, want2);
+    cr_assert(strstr(err.msg, dir), "message '%s' names no file", err.msg);
+}
 /* Writes the base model mutated by mut, then replaces the text `from` by
  * `to` (when given), loads, and checks the status and message. */
 static void expect_bad(void (*mut)(cJSON *), const char *from, const char *to, ert_status want_st,
@@ -464,15 +481,7 @@ static void expect_bad(void (*mut)(cJSON *), const char *from, const char *to, e
         snprintf(buf, sizeof buf, "%s", text);
     cJSON_free(text);
     cr_assert_eq(mw_write_text(json_path, buf), 0);
-    static ert_model sentinel;
-    ert_model *m = &sentinel;
-    ert_error err = {{0}};
-    ert_status st = ert_model_load(dir, &m, &err);
-    cr_assert_eq(st, want_st, "status %s, want %s: %s", ert_status_string(st),
-                 ert_status_string(want_st), err.msg);
-    cr_assert_null(m);
-    cr_assert(strstr(err.msg, want), "message '%s' lacks '%s'", err.msg, want);
-    cr_assert(strstr(err.msg, dir), "message '%s' names no file", err.msg);
+    expect_load_fails(want_st, want, NULL);
 }
 
 #define BAD(name, status, want, ...) \
@@ -1092,17 +1101,7 @@ static void expect_tx_bad(const char *base, void (*mut)(cJSON *), ert_status wan
                           const char *want, const char *want2)
 {
     write_tx(base, mut);
-    static ert_model sentinel;
-    ert_model *m = &sentinel;
-    ert_error err = {{0}};
-    ert_status st = ert_model_load(dir, &m, &err);
-    cr_assert_eq(st, want_st, "status %s, want %s: %s", ert_status_string(st),
-                 ert_status_string(want_st), err.msg);
-    cr_assert_null(m);
-    cr_assert(strstr(err.msg, want), "message '%s' lacks '%s'", err.msg, want);
-    if (want2)
-        cr_assert(strstr(err.msg, want2), "message '%s' lacks '%s'", err.msg, want2);
-    cr_assert(strstr(err.msg, dir), "message '%s' names no file", err.msg);
+    expect_load_fails(want_st, want, want2);
 }
 
 #define TX_BAD(name, base, status, want, want2, ...) \
