@@ -66,6 +66,8 @@ ert_status json_get_number(parse_ctx *c, const cJSON *obj, const char *field, co
 ert_status json_get_string(parse_ctx *c, const cJSON *obj, const char *field, const char *key,
                            int required, const char **out);
 
+/* Field readers, tensors and the linear layer's fields: model_fields.c. */
+
 /* "<field>.<key>" into buf. */
 const char *fpath(char *buf, size_t len, const char *field, const char *key);
 /* An int or an [h, w] pair. */
@@ -75,6 +77,8 @@ ert_status get_pair(parse_ctx *c, const cJSON *obj, const char *field, const cha
  * NULL when the key is absent and optional. */
 ert_status find_tensor(parse_ctx *c, const cJSON *obj, const char *field, const char *key,
                        int required, int ndim, const int64_t *shape, const st_tensor **t);
+/* The i-th float of tensor t (its data may be unaligned). */
+float tensor_at(const st_tensor *t, size_t i);
 /* Takes n floats from the weight block (counting pass: counts only); copies
  * t's data there when t is not NULL, else zeroes them. */
 float *take(parse_ctx *c, size_t n, const st_tensor *t);

@@ -21,6 +21,7 @@
 
 #include "engine_core.h"
 #include "cpu/cpu_ops.h"
+#include "cpu/layers.h"
 #include "cpu/tx_ops.h"
 #include "policy.h"
 #include "program.h"

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cpu/cpu_ops.h"
+#include "cpu/layers.h"
 #include "model_writer.h"
 
 /* ---- helpers ---------------------------------------------------------------- */
