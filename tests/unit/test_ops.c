@@ -545,7 +545,7 @@ static layer L_pool(layer_kind kind, shape3 in, int k, int s, int p)
 
 static layer L_linear(shape3 in, int fout, float **w)
 {
-    layer l = {.kind = LAYER_LINEAR, .in = in, .out = {fout, 1, 1}};
+    layer l = {.kind = LAYER_LINEAR, .in = in, .out = {fout, 1, 1, SHAPE_PLAIN}};
     int fin = (int)shape_size(in);
     w[0] = rnd_array((size_t)fin * fout);
     w[1] = rnd_array(fout);
