@@ -22,17 +22,49 @@
 /* ---- helpers ---------------------------------------------------------------- */
 
 /* Criterion runs every test in a process of its own: each seeds this. */
+/* Every buffer a test takes is tracked and freed when the test ends
+ * (the suite's fini), whether or not the test freed it itself: the
+ * sanitizer build reports leaks. */
+#define MAX_TRACKED 65536
+static void *tracked[MAX_TRACKED];
+static int ntracked;
+
+static void *tmalloc(size_t bytes)
+{
+    void *p = malloc(bytes);
+    cr_assert_not_null(p);
+    cr_assert_lt(ntracked, MAX_TRACKED);
+    tracked[ntracked++] = p;
+    return p;
+}
+
+static void tfree(void *p)
+{
+    for (int i = 0; p && i < ntracked; i++)
+        if (tracked[i] == p)
+            tracked[i] = NULL;
+    free(p);
+}
+
+static void release_all(void)
+{
+    for (int i = 0; i < ntracked; i++)
+        free(tracked[i]);
+    ntracked = 0;
+}
+
+TestSuite(tx_ops, .fini = release_all);
+
 static mw_rng rng;
 
 static void rng_seed(uint64_t s) { rng = mw_rng_seed(s); }
 
 static int rnd_int(int n) { return (int)(mw_rng_next(&rng) % (uint64_t)n); }
 
-/* n floats mean + std * N(0, 1), malloc'd (the test frees them at exit:
- * each test is its own process, so the weights are not freed one by one). */
+/* n floats mean + std * N(0, 1) (tracked: freed when the test ends). */
 static float *rnd_normal(size_t n, float mean, float std)
 {
-    float *a = malloc(sizeof(float) * (n ? n : 1));
+    float *a = tmalloc(sizeof(float) * (n ? n : 1));
     cr_assert_not_null(a);
     for (size_t i = 0; i < n; i++)
         a[i] = mean + std * mw_rng_normal(&rng);
@@ -41,7 +73,7 @@ static float *rnd_normal(size_t n, float mean, float std)
 
 static float *filled(size_t n, float v)
 {
-    float *a = malloc(sizeof(float) * (n ? n : 1));
+    float *a = tmalloc(sizeof(float) * (n ? n : 1));
     cr_assert_not_null(a);
     for (size_t i = 0; i < n; i++)
         a[i] = v;
@@ -129,13 +161,13 @@ static float *token_rows(int n, int T, int D, int all_padded)
 static double *reference(const layer *l, const float *x)
 {
     size_t n = shape_size(l->in);
-    double *xd = malloc(sizeof(double) * (n ? n : 1));
+    double *xd = tmalloc(sizeof(double) * (n ? n : 1));
     cr_assert_not_null(xd);
     for (size_t i = 0; i < n; i++)
         xd[i] = x[i];
     double *y = mw_reference_layer(l, xd);
     cr_assert_not_null(y, "the reference does not know layer kind %d", (int)l->kind);
-    free(xd);
+    tfree(xd);
     return y;
 }
 
@@ -172,7 +204,7 @@ static long check_rows(const layer *l, const float *in, int n, const float *got,
                           wf);
             }
         }
-        free(want);
+        tfree(want);
     }
     return nans;
 }
@@ -213,7 +245,7 @@ Test(tx_ops, layer_norm_tokens)
         l.p.norm = make_norm(D, it % 2);
         float *x = token_rows(n, T, D, n > 2 ? 2 : -1);
         size_t len = (size_t)n * T * (D + 1);
-        float *y = filled(len, -777.0f), *inplace = malloc(sizeof(float) * len);
+        float *y = filled(len, -777.0f), *inplace = tmalloc(sizeof(float) * len);
         cr_assert_not_null(inplace);
         memcpy(inplace, x, sizeof(float) * len);
         op_layer_norm(&l.p.norm, l.in, x, n, y);
@@ -221,9 +253,9 @@ Test(tx_ops, layer_norm_tokens)
         check_mask_copied(x, y, n, T, D, "layer_norm");
         op_layer_norm(&l.p.norm, l.in, inplace, n, inplace); /* in == out */
         cr_assert(memcmp(inplace, y, sizeof(float) * len) == 0, "layer_norm in place differs");
-        free(x);
-        free(y);
-        free(inplace);
+        tfree(x);
+        tfree(y);
+        tfree(inplace);
     }
 }
 
@@ -241,8 +273,8 @@ Test(tx_ops, layer_norm_vector)
         float *y = filled((size_t)n * D, -777.0f);
         op_layer_norm(&l.p.norm, s, x, n, y);
         check_rows(&l, x, n, y, 1, D, "layer_norm (vector)");
-        free(x);
-        free(y);
+        tfree(x);
+        tfree(y);
     }
 }
 
@@ -281,8 +313,8 @@ static void check_elementwise(layer_kind k, void (*op)(const float *, float *, s
     for (size_t i = 0; i < n; i++)
         cr_assert(memcmp(&x[i], &y[i], sizeof(float)) == 0 || (isnan(x[i]) && isnan(y[i])),
                   "in place differs at %zu", i);
-    free(x);
-    free(y);
+    tfree(x);
+    tfree(y);
 }
 
 Test(tx_ops, gelu) { check_elementwise(LAYER_GELU, op_gelu); }
@@ -313,7 +345,7 @@ Test(tx_ops, token_embed)
                                    .weight = rnd_normal((size_t)V * D, 0.0f, 1.0f),
                                    .pos = it % 2 ? rnd_normal((size_t)T * D, 0.0f, 0.5f) : NULL,
                                    .segment = it % 3 ? rnd_normal((size_t)D, 0.0f, 0.3f) : NULL};
-        float *x = malloc(sizeof(float) * (size_t)n * 2 * T);
+        float *x = tmalloc(sizeof(float) * (size_t)n * 2 * T);
         float *y = filled((size_t)n * T * (D + 1), -777.0f);
         cr_assert_not_null(x);
         /* ids: valid, and now and then one that is not an integer in
@@ -340,8 +372,8 @@ Test(tx_ops, token_embed)
                           "token_embed: sample %d token %d: mask %g for input %g", b, t, m,
                           x[(size_t)b * 2 * T + T + t]);
             }
-        free(x);
-        free(y);
+        tfree(x);
+        tfree(y);
     }
 }
 
@@ -350,7 +382,7 @@ Test(tx_ops, token_embed_ids_exact_to_2_24)
     /* a vocabulary of 2^24 ids would need 2^24 * D floats; the largest id
        that is still exact, with D = 1 */
     const int V = 1 << 24;
-    float *w = malloc(sizeof(float) * (size_t)V);
+    float *w = tmalloc(sizeof(float) * (size_t)V);
     cr_assert_not_null(w);
     for (int i = 0; i < V; i += 4096)
         w[i] = (float)i;
@@ -363,7 +395,7 @@ Test(tx_ops, token_embed_ids_exact_to_2_24)
     in[0] = (float)V; /* out of range */
     op_token_embed(&p, 2, in, 1, out);
     cr_assert(isnan(out[0]));
-    free(w);
+    tfree(w);
 }
 
 /* ---- patch_embed ---------------------------------------------------------------- */
@@ -404,9 +436,9 @@ Test(tx_ops, patch_embed)
         for (int b = 0; b < n; b++)
             for (int t = 0; t < T; t++)
                 cr_assert_eq(y[((size_t)b * T + t) * (D + 1) + D], 1.0f, "%s: mask", what);
-        free(x);
-        free(y);
-        free(scratch);
+        tfree(x);
+        tfree(y);
+        tfree(scratch);
     }
 }
 
@@ -432,8 +464,8 @@ Test(tx_ops, token_pool)
                 cr_assert(
                     memcmp(y + (size_t)b * D, x + (size_t)b * T * (D + 1), sizeof(float) * D) == 0,
                     "token_pool first: sample %d is not token 0", b);
-        free(x);
-        free(y);
+        tfree(x);
+        tfree(y);
     }
 }
 
@@ -453,8 +485,8 @@ static long run_attention(const layer *l, const float *x, int n, int tile, const
     op_self_attention(&l->p.attn, l->in, x, n, y, scratch, tile);
     long nans = check_rows(l, x, n, y, T, D + 1, what);
     check_mask_copied(x, y, n, T, D, what);
-    free(y);
-    free(scratch);
+    tfree(y);
+    tfree(scratch);
     return nans;
 }
 
@@ -473,7 +505,7 @@ Test(tx_ops, self_attention)
         int tile = TILES[it % 3];
         snprintf(what, sizeof what, "self_attention T %d D %d H %d n %d tile %d", T, D, H, n, tile);
         cr_assert_eq(run_attention(&l, x, n, tile, what), 0, "%s: NaN without a reason", what);
-        free(x);
+        tfree(x);
     }
 }
 
@@ -488,7 +520,7 @@ Test(tx_ops, self_attention_padding_and_nan)
     x[(size_t)2 * T * (D + 1) + 0 * (D + 1) + 3] = NAN;
     x[(size_t)2 * T * (D + 1) + 0 * (D + 1) + D] = 1.0f;
     /* sample 3: a padded token's features do not matter */
-    float *x2 = malloc(sizeof(float) * (size_t)n * T * (D + 1));
+    float *x2 = tmalloc(sizeof(float) * (size_t)n * T * (D + 1));
     cr_assert_not_null(x2);
     memcpy(x2, x, sizeof(float) * (size_t)n * T * (D + 1));
     float *s3 = x + (size_t)3 * T * (D + 1), *s3b = x2 + (size_t)3 * T * (D + 1);
@@ -502,8 +534,8 @@ Test(tx_ops, self_attention_padding_and_nan)
     cr_assert_eq(nans, (long)2 * T * D, "all-padded and NaN samples: %ld NaN features", nans);
 
     size_t len = (size_t)n * T * (D + 1);
-    float *y = malloc(sizeof(float) * len), *y2 = malloc(sizeof(float) * len);
-    float *scratch = malloc(sizeof(float) * (tx_scratch_floats(&l) + 1));
+    float *y = tmalloc(sizeof(float) * len), *y2 = tmalloc(sizeof(float) * len);
+    float *scratch = tmalloc(sizeof(float) * (tx_scratch_floats(&l) + 1));
     cr_assert(y && y2 && scratch);
     op_self_attention(&l.p.attn, l.in, x, n, y, scratch, 3);
     op_self_attention(&l.p.attn, l.in, x2, n, y2, scratch, 3);
@@ -518,7 +550,7 @@ Test(tx_ops, self_attention_padding_and_nan)
     /* the samples are independent: sample 0 alone equals sample 0 in the
        batch, bit for bit where the BLAS rounds a row alike in every slot of
        a call of one shape (the tile fixes the shape) */
-    float *one = malloc(sizeof(float) * (size_t)T * (D + 1));
+    float *one = tmalloc(sizeof(float) * (size_t)T * (D + 1));
     cr_assert_not_null(one);
     op_self_attention(&l.p.attn, l.in, x, 1, one, scratch, 3);
     if (ops_blas_batch_invariant())
@@ -527,12 +559,12 @@ Test(tx_ops, self_attention_padding_and_nan)
         for (int k = 0; k < T * (D + 1); k++)
             cr_assert(tol_logit_ok(one[k], y[k], 1.0f), "token value %d: %g alone, %g in the batch",
                       k, one[k], y[k]);
-    free(x);
-    free(x2);
-    free(y);
-    free(y2);
-    free(one);
-    free(scratch);
+    tfree(x);
+    tfree(x2);
+    tfree(y);
+    tfree(y2);
+    tfree(one);
+    tfree(scratch);
 }
 
 /* ---- encoder_block -------------------------------------------------------------- */
@@ -560,9 +592,9 @@ static void encoder_cases(int norm_first, int act, uint64_t seed)
         /* the all-padded sample attends to nothing: NaN throughout */
         cr_assert_eq(nans, padded >= 0 ? (long)T * D : 0, "%s: %ld NaN features", what, nans);
         check_mask_copied(x, y, n, T, D, what);
-        free(x);
-        free(y);
-        free(scratch);
+        tfree(x);
+        tfree(y);
+        tfree(scratch);
     }
 }
 
