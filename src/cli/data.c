@@ -85,6 +85,14 @@ static ert_status read_header(reader *r, const char *path, ert_error *err, array
  * into out (element i at out[i]); reads through a bounded staging buffer. */
 typedef void (*convert_fn)(const unsigned char *src, size_t n, void *dst, size_t at);
 
+/* Little-endian 32- and 64-bit words, whatever the host. */
+static uint32_t le32(const unsigned char *b)
+{
+    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+}
+
+static uint64_t le64(const unsigned char *b) { return (uint64_t)le32(b + 4) << 32 | le32(b); }
+
 static void conv_u1_f32(const unsigned char *s, size_t n, void *dst, size_t at)
 {
     float *o = (float *)dst + at;
@@ -110,9 +118,7 @@ static void conv_f8_f32(const unsigned char *s, size_t n, void *dst, size_t at)
 {
     float *o = (float *)dst + at;
     for (size_t i = 0; i < n; i++) {
-        uint64_t u = 0;
-        for (int j = 7; j >= 0; j--) /* little-endian, whatever the host */
-            u = u << 8 | s[8 * i + j];
+        uint64_t u = le64(s + 8 * i);
         double v;
         memcpy(&v, &u, sizeof v);
         o[i] = f64_to_f32(v);
@@ -125,19 +131,14 @@ static void conv_i4_f32(const unsigned char *s, size_t n, void *dst, size_t at)
 {
     float *o = (float *)dst + at;
     for (size_t i = 0; i < n; i++)
-        o[i] = (float)(int32_t)((uint32_t)s[4 * i] | (uint32_t)s[4 * i + 1] << 8 |
-                                (uint32_t)s[4 * i + 2] << 16 | (uint32_t)s[4 * i + 3] << 24);
+        o[i] = (float)(int32_t)le32(s + 4 * i);
 }
 
 static void conv_i8_f32(const unsigned char *s, size_t n, void *dst, size_t at)
 {
     float *o = (float *)dst + at;
-    for (size_t i = 0; i < n; i++) {
-        uint64_t u = 0;
-        for (int j = 7; j >= 0; j--)
-            u = u << 8 | s[8 * i + j];
-        o[i] = (float)(int64_t)u;
-    }
+    for (size_t i = 0; i < n; i++)
+        o[i] = (float)(int64_t)le64(s + 8 * i);
 }
 
 static ert_status read_payload(reader *r, const array_info *info, void *dst, convert_fn conv)
@@ -356,21 +357,15 @@ static void conv_u1_i32(const unsigned char *s, size_t n, void *dst, size_t at)
 static void conv_i4_i32(const unsigned char *s, size_t n, void *dst, size_t at)
 {
     int32_t *o = (int32_t *)dst + at;
-    for (size_t i = 0; i < n; i++) {
-        const unsigned char *b = s + 4 * i;
-        o[i] = (int32_t)((uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
-                         (uint32_t)b[3] << 24);
-    }
+    for (size_t i = 0; i < n; i++)
+        o[i] = (int32_t)le32(s + 4 * i);
 }
 
 static void conv_i8_i32(const unsigned char *s, size_t n, void *dst, size_t at)
 {
     int32_t *o = (int32_t *)dst + at;
     for (size_t i = 0; i < n; i++) {
-        uint64_t u = 0;
-        for (int j = 7; j >= 0; j--)
-            u = u << 8 | s[8 * i + j];
-        int64_t v = (int64_t)u;
+        int64_t v = (int64_t)le64(s + 8 * i);
         o[i] = v < INT32_MIN + 1 || v > INT32_MAX ? INT32_MIN : (int32_t)v;
     }
 }
