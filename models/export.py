@@ -1239,7 +1239,7 @@ def _norm_list(v, c, what):
 
 def export(backbone, exits, final_head, out_dir, input_shape, num_classes,
            input_norm=None, name="model", sample_data=None, sample_labels=None,
-           golden_inputs=None, check=True):
+           golden_inputs=None, check=True, reference=None, check_inputs=None):
     """Writes out_dir/model.json and out_dir/model.safetensors, and
     out_dir/golden.safetensors when golden_inputs (raw units, [N,C,H,W] or
     [N,H,W] for C=1; a token model's rows [N,2,T], or ids [N,T]: every token
@@ -1250,6 +1250,16 @@ def export(backbone, exits, final_head, out_dir, input_shape, num_classes,
     check (the default) the written graph is run by an independent
     interpreter and compared with the PyTorch modules; a difference raises
     ExportError (it means a module's forward is not what its structure says).
+    Rows where both sides are NaN agree (a sequence with no attended token
+    is NaN in both, FORMAT.md "Token inputs").
+
+    reference: None (the modules' forward, as export's graph calls them), or
+    a function of the raw input rows (float32 numpy) giving ([logits [N,K]
+    numpy] in exit order, the final head last, [confidence [N,1] or None]):
+    the network's own forward where it is not a chain of the modules given
+    (models/hf.py passes Hugging Face's). Golden files hold its outputs.
+    check_inputs: the rows the self-check runs when no golden_inputs are
+    given (default: 4 random rows, token models padded after the text).
     """
     g = Graph(backbone, exits, final_head)
     tokens = None
@@ -1385,6 +1395,8 @@ def export(backbone, exits, final_head, out_dir, input_shape, num_classes,
                 if x_check.shape[1:] != (c, h, w):
                     raise ExportError(f"golden_inputs shape {x_check.shape}; "
                                       f"[N,{c},{h},{w}] expected")
+        elif check and check_inputs is not None:
+            x_check = np.asarray(check_inputs, dtype=np.float32)
         elif check and tokens is not None:
             x_check = random_tokens(4, tokens, backbone_json[0]["vocab_size"], seed=0)
         elif check:
@@ -1392,8 +1404,18 @@ def export(backbone, exits, final_head, out_dir, input_shape, num_classes,
             x_check = (torch.rand((4, c, h, w), generator=gen) /
                        inp.get("scale", 1.0)).numpy()
         if x_check is not None:
-            with torch.no_grad():
-                names, logits, confs = g.forward(_normalise(x_check, inp))
+            names = [e["name"] for e in g.exits] + [g.final_name]
+            if reference is not None:
+                logits, confs = reference(x_check)
+                if len(logits) != len(names) or len(confs) != len(names):
+                    raise ExportError(f"reference gave {len(logits)} logits and {len(confs)} "
+                                      f"confidences for the {len(names)} exits {names}")
+                logits = [torch.as_tensor(np.asarray(z, dtype=np.float32)) for z in logits]
+                confs = [None if cc is None else torch.as_tensor(np.asarray(cc, np.float32))
+                         for cc in confs]
+            else:
+                with torch.no_grad():
+                    names, logits, confs = g.forward(_normalise(x_check, inp))
             ref = {n: z.numpy() for n, z in zip(names, logits)}
             refc = {n: cc.numpy() for n, cc in zip(names, confs) if cc is not None}
             if golden_inputs is not None:
@@ -1434,8 +1456,13 @@ def _short(m):
 def _compare(what, got, want):
     if got.shape != want.shape:
         raise ExportError(f"self-check: {what}: shape {got.shape}, PyTorch gives {want.shape}")
+    # NaN where both sides are NaN is agreement (a sequence with no attended
+    # token, an id outside the vocabulary); NaN on one side only is not
+    both = np.isnan(got) & np.isnan(want)
+    got, want = np.where(both, 0.0, got), np.where(both, 0.0, want)
     err = float(np.max(np.abs(got - want))) if got.size else 0.0
-    tol = 1e-3 * max(1.0, float(np.max(np.abs(want))) if want.size else 1.0)
+    fin = want[np.isfinite(want)]
+    tol = 1e-3 * max(1.0, float(np.max(np.abs(fin))) if fin.size else 1.0)
     if not err <= tol:
         raise ExportError(f"self-check: {what} of the written graph differ from the "
                           f"PyTorch modules by {err:.3g}: a module's forward does not "
