@@ -647,7 +647,60 @@ def check_bert(model, model_dir, exe, work):
                           f"{runs[0][1][:2].tolist()}, without them {runs[1][1][:2].tolist()}")
         out.append("invalid ids at padded tokens: no effect (interpreter and exitrt, bit "
                    "for bit)")
+    out += check_padded_first_token(model_dir, exe, work)
     return out
+
+
+def left_padded(x):
+    """x's rows [N, 2, T] with each sequence moved to the end (padded on the
+    left, so token 0 is padding whenever the sequence is shorter than T;
+    the padding ids are those of the row, still valid), and a last row with
+    no attended token."""
+    x = np.array(x, dtype=np.float32)
+    t = x.shape[2]
+    for i in range(len(x)):
+        n = int(x[i, 1].sum())
+        x[i] = np.roll(x[i], t - n, axis=1)
+    x[-1, 1] = 0
+    return x
+
+
+def check_padded_first_token(model_dir, exe, work):
+    """token_pool first reads token 0 whatever its mask (as PyTorch's x[:, 0]
+    and Hugging Face's pooler): left-padded sequences, and a row with no
+    attended token among the golden inputs (the exporter's self-check takes
+    its NaN against NaN as agreement), exported and run by exitrt in every
+    mode, equal PyTorch's forward (BertClassifier's own) at every exit."""
+    golden, _ = ex.read_safetensors(os.path.join(model_dir, "golden.safetensors"))
+    x = left_padded(np.array(golden["input"])[:20])
+    if not (x[:-1, 1, 0] == 0).sum() >= 10:
+        raise Failure("too few left-padded rows with a padded token 0")
+    net = SPEC_NETS["tx_bert"]
+    bb, exits, final = net.export_parts({
+        "encoder.0": {"type": "entropy", "threshold": 0.8},
+        "encoder.1": {"type": "max_prob", "threshold": 0.7},
+        "encoder.2": {"type": "patience", "threshold": 2}})
+    d = os.path.join(work, "left-padded")
+    ex.export(bb, exits, final, d, {"tokens": x.shape[2]}, 3, golden_inputs=x)
+    g, _ = ex.read_safetensors(os.path.join(d, "golden.safetensors"))
+    with torch.no_grad():
+        own = net(torch.as_tensor(x))
+    names = ["exit1", "exit2", "exit3", "final"]
+    for n, z in zip(names, own):
+        z = z.numpy()
+        if not (np.isnan(z[-1]).all() and np.isnan(g[f"logits.{n}"][-1]).all()):
+            raise Failure(f"{n}: the row with no attended token is not NaN in PyTorch and the "
+                          "golden file")
+        e = rel_err(g[f"logits.{n}"][:-1], z[:-1])
+        if not e < 1e-5:
+            raise Failure(f"left-padded golden logits at {n} differ from PyTorch's by {e:.3g}")
+    if not exe:
+        return ["left padding: the exporter takes it (and a row of padding alone)"]
+    lines, worst = check_model(d, exe, os.path.join(work, "left-padded-run"),
+                               ["cpu"] + (["cuda"] if os.path.exists("/dev/nvidia0") else []),
+                               "left-padded")
+    return [f"padded token 0 (left padding, {int((x[:-1, 1, 0] == 0).sum())} rows) and a row of "
+            f"padding alone: exitrt = PyTorch in every mode (max rel err {worst:.2g})"]
 
 
 def bad_token_rows(x, model):

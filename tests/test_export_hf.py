@@ -47,6 +47,7 @@ try:
 except ImportError:
     print("skipped: python3-torch not installed")
     sys.exit(77)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 try:
     import warnings
     # Debian's requests warns of the newer urllib3 that .venv holds
@@ -56,10 +57,14 @@ try:
                               BertPreTrainedModel, BertTokenizerFast, ViTConfig,
                               ViTForImageClassification, ViTImageProcessor)
 except ImportError as e:
+    # CTest runs the system python3; transformers lives in the project's .venv
+    venv = os.path.join(ROOT, ".venv", "bin", "python")
+    if os.path.exists(venv) and not os.environ.get("ERT_TEST_HF_IN_VENV"):
+        os.environ["ERT_TEST_HF_IN_VENV"] = "1"
+        os.execv(venv, [venv] + sys.argv)
     print(f"skipped: transformers not importable ({e}); .ci/deps installs it into .venv")
     sys.exit(77)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "models"))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 import export as ex  # noqa: E402
