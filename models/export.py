@@ -117,6 +117,19 @@ Golden files of a token model hold its input rows [N, 2, T]. A layer given
 the wrong kind of activation (a Linear on tokens, a head ending in tokens)
 is refused, naming the layer.
 
+The self-check: the written graph, run by the independent interpreter
+below, against the network's forward (or `reference`, a function of the raw
+rows giving every exit's logits: models/hf.py passes Hugging Face's own
+forward, which a chain of the modules given cannot reproduce); NaN on both
+sides (a sequence with no attended token) is agreement, NaN on one side
+alone is not. token_pool "first" reads token 0 whatever its mask, as
+PyTorch's x[:, 0] and Hugging Face's pooler do (a left-padded sequence
+pools its padding token 0, as there).
+
+Hugging Face checkpoints (BertModel, BertForSequenceClassification,
+ViTModel, ViTForImageClassification, DeeBERT and PABEE exit heads): see
+models/hf.py, which maps them onto the modules above.
+
 Needs only torch and numpy (works with torch 1.13 and 2.x); safetensors is
 written by hand.
 """

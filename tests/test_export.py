@@ -29,7 +29,11 @@ BERT-style classifier with DeeBERT exits on padded sequences. For these the
 exporter's own interpreter, run on the written files, is compared with
 PyTorch too (and must depend on the masks), the MACs with FORMAT.md's
 formulas, and ids outside the vocabulary or a sequence of padding alone
-must give NaN logits and the final head. The worst relative logit error of
+must give NaN logits and the final head. A padded token 0 (left-padded
+sequences: token_pool first reads token 0 whatever its mask, as PyTorch's
+x[:, 0]) and a row of padding alone among the golden inputs (the
+exporter's self-check takes NaN against NaN as agreement) are exported and
+run in every mode against BertClassifier's own forward. The worst relative logit error of
 exitrt against PyTorch over these models is printed at the end. What the
 format cannot express (other activations, extra key/value rows, attention
 masks, a Linear on tokens, ...) is refused at export, naming the module.
