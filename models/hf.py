@@ -12,9 +12,19 @@ or from Python:
 Models (the classes of transformers 4.35, the last line that runs on
 Debian's PyTorch 1.13; .ci/deps installs it into .venv):
   - BertModel, BertForSequenceClassification (model_type "bert");
+  - DistilBertModel, DistilBertForSequenceClassification ("distilbert");
+  - RobertaModel, RobertaForSequenceClassification ("roberta"), for
+    sequences padded after the text (see below);
   - ViTModel, ViTForImageClassification (model_type "vit").
-Other model types (RoBERTa, DistilBERT, ...) are refused, naming
-config.model_type.
+Other model types are refused, naming config.model_type.
+
+RoBERTa counts positions from the first token that is not the pad id
+(position of token t: pad_token_id + 1 + t while no pad id came before it).
+exitrt's positions are fixed per index, pad_token_id + 1 + t, which is the
+same for every token of a text padded after it (the tokenizer's default,
+models/tokenize_text.py's only choice for RoBERTa) with the pad id; a
+left-padded RoBERTa sequence would get other positions than in HF, so the
+exporter refuses golden inputs padded so, and the runtime cannot tell.
 
 What the format computes and the config may say otherwise is checked
 first; a config the format cannot express is refused with ExportError
@@ -84,7 +94,12 @@ except ImportError:  # pragma: no cover
 ExportError = ex.ExportError
 # config.hidden_act values the format computes (encoder_block's activation)
 ACTIVATIONS = {"gelu": "gelu", "gelu_python": "gelu", "relu": "relu"}
-MODEL_TYPES = ("bert", "vit")
+# per model_type: the base model's attribute, the config field of the
+# activation, whether it reads text
+MODEL_TYPES = {"bert": ("bert", "hidden_act", True),
+               "distilbert": ("distilbert", "activation", True),
+               "roberta": ("roberta", "hidden_act", True),
+               "vit": ("vit", "hidden_act", False)}
 
 
 def _transformers():
@@ -124,11 +139,12 @@ def check_config(config, tokens=None):
     mt = getattr(config, "model_type", None)
     if mt not in MODEL_TYPES:
         raise ExportError(f"config.model_type = {mt!r}: models/hf.py exports "
-                          f"{', '.join(MODEL_TYPES)} (BertModel, BertForSequenceClassification, "
-                          "ViTModel, ViTForImageClassification)")
-    act = getattr(config, "hidden_act", None)
+                          f"{', '.join(MODEL_TYPES)} (their Model and "
+                          "ForSequenceClassification / ForImageClassification classes)")
+    field = MODEL_TYPES[mt][1]
+    act = getattr(config, field, None)
     if not isinstance(act, str) or act not in ACTIVATIONS:
-        raise ExportError(f"config.hidden_act = {act!r}: exitrt's encoder_block computes "
+        raise ExportError(f"config.{field} = {act!r}: exitrt's encoder_block computes "
                           f"{', '.join(sorted(ACTIVATIONS))} (the exact GELU, or ReLU); the "
                           "tanh approximation (gelu_new, gelu_pytorch_tanh) and others are not "
                           "in the model format")
@@ -142,15 +158,17 @@ def check_config(config, tokens=None):
     if config.hidden_size % config.num_attention_heads:
         raise ExportError(f"config.num_attention_heads = {config.num_attention_heads} does "
                           f"not divide config.hidden_size = {config.hidden_size}")
-    if mt == "bert":
+    if MODEL_TYPES[mt][2]:
         pe = getattr(config, "position_embedding_type", "absolute")
         if pe != "absolute":
             raise ExportError(f"config.position_embedding_type = {pe!r}: relative position "
                               "embeddings are not in the model format (absolute only)")
-        if tokens is not None and config.max_position_embeddings < tokens:
+        first = position_offset(config)
+        if tokens is not None and config.max_position_embeddings < first + tokens:
             raise ExportError(f"config.max_position_embeddings = "
                               f"{config.max_position_embeddings}: fewer positions than the "
-                              f"{tokens} tokens asked for")
+                              f"{tokens} tokens asked for"
+                              + (f" (from position {first} on)" if first else ""))
     else:
         if config.num_channels > 4:
             raise ExportError(f"config.num_channels = {config.num_channels}: exitrt takes "
@@ -159,6 +177,11 @@ def check_config(config, tokens=None):
         if ih % ph or iw % pw:
             raise ExportError(f"config.image_size = {config.image_size} is not a whole "
                               f"number of config.patch_size = {config.patch_size} patches")
+
+
+def position_offset(config):
+    """The position of token 0: RoBERTa's pad_token_id + 1, else 0."""
+    return config.pad_token_id + 1 if config.model_type == "roberta" else 0
 
 
 def _pair(v):
@@ -173,17 +196,18 @@ def _bias(lin):
     return lin.bias if lin.bias is not None else torch.zeros(lin.out_features)
 
 
-def _encoder_layer(att, out_dense, ln1, ff1, ff2, ln2, heads, act, norm_first):
+def _encoder_layer(qkv, out_dense, ln1, ff1, ff2, ln2, heads, act, norm_first):
     """One HF encoder layer as an nn.TransformerEncoderLayer (batch first):
-    att holds query, key, value (Linears); the other arguments are HF's own
+    qkv the query, key and value Linears; the other arguments are HF's own
     modules, shared. Written by export.py as an encoder_block."""
-    d = att.query.in_features
+    q, k, v = qkv
+    d = q.in_features
     layer = nn.TransformerEncoderLayer(d, heads, ff1.out_features, dropout=0.0,
                                        activation=act, batch_first=True, norm_first=norm_first)
     with torch.no_grad():
         a = layer.self_attn
-        a.in_proj_weight.copy_(torch.cat([att.query.weight, att.key.weight, att.value.weight]))
-        a.in_proj_bias.copy_(torch.cat([_bias(att.query), _bias(att.key), _bias(att.value)]))
+        a.in_proj_weight.copy_(torch.cat([q.weight, k.weight, v.weight]))
+        a.in_proj_bias.copy_(torch.cat([_bias(q), _bias(k), _bias(v)]))
         a.out_proj.weight.copy_(out_dense.weight)
         a.out_proj.bias.copy_(_bias(out_dense))
     layer.linear1, layer.linear2, layer.norm1, layer.norm2 = ff1, ff2, ln1, ln2
@@ -193,8 +217,10 @@ def _encoder_layer(att, out_dense, ln1, ff1, ff2, ln2, heads, act, norm_first):
 def _base(model):
     """(the base model, its classifier or None) of a transformers model."""
     mt = model.config.model_type
-    base = getattr(model, mt, None) if hasattr(model, "classifier") else model
-    if base is None or not hasattr(base, "embeddings") or not hasattr(base, "encoder"):
+    attr = MODEL_TYPES[mt][0]
+    base = getattr(model, attr, None) if hasattr(model, "classifier") else model
+    if base is None or not hasattr(base, "embeddings") or not (
+            hasattr(base, "encoder") or hasattr(base, "transformer")):
         raise ExportError(f"{type(model).__name__}: neither a {mt} base model nor a "
                           f"classifier holding one as .{mt}")
     return base, getattr(model, "classifier", None) if base is not model else None
@@ -204,27 +230,39 @@ def _backbone(model, tokens):
     """The backbone nn.Sequential: embeddings, encoder.layer.0, ..."""
     cfg = model.config
     base, _ = _base(model)
-    act = ACTIVATIONS[cfg.hidden_act]
+    mt = cfg.model_type
+    act = ACTIVATIONS[getattr(cfg, MODEL_TYPES[mt][1])]
     layers = OrderedDict()
-    for i, L in enumerate(base.encoder.layer):
+    nh = cfg.num_attention_heads
+    for i, L in enumerate(base.transformer.layer if mt == "distilbert" else base.encoder.layer):
+        if mt == "distilbert":  # post-LN
+            a = L.attention
+            layers[str(i)] = _encoder_layer((a.q_lin, a.k_lin, a.v_lin), a.out_lin,
+                                            L.sa_layer_norm, L.ffn.lin1, L.ffn.lin2,
+                                            L.output_layer_norm, nh, act, False)
+            continue
         at = L.attention
-        if cfg.model_type == "bert":
-            layers[str(i)] = _encoder_layer(at.self, at.output.dense, at.output.LayerNorm,
-                                            L.intermediate.dense, L.output.dense,
-                                            L.output.LayerNorm, cfg.num_attention_heads, act,
-                                            False)
-        else:
-            layers[str(i)] = _encoder_layer(at.attention, at.output.dense, L.layernorm_before,
-                                            L.intermediate.dense, L.output.dense,
-                                            L.layernorm_after, cfg.num_attention_heads, act, True)
+        if mt in ("bert", "roberta"):  # post-LN
+            a = at.self
+            layers[str(i)] = _encoder_layer((a.query, a.key, a.value), at.output.dense,
+                                            at.output.LayerNorm, L.intermediate.dense,
+                                            L.output.dense, L.output.LayerNorm, nh, act, False)
+        else:  # ViT: pre-LN
+            a = at.attention
+            layers[str(i)] = _encoder_layer((a.query, a.key, a.value), at.output.dense,
+                                            L.layernorm_before, L.intermediate.dense,
+                                            L.output.dense, L.layernorm_after, nh, act, True)
     e = base.embeddings
-    if cfg.model_type == "bert":
+    if MODEL_TYPES[mt][2]:
+        tt = getattr(e, "token_type_embeddings", None)
         te = tx.TokenEmbedding(cfg.vocab_size, cfg.hidden_size, tokens, position=True,
-                               segment=True)
+                               segment=tt is not None)
         te.word = e.word_embeddings
+        first = position_offset(cfg)
         with torch.no_grad():
-            te.position = nn.Parameter(e.position_embeddings.weight[:tokens].clone())
-            te.segment = nn.Parameter(e.token_type_embeddings.weight[0].clone())
+            te.position = nn.Parameter(e.position_embeddings.weight[first:first + tokens].clone())
+            if tt is not None:
+                te.segment = nn.Parameter(tt.weight[0].clone())
         emb = nn.Sequential(OrderedDict(tokens=te, LayerNorm=e.LayerNorm))
     else:
         pe = e.patch_embeddings
@@ -288,11 +326,23 @@ def _final(model, final):
         raise ExportError(f"{type(model).__name__} has no classifier: give final=, a head "
                           "reading the last layer (a Linear on the pooler, a DeeBERT "
                           "highway, ...)")
+    mt = model.config.model_type
+    if mt == "roberta":  # RobertaClassificationHead: dense, tanh, out_proj on token 0
+        if not (isinstance(getattr(classifier, "dense", None), nn.Linear)
+                and isinstance(getattr(classifier, "out_proj", None), nn.Linear)):
+            raise ExportError(f"{type(model).__name__}.classifier is a "
+                              f"{type(classifier).__name__}, not RoBERTa's classification head")
+        return nn.Sequential(OrderedDict(pool=tx.TokenPool("first"), dense=classifier.dense,
+                                         tanh=nn.Tanh(), out_proj=classifier.out_proj)), None
     if not isinstance(classifier, nn.Linear):
         raise ExportError(f"{type(model).__name__}.classifier is a "
                           f"{type(classifier).__name__} (config.num_labels = "
                           f"{model.config.num_labels}?); a Linear expected")
-    if model.config.model_type == "bert":
+    if mt == "distilbert":  # pre_classifier, ReLU, classifier on token 0
+        return nn.Sequential(OrderedDict(pool=tx.TokenPool("first"),
+                                         pre_classifier=model.pre_classifier, relu=nn.ReLU(),
+                                         classifier=classifier)), None
+    if mt == "bert":
         if getattr(base, "pooler", None) is None:
             raise ExportError(f"{type(model).__name__}: its {type(base).__name__} has no "
                               "pooler for the classifier")
@@ -335,7 +385,9 @@ def export_hf(model, out_dir, tokens=None, exits=None, final=None, name=None,
     HF's forward takes them). Returns the model.json dict."""
     cfg = model.config
     check_config(cfg, tokens)
-    text = cfg.model_type == "bert"
+    if golden_inputs is not None and cfg.model_type == "roberta":
+        check_roberta_rows(cfg, golden_inputs, "golden_inputs")
+    text = MODEL_TYPES[cfg.model_type][2]
     if text:
         if tokens is None:
             raise ExportError(f"{cfg.model_type}: give tokens=T (the sequence length)")
@@ -347,6 +399,8 @@ def export_hf(model, out_dir, tokens=None, exits=None, final=None, name=None,
     model.eval()
     base, _ = _base(model)
     nl = cfg.num_hidden_layers
+    if check_inputs is not None and cfg.model_type == "roberta":
+        check_roberta_rows(cfg, check_inputs, "check_inputs")
     backbone = _backbone(model, tokens)
     ex_mods, ex_fns = {}, []
     for i in sorted(exits or {}):
@@ -409,13 +463,39 @@ def export_hf(model, out_dir, tokens=None, exits=None, final=None, name=None,
 def self_check_tokens(cfg, tokens, n=6, seed=0):
     """Rows [n, 2, T] for the self-check: random ids in the vocabulary, a
     full row, rows padded after the text, a left-padded row (token 0
-    padded: token_pool first reads it all the same) and a row with no
-    attended token."""
+    padded: token_pool first reads it all the same; not for RoBERTa) and a
+    row with no attended token."""
     x = ex.random_tokens(n, tokens, cfg.vocab_size, seed=seed)
     if n >= 3 and tokens >= 2:
         x[1, 1] = np.arange(tokens) >= tokens // 2  # left padded
         x[2, 1] = 0  # no attended token: NaN on both sides
+    if cfg.model_type == "roberta":  # the text first, the pad id only after it
+        pad = cfg.pad_token_id
+        x[1, 1] = np.arange(tokens) < tokens // 2
+        x[:, 0][x[:, 0] == pad] = (pad + 1) % cfg.vocab_size
+        x[:, 0][x[:, 1] == 0] = pad
     return x
+
+
+def check_roberta_rows(cfg, x, what):
+    """RoBERTa's positions are exitrt's only where the pad id comes after
+    the text (module docstring): refuses rows with a pad id or a padded
+    token before an attended one."""
+    x = np.asarray(x)
+    if x.ndim == 2:
+        x = np.stack([x, np.ones_like(x)], 1)
+    pad = cfg.pad_token_id
+    for r in range(len(x)):
+        att = np.nonzero(x[r, 1])[0]
+        if not len(att):
+            continue
+        before = np.arange(att[-1] + 1)
+        bad = before[(x[r, 0, before] == pad) | (x[r, 1, before] == 0)]
+        if len(bad):
+            raise ExportError(f"{what} row {r} token {int(bad[0])}: a pad id or padding "
+                              "before the text's last token; RoBERTa counts positions from "
+                              "the first non-pad token, exitrt by index, so a RoBERTa "
+                              "sequence must be padded after its text (right padding)")
 
 
 def pabee_exits(classifiers, patience):
@@ -471,13 +551,12 @@ def load_checkpoint(path, policy=None, threshold=None, patience=None):
     cfg = trf.AutoConfig.from_pretrained(path, local_files_only=True)
     check_config(cfg)
     state = read_state(path)
-    prefix = cfg.model_type + "."
-    if cfg.model_type == "bert":
-        cls = (trf.BertForSequenceClassification if "classifier.weight" in state
-               else trf.BertModel)
-    else:
-        cls = (trf.ViTForImageClassification if "classifier.weight" in state
-               else trf.ViTModel)
+    prefix = MODEL_TYPES[cfg.model_type][0] + "."
+    head = any(k.startswith("classifier.") for k in state)
+    cls = {"bert": (trf.BertModel, trf.BertForSequenceClassification),
+           "distilbert": (trf.DistilBertModel, trf.DistilBertForSequenceClassification),
+           "roberta": (trf.RobertaModel, trf.RobertaForSequenceClassification),
+           "vit": (trf.ViTModel, trf.ViTForImageClassification)}[cfg.model_type][head]
     model = cls.from_pretrained(path, local_files_only=True)
     model.eval()
     hw = sorted({int(k.split(".")[3]) for k in state

@@ -10,12 +10,15 @@ reads standard input). The tokenizer is read from the checkpoint directory
 local_files_only: nothing is downloaded. Each text is tokenised as one
 segment (exitrt takes no segment ids: the model's token-type row 0),
 truncated to T tokens and padded to T (the tokenizer's padding side, or
---padding-side; the mask says which tokens are text).
+--padding-side; the mask says which tokens are text). A RoBERTa checkpoint
+is always padded on the right (models/hf.py says why).
 
 (Named tokenize_text.py, not tokenize.py: a tokenize.py beside the scripts
 would hide Python's own tokenize module, which torch imports.)
 """
 import argparse
+import json
+import os
 import sys
 
 import numpy as np
@@ -29,8 +32,16 @@ def tokenize(checkpoint, texts, tokens, padding_side=None):
     except ImportError:
         raise SystemExit("tokenize_text.py needs the transformers package (.ci/deps installs "
                          "it into .venv)")
+    cfg = os.path.join(checkpoint, "config.json")
+    model_type = json.load(open(cfg)).get("model_type") if os.path.isfile(cfg) else None
+    if model_type == "roberta" and padding_side == "left":
+        raise SystemExit("--padding-side left: RoBERTa counts positions from the first "
+                         "non-pad token, exitrt by index; its texts are padded on the right "
+                         "(models/hf.py)")
     tok = AutoTokenizer.from_pretrained(checkpoint, local_files_only=True)
-    if padding_side is not None:
+    if model_type == "roberta":
+        tok.padding_side = "right"
+    elif padding_side is not None:
         tok.padding_side = padding_side
     if tok.pad_token_id is None:
         raise SystemExit(f"{checkpoint}: the tokenizer has no padding token")
