@@ -531,7 +531,7 @@ def read_state(path):
         from safetensors.torch import load_file
         return load_file(st)
     if os.path.isfile(pt):
-        return torch.load(pt, map_location="cpu")
+        return torch.load(pt, map_location="cpu", weights_only=True)  # tensors, no code
     raise ExportError(f"{path}: no model.safetensors or pytorch_model.bin (sharded "
                       "checkpoints are not read)")
 
