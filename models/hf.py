@@ -58,9 +58,10 @@ pooler, classifier; ViTForImageClassification: [CLS], layernorm,
 classifier), or `final`, a head as above reading the last layer.
 
 Policies: DeeBERT's entropy rule is policy {"type": "entropy", "threshold":
-early_exit_entropy}. PABEE's patience p (exit once p consecutive layers
-after the current one's first prediction agree, i.e. p + 1 equal argmaxes
-in a row) is exitrt's patience threshold p + 1: pabee_exits() converts it.
+early_exit_entropy}. PABEE's patience p (leave once the prediction has
+stayed the same for p layers after the one where it appeared: p + 1 equal
+argmaxes in a row) is exitrt's patience threshold p + 1: pabee_exits()
+converts it.
 
 The self-check runs Hugging Face's own forward (input_ids and
 attention_mask as integers, output_hidden_states) and the heads' own
