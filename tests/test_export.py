@@ -1349,6 +1349,15 @@ def exporter_checks(work):
 
     transformer_refusals(out)
 
+    # the self-check: NaN where both sides are NaN is agreement (a row with
+    # no attended token), NaN on one side alone is a difference
+    both = np.array([[np.nan, np.nan], [1.0, -2.0]], np.float32)
+    ex._compare("rows", both, both.copy())
+    expect_error(lambda: ex._compare("rows", both, np.array([[0.5, 0.5], [1.0, -2.0]])),
+                 "self-check: rows", "differ")
+    expect_error(lambda: ex._compare("rows", np.zeros((2, 2)), both), "self-check: rows",
+                 "differ")
+
     # safetensors layout: header length, padding, offsets
     path = os.path.join(work, "t.safetensors")
     ex.write_safetensors(path, {"b": np.arange(3, dtype=np.float32),
