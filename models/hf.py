@@ -76,7 +76,6 @@ nothing is downloaded: checkpoints are read from local directories.
 """
 import argparse
 import json
-import math
 import os
 import sys
 from collections import OrderedDict

@@ -57,10 +57,10 @@ try:
     # Debian's requests warns of the newer urllib3 that .venv holds
     warnings.filterwarnings("ignore", module="requests")
     import transformers
-    from transformers import (BertConfig, DistilBertConfig, DistilBertForSequenceClassification,
-                              RobertaConfig, RobertaForSequenceClassification, RobertaModel, BertForSequenceClassification, BertModel,
-                              BertPreTrainedModel, BertTokenizerFast, ViTConfig,
-                              ViTForImageClassification, ViTImageProcessor)
+    from transformers import (BertConfig, BertForSequenceClassification, BertModel,
+                              BertPreTrainedModel, BertTokenizerFast, DistilBertConfig,
+                              DistilBertForSequenceClassification, RobertaConfig, RobertaModel,
+                              ViTConfig, ViTForImageClassification, ViTImageProcessor)
 except ImportError as e:
     # CTest runs the system python3; transformers lives in the project's .venv
     venv = os.path.join(ROOT, ".venv", "bin", "python")
