@@ -59,7 +59,8 @@ try:
     import transformers
     from transformers import (BertConfig, BertForSequenceClassification, BertModel,
                               BertPreTrainedModel, BertTokenizerFast, DistilBertConfig,
-                              DistilBertForSequenceClassification, RobertaConfig, RobertaModel,
+                              DistilBertForSequenceClassification, RobertaConfig,
+                              RobertaForSequenceClassification, RobertaModel,
                               ViTConfig, ViTForImageClassification, ViTImageProcessor)
 except ImportError as e:
     # CTest runs the system python3; transformers lives in the project's .venv
@@ -74,6 +75,7 @@ sys.path.insert(0, os.path.join(ROOT, "models"))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 import export as ex  # noqa: E402
 import hf  # noqa: E402
+import tokenize_text  # noqa: E402
 import transformer as tx  # noqa: E402
 import test_export as te  # noqa: E402
 
@@ -538,13 +540,12 @@ def case_roberta(exe, work, devices):
     te.expect_error(lambda: hf.export_hf(model, out, tokens=T, exits=exits, final=final,
                                          golden_inputs=left),
                     "golden_inputs row 3 token 0", "right padding")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "models", "tokenize_text.py"), ckpt,
-                        "-", os.path.join(work, "r.npy"), "--tokens", str(T), "--padding-side",
-                        "left"], input=b"a film\n", stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, timeout=120)
-    if r.returncode == 0 or b"RoBERTa" not in r.stdout:
-        raise te.Failure(f"tokenize_text.py --padding-side left on RoBERTa: rc {r.returncode}, "
-                         f"{r.stdout.decode()[-300:]!r}")
+    try:
+        tokenize_text.tokenize(ckpt, ["a film"], T, padding_side="left")
+        raise te.Failure("tokenize_text.py --padding-side left on RoBERTa was not refused")
+    except SystemExit as e:
+        if "RoBERTa" not in str(e):
+            raise te.Failure(f"tokenize_text.py --padding-side left on RoBERTa: {e}")
     mj = hf.export_hf(model, out, tokens=T, exits=exits, final=final, name="roberta",
                       golden_inputs=x)
     if mj["backbone"][0]["type"] != "token_embed":
@@ -561,6 +562,28 @@ def case_roberta(exe, work, devices):
     lines = [f"golden = HF's forward, its positions from pad_token_id + 1 (max rel err "
              f"{worst:.2g}); left padding refused (exporter, tokenize_text.py)"]
     lines += run_modes(out, exe, os.path.join(work, "roberta-run"), devices, "roberta")
+    # RobertaForSequenceClassification: its head (dense, tanh, out_proj on
+    # token 0) is the final exit
+    ckpt2 = os.path.join(work, "roberta-cls-ckpt")
+    shutil.rmtree(ckpt2, ignore_errors=True)
+    RobertaForSequenceClassification(cfg).eval().save_pretrained(ckpt2)
+    model2, exits2, _ = hf.load_checkpoint(ckpt2)
+    if type(model2).__name__ != "RobertaForSequenceClassification" or exits2:
+        raise te.Failure(f"{ckpt2}: loaded {type(model2).__name__}, exits {exits2}")
+    out2 = os.path.join(work, "roberta-cls")
+    hf.export_hf(model2, out2, tokens=T, golden_inputs=x)
+    with torch.no_grad():
+        z = model2(input_ids=ids, attention_mask=mask).logits.numpy()
+    z[mask.sum(1).numpy() == 0] = np.nan
+    compare_golden(out2, [z], "roberta classifier")
+    mj2 = json.load(open(os.path.join(out2, "model.json")))
+    golden2 = {k: np.asarray(v) for k, v in
+               ex.read_safetensors(os.path.join(out2, "golden.safetensors"))[0].items()}
+    np.save(os.path.join(work, "roberta-cls-input.npy"), x)
+    w, _, _ = te.check_run(mj2, golden2, [], {}, "full", "cpu", exe, out2,
+                           os.path.join(work, "roberta-cls-input.npy"), work, "roberta-cls")
+    lines.append(f"RobertaForSequenceClassification (its classification head as the final "
+                 f"exit): exitrt = HF's logits (max rel err {w:.2g})")
     return lines
 
 
