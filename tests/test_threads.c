@@ -4,6 +4,13 @@
  * on one CPU engine. Every call must return OK (with the results of a
  * call made alone) or ERT_BUSY, and nothing else.
  *
+ * First, deterministically: while the main thread holds the engine (as a
+ * running call does, engine_enter), another thread makes every kind of call
+ * on it; each must return ERT_BUSY and write nothing, the engine's message
+ * included, which the holder writes meanwhile. Then freely: two threads,
+ * then a thread and a stream, race on the engine (whether their calls
+ * overlap depends on the scheduler; the counts are printed).
+ *
  * A plain program, not a Criterion suite: CI runs it under
  * ThreadSanitizer (.ci/run), where Criterion's runner cannot start (it maps
  * its shared arena at fixed addresses that ThreadSanitizer's memory layout
@@ -21,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine_core.h"
 #include "exitrt.h"
 #include "model_writer.h"
 
@@ -154,6 +162,80 @@ static void *streamer(void *arg)
     return NULL;
 }
 
+typedef struct held {
+    ert_engine *e;
+    ert_stream *st; /* created before the engine was held */
+    const float *x;
+    atomic_int done; /* relaxed: no ordering for ThreadSanitizer to see */
+} held;
+
+/* Every call on a held engine: ERT_BUSY, and nothing written on it. */
+static void *refused(void *arg)
+{
+    held *h = arg;
+    ert_engine *e = h->e;
+    ert_sample s[B];
+    ert_result r = {.samples = s};
+    ert_device_result dr = {.samples = s};
+    float scores[B * ERT_MAX_EXITS];
+    int32_t classes[B * ERT_MAX_EXITS], ids[B] = {0};
+    ert_stream_result res[B];
+    int got = 0;
+    const struct {
+        ert_status st;
+        const char *what;
+    } calls[] = {
+        {ert_infer(e, h->x, B, &r), "ert_infer"},
+        {ert_infer(e, h->x, 0, &r), "ert_infer with batch 0"},
+        {ert_infer(e, NULL, B, &r), "ert_infer with no input"},
+        {ert_infer_tokens(e, ids, ids, B, &r), "ert_infer_tokens on an image model"},
+        {ert_infer_device(e, h->x, B, &dr, NULL), "ert_infer_device"},
+        {ert_engine_scores(e, h->x, B, scores), "ert_engine_scores"},
+        {ert_engine_scores(e, h->x, B, NULL), "ert_engine_scores with no scores"},
+        {ert_engine_exit_outputs(e, h->x, B, scores, classes), "ert_engine_exit_outputs"},
+        {ert_engine_set_threshold(e, 0, 0.25f), "ert_engine_set_threshold"},
+        {ert_engine_set_threshold(e, 99, NAN), "ert_engine_set_threshold out of range"},
+        {ert_stream_submit(h->st, h->x, 1, NULL), "ert_stream_submit"},
+        {ert_stream_poll(h->st, res, NULL, B, &got), "ert_stream_poll"},
+        {ert_stream_flush(h->st), "ert_stream_flush"},
+    };
+    for (size_t i = 0; i < sizeof calls / sizeof calls[0]; i++)
+        CHECK(calls[i].st == ERT_BUSY, "%s on a held engine: %s, not ERT_BUSY", calls[i].what,
+              ert_status_string(calls[i].st));
+    atomic_store_explicit(&h->done, 1, memory_order_relaxed);
+    return NULL;
+}
+
+/* The main thread holds the engine as a call does, and writes its message
+ * while the other thread is refused. */
+static void held_engine(ert_engine *e, const float *x)
+{
+    held h = {.e = e, .x = x};
+    ert_stream_config cfg = ert_stream_config_default();
+    ert_error err = {{0}};
+    CHECK(ert_stream_create(e, &cfg, &h.st, &err) == ERT_OK, "ert_stream_create: %s", err.msg);
+    const float thr = ert_engine_threshold(e, 0);
+    CHECK(engine_enter(e), "the engine is busy before the test");
+    engine_fail(e, ERT_OK, "the holder's message");
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, refused, &h) == 0, "pthread_create");
+    while (!atomic_load_explicit(&h.done, memory_order_relaxed))
+        sched_yield();
+    CHECK(strcmp(e->err, "the holder's message") == 0, "a refused call wrote '%s'", e->err);
+    engine_fail(e, ERT_OK, "the holder's second message"); /* as a running call may */
+    pthread_join(t, NULL);
+    CHECK(strcmp(ert_engine_error(e), "the holder's second message") == 0, "the message: '%s'",
+          ert_engine_error(e));
+    CHECK(ert_engine_threshold(e, 0) == thr, "a refused call set a threshold");
+    engine_leave(e);
+    ert_stream_stats ss;
+    ert_stream_get_stats(h.st, &ss);
+    CHECK(ss.submitted == 0, "a refused submit enqueued %llu samples",
+          (unsigned long long)ss.submitted);
+    ert_stream_free(h.st);
+    printf("test_threads: a held engine: every call refused, nothing written\n");
+}
+
 int main(void)
 {
     char dir[64];
@@ -193,6 +275,9 @@ int main(void)
               ert_engine_error(e));
     }
 
+    if (x)
+        held_engine(e, x);
+
     for (int pair = 0; x && want_scores && pair < 2; pair++) {
         shared sh = {.e = e,
                      .x = x,
@@ -220,7 +305,6 @@ int main(void)
                pair == 0 ? "two threads" : "a thread and a stream", atomic_load(&sh.ran),
                atomic_load(&sh.busy));
         CHECK(atomic_load(&sh.ran) > 0, "no call ran");
-        CHECK(atomic_load(&sh.busy) > 0, "the threads never overlapped: nothing was tested");
     }
     free(x);
     free(want_scores);
