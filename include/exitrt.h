@@ -17,7 +17,12 @@
  *     while an engine still uses it is refused: ert_model_free() then only
  *     marks it, and the last ert_engine_free() releases it.
  *   - An engine is not thread-safe: call ert_infer() on one engine from one
- *     thread at a time (a concurrent call returns ERT_BUSY).
+ *     thread at a time (a concurrent call returns ERT_BUSY). Every call
+ *     that takes an engine (ert_infer, ert_infer_tokens, ert_infer_device,
+ *     ert_engine_scores, ert_engine_exit_outputs, ert_engine_set_threshold,
+ *     and a stream's submit, poll and flush) claims it first: one made
+ *     while another runs returns ERT_BUSY at once, before checking its
+ *     arguments, and changes nothing on the engine, its message included.
  */
 #ifndef EXITRT_H
 #define EXITRT_H
@@ -205,7 +210,12 @@ ERT_API ert_backend ert_engine_backend(const ert_engine *e);
 ERT_API ert_mode ert_engine_mode(const ert_engine *e);
 
 /* The message of the engine's last failure ("" if none). Valid until the
- * next call on the engine. */
+ * next call on the engine. A call refused with ERT_BUSY does not write it:
+ * the message belongs to the call that holds the engine, so after a BUSY
+ * refusal it still says what it said before (and the call running on the
+ * other thread may change it at any moment: read it from the thread whose
+ * call failed, once no other call on the engine runs). ERT_BUSY itself is
+ * the whole answer: the engine was running another call. */
 ERT_API const char *ert_engine_error(const ert_engine *e);
 
 /* A line about how the engine runs that is not an error ("" if none), set at
@@ -218,7 +228,8 @@ ERT_API const char *ert_engine_note(const ert_engine *e);
  * NaN, and values outside the policy's range ([0,1] for probabilities and
  * the confidence head, [0, log K] ... any value >= 0 for entropy, a finite
  * integer >= 1 for patience). The model loader checks a file's thresholds
- * by the same rule (and also wants them finite). */
+ * by the same rule (and also wants them finite). ERT_BUSY, changing
+ * nothing, while another call runs on the engine. */
 ERT_API ERT_NODISCARD ert_status ert_engine_set_threshold(ert_engine *e, int exit_index,
                                                           float threshold);
 ERT_API float ert_engine_threshold(const ert_engine *e, int exit_index);

@@ -169,10 +169,8 @@ ert_mode ert_engine_mode(const ert_engine *e) { return e ? e->cfg.mode : ERT_MOD
 const char *ert_engine_error(const ert_engine *e) { return e ? e->err : "engine is NULL"; }
 const char *ert_engine_note(const ert_engine *e) { return e ? e->note : ""; }
 
-ert_status ert_engine_set_threshold(ert_engine *e, int i, float t)
+static ert_status set_threshold_entered(ert_engine *e, int i, float t)
 {
-    if (!e)
-        return ERT_INVALID_ARGUMENT;
     const ert_model *m = e->model;
     if (i < 0 || i >= m->num_exits - 1)
         return engine_fail(e, ERT_INVALID_ARGUMENT,
@@ -187,6 +185,22 @@ ert_status ert_engine_set_threshold(ert_engine *e, int i, float t)
                            ert_threshold_range(m->exits[i].policy));
     e->thresholds[i] = t;
     return ERT_OK;
+}
+
+/* Every public call on an engine claims it before it checks anything: a
+ * call refused with ERT_BUSY writes nothing on the engine, not even its
+ * message, which belongs to the call running on another thread
+ * (engine_core.h). */
+ert_status ert_engine_set_threshold(ert_engine *e, int i, float t)
+{
+    if (!e)
+        return ERT_INVALID_ARGUMENT;
+    if (!engine_enter(e))
+        return ERT_BUSY;
+    e->err[0] = '\0';
+    ert_status st = set_threshold_entered(e, i, t);
+    engine_leave(e);
+    return st;
 }
 
 float ert_engine_threshold(const ert_engine *e, int i)
@@ -246,18 +260,14 @@ static ert_status infer_entered(ert_engine *e, const float *input, int batch, er
     return st;
 }
 
-/* ert_infer's and ert_infer_tokens' checks, then the engine is entered
- * (the caller leaves it). */
-static ert_status enter_infer(ert_engine *e, const void *input, int batch, const ert_result *out)
+/* ert_infer's and ert_infer_tokens' checks, on an entered engine. */
+static ert_status check_infer(ert_engine *e, const void *input, int batch, const ert_result *out)
 {
     ert_status st = check_batch(e, input, batch, out);
     if (st != ERT_OK)
         return st;
     if (!out->samples)
         return engine_fail(e, ERT_INVALID_ARGUMENT, "result->samples is NULL");
-    if (!engine_enter(e))
-        return engine_fail(e, ERT_BUSY, "the engine is running another call");
-    e->err[0] = '\0';
     return ERT_OK;
 }
 
@@ -265,12 +275,30 @@ ert_status ert_infer(ert_engine *e, const float *input, int batch, ert_result *o
 {
     if (!e)
         return ERT_INVALID_ARGUMENT;
-    ert_status st = enter_infer(e, input, batch, out);
-    if (st != ERT_OK)
-        return st;
-    st = infer_entered(e, input, batch, out);
+    if (!engine_enter(e))
+        return ERT_BUSY;
+    e->err[0] = '\0';
+    ert_status st = check_infer(e, input, batch, out);
+    if (st == ERT_OK)
+        st = infer_entered(e, input, batch, out);
     engine_leave(e);
     return st;
+}
+
+static ert_status infer_tokens_entered(ert_engine *e, const int32_t *ids, const int32_t *mask,
+                                       int batch, ert_result *out)
+{
+    if (!e->token_rows)
+        return engine_fail(e, ERT_INVALID_ARGUMENT,
+                           "ert_infer_tokens: the model takes images, not tokens (ert_infer)");
+    ert_status st = check_infer(e, ids, batch, out);
+    if (st != ERT_OK)
+        return st;
+    ert_error perr = {{0}};
+    st = ert_pack_tokens(e->model, ids, mask, batch, e->token_rows, &perr);
+    if (st != ERT_OK)
+        return engine_fail(e, st, "ert_infer_tokens: %s", perr.msg);
+    return infer_entered(e, e->token_rows, batch, out);
 }
 
 ert_status ert_infer_tokens(ert_engine *e, const int32_t *ids, const int32_t *mask, int batch,
@@ -278,27 +306,18 @@ ert_status ert_infer_tokens(ert_engine *e, const int32_t *ids, const int32_t *ma
 {
     if (!e)
         return ERT_INVALID_ARGUMENT;
-    if (!e->token_rows)
-        return engine_fail(e, ERT_INVALID_ARGUMENT,
-                           "ert_infer_tokens: the model takes images, not tokens (ert_infer)");
-    ert_status st = enter_infer(e, ids, batch, out);
-    if (st != ERT_OK)
-        return st;
-    ert_error perr = {{0}};
-    st = ert_pack_tokens(e->model, ids, mask, batch, e->token_rows, &perr);
-    if (st != ERT_OK)
-        engine_fail(e, st, "ert_infer_tokens: %s", perr.msg);
-    else
-        st = infer_entered(e, e->token_rows, batch, out);
+    if (!engine_enter(e))
+        return ERT_BUSY;
+    e->err[0] = '\0';
+    ert_status st = infer_tokens_entered(e, ids, mask, batch, out);
     engine_leave(e);
     return st;
 }
 
-ert_status ert_infer_device(ert_engine *e, const void *d_input, int batch, ert_device_result *out,
-                            void *stream)
+/* ert_infer_device's work, on an entered engine. */
+static ert_status infer_device_entered(ert_engine *e, const void *d_input, int batch,
+                                       ert_device_result *out, void *stream)
 {
-    if (!e)
-        return ERT_INVALID_ARGUMENT;
     ert_status st = check_batch(e, d_input, batch, out);
     if (st != ERT_OK)
         return st;
@@ -309,20 +328,27 @@ ert_status ert_infer_device(ert_engine *e, const void *d_input, int batch, ert_d
                            "ert_infer_device needs the CUDA backend, "
                            "this engine runs on %s",
                            e->ops->name);
-    if (!engine_enter(e))
-        return engine_fail(e, ERT_BUSY, "the engine is running another call");
-    e->err[0] = '\0';
     out->host_waits = 0;
-    st = e->ops->infer_device(e, d_input, batch, out, stream);
+    return e->ops->infer_device(e, d_input, batch, out, stream);
+}
+
+ert_status ert_infer_device(ert_engine *e, const void *d_input, int batch, ert_device_result *out,
+                            void *stream)
+{
+    if (!e)
+        return ERT_INVALID_ARGUMENT;
+    if (!engine_enter(e))
+        return ERT_BUSY;
+    e->err[0] = '\0';
+    ert_status st = infer_device_entered(e, d_input, batch, out, stream);
     engine_leave(e);
     return st;
 }
 
-ert_status ert_engine_exit_outputs(ert_engine *e, const float *input, int batch, float *scores,
-                                   int32_t *classes)
+/* ert_engine_exit_outputs' work, on an entered engine. */
+static ert_status exit_outputs_entered(ert_engine *e, const float *input, int batch, float *scores,
+                                       int32_t *classes)
 {
-    if (!e)
-        return ERT_INVALID_ARGUMENT;
     if (!scores && !classes)
         return engine_fail(e, ERT_INVALID_ARGUMENT, "scores and classes are both NULL");
     ert_status st = check_batch(e, input, batch, scores ? (const void *)scores : classes);
@@ -333,10 +359,18 @@ ert_status ert_engine_exit_outputs(ert_engine *e, const float *input, int batch,
                            "ert_engine_exit_outputs is not supported by the "
                            "%s backend",
                            e->ops->name);
+    return e->ops->exit_outputs(e, input, batch, scores, classes);
+}
+
+ert_status ert_engine_exit_outputs(ert_engine *e, const float *input, int batch, float *scores,
+                                   int32_t *classes)
+{
+    if (!e)
+        return ERT_INVALID_ARGUMENT;
     if (!engine_enter(e))
-        return engine_fail(e, ERT_BUSY, "the engine is running another call");
+        return ERT_BUSY;
     e->err[0] = '\0';
-    st = e->ops->exit_outputs(e, input, batch, scores, classes);
+    ert_status st = exit_outputs_entered(e, input, batch, scores, classes);
     engine_leave(e);
     return st;
 }
@@ -345,7 +379,11 @@ ert_status ert_engine_scores(ert_engine *e, const float *input, int batch, float
 {
     if (!e)
         return ERT_INVALID_ARGUMENT;
-    if (!scores)
-        return engine_fail(e, ERT_INVALID_ARGUMENT, "scores is NULL");
-    return ert_engine_exit_outputs(e, input, batch, scores, NULL);
+    if (!engine_enter(e))
+        return ERT_BUSY;
+    e->err[0] = '\0';
+    ert_status st = scores ? exit_outputs_entered(e, input, batch, scores, NULL)
+                           : engine_fail(e, ERT_INVALID_ARGUMENT, "scores is NULL");
+    engine_leave(e);
+    return st;
 }

@@ -82,12 +82,16 @@ struct ert_engine {
     float *token_rows;        /* token models: max_batch input rows for ert_infer_tokens */
 };
 
-/* Records a printf-style message on the engine and returns status. */
+/* Records a printf-style message on the engine and returns status. Only
+ * the call that holds the engine (engine_enter) may write its message. */
 ert_status engine_fail(ert_engine *e, ert_status status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 /* Claims the engine for one call (ert_infer, a stream call, ...): 1 when
- * claimed, 0 when another call holds it (the caller returns ERT_BUSY). */
+ * claimed, 0 when another call holds it. A refused
+ * caller returns ERT_BUSY and writes nothing on the engine, its message
+ * included: that belongs to the call that holds it, on another thread.
+ * So a public call enters before any check that could fail with a message. */
 int engine_enter(ert_engine *e);
 void engine_leave(ert_engine *e);
 

@@ -35,4 +35,16 @@ static inline int size_add(size_t a, size_t b, size_t *out)
 /* Joins dir and rel into out ("rel" when dir is empty). 0 if it does not fit. */
 int path_join(char *out, size_t len, const char *dir, const char *rel);
 
+/* A path that a model directory's model.json names (a model directory is
+ * untrusted input), joined onto the directory into out when it stays
+ * inside it: refused, before anything is opened, when rel is empty or
+ * absolute, has a ".." component, or resolves (symlinks followed, as
+ * realpath does) to a file outside the directory's own real path. A
+ * symlink that stays inside is fine. A path that does not exist is let
+ * through: opening it fails with its own message. file and field name the
+ * path in the messages ("models/x/model.json", "weights"). ERT_FORMAT for a
+ * path that leaves the directory, ERT_IO when it cannot be resolved. */
+ert_status path_inside(const char *dir, const char *rel, const char *file, const char *field,
+                       char *out, size_t len, ert_error *err);
+
 #endif /* ERT_UTIL_H */

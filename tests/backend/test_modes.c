@@ -388,6 +388,127 @@ Test(modes, token_rows_nan)
     fixture_close(&f);
 }
 
+/* A padded token 0 (models/FORMAT.md, "Token inputs"): `token_pool first`
+ * reads token 0 whatever its mask (as PyTorch's x[:, 0] and BERT's pooler
+ * do), so its id counts there. On the random BERT (exit 0 and exit 2 pool
+ * the mean, exit 1 and the final head pool `first`):
+ *   row 1: token 0 padded, a valid id: as the float64 reference;
+ *   row 4: row 1 with another valid id at token 0: exit 1 and the final
+ *          head change (token 0 is read), the mean-pooled exits do not;
+ *   rows 2, 3: an invalid id (past the vocabulary, negative) at padded
+ *          token 0: exit 1's and the final head's logits NaN, the others
+ *          finite, so the row takes the final exit once exits 0 and 2 are
+ *          out of reach (thresholds 1), with NaN logits;
+ *   rows 5, 6: a padded token in the middle (5: an invalid id, 6: a valid
+ *          one) and row 7 a padded last token with an invalid id: no
+ *          effect, every exit as the reference and rows 5 and 6 equal. */
+Test(modes, padded_first_token)
+{
+    fixture f;
+    fixture_open(&f, 37, MW_BERT);
+    const int E = ert_model_num_exits(f.m), K = ert_model_num_classes(f.m), n = 8;
+    const int T = f.m->input_tokens, V = f.m->vocab;
+    cr_assert_eq(E, 4);
+    const size_t per = ert_model_input_size(f.m);
+    float *x = malloc(sizeof(float) * per * n);
+    for (int i = 0; i < n; i++) /* every token attended, the same valid ids */
+        for (int t = 0; t < T; t++) {
+            x[i * per + t] = (float)((7 * t + 3) % V);
+            x[i * per + T + t] = 1.0f;
+        }
+    for (int i = 1; i <= 4; i++)
+        x[i * per + T] = 0.0f; /* token 0 padded */
+    x[2 * per] = (float)V;
+    x[3 * per] = -1.0f;
+    x[4 * per] = (float)((int)x[1 * per] + 1) == (float)V ? 0.0f : x[1 * per] + 1.0f;
+    memcpy(x + 6 * per, x + 5 * per, sizeof(float) * per);
+    x[5 * per + T + 2] = x[6 * per + T + 2] = 0.0f; /* token 2 padded */
+    x[5 * per + 2] = (float)(V + 5);
+    x[7 * per + 2 * T - 1] = 0.0f; /* the last token padded */
+    x[7 * per + T - 1] = 1e6f;
+
+    /* exits 0 and 2 (max_prob, margin) out of reach; exit 1 as calibrated */
+    float thr[ERT_MAX_EXITS] = {1.0f, f.m->exits[1].threshold, 1.0f};
+    set_thresholds(f.es, 3, f.m, thr);
+
+    /* the reference: every exit's logits, then the exits walked with thr */
+    ert_sample rs[8], ws[8];
+    float *all = calloc((size_t)E * n * K, sizeof *all), *z = calloc((size_t)E * K, sizeof *z);
+    float conf[ERT_MAX_EXITS] = {0};
+    cr_assert_eq(mw_reference_infer(f.m, x, n, rs, NULL, all, NULL), 0);
+    for (int i = 0; i < n; i++) {
+        for (int e = 0; e < E; e++)
+            memcpy(z + (size_t)e * K, all + ((size_t)e * n + i) * K, sizeof(float) * K);
+        mw_walk_exits(f.m, thr, z, conf, &ws[i], NULL, NULL);
+    }
+#define REF(e, i) (all + ((size_t)(e)*n + (i)) * K)
+    /* the rule, in the reference first */
+    for (int i = 0; i < n; i++)
+        for (int e = 0; e < E; e++) {
+            int nan_head = (i == 2 || i == 3) && (e == 1 || e == E - 1);
+            for (int k = 0; k < K; k++)
+                cr_assert(nan_head ? isnan(REF(e, i)[k]) : isfinite(REF(e, i)[k]),
+                          "reference: row %d exit %d logit %d: %g", i, e, k, REF(e, i)[k]);
+        }
+    int differs = 0;
+    for (int k = 0; k < K; k++)
+        differs |= REF(1, 1)[k] != REF(1, 4)[k];
+    cr_assert(differs, "reference: the id at padded token 0 does not reach exit 1");
+    cr_assert_eq(memcmp(REF(0, 1), REF(0, 4), sizeof(float) * K), 0,
+                 "reference: the id at padded token 0 reaches the mean-pooled exit 0");
+    for (int e = 0; e < E; e++)
+        cr_assert_eq(memcmp(REF(e, 5), REF(e, 6), sizeof(float) * K), 0,
+                     "reference: an invalid id at a padded token changed exit %d", e);
+    cr_assert_eq(ws[2].exit_index, E - 1);
+    cr_assert_eq(ws[3].exit_index, E - 1);
+
+    /* the backend: the same, in every mode */
+    run_modes(f.m, &f.p, f.es, x, n, &f.mr);
+    for (int i = 0; i < n; i++) {
+        fx_check_logits(f.mr.full.logits + (size_t)i * K, REF(E - 1, i), K, "FULL vs reference", i);
+        const ert_sample *a = &f.mr.masked.samples[i];
+        if (tb_flip(f.es[1], a, &ws[i], "MASKED vs reference", i))
+            continue;
+        fx_check_logits(f.mr.masked.logits + (size_t)i * K, REF(a->exit_index, i), K,
+                        "MASKED vs reference", i);
+    }
+    for (int i = 2; i <= 3; i++) {
+        cr_assert_eq(f.mr.masked.samples[i].exit_index, E - 1, "row %d left at exit %d", i,
+                     f.mr.masked.samples[i].exit_index);
+        cr_assert_eq(f.mr.comp.samples[i].exit_index, E - 1, "row %d left at exit %d", i,
+                     f.mr.comp.samples[i].exit_index);
+        for (int k = 0; k < K; k++)
+            cr_assert(isnan(f.mr.comp.logits[(size_t)i * K + k]) &&
+                          isnan(f.mr.full.logits[(size_t)i * K + k]),
+                      "row %d logit %d: %g", i, k, f.mr.comp.logits[(size_t)i * K + k]);
+    }
+    check_logits_modes(f.mr.full.logits + 5 * (size_t)K, f.mr.full.logits + 6 * (size_t)K, K,
+                       "an invalid id at a padded token", 5);
+    /* the finite ids count as finite input rows */
+    cr_assert_eq(f.mr.comp.r.nonfinite_samples, 0);
+
+    /* every exit's score, where the backend gives them: NaN at exit 1
+       for rows 2 and 3, finite elsewhere */
+    float *sc = calloc((size_t)E * n, sizeof *sc);
+    ert_status st = ert_engine_scores(f.es[2], x, n, sc);
+    if (st != ERT_UNSUPPORTED) {
+        cr_assert_eq(st, ERT_OK, "%s", ert_engine_error(f.es[2]));
+        for (int i = 0; i < n; i++)
+            for (int e = 0; e < E; e++) {
+                int nan_score = (i == 2 || i == 3) && (e == 1 || e == E - 1);
+                cr_assert(nan_score ? isnan(sc[(size_t)i * E + e])
+                                    : isfinite(sc[(size_t)i * E + e]),
+                          "row %d exit %d: score %g", i, e, sc[(size_t)i * E + e]);
+            }
+    }
+#undef REF
+    free(sc);
+    free(all);
+    free(z);
+    free(x);
+    fixture_close(&f);
+}
+
 /* ---- against the plain reference ----------------------------------------------- */
 
 /* The backend against mw_reference_infer (tests/common: plain loops over

@@ -246,6 +246,11 @@ case("weights-not-there", "nothere.safetensors: cannot open: No such file or dir
     lambda j, t: j.update(weights="nothere.safetensors"))
 case("weights-is-directory", ": not a regular file")(lambda j, t: j.update(weights="."))
 case("weights-empty-path", "model.json: weights: empty path")(lambda j, t: j.update(weights=""))
+# a path out of the model directory, to a valid weights file: only the rule refuses it
+case("weights-dotdot", "model.json: weights: '../../valid/w.safetensors' has a '..' component")(
+    lambda j, t: j.update(weights="../../valid/w.safetensors"))
+case("weights-dotdot-passwd", "model.json: weights: '../../../../../../../../etc/passwd' has a '..' component")(
+    lambda j, t: j.update(weights="../../../../../../../../etc/passwd"))
 case("num-classes-zero", "model.json: num_classes: 0 is out of range [1, 65536]")(lambda j, t: j.update(num_classes=0))
 case("num-classes-fraction", "model.json: num_classes: must be an integer")(lambda j, t: j.update(num_classes=3.5))
 case("num-classes-mismatch", "model.json: exits[0].head: ends in 3x1x1 = 3 values, expected num_classes = 4")(

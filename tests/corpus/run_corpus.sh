@@ -110,6 +110,26 @@ rm -f "$W/fifo/model.json"
 mkfifo "$W/fifo/model.json"
 check_case 1 "model.json: not a regular file" "$EXITRT" inspect "$W/fifo"
 
+# ---- symlinks out of the model directory: refused; one that stays inside: followed -----
+# (made here, beside a copy of the valid model, so that the committed corpus holds no links)
+mkdir -p "$W/links/m"
+cp "$CORPUS/valid/model.json" "$CORPUS/valid/w.safetensors" "$W/links/m/"
+ln -s "$CORPUS/valid" "$W/links/m/outside"
+ln -s "$CORPUS/valid/w.safetensors" "$W/links/m/out.safetensors"
+ln -s w.safetensors "$W/links/m/in.safetensors"
+links_model() { sed "s|\"w.safetensors\"|\"$1\"|" "$CORPUS/valid/model.json" >"$W/links/m/model.json"; }
+links_model outside/w.safetensors
+check_case 1 "model.json: weights: 'outside/w.safetensors' leads to '$CORPUS/valid/w.safetensors', outside the model directory" \
+    "$EXITRT" inspect "$W/links/m"
+links_model out.safetensors
+check_case 1 "model.json: weights: 'out.safetensors' leads to '$CORPUS/valid/w.safetensors', outside the model directory" \
+    "$EXITRT" inspect "$W/links/m"
+links_model in.safetensors
+rc=0
+"$EXITRT" inspect "$W/links/m" >"$W/out" 2>"$W/err" || rc=$?
+checks=$((checks + 1))
+[ "$rc" -eq 0 ] || { fail "a symlink inside the model directory is refused ($rc)"; cat "$W/err" >&2; }
+
 # ---- regenerate and compare; the big cases ----------------------------------------------------
 if /usr/bin/python3 -c 'import numpy' 2>/dev/null; then
     /usr/bin/python3 "$CORPUS/make_corpus.py" "$W/regen" >/dev/null

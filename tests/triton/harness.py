@@ -88,17 +88,18 @@ def variant(config, name, mode=None, params=None, replace=None):
 
 
 def add_model(repo, name, config, model_dir=None):
-    """repo/name/config.pbtxt and, when model_dir is given, the exitrt model's
-    files in repo/name/1 (the default model_path: the version folder)."""
+    """repo/name/config.pbtxt and, when model_dir is given, repo/name/1 a
+    symlink to the exitrt model's directory (the default model_path: the
+    version folder; the weights must lie inside it, models/FORMAT.md)."""
     d = os.path.join(repo, name)
-    os.makedirs(os.path.join(d, "1"), exist_ok=True)
+    os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, "config.pbtxt"), "w", encoding="utf-8") as f:
         f.write(config)
-    if model_dir:
-        for fn in ("model.json", "model.safetensors"):
-            dst = os.path.join(d, "1", fn)
-            if not os.path.exists(dst):
-                os.symlink(os.path.abspath(os.path.join(model_dir, fn)), dst)
+    v = os.path.join(d, "1")
+    if model_dir and not os.path.lexists(v):
+        os.symlink(os.path.abspath(model_dir), v)
+    else:
+        os.makedirs(v, exist_ok=True)
 
 
 class Server:

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "fixtures.h"
 #include "act.h"
@@ -696,6 +698,132 @@ Test(model_bad, missing_model_json)
     ert_error err = {{0}};
     cr_assert_eq(ert_model_load(dir, &m, &err), ERT_IO);
     cr_assert(strstr(err.msg, "model.json: cannot open"), "%s", err.msg);
+}
+
+/* ---- paths that leave the model directory ------------------------------------------ *
+ *
+ * A model directory is untrusted input: the weights file model.json names
+ * must lie inside it (FORMAT.md). Each refusal comes before anything is
+ * opened, so the file outside is a valid weights file: only the rule
+ * refuses it. */
+
+/* The base model with `weights` set to w, loaded from dir. */
+static ert_status load_with_weights(const char *w, ert_error *err)
+{
+    cJSON *r = cJSON_Parse(BASE_JSON);
+    cr_assert_not_null(r);
+    set_str(r, "weights", w);
+    char *text = cJSON_PrintUnformatted(r);
+    cJSON_Delete(r);
+    cr_assert_not_null(text);
+    cr_assert_eq(mw_write_text(json_path, text), 0);
+    cJSON_free(text);
+    ert_model *m = NULL;
+    ert_status st = ert_model_load(dir, &m, err);
+    cr_assert_eq(st == ERT_OK, m != NULL);
+    ert_model_free(m);
+    return st;
+}
+
+/* A second directory beside dir holding a copy of the weights. */
+static void outside_copy(char *other, size_t len, char *copy, size_t clen)
+{
+    cr_assert_eq(mw_tempdir(other, len), 0);
+    cr_assert_eq(mw_path(copy, clen, other, "w.safetensors"), 0);
+    FILE *in = fopen(st_path, "rb"), *out = fopen(copy, "wb");
+    cr_assert(in && out);
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+        cr_assert_eq(fwrite(buf, 1, n, out), n);
+    fclose(in);
+    cr_assert_eq(fclose(out), 0);
+}
+
+static void expect_refused(const char *w, ert_status want_st, const char *want)
+{
+    ert_error err = {{0}};
+    ert_status st = load_with_weights(w, &err);
+    cr_assert_eq(st, want_st, "weights '%s': status %s, want %s: %s", w, ert_status_string(st),
+                 ert_status_string(want_st), err.msg);
+    cr_assert(strstr(err.msg, want), "message '%s' lacks '%s'", err.msg, want);
+    cr_assert(strstr(err.msg, "model.json: weights: '"), "message '%s' names no field", err.msg);
+    cr_assert(strstr(err.msg, w), "message '%s' names no path", err.msg);
+}
+
+Test(model_bad, weights_dotdot)
+{
+    char other[64], copy[128], rel[256];
+    outside_copy(other, sizeof other, copy, sizeof copy);
+    /* dir and other are both under the temporary directory */
+    snprintf(rel, sizeof rel, "../%s/w.safetensors", strrchr(other, '/') + 1);
+    expect_refused(rel, ERT_FORMAT, "has a '..' component");
+    expect_refused("../../../../etc/passwd", ERT_FORMAT, "has a '..' component");
+    /* a ".." that would come back inside is refused all the same */
+    expect_refused("sub/../w.safetensors", ERT_FORMAT, "has a '..' component");
+    expect_refused("./..", ERT_FORMAT, "has a '..' component");
+    mw_rmtree(other);
+}
+
+Test(model_bad, weights_absolute)
+{
+    expect_refused("/etc/passwd", ERT_FORMAT, "is absolute");
+    /* even when it names the model's own weights file */
+    expect_refused(st_path, ERT_FORMAT, "is absolute");
+}
+
+Test(model_bad, weights_symlink_outside)
+{
+    char other[64], copy[128], link[128], sub[128];
+    outside_copy(other, sizeof other, copy, sizeof copy);
+    /* a file symlink, then a directory symlink, leading out */
+    cr_assert_eq(mw_path(link, sizeof link, dir, "link.safetensors"), 0);
+    cr_assert_eq(symlink(copy, link), 0);
+    expect_refused("link.safetensors", ERT_FORMAT, "outside the model directory");
+    cr_assert_eq(mw_path(sub, sizeof sub, dir, "sub"), 0);
+    cr_assert_eq(symlink(other, sub), 0);
+    expect_refused("sub/w.safetensors", ERT_FORMAT, "outside the model directory");
+    /* a relative symlink climbing out */
+    cr_assert_eq(mw_path(link, sizeof link, dir, "up.safetensors"), 0);
+    char target[256];
+    snprintf(target, sizeof target, "../%s/w.safetensors", strrchr(other, '/') + 1);
+    cr_assert_eq(symlink(target, link), 0);
+    expect_refused("up.safetensors", ERT_FORMAT, "outside the model directory");
+    mw_rmtree(other);
+}
+
+/* Symlinks that stay inside are followed; the directory itself may be
+ * reached through a symlink, or named by a path with ".." in it (the rule
+ * is about the paths model.json names, not the one given to the loader). */
+Test(model, weights_symlink_inside)
+{
+    char link[128], sub[128], target[128];
+    ert_error err = {{0}};
+    cr_assert_eq(mw_path(link, sizeof link, dir, "alias.safetensors"), 0);
+    cr_assert_eq(symlink("w.safetensors", link), 0);
+    cr_assert_eq(load_with_weights("alias.safetensors", &err), ERT_OK, "%s", err.msg);
+    cr_assert_eq(mw_path(link, sizeof link, dir, "abs.safetensors"), 0);
+    cr_assert_eq(symlink(st_path, link), 0); /* absolute, but inside */
+    cr_assert_eq(load_with_weights("abs.safetensors", &err), ERT_OK, "%s", err.msg);
+    cr_assert_eq(mw_path(sub, sizeof sub, dir, "sub"), 0);
+    cr_assert_eq(mkdir(sub, 0700), 0);
+    cr_assert_eq(mw_path(target, sizeof target, sub, "w.safetensors"), 0);
+    cr_assert_eq(rename(st_path, target), 0);
+    cr_assert_eq(load_with_weights("sub/w.safetensors", &err), ERT_OK, "%s", err.msg);
+    cr_assert_eq(load_with_weights("./sub/./w.safetensors", &err), ERT_OK, "%s", err.msg);
+
+    /* the model directory through a symlink, and through ".." */
+    char other[64], dlink[128], via[256];
+    cr_assert_eq(mw_tempdir(other, sizeof other), 0);
+    cr_assert_eq(mw_path(dlink, sizeof dlink, other, "model"), 0);
+    cr_assert_eq(symlink(dir, dlink), 0);
+    ert_model *m = NULL;
+    cr_assert_eq(ert_model_load(dlink, &m, &err), ERT_OK, "%s", err.msg);
+    ert_model_free(m);
+    snprintf(via, sizeof via, "%s/../%s", dir, strrchr(dir, '/') + 1);
+    cr_assert_eq(ert_model_load(via, &m, &err), ERT_OK, "%s", err.msg);
+    ert_model_free(m);
+    mw_rmtree(other);
 }
 
 /* ---- where an exit reads; one-class models ------------------------------------------ */
