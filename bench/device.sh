@@ -67,6 +67,10 @@
 #   driver, library versions, commit, date), gpu-*-peer.json (every peer
 #   variant's figures and decisions) and the logs.
 # STEPS picks the steps after the gate (e.g. STEPS="tests" or STEPS="real").
+# Knobs for a call with more room: DEADLINE, REAL_LIMIT (seconds per
+# real-scale model, default 150), PEER_BUDGET (seconds after which the GPU
+# peers start no new variant, default 55; a variant is stopped 30 s later),
+# BENCH_MODELS (the bundled models benched).
 # At most 8 files come back: check: summary.txt env.txt cli.txt preds.tgz
 # lib.txt tests.txt sanitize.txt; bench: summary.txt env.txt gen.txt
 # bench.tgz.
@@ -459,7 +463,7 @@ bench_real() {
     [ -f "$gen/$name/model.json" ] || { note "SKIP bench $name: not generated"; return; }
     step "bench $name (graph-buckets 8, GPU peers)" "${REAL_LIMIT:-150}" "$b/bench.txt" \
         env LD_LIBRARY_PATH="$libpath" ERT_PYTHON="$work/py" ERT_TORCH_PEER="$root/bench/gpu_peer.py" \
-        ERT_GPU_PEER_OUT="$b/gpu-$name-peer.json" ERT_GPU_PEER_BUDGET="${PEER_BUDGET:-80}" \
+        ERT_GPU_PEER_OUT="$b/gpu-$name-peer.json" ERT_GPU_PEER_BUDGET="${PEER_BUDGET:-55}" \
         "$bin/exitrt" bench "$gen/$name" --device cuda --graph-buckets 8 --quick \
         --batches 64,256 --reps 3 --warmup 2 --rep-samples 512 --b1-samples 16 \
         --peer --peer-runs 1 --json "$b/gpu-$name.json"

@@ -8,21 +8,22 @@ bench/torch_peer.py (the same command line and JSON, so `exitrt bench
         exitrt bench MODEL --device cuda --peer --peer-runs 1 ...
 
 Variants (--variants, or $ERT_GPU_PEER_VARIANTS, a comma list; default
-all), in this order, each on the modes it fits:
+all), in this order (most telling first), each on the modes it fits:
   eager        fp32, TF32 off (torch_peer.py's modules and loops): full,
                masked (every head, outputs selected with torch.where),
                compacted (boolean indexing after an `.item()`)
-  eager-cl     convnets: the same in channels_last
-  eager-isel   compacted with the survivors gathered by index_select on
-               their indices (after the `.item()`), the other way a user
-               writes the loop
   compile      torch.compile (default mode) of every stage and head module,
-               the loops as above: full, masked, compacted (index_select)
-  compile-ro   torch.compile(mode="reduce-overhead") (CUDA graphs) of the
-               whole full and masked forward (static shapes)
+               the loops as above: full, masked, compacted (index_select);
+               convnets in channels_last
   hf-sdpa      BERT-like encoders: Hugging Face's BertModel with SDPA
                attention carrying the same weights, the exits' heads on
                its layers' outputs: full, masked, compacted (index_select)
+  eager-cl     convnets: eager in channels_last
+  eager-isel   compacted with the survivors gathered by index_select on
+               their indices (after the `.item()`), the other way a user
+               writes the loop
+  compile-ro   torch.compile(mode="reduce-overhead") (CUDA graphs) of the
+               whole full and masked forward (static shapes)
   compile-max  torch.compile(mode="max-autotune-no-cudagraphs") of the
                whole full forward (minutes of autotuning on a big model:
                last, and only within the budget)
@@ -41,8 +42,10 @@ variant did not run are written to $ERT_GPU_PEER_OUT (a JSON file, when
 set; --variants-out overrides) and summarised on stdout.
 
 Budget: variants start only while less than --budget seconds
-($ERT_GPU_PEER_BUDGET, default 150) have passed since the start, so that
-a slow compile cannot eat the device call; those left say so.
+($ERT_GPU_PEER_BUDGET, default 150) have passed since the start, and a
+variant still running at --hard seconds (default: the budget + 30) is
+stopped there (an alarm), so that a slow compile cannot eat the device
+call; those left or stopped say so, and the cells already timed count.
 
 Timing (as torch_peer.py): per cell `warmup` batches, then `reps` reps of
 ceil(rep_samples / batch) batches cycling through the inputs, samples/s
@@ -57,6 +60,7 @@ import argparse
 import copy
 import json
 import os
+import signal
 import sys
 import time
 import warnings
@@ -69,7 +73,15 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "cuda"))
 import torch_peer as tp  # noqa: E402
 
-ALL = ["eager", "eager-cl", "eager-isel", "compile", "compile-ro", "hf-sdpa", "compile-max"]
+ALL = ["eager", "compile", "hf-sdpa", "eager-cl", "eager-isel", "compile-ro", "compile-max"]
+
+
+class OutOfTime(Exception):
+    pass
+
+
+def out_of_time(signum, frame):
+    raise OutOfTime("the peer's hard limit (--hard) passed while it ran")
 
 
 def flip_allowance(n):
@@ -367,7 +379,7 @@ def run_variant(name, entry, M, dev, args, profiles, exits, xs, xs_dev, n, allow
     dec = decisions(var, xs_dev, profiles, exits, max(args.batches))
     entry["mismatches"] = dec
     entry["check_s"] = round(time.perf_counter() - t0, 1)
-    cells = []
+    cells = entry["cells"] = []  # kept as far as it got, should the alarm stop it
     for batch in args.batches:
         nb = (args.rep_samples + batch - 1) // batch
         todo = [("full", None, None)] if "full" in var.modes and "full" in args.modes else []
@@ -382,7 +394,6 @@ def run_variant(name, entry, M, dev, args, profiles, exits, xs, xs_dev, n, allow
             key = (batch, mode, pname)
             if valid and (key not in best or c["samples_per_s"] > best[key][0]):
                 best[key] = (c["samples_per_s"], name, c)
-    entry["cells"] = cells
     entry["seconds"] = round(time.perf_counter() - t0, 1)
 
 
@@ -407,9 +418,11 @@ def main():
     ap.add_argument("--variants", default=os.environ.get("ERT_GPU_PEER_VARIANTS", ",".join(ALL)))
     ap.add_argument("--budget", type=float,
                     default=float(os.environ.get("ERT_GPU_PEER_BUDGET", "150")))
+    ap.add_argument("--hard", type=float, default=None)
     ap.add_argument("--variants-out", default=os.environ.get("ERT_GPU_PEER_OUT"))
     args = ap.parse_args()
     t_start = time.perf_counter()
+    hard = args.hard if args.hard is not None else args.budget + 30
     args.batches = [int(b) for b in args.batches.split(",")]
     args.modes = args.modes.split(",")
     if args.b1_samples is None:
@@ -457,11 +470,19 @@ def main():
     for name in [v for v in args.variants.split(",") if v]:
         entry = {"name": name}
         report["variants"].append(entry)
-        try:
-            run_variant(name, entry, M, dev, args, profiles, exits, xs, xs_dev, n, allow, best,
-                        t_start)
-        except Exception as e:  # a variant that fails says so; the others still run
-            entry["failed"] = f"{type(e).__name__}: {str(e)[:400]}"
+        left = hard - (time.perf_counter() - t_start)
+        if left < 1:
+            entry["skipped"] = f"budget: the hard limit of {hard:.0f}s passed before it started"
+        else:
+            signal.signal(signal.SIGALRM, out_of_time)
+            signal.alarm(int(left))
+            try:
+                run_variant(name, entry, M, dev, args, profiles, exits, xs, xs_dev, n, allow,
+                            best, t_start)
+            except Exception as e:  # a variant that fails says so; the others still run
+                entry["failed"] = f"{type(e).__name__}: {str(e)[:400]}"
+            finally:
+                signal.alarm(0)
         if name == "eager":
             eager_dec = entry.get("mismatches", {})
         print(f"gpu_peer: {name}: " + (entry.get("skipped") or entry.get("failed")
@@ -476,7 +497,7 @@ def main():
                           "samples_per_s": sps, "p50_ms": c["p50_ms"], "p99_ms": c["p99_ms"],
                           "exit_counts": counts, "variant": name})
     # batch1-if: the public early-exit codes' loop, eager, one sample at a time
-    if args.b1_samples > 0 and profiles and time.perf_counter() - t_start < args.budget:
+    if args.b1_samples > 0 and profiles and time.perf_counter() - t_start < hard:
         var = Variant("eager", ("batch1-if",),
                       lambda mode, xb, thr: tp.run_b1if(M, xb, thr))
         for pname, thr in profiles:
