@@ -14,7 +14,8 @@ all), in this order (most telling first), each on the modes it fits:
                compacted (boolean indexing after an `.item()`)
   compile      torch.compile (default mode) of every stage and head module,
                the loops as above: full, masked, compacted (index_select);
-               convnets in channels_last
+               convnets in channels_last; encoders without nested tensors
+               (which do not compile), as all the compiled variants
   hf-sdpa      BERT-like encoders: Hugging Face's BertModel with SDPA
                attention carrying the same weights, the exits' heads on
                its layers' outputs: full, masked, compacted (index_select)
@@ -159,6 +160,22 @@ def loops(V, compacted):
     return fn
 
 
+_dense = []
+
+
+def dense_copy(M, dev, model_dir):
+    """The model with its encoders built without nested tensors (padded
+    tokens computed), once."""
+    if not _dense:
+        was = tp.Encoder.NESTED
+        tp.Encoder.NESTED = False
+        try:
+            _dense.append(tp.MultiExit(model_dir).to(dev))
+        finally:
+            tp.Encoder.NESTED = was
+    return _dense[0]
+
+
 def make_variant(name, M, dev, model_dir):
     """The Variant, or a string saying why it cannot run here."""
     conv = not M.transformer
@@ -174,6 +191,8 @@ def make_variant(name, M, dev, model_dir):
         return Variant(name, ("compacted",), loops(M, run_compacted_isel))
     if not hasattr(torch, "compile") and name.startswith("compile"):
         return f"torch {torch.__version__} has no torch.compile"
+    if name.startswith("compile") and M.transformer:
+        M = dense_copy(M, dev, model_dir)  # nested tensors do not compile
     if name == "compile":
         V = View(M, stages=[torch.compile(s) for s in M.stages],
                  heads=[torch.compile(h) for h in M.heads])
