@@ -8,7 +8,8 @@ bench/torch_peer.py (the same command line and JSON, so `exitrt bench
         exitrt bench MODEL --device cuda --peer --peer-runs 1 ...
 
 Variants (--variants, or $ERT_GPU_PEER_VARIANTS, a comma list; default
-all), in this order (most telling first), each on the modes it fits:
+all), in this order (most telling first; for an encoder hf-sdpa comes
+right after eager), each on the modes it fits:
   eager        fp32, TF32 off (torch_peer.py's modules and loops): full,
                masked (every head, outputs selected with torch.where),
                compacted (boolean indexing after an `.item()`)
@@ -486,7 +487,12 @@ def main():
               "budget_s": args.budget, "variants": []}
     best = {}  # (batch, mode, profile) -> (sps, variant, cell)
     eager_dec = {}
-    for name in [v for v in args.variants.split(",") if v]:
+    names = [v for v in args.variants.split(",") if v]
+    if M.transformer and "hf-sdpa" in names and "eager" in names:
+        # for an encoder Hugging Face's model is the more telling peer: right after eager
+        names.remove("hf-sdpa")
+        names.insert(names.index("eager") + 1, "hf-sdpa")
+    for name in names:
         entry = {"name": name}
         report["variants"].append(entry)
         left = hard - (time.perf_counter() - t_start)
