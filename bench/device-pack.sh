@@ -4,7 +4,8 @@
 # needs on the GPU machine into one compressed file, .devlibs/pack.tgz
 # (git-ignored), which the device call carries:
 #
-#   run(command="bench/device.sh", carry=[".devlibs"], timeout_s=480)
+#   run(command="bench/device.sh check", carry=[".devlibs"], timeout_s=300)
+#   run(command="bench/device.sh bench", carry=[".devlibs"], timeout_s=360)
 #
 # The pack holds:
 #   bin/     exitrt and test_gpu
@@ -15,18 +16,27 @@
 #            Criterion and its chain), found with ldd; the C runtime and the
 #            CUDA, cuBLAS and cuDNN libraries stay behind (the GPU machine has
 #            its own; the latter are far too large to carry)
+#   models/  bert-tiny: a padded BERT-style token model (bench/make_encoder.py
+#            --tiny, seed 7: 4 post-LN blocks, T 16, lengths 2-16, 3 early
+#            exits) with REF_SAMPLES samples, for the CLI comparisons beside
+#            the bundled models
 #   refs/    the CPU backend's predictions, logits and report on the first
-#            REF_SAMPLES (default 2000) test samples of each bundled model,
-#            in FULL and MASKED (on the CPU, COMPACTED and refill equal MASKED
-#            bit for bit or within tolerance.h), so no device time goes to
-#            the CPU
+#            REF_SAMPLES (default 2000) samples of each bundled model and of
+#            models/, in FULL and MASKED (on the CPU, COMPACTED and refill
+#            equal MASKED bit for bit or within tolerance.h), so no device
+#            time goes to the CPU
+#   gen-sha256  the SHA-256 of the real-scale models device.sh bench
+#            generates (bench/make_resnet50.py and bench/make_encoder.py,
+#            seed 0, 256 samples), generated here once (about 15 s, 0.7 GB
+#            of scratch; GEN_HASHES=0 skips it): the device run checks that
+#            its files are the same bytes
 #   paths    the source and build directories compiled into the tests;
 #            device.sh points them at the checkout there
 #   commit, tree-status
 #
 # Fails (exit 1) when the working tree plus the pack would exceed 60 MiB: the
 # device call refuses more than 64 MiB before anything runs.
-# Environment: BUILD (default build-cuda under the repo), JOBS (default 2),
+# Environment: BUILD (default build-cuda under the repo), JOBS (default 2), GEN_HASHES,
 # REF_SAMPLES.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -54,8 +64,13 @@ for b in "$stage"/bin/*; do
     done
 done
 
+# A padded BERT-style token model beside the bundled ones.
+mkdir -p "$stage/models"
+/usr/bin/python3 "$root/bench/make_encoder.py" "$stage/models/bert-tiny" --tiny --seed 7 \
+    --samples "$nref" >/dev/null
+
 # CPU references: the same command line device.sh runs with --device cuda.
-for mj in "$root"/models/*/model.json; do
+for mj in "$root"/models/*/model.json "$stage"/models/*/model.json; do
     m=$(dirname "$mj")
     name=$(basename "$m")
     for mode in full masked; do
@@ -80,6 +95,15 @@ PKG_CONFIG_PATH=$prefix/p/lib/pkgconfig cc -o "$stage/consumer/api_example-stati
     $(PKG_CONFIG_PATH=$prefix/p/lib/pkgconfig pkg-config --static --libs exitrt | sed 's/-lexitrt\b/-l:libexitrt.a/')
 cp -P "$prefix"/p/lib/libexitrt.so* "$stage/lib/"
 rm -rf "$prefix"
+
+# The hashes of the real-scale models, generated as device.sh bench does.
+if [ "${GEN_HASHES:-1}" = 1 ]; then
+    g=$(mktemp -d)
+    /usr/bin/python3 "$root/bench/make_resnet50.py" "$g/resnet50-ee" --seed 0 --samples 256 >/dev/null
+    /usr/bin/python3 "$root/bench/make_encoder.py" "$g/bert-base-ee" --seed 0 --samples 256 >/dev/null
+    (cd "$g" && sha256sum */model.safetensors */sample_data.npy) >"$stage/gen-sha256"
+    rm -rf "$g"
+fi
 
 printf 'source %s\nbuild %s\n' "$root" "$build" >"$stage/paths"
 git -C "$root" rev-parse HEAD >"$stage/commit" 2>/dev/null || echo unknown >"$stage/commit"

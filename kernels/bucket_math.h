@@ -17,6 +17,7 @@
 #ifndef ERT_BUCKET_MATH_H
 #define ERT_BUCKET_MATH_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "policy.h" /* ERT_HD, and exitrt.h for ERT_MAX_EXITS */
@@ -79,6 +80,25 @@ static inline int ert_padding_rows(const int32_t *stats, int nstages, int step, 
     if (macs)
         *macs = m;
     return pad;
+}
+
+/* The input rows of the graphs' self-check at creation (src/cuda/graph.c):
+ * rows every model accepts and scores finitely at every exit, so that
+ * thresholds of -inf / +inf send each row to the first exit / the final
+ * head whatever the weights. An image or vector model gets zeros. A token
+ * model's row is [2, T] (tokens = T: the ids, then the mask): id 0 (valid
+ * in any vocabulary) at every token, every token attended. All zeros there
+ * would be all padding, which pooling and attention turn into NaN (FORMAT.md),
+ * and a NaN score leaves at no exit. per: floats per row. Host only. */
+static inline void ert_graph_check_rows(float *x, int rows, size_t per, int tokens)
+{
+    for (size_t i = 0; i < (size_t)rows * per; i++)
+        x[i] = 0.0f;
+    if (tokens <= 0 || per != 2 * (size_t)tokens)
+        return;
+    for (int r = 0; r < rows; r++)
+        for (int t = 0; t < tokens; t++)
+            x[(size_t)r * per + (size_t)tokens + (size_t)t] = 1.0f;
 }
 
 #endif /* ERT_BUCKET_MATH_H */

@@ -180,10 +180,11 @@ cudaError_t ert_k_token_bias(float *y, const float *bias, const float *mask_src,
 cudaError_t ert_k_qkv_split(const float *qkv, const float *bias, const float *x, float *q, float *k,
                             float *v, int n, int T, int H, int d, cudaStream_t s);
 
-/* Softmax over the keys of scores [n, H, T, T] (query rows, key columns) in
- * place; key j of sample b is padded where the tokens x [n, T, D + 1] have
- * mask value 0 there (score -inf). A row with every key padded: NaN. */
-cudaError_t ert_k_attn_softmax(float *scores, const float *x, int n, int H, int T, int D,
+/* Softmax over the keys of scores [n, H, Tq, T] (Tq query rows of one
+ * block, key columns) in place; key j of sample b is padded where the
+ * tokens x [n, T, D + 1] have mask value 0 there (score -inf). A row with
+ * every key padded: NaN. */
+cudaError_t ert_k_attn_softmax(float *scores, const float *x, int n, int H, int Tq, int T, int D,
                                cudaStream_t s);
 
 /* The heads' outputs [n, H, T, d] concatenated per token: ctx [n, T, H * d]. */

@@ -229,15 +229,15 @@ extern "C" cudaError_t ert_k_qkv_split(const float *qkv, const float *bias, cons
     return cudaGetLastError();
 }
 
-static __global__ void attn_softmax_kernel(float *scores, const float *x, size_t rows, int H, int T,
-                                           int D)
+static __global__ void attn_softmax_kernel(float *scores, const float *x, size_t rows, int H,
+                                           int Tq, int T, int D)
 {
     const int lane = threadIdx.x % 32;
     const size_t xrow = (size_t)T * ((size_t)D + 1);
     WARP_ROWS(r, rows)
     {
         float *sr = scores + r * (size_t)T;
-        const size_t b = r / ((size_t)H * T);
+        const size_t b = r / ((size_t)H * Tq);
         const float *mask = x + b * xrow + D; /* key j's mask at mask[j * (D + 1)] */
         float mx = -INFINITY;
         for (int j = lane; j < T; j += 32) {
@@ -263,13 +263,13 @@ static __global__ void attn_softmax_kernel(float *scores, const float *x, size_t
     }
 }
 
-extern "C" cudaError_t ert_k_attn_softmax(float *scores, const float *x, int n, int H, int T, int D,
-                                          cudaStream_t s)
+extern "C" cudaError_t ert_k_attn_softmax(float *scores, const float *x, int n, int H, int Tq,
+                                          int T, int D, cudaStream_t s)
 {
-    if (!scores || !x || n < 1 || H < 1 || T < 1 || D < 1)
+    if (!scores || !x || n < 1 || H < 1 || Tq < 1 || Tq > T || D < 1)
         return cudaErrorInvalidValue;
-    size_t rows = (size_t)n * H * T;
-    attn_softmax_kernel<<<grid_rows(rows), BLOCK, 0, s>>>(scores, x, rows, H, T, D);
+    size_t rows = (size_t)n * H * Tq;
+    attn_softmax_kernel<<<grid_rows(rows), BLOCK, 0, s>>>(scores, x, rows, H, Tq, T, D);
     return cudaGetLastError();
 }
 

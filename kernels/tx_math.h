@@ -168,21 +168,46 @@ static inline ERT_HD ert_gemm ert_gemm_rows(int rows, int in, int out, int ldx, 
     return ert_gemm_make(1, 0, out, rows, in, in, ldx, ldy, 0, 0, 0, 1);
 }
 
-/* Per (sample, head), n * H of them: scores S[T_q, T_k] = Q K^T from the
- * [n, H, T, d] arrays: A = K, B = Q, C = S [n, H, T, T] (column-major S^T =
- * K Q^T). The caller scales by alpha = ert_attn_scale(d). */
-static inline ERT_HD ert_gemm ert_gemm_scores(int n, int H, int T, int d)
+/* ---- attention in query blocks ------------------------------------------------------ */
+
+/* The attention (src/cuda/tx_ops.c) runs its queries in blocks of at most
+ * ERT_ATTN_QBLOCK rows: per block, the scores of those queries against
+ * every key, their softmax, and their share of the output. The scores'
+ * scratch is then [n, H, qblock, T] instead of [n, H, T, T]: it grows with
+ * T, never with T^2. The number of blocks depends on T alone (a model
+ * constant), so the launches are the same for every row count, as the
+ * bucketed graphs capture them. */
+#define ERT_ATTN_QBLOCK 64
+
+/* Query rows per block for T tokens: min(T, qblock). */
+static inline ERT_HD int ert_attn_qrows(int T, int qblock) { return T < qblock ? T : qblock; }
+
+/* Floats per sample of the attention's scratch (tx_ops.c's header):
+ * QKV [T, 3D], Q, K and V [H, T, d] each (6 T D in all), and the scores of
+ * one query block [H, qrows, T]. */
+static inline ERT_HD size_t ert_attn_ws_floats(int T, int D, int H, int qblock)
 {
-    const long long td = (long long)T * d, tt = (long long)T * T;
-    return ert_gemm_make(1, 0, T, T, d, d, d, T, td, td, tt, n * H);
+    return 6 * (size_t)T * (size_t)D + (size_t)H * (size_t)ert_attn_qrows(T, qblock) * (size_t)T;
 }
 
-/* Per (sample, head): O[T_q, d] = P[T_q, T_k] V[T_k, d]: A = V, B = P, C =
- * O [n, H, T, d] (column-major O^T = V^T P^T, both read as stored). */
-static inline ERT_HD ert_gemm ert_gemm_context(int n, int H, int T, int d)
+/* Per (sample, head), n * H of them: the scores of qn query rows,
+ * S[qn, T_k] = Q_blk K^T, from the [n, H, T, d] arrays: A = K, B = Q
+ * offset by the block's first query (q0 * d floats), C = S [n, H, qn, T]
+ * (column-major S^T = K Q_blk^T). The caller scales by alpha =
+ * ert_attn_scale(d). qn = T is the whole attention in one block. */
+static inline ERT_HD ert_gemm ert_gemm_scores(int n, int H, int T, int d, int qn)
 {
-    const long long td = (long long)T * d, tt = (long long)T * T;
-    return ert_gemm_make(0, 0, d, T, T, d, T, d, td, tt, td, n * H);
+    const long long td = (long long)T * d, qt = (long long)qn * T;
+    return ert_gemm_make(1, 0, T, qn, d, d, d, T, td, td, qt, n * H);
+}
+
+/* Per (sample, head): the block's outputs O[qn, d] = P[qn, T_k] V[T_k, d]:
+ * A = V, B = P [n, H, qn, T], C = O [n, H, T, d] offset by the block's first
+ * query (q0 * d floats) (column-major O^T = V^T P^T, both read as stored). */
+static inline ERT_HD ert_gemm ert_gemm_context(int n, int H, int T, int d, int qn)
+{
+    const long long td = (long long)T * d, qt = (long long)qn * T;
+    return ert_gemm_make(0, 0, d, qn, T, d, T, d, td, qt, td, n * H);
 }
 
 #endif /* ERT_TX_MATH_H */

@@ -213,9 +213,16 @@ static ert_status cuda_create(ert_engine *e, void **out)
 
     CUDA_TRY(e, cudaMalloc((void **)&c->d_weights,
                            (m->weights_len ? m->weights_len : 1) * sizeof(float)));
-    if (m->weights_len)
+    /* From pageable memory, cudaMemcpy may return once the data is staged,
+       before it reaches the device, and it runs on the legacy default
+       stream, with which the slots' non-blocking streams do not synchronise.
+       The host waits for the copy itself here, so every later use, on any
+       stream, comes after it. */
+    if (m->weights_len) {
         CUDA_TRY(e, cudaMemcpy(c->d_weights, m->weights, m->weights_len * sizeof(float),
                                cudaMemcpyHostToDevice));
+        CUDA_TRY(e, cudaStreamSynchronize(NULL)); /* the stream cudaMemcpy used */
+    }
 
     c->nslots = e->cfg.inflight > 0 ? e->cfg.inflight : 1;
     if (c->nslots > ERT_CUDA_MAX_INFLIGHT) {

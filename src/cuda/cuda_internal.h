@@ -117,8 +117,11 @@ void dnn_teardown(cuda_ctx *c);
  * row, after the workspaces exist); a conv whose fused call cuDNN refuses
  * (NOT_SUPPORTED, BAD_PARAM) runs as the plain convolution plus the
  * bias/activation kernel from then on. fell: "" when none fell back, else
- * the note's sentence naming them. Test hook: ert_cuda_test_unfused != 0
- * makes every fused call count as refused. */
+ * the note's sentence naming them. A refusal at another row count, at run
+ * time, falls back the same way there (cuda_ops.c's run_conv; the note
+ * gets a line). Test hook: ert_cuda_test_unfused = 1 makes every fused
+ * call of the probe count as refused; = 2 every fused call at run time at
+ * a row count other than max_batch and 1 (the probe's). */
 ert_status dnn_try_fused(ert_engine *e, cuda_ctx *c, char *fell, size_t cap);
 extern int ert_cuda_test_unfused;
 

@@ -260,7 +260,7 @@ ert_status dnn_try_fused(ert_engine *e, cuda_ctx *c, char *fell, size_t cap)
             continue;
         nfused++;
         cudnnStatus_t r = CUDNN_STATUS_SUCCESS;
-        if (ert_cuda_test_unfused) {
+        if (ert_cuda_test_unfused == 1) {
             r = CUDNN_STATUS_NOT_SUPPORTED;
         } else {
             /* defined data in, at both ends of the row counts COMPACTED runs */
@@ -346,6 +346,18 @@ fail:
     return st;
 }
 
+/* Appends "conv NAME unfused at N rows" to the engine's note (as far as it
+ * fits): a fused call refused at run time (run_conv). */
+static void note_unfused(ert_engine *e, const char *name, int n)
+{
+    size_t used = strlen(e->note);
+    if (used + 1 < sizeof e->note)
+        snprintf(e->note + used, sizeof e->note - used,
+                 "%sconv %s: fused call refused at %d rows, "
+                 "unfused from then on",
+                 used ? "; " : "", name, n);
+}
+
 static ert_status run_conv(ert_engine *e, cuda_ctx *c, cuda_slot *s, const prog_op *op, dnn_op *d,
                            int n)
 {
@@ -360,10 +372,21 @@ static ert_status run_conv(ert_engine *e, cuda_ctx *c, cuda_slot *s, const prog_
     if (d->fused && b) {
         /* y = relu(conv(x) + 0 * z + bias), z = y: alpha2 = 0 as PyTorch's
            cudnn_convolution_relu passes it */
-        CUDNN_TRY(e, cudnnConvolutionBiasActivationForward(
-                         s->dnn, &ONE, d->x, x, d->w, w, d->conv, d->last_algo, s->dnn_ws,
-                         c->dnn_ws_size, &ZERO, d->y, y, d->bias, b, c->relu, d->y, y));
-        return ERT_OK;
+        cudnnStatus_t r = CUDNN_STATUS_NOT_SUPPORTED;
+        if (ert_cuda_test_unfused != 2 || n == e->cfg.max_batch || n == 1)
+            r = cudnnConvolutionBiasActivationForward(s->dnn, &ONE, d->x, x, d->w, w, d->conv,
+                                                      d->last_algo, s->dnn_ws, c->dnn_ws_size,
+                                                      &ZERO, d->y, y, d->bias, b, c->relu, d->y, y);
+        if (r == CUDNN_STATUS_SUCCESS)
+            return ERT_OK;
+        if (!dnn_refused(r))
+            return engine_fail(e, ERT_CUDA, "cuda: conv %s at %d rows: %s", op->l->name, n,
+                               cudnnGetErrorString(r));
+        /* refused at a row count the creation probe did not try: cuDNN
+           checks before it launches anything, so the plain convolution
+           below runs instead, and does from now on */
+        d->fused = 0;
+        note_unfused(e, op->l->name, n);
     }
     CUDNN_TRY(e, cudnnConvolutionForward(s->dnn, &ONE, d->x, x, d->w, w, d->conv, d->last_algo,
                                          s->dnn_ws, c->dnn_ws_size, &ZERO, d->y, y));

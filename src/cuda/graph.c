@@ -334,12 +334,15 @@ fail:
     return st;
 }
 
-/* The self-check of slot i at creation, on a zero input of R rows with
- * thresholds that make every row leave at the first exit (first = 1) or at
- * none but the final head (first = 0): every row must come out at that
- * exit, and the counters must say which stages ran. This is where a
- * misread of conditional nodes (a switch set from inside another switch's
- * body, the default value, the "none" value) would show. */
+/* The self-check of slot i at creation, on R rows the model scores
+ * finitely (ert_graph_check_rows: zeros, or for a token model id 0 with
+ * every token attended) with thresholds that make every row leave at the
+ * first exit (first = 1) or at none but the final head (first = 0): every
+ * row must come out at that exit, and the counters must say which stages
+ * ran. This is where a misread of conditional nodes (a switch set from
+ * inside another switch's body, the default value, the "none" value) would
+ * show. The thresholds, not the weights, decide each row's exit, so the
+ * check proves the routing for any model. */
 static ert_status slot_self_check(ert_engine *e, cuda_ctx *c, graph_state *g, int i, int R,
                                   int first)
 {
@@ -354,8 +357,12 @@ static ert_status slot_self_check(ert_engine *e, cuda_ctx *c, graph_state *g, in
         /* entropy exits when score < thr, the others when score >= thr */
         thr[x] = first ? (entropy ? INFINITY : -INFINITY) : (entropy ? -INFINITY : INFINITY);
     }
-    size_t in_bytes = (size_t)R * shape_size(m->input) * sizeof(float);
-    CUDA_TRY(e, cudaMemsetAsync(s->buf[c->prog.stages[0].in_buf], 0, in_bytes, s->stream));
+    const size_t per = shape_size(m->input);
+    /* c->h_input (pinned, max_batch rows) is free: no call is running */
+    ert_graph_check_rows(c->h_input, R, per, ert_model_input_tokens(m));
+    CUDA_TRY(e,
+             cudaMemcpyAsync(s->buf[c->prog.stages[0].in_buf], c->h_input,
+                             (size_t)R * per * sizeof(float), cudaMemcpyHostToDevice, s->stream));
     CUDA_TRY(e, cudaMemsetAsync(gs->d_samples, 0xff, (size_t)R * sizeof(ert_sample), s->stream));
     if ((st = graph_launch(e, c, i, R, thr)) != ERT_OK)
         return st;

@@ -9,7 +9,8 @@
  * every projection is one SGEMM over the n * T rows with that row stride,
  * which skips the mask column (and an output written with ldc = D + 1
  * leaves it alone). Attention per (sample, head) is two strided batched
- * SGEMMs over n * H: scores = q k^T, then probabilities times v.
+ * SGEMMs over n * H per block of query rows: scores = q k^T, then
+ * probabilities times v.
  *
  * The attention and encoder ops use the slot's workspace s->tx_ws (made at
  * engine creation for max_batch samples; tx_ws_floats gives its size per
@@ -21,12 +22,17 @@
  *                                    outputs [n, H, T, d]
  *                 Q, K, V [n, H, T, d] each (V zero at padded keys); Q later
  *                                    holds the heads concatenated [n * T, D]
- *                 S   [n, H, T, T]   scores, then probabilities
+ *                 S   [n, H, Qb, T]  one query block's scores, then
+ *                                    probabilities (Qb = min(T,
+ *                                    ERT_ATTN_QBLOCK) = 64, tx_math.h)
  *   FFN:          F1  [n * T, F]     over QKV..S, which are dead by then
  *
- * That is T (D + 1) + max(6 T D + H T^2, T F) floats per sample: for
- * BERT-base at T = 128 (D 768, H 12, F 3072) about 3.5 MB, 0.9 GB per slot
- * at max_batch 256 (the activation buffers are 0.1 GB each there).
+ * That is T (D + 1) + max(6 T D + H Qb T, T F) floats per sample, linear in
+ * T: the queries run in blocks of Qb rows (attn_core), so the scores never
+ * take H T^2. For BERT-base at T = 128 (D 768, H 12, F 3072) about 3.1 MB
+ * (3.5 MB with whole-row scores), 0.8 GB per slot at max_batch 256 (the
+ * activation buffers are 0.1 GB each there); at T = 512 the scores of
+ * whole rows would take 12.6 MB per sample, the blocks take 1.6 MB.
  *
  * Every call is a kernel, a cuBLAS call on the slot's handle (whose
  * workspace is fixed) or a device-to-device copy: all capturable into the
@@ -40,7 +46,7 @@
 
 /* ---- workspace ---------------------------------------------------------------------- */
 
-static size_t attn_ws(int T, int D, int H) { return 6 * (size_t)T * D + (size_t)H * T * T; }
+static size_t attn_ws(int T, int D, int H) { return ert_attn_ws_floats(T, D, H, ERT_ATTN_QBLOCK); }
 
 size_t tx_ws_floats(const prog_op *op)
 {
@@ -129,14 +135,22 @@ static ert_status attn_core(ert_engine *e, cuda_ctx *c, cuda_slot *s, const atte
         return st;
     KERNEL_TRY(
         e, ert_k_qkv_split(qkv, dev_weight(c, m, p->in_bias), x, q, k, v, n, T, H, d, s->stream));
-    /* per (sample, head): S[T_q, T_k] = Q K^T / sqrt(d) */
-    if ((st = gemm(e, s, ert_gemm_scores(n, H, T, d), ert_attn_scale(d), k, q, sc, 0.0f)) != ERT_OK)
-        return st;
-    KERNEL_TRY(e, ert_k_attn_softmax(sc, x, n, H, T, D, s->stream));
-    /* O[T_q, d] = P V, over QKV, dead since the split */
+    /* per query block of qn rows from q0, per (sample, head):
+       S[qn, T_k] = Q_blk K^T / sqrt(d), its softmax, then O_blk[qn, d] = P V
+       into the heads' outputs over QKV (dead since the split) */
     float *ctx_h = qkv;
-    if ((st = gemm(e, s, ert_gemm_context(n, H, T, d), 1.0f, v, sc, ctx_h, 0.0f)) != ERT_OK)
-        return st;
+    const int qb = ert_attn_qrows(T, ERT_ATTN_QBLOCK);
+    for (int q0 = 0; q0 < T; q0 += qb) {
+        const int qn = T - q0 < qb ? T - q0 : qb;
+        const size_t off = (size_t)q0 * d;
+        if ((st = gemm(e, s, ert_gemm_scores(n, H, T, d, qn), ert_attn_scale(d), k, q + off, sc,
+                       0.0f)) != ERT_OK)
+            return st;
+        KERNEL_TRY(e, ert_k_attn_softmax(sc, x, n, H, qn, T, D, s->stream));
+        if ((st = gemm(e, s, ert_gemm_context(n, H, T, d, qn), 1.0f, v, sc, ctx_h + off, 0.0f)) !=
+            ERT_OK)
+            return st;
+    }
     /* concatenated over Q, dead since the scores */
     KERNEL_TRY(e, ert_k_heads_merge(ctx_h, q, n, T, H, d, s->stream));
     *ctx = q;

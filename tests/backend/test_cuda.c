@@ -13,8 +13,9 @@
  * wait-based COMPACTED with two sub-batches, MASKED, and the bucketed graphs.
  *
  * unfused: when cuDNN refuses the fused conv+bias+ReLU call at engine
- * creation, the conv runs as the plain convolution plus the bias/ReLU
- * kernel, the note names it, and the results still match the CPU backend
+ * creation, or at run time at a row count the creation probe did not try,
+ * the conv runs as the plain convolution plus the bias/ReLU kernel, the
+ * note names it, and the results still match the CPU backend
  * (tolerance.h). The refusal is forced with the backend's test hook.
  *
  * transformer: token models on the CUDA backend against the CPU backend
@@ -105,7 +106,8 @@ Test(device_order, compacted_null_stream) { late_input(ERT_MODE_COMPACTED, 0, 2)
 Test(device_order, masked_null_stream) { late_input(ERT_MODE_MASKED, 0, 1); }
 Test(device_order, graphs_null_stream) { late_input(ERT_MODE_COMPACTED, 8, 2); }
 
-/* src/cuda/cuda_internal.h: every fused conv counts as refused while set. */
+/* src/cuda/cuda_internal.h: 1: every fused conv of the creation probe counts
+ * as refused; 2: every fused call at run time at another row count. */
 extern int ert_cuda_test_unfused;
 
 static void unfused(mw_kind kind, uint64_t seed)
@@ -136,6 +138,45 @@ static void unfused(mw_kind kind, uint64_t seed)
 
 Test(unfused, cnn_matches_cpu) { unfused(MW_CNN, 73); }
 Test(unfused, resnet_matches_cpu) { unfused(MW_RESNET, 74); }
+
+/* A fused call that the creation probe (max_batch and 1 row) passed but
+ * cuDNN refuses at another row count, as COMPACTED's survivors and the
+ * graphs' buckets give: the conv falls back to the unfused path there and
+ * then, the call succeeds, the note says so, and the results match the
+ * CPU. ert_cuda_test_unfused = 2 refuses those calls. */
+static void unfused_at_run(mw_kind kind, uint64_t seed, int graph_buckets)
+{
+    tb_only(ERT_BACKEND_CUDA, "the CUDA backend");
+    ert_model *m = fx_random_model(seed, kind);
+    const int K = ert_model_num_classes(m), n = 48;
+    ert_cuda_test_unfused = 2;
+    ert_engine *g = tb_engine_on(m, ERT_BACKEND_CUDA, ERT_MODE_COMPACTED, n, graph_buckets, 1);
+    ert_engine *c = tb_engine_on(m, ERT_BACKEND_CPU, ERT_MODE_COMPACTED, n, 0, 1);
+    float *x = fx_random_inputs(m, n, 7302);
+    tb_result got, want;
+    tb_result_init(&got, n, K);
+    tb_result_init(&want, n, K);
+    tb_infer(g, x, n, &got);
+    ert_cuda_test_unfused = 0;
+    tb_infer(c, x, n, &want);
+    int mid = 0; /* the comparison proves the fallback only when some stage ran mid-sized */
+    for (int s = 0; s + 1 < ert_model_num_exits(m); s++)
+        mid |= want.r.exit_counts[s] > 0 && want.r.exit_counts[s] < n - 1;
+    cr_assert(mid, "no early exit took part of the batch: no row count but %d and 1 ran", n);
+    cr_assert(strstr(ert_engine_note(g), "fused call refused at") != NULL,
+              "graph_buckets %d: the note does not name the fallback: '%s'", graph_buckets,
+              ert_engine_note(g));
+    tb_compare(c, &got, &want, n, "unfused at run time vs CPU");
+    tb_result_free(&got);
+    tb_result_free(&want);
+    free(x);
+    ert_engine_free(g);
+    ert_engine_free(c);
+    ert_model_free(m);
+}
+
+Test(unfused, refused_at_run_time) { unfused_at_run(MW_RESNET, 74, 0); }
+Test(unfused, refused_while_capturing) { unfused_at_run(MW_RESNET, 74, 4); }
 
 /* ---- transformer models ------------------------------------------------------------- */
 

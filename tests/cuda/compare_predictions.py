@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""compare_predictions.py WANT_PREFIX GOT_PREFIX LABEL
+"""compare_predictions.py WANT_PREFIX GOT_PREFIX LABEL [--want-note TEXT]
 
 Compares two `exitrt run` outputs of the same model and samples, each given
 as a prefix P with P.csv (--predictions), P.npy (--logits) and P.json
@@ -14,6 +14,12 @@ that file, so the C tests and the device check apply the same one:
   - where the exits agree: scores within ERT_TOL_THRESHOLD * (1 + |score|),
     logits within ERT_TOL_LOGIT * (|want| + row max) + 1e-6, and the same
     class unless the two top logits are within that tolerance (a tie).
+
+--want-note TEXT: the run under test must also report an engine note
+(`engine_note` in its JSON) holding TEXT, e.g. "graphs: on" for a run with
+--graph-buckets: a run that fell back to the wait-based path computes the
+same predictions, so without this its comparison would pass and say nothing
+about the graphs.
 
 Prints one line, "PASS ..." or "FAIL ...", with the counts (rows, flips,
 ties, worst logit error relative to the row's scale, host waits); exits 0
@@ -63,7 +69,7 @@ def load(prefix):
     return rows, logits, rep
 
 
-def compare(want_prefix, got_prefix, label, tol):
+def compare(want_prefix, got_prefix, label, tol, want_note=None):
     T, L, P = tol["ERT_TOL_THRESHOLD"], tol["ERT_TOL_LOGIT"], tol["ERT_TOL_FLIP_PERCENT"]
     wr, wl, wrep = load(want_prefix)
     gr, gl, grep = load(got_prefix)
@@ -100,6 +106,8 @@ def compare(want_prefix, got_prefix, label, tol):
             else:
                 bad.append(f"row {i}: class {g['class']}, reference {w['class']}")
     n = len(gr)
+    if want_note is not None and want_note not in grep.get("engine_note", ""):
+        bad.append(f"the engine note does not say '{want_note}'")
     if flips > n * P / 100 + 1:
         bad.append(f"{flips} flips of {n} rows: more than {P:g}% + 1")
     waits = grep.get("host_waits")
@@ -115,12 +123,17 @@ def compare(want_prefix, got_prefix, label, tol):
 
 
 def main():
-    if len(sys.argv) != 4:
+    args = sys.argv[1:]
+    want_note = None
+    if len(args) == 5 and args[3] == "--want-note":
+        want_note = args[4]
+        args = args[:3]
+    if len(args) != 3:
         print(__doc__, file=sys.stderr)
         return 2
-    want, got, label = sys.argv[1:]
+    want, got, label = args
     try:
-        ok, msg = compare(want, got, label, tolerances())
+        ok, msg = compare(want, got, label, tolerances(), want_note)
     except (OSError, ValueError, KeyError) as e:
         ok, msg = False, f"cannot compare: {e}"
     print(f"{'PASS' if ok else 'FAIL'} {label}: {msg}")

@@ -562,7 +562,9 @@ static void ref_gemm(ert_gemm g, float alpha, const float *a, const float *b, fl
     }
 }
 
-Test(tx_math, attention_replay)
+/* The attention as tx_ops.c runs it, its queries in blocks of qblock rows,
+ * against its definition in double. */
+static void attention_replay(int qblock)
 {
     enum {
         n = 3,
@@ -575,7 +577,14 @@ Test(tx_math, attention_replay)
     };
     mw_rng r = mw_rng_seed(99);
     static float x[M * R], inw[3 * D * D], inb[3 * D], outw[D * D], outb[D];
-    static float qkv[M * 3 * D], q[M * D], k[M * D], v[M * D], sc[n * H * T * T];
+    static float qkv[M * 3 * D], q[M * D], k[M * D], v[M * D];
+    /* the scores' scratch, as sized for the op (plus a guard that must stay) */
+    const int qb = ert_attn_qrows(T, qblock);
+    const size_t nsc = (size_t)n * H * qb * T;
+    cr_assert_eq(ert_attn_ws_floats(T, D, H, qblock), 6 * (size_t)T * D + nsc / n);
+    float *sc = malloc((nsc + 1) * sizeof *sc);
+    cr_assert_not_null(sc);
+    sc[nsc] = -555.0f;
     static float ctxh[M * D], ctx[M * D], y[M * R];
     for (int i = 0; i < M * R; i++)
         x[i] = mw_rng_normal(&r);
@@ -604,10 +613,17 @@ Test(tx_math, attention_replay)
             float *dst = which == 0 ? q : which == 1 ? k : v;
             dst[ert_head_offset((size_t)b, h, t, e, T, H, d)] = val;
         }
-    ref_gemm(ert_gemm_scores(n, H, T, d), ert_attn_scale(d), k, q, sc, 0.0f);
-    for (int row = 0; row < n * H * T; row++) /* ert_k_attn_softmax */
-        ert_masked_softmax_row(sc + row * T, x + (row / (H * T)) * T * R + D, R, T);
-    ref_gemm(ert_gemm_context(n, H, T, d), 1.0f, v, sc, ctxh, 0.0f);
+    for (int i = 0; i < M * D; i++)
+        ctxh[i] = NAN; /* every output row must be written by some block */
+    for (int q0 = 0; q0 < T; q0 += qb) {
+        const int qn = T - q0 < qb ? T - q0 : qb;
+        ref_gemm(ert_gemm_scores(n, H, T, d, qn), ert_attn_scale(d), k, q + q0 * d, sc, 0.0f);
+        for (int row = 0; row < n * H * qn; row++) /* ert_k_attn_softmax */
+            ert_masked_softmax_row(sc + row * T, x + (row / (H * qn)) * T * R + D, R, T);
+        ref_gemm(ert_gemm_context(n, H, T, d, qn), 1.0f, v, sc, ctxh + q0 * d, 0.0f);
+    }
+    cr_assert_eq(sc[nsc], -555.0f, "qblock %d: the scores ran past their scratch", qblock);
+    free(sc);
     for (int row = 0; row < M; row++) /* ert_k_heads_merge */
         for (int c = 0; c < D; c++)
             ctx[row * D + c] =
@@ -666,9 +682,35 @@ Test(tx_math, attention_replay)
                     cr_assert(isnan(got), "sample %d: y[%d][%d] = %g, want NaN", b, t, j, got);
                 else
                     cr_assert(fabs(got - want) <= 1e-4 * (1.0 + fabs(want)),
-                              "sample %d token %d feature %d: %.7g, want %.7g", b, t, j, got, want);
+                              "qblock %d: sample %d token %d feature %d: %.7g, want %.7g", qblock,
+                              b, t, j, got, want);
             }
     }
+}
+
+/* T = 5: one block of every query (as ERT_ATTN_QBLOCK = 64 runs it), blocks of
+ * 2, 2 and 1, and of one query each. */
+Test(tx_math, attention_replay) { attention_replay(ERT_ATTN_QBLOCK); }
+Test(tx_math, attention_replay_blocks) { attention_replay(2); }
+Test(tx_math, attention_replay_rows) { attention_replay(1); }
+
+/* The attention's scratch grows with T, not T^2: from T = qblock on it is
+ * linear (twice the tokens, exactly twice the floats), and for BERT-base
+ * (D 768, H 12) at T = 128 and 512 it is what tx_ops.c's header says. */
+Test(tx_math, attention_workspace_linear)
+{
+    const int D = 768, H = 12, qb = ERT_ATTN_QBLOCK;
+    cr_assert_eq(ert_attn_qrows(16, qb), 16);
+    cr_assert_eq(ert_attn_qrows(128, qb), qb);
+    cr_assert_eq(ert_attn_ws_floats(16, D, H, qb), 6 * 16 * 768 + 12 * 16 * 16);
+    for (int T = qb; T <= 8192; T *= 2)
+        cr_assert_eq(ert_attn_ws_floats(2 * T, D, H, qb), 2 * ert_attn_ws_floats(T, D, H, qb),
+                     "T %d", T);
+    cr_assert_eq(ert_attn_ws_floats(128, D, H, qb), 589824 + 98304);
+    /* the whole-row scores of T = 512 took H T^2 = 3.1 M floats; a block takes 0.39 M */
+    const size_t scores512 = ert_attn_ws_floats(512, D, H, qb) - 6 * (size_t)512 * D;
+    cr_assert_eq(scores512, (size_t)H * qb * 512);
+    cr_assert(scores512 * 8 == (size_t)H * 512 * 512);
 }
 
 /* ---- program: transformer graphs ------------------------------------------------------ */
@@ -810,4 +852,60 @@ Test(program, bert_like)
     cr_assert_eq(g.ops[1].in, g.ops[1].out);
     program_free(&g);
     free(m);
+}
+
+/* ---- bucket_math.h: the graphs' self-check rows ------------------------------------ */
+
+#include "../../kernels/bucket_math.h"
+
+/* src/cuda/graph.c's self-check sends every row to the first exit with
+ * thresholds of -inf (+inf for entropy) and to the final head with +inf
+ * (-inf): which holds only where every exit's score is finite. On the CPU
+ * engine, ert_graph_check_rows's rows score finitely at every exit of every
+ * kind of model, token models included; all-zero rows, which the check fed
+ * before, are all padding for a token model: NaN, and the check failed (the
+ * graphs fell back to off) for every BERT-like model. */
+static int exit_scores_finite(ert_model *m, const float *x, int rows)
+{
+    const int E = ert_model_num_exits(m);
+    ert_engine *e = fx_cpu_engine(m, ERT_MODE_MASKED, rows);
+    float *sc = malloc(sizeof(float) * (size_t)rows * E);
+    cr_assert_not_null(sc);
+    cr_assert_eq(ert_engine_exit_outputs(e, x, rows, sc, NULL), ERT_OK, "%s", ert_engine_error(e));
+    int finite = 1;
+    for (int i = 0; i < rows * E; i++)
+        finite &= isfinite(sc[i]) != 0;
+    free(sc);
+    ert_engine_free(e);
+    return finite;
+}
+
+Test(bucket_math, self_check_rows)
+{
+    const int rows = 3;
+    for (int kind = 0; kind < MW_ALL_KINDS; kind++) {
+        ert_model *m = fx_random_model(4400 + (uint64_t)kind, (mw_kind)kind);
+        const size_t per = ert_model_input_size(m);
+        const int T = ert_model_input_tokens(m);
+        float *x = malloc(sizeof(float) * per * rows);
+        cr_assert_not_null(x);
+        for (size_t i = 0; i < per * rows; i++)
+            x[i] = 7.0f; /* every value must be written */
+        ert_graph_check_rows(x, rows, per, T);
+        for (int r = 0; r < rows; r++)
+            for (size_t j = 0; j < per; j++) {
+                float want = T > 0 && j >= (size_t)T ? 1.0f : 0.0f;
+                cr_assert_eq(x[r * per + j], want, "%s: row %d value %zu", mw_kind_name(kind), r,
+                             j);
+            }
+        cr_assert(exit_scores_finite(m, x, rows), "%s: a self-check row scores NaN or inf",
+                  mw_kind_name(kind));
+        if (T > 0 && kind == MW_BERT) {
+            memset(x, 0, sizeof(float) * per * rows);
+            cr_assert(!exit_scores_finite(m, x, rows),
+                      "%s: all-zero (all-padding) rows scored finitely", mw_kind_name(kind));
+        }
+        free(x);
+        ert_model_free(m);
+    }
 }
