@@ -79,6 +79,8 @@ typedef struct exit_report {
     uint64_t correct; /* among those taken, when labels are given */
 } exit_report;
 
+#define REPORT_ROWS 10 /* non-finite rows the report lists */
+
 typedef struct run_report {
     const char *model;
     const char *data;
@@ -89,7 +91,15 @@ typedef struct run_report {
     uint64_t correct;
     uint64_t macs_executed, macs_full;
     uint64_t host_waits;
+    /* Non-finite rows: a row counts once in nonfinite_samples when its
+       input holds NaN or Inf (nonfinite_inputs), a token id outside the
+       vocabulary (invalid_token_samples: run --allow-invalid-tokens) or when
+       the exit it took gave a non-finite score, its logits not finite
+       (nonfinite_outputs). The first REPORT_ROWS of them, in row order. */
     uint64_t nonfinite_samples;
+    uint64_t nonfinite_inputs, invalid_token_samples, nonfinite_outputs;
+    int nonfinite_listed;
+    uint64_t nonfinite_rows[REPORT_ROWS];
     double seconds; /* inside the inference calls only */
     ert_mode mode;
     ert_backend device;
