@@ -57,11 +57,15 @@ int cli_load_samples(const char *model_path, const ert_model *m, const char *dat
 void cli_samples_free(cli_samples *s);
 
 /* Writes a copy of the model MODEL (a directory or its model.json) into
- * out_dir (created if missing; not the model's own directory) with each
- * early exit's threshold set from thresholds[exit]: model.json with only
- * the thresholds changed, the weights file copied, the sample data it names
- * reached by relative paths. Checks that the copy loads. Returns 0, or the
- * CLI status after printing the error. (model_copy.c) */
+ * out_dir with each early exit's threshold set from thresholds[exit]:
+ * model.json with only the thresholds changed, the weights file copied, the
+ * sample data it names reached by relative paths. All or nothing: the copy
+ * is written to a temporary directory beside out_dir, checked to load, and
+ * renamed into place. out_dir may be missing, empty, or an earlier copy
+ * (model.json and its weights only: replaced as a whole); anything else
+ * there, or the model's own directory, is refused before anything is
+ * written. Returns 0, or the CLI status after printing the error (out_dir
+ * then as it was, nothing left beside it). (model_copy.c) */
 int cli_write_model(const char *model, const ert_model *m, const float *thresholds,
                     const char *out_dir);
 
