@@ -533,7 +533,10 @@ int bench_main(int argc, char **argv)
         r.drift_after = 0.0;
 
     bench_print_table(&r, stdout);
-    fflush(stdout);
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "exitrt bench: cannot write the table: %s\n", strerror(errno));
+        goto done;
+    }
     if (o.json && bench_write_json(&r, json_out.f)) {
         fprintf(stderr, "exitrt bench: out of memory writing %s\n", o.json);
         goto done;

@@ -599,14 +599,21 @@ int cmd_run(int argc, char **argv)
         write_predictions(pred_out.f, samples, n);
     if (logits_out.f)
         write_logits(logits_out.f, logits, n, K);
-    if ((rc = cli_out_commit_all(outs, 2)))
-        goto done;
+    /* the report first: when it cannot be written, the run failed and the
+       outputs stay as they were */
     if (o.json) {
-        if (report_print_json(&rep) != 0)
+        if (report_print_json(&rep) != 0) {
             rc = cli_error(CLI_FAIL, "out of memory building the JSON report");
+            goto done;
+        }
     } else {
         report_print_text(&rep);
     }
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        rc = cli_error(CLI_FAIL, "cannot write the report: %s", strerror(errno));
+        goto done;
+    }
+    rc = cli_out_commit_all(outs, 2);
 
 done:
     cli_out_abort(&pred_out); /* after a commit: nothing left to do */

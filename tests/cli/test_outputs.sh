@@ -72,6 +72,12 @@ for f in "${fails[@]}"; do
         [ "$(listing "$O")" = "$before" ] || fail "run ${f#*|} $outs changed the outputs: $(ls -la "$O" "$O/fresh")"
     done
 done
+# the report cannot be written (a full disk on stdout): the run failed
+rc=0
+"$EXITRT" run "$M" --device cpu --predictions "$O/p.csv" --logits "$O/fresh/l.npy" >/dev/full 2>"$W/err" || rc=$?
+[ "$rc" -eq 1 ] && grep -q "cannot write the report" "$W/err" || fail "stdout full: status $rc: $(cat "$W/err")"
+[ "$(listing "$O")" = "$before" ] || fail "a run whose report failed changed the outputs"
+ok
 # a bad output path, the other output good: neither written
 for bad in "$O/no/such/dir/l.npy" "$O/a-directory" "$O/fresh/missing-dir/l.npy"; do
     expect_error "$EXITRT" run "$M" --device cpu --predictions "$O/p.csv" --logits "$bad"
