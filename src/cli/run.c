@@ -62,9 +62,10 @@ static const char RUN_USAGE[] =
     "                       counts them among the non-finite samples\n"
     "  -h, --help           this text\n"
     "\n"
-    "A sample whose input holds NaN or Inf, or whose logits are not finite, is\n"
-    "answered at the final exit with score NaN; the report counts these\n"
-    "non-finite samples and lists the first rows.\n";
+    "A sample whose logits are not finite (its input held NaN or Inf, say) is\n"
+    "answered at the final exit with class 0 and score NaN. The report counts\n"
+    "the non-finite samples (NaN or Inf in the input, token ids outside the\n"
+    "vocabulary, non-finite logits) and lists the first rows.\n";
 
 #define MAX_THRESHOLDS 64
 #define MAX_BATCH (1L << 20)

@@ -166,7 +166,7 @@ int main(int argc, char **argv)
         labels[i] = i % 4 == 3 ? (s[i].predicted + 1) % K : s[i].predicted;
         lb[i] = (unsigned char)labels[i];
     }
-    for (size_t i = 0; i < (size_t)n * per; i++)
+    for (size_t i = 0; !tokens && i < (size_t)n * per; i++) /* images: values in [0, 1) */
         xb[i] = (unsigned char)(x[i] * 256.0f);
 
     char path[1024];
