@@ -25,6 +25,7 @@
 #include "cli.h"
 #include "data.h"
 #include "ert_commit.h"
+#include "outfile.h"
 #include "tools.h"
 
 /* ---- inputs ---------------------------------------------------------------- */
@@ -474,12 +475,20 @@ int bench_main(int argc, char **argv)
     if (r.backend_on[ERT_BACKEND_CUDA])
         cuda_info_query(0, &r.cuda);
 
+    /* --json and --plot: temporaries now (a bad path fails before the
+       sweep), renamed over the targets only when both are complete */
+    cli_out json_out = {0}, plot_out = {0};
+    cli_out *const outs[2] = {&json_out, &plot_out};
+    rc = 1;
+    if (o.json && cli_out_open(&json_out, o.json))
+        goto done;
+    if (o.plot && cli_out_open(&plot_out, o.plot))
+        goto done;
     ert_error err;
     if (ert_model_load(o.model, &r.model, &err) != ERT_OK) {
         fprintf(stderr, "exitrt bench: %s\n", err.msg);
-        return 1;
+        goto done;
     }
-    rc = 1;
     r.num_exits = ert_model_num_exits(r.model);
     plan_build(r.model, &r.plan);
     r.random_weights = model_is_random(r.model);
@@ -524,15 +533,28 @@ int bench_main(int argc, char **argv)
         r.drift_after = 0.0;
 
     bench_print_table(&r, stdout);
-    fflush(stdout);
-    rc = 0;
-    if (o.json && bench_write_json(&r, o.json)) {
-        fprintf(stderr, "exitrt bench: could not write %s\n", o.json);
-        rc = 1;
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "exitrt bench: cannot write the table: %s\n", strerror(errno));
+        goto done;
     }
-    if (o.plot && bench_write_plot(&r, o.plot))
-        rc = 1;
+    if (o.json && bench_write_json(&r, json_out.f)) {
+        fprintf(stderr, "exitrt bench: out of memory writing %s\n", o.json);
+        goto done;
+    }
+    if (o.plot) {
+        /* gnuplot writes the temporary (in place: the target itself) */
+        if (plot_out.f)
+            fclose(plot_out.f);
+        plot_out.f = NULL;
+        if (bench_write_plot(&r, plot_out.tmp ? plot_out.tmp : o.plot, o.plot))
+            goto done;
+    }
+    if (cli_out_commit_all(outs, 2))
+        goto done;
+    rc = 0;
 done:
+    cli_out_abort(&json_out);
+    cli_out_abort(&plot_out);
     for (int p = 0; p < r.nprof; p++)
         free(r.prof[p].exits);
     free(r.cells);

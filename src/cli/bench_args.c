@@ -29,6 +29,8 @@ static const char *USAGE =
     "                       $ERT_GRAPH_BUCKETS, else 0)\n"
     "  --json FILE          every cell as JSON (schema: bench/README.md)\n"
     "  --plot FILE.png      throughput and efficiency vs batch size (gnuplot)\n"
+    "                       (--json and --plot replace their files only when the\n"
+    "                       bench succeeds: a failed one leaves them as they were)\n"
     "  --peer               run bench/torch_peer.py (python: $ERT_PYTHON or\n"
     "                       /usr/bin/python3) and print exitrt / PyTorch\n"
     "  --b1-samples N       the peer's batch-1-with-if loop (DeeBERT's, PABEE's: one\n"

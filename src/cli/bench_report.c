@@ -195,7 +195,7 @@ static cJSON *int_array(const int32_t *v, int n)
 
 static cJSON *num_or_null(double v) { return v >= 0 ? cJSON_CreateNumber(v) : cJSON_CreateNull(); }
 
-int bench_write_json(const bench_run *r, const char *path)
+int bench_write_json(const bench_run *r, FILE *f)
 {
     const ert_model *m = r->model;
     int E = r->num_exits;
@@ -315,15 +315,10 @@ int bench_write_json(const bench_run *r, const char *path)
     cJSON_Delete(root);
     if (!text)
         return -1;
-    FILE *f = fopen(path, "w");
-    int rc = -1;
-    if (f) {
-        rc = fputs(text, f) < 0 || fputc('\n', f) == EOF ? -1 : 0;
-        if (fclose(f) != 0)
-            rc = -1;
-    }
+    fputs(text, f);
+    fputc('\n', f);
     cJSON_free(text);
-    return rc;
+    return 0;
 }
 
 /* ---- plot ------------------------------------------------------------------ */
@@ -359,7 +354,7 @@ static void gp_quote(FILE *f, const char *s)
 
 /* One data block per (backend, profile, mode): "batch samples/s efficiency
  * torch_samples/s", blocks separated by two blank lines (gnuplot `index`). */
-int bench_write_plot(const bench_run *r, const char *path)
+int bench_write_plot(const bench_run *r, const char *path, const char *shown)
 {
     char dir[] = "/tmp/exitrt-plot-XXXXXX";
     if (!mkdtemp(dir)) {
@@ -468,6 +463,6 @@ done:
     remove(gp);
     rmdir(dir);
     if (rc == 0)
-        fprintf(stderr, "exitrt bench: plot written to %s\n", path);
+        fprintf(stderr, "exitrt bench: plot written to %s\n", shown);
     return rc;
 }

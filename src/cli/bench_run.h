@@ -98,11 +98,14 @@ typedef struct bench_run {
 
 /* bench_report.c */
 void bench_print_table(const bench_run *r, FILE *out);
-/* Writes every cell as JSON (schema in bench/README.md). 0 on success. */
-int bench_write_json(const bench_run *r, const char *path);
+/* Writes every cell as JSON (schema in bench/README.md) to f (the
+ * temporary of --json: write errors are found when it is committed). 0 on
+ * success, -1 when out of memory. */
+int bench_write_json(const bench_run *r, FILE *f);
 /* Draws throughput and efficiency against batch size per mode with
- * gnuplot. 0 on success; on failure prints why to stderr. */
-int bench_write_plot(const bench_run *r, const char *path);
+ * gnuplot into the file path (the temporary of --plot, named shown in
+ * messages). 0 on success; on failure prints why to stderr. */
+int bench_write_plot(const bench_run *r, const char *path, const char *shown);
 
 /* bench_peer.c: runs bench/torch_peer.py on the same inputs, thresholds and batch
  * sizes, fills the cells' torch figures and the profiles' decision checks.

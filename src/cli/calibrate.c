@@ -36,7 +36,10 @@ static const char CAL_USAGE[] =
     "  --seed S           seed of the split (default 0)\n"
     "  --confidence C     level of the bound on the drop (default 0.95)\n"
     "  --write DIR        write a copy of the model with these thresholds\n"
-    "                     into DIR (created; weights copied)\n"
+    "                     into DIR (weights copied), whole or not at all: DIR\n"
+    "                     must be new, empty, or an earlier --write's copy\n"
+    "                     (then replaced as a whole); on failure it is left as\n"
+    "                     it was\n"
     "  --json             print the result as one JSON object\n"
     "  --device D         cpu, cuda or auto (default auto)\n"
     "  --batch N          samples per scoring call (default 256)\n"
@@ -381,6 +384,20 @@ int cmd_calibrate(int argc, char **argv)
     size_t n = smp.data.count;
     if (o.limit > 0 && (size_t)o.limit < n)
         n = (size_t)o.limit;
+    /* token ids outside the vocabulary: NaN embeddings, nothing to
+       calibrate on (exitrt run --allow-invalid-tokens runs them) */
+    const int T = ert_model_input_tokens(m);
+    for (size_t i = 0; T > 0 && i < n; i++) {
+        const float *row = smp.data.values + i * smp.data.sample_size;
+        int t = ert_tokens_first_invalid(row, T, ert_model_vocab_size(m));
+        if (t >= 0) {
+            rc = cli_error(CLI_FAIL,
+                           "%s: sample %zu, position %d: token id %.9g is not in the model's "
+                           "vocabulary (integers in [0, %d))",
+                           smp.data_path, i, t, (double)row[t], ert_model_vocab_size(m));
+            goto done;
+        }
+    }
     const int E = ert_model_num_exits(m);
     if (E < 2) {
         rc = cli_error(CLI_USAGE, "%s: the model has no early exit to calibrate", o.model);

@@ -57,11 +57,15 @@ int cli_load_samples(const char *model_path, const ert_model *m, const char *dat
 void cli_samples_free(cli_samples *s);
 
 /* Writes a copy of the model MODEL (a directory or its model.json) into
- * out_dir (created if missing; not the model's own directory) with each
- * early exit's threshold set from thresholds[exit]: model.json with only
- * the thresholds changed, the weights file copied, the sample data it names
- * reached by relative paths. Checks that the copy loads. Returns 0, or the
- * CLI status after printing the error. (model_copy.c) */
+ * out_dir with each early exit's threshold set from thresholds[exit]:
+ * model.json with only the thresholds changed, the weights file copied, the
+ * sample data it names reached by relative paths. All or nothing: the copy
+ * is written to a temporary directory beside out_dir, checked to load, and
+ * renamed into place. out_dir may be missing, empty, or an earlier copy
+ * (model.json and its weights only: replaced as a whole); anything else
+ * there, or the model's own directory, is refused before anything is
+ * written. Returns 0, or the CLI status after printing the error (out_dir
+ * then as it was, nothing left beside it). (model_copy.c) */
 int cli_write_model(const char *model, const ert_model *m, const float *thresholds,
                     const char *out_dir);
 
@@ -79,6 +83,8 @@ typedef struct exit_report {
     uint64_t correct; /* among those taken, when labels are given */
 } exit_report;
 
+#define REPORT_ROWS 10 /* non-finite rows the report lists */
+
 typedef struct run_report {
     const char *model;
     const char *data;
@@ -89,7 +95,15 @@ typedef struct run_report {
     uint64_t correct;
     uint64_t macs_executed, macs_full;
     uint64_t host_waits;
+    /* Non-finite rows: a row counts once in nonfinite_samples when its
+       input holds NaN or Inf (nonfinite_inputs), a token id outside the
+       vocabulary (invalid_token_samples: run --allow-invalid-tokens) or when
+       the exit it took gave a non-finite score, its logits not finite
+       (nonfinite_outputs). The first REPORT_ROWS of them, in row order. */
     uint64_t nonfinite_samples;
+    uint64_t nonfinite_inputs, invalid_token_samples, nonfinite_outputs;
+    int nonfinite_listed;
+    uint64_t nonfinite_rows[REPORT_ROWS];
     double seconds; /* inside the inference calls only */
     ert_mode mode;
     ert_backend device;

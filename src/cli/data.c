@@ -335,6 +335,16 @@ ert_status ert_dataset_fit_model(ert_dataset *d, const char *path, const ert_mod
     return ert_dataset_check_shape(d, path, c, h, w, err);
 }
 
+int ert_tokens_first_invalid(const float *row, int T, int vocab)
+{
+    for (int t = 0; t < T; t++) {
+        float id = row[t];
+        if (!(id >= 0.0f && id < (float)vocab && id == floorf(id)))
+            return t;
+    }
+    return -1;
+}
+
 void ert_dataset_free(ert_dataset *d)
 {
     if (!d)

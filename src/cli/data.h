@@ -49,6 +49,12 @@ ert_status ert_dataset_check_shape(const ert_dataset *d, const char *path, int c
 ert_status ert_dataset_fit_model(ert_dataset *d, const char *path, const ert_model *m,
                                  ert_error *err);
 
+/* The first position t in a token row (T ids, then T mask values) whose id
+ * is not an integer in [0, vocab) -- what ert_pack_tokens refuses and the
+ * model's token_embed turns into NaN, whatever the mask says; -1 when every
+ * id is valid. */
+int ert_tokens_first_invalid(const float *row, int T, int vocab);
+
 /* Labels: IDX1 ubyte, or .npy of integer (u1, i4, i8) values. */
 ert_status ert_labels_load(const char *path, ert_labels *out, ert_error *err);
 void ert_labels_free(ert_labels *l);

@@ -1,12 +1,15 @@
 /* model_copy.c - a copy of a model directory with other thresholds
- * (exitrt calibrate --write). */
-#define _XOPEN_SOURCE 700 /* realpath */
+ * (exitrt calibrate --write), written whole or not at all. */
+#define _GNU_SOURCE /* renameat2 (RENAME_EXCHANGE), realpath, mkdtemp */
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
@@ -46,15 +49,18 @@ static char *read_file(const char *path, size_t *len)
     return buf;
 }
 
-static int write_bytes(const char *path, const char *buf, size_t len)
+/* A new file (in the temporary directory), written and synced; shown is
+ * the name messages give it (its place in DIR). */
+static int write_bytes(const char *path, const char *shown, const char *buf, size_t len)
 {
-    FILE *f = fopen(path, "wb");
+    FILE *f = fopen(path, "wbx");
     if (!f)
-        return cli_error(CLI_FAIL, "%s: cannot create: %s", path, strerror(errno));
+        return cli_error(CLI_FAIL, "%s: cannot create: %s", shown, strerror(errno));
     size_t w = fwrite(buf, 1, len, f);
-    int bad = w != len || ferror(f);
+    int bad = w != len || fflush(f) != 0 || ferror(f) || fsync(fileno(f)) != 0;
+    int e = errno;
     if (fclose(f) != 0 || bad)
-        return cli_error(CLI_FAIL, "%s: write failed: %s", path, strerror(errno));
+        return cli_error(CLI_FAIL, "%s: write failed: %s", shown, strerror(bad ? e : errno));
     return 0;
 }
 
@@ -124,26 +130,186 @@ static int rebase_ref(cJSON *root, const char *key, const char *dir, const char 
     return cJSON_ReplaceItemInObjectCaseSensitive(root, key, cJSON_CreateString(rel));
 }
 
+/* ---- DIR as a whole ---------------------------------------------------------
+
+   The copy is written into a temporary directory beside DIR ("DIR.tmp.XXXXXX",
+   in DIR's parent, so the sample data paths relative to it are those of DIR)
+   and checked to load; then it takes DIR's place by one rename. DIR may be
+   missing, an empty directory, or an earlier copy: a directory holding only
+   model.json and the weights file it names (a regular file each), which is
+   replaced as a whole (an atomic exchange where the file system has one)
+   and then removed. Anything else in DIR is refused before anything is
+   written: calibrate never deletes files it did not write. */
+
+/* Removes a directory of regular files (a temporary, or the replaced copy). */
+static void remove_tree(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *ent;
+        char path[4096];
+        while ((ent = readdir(d)))
+            if (strcmp(ent->d_name, ".") && strcmp(ent->d_name, "..") &&
+                join(path, sizeof path, dir, ent->d_name))
+                unlink(path);
+        closedir(d);
+    }
+    rmdir(dir);
+}
+
+/* What DIR holds: 0 nothing (missing), 1 an empty directory, 2 an earlier
+ * copy (see above); else the CLI status after printing why it is refused. */
+static int existing_dir(const char *out_dir)
+{
+    struct stat st;
+    if (lstat(out_dir, &st) != 0) {
+        if (errno == ENOENT)
+            return 0;
+        return -cli_error(CLI_FAIL, "--write %s: %s", out_dir, strerror(errno));
+    }
+    if (S_ISLNK(st.st_mode))
+        return -cli_error(CLI_USAGE, "--write %s: is a symbolic link; give the directory itself",
+                          out_dir);
+    if (!S_ISDIR(st.st_mode))
+        return -cli_error(CLI_USAGE, "--write %s: exists and is not a directory", out_dir);
+    /* the weights file model.json names, when it is one */
+    char path[4096], weights[256] = "";
+    size_t len = 0;
+    char *text = join(path, sizeof path, out_dir, "model.json") ? read_file(path, &len) : NULL;
+    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    cJSON *w = root ? cJSON_GetObjectItemCaseSensitive(root, "weights") : NULL;
+    if (cJSON_IsString(w) && !strchr(w->valuestring, '/') && strlen(w->valuestring) < 256)
+        snprintf(weights, sizeof weights, "%s", w->valuestring);
+    cJSON_Delete(root);
+    free(text);
+    DIR *d = opendir(out_dir);
+    if (!d)
+        return -cli_error(CLI_FAIL, "--write %s: %s", out_dir, strerror(errno));
+    int n = 0, other = 0;
+    char bad[256] = "";
+    struct dirent *ent;
+    while ((ent = readdir(d))) {
+        const char *name = ent->d_name;
+        if (!strcmp(name, ".") || !strcmp(name, ".."))
+            continue;
+        n++;
+        int known = !strcmp(name, "model.json") || (weights[0] && !strcmp(name, weights));
+        if (known && join(path, sizeof path, out_dir, name) && lstat(path, &st) == 0 &&
+            S_ISREG(st.st_mode))
+            continue;
+        if (!other++)
+            snprintf(bad, sizeof bad, "%s", name);
+    }
+    closedir(d);
+    if (other)
+        return -cli_error(CLI_USAGE,
+                          "--write %s: the directory holds '%s'%s, not only a model written by "
+                          "calibrate (model.json and its weights); nothing written: give a new "
+                          "or empty directory",
+                          out_dir, bad, other > 1 ? " and more" : "");
+    return n ? 2 : 1;
+}
+
+/* Puts the finished copy tmp in DIR's place; 0, or the CLI status after
+ * printing the error (DIR then as it was, tmp left for the caller). */
+static int replace_dir(const char *tmp, const char *out_dir, int had)
+{
+    if (had < 2) { /* missing or empty: rename replaces an empty directory */
+        if (rename(tmp, out_dir) != 0)
+            return cli_error(CLI_FAIL, "--write %s: cannot move the copy in place: %s", out_dir,
+                             strerror(errno));
+        return 0;
+    }
+    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, out_dir, RENAME_EXCHANGE) == 0) {
+        remove_tree(tmp); /* now the old copy */
+        return 0;
+    }
+    if (errno != EINVAL && errno != ENOSYS)
+        return cli_error(CLI_FAIL, "--write %s: cannot move the copy in place: %s", out_dir,
+                         strerror(errno));
+    /* no exchange on this file system: the old copy aside, the new one in,
+       the old one back if that fails */
+    char old[4096];
+    if (snprintf(old, sizeof old, "%s.old.XXXXXX", out_dir) >= (int)sizeof old || !mkdtemp(old))
+        return cli_error(CLI_FAIL, "--write %s: cannot make a directory beside it: %s", out_dir,
+                         strerror(errno));
+    if (rename(out_dir, old) != 0) {
+        int e = errno;
+        rmdir(old);
+        return cli_error(CLI_FAIL, "--write %s: cannot move the old copy aside: %s", out_dir,
+                         strerror(e));
+    }
+    if (rename(tmp, out_dir) != 0) {
+        int e = errno;
+        if (rename(old, out_dir) != 0)
+            return cli_error(CLI_FAIL,
+                             "--write %s: cannot move the copy in place (%s), nor the old one "
+                             "back from %s: %s",
+                             out_dir, strerror(e), old, strerror(errno));
+        return cli_error(CLI_FAIL, "--write %s: cannot move the copy in place: %s", out_dir,
+                         strerror(e));
+    }
+    remove_tree(old);
+    return 0;
+}
+
+static void sync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY);
+    if (fd >= 0) {
+        (void)fsync(fd); /* best effort: the files themselves are synced */
+        close(fd);
+    }
+}
+
 /* A copy of the model in out_dir with these thresholds: model.json edited
  * (each exit's policy.threshold; nothing else in it changes), the weights
  * copied beside it, and the sample data it names reached by relative paths
- * from the copy. */
+ * from the copy; written whole or not at all (above). */
 int cli_write_model(const char *model, const ert_model *m, const float *thresholds,
-                    const char *out_dir)
+                    const char *out_dir_arg)
 {
-    char dir[4096], json[4096], path[4096], rin[PATH_MAX], rout[PATH_MAX];
+    char dir[4096], json[4096], path[4096], shown[4096], rin[PATH_MAX], rout[PATH_MAX];
+    char out_dir[4096], parent[4096], tmp[4096];
     model_paths(model, dir, sizeof dir, json, sizeof json);
-    if (mkdir(out_dir, 0777) != 0 && errno != EEXIST)
-        return cli_error(CLI_FAIL, "--write %s: cannot create the directory: %s", out_dir,
-                         strerror(errno));
-    if (!realpath(dir, rin) || !realpath(out_dir, rout))
-        return cli_error(CLI_FAIL, "--write %s: %s", out_dir, strerror(errno));
+
+    /* DIR without trailing slashes, its parent and its real place */
+    size_t olen = strlen(out_dir_arg);
+    while (olen > 1 && out_dir_arg[olen - 1] == '/')
+        olen--;
+    if (olen == 0 || olen >= sizeof out_dir)
+        return cli_error(CLI_USAGE, "--write '%s': not a usable directory name", out_dir_arg);
+    memcpy(out_dir, out_dir_arg, olen);
+    out_dir[olen] = '\0';
+    const char *slash = strrchr(out_dir, '/');
+    const char *base = slash ? slash + 1 : out_dir;
+    if (!strcmp(base, ".") || !strcmp(base, "..") || !strcmp(out_dir, "/"))
+        return cli_error(CLI_USAGE, "--write %s: name the directory to write, not '%s'",
+                         out_dir_arg, base);
+    if (!slash)
+        snprintf(parent, sizeof parent, ".");
+    else if (slash == out_dir)
+        snprintf(parent, sizeof parent, "/");
+    else
+        snprintf(parent, sizeof parent, "%.*s", (int)(slash - out_dir), out_dir);
+    if (!realpath(parent, rout))
+        return cli_error(CLI_FAIL, "--write %s: %s: %s", out_dir_arg, parent, strerror(errno));
+    size_t rl = strlen(rout);
+    if (snprintf(rout + rl, sizeof rout - rl, "%s%s", rl > 1 ? "/" : "", base) >=
+        (int)(sizeof rout - rl))
+        return cli_error(CLI_USAGE, "--write %s: the path is too long", out_dir_arg);
+    if (!realpath(dir, rin))
+        return cli_error(CLI_FAIL, "%s: %s", dir, strerror(errno));
     if (strcmp(rin, rout) == 0)
-        return cli_error(CLI_USAGE, "--write %s: is the model's own directory", out_dir);
+        return cli_error(CLI_USAGE, "--write %s: is the model's own directory", out_dir_arg);
+    int had = existing_dir(out_dir);
+    if (had < 0)
+        return -had;
+
     size_t len = 0;
     char *text = read_file(json, &len), *wbuf = NULL, *out = NULL;
     cJSON *root = text ? cJSON_Parse(text) : NULL;
-    int rc = 0;
+    int rc = 0, made = 0;
     if (!root) {
         rc = cli_error(CLI_FAIL, "%s: cannot read it back", json);
         goto done;
@@ -175,33 +341,67 @@ int cli_write_model(const char *model, const ert_model *m, const float *threshol
         rc = cli_error(CLI_FAIL, "%s: cannot read: %s", wname ? wname : path, strerror(errno));
         goto done;
     }
-    const char *base = strrchr(weights->valuestring, '/');
-    base = base ? base + 1 : weights->valuestring;
-    if (!join(path, sizeof path, out_dir, base)) {
-        rc = cli_error(CLI_USAGE, "--write %s: the path is too long", out_dir);
+    /* its name in the copy (kept: the item is replaced below) */
+    const char *wb = strrchr(weights->valuestring, '/');
+    char wbase[256];
+    if (snprintf(wbase, sizeof wbase, "%s", wb ? wb + 1 : weights->valuestring) >=
+        (int)sizeof wbase) {
+        rc = cli_error(CLI_FAIL, "%s: the weights' file name is too long", json);
         goto done;
     }
-    if ((rc = write_bytes(path, wbuf, len)))
+    if (!wbase[0] || !strcmp(wbase, "model.json") || !strcmp(wbase, ".") || !strcmp(wbase, "..")) {
+        rc = cli_error(CLI_FAIL, "%s: weights '%s' cannot be copied under that name", json,
+                       weights->valuestring);
         goto done;
-    if (!cJSON_ReplaceItemInObjectCaseSensitive(root, "weights", cJSON_CreateString(base)) ||
+    }
+    if (!cJSON_ReplaceItemInObjectCaseSensitive(root, "weights", cJSON_CreateString(wbase)) ||
         !rebase_ref(root, "sample_data", dir, rout) ||
         !rebase_ref(root, "sample_labels", dir, rout) || !(out = cJSON_Print(root))) {
         rc = cli_error(CLI_FAIL, "out of memory writing model.json");
         goto done;
     }
-    if (!join(path, sizeof path, out_dir, "model.json")) {
-        rc = cli_error(CLI_USAGE, "--write %s: the path is too long", out_dir);
+
+    /* the copy, in a temporary directory beside DIR */
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", out_dir) >= (int)sizeof tmp) {
+        rc = cli_error(CLI_USAGE, "--write %s: the path is too long", out_dir_arg);
         goto done;
     }
-    if ((rc = write_bytes(path, out, strlen(out))))
+    if (!mkdtemp(tmp)) {
+        rc = cli_error(CLI_FAIL, "--write %s: cannot create a directory in %s: %s", out_dir_arg,
+                       parent, strerror(errno));
         goto done;
-    /* what was written must load */
+    }
+    made = 1;
+    mode_t mask = umask(0);
+    umask(mask);
+    (void)chmod(tmp, 0777 & ~mask); /* mkdtemp's 0700 to mkdir's mode */
+    if (!join(path, sizeof path, tmp, wbase) || !join(shown, sizeof shown, out_dir, wbase)) {
+        rc = cli_error(CLI_USAGE, "--write %s: the path is too long", out_dir_arg);
+        goto done;
+    }
+    if ((rc = write_bytes(path, shown, wbuf, len)))
+        goto done;
+    if (!join(path, sizeof path, tmp, "model.json") ||
+        !join(shown, sizeof shown, out_dir, "model.json")) {
+        rc = cli_error(CLI_USAGE, "--write %s: the path is too long", out_dir_arg);
+        goto done;
+    }
+    if ((rc = write_bytes(path, shown, out, strlen(out))))
+        goto done;
+    sync_dir(tmp);
+    /* what was written must load (its relative paths are DIR's: a sibling) */
     ert_model *check = NULL;
     ert_error err = {{0}};
-    if (ert_model_load(out_dir, &check, &err) != ERT_OK)
-        rc = cli_error(CLI_FAIL, "--write %s: the copy does not load: %s", out_dir, err.msg);
+    if (ert_model_load(tmp, &check, &err) != ERT_OK)
+        rc = cli_error(CLI_FAIL, "--write %s: the copy does not load: %s", out_dir_arg, err.msg);
     ert_model_free(check);
+    if (rc || (rc = replace_dir(tmp, out_dir, had)))
+        goto done;
+    made = 0;
+    sync_dir(parent);
 done:
+    if (made)
+        remove_tree(tmp);
     cJSON_free(out);
     cJSON_Delete(root);
     free(wbuf);

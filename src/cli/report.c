@@ -66,9 +66,17 @@ void report_print_text(const run_report *r)
         printf("host waits   %llu\n", (unsigned long long)r->host_waits);
     if (r->note && r->note[0])
         printf("engine       %s\n", r->note);
-    if (r->nonfinite_samples)
-        printf("warning      %llu samples held NaN or Inf inputs\n",
-               (unsigned long long)r->nonfinite_samples);
+    if (r->nonfinite_samples) {
+        printf("non-finite   %s samples: rows ", cli_commas(r->nonfinite_samples, a, sizeof a));
+        for (int i = 0; i < r->nonfinite_listed; i++)
+            printf("%s%llu", i ? ", " : "", (unsigned long long)r->nonfinite_rows[i]);
+        printf("%s\n", r->nonfinite_samples > (uint64_t)r->nonfinite_listed ? ", ..." : "");
+        printf("             NaN or Inf inputs %llu, token ids outside the vocabulary %llu, "
+               "non-finite logits %llu (answered at the final exit, class 0, score NaN)\n",
+               (unsigned long long)r->nonfinite_inputs,
+               (unsigned long long)r->invalid_token_samples,
+               (unsigned long long)r->nonfinite_outputs);
+    }
 }
 
 /* A float as the shortest decimal that reads back as the same float, so
@@ -145,6 +153,18 @@ int report_print_json(const run_report *r)
     ADD("host_waits", cJSON_CreateNumber((double)r->host_waits));
     ADD("engine_note", cJSON_CreateString(r->note ? r->note : ""));
     ADD("nonfinite_samples", cJSON_CreateNumber((double)r->nonfinite_samples));
+    ADD("nonfinite_inputs", cJSON_CreateNumber((double)r->nonfinite_inputs));
+    ADD("invalid_token_samples", cJSON_CreateNumber((double)r->invalid_token_samples));
+    ADD("nonfinite_outputs", cJSON_CreateNumber((double)r->nonfinite_outputs));
+    cJSON *rows = cJSON_CreateArray();
+    ADD("nonfinite_rows", rows);
+    for (int i = 0; ok && i < r->nonfinite_listed; i++) {
+        cJSON *v = cJSON_CreateNumber((double)r->nonfinite_rows[i]);
+        if (!v || !cJSON_AddItemToArray(rows, v)) {
+            cJSON_Delete(v);
+            ok = 0;
+        }
+    }
 #undef ADD
     char *text = ok ? cJSON_PrintUnformatted(o) : NULL;
     cJSON_Delete(o);

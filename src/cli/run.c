@@ -11,6 +11,7 @@
 #include "refill_bench.h"
 #include "cli.h"
 #include "data.h"
+#include "outfile.h"
 #include "tools.h"
 
 static const char RUN_USAGE[] =
@@ -52,7 +53,19 @@ static const char RUN_USAGE[] =
     "  --predictions FILE   write index,exit,class,score per sample as CSV\n"
     "  --logits FILE        write the logits of the exit each sample took as a\n"
     "                       float32 .npy of shape [N, classes]\n"
-    "  -h, --help           this text\n";
+    "                       (outputs are replaced only when the run succeeds:\n"
+    "                       a failed run leaves an existing file as it was)\n"
+    "  --allow-invalid-tokens\n"
+    "                       token models: run samples holding a token id that\n"
+    "                       is not an integer in [0, vocabulary) (refused by\n"
+    "                       default); their embeddings are NaN, and the report\n"
+    "                       counts them among the non-finite samples\n"
+    "  -h, --help           this text\n"
+    "\n"
+    "A sample whose logits are not finite (its input held NaN or Inf, say) is\n"
+    "answered at the final exit with class 0 and score NaN. The report counts\n"
+    "the non-finite samples (NaN or Inf in the input, token ids outside the\n"
+    "vocabulary, non-finite logits) and lists the first rows.\n";
 
 #define MAX_THRESHOLDS 64
 #define MAX_BATCH (1L << 20)
@@ -67,6 +80,7 @@ typedef struct run_opts {
     int refill_opts; /* --deadline or --schedule given */
     long batch, threads, inflight, limit, graph_buckets;
     int json;
+    int allow_invalid_tokens;
     int num_thresholds;
     const char *thresholds[MAX_THRESHOLDS]; /* "EXIT=VALUE" */
 } run_opts;
@@ -89,6 +103,10 @@ static int parse_args(int argc, char **argv, run_opts *o)
         }
         if (strcmp(a, "--json") == 0) {
             o->json = 1;
+            continue;
+        }
+        if (strcmp(a, "--allow-invalid-tokens") == 0) {
+            o->allow_invalid_tokens = 1;
             continue;
         }
 #define OPT(name) ((r = cli_opt_value(argc, argv, &i, name, &v)) != 0)
@@ -349,7 +367,6 @@ static int run_refill(const run_opts *o, ert_engine *e, const float *x, size_t n
     rep->refill = 1;
     rep->macs_executed = ss.macs_executed;
     rep->macs_full = ss.macs_full;
-    rep->nonfinite_samples = ss.nonfinite_samples;
     qsort(lat, n, sizeof *lat, cmp_double);
     /* nearest rank */
     rep->latency_p50_s = lat[(size_t)ceil(0.50 * (double)n) - 1];
@@ -362,30 +379,17 @@ done:
     return rc;
 }
 
-/* Opens an output file before any work is done, so a bad path fails fast. */
-static FILE *open_output(const char *path)
-{
-    FILE *f = fopen(path, "wb");
-    if (!f)
-        cli_error(CLI_FAIL, "%s: cannot create: %s", path, strerror(errno));
-    return f;
-}
-
-/* Writes and closes f (always). */
-static int write_predictions(FILE *f, const char *path, const ert_sample *s, size_t n)
+/* index,exit,class,score per sample; write errors are found at the commit. */
+static void write_predictions(FILE *f, const ert_sample *s, size_t n)
 {
     fputs("index,exit,class,score\n", f);
     for (size_t i = 0; i < n; i++)
         fprintf(f, "%zu,%d,%d,%.9g\n", i, (int)s[i].exit_index, (int)s[i].predicted,
                 (double)s[i].score);
-    int bad = ferror(f);
-    if (fclose(f) != 0 || bad)
-        return cli_error(CLI_FAIL, "%s: write failed: %s", path, strerror(errno));
-    return 0;
 }
 
 /* float32 .npy, version 1, C order, shape (n, k). */
-static int write_logits(FILE *f, const char *path, const float *v, size_t n, int k)
+static void write_logits(FILE *f, const float *v, size_t n, int k)
 {
     char dict[128];
     int dl = snprintf(dict, sizeof dict,
@@ -409,10 +413,60 @@ static int write_logits(FILE *f, const char *path, const float *v, size_t n, int
         fputc(' ', f);
     fputc('\n', f);
     fwrite(v, sizeof(float), n * (size_t)k, f); /* little-endian hosts */
-    int bad = ferror(f);
-    if (fclose(f) != 0 || bad)
-        return cli_error(CLI_FAIL, "%s: write failed: %s", path, strerror(errno));
+}
+
+/* The rows of the data that run, checked before any work: every row's
+ * flags (1: NaN or Inf in the input, 2: a token id outside the vocabulary)
+ * into flags[n]. Token ids outside the vocabulary are refused, naming the
+ * first, unless --allow-invalid-tokens. */
+static int scan_rows(const run_opts *o, const ert_model *m, const char *path, const float *x,
+                     size_t n, size_t per, unsigned char *flags)
+{
+    const int T = ert_model_input_tokens(m), V = ert_model_vocab_size(m);
+    size_t invalid = 0, first = 0;
+    int first_pos = -1;
+    for (size_t i = 0; i < n; i++) {
+        const float *row = x + i * per;
+        for (size_t j = 0; j < per; j++)
+            if (!isfinite(row[j])) {
+                flags[i] |= 1;
+                break;
+            }
+        int t = T > 0 ? ert_tokens_first_invalid(row, T, V) : -1;
+        if (t >= 0) {
+            flags[i] |= 2;
+            if (invalid++ == 0) {
+                first = i;
+                first_pos = t;
+            }
+        }
+    }
+    if (invalid && !o->allow_invalid_tokens)
+        return cli_error(CLI_FAIL,
+                         "%s: sample %zu, position %d: token id %.9g is not in the model's "
+                         "vocabulary (integers in [0, %d)) (%zu of the %zu samples hold such ids; "
+                         "--allow-invalid-tokens runs them, reported as non-finite)",
+                         path, first, first_pos, (double)x[first * per + (size_t)first_pos], V,
+                         invalid, n);
     return 0;
+}
+
+/* The report's non-finite figures from the row flags and the answers
+ * (a non-finite score: the logits of the exit taken were not finite). */
+static void count_nonfinite(run_report *rep, unsigned char *flags, const ert_sample *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(s[i].score))
+            flags[i] |= 4;
+        if (!flags[i])
+            continue;
+        rep->nonfinite_inputs += (flags[i] & 1) != 0;
+        rep->invalid_token_samples += (flags[i] & 2) != 0;
+        rep->nonfinite_outputs += (flags[i] & 4) != 0;
+        if (rep->nonfinite_listed < REPORT_ROWS)
+            rep->nonfinite_rows[rep->nonfinite_listed++] = i;
+        rep->nonfinite_samples++;
+    }
 }
 
 int cmd_run(int argc, char **argv)
@@ -429,18 +483,17 @@ int cmd_run(int argc, char **argv)
     cli_samples smp = {0};
     ert_sample *samples = NULL;
     float *logits = NULL;
-    FILE *pred_f = NULL, *logits_f = NULL;
+    unsigned char *flags = NULL;
+    /* written to temporaries beside them, renamed at the end (outfile.h) */
+    cli_out pred_out = {0}, logits_out = {0};
+    cli_out *const outs[2] = {&pred_out, &logits_out};
     ert_error err = {{0}};
     ert_status st;
 
-    if (o.predictions && !(pred_f = open_output(o.predictions))) {
-        rc = CLI_FAIL;
+    if (o.predictions && (rc = cli_out_open(&pred_out, o.predictions)))
         goto done;
-    }
-    if (o.logits && !(logits_f = open_output(o.logits))) {
-        rc = CLI_FAIL;
+    if (o.logits && (rc = cli_out_open(&logits_out, o.logits)))
         goto done;
-    }
     if ((st = ert_model_load(o.model, &m, &err)) != ERT_OK) {
         rc = cli_error(CLI_FAIL, "%s", err.msg[0] ? err.msg : ert_status_string(st));
         goto done;
@@ -456,6 +509,12 @@ int cmd_run(int argc, char **argv)
     if (o.limit > 0 && (size_t)o.limit < n)
         n = (size_t)o.limit;
     int K = ert_model_num_classes(m);
+    if (!(flags = calloc(n ? n : 1, 1))) {
+        rc = cli_error(CLI_FAIL, "out of memory for %zu samples", n);
+        goto done;
+    }
+    if ((rc = scan_rows(&o, m, data_path, data.values, n, per, flags)))
+        goto done;
 
     ert_engine_config cfg = ert_engine_config_default();
     cfg.backend = o.device;
@@ -523,10 +582,10 @@ int cmd_run(int argc, char **argv)
         rep.macs_executed += res.macs_executed;
         rep.macs_full += res.macs_full;
         rep.host_waits += (uint64_t)res.host_waits;
-        rep.nonfinite_samples += (uint64_t)res.nonfinite_samples;
         progress_update(&prog, off + (size_t)b, n);
     }
     progress_end(&prog);
+    count_nonfinite(&rep, flags, samples, n);
 
     for (size_t i = 0; i < n; i++) {
         int x = samples[i].exit_index;
@@ -537,30 +596,30 @@ int cmd_run(int argc, char **argv)
         }
     }
 
-    if (pred_f) {
-        rc = write_predictions(pred_f, o.predictions, samples, n);
-        pred_f = NULL;
-        if (rc)
-            goto done;
-    }
-    if (logits_f) {
-        rc = write_logits(logits_f, o.logits, logits, n, K);
-        logits_f = NULL;
-        if (rc)
-            goto done;
-    }
+    if (pred_out.f)
+        write_predictions(pred_out.f, samples, n);
+    if (logits_out.f)
+        write_logits(logits_out.f, logits, n, K);
+    /* the report first: when it cannot be written, the run failed and the
+       outputs stay as they were */
     if (o.json) {
-        if (report_print_json(&rep) != 0)
+        if (report_print_json(&rep) != 0) {
             rc = cli_error(CLI_FAIL, "out of memory building the JSON report");
+            goto done;
+        }
     } else {
         report_print_text(&rep);
     }
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        rc = cli_error(CLI_FAIL, "cannot write the report: %s", strerror(errno));
+        goto done;
+    }
+    rc = cli_out_commit_all(outs, 2);
 
 done:
-    if (pred_f)
-        fclose(pred_f);
-    if (logits_f)
-        fclose(logits_f);
+    cli_out_abort(&pred_out); /* after a commit: nothing left to do */
+    cli_out_abort(&logits_out);
+    free(flags);
     free(logits);
     free(samples);
     ert_engine_free(e);

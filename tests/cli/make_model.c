@@ -2,12 +2,14 @@
  *
  *   cli_make_model DIR KIND SEED N
  *
- * KIND is mlp, cnn or resnet (tests/common/model_writer.h). Writes into DIR
+ * KIND is mlp, cnn, resnet, vit or bert (tests/common/model_writer.h). Writes into DIR
  * (created if missing): model.json and model.safetensors; inputs.npy, N
  * float32 samples uniform in [0, 1) (what the random models are calibrated
  * for); labels.npy, N int32 labels: the reference's prediction for the
  * sample with every 4th one changed, so accuracies are neither 0 nor 1; and
  * inputs-u8-idx (IDX ubyte) and labels-idx1.gz, the same data as bytes.
+ * For a token model (bert) inputs.npy holds int32 rows [N, 2T] (ids, then
+ * the mask: mw_random_tokens) and the IDX files are not written.
  * model.json also names inputs.npy and labels.npy as its sample data, so
  * `exitrt run DIR` works without --data. Prints nothing on success; exits 1
  * with a message on failure. */
@@ -123,10 +125,10 @@ static int add_sample_data(const char *dir)
 int main(int argc, char **argv)
 {
     if (argc != 5)
-        return fail("usage: cli_make_model DIR mlp|cnn|resnet SEED N");
+        return fail("usage: cli_make_model DIR mlp|cnn|resnet|vit|bert SEED N");
     const char *dir = argv[1];
     int kind = -1;
-    for (int k = 0; k < MW_KIND_COUNT; k++)
+    for (int k = 0; k < MW_ALL_KINDS; k++)
         if (strcmp(argv[2], mw_kind_name((mw_kind)k)) == 0)
             kind = k;
     if (kind < 0)
@@ -156,27 +158,41 @@ int main(int argc, char **argv)
     unsigned char *lb = malloc((size_t)n);
     if (!x || !s || !labels || !xb || !lb)
         return fail("out of memory");
-    mw_random_input(x, (size_t)n * per, seed + 1);
+    mw_model_inputs(m, x, (int)n, seed + 1);
+    const int tokens = ert_model_input_tokens(m) > 0;
     if (mw_reference_infer(m, x, (int)n, s, NULL, NULL, NULL) != 0)
         return fail("mw_reference_infer failed");
     for (long i = 0; i < n; i++) {
         labels[i] = i % 4 == 3 ? (s[i].predicted + 1) % K : s[i].predicted;
         lb[i] = (unsigned char)labels[i];
     }
-    for (size_t i = 0; i < (size_t)n * per; i++)
+    for (size_t i = 0; !tokens && i < (size_t)n * per; i++) /* images: values in [0, 1) */
         xb[i] = (unsigned char)(x[i] * 256.0f);
 
     char path[1024];
     int rc = 0;
-    rc |= mw_path(path, sizeof path, dir, "inputs.npy") ||
-          write_npy(path, "<f4", (size_t)n, per, x, (size_t)n * per * sizeof *x);
+    if (tokens) { /* the ids and mask as int32 */
+        int32_t *ids = malloc((size_t)n * per * sizeof *ids);
+        if (!ids)
+            return fail("out of memory");
+        for (size_t i = 0; i < (size_t)n * per; i++)
+            ids[i] = (int32_t)x[i];
+        rc |= mw_path(path, sizeof path, dir, "inputs.npy") ||
+              write_npy(path, "<i4", (size_t)n, per, ids, (size_t)n * per * sizeof *ids);
+        free(ids);
+    } else {
+        rc |= mw_path(path, sizeof path, dir, "inputs.npy") ||
+              write_npy(path, "<f4", (size_t)n, per, x, (size_t)n * per * sizeof *x);
+    }
     rc |= mw_path(path, sizeof path, dir, "labels.npy") ||
           write_npy(path, "<i4", (size_t)n, 0, labels, (size_t)n * sizeof *labels);
     uint32_t dims[4] = {(uint32_t)n, (uint32_t)c, (uint32_t)h, (uint32_t)w};
-    rc |= mw_path(path, sizeof path, dir, "inputs-u8-idx") ||
-          write_idx(path, 0, 4, dims, xb, (size_t)n * per);
-    rc |= mw_path(path, sizeof path, dir, "labels-idx1.gz") ||
-          write_idx(path, 1, 1, dims, lb, (size_t)n);
+    if (!tokens) {
+        rc |= mw_path(path, sizeof path, dir, "inputs-u8-idx") ||
+              write_idx(path, 0, 4, dims, xb, (size_t)n * per);
+        rc |= mw_path(path, sizeof path, dir, "labels-idx1.gz") ||
+              write_idx(path, 1, 1, dims, lb, (size_t)n);
+    }
     rc |= add_sample_data(dir);
     ert_model_free(m);
     free(x);

@@ -82,16 +82,18 @@ for args in "run $CORPUS/valid --data $CORPUS/valid/inputs.npy --labels $CORPUS/
     [ "$rc" -eq 0 ] || { fail "the valid base model fails ($rc): exitrt $args"; cat "$W/err" >&2; }
 done
 
-# ---- non-finite inputs: counted in the report (text and JSON) -------------------------------
+# ---- non-finite inputs: counted and listed in the report (text and JSON) ----------------------
 rc=0
 "$EXITRT" run "$CORPUS/valid" --data "$CORPUS/valid/nonfinite.npy" --device cpu >"$W/out" 2>"$W/err" || rc=$?
 checks=$((checks + 1))
-[ "$rc" -eq 0 ] && grep -q '2 samples held NaN or Inf inputs' "$W/out" ||
+[ "$rc" -eq 0 ] && grep -qx 'non-finite   2 samples: rows 1, 3' "$W/out" &&
+    grep -q 'NaN or Inf inputs 2,' "$W/out" ||
     { fail "the text report does not count 2 non-finite samples ($rc)"; cat "$W/out" "$W/err" >&2; }
 rc=0
 "$EXITRT" run "$CORPUS/valid" --data "$CORPUS/valid/nonfinite.npy" --device cpu --json >"$W/out" 2>"$W/err" || rc=$?
 checks=$((checks + 1))
-[ "$rc" -eq 0 ] && grep -q '"nonfinite_samples":2' "$W/out" ||
+[ "$rc" -eq 0 ] && grep -q '"nonfinite_samples":2' "$W/out" &&
+    grep -q '"nonfinite_inputs":2' "$W/out" && grep -qF '"nonfinite_rows":[1,3]' "$W/out" ||
     { fail "the JSON report does not count 2 non-finite samples ($rc)"; cat "$W/out" "$W/err" >&2; }
 
 # ---- the committed corpus -------------------------------------------------------------
