@@ -12,7 +12,8 @@
 #     CPU with --device auto and `exitrt version`, while --device cuda fails
 #     with one line that names what is missing; the README's program
 #     (tests/api_example.c), linked to the installed library shared and
-#     statically, prints what `exitrt run --device cpu` gives.
+#     statically, prints what `exitrt run --device cpu` gives; the Triton
+#     backend loads (the server-side run is tests/triton's).
 # Exits 77 (skipped) where a mount namespace cannot be made.
 set -euo pipefail
 build=$1 src=$2 work=$3
@@ -74,7 +75,7 @@ echo "hiding $(wc -l <"$work/hide.txt") CUDA library files"
 
 cat >"$work/inside.sh" <<'INSIDE'
 set -euo pipefail
-work=$1 prefix=$2 model=$3 cuda_needed=$4
+work=$1 prefix=$2 model=$3 cuda_needed=$4 tb=$5
 fail() { echo "test_nocuda: FAIL: $*" >&2; exit 1; }
 mount --make-rprivate /
 shared_dirs=' /lib /usr/lib /usr/local/lib /lib64 /usr/lib64 '
@@ -110,11 +111,17 @@ for p in shared static; do
     "$prefix/bin/api_example-$p" "$model" >"$work/api-$p.out" 2>"$work/api-$p.err" ||
         fail "api_example-$p: $(cat "$work/api-$p.err")"
 done
+# the Triton backend loads (lazily: the server's symbols come from the server)
+if [ -n "$tb" ]; then
+    /usr/bin/python3 -c "import ctypes, os, sys; ctypes.CDLL(sys.argv[1], mode=os.RTLD_LAZY)" "$tb" ||
+        fail "libtriton_exitrt.so does not load without CUDA"
+    echo "inside: libtriton_exitrt.so loads"
+fi
 INSIDE
 
 /usr/bin/python3 -c "import numpy as np; np.save('$work/zeros.npy', np.zeros((64, 1, 28, 28), np.float32))"
 model=$src/models/fmnist-resnet
-unshare -m bash "$work/inside.sh" "$work" "$prefix" "$model" "$cuda_needed" ||
+unshare -m bash "$work/inside.sh" "$work" "$prefix" "$model" "$cuda_needed" "$tb" ||
     fail "inside the namespace without CUDA (above)"
 
 # --device auto ran on the CPU and agrees with --device cpu; the programs print its figures
