@@ -12,6 +12,8 @@
 #   consumer/  the README's program (tests/api_example.c) built against the
 #            installed library: api_example-shared (CMake package, loads
 #            lib/libexitrt.so.0) and api_example-static (pkg-config --static)
+#   lib/exitrt/libexitrt_cuda.so  the CUDA backend, a plugin the library and
+#            the command load (src/backend_plugin.h); <libdir>/exitrt links to it
 #   lib/     the non-CUDA shared libraries they need (OpenBLAS, cJSON, zlib,
 #            Criterion and its chain), found with ldd; the C runtime and the
 #            CUDA, cuBLAS and cuDNN libraries stay behind (the GPU machine has
@@ -46,7 +48,7 @@ nref=${REF_SAMPLES:-2000}
 limit_kib=$((60 * 1024))
 
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$build" -j"$jobs" --target exitrt_cli test_gpu exitrt exitrt_static >/dev/null
+cmake --build "$build" -j"$jobs" --target exitrt_cli test_gpu exitrt exitrt_static exitrt_cuda >/dev/null
 [ -x "$build/tests/test_gpu" ] || { echo "device-pack: no test_gpu: is the CUDA backend ON?" >&2; exit 1; }
 
 stage=$(mktemp -d)
@@ -85,15 +87,25 @@ done
 # pkg-config (static); on the GPU both must print what `exitrt run` prints.
 prefix=$(mktemp -d)
 cmake --install "$build" --prefix "$prefix/p" >/dev/null
+libdir=$(sed -n 's/^CMAKE_INSTALL_LIBDIR:PATH=//p' "$build/CMakeCache.txt")
 cmake -S "$root/tests/packaging/consumer" -B "$prefix/c" -DCMAKE_PREFIX_PATH="$prefix/p" \
     -DEXAMPLE_SOURCE="$root/tests/api_example.c" >/dev/null
 cmake --build "$prefix/c" >/dev/null
 mkdir -p "$stage/consumer"
 cp "$prefix/c/api_example" "$stage/consumer/api_example-shared"
-PKG_CONFIG_PATH=$prefix/p/lib/pkgconfig cc -o "$stage/consumer/api_example-static" \
-    "$root/tests/api_example.c" $(PKG_CONFIG_PATH=$prefix/p/lib/pkgconfig pkg-config --cflags exitrt) \
-    $(PKG_CONFIG_PATH=$prefix/p/lib/pkgconfig pkg-config --static --libs exitrt | sed 's/-lexitrt\b/-l:libexitrt.a/')
-cp -P "$prefix"/p/lib/libexitrt.so* "$stage/lib/"
+PKG_CONFIG_PATH=$prefix/p/$libdir/pkgconfig cc -o "$stage/consumer/api_example-static" \
+    "$root/tests/api_example.c" $(PKG_CONFIG_PATH=$prefix/p/$libdir/pkgconfig pkg-config --cflags exitrt) \
+    $(PKG_CONFIG_PATH=$prefix/p/$libdir/pkgconfig pkg-config --static --libs exitrt | sed 's/-lexitrt\b/-l:libexitrt.a/')
+cp -P "$prefix"/p/$libdir/libexitrt.so* "$stage/lib/"
+# the CUDA backend is a plugin (src/backend_plugin.h): lib/exitrt/ beside
+# lib/libexitrt.so.0, and <libdir>/exitrt/ as bin/../<libdir>/exitrt for the
+# command and the statically linked program
+mkdir -p "$stage/lib/exitrt"
+cp "$prefix/p/$libdir/exitrt/libexitrt_cuda.so" "$stage/lib/exitrt/"
+if [ "$libdir" != lib ]; then
+    mkdir -p "$(dirname "$stage/$libdir/exitrt")"
+    ln -s "$(realpath --relative-to="$(dirname "$stage/$libdir/exitrt")" "$stage/lib/exitrt")" "$stage/$libdir/exitrt"
+fi
 rm -rf "$prefix"
 
 # The hashes of the real-scale models, generated as device.sh bench does.

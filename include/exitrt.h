@@ -325,15 +325,36 @@ typedef struct ert_device_result {
 ERT_API ERT_NODISCARD ert_status ert_infer_device(ert_engine *e, const void *d_input, int batch,
                                                   ert_device_result *out, void *cuda_stream);
 
-/* Whether this build has the CUDA backend, and whether a device is usable. */
+/* The CUDA backend is a plugin: libexitrt.so needs no CUDA library, and
+ * loads libexitrt_cuda.so (which needs the CUDA runtime, cuBLAS and cuDNN)
+ * with dlopen on first use: the first engine with ERT_BACKEND_CUDA or AUTO,
+ * or the first ert_cuda_available() / ert_cuda_info(). It looks in the
+ * library's plugin directory, "exitrt" beside libexitrt.so (installed:
+ * <libdir>/exitrt/libexitrt_cuda.so), unless ert_plugin_dir_set() named
+ * another. When the plugin or a CUDA library is missing, ERT_BACKEND_CUDA
+ * fails with ERT_UNSUPPORTED (the message names what is missing) and AUTO
+ * runs on the CPU. The static library libexitrt.a does the same: a program
+ * linked to it needs no CUDA either, and finds the plugin in
+ * <bindir>/../<libdir>/exitrt or the installed <libdir>/exitrt. */
+
+/* Whether the CUDA backend can be loaded and sees a usable device. */
 ERT_API int ert_cuda_available(void);
 
 /* One line naming CUDA device `device` (name, compute capability, SMs,
  * memory) and the CUDA driver, runtime, cuDNN and cuBLAS versions in use,
  * into buf (cap bytes, always terminated). ERT_NO_DEVICE when the device
  * cannot be queried (the line then says why, with the library versions);
- * ERT_UNSUPPORTED in a build without the CUDA backend. */
+ * ERT_UNSUPPORTED when the CUDA backend cannot be loaded (the line says
+ * why: a build without it, the plugin or a CUDA library missing). */
 ERT_API ERT_NODISCARD ert_status ert_cuda_info(int device, char *buf, size_t cap);
+
+/* Where the CUDA plugin (libexitrt_cuda.so) is loaded from: dir instead of
+ * the default search above; NULL restores the default. Process-wide (one
+ * plugin per process, as dlopen is): call it before the first engine or
+ * CUDA query. A failed earlier search is forgotten, so the next use tries
+ * dir; once a plugin is loaded it stays, and this returns ERT_UNSUPPORTED.
+ * The library reads no environment variable for it. */
+ERT_API ERT_NODISCARD ert_status ert_plugin_dir_set(const char *dir, ert_error *err);
 
 /* ---- stream (refill) ----------------------------------------------------- *
  *

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "engine_core.h"
-#include "cuda_info.h"
+#include "backend_plugin.h"
 #include "util.h"
 #include "policy.h"
 
@@ -17,34 +17,6 @@ const char *ert_version(void)
 {
     return ERT_STR(ERT_VERSION_MAJOR) "." ERT_STR(ERT_VERSION_MINOR) "." ERT_STR(ERT_VERSION_PATCH);
 }
-
-int ert_cuda_available(void)
-{
-#ifdef ERT_HAVE_CUDA
-    return cuda_device_count() > 0;
-#else
-    return 0;
-#endif
-}
-
-#ifndef ERT_HAVE_CUDA
-int cuda_info_query(int device, cuda_info *out)
-{
-    (void)device;
-    memset(out, 0, sizeof *out);
-    snprintf(out->error, sizeof out->error, "built without the CUDA backend");
-    return 0;
-}
-
-ert_status ert_cuda_info(int device, char *buf, size_t cap)
-{
-    (void)device;
-    if (!buf || cap == 0)
-        return ERT_INVALID_ARGUMENT;
-    snprintf(buf, cap, "built without the CUDA backend");
-    return ERT_UNSUPPORTED;
-}
-#endif
 
 /* Most row-count buckets per stage (each is a captured graph body). */
 #define ENGINE_MAX_GRAPH_BUCKETS 64
@@ -66,15 +38,26 @@ ert_engine_config ert_engine_config_default(void)
 /* Largest max_batch accepted: keeps every buffer size far from overflow. */
 #define ENGINE_MAX_BATCH (1 << 20)
 
-static const backend_ops *pick_backend(ert_backend b)
+/* The backend for b, or NULL with the status and message (err) of the
+ * refusal: ERT_UNSUPPORTED when the CUDA backend cannot be loaded
+ * (backend_plugin.h: not built, not installed, a CUDA library missing),
+ * ERT_NO_DEVICE when it is loaded but sees no device. AUTO takes the CUDA
+ * backend when it loads and sees a device, else the CPU. */
+static const backend_ops *pick_backend(ert_backend b, ert_status *st, ert_error *err)
 {
-#ifdef ERT_HAVE_CUDA
-    if (b == ERT_BACKEND_CUDA || (b == ERT_BACKEND_AUTO && ert_cuda_available()))
-        return &cuda_backend_ops;
-#endif
-    if (b == ERT_BACKEND_CUDA)
-        return NULL;
-    return &cpu_backend_ops;
+    if (b == ERT_BACKEND_CPU)
+        return &cpu_backend_ops;
+    char why[ERT_ERROR_LEN];
+    const ert_cuda_plugin *p = cuda_plugin_get(why, sizeof why);
+    if (p && p->device_count() > 0)
+        return p->ops;
+    if (b == ERT_BACKEND_AUTO)
+        return &cpu_backend_ops;
+    if (!p)
+        *st = ert_fail(err, ERT_UNSUPPORTED, "ert_engine_create: backend cuda: %s", why);
+    else
+        *st = ert_fail(err, ERT_NO_DEVICE, "ert_engine_create: no CUDA device is available");
+    return NULL;
 }
 
 ert_status ert_engine_create(ert_model *m, const ert_engine_config *cfg, ert_engine **out,
@@ -107,15 +90,10 @@ ert_status ert_engine_create(ert_model *m, const ert_engine_config *cfg, ert_eng
         return ert_fail(err, ERT_INVALID_ARGUMENT,
                         "ert_engine_create: graph_buckets %d out of range [0, %d]",
                         cfg->graph_buckets, ENGINE_MAX_GRAPH_BUCKETS);
-    const backend_ops *ops = pick_backend(cfg->backend);
-    if (!ops) {
-#ifdef ERT_HAVE_CUDA
-        return ert_fail(err, ERT_NO_DEVICE, "ert_engine_create: no CUDA device is available");
-#else
-        return ert_fail(err, ERT_NO_DEVICE,
-                        "ert_engine_create: this build of exitrt has no CUDA backend");
-#endif
-    }
+    ert_status pick = ERT_OK;
+    const backend_ops *ops = pick_backend(cfg->backend, &pick, err);
+    if (!ops)
+        return pick;
 
     ert_engine *e = calloc(1, sizeof *e);
     if (!e)

@@ -1,5 +1,6 @@
-/* info.c - the device and library versions (cuda_info.h), and
- * ert_cuda_info(), which prints them as one line. */
+/* info.c - the device and library versions (cuda_info.h), and the line
+ * ert_cuda_info() prints them as; the library reaches both through the
+ * plugin table (backend_plugin.h, plugin.c). */
 #include <stdio.h>
 #include <string.h>
 
@@ -7,10 +8,10 @@
 #include <cuda_runtime_api.h>
 #include <cudnn.h>
 
-#include "engine_core.h"
+#include "backend_plugin.h"
 #include "cuda_info.h"
 
-int cuda_info_query(int device, cuda_info *out)
+int cuda_device_info(int device, cuda_info *out)
 {
     memset(out, 0, sizeof *out);
     out->built = 1;
@@ -57,12 +58,12 @@ int cuda_info_query(int device, cuda_info *out)
 #define CUDA_VER(v) (v) / 1000, (v) % 1000 / 10
 #define DNN_VER(v) (v) / 10000, (v) % 10000 / 100, (v) % 100
 
-ert_status ert_cuda_info(int device, char *buf, size_t cap)
+ert_status cuda_info_line(int device, char *buf, size_t cap)
 {
     if (!buf || cap == 0)
         return ERT_INVALID_ARGUMENT;
     cuda_info i;
-    cuda_info_query(device, &i);
+    cuda_device_info(device, &i);
     char libs[256];
     snprintf(libs, sizeof libs,
              "driver %s (CUDA %d.%d), runtime %d.%d; cuDNN %d.%d.%d (built with %d.%d.%d); "
