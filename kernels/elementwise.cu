@@ -27,8 +27,8 @@ static cudaError_t launch_normalize(const float *x, float *y, size_t count, int 
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t ert_k_normalize(const float *x, float *y, int n, int C, int HW,
-                                       ert_norm_params p, cudaStream_t s)
+extern "C" cudaError_t k_normalize(const float *x, float *y, int n, int C, int HW,
+                                   ert_norm_params p, cudaStream_t s)
 {
     if (!x || !y || n < 1 || C < 1 || C > 4 || HW < 1)
         return cudaErrorInvalidValue;
@@ -43,7 +43,7 @@ static __global__ void iota_kernel(int *idx, int n, int base)
     idx[i] = base + (int)i;
 }
 
-extern "C" cudaError_t ert_k_iota(int *idx, int n, int base, cudaStream_t s)
+extern "C" cudaError_t k_iota(int *idx, int n, int base, cudaStream_t s)
 {
     if (!idx || n < 1)
         return cudaErrorInvalidValue;
@@ -65,8 +65,8 @@ static __global__ void bias_act_kernel(float *y, const float *bias, size_t count
     }
 }
 
-extern "C" cudaError_t ert_k_bias_act(float *y, const float *bias, int n, int C, int HW, int act,
-                                      cudaStream_t s)
+extern "C" cudaError_t k_bias_act(float *y, const float *bias, int n, int C, int HW, int act,
+                                  cudaStream_t s)
 {
     if (!y || n < 1 || C < 1 || HW < 1 || act < ERT_ACT_NONE || act > ERT_ACT_TANH)
         return cudaErrorInvalidValue;
@@ -83,7 +83,7 @@ static __global__ void act_kernel(const float *x, float *y, size_t count, int ac
     y[i] = ert_act_apply(x[i], act);
 }
 
-extern "C" cudaError_t ert_k_act(const float *x, float *y, size_t count, int act, cudaStream_t s)
+extern "C" cudaError_t k_act(const float *x, float *y, size_t count, int act, cudaStream_t s)
 {
     if (!x || !y || count < 1 || act < ERT_ACT_NONE || act > ERT_ACT_TANH)
         return cudaErrorInvalidValue;
@@ -97,8 +97,8 @@ static __global__ void add_kernel(const float *a, const float *b, float *y, size
     y[i] = ert_act_apply(a[i] + b[i], act);
 }
 
-extern "C" cudaError_t ert_k_add(const float *a, const float *b, float *y, size_t count, int act,
-                                 cudaStream_t s)
+extern "C" cudaError_t k_add(const float *a, const float *b, float *y, size_t count, int act,
+                             cudaStream_t s)
 {
     if (!a || !b || !y || count < 1 || act < ERT_ACT_NONE || act > ERT_ACT_TANH)
         return cudaErrorInvalidValue;
@@ -125,8 +125,7 @@ static __global__ void gap_kernel(const float *x, float *y, int rows, int hw)
     }
 }
 
-extern "C" cudaError_t ert_k_global_avgpool(const float *x, float *y, int rows, int hw,
-                                            cudaStream_t s)
+extern "C" cudaError_t k_global_avgpool(const float *x, float *y, int rows, int hw, cudaStream_t s)
 {
     if (!x || !y || rows < 1 || hw < 1 || x == y)
         return cudaErrorInvalidValue;

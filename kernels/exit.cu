@@ -81,7 +81,7 @@ static cudaError_t launch_exit_decide(const ert_exit_args &a, cudaStream_t s)
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t ert_k_exit_decide(const ert_exit_args *a, cudaStream_t s)
+extern "C" cudaError_t k_exit_decide(const ert_exit_args *a, cudaStream_t s)
 {
     if (!a || a->n < 1 || a->K < 1 || !a->logits || !a->orig || !a->samples)
         return cudaErrorInvalidValue;
@@ -156,7 +156,7 @@ static cudaError_t launch_exit_compact(const ert_exit_args &a, cudaStream_t s)
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t ert_k_exit_compact(const ert_exit_args *a, cudaStream_t s)
+extern "C" cudaError_t k_exit_compact(const ert_exit_args *a, cudaStream_t s)
 {
     if (!a || a->n < 1 || a->K < 1 || !a->logits || !a->orig || !a->samples || !a->new_orig ||
         !a->src_row || !a->count || a->done)
@@ -185,7 +185,7 @@ static __global__ void exit_outputs_kernel(ert_exit_args a)
     }
 }
 
-extern "C" cudaError_t ert_k_exit_outputs(const ert_exit_args *a, cudaStream_t s)
+extern "C" cudaError_t k_exit_outputs(const ert_exit_args *a, cudaStream_t s)
 {
     if (!a || a->n < 1 || a->K < 1 || !a->logits || !a->orig ||
         (!a->out_scores && !a->out_classes) || a->num_exits < 1 || a->exit_index < 0 ||

@@ -37,8 +37,8 @@ static cudaError_t launch_gather_rows(const T *src, T *dst, const int *src_row, 
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t ert_k_gather_rows(const float *src, float *dst, const int *src_row,
-                                         const int *d_count, int n_max, size_t row, cudaStream_t s)
+extern "C" cudaError_t k_gather_rows(const float *src, float *dst, const int *src_row,
+                                     const int *d_count, int n_max, size_t row, cudaStream_t s)
 {
     if (!src || !dst || !src_row || !d_count || n_max < 1 || row < 1 || src == dst)
         return cudaErrorInvalidValue;

@@ -20,8 +20,8 @@ static __global__ void graph_prep_kernel(int *d_rows, float *d_thr, graph_params
         d_thr[i] = p.thr[i];
 }
 
-extern "C" cudaError_t ert_k_graph_prep(int *d_rows, int rows, float *d_thr, const float *thr,
-                                        int nthr, cudaStream_t s)
+extern "C" cudaError_t k_graph_prep(int *d_rows, int rows, float *d_thr, const float *thr, int nthr,
+                                    cudaStream_t s)
 {
     if (!d_rows || rows < 0 || nthr < 0 || nthr > ERT_MAX_EXITS || (nthr > 0 && (!d_thr || !thr)))
         return cudaErrorInvalidValue;
@@ -50,7 +50,7 @@ static __global__ void graph_root_kernel(const int *d_rows, ert_switch_args sw)
     ert_switch_select(sw, n < sw.max_rows ? n : sw.max_rows);
 }
 
-extern "C" cudaError_t ert_k_graph_root(const int *d_rows, ert_switch_args sw, cudaStream_t s)
+extern "C" cudaError_t k_graph_root(const int *d_rows, ert_switch_args sw, cudaStream_t s)
 {
     if (!d_rows || !sw.stats)
         return cudaErrorInvalidValue;

@@ -30,28 +30,26 @@ typedef struct ert_norm_params {
     float scale;
     float mean[4], inv_std[4];
 } ert_norm_params;
-cudaError_t ert_k_normalize(const float *x, float *y, int n, int C, int HW, ert_norm_params p,
-                            cudaStream_t s);
+cudaError_t k_normalize(const float *x, float *y, int n, int C, int HW, ert_norm_params p,
+                        cudaStream_t s);
 
 /* idx[i] = base + i for i < n. */
-cudaError_t ert_k_iota(int *idx, int n, int base, cudaStream_t s);
+cudaError_t k_iota(int *idx, int n, int base, cudaStream_t s);
 
 
 /* y[r, c, p] = act(y[r, c, p] + bias[c]) in place; y [n, C, HW]; bias [C]
  * or NULL. act: any of act.h's (kernels/tx_math.h's ert_act_apply); ReLU
  * keeps NaN (as PyTorch). */
-cudaError_t ert_k_bias_act(float *y, const float *bias, int n, int C, int HW, int act,
-                           cudaStream_t s);
+cudaError_t k_bias_act(float *y, const float *bias, int n, int C, int HW, int act, cudaStream_t s);
 
 /* y[i] = act(x[i]) for i < count; y may equal x. */
-cudaError_t ert_k_act(const float *x, float *y, size_t count, int act, cudaStream_t s);
+cudaError_t k_act(const float *x, float *y, size_t count, int act, cudaStream_t s);
 
 /* y[i] = act(a[i] + b[i]); y may equal a or b. */
-cudaError_t ert_k_add(const float *a, const float *b, float *y, size_t count, int act,
-                      cudaStream_t s);
+cudaError_t k_add(const float *a, const float *b, float *y, size_t count, int act, cudaStream_t s);
 
 /* y[r] = mean of x[r, 0..hw) for r < rows (rows = n*C). */
-cudaError_t ert_k_global_avgpool(const float *x, float *y, int rows, int hw, cudaStream_t s);
+cudaError_t k_global_avgpool(const float *x, float *y, int rows, int hw, cudaStream_t s);
 
 /* ---- gather.cu --------------------------------------------------------------- */
 
@@ -59,8 +57,8 @@ cudaError_t ert_k_global_avgpool(const float *x, float *y, int rows, int hw, cud
  * of `row` floats. n_max bounds *d_count and sizes the grid, so the launch
  * needs no count on the host. 16-byte accesses when row % 4 == 0 and both
  * pointers are 16-byte aligned. src and dst must not overlap. */
-cudaError_t ert_k_gather_rows(const float *src, float *dst, const int *src_row, const int *d_count,
-                              int n_max, size_t row, cudaStream_t s);
+cudaError_t k_gather_rows(const float *src, float *dst, const int *src_row, const int *d_count,
+                          int n_max, size_t row, cudaStream_t s);
 
 /* ---- exit.cu ------------------------------------------------------------------ */
 
@@ -113,16 +111,16 @@ typedef struct ert_exit_args {
 /* Scores every row not yet done, and writes the rows that exit (sample and
  * logits at orig[i]); marks them in done when done is not NULL. No
  * compaction: for MASKED, FULL and the final head. */
-cudaError_t ert_k_exit_decide(const ert_exit_args *a, cudaStream_t s);
+cudaError_t k_exit_decide(const ert_exit_args *a, cudaStream_t s);
 
 /* The same decision, plus the stable compaction of the survivors in one
  * thread block: new_orig/src_row [0, *count) in their current order. */
-cudaError_t ert_k_exit_compact(const ert_exit_args *a, cudaStream_t s);
+cudaError_t k_exit_compact(const ert_exit_args *a, cudaStream_t s);
 
 /* No decision: every row's score and class (argmax of its logits) into
  * out_scores / out_classes[orig[i] * num_exits + exit_index] (either may be
  * NULL, not both), for ert_engine_exit_outputs. Writes no sample. */
-cudaError_t ert_k_exit_outputs(const ert_exit_args *a, cudaStream_t s);
+cudaError_t k_exit_outputs(const ert_exit_args *a, cudaStream_t s);
 
 /* ---- graph.cu ------------------------------------------------------------------ */
 
@@ -130,14 +128,14 @@ cudaError_t ert_k_exit_outputs(const ert_exit_args *a, cudaStream_t s);
  * sub-batch's row count to *d_rows and thr[0..nthr) to d_thr, passed by
  * value (no pinned staging that a later call could overwrite before the
  * copy ran). nthr <= ERT_MAX_EXITS. */
-cudaError_t ert_k_graph_prep(int *d_rows, int rows, float *d_thr, const float *thr, int nthr,
-                             cudaStream_t s);
+cudaError_t k_graph_prep(int *d_rows, int rows, float *d_thr, const float *thr, int nthr,
+                         cudaStream_t s);
 
 /* The graph's first node: resets sw.stats (rows 0, bucket -1 for every
  * stage), then selects stage 0's bucket for *d_rows rows (sw.stage = 0).
  * With sw.on = 0 only the reset (a warm-up launch outside the graph, so the
  * kernel's module is loaded before any capture). */
-cudaError_t ert_k_graph_root(const int *d_rows, ert_switch_args sw, cudaStream_t s);
+cudaError_t k_graph_root(const int *d_rows, ert_switch_args sw, cudaStream_t s);
 
 /* ---- transformer.cu ------------------------------------------------------------ */
 /* Token rows (models/FORMAT.md, "Token activations"): T tokens of D
@@ -149,52 +147,51 @@ cudaError_t ert_k_graph_root(const int *d_rows, ert_switch_args sw, cudaStream_t
  * then T mask values); out [n, T, D + 1]; w [vocab, D]; pos [T, D] and seg
  * [D] or NULL. An id that is not an integer in [0, vocab) gives NaN
  * features (never an out-of-bounds read). */
-cudaError_t ert_k_token_embed(const float *in, float *out, const float *w, const float *pos,
-                              const float *seg, int n, int T, int D, int vocab, cudaStream_t s);
+cudaError_t k_token_embed(const float *in, float *out, const float *w, const float *pos,
+                          const float *seg, int n, int T, int D, int vocab, cudaStream_t s);
 
 /* A patch convolution's output to tokens. conv [n, D, P] (P patches in
  * row-major order, without bias); out [n, T, D + 1], T = P + (cls != NULL):
  * token 0 is cls [D] when given, then conv[:, p] + bias[D] (bias may be
  * NULL); + pos [T, D] when given; every mask value 1. conv != out. */
-cudaError_t ert_k_patch_tokens(const float *conv, const float *bias, const float *cls,
-                               const float *pos, float *out, int n, int P, int D, cudaStream_t s);
+cudaError_t k_patch_tokens(const float *conv, const float *bias, const float *cls, const float *pos,
+                           float *out, int n, int P, int D, cudaStream_t s);
 
 /* Layer norm of `rows` vectors of D values: tokens (tokens = 1: rows of
  * stride D + 1, the mask value copied) or plain vectors (stride D). add [D]
  * (or NULL) is added to each value first (a bias not yet applied). w, b
  * [D]. y may equal x. */
-cudaError_t ert_k_layer_norm(const float *x, const float *add, float *y, size_t rows, int D,
-                             int tokens, float eps, const float *w, const float *b, cudaStream_t s);
+cudaError_t k_layer_norm(const float *x, const float *add, float *y, size_t rows, int D, int tokens,
+                         float eps, const float *w, const float *b, cudaStream_t s);
 
 /* Over `tokens` token rows of D + 1 floats: y[r, j] += bias[j] for j < D
  * (bias may be NULL), and with mask_src (same layout as y) y[r, D] =
  * mask_src[r, D]. Not both NULL. */
-cudaError_t ert_k_token_bias(float *y, const float *bias, const float *mask_src, size_t tokens,
-                             int D, cudaStream_t s);
+cudaError_t k_token_bias(float *y, const float *bias, const float *mask_src, size_t tokens, int D,
+                         cudaStream_t s);
 
 /* The input projection [n * T, 3D] (q, k, v columns; + bias [3D] or NULL)
  * split into q, k, v, each [n, H, T, d] (D = H * d). The value row of a
  * token whose mask value in x (the attention's input tokens [n, T, D + 1])
  * is 0 is written as zeros: a padded key has weight 0 and must not turn
  * the weighted sum NaN (models/FORMAT.md, "Token inputs"). */
-cudaError_t ert_k_qkv_split(const float *qkv, const float *bias, const float *x, float *q, float *k,
-                            float *v, int n, int T, int H, int d, cudaStream_t s);
+cudaError_t k_qkv_split(const float *qkv, const float *bias, const float *x, float *q, float *k,
+                        float *v, int n, int T, int H, int d, cudaStream_t s);
 
 /* Softmax over the keys of scores [n, H, Tq, T] (Tq query rows of one
  * block, key columns) in place; key j of sample b is padded where the
  * tokens x [n, T, D + 1] have mask value 0 there (score -inf). A row with
  * every key padded: NaN. */
-cudaError_t ert_k_attn_softmax(float *scores, const float *x, int n, int H, int Tq, int T, int D,
-                               cudaStream_t s);
+cudaError_t k_attn_softmax(float *scores, const float *x, int n, int H, int Tq, int T, int D,
+                           cudaStream_t s);
 
 /* The heads' outputs [n, H, T, d] concatenated per token: ctx [n, T, H * d]. */
-cudaError_t ert_k_heads_merge(const float *ctx_h, float *ctx, int n, int T, int H, int d,
-                              cudaStream_t s);
+cudaError_t k_heads_merge(const float *ctx_h, float *ctx, int n, int T, int H, int d,
+                          cudaStream_t s);
 
 /* Tokens [n, T, D + 1] to vectors y [n, D]: token 0 (mean = 0) or the mean
  * over the tokens with mask value nonzero (NaN where there is none). */
-cudaError_t ert_k_token_pool(const float *x, float *y, int n, int T, int D, int mean,
-                             cudaStream_t s);
+cudaError_t k_token_pool(const float *x, float *y, int n, int T, int D, int mean, cudaStream_t s);
 
 #ifdef __cplusplus
 }

@@ -66,9 +66,9 @@ static __global__ void token_embed_kernel(const float *in, float *out, const flo
     }
 }
 
-extern "C" cudaError_t ert_k_token_embed(const float *in, float *out, const float *w,
-                                         const float *pos, const float *seg, int n, int T, int D,
-                                         int vocab, cudaStream_t s)
+extern "C" cudaError_t k_token_embed(const float *in, float *out, const float *w, const float *pos,
+                                     const float *seg, int n, int T, int D, int vocab,
+                                     cudaStream_t s)
 {
     if (!in || !out || !w || n < 1 || T < 1 || D < 1 || vocab < 1)
         return cudaErrorInvalidValue;
@@ -109,9 +109,9 @@ static __global__ void patch_tokens_kernel(const float *conv, const float *bias,
     }
 }
 
-extern "C" cudaError_t ert_k_patch_tokens(const float *conv, const float *bias, const float *cls,
-                                          const float *pos, float *out, int n, int P, int D,
-                                          cudaStream_t s)
+extern "C" cudaError_t k_patch_tokens(const float *conv, const float *bias, const float *cls,
+                                      const float *pos, float *out, int n, int P, int D,
+                                      cudaStream_t s)
 {
     if (!conv || !out || n < 1 || P < 1 || D < 1 || conv == out)
         return cudaErrorInvalidValue;
@@ -151,9 +151,9 @@ static __global__ void layer_norm_kernel(const float *x, const float *add, float
     }
 }
 
-extern "C" cudaError_t ert_k_layer_norm(const float *x, const float *add, float *y, size_t rows,
-                                        int D, int tokens, float eps, const float *w,
-                                        const float *b, cudaStream_t s)
+extern "C" cudaError_t k_layer_norm(const float *x, const float *add, float *y, size_t rows, int D,
+                                    int tokens, float eps, const float *w, const float *b,
+                                    cudaStream_t s)
 {
     if (!x || !y || !w || !b || rows < 1 || D < 1)
         return cudaErrorInvalidValue;
@@ -181,8 +181,8 @@ static __global__ void token_bias_kernel(float *y, const float *bias, const floa
     }
 }
 
-extern "C" cudaError_t ert_k_token_bias(float *y, const float *bias, const float *mask_src,
-                                        size_t tokens, int D, cudaStream_t s)
+extern "C" cudaError_t k_token_bias(float *y, const float *bias, const float *mask_src,
+                                    size_t tokens, int D, cudaStream_t s)
 {
     if (!y || tokens < 1 || D < 1 || (!bias && !mask_src))
         return cudaErrorInvalidValue;
@@ -218,9 +218,8 @@ static __global__ void qkv_split_kernel(const float *qkv, const float *bias, con
     }
 }
 
-extern "C" cudaError_t ert_k_qkv_split(const float *qkv, const float *bias, const float *x,
-                                       float *q, float *k, float *v, int n, int T, int H, int d,
-                                       cudaStream_t s)
+extern "C" cudaError_t k_qkv_split(const float *qkv, const float *bias, const float *x, float *q,
+                                   float *k, float *v, int n, int T, int H, int d, cudaStream_t s)
 {
     if (!qkv || !x || !q || !k || !v || n < 1 || T < 1 || H < 1 || d < 1)
         return cudaErrorInvalidValue;
@@ -263,8 +262,8 @@ static __global__ void attn_softmax_kernel(float *scores, const float *x, size_t
     }
 }
 
-extern "C" cudaError_t ert_k_attn_softmax(float *scores, const float *x, int n, int H, int Tq,
-                                          int T, int D, cudaStream_t s)
+extern "C" cudaError_t k_attn_softmax(float *scores, const float *x, int n, int H, int Tq, int T,
+                                      int D, cudaStream_t s)
 {
     if (!scores || !x || n < 1 || H < 1 || Tq < 1 || Tq > T || D < 1)
         return cudaErrorInvalidValue;
@@ -288,8 +287,8 @@ static __global__ void heads_merge_kernel(const float *ctx_h, float *ctx, size_t
     }
 }
 
-extern "C" cudaError_t ert_k_heads_merge(const float *ctx_h, float *ctx, int n, int T, int H, int d,
-                                         cudaStream_t s)
+extern "C" cudaError_t k_heads_merge(const float *ctx_h, float *ctx, int n, int T, int H, int d,
+                                     cudaStream_t s)
 {
     if (!ctx_h || !ctx || ctx_h == ctx || n < 1 || T < 1 || H < 1 || d < 1)
         return cudaErrorInvalidValue;
@@ -326,8 +325,8 @@ static __global__ void token_pool_kernel(const float *x, float *y, size_t count,
     }
 }
 
-extern "C" cudaError_t ert_k_token_pool(const float *x, float *y, int n, int T, int D, int mean,
-                                        cudaStream_t s)
+extern "C" cudaError_t k_token_pool(const float *x, float *y, int n, int T, int D, int mean,
+                                    cudaStream_t s)
 {
     if (!x || !y || x == y || n < 1 || T < 1 || D < 1)
         return cudaErrorInvalidValue;

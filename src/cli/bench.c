@@ -134,16 +134,16 @@ static int load_inputs(bench_run *r, const char *data)
                        "data)"
                      : "deterministic random inputs (the model names no sample data)");
     } else {
-        ert_dataset d;
+        cli_dataset d;
         ert_error err;
-        if (ert_dataset_load(path, &d, &err) != ERT_OK) {
+        if (cli_dataset_load(path, &d, &err) != ERT_OK) {
             fprintf(stderr, "exitrt bench: %s\n", err.msg);
             return -1;
         }
         /* a token model's [N, 2, T] or [N, T] ids become rows of 2T floats */
-        if (ert_dataset_fit_model(&d, path, m, &err) != ERT_OK) {
+        if (cli_dataset_fit_model(&d, path, m, &err) != ERT_OK) {
             fprintf(stderr, "exitrt bench: %s\n", err.msg);
-            ert_dataset_free(&d);
+            cli_dataset_free(&d);
             return -1;
         }
         for (size_t i = 0; i < (size_t)r->n; i++)
@@ -152,7 +152,7 @@ static int load_inputs(bench_run *r, const char *data)
         snprintf(r->input_desc, sizeof r->input_desc, "%s%s: first %d samples%s",
                  data ? "" : "the model's sample data ", path, r->n,
                  d.count < (size_t)r->n ? " (repeated: the file holds fewer)" : "");
-        ert_dataset_free(&d);
+        cli_dataset_free(&d);
     }
     /* rows wrap: a batch may start anywhere in [0, n) and read contiguously */
     for (size_t i = 0; i < (size_t)maxb; i++)

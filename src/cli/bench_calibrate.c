@@ -1,4 +1,4 @@
-/* calibrate.c - thresholds from score quantiles, and ideal-speedup arithmetic. */
+/* bench_calibrate.c - thresholds from score quantiles, and ideal-speedup arithmetic. */
 #include "bench_calibrate.h"
 
 #include <math.h>
@@ -67,9 +67,9 @@ int calib_pick_threshold(ert_policy_kind kind, const float *scores, int n, int t
     if (m == 0)
         t = lt ? 0.0f : 1.0f;
     else if (lt)
-        t = j == 0 ? 0.0f : j == m ? above(v[m - 1]) : cal_between(v[j - 1], v[j]);
+        t = j == 0 ? 0.0f : j == m ? above(v[m - 1]) : calib_between(v[j - 1], v[j]);
     else
-        t = j == 0 ? above(v[0]) : j == m ? 0.0f : cal_between(v[j], v[j - 1]);
+        t = j == 0 ? above(v[0]) : j == m ? 0.0f : calib_between(v[j], v[j - 1]);
     t = calib_clamp_threshold(kind, t);
     *thr = t;
 

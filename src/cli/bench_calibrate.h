@@ -1,4 +1,4 @@
-/* calibrate.h - the bench's bookkeeping: thresholds from score quantiles so
+/* bench_calibrate.h - the bench's bookkeeping: thresholds from score quantiles so
  * that an exit profile is met, and the ideal-speedup arithmetic.
  *
  * No timing and no engine calls here, so the unit test can check every

@@ -11,7 +11,7 @@
 /* ---- one threshold vector ----------------------------------------------------------- */
 
 /* The exit row i leaves at, looking at exits from..num_exits-1 only. */
-static int exit_from(const cal_problem *p, const float *thr, int i, int from)
+static int exit_from(const calib_problem *p, const float *thr, int i, int from)
 {
     const int E = p->num_exits;
     const float *sc = p->scores + (size_t)i * E;
@@ -21,13 +21,13 @@ static int exit_from(const cal_problem *p, const float *thr, int i, int from)
     return E - 1;
 }
 
-static int right_at(const cal_problem *p, int i, int e)
+static int right_at(const calib_problem *p, int i, int e)
 {
     return p->classes[(size_t)i * p->num_exits + e] == p->labels[i];
 }
 
-void cal_evaluate(const cal_problem *p, const float *thresholds, const int *rows, int count,
-                  cal_outcome *out)
+void calib_evaluate(const calib_problem *p, const float *thresholds, const int *rows, int count,
+                    calib_outcome *out)
 {
     memset(out, 0, sizeof *out);
     const int n = rows ? count : p->n;
@@ -50,7 +50,7 @@ void cal_evaluate(const cal_problem *p, const float *thresholds, const int *rows
 static int fires_below(ert_policy_kind k) { return k == ERT_POLICY_ENTROPY; }
 static int integer_policy(ert_policy_kind k) { return k == ERT_POLICY_PATIENCE; }
 
-float cal_never(const cal_problem *p, int e)
+float calib_never(const calib_problem *p, int e)
 {
     ert_policy_kind k = p->kinds[e];
     if (fires_below(k))
@@ -61,7 +61,7 @@ float cal_never(const cal_problem *p, int e)
 }
 
 /* The threshold that fires every finite score at exit e. */
-static float cal_always(const cal_problem *p, int e)
+static float calib_always(const calib_problem *p, int e)
 {
     ert_policy_kind k = p->kinds[e];
     if (fires_below(k)) /* entropy <= log K, plus room for rounding */
@@ -71,7 +71,7 @@ static float cal_always(const cal_problem *p, int e)
     return 0.0f;
 }
 
-float cal_between(float lo, float hi)
+float calib_between(float lo, float hi)
 {
     float t = (float)(((double)lo + (double)hi) * 0.5);
     return (t > lo && t <= hi) ? t : hi;
@@ -126,7 +126,7 @@ typedef struct work {
 /* Sets thr[e] to the best cut for the rows given the other thresholds, if
  * it is strictly better than thr[e] itself (so coordinate descent ends).
  * Returns whether thr[e] changed. */
-static int improve_exit(const cal_problem *p, const int *rows, int count, float *thr, int e,
+static int improve_exit(const calib_problem *p, const int *rows, int count, float *thr, int e,
                         const rank *k, work *w)
 {
     const int E = p->num_exits;
@@ -195,13 +195,13 @@ static int improve_exit(const cal_problem *p, const int *rows, int count, float 
     float t;
     int none = lt ? best_j == 0 : best_j == m, all = lt ? best_j == m : best_j == 0;
     if (none)
-        t = cal_never(p, e);
+        t = calib_never(p, e);
     else if (all)
-        t = cal_always(p, e);
+        t = calib_always(p, e);
     else if (integer_policy(kind))
         t = w->c[best_j].s; /* streaks are whole numbers: fires c[j] and up */
     else
-        t = cal_between(w->c[best_j - 1].s, w->c[best_j].s);
+        t = calib_between(w->c[best_j - 1].s, w->c[best_j].s);
     if (t == thr[e])
         return 0;
     float old = thr[e];
@@ -209,8 +209,8 @@ static int improve_exit(const cal_problem *p, const int *rows, int count, float 
     /* Accept only what the exact rule confirms (a never/always threshold
      * can fire differently from the cut where scores sit on the range's
      * ends). */
-    cal_outcome o;
-    cal_evaluate(p, thr, rows, count, &o);
+    calib_outcome o;
+    calib_evaluate(p, thr, rows, count, &o);
     if (!better(k, o.cost, o.correct, cur_cost, cur_ok)) {
         thr[e] = old;
         return 0;
@@ -219,7 +219,7 @@ static int improve_exit(const cal_problem *p, const int *rows, int count, float 
 }
 
 /* Coordinate descent: sweeps the early exits in order until none moves. */
-static void descend(const cal_problem *p, const int *rows, int count, float *thr, const rank *k,
+static void descend(const calib_problem *p, const int *rows, int count, float *thr, const rank *k,
                     work *w)
 {
     for (int round = 0; round < 100; round++) {
@@ -231,7 +231,8 @@ static void descend(const cal_problem *p, const int *rows, int count, float *thr
     }
 }
 
-int cal_search(const cal_problem *p, const int *rows, int count, int64_t need, float *thresholds)
+int calib_search(const calib_problem *p, const int *rows, int count, int64_t need,
+                 float *thresholds)
 {
     const int E = p->num_exits, n = rows ? count : p->n;
     work w = {malloc(sizeof(cand) * (size_t)(n > 0 ? n : 1))};
@@ -240,13 +241,13 @@ int cal_search(const cal_problem *p, const int *rows, int count, int64_t need, f
     const rank constrained = {-1.0, need};
     float never[ERT_MAX_EXITS], cur[ERT_MAX_EXITS], best[ERT_MAX_EXITS];
     for (int e = 0; e < E - 1; e++)
-        never[e] = cal_never(p, e);
+        never[e] = calib_never(p, e);
 
     /* Start from no early exit. */
     memcpy(best, never, sizeof(float) * (size_t)(E - 1));
     descend(p, rows, n, best, &constrained, &w);
-    cal_outcome bo;
-    cal_evaluate(p, best, rows, n, &bo);
+    calib_outcome bo;
+    calib_evaluate(p, best, rows, n, &bo);
 
     /* Then from each Lagrangian solution: lambda is the MACs one more
      * correct prediction is worth, from a tiny share of the final exit's
@@ -257,8 +258,8 @@ int cal_search(const cal_problem *p, const int *rows, int count, int64_t need, f
         memcpy(cur, never, sizeof(float) * (size_t)(E - 1));
         descend(p, rows, n, cur, &lag, &w);
         descend(p, rows, n, cur, &constrained, &w);
-        cal_outcome o;
-        cal_evaluate(p, cur, rows, n, &o);
+        calib_outcome o;
+        calib_evaluate(p, cur, rows, n, &o);
         if (better(&constrained, o.cost, o.correct, bo.cost, bo.correct)) {
             memcpy(best, cur, sizeof(float) * (size_t)(E - 1));
             bo = o;
@@ -293,7 +294,7 @@ static double binom_cdf(int64_t x, int64_t n, double p)
     return upper ? 1.0 - s : s;
 }
 
-double cal_binom_upper(int64_t x, int64_t n, double alpha)
+double calib_binom_upper(int64_t x, int64_t n, double alpha)
 {
     if (n <= 0 || x >= n)
         return 1.0;
@@ -308,7 +309,7 @@ double cal_binom_upper(int64_t x, int64_t n, double alpha)
     return hi;
 }
 
-double cal_binom_lower(int64_t x, int64_t n, double alpha)
+double calib_binom_lower(int64_t x, int64_t n, double alpha)
 {
     if (n <= 0 || x <= 0)
         return 0.0;
@@ -323,10 +324,10 @@ double cal_binom_lower(int64_t x, int64_t n, double alpha)
     return lo;
 }
 
-double cal_drop_upper(int64_t final_only, int64_t exit_only, int64_t n, double confidence)
+double calib_drop_upper(int64_t final_only, int64_t exit_only, int64_t n, double confidence)
 {
     double alpha = (1.0 - confidence) / 2.0;
-    return cal_binom_upper(final_only, n, alpha) - cal_binom_lower(exit_only, n, alpha);
+    return calib_binom_upper(final_only, n, alpha) - calib_binom_lower(exit_only, n, alpha);
 }
 
 /* ---- split -------------------------------------------------------------------------- */
@@ -339,7 +340,7 @@ static uint64_t splitmix64(uint64_t *s)
     return z ^ (z >> 31);
 }
 
-void cal_shuffle(int *idx, int n, uint64_t seed)
+void calib_shuffle(int *idx, int n, uint64_t seed)
 {
     uint64_t s = seed;
     for (int i = 0; i < n; i++)

@@ -21,7 +21,7 @@
 
 /* n samples of a model with num_exits exits (the last the final head).
  * Row-major [n * num_exits] arrays, sample * num_exits + exit. */
-typedef struct cal_problem {
+typedef struct calib_problem {
     int n, num_exits;
     const ert_policy_kind *kinds; /* [num_exits]; the last is ERT_POLICY_NONE */
     const float *scores;          /* [n * num_exits] policy scores */
@@ -29,10 +29,10 @@ typedef struct cal_problem {
     const int32_t *labels;        /* [n] */
     const double *cost;           /* [num_exits] MACs of a sample leaving at e */
     int num_classes;              /* K: the entropy of a K-class softmax is <= log K */
-} cal_problem;
+} calib_problem;
 
 /* The outcome of one threshold vector over a problem's samples. */
-typedef struct cal_outcome {
+typedef struct calib_outcome {
     int64_t correct;              /* samples predicted right */
     int64_t correct_final;        /* ... by the final head alone */
     int64_t final_only;           /* right at the final head, wrong where they left */
@@ -40,25 +40,25 @@ typedef struct cal_outcome {
     double cost;                  /* summed cost[] of the exits taken */
     int64_t taken[ERT_MAX_EXITS]; /* samples leaving at each exit */
     int64_t right[ERT_MAX_EXITS]; /* ... of them predicted right */
-} cal_outcome;
+} calib_outcome;
 
 /* Applies thresholds (num_exits - 1 values) with the engine's own rule
  * (ert_policy_exits): each sample leaves at the first exit that fires.
  * rows: the sample indices to count ([count]), or NULL for all n. */
-void cal_evaluate(const cal_problem *p, const float *thresholds, const int *rows, int count,
-                  cal_outcome *out);
+void calib_evaluate(const calib_problem *p, const float *thresholds, const int *rows, int count,
+                    calib_outcome *out);
 
 /* The threshold under which exit e fires for no finite score, where the
  * policy's range allows it (entropy 0, patience above the exit's position);
  * [0,1] policies get 1, at which only a score of exactly 1 fires. */
-float cal_never(const cal_problem *p, int e);
+float calib_never(const calib_problem *p, int e);
 
 /* A threshold t with lo < t <= hi for distinct neighbouring scores lo < hi:
  * the midpoint, or hi where rounding puts the midpoint on lo. Both rules
  * fire the same side of it (score >= t fires hi and up, score < t fires lo
  * and down), and scores that move by rounding on another engine keep their
  * side. Shared with the bench's profile calibration (bench_calibrate.c). */
-float cal_between(float lo, float hi);
+float calib_between(float lo, float hi);
 
 /* Searches thresholds[num_exits - 1] minimising the summed cost over the
  * rows (NULL: all n) subject to at least `need` correct predictions.
@@ -72,13 +72,14 @@ float cal_between(float lo, float hi);
  * scores that move by rounding on another engine keep their side.
  * Returns 1 when the target was met, 0 when no threshold vector found meets
  * it (then the most accurate one found is returned), -1 when out of memory. */
-int cal_search(const cal_problem *p, const int *rows, int count, int64_t need, float *thresholds);
+int calib_search(const calib_problem *p, const int *rows, int count, int64_t need,
+                 float *thresholds);
 
 /* One-sided Clopper-Pearson bounds on a binomial rate: the p with
  * P(X <= x | n, p) = alpha (upper; 1 when x == n) and with
  * P(X >= x | n, p) = alpha (lower; 0 when x == 0). */
-double cal_binom_upper(int64_t x, int64_t n, double alpha);
-double cal_binom_lower(int64_t x, int64_t n, double alpha);
+double calib_binom_upper(int64_t x, int64_t n, double alpha);
+double calib_binom_lower(int64_t x, int64_t n, double alpha);
 
 /* An upper bound, holding with probability >= confidence, on the accuracy
  * drop (final head's accuracy minus the early-exit run's) on new samples
@@ -87,10 +88,10 @@ double cal_binom_lower(int64_t x, int64_t n, double alpha);
  *        <= upper(final_only) - lower(exit_only),
  * each bound at level 1 - (1 - confidence) / 2 (Bonferroni over the two).
  * Valid because the thresholds were chosen without these samples. */
-double cal_drop_upper(int64_t final_only, int64_t exit_only, int64_t n, double confidence);
+double calib_drop_upper(int64_t final_only, int64_t exit_only, int64_t n, double confidence);
 
 /* A seeded permutation of 0..n-1 (Fisher-Yates on splitmix64), so the
  * calibration/held-out split is reproducible from --seed. */
-void cal_shuffle(int *idx, int n, uint64_t seed);
+void calib_shuffle(int *idx, int n, uint64_t seed);
 
 #endif /* ERT_CALIB_SEARCH_H */

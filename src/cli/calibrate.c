@@ -53,14 +53,14 @@ static const char CAL_USAGE[] =
     "gets wrong, and the reverse, and U and L are one-sided Clopper-Pearson\n"
     "bounds on their rates, each at level (1 + C) / 2.\n";
 
-typedef struct cal_opts {
+typedef struct calib_opts {
     const char *model, *data, *labels, *write;
     double max_drop, min_accuracy; /* points, percent; min_accuracy < 0: unused */
     double holdout, confidence;
     long seed, batch, threads, limit;
     ert_backend device;
     int json;
-} cal_opts;
+} calib_opts;
 
 /* --opt v: a number (tools.h's rule) in the range, the ends open or closed. */
 static int parse_double(const char *opt, const char *v, double lo, double hi, int open_lo,
@@ -77,7 +77,7 @@ static int parse_double(const char *opt, const char *v, double lo, double hi, in
     return 0;
 }
 
-static int parse_args(int argc, char **argv, cal_opts *o)
+static int parse_args(int argc, char **argv, calib_opts *o)
 {
     memset(o, 0, sizeof *o);
     o->max_drop = 0.5;
@@ -166,7 +166,7 @@ static int parse_args(int argc, char **argv, cal_opts *o)
 /* ---- scoring ------------------------------------------------------------------------- */
 
 /* Every exit's score and class for the first n samples. */
-static int score_all(const cal_opts *o, ert_model *m, const float *x, size_t n, float *scores,
+static int score_all(const calib_opts *o, ert_model *m, const float *x, size_t n, float *scores,
                      int32_t *classes)
 {
     ert_engine_config cfg = ert_engine_config_default();
@@ -198,23 +198,23 @@ static int score_all(const cal_opts *o, ert_model *m, const float *x, size_t n, 
 
 typedef struct figures {
     int64_t samples;
-    cal_outcome o;
+    calib_outcome o;
     double accuracy, accuracy_final, drop, drop_upper, macs_ratio;
 } figures;
 
-static void figures_of(const cal_problem *p, const float *thr, const int *rows, int count,
+static void figures_of(const calib_problem *p, const float *thr, const int *rows, int count,
                        double macs_full, double confidence, figures *f)
 {
-    cal_evaluate(p, thr, rows, count, &f->o);
+    calib_evaluate(p, thr, rows, count, &f->o);
     f->samples = count;
     f->accuracy = (double)f->o.correct / (double)count;
     f->accuracy_final = (double)f->o.correct_final / (double)count;
     f->drop = f->accuracy_final - f->accuracy;
-    f->drop_upper = cal_drop_upper(f->o.final_only, f->o.exit_only, count, confidence);
+    f->drop_upper = calib_drop_upper(f->o.final_only, f->o.exit_only, count, confidence);
     f->macs_ratio = f->o.cost / ((double)count * macs_full);
 }
 
-static void print_text(const cal_opts *o, const ert_model *m, size_t n, int ncal, int nhold,
+static void print_text(const calib_opts *o, const ert_model *m, size_t n, int ncal, int nhold,
                        int64_t need, const float *thr, const float *file_thr, const figures *cal,
                        const figures *held, const figures *file)
 {
@@ -322,7 +322,7 @@ static int add(int ok, cJSON *obj, const char *key, cJSON *item)
     return 0;
 }
 
-static int print_json(const cal_opts *o, const ert_model *m, const float *thr,
+static int print_json(const calib_opts *o, const ert_model *m, const float *thr,
                       const float *file_thr, int met, const figures *cal, const figures *held,
                       const figures *file)
 {
@@ -360,7 +360,7 @@ static int print_json(const cal_opts *o, const ert_model *m, const float *thr,
 
 int cmd_calibrate(int argc, char **argv)
 {
-    cal_opts o;
+    calib_opts o;
     int rc = parse_args(argc, argv, &o);
     if (rc < 0)
         return CLI_OK; /* --help */
@@ -389,7 +389,7 @@ int cmd_calibrate(int argc, char **argv)
     const int T = ert_model_input_tokens(m);
     for (size_t i = 0; T > 0 && i < n; i++) {
         const float *row = smp.data.values + i * smp.data.sample_size;
-        int t = ert_tokens_first_invalid(row, T, ert_model_vocab_size(m));
+        int t = cli_tokens_first_invalid(row, T, ert_model_vocab_size(m));
         if (t >= 0) {
             rc = cli_error(CLI_FAIL,
                            "%s: sample %zu, position %d: token id %.9g is not in the model's "
@@ -433,25 +433,25 @@ int cmd_calibrate(int argc, char **argv)
         kinds[e] = e == E - 1 ? ERT_POLICY_NONE : ert_model_exit_policy(m, e);
         cost[e] = (double)plan_ideal_macs(m, &pl, one);
     }
-    const cal_problem p = {
+    const calib_problem p = {
         (int)n, E, kinds, scores, classes, smp.labels.values, cost, ert_model_num_classes(m)};
     const double macs_full = (double)ert_model_macs_full(m);
 
     /* Split: the first nhold of a seeded permutation are held out. */
-    cal_shuffle(idx, (int)n, (uint64_t)o.seed);
+    calib_shuffle(idx, (int)n, (uint64_t)o.seed);
     const int *held = idx, *cal = idx + nhold;
     float never[ERT_MAX_EXITS], thr[ERT_MAX_EXITS], file_thr[ERT_MAX_EXITS];
     for (int e = 0; e < E - 1; e++) {
-        never[e] = cal_never(&p, e);
+        never[e] = calib_never(&p, e);
         file_thr[e] = ert_model_exit_threshold(m, e);
     }
-    cal_outcome base;
-    cal_evaluate(&p, never, cal, ncal, &base);
+    calib_outcome base;
+    calib_evaluate(&p, never, cal, ncal, &base);
     int64_t need =
         o.min_accuracy >= 0
             ? (int64_t)ceil(o.min_accuracy / 100.0 * ncal - 1e-9)
             : (int64_t)ceil((double)base.correct_final - o.max_drop / 100.0 * ncal - 1e-9);
-    int met = cal_search(&p, cal, ncal, need, thr);
+    int met = calib_search(&p, cal, ncal, need, thr);
     if (met < 0) {
         rc = cli_error(CLI_FAIL, "out of memory in the threshold search");
         goto done;

@@ -42,15 +42,15 @@ typedef struct cli_samples {
     const char *data_path;   /* --data, or the model's sample data */
     const char *labels_path; /* --labels, the model's sample labels (when
                                 --data was not given), or NULL */
-    ert_dataset data;
-    ert_labels labels; /* count 0 without labels */
+    cli_dataset data;
+    cli_labels labels; /* count 0 without labels */
 } cli_samples;
 
 /* Loads data (NULL: the model's sample data, and then its sample labels
  * unless labels is given) and labels, and checks them against the model:
  * values per sample, as many labels as samples, labels in [0, K). With
  * need_labels, having no labels is a usage error. The data's layout must be
- * the model's input (ert_dataset_check_shape). Returns 0, or the CLI status
+ * the model's input (cli_dataset_check_shape). Returns 0, or the CLI status
  * after printing the error (free *out either way). */
 int cli_load_samples(const char *model_path, const ert_model *m, const char *data,
                      const char *labels, int need_labels, cli_samples *out);

@@ -164,13 +164,13 @@ static ert_status read_payload(reader *r, const array_info *info, void *dst, con
 
 /* ---- datasets ------------------------------------------------------------ */
 
-ert_status ert_dataset_load(const char *path, ert_dataset *out, ert_error *err)
+ert_status cli_dataset_load(const char *path, cli_dataset *out, ert_error *err)
 {
     if (!out)
-        return ert_fail(err, ERT_INVALID_ARGUMENT, "ert_dataset_load: out is NULL");
+        return ert_fail(err, ERT_INVALID_ARGUMENT, "cli_dataset_load: out is NULL");
     memset(out, 0, sizeof *out);
     if (!path)
-        return ert_fail(err, ERT_INVALID_ARGUMENT, "ert_dataset_load: path is NULL");
+        return ert_fail(err, ERT_INVALID_ARGUMENT, "cli_dataset_load: path is NULL");
     reader r;
     array_info info;
     ert_status st = read_header(&r, path, err, &info);
@@ -226,7 +226,7 @@ ert_status ert_dataset_load(const char *path, ert_dataset *out, ert_error *err)
     return ERT_OK;
 fail:
     rd_close(&r);
-    ert_dataset_free(out);
+    cli_dataset_free(out);
     return st;
 }
 
@@ -241,7 +241,7 @@ static const char *fmt_dims(char *buf, size_t len, const int64_t *dims, int from
     return buf;
 }
 
-ert_status ert_dataset_check_shape(const ert_dataset *d, const char *path, int c, int h, int w,
+ert_status cli_dataset_check_shape(const cli_dataset *d, const char *path, int c, int h, int w,
                                    ert_error *err)
 {
     size_t per = (size_t)c * (size_t)h * (size_t)w;
@@ -288,7 +288,7 @@ ert_status ert_dataset_check_shape(const ert_dataset *d, const char *path, int c
 
 /* A token model's rows: [N, 2, T] (or flat [N, 2T]) as they are; [N, T]
  * ids get a mask of ones (FORMAT.md, "Token inputs"). */
-static ert_status fit_tokens(ert_dataset *d, const char *path, size_t T, ert_error *err)
+static ert_status fit_tokens(cli_dataset *d, const char *path, size_t T, ert_error *err)
 {
     char shape[160];
     fmt_dims(shape, sizeof shape, d->dims, 1, d->ndim);
@@ -321,7 +321,7 @@ static ert_status fit_tokens(ert_dataset *d, const char *path, size_t T, ert_err
     return ERT_OK;
 }
 
-ert_status ert_dataset_fit_model(ert_dataset *d, const char *path, const ert_model *m,
+ert_status cli_dataset_fit_model(cli_dataset *d, const char *path, const ert_model *m,
                                  ert_error *err)
 {
     int T = ert_model_input_tokens(m);
@@ -332,10 +332,10 @@ ert_status ert_dataset_fit_model(ert_dataset *d, const char *path, const ert_mod
                         "%s: integer data is read as token ids, but the model takes images", path);
     int c, h, w;
     ert_model_input_shape(m, &c, &h, &w);
-    return ert_dataset_check_shape(d, path, c, h, w, err);
+    return cli_dataset_check_shape(d, path, c, h, w, err);
 }
 
-int ert_tokens_first_invalid(const float *row, int T, int vocab)
+int cli_tokens_first_invalid(const float *row, int T, int vocab)
 {
     for (int t = 0; t < T; t++) {
         float id = row[t];
@@ -345,7 +345,7 @@ int ert_tokens_first_invalid(const float *row, int T, int vocab)
     return -1;
 }
 
-void ert_dataset_free(ert_dataset *d)
+void cli_dataset_free(cli_dataset *d)
 {
     if (!d)
         return;
@@ -356,7 +356,7 @@ void ert_dataset_free(ert_dataset *d)
 /* ---- labels -------------------------------------------------------------- */
 
 /* Raw little-endian labels to int32; out-of-range values are marked by
- * storing INT32_MIN, which ert_labels_load then reports. */
+ * storing INT32_MIN, which cli_labels_load then reports. */
 static void conv_u1_i32(const unsigned char *s, size_t n, void *dst, size_t at)
 {
     int32_t *o = (int32_t *)dst + at;
@@ -380,13 +380,13 @@ static void conv_i8_i32(const unsigned char *s, size_t n, void *dst, size_t at)
     }
 }
 
-ert_status ert_labels_load(const char *path, ert_labels *out, ert_error *err)
+ert_status cli_labels_load(const char *path, cli_labels *out, ert_error *err)
 {
     if (!out)
-        return ert_fail(err, ERT_INVALID_ARGUMENT, "ert_labels_load: out is NULL");
+        return ert_fail(err, ERT_INVALID_ARGUMENT, "cli_labels_load: out is NULL");
     memset(out, 0, sizeof *out);
     if (!path)
-        return ert_fail(err, ERT_INVALID_ARGUMENT, "ert_labels_load: path is NULL");
+        return ert_fail(err, ERT_INVALID_ARGUMENT, "cli_labels_load: path is NULL");
     reader r;
     array_info info;
     ert_status st = read_header(&r, path, err, &info);
@@ -432,11 +432,11 @@ ert_status ert_labels_load(const char *path, ert_labels *out, ert_error *err)
     return ERT_OK;
 fail:
     rd_close(&r);
-    ert_labels_free(out);
+    cli_labels_free(out);
     return st;
 }
 
-void ert_labels_free(ert_labels *l)
+void cli_labels_free(cli_labels *l)
 {
     if (!l)
         return;

@@ -10,7 +10,7 @@
 
 #include "exitrt.h"
 
-typedef struct ert_dataset {
+typedef struct cli_dataset {
     float *values;      /* [count * sample_size] as floats (uint8 and float64
                           converted; float64 beyond the float range becomes
                           an infinity, as numpy's astype(np.float32) gives) */
@@ -20,15 +20,15 @@ typedef struct ert_dataset {
     int64_t dims[8];
     int was_uint8;
     int was_int; /* int32 or int64: token ids */
-} ert_dataset;
+} cli_dataset;
 
-typedef struct ert_labels {
+typedef struct cli_labels {
     int32_t *values; /* [count] */
     size_t count;
-} ert_labels;
+} cli_labels;
 
-ert_status ert_dataset_load(const char *path, ert_dataset *out, ert_error *err);
-void ert_dataset_free(ert_dataset *d);
+ert_status cli_dataset_load(const char *path, cli_dataset *out, ert_error *err);
+void cli_dataset_free(cli_dataset *d);
 
 /* Whether the samples of d (read from path) fit a model input of shape
  * [c, h, w]: the same number of values per sample, in the order the model
@@ -39,24 +39,24 @@ void ert_dataset_free(ert_dataset *d);
  * would be read in the wrong order and is refused. The message names the
  * file and both shapes. Every command that reads inputs for a model calls
  * this (exitrt run, exitrt bench). */
-ert_status ert_dataset_check_shape(const ert_dataset *d, const char *path, int c, int h, int w,
+ert_status cli_dataset_check_shape(const cli_dataset *d, const char *path, int c, int h, int w,
                                    ert_error *err);
 
-/* Fits d to model m's input: for an image model ert_dataset_check_shape
+/* Fits d to model m's input: for an image model cli_dataset_check_shape
  * (integer data refused); for a token model of T tokens, [N, 2, T] or
  * [N, 2T] rows as they are (ids, then the mask), and [N, T] ids given a
  * mask of ones, so d->values holds input rows of 2T floats. */
-ert_status ert_dataset_fit_model(ert_dataset *d, const char *path, const ert_model *m,
+ert_status cli_dataset_fit_model(cli_dataset *d, const char *path, const ert_model *m,
                                  ert_error *err);
 
 /* The first position t in a token row (T ids, then T mask values) whose id
  * is not an integer in [0, vocab) -- what ert_pack_tokens refuses and the
  * model's token_embed turns into NaN, whatever the mask says; -1 when every
  * id is valid. */
-int ert_tokens_first_invalid(const float *row, int T, int vocab);
+int cli_tokens_first_invalid(const float *row, int T, int vocab);
 
 /* Labels: IDX1 ubyte, or .npy of integer (u1, i4, i8) values. */
-ert_status ert_labels_load(const char *path, ert_labels *out, ert_error *err);
-void ert_labels_free(ert_labels *l);
+ert_status cli_labels_load(const char *path, cli_labels *out, ert_error *err);
+void cli_labels_free(cli_labels *l);
 
 #endif /* ERT_DATA_H */

@@ -432,7 +432,7 @@ static int scan_rows(const run_opts *o, const ert_model *m, const char *path, co
                 flags[i] |= 1;
                 break;
             }
-        int t = T > 0 ? ert_tokens_first_invalid(row, T, V) : -1;
+        int t = T > 0 ? cli_tokens_first_invalid(row, T, V) : -1;
         if (t >= 0) {
             flags[i] |= 2;
             if (invalid++ == 0) {
@@ -502,8 +502,8 @@ int cmd_run(int argc, char **argv)
     if ((rc = cli_load_samples(o.model, m, o.data, o.labels, 0, &smp)))
         goto done;
     const char *data_path = smp.data_path, *labels_path = smp.labels_path;
-    const ert_dataset data = smp.data;
-    const ert_labels labels = smp.labels;
+    const cli_dataset data = smp.data;
+    const cli_labels labels = smp.labels;
     size_t per = ert_model_input_size(m);
     size_t n = data.count;
     if (o.limit > 0 && (size_t)o.limit < n)

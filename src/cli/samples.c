@@ -26,13 +26,13 @@ int cli_load_samples(const char *model_path, const ert_model *m, const char *dat
     }
     if (need_labels && !out->labels_path)
         return cli_error(CLI_USAGE, "%s: no labels: give --labels FILE", out->data_path);
-    if ((st = ert_dataset_load(out->data_path, &out->data, &err)) != ERT_OK)
+    if ((st = cli_dataset_load(out->data_path, &out->data, &err)) != ERT_OK)
         return cli_error(CLI_FAIL, "%s", err.msg);
-    if ((st = ert_dataset_fit_model(&out->data, out->data_path, m, &err)) != ERT_OK)
+    if ((st = cli_dataset_fit_model(&out->data, out->data_path, m, &err)) != ERT_OK)
         return cli_error(CLI_FAIL, "%s", err.msg);
     if (!out->labels_path)
         return 0;
-    if ((st = ert_labels_load(out->labels_path, &out->labels, &err)) != ERT_OK)
+    if ((st = cli_labels_load(out->labels_path, &out->labels, &err)) != ERT_OK)
         return cli_error(CLI_FAIL, "%s", err.msg);
     if (out->labels.count != out->data.count)
         return cli_error(CLI_FAIL, "%s has %zu labels but %s has %zu samples", out->labels_path,
@@ -47,6 +47,6 @@ int cli_load_samples(const char *model_path, const ert_model *m, const char *dat
 
 void cli_samples_free(cli_samples *s)
 {
-    ert_dataset_free(&s->data);
-    ert_labels_free(&s->labels);
+    cli_dataset_free(&s->data);
+    cli_labels_free(&s->labels);
 }

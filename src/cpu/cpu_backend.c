@@ -1,4 +1,4 @@
-/* backend.c - the CPU backend: the three execution modes on the ops of ops.c.
+/* cpu_backend.c - the CPU backend: the three execution modes on the ops of cpu_ops.c.
  *
  * Buffers, all sized once in create for cfg.max_batch rows:
  *   act[4]   activations, plan.max_act floats per row each. The stage's input

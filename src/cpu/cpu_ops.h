@@ -1,4 +1,4 @@
-/* ops.h - the CPU layer ops: the reference semantics of every layer.
+/* cpu_ops.h - the CPU layer ops: the reference semantics of every layer.
  *
  * Every op works on a batch of n rows (samples) in NCHW float32, row after
  * row, with no allocation: the caller passes every buffer. The CUDA backend

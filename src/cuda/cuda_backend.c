@@ -1,4 +1,4 @@
-/* backend.c - the CUDA backend: engine resources and the per-batch schedule.
+/* cuda_backend.c - the CUDA backend: engine resources and the per-batch schedule.
  *
  * Resources (all made at create, sized for cfg.max_batch, freed at destroy):
  * the weights in one device allocation; per slot (cfg.inflight of them) a

@@ -1,4 +1,4 @@
-/* ops.c - the device ops: cuDNN convolution and pooling (and the patch
+/* cuda_ops.c - the device ops: cuDNN convolution and pooling (and the patch
  * embedding's convolution), cuBLAS linear, and the kernels of the kernels/
  * .cu files for the rest; the transformer ops are in tx_ops.c.
  *
@@ -392,7 +392,7 @@ static ert_status run_conv(ert_engine *e, cuda_ctx *c, cuda_slot *s, const prog_
                                          s->dnn_ws, c->dnn_ws_size, &ZERO, d->y, y));
     if (b || op->act != ERT_ACT_NONE) {
         shape3 os = op->out_shape;
-        KERNEL_TRY(e, ert_k_bias_act(y, b, n, os.c, os.h * os.w, op->act, s->stream));
+        KERNEL_TRY(e, k_bias_act(y, b, n, os.c, os.h * os.w, op->act, s->stream));
     }
     return ERT_OK;
 fail:
@@ -428,9 +428,9 @@ static ert_status run_patch(ert_engine *e, cuda_ctx *c, cuda_slot *s, const prog
     CUDNN_TRY(e, cudnnConvolutionForward(s->dnn, &ONE, d->x, s->buf[op->in], d->w,
                                          dev_weight(c, m, pp->conv.weight), d->conv, d->last_algo,
                                          s->dnn_ws, c->dnn_ws_size, &ZERO, d->y, conv));
-    KERNEL_TRY(e, ert_k_patch_tokens(conv, dev_weight(c, m, pp->conv.bias),
-                                     dev_weight(c, m, pp->cls), dev_weight(c, m, pp->pos),
-                                     s->buf[op->out], n, cs.h * cs.w, cs.c, s->stream));
+    KERNEL_TRY(e, k_patch_tokens(conv, dev_weight(c, m, pp->conv.bias), dev_weight(c, m, pp->cls),
+                                 dev_weight(c, m, pp->pos), s->buf[op->out], n, cs.h * cs.w, cs.c,
+                                 s->stream));
     return ERT_OK;
 fail:
     return st;
@@ -450,7 +450,7 @@ static ert_status run_linear(ert_engine *e, cuda_ctx *c, cuda_slot *s, const pro
                               lp->in_features, &ONE, w, lp->in_features, s->buf[op->in],
                               lp->in_features, &ZERO, y, lp->out_features));
     if (b || op->act != ERT_ACT_NONE)
-        KERNEL_TRY(e, ert_k_bias_act(y, b, n, lp->out_features, 1, op->act, s->stream));
+        KERNEL_TRY(e, k_bias_act(y, b, n, lp->out_features, 1, op->act, s->stream));
     return ERT_OK;
 fail:
     return st;
@@ -467,15 +467,15 @@ ert_status op_run(ert_engine *e, cuda_ctx *c, cuda_slot *s, int op_index, int n)
     case OP_AVGPOOL: return run_pool(e, c, s, op, &c->dnn[op_index], n);
     case OP_LINEAR: return run_linear(e, c, s, op, n);
     case OP_GAP:
-        KERNEL_TRY(e, ert_k_global_avgpool(s->buf[op->in], s->buf[op->out], n * op->in_shape.c,
-                                           op->in_shape.h * op->in_shape.w, s->stream));
+        KERNEL_TRY(e, k_global_avgpool(s->buf[op->in], s->buf[op->out], n * op->in_shape.c,
+                                       op->in_shape.h * op->in_shape.w, s->stream));
         return ERT_OK;
     case OP_ACT:
-        KERNEL_TRY(e, ert_k_act(s->buf[op->in], s->buf[op->out], count, op->act, s->stream));
+        KERNEL_TRY(e, k_act(s->buf[op->in], s->buf[op->out], count, op->act, s->stream));
         return ERT_OK;
     case OP_ADD:
-        KERNEL_TRY(e, ert_k_add(s->buf[op->in], s->buf[op->in2], s->buf[op->out], count, op->act,
-                                s->stream));
+        KERNEL_TRY(
+            e, k_add(s->buf[op->in], s->buf[op->in2], s->buf[op->out], count, op->act, s->stream));
         return ERT_OK;
     case OP_PATCH_EMBED: return run_patch(e, c, s, op, &c->dnn[op_index], n);
     case OP_TOKEN_EMBED:

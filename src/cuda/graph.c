@@ -249,7 +249,7 @@ static ert_status root_capture(ert_engine *e, cuda_ctx *c, graph_state *g, int i
     sw.stats = gs->d_stats;
     CUDA_TRY(e, cudaStreamBeginCaptureToGraph(s->stream, gs->graph, NULL, NULL, 0,
                                               cudaStreamCaptureModeThreadLocal));
-    cudaError_t r = ert_k_graph_root(gs->d_rows, sw, s->stream);
+    cudaError_t r = k_graph_root(gs->d_rows, sw, s->stream);
     const cudaGraphNode_t *deps = NULL;
     size_t ndeps = 0;
     enum cudaStreamCaptureStatus cs;
@@ -324,8 +324,7 @@ static ert_status graph_launch(ert_engine *e, cuda_ctx *c, int i, int rows, cons
     ert_status st = ERT_OK;
     cuda_slot *s = &c->slots[i];
     graph_slot *gs = &c->graphs->slots[i];
-    KERNEL_TRY(e,
-               ert_k_graph_prep(gs->d_rows, rows, gs->d_thr, thr, c->prog.num_stages, s->stream));
+    KERNEL_TRY(e, k_graph_prep(gs->d_rows, rows, gs->d_thr, thr, c->prog.num_stages, s->stream));
     CUDA_TRY(e, cudaGraphLaunch(gs->exec, s->stream));
     CUDA_TRY(e, cudaMemcpyAsync(gs->h_stats, gs->d_stats, ERT_STATS_LEN * sizeof(int32_t),
                                 cudaMemcpyDeviceToHost, s->stream));
@@ -424,11 +423,11 @@ static ert_status graphs_build(ert_engine *e, cuda_ctx *c, graph_state *g)
         for (int k = 0; k < c->prog.nbuf; k++)
             CUDA_TRY(e, cudaMemsetAsync(s->buf[k], 0, act, s->stream));
         CUDA_TRY(e, cudaMemsetAsync(s->d_count, 0, ERT_MAX_EXITS * sizeof(int), s->stream));
-        KERNEL_TRY(e, ert_k_graph_prep(gs->d_rows, 0, gs->d_thr, e->thresholds, E, s->stream));
+        KERNEL_TRY(e, k_graph_prep(gs->d_rows, 0, gs->d_thr, e->thresholds, E, s->stream));
         ert_switch_args off;
         memset(&off, 0, sizeof off);
         off.stats = gs->d_stats;
-        KERNEL_TRY(e, ert_k_graph_root(gs->d_rows, off, s->stream));
+        KERNEL_TRY(e, k_graph_root(gs->d_rows, off, s->stream));
         for (int si = 0; si < E; si++)
             for (int b = 0; b < g->nbuckets; b++)
                 if ((st = body_enqueue(e, c, g, i, si, ert_bucket_rows(b, g->step, g->max_rows),

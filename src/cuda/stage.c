@@ -48,11 +48,11 @@ ert_status stage_enqueue(ert_engine *e, cuda_ctx *c, cuda_slot *s, const stage_a
             np.mean[i] = m->mean[i];
             np.inv_std[i] = 1.0f / m->std[i]; /* as the CPU's op_normalize */
         }
-        KERNEL_TRY(e, ert_k_normalize(a->norm_src, s->buf[ps->in_buf], n, m->input.c,
-                                      m->input.h * m->input.w, np, s->stream));
+        KERNEL_TRY(e, k_normalize(a->norm_src, s->buf[ps->in_buf], n, m->input.c,
+                                  m->input.h * m->input.w, np, s->stream));
     }
     if (a->iota_base >= 0)
-        KERNEL_TRY(e, ert_k_iota(s->orig[a->cur], n, a->iota_base, s->stream));
+        KERNEL_TRY(e, k_iota(s->orig[a->cur], n, a->iota_base, s->stream));
     for (int i = ps->backbone.begin; i < ps->backbone.end; i++)
         if ((st = op_run(e, c, s, i, n)) != ERT_OK)
             return st;
@@ -86,7 +86,7 @@ ert_status stage_enqueue(ert_engine *e, cuda_ctx *c, cuda_slot *s, const stage_a
         x.out_scores = a->out_scores;
         x.out_classes = a->out_classes;
         x.num_exits = c->prog.num_stages;
-        KERNEL_TRY(e, ert_k_exit_outputs(&x, s->stream));
+        KERNEL_TRY(e, k_exit_outputs(&x, s->stream));
         /* nobody leaves: the next stage reads every row from its input buffer */
         if (a->gather_buf >= 0)
             CUDA_TRY(e, cudaMemcpyAsync(s->buf[a->gather_buf], s->buf[ps->out_buf],
@@ -96,14 +96,14 @@ ert_status stage_enqueue(ert_engine *e, cuda_ctx *c, cuda_slot *s, const stage_a
     }
     if (a->gather_buf < 0) {
         x.done = a->done;
-        KERNEL_TRY(e, ert_k_exit_decide(&x, s->stream));
+        KERNEL_TRY(e, k_exit_decide(&x, s->stream));
         return ERT_OK;
     }
     x.new_orig = s->orig[!a->cur];
     x.src_row = s->src_row;
     x.count = s->d_count + a->si;
     x.sw = a->sw;
-    KERNEL_TRY(e, ert_k_exit_compact(&x, s->stream));
+    KERNEL_TRY(e, k_exit_compact(&x, s->stream));
     if (a->h_count) {
         /* the count on its way to the host before the gather is queued, so
            the host's wait for it overlaps the gather */
@@ -112,8 +112,8 @@ ert_status stage_enqueue(ert_engine *e, cuda_ctx *c, cuda_slot *s, const stage_a
         CUDA_TRY(e, cudaEventRecord(a->count_event, s->stream));
     }
     /* the gather reads the count on the device; its grid covers all n rows */
-    KERNEL_TRY(e, ert_k_gather_rows(s->buf[ps->out_buf], s->buf[a->gather_buf], s->src_row, x.count,
-                                    n, ps->out_row, s->stream));
+    KERNEL_TRY(e, k_gather_rows(s->buf[ps->out_buf], s->buf[a->gather_buf], s->src_row, x.count, n,
+                                ps->out_row, s->stream));
     return ERT_OK;
 fail:
     return st;

@@ -133,8 +133,8 @@ static ert_status attn_core(ert_engine *e, cuda_ctx *c, cuda_slot *s, const atte
     if ((st = gemm_rows(e, s, M, D, 3 * D, dev_weight(c, m, p->in_weight), x, D + 1, qkv, 3 * D,
                         0.0f)) != ERT_OK)
         return st;
-    KERNEL_TRY(
-        e, ert_k_qkv_split(qkv, dev_weight(c, m, p->in_bias), x, q, k, v, n, T, H, d, s->stream));
+    KERNEL_TRY(e,
+               k_qkv_split(qkv, dev_weight(c, m, p->in_bias), x, q, k, v, n, T, H, d, s->stream));
     /* per query block of qn rows from q0, per (sample, head):
        S[qn, T_k] = Q_blk K^T / sqrt(d), its softmax, then O_blk[qn, d] = P V
        into the heads' outputs over QKV (dead since the split) */
@@ -146,13 +146,13 @@ static ert_status attn_core(ert_engine *e, cuda_ctx *c, cuda_slot *s, const atte
         if ((st = gemm(e, s, ert_gemm_scores(n, H, T, d, qn), ert_attn_scale(d), k, q + off, sc,
                        0.0f)) != ERT_OK)
             return st;
-        KERNEL_TRY(e, ert_k_attn_softmax(sc, x, n, H, qn, T, D, s->stream));
+        KERNEL_TRY(e, k_attn_softmax(sc, x, n, H, qn, T, D, s->stream));
         if ((st = gemm(e, s, ert_gemm_context(n, H, T, d, qn), 1.0f, v, sc, ctx_h + off, 0.0f)) !=
             ERT_OK)
             return st;
     }
     /* concatenated over Q, dead since the scores */
-    KERNEL_TRY(e, ert_k_heads_merge(ctx_h, q, n, T, H, d, s->stream));
+    KERNEL_TRY(e, k_heads_merge(ctx_h, q, n, T, H, d, s->stream));
     *ctx = q;
     return ERT_OK;
 fail:
@@ -174,8 +174,8 @@ static ert_status run_attention(ert_engine *e, cuda_ctx *c, cuda_slot *s, const 
     if ((st = gemm_rows(e, s, n * T, D, D, dev_weight(c, e->model, p->out_weight), ctx, D, y, D + 1,
                         0.0f)) != ERT_OK)
         return st;
-    KERNEL_TRY(e, ert_k_token_bias(y, dev_weight(c, e->model, p->out_bias), x, (size_t)n * T, D,
-                                   s->stream));
+    KERNEL_TRY(
+        e, k_token_bias(y, dev_weight(c, e->model, p->out_bias), x, (size_t)n * T, D, s->stream));
     return ERT_OK;
 fail:
     return st;
@@ -207,24 +207,24 @@ static ert_status run_encoder(ert_engine *e, cuda_ctx *c, cuda_slot *s, const pr
     const float *w2 = dev_weight(c, m, p->ff2.weight), *b2 = dev_weight(c, m, p->ff2.bias);
 
     if (p->norm_first) {
-        KERNEL_TRY(e, ert_k_layer_norm(x, NULL, z, tok, D, 1, n1->eps, dev_weight(c, m, n1->weight),
-                                       dev_weight(c, m, n1->bias), s->stream));
+        KERNEL_TRY(e, k_layer_norm(x, NULL, z, tok, D, 1, n1->eps, dev_weight(c, m, n1->weight),
+                                   dev_weight(c, m, n1->bias), s->stream));
         if ((st = attn_core(e, c, s, &p->attn, z, n, T, ws, &ctx)) != ERT_OK)
             return st;
         CUDA_TRY(e, cudaMemcpyAsync(y, x, rowbytes, cudaMemcpyDeviceToDevice, s->stream));
         if ((st = gemm_rows(e, s, M, D, D, w_out, ctx, D, y, D + 1, 1.0f)) != ERT_OK)
             return st;
         if (b_out) /* present after loading (model.h); the kernel refuses no work */
-            KERNEL_TRY(e, ert_k_token_bias(y, b_out, NULL, tok, D, s->stream));
-        KERNEL_TRY(e, ert_k_layer_norm(y, NULL, z, tok, D, 1, n2->eps, dev_weight(c, m, n2->weight),
-                                       dev_weight(c, m, n2->bias), s->stream));
+            KERNEL_TRY(e, k_token_bias(y, b_out, NULL, tok, D, s->stream));
+        KERNEL_TRY(e, k_layer_norm(y, NULL, z, tok, D, 1, n2->eps, dev_weight(c, m, n2->weight),
+                                   dev_weight(c, m, n2->bias), s->stream));
         if ((st = gemm_rows(e, s, M, D, F, w1, z, D + 1, ws, F, 0.0f)) != ERT_OK)
             return st;
-        KERNEL_TRY(e, ert_k_bias_act(ws, b1, M, F, 1, p->act, s->stream));
+        KERNEL_TRY(e, k_bias_act(ws, b1, M, F, 1, p->act, s->stream));
         if ((st = gemm_rows(e, s, M, F, D, w2, ws, F, y, D + 1, 1.0f)) != ERT_OK)
             return st;
         if (b2)
-            KERNEL_TRY(e, ert_k_token_bias(y, b2, NULL, tok, D, s->stream));
+            KERNEL_TRY(e, k_token_bias(y, b2, NULL, tok, D, s->stream));
         return ERT_OK;
     }
     if ((st = attn_core(e, c, s, &p->attn, x, n, T, ws, &ctx)) != ERT_OK)
@@ -232,16 +232,16 @@ static ert_status run_encoder(ert_engine *e, cuda_ctx *c, cuda_slot *s, const pr
     CUDA_TRY(e, cudaMemcpyAsync(z, x, rowbytes, cudaMemcpyDeviceToDevice, s->stream));
     if ((st = gemm_rows(e, s, M, D, D, w_out, ctx, D, z, D + 1, 1.0f)) != ERT_OK)
         return st;
-    KERNEL_TRY(e, ert_k_layer_norm(z, b_out, y, tok, D, 1, n1->eps, dev_weight(c, m, n1->weight),
-                                   dev_weight(c, m, n1->bias), s->stream));
+    KERNEL_TRY(e, k_layer_norm(z, b_out, y, tok, D, 1, n1->eps, dev_weight(c, m, n1->weight),
+                               dev_weight(c, m, n1->bias), s->stream));
     if ((st = gemm_rows(e, s, M, D, F, w1, y, D + 1, ws, F, 0.0f)) != ERT_OK)
         return st;
-    KERNEL_TRY(e, ert_k_bias_act(ws, b1, M, F, 1, p->act, s->stream));
+    KERNEL_TRY(e, k_bias_act(ws, b1, M, F, 1, p->act, s->stream));
     CUDA_TRY(e, cudaMemcpyAsync(z, y, rowbytes, cudaMemcpyDeviceToDevice, s->stream));
     if ((st = gemm_rows(e, s, M, F, D, w2, ws, F, z, D + 1, 1.0f)) != ERT_OK)
         return st;
-    KERNEL_TRY(e, ert_k_layer_norm(z, b2, y, tok, D, 1, n2->eps, dev_weight(c, m, n2->weight),
-                                   dev_weight(c, m, n2->bias), s->stream));
+    KERNEL_TRY(e, k_layer_norm(z, b2, y, tok, D, 1, n2->eps, dev_weight(c, m, n2->weight),
+                               dev_weight(c, m, n2->bias), s->stream));
     return ERT_OK;
 fail:
     return st;
@@ -256,27 +256,34 @@ ert_status tx_op_run(ert_engine *e, cuda_ctx *c, cuda_slot *s, const prog_op *op
     switch (op->kind) {
     case OP_TOKEN_EMBED: {
         const embed_params *p = &op->l->p.embed;
-        KERNEL_TRY(e, ert_k_token_embed(x, y, dev_weight(c, m, p->weight), dev_weight(c, m, p->pos),
-                                        dev_weight(c, m, p->segment), n,
-                                        shape_tokens(op->out_shape), p->dim, p->vocab, s->stream));
+        KERNEL_TRY(e, k_token_embed(x, y, dev_weight(c, m, p->weight), dev_weight(c, m, p->pos),
+                                    dev_weight(c, m, p->segment), n, shape_tokens(op->out_shape),
+                                    p->dim, p->vocab, s->stream));
         return ERT_OK;
     }
     case OP_LAYER_NORM: {
         const norm_params *p = &op->l->p.norm;
         const int tokens = op->in_shape.tokens == SHAPE_TOKENS;
         size_t rows = (size_t)n * (tokens ? (size_t)shape_tokens(op->in_shape) : 1);
-        KERNEL_TRY(e, ert_k_layer_norm(x, NULL, y, rows, p->dim, tokens, p->eps,
-                                       dev_weight(c, m, p->weight), dev_weight(c, m, p->bias),
-                                       s->stream));
+        KERNEL_TRY(e,
+                   k_layer_norm(x, NULL, y, rows, p->dim, tokens, p->eps,
+                                dev_weight(c, m, p->weight), dev_weight(c, m, p->bias), s->stream));
         return ERT_OK;
     }
     case OP_TOKEN_POOL:
-        KERNEL_TRY(e, ert_k_token_pool(x, y, n, shape_tokens(op->in_shape), shape_dim(op->in_shape),
-                                       op->l->p.token_pool == TOKEN_POOL_MEAN, s->stream));
+        KERNEL_TRY(e, k_token_pool(x, y, n, shape_tokens(op->in_shape), shape_dim(op->in_shape),
+                                   op->l->p.token_pool == TOKEN_POOL_MEAN, s->stream));
         return ERT_OK;
     case OP_ATTENTION: return run_attention(e, c, s, op, n);
     case OP_ENCODER: return run_encoder(e, c, s, op, n);
-    default: break;
+    case OP_CONV:
+    case OP_MAXPOOL:
+    case OP_AVGPOOL:
+    case OP_GAP:
+    case OP_LINEAR:
+    case OP_ACT:
+    case OP_ADD:
+    case OP_PATCH_EMBED: break; /* cuda_ops.c's */
     }
     return engine_fail(e, ERT_INTERNAL, "cuda: op %s: kind %d is not a transformer op",
                        op->l ? op->l->name : "?", (int)op->kind);

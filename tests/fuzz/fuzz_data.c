@@ -37,9 +37,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     } else if (fuzz_write("data", data + 1, size - 1, path, sizeof path)) {
         abort();
     }
-    ert_dataset d;
+    cli_dataset d;
     ert_error err = {{0}};
-    if (ert_dataset_load(path, &d, &err) == ERT_OK) {
+    if (cli_dataset_load(path, &d, &err) == ERT_OK) {
         if (d.count == 0 || d.sample_size == 0 || d.count * d.sample_size == 0)
             __builtin_trap();
         volatile float sum = 0;
@@ -49,16 +49,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     } else if (!err.msg[0] || d.values) {
         __builtin_trap();
     }
-    ert_dataset_free(&d);
-    ert_labels l;
+    cli_dataset_free(&d);
+    cli_labels l;
     err.msg[0] = '\0';
-    if (ert_labels_load(path, &l, &err) == ERT_OK) {
+    if (cli_labels_load(path, &l, &err) == ERT_OK) {
         for (size_t i = 0; i < l.count; i++)
             if (l.values[i] < 0)
                 __builtin_trap();
     } else if (!err.msg[0] || l.values) {
         __builtin_trap();
     }
-    ert_labels_free(&l);
+    cli_labels_free(&l);
     return 0;
 }

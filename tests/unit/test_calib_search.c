@@ -25,10 +25,10 @@ Test(calib_search, evaluate_counts_by_hand)
     int32_t classes[8] = {1, 2, 0, 2, 0, 3, 2, 2};
     int32_t labels[4] = {1, 2, 3, 2};
     double cost[2] = {10.0, 25.0};
-    cal_problem p = {4, 2, kinds, scores, classes, labels, cost, 4};
+    calib_problem p = {4, 2, kinds, scores, classes, labels, cost, 4};
     float thr = 0.5f;
-    cal_outcome o;
-    cal_evaluate(&p, &thr, NULL, 0, &o);
+    calib_outcome o;
+    calib_evaluate(&p, &thr, NULL, 0, &o);
     /* s0 exit0 right (final wrong: 2 != 1), s1 final right (exit0 wrong),
      * s2 exit0 wrong (final 3 right), s3 final right (NaN never fires) */
     cr_assert_eq(o.taken[0], 2);
@@ -41,7 +41,7 @@ Test(calib_search, evaluate_counts_by_hand)
     cr_assert_eq(o.exit_only, 1);  /* s0 */
     cr_assert_eq(o.cost, 2 * 10.0 + 2 * 25.0);
     int rows[2] = {3, 0};
-    cal_evaluate(&p, &thr, rows, 2, &o);
+    calib_evaluate(&p, &thr, rows, 2, &o);
     cr_assert_eq(o.taken[0], 1);
     cr_assert_eq(o.correct, 2);
 }
@@ -59,7 +59,7 @@ typedef struct synth {
     int32_t classes[BN * BE];
     int32_t labels[BN];
     double cost[BE];
-    cal_problem p;
+    calib_problem p;
 } synth;
 
 /* Scores from a few levels (ties), classes right more often at later exits
@@ -90,7 +90,7 @@ static void make_synth(synth *s, mw_rng *rng, ert_policy_kind k0, ert_policy_kin
                 mw_rng_uniform(rng) < p_right ? s->labels[i] : (s->labels[i] + 1) % 3;
         }
     }
-    cal_problem p = {BN, BE, s->kinds, s->scores, s->classes, s->labels, s->cost, 3};
+    calib_problem p = {BN, BE, s->kinds, s->scores, s->classes, s->labels, s->cost, 3};
     s->p = p;
 }
 
@@ -99,7 +99,7 @@ static void make_synth(synth *s, mw_rng *rng, ert_policy_kind k0, ert_policy_kin
 static int candidates(const synth *s, int e, float *out)
 {
     int m = 0;
-    out[m++] = cal_never(&s->p, e);
+    out[m++] = calib_never(&s->p, e);
     ert_policy_kind k = s->kinds[e];
     out[m++] = k == ERT_POLICY_ENTROPY ? 100.0f : k == ERT_POLICY_PATIENCE ? 1.0f : 0.0f;
     for (int i = 0; i < BN; i++) {
@@ -132,8 +132,8 @@ static best brute_force(const synth *s, int64_t need)
     for (int a = 0; a < m0; a++)
         for (int c = 0; c < m1; c++) {
             float thr[2] = {c0[a], c1[c]};
-            cal_outcome o;
-            cal_evaluate(&s->p, thr, NULL, 0, &o);
+            calib_outcome o;
+            calib_evaluate(&s->p, thr, NULL, 0, &o);
             if (o.correct >= need && (!b.found || o.cost < b.cost)) {
                 b.cost = o.cost;
                 b.correct = o.correct;
@@ -155,19 +155,19 @@ Test(calib_search, matches_brute_force)
     for (int t = 0; t < 400; t++) {
         synth s;
         make_synth(&s, &rng, kinds[t % 5][0], kinds[t % 5][1]);
-        float never[2] = {cal_never(&s.p, 0), cal_never(&s.p, 1)};
-        cal_outcome base;
-        cal_evaluate(&s.p, never, NULL, 0, &base);
+        float never[2] = {calib_never(&s.p, 0), calib_never(&s.p, 1)};
+        calib_outcome base;
+        calib_evaluate(&s.p, never, NULL, 0, &base);
         /* targets from "no loss" to "anything goes" */
         int64_t need = base.correct_final - (int64_t)(t % 7);
         best b = brute_force(&s, need);
         float thr[2];
-        int met = cal_search(&s.p, NULL, 0, need, thr);
+        int met = calib_search(&s.p, NULL, 0, need, thr);
         cr_assert_eq(met, b.found, "trial %d: met %d, brute force found %d", t, met, b.found);
         if (!b.found)
             continue;
-        cal_outcome o;
-        cal_evaluate(&s.p, thr, NULL, 0, &o);
+        calib_outcome o;
+        calib_evaluate(&s.p, thr, NULL, 0, &o);
         cr_assert_geq(o.correct, need, "trial %d: the returned thresholds miss the target", t);
         cr_assert_geq(o.cost, b.cost, "trial %d: cheaper than the optimum?", t);
         if (s.kinds[0] == ERT_POLICY_PATIENCE)
@@ -188,23 +188,23 @@ Test(calib_search, coordinatewise_optimal)
     for (int t = 0; t < 100; t++) {
         synth s;
         make_synth(&s, &rng, ERT_POLICY_ENTROPY, ERT_POLICY_MAX_PROB);
-        float never[2] = {cal_never(&s.p, 0), cal_never(&s.p, 1)};
-        cal_outcome base, o;
-        cal_evaluate(&s.p, never, NULL, 0, &base);
+        float never[2] = {calib_never(&s.p, 0), calib_never(&s.p, 1)};
+        calib_outcome base, o;
+        calib_evaluate(&s.p, never, NULL, 0, &base);
         int64_t need = base.correct_final - 1;
         float thr[2];
         if (!brute_force(&s, need).found)
             continue; /* scores of exactly 1 can make every vector miss */
-        cr_assert_eq(cal_search(&s.p, NULL, 0, need, thr), 1);
-        cal_evaluate(&s.p, thr, NULL, 0, &o);
+        cr_assert_eq(calib_search(&s.p, NULL, 0, need, thr), 1);
+        calib_evaluate(&s.p, thr, NULL, 0, &o);
         for (int e = 0; e < 2; e++) {
             float c[2 * BN + 2];
             int m = candidates(&s, e, c);
             for (int j = 0; j < m; j++) {
                 float v[2] = {thr[0], thr[1]};
                 v[e] = c[j];
-                cal_outcome q;
-                cal_evaluate(&s.p, v, NULL, 0, &q);
+                calib_outcome q;
+                calib_evaluate(&s.p, v, NULL, 0, &q);
                 cr_assert(!(q.correct >= need && q.cost < o.cost),
                           "trial %d: exit %d threshold %g is cheaper", t, e, (double)c[j]);
             }
@@ -222,14 +222,14 @@ Test(calib_search, rows_subset_only)
     int rows[BN / 2];
     for (int i = 0; i < BN / 2; i++)
         rows[i] = 2 * i;
-    float never[2] = {cal_never(&s.p, 0), cal_never(&s.p, 1)};
-    cal_outcome base;
-    cal_evaluate(&s.p, never, rows, BN / 2, &base);
+    float never[2] = {calib_never(&s.p, 0), calib_never(&s.p, 1)};
+    calib_outcome base;
+    calib_evaluate(&s.p, never, rows, BN / 2, &base);
     float a[2], b[2];
-    cr_assert_eq(cal_search(&s.p, rows, BN / 2, base.correct_final - 1, a), 1);
+    cr_assert_eq(calib_search(&s.p, rows, BN / 2, base.correct_final - 1, a), 1);
     for (int i = 1; i < BN; i += 2)
         s.labels[i] = (s.labels[i] + 1) % 3;
-    cr_assert_eq(cal_search(&s.p, rows, BN / 2, base.correct_final - 1, b), 1);
+    cr_assert_eq(calib_search(&s.p, rows, BN / 2, base.correct_final - 1, b), 1);
     cr_assert_eq(a[0], b[0]);
     cr_assert_eq(a[1], b[1]);
 }
@@ -240,7 +240,7 @@ Test(calib_search, unreachable_target)
     synth s;
     make_synth(&s, &rng, ERT_POLICY_MAX_PROB, ERT_POLICY_MAX_PROB);
     float thr[2];
-    cr_assert_eq(cal_search(&s.p, NULL, 0, BN + 1, thr), 0);
+    cr_assert_eq(calib_search(&s.p, NULL, 0, BN + 1, thr), 0);
 }
 
 /* ---- binomial bounds ----------------------------------------------------------- */
@@ -260,20 +260,20 @@ static double cdf_direct(int x, int n, double p)
 Test(calib_search, clopper_pearson)
 {
     /* closed forms at the ends */
-    cr_assert_float_eq(cal_binom_upper(0, 10, 0.05), 1 - pow(0.05, 0.1), 1e-9);
-    cr_assert_float_eq(cal_binom_lower(10, 10, 0.05), pow(0.05, 0.1), 1e-9);
-    cr_assert_eq(cal_binom_upper(10, 10, 0.05), 1.0);
-    cr_assert_eq(cal_binom_lower(0, 10, 0.05), 0.0);
+    cr_assert_float_eq(calib_binom_upper(0, 10, 0.05), 1 - pow(0.05, 0.1), 1e-9);
+    cr_assert_float_eq(calib_binom_lower(10, 10, 0.05), pow(0.05, 0.1), 1e-9);
+    cr_assert_eq(calib_binom_upper(10, 10, 0.05), 1.0);
+    cr_assert_eq(calib_binom_lower(0, 10, 0.05), 0.0);
     /* inside: the defining tail probabilities, by a direct sum */
     for (int n = 5; n <= 40; n += 7)
         for (int x = 1; x < n; x += 3) {
-            double u = cal_binom_upper(x, n, 0.025), l = cal_binom_lower(x, n, 0.025);
+            double u = calib_binom_upper(x, n, 0.025), l = calib_binom_lower(x, n, 0.025);
             cr_assert_float_eq(cdf_direct(x, n, u), 0.025, 1e-7, "upper n %d x %d", n, x);
             cr_assert_float_eq(1 - cdf_direct(x - 1, n, l), 0.025, 1e-7, "lower n %d x %d", n, x);
             cr_assert(l < (double)x / n && (double)x / n < u);
         }
     /* large n stays finite and ordered */
-    double u = cal_binom_upper(120, 100000, 0.025), l = cal_binom_lower(120, 100000, 0.025);
+    double u = calib_binom_upper(120, 100000, 0.025), l = calib_binom_lower(120, 100000, 0.025);
     cr_assert(l < 0.0012 && 0.0012 < u && u < 0.0015 && l > 0.0009, "%g %g", l, u);
 }
 
@@ -293,11 +293,11 @@ Test(calib_search, drop_bound_covers)
             b += u < pb;
             c += u >= pb && u < pb + pc;
         }
-        covered += cal_drop_upper(b, c, n, 0.90) >= truth;
+        covered += calib_drop_upper(b, c, n, 0.90) >= truth;
     }
     cr_assert_geq(covered, trials * 88 / 100, "covered %d of %d", covered, trials);
     /* and it is not vacuous: well under the worst case */
-    cr_assert_lt(cal_drop_upper(16, 6, n, 0.90), 0.06);
+    cr_assert_lt(calib_drop_upper(16, 6, n, 0.90), 0.06);
 }
 
 /* ---- split --------------------------------------------------------------------- */
@@ -308,9 +308,9 @@ Test(calib_search, shuffle_is_a_seeded_permutation)
         N = 1000
     };
     int a[N], b[N], c[N], seen[N] = {0};
-    cal_shuffle(a, N, 7);
-    cal_shuffle(b, N, 7);
-    cal_shuffle(c, N, 8);
+    calib_shuffle(a, N, 7);
+    calib_shuffle(b, N, 7);
+    calib_shuffle(c, N, 8);
     int same = 1, moved = 0;
     for (int i = 0; i < N; i++) {
         cr_assert(a[i] >= 0 && a[i] < N);

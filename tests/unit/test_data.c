@@ -146,8 +146,8 @@ static void npy_refused(const char *dict, const void *data, size_t n, ert_status
                         const char *msg)
 {
     const char *p = write_npy("refused.npy", 1, dict, data, n, 0);
-    ert_dataset d;
-    assert_fails(ert_dataset_load(p, &d, &e_), st, msg);
+    cli_dataset d;
+    assert_fails(cli_dataset_load(p, &d, &e_), st, msg);
 }
 
 /* ---- well-formed files ------------------------------------------------- */
@@ -160,9 +160,9 @@ static void check_f4(int version, int gz)
     const char *p = write_npy("a.npy", version,
                               "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3, 2), }", v,
                               sizeof v, gz);
-    ert_dataset d;
+    cli_dataset d;
     ert_error err = {{0}};
-    cr_assert_eq(ert_dataset_load(p, &d, &err), ERT_OK, "%s", err.msg);
+    cr_assert_eq(cli_dataset_load(p, &d, &err), ERT_OK, "%s", err.msg);
     cr_assert_eq(d.count, 2);
     cr_assert_eq(d.sample_size, 6);
     cr_assert_eq(d.ndim, 3);
@@ -172,7 +172,7 @@ static void check_f4(int version, int gz)
     cr_assert_eq(d.was_uint8, 0);
     for (int i = 0; i < 12; i++)
         cr_assert_eq(d.values[i], v[i], "value %d", i);
-    ert_dataset_free(&d);
+    cli_dataset_free(&d);
     cr_assert_null(d.values);
 }
 
@@ -191,15 +191,15 @@ Test(data, npy_u1_v1_and_v2)
         const char *p = write_npy(
             "u.npy", version, "{\"shape\": (4, 5), \"fortran_order\": False, \"descr\": \"|u1\"}",
             v, sizeof v, 0);
-        ert_dataset d;
+        cli_dataset d;
         ert_error err = {{0}};
-        cr_assert_eq(ert_dataset_load(p, &d, &err), ERT_OK, "%s", err.msg);
+        cr_assert_eq(cli_dataset_load(p, &d, &err), ERT_OK, "%s", err.msg);
         cr_assert_eq(d.count, 4);
         cr_assert_eq(d.sample_size, 5);
         cr_assert_eq(d.was_uint8, 1);
         for (int i = 0; i < 20; i++)
             cr_assert_eq(d.values[i], (float)v[i]);
-        ert_dataset_free(&d);
+        cli_dataset_free(&d);
     }
 }
 
@@ -208,12 +208,12 @@ Test(data, npy_one_dim_is_one_value_per_sample)
     float v[3] = {1, 2, 3};
     const char *p = write_npy(
         "a.npy", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }", v, sizeof v, 0);
-    ert_dataset d;
+    cli_dataset d;
     ert_error err = {{0}};
-    cr_assert_eq(ert_dataset_load(p, &d, &err), ERT_OK, "%s", err.msg);
+    cr_assert_eq(cli_dataset_load(p, &d, &err), ERT_OK, "%s", err.msg);
     cr_assert_eq(d.count, 3);
     cr_assert_eq(d.sample_size, 1);
-    ert_dataset_free(&d);
+    cli_dataset_free(&d);
 }
 
 /* float64 (numpy's default dtype) is read as float32, rounded as numpy's
@@ -230,9 +230,9 @@ static void check_f8(int version, int gz)
     const char *p =
         write_npy("d.npy", version, "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 6), }",
                   v, sizeof v, gz);
-    ert_dataset d;
+    cli_dataset d;
     ert_error err = {{0}};
-    cr_assert_eq(ert_dataset_load(p, &d, &err), ERT_OK, "%s", err.msg);
+    cr_assert_eq(cli_dataset_load(p, &d, &err), ERT_OK, "%s", err.msg);
     cr_assert_eq(d.count, 2);
     cr_assert_eq(d.sample_size, 6);
     cr_assert_eq(d.was_uint8, 0);
@@ -243,7 +243,7 @@ static void check_f8(int version, int gz)
             cr_assert_eq(d.values[i], want[i], "value %d: %a, want %a", i, (double)d.values[i],
                          (double)want[i]);
     }
-    ert_dataset_free(&d);
+    cli_dataset_free(&d);
 }
 
 Test(data, npy_f8_v1) { check_f8(1, 0); }
@@ -256,10 +256,10 @@ Test(data, npy_f8_sizes_checked)
     bytes b =
         npy_bytes(1, "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }", v, sizeof v);
     const char *p = write_file("t.npy", b.p, b.n - 1, 0);
-    ert_dataset d;
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
+    cli_dataset d;
+    assert_fails(cli_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
     p = write_file("t.npy.gz", b.p, b.n - 1, 1);
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
+    assert_fails(cli_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
     free(b.p);
     /* 600M doubles: 2.4 GB as float32, within the bound, but 4.8 GB stored */
     npy_refused("{'descr': '<f8', 'fortran_order': False, 'shape': (600000000,), }", v, sizeof v,
@@ -271,10 +271,10 @@ Test(data, npy_f8_sizes_checked)
     npy_refused("{'descr': '<f8', 'fortran_order': False, 'shape': (5,), }", v, sizeof v,
                 ERT_FORMAT, "longer than its header");
     /* float64 labels are refused like float32 ones */
-    ert_labels l;
+    cli_labels l;
     p = write_npy("y.npy", 1, "{'descr': '<f8', 'fortran_order': False, 'shape': (6,), }", v,
                   sizeof v, 0);
-    assert_fails(ert_labels_load(p, &l, &e_), ERT_UNSUPPORTED, "not float64");
+    assert_fails(cli_labels_load(p, &l, &e_), ERT_UNSUPPORTED, "not float64");
 }
 
 static void check_idx(int gz)
@@ -289,26 +289,26 @@ static void check_idx(int gz)
         img[i] = (unsigned char)(255 - i * 3);
     uint32_t dims[3] = {N, H, W};
     const char *p = write_idx("images-idx3-ubyte", 3, dims, img, sizeof img, gz);
-    ert_dataset d;
+    cli_dataset d;
     ert_error err = {{0}};
-    cr_assert_eq(ert_dataset_load(p, &d, &err), ERT_OK, "%s", err.msg);
+    cr_assert_eq(cli_dataset_load(p, &d, &err), ERT_OK, "%s", err.msg);
     cr_assert_eq(d.count, N);
     cr_assert_eq(d.sample_size, H * W);
     cr_assert_eq(d.ndim, 3);
     cr_assert_eq(d.was_uint8, 1);
     for (int i = 0; i < N * H * W; i++)
         cr_assert_eq(d.values[i], (float)img[i]);
-    ert_dataset_free(&d);
+    cli_dataset_free(&d);
 
     unsigned char lab[N] = {7, 0, 9};
     uint32_t ldims[1] = {N};
     p = write_idx("labels-idx1-ubyte", 1, ldims, lab, sizeof lab, gz);
-    ert_labels l;
-    cr_assert_eq(ert_labels_load(p, &l, &err), ERT_OK, "%s", err.msg);
+    cli_labels l;
+    cr_assert_eq(cli_labels_load(p, &l, &err), ERT_OK, "%s", err.msg);
     cr_assert_eq(l.count, N);
     for (int i = 0; i < N; i++)
         cr_assert_eq(l.values[i], lab[i]);
-    ert_labels_free(&l);
+    cli_labels_free(&l);
     cr_assert_null(l.values);
 }
 
@@ -320,41 +320,41 @@ Test(data, npy_labels_i4_i8_u1)
     int32_t a[4] = {3, 1, 4, 1};
     int64_t b[4] = {5, 9, 2, 6};
     unsigned char c[4] = {2, 7, 1, 8};
-    ert_labels l;
+    cli_labels l;
     ert_error err = {{0}};
 
     const char *p = write_npy(
         "a.npy", 1, "{'descr': '<i4', 'fortran_order': False, 'shape': (4,), }", a, sizeof a, 0);
-    cr_assert_eq(ert_labels_load(p, &l, &err), ERT_OK, "%s", err.msg);
+    cr_assert_eq(cli_labels_load(p, &l, &err), ERT_OK, "%s", err.msg);
     cr_assert_eq(l.count, 4);
     for (int i = 0; i < 4; i++)
         cr_assert_eq(l.values[i], a[i]);
-    ert_labels_free(&l);
+    cli_labels_free(&l);
 
     p = write_npy("b.npy", 1, "{'descr': '<i8', 'fortran_order': False, 'shape': (4, 1), }", b,
                   sizeof b, 1);
-    cr_assert_eq(ert_labels_load(p, &l, &err), ERT_OK, "%s", err.msg);
+    cr_assert_eq(cli_labels_load(p, &l, &err), ERT_OK, "%s", err.msg);
     cr_assert_eq(l.count, 4);
     for (int i = 0; i < 4; i++)
         cr_assert_eq(l.values[i], (int32_t)b[i]);
-    ert_labels_free(&l);
+    cli_labels_free(&l);
 
     p = write_npy("c.npy", 2, "{'descr': '|u1', 'fortran_order': False, 'shape': (4,), }", c,
                   sizeof c, 0);
-    cr_assert_eq(ert_labels_load(p, &l, &err), ERT_OK, "%s", err.msg);
+    cr_assert_eq(cli_labels_load(p, &l, &err), ERT_OK, "%s", err.msg);
     for (int i = 0; i < 4; i++)
         cr_assert_eq(l.values[i], c[i]);
-    ert_labels_free(&l);
+    cli_labels_free(&l);
 }
 
 Test(data, free_accepts_null_and_zeroed)
 {
-    ert_dataset_free(NULL);
-    ert_labels_free(NULL);
-    ert_dataset d = {0};
-    ert_dataset_free(&d);
-    ert_labels l = {0};
-    ert_labels_free(&l);
+    cli_dataset_free(NULL);
+    cli_labels_free(NULL);
+    cli_dataset d = {0};
+    cli_dataset_free(&d);
+    cli_labels l = {0};
+    cli_labels_free(&l);
 }
 
 /* ---- malformed files ---------------------------------------------------- */
@@ -363,31 +363,31 @@ static const char F4_2x3[] = "{'descr': '<f4', 'fortran_order': False, 'shape': 
 
 Test(data, missing_file)
 {
-    ert_dataset d;
-    assert_fails(ert_dataset_load(path_of("nope.npy"), &d, &e_), ERT_IO, "cannot open");
+    cli_dataset d;
+    assert_fails(cli_dataset_load(path_of("nope.npy"), &d, &e_), ERT_IO, "cannot open");
     cr_assert_null(d.values);
 }
 
 Test(data, directory_is_not_a_file)
 {
-    ert_dataset d;
-    assert_fails(ert_dataset_load(g_dir, &d, &e_), ERT_IO, "not a regular file");
+    cli_dataset d;
+    assert_fails(cli_dataset_load(g_dir, &d, &e_), ERT_IO, "not a regular file");
 }
 
 Test(data, empty_file)
 {
     const char *p = write_file("e.npy", "", 0, 0);
-    ert_dataset d;
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "empty");
+    cli_dataset d;
+    assert_fails(cli_dataset_load(p, &d, &e_), ERT_FORMAT, "empty");
 }
 
 Test(data, bad_magic)
 {
     const char *p = write_file("x.npy", "PK\x03\x04garbage", 11, 0);
-    ert_dataset d;
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "not a .npy or IDX file");
+    cli_dataset d;
+    assert_fails(cli_dataset_load(p, &d, &e_), ERT_FORMAT, "not a .npy or IDX file");
     p = write_file("y.npy", "\x93NUMPZ\x01\x00", 8, 0);
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "bad .npy magic");
+    assert_fails(cli_dataset_load(p, &d, &e_), ERT_FORMAT, "bad .npy magic");
 }
 
 Test(data, npy_truncated_data)
@@ -395,10 +395,10 @@ Test(data, npy_truncated_data)
     float v[6] = {0};
     bytes b = npy_bytes(1, F4_2x3, v, sizeof v);
     const char *p = write_file("t.npy", b.p, b.n - 3, 0);
-    ert_dataset d;
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
+    cli_dataset d;
+    assert_fails(cli_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
     p = write_file("t.npy.gz", b.p, b.n - 3, 1);
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
+    assert_fails(cli_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
     free(b.p);
 }
 
@@ -407,8 +407,8 @@ Test(data, npy_truncated_header)
     float v[6] = {0};
     bytes b = npy_bytes(1, F4_2x3, v, sizeof v);
     const char *p = write_file("t.npy", b.p, 30, 0);
-    ert_dataset d;
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
+    cli_dataset d;
+    assert_fails(cli_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
     free(b.p);
 }
 
@@ -428,8 +428,8 @@ Test(data, gzip_stream_cut_short)
     fclose(f);
     cr_assert_gt(n, 40);
     const char *p = write_file("cut.npy.gz", gzbuf, n / 2, 0);
-    ert_dataset d;
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
+    cli_dataset d;
+    assert_fails(cli_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
     free(b.p);
 }
 
@@ -462,26 +462,26 @@ Test(data, npy_unsupported_dtype)
     const char *ip =
         write_npy("ids.npy", 1, "{'descr': '<i4', 'fortran_order': False, 'shape': (2, 3), }", ids,
                   sizeof ids, 0);
-    ert_dataset d;
+    cli_dataset d;
     ert_error err = {{0}};
-    cr_assert_eq(ert_dataset_load(ip, &d, &err), ERT_OK, "%s", err.msg);
+    cr_assert_eq(cli_dataset_load(ip, &d, &err), ERT_OK, "%s", err.msg);
     cr_assert(d.was_int && d.count == 2 && d.sample_size == 3);
     for (int i = 0; i < 6; i++)
         cr_assert_eq(d.values[i], (float)ids[i]);
-    ert_dataset_free(&d);
+    cli_dataset_free(&d);
     /* and floats are not labels */
-    ert_labels l;
+    cli_labels l;
     const char *p = write_npy(
         "l.npy", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (6,), }", v, 24, 0);
-    assert_fails(ert_labels_load(p, &l, &e_), ERT_UNSUPPORTED, "integers");
+    assert_fails(cli_labels_load(p, &l, &e_), ERT_UNSUPPORTED, "integers");
 }
 
 Test(data, npy_unsupported_version)
 {
     float v[6] = {0};
     const char *p = write_npy("v.npy", 4, F4_2x3, v, sizeof v, 0);
-    ert_dataset d;
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_UNSUPPORTED, "version 4");
+    cli_dataset d;
+    assert_fails(cli_dataset_load(p, &d, &e_), ERT_UNSUPPORTED, "version 4");
 }
 
 Test(data, npy_malformed_headers)
@@ -509,9 +509,9 @@ Test(data, npy_malformed_headers)
     float v[6] = {0};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *p = write_npy("h.npy", 1, cases[i].dict, v, sizeof v, 0);
-        ert_dataset d;
+        cli_dataset d;
         ert_error e = {{0}};
-        ert_status s = ert_dataset_load(p, &d, &e);
+        ert_status s = cli_dataset_load(p, &d, &e);
         cr_assert_neq(s, ERT_OK, "case %zu accepted: %s", i, cases[i].dict);
         cr_assert_not_null(strstr(e.msg, cases[i].msg), "case %zu: '%s' lacks '%s'", i, e.msg,
                            cases[i].msg);
@@ -550,19 +550,19 @@ Test(data, idx_huge_dims)
 {
     uint32_t dims[4] = {0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu};
     const char *p = write_idx("h-idx4-ubyte", 4, dims, "abc", 3, 0);
-    ert_dataset d;
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "too large");
+    cli_dataset d;
+    assert_fails(cli_dataset_load(p, &d, &e_), ERT_FORMAT, "too large");
 }
 
 Test(data, idx_bad_type_and_dims)
 {
     unsigned char hdr[8] = {0, 0, 0x0D, 1, 0, 0, 0, 1};
     const char *p = write_file("f-idx1", hdr, 8, 0);
-    ert_dataset d;
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_UNSUPPORTED, "0x0d");
+    cli_dataset d;
+    assert_fails(cli_dataset_load(p, &d, &e_), ERT_UNSUPPORTED, "0x0d");
     unsigned char hdr0[4] = {0, 0, 0x08, 0};
     p = write_file("z-idx0", hdr0, 4, 0);
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "0 dimensions");
+    assert_fails(cli_dataset_load(p, &d, &e_), ERT_FORMAT, "0 dimensions");
 }
 
 Test(data, idx_truncated)
@@ -570,48 +570,48 @@ Test(data, idx_truncated)
     uint32_t dims[3] = {10, 28, 28};
     unsigned char img[100] = {0};
     const char *p = write_idx("t-idx3-ubyte", 3, dims, img, sizeof img, 1);
-    ert_dataset d;
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
+    cli_dataset d;
+    assert_fails(cli_dataset_load(p, &d, &e_), ERT_FORMAT, "truncated");
     /* cut inside the dimensions */
     unsigned char hdr[6] = {0, 0, 0x08, 3, 0, 0};
     p = write_file("d-idx3", hdr, 6, 0);
-    assert_fails(ert_dataset_load(p, &d, &e_), ERT_FORMAT, "IDX dimensions");
+    assert_fails(cli_dataset_load(p, &d, &e_), ERT_FORMAT, "IDX dimensions");
 }
 
 Test(data, labels_shape_and_range)
 {
-    ert_labels l;
+    cli_labels l;
     uint32_t dims[2] = {2, 2};
     const char *p = write_idx("l-idx2", 2, dims, "\1\2\3\4", 4, 0);
-    assert_fails(ert_labels_load(p, &l, &e_), ERT_FORMAT, "one-dimensional");
+    assert_fails(cli_labels_load(p, &l, &e_), ERT_FORMAT, "one-dimensional");
     int64_t big[2] = {1, (int64_t)1 << 40};
     p = write_npy("b.npy", 1, "{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }", big,
                   sizeof big, 0);
-    assert_fails(ert_labels_load(p, &l, &e_), ERT_FORMAT, "label 1");
+    assert_fails(cli_labels_load(p, &l, &e_), ERT_FORMAT, "label 1");
     int32_t neg[3] = {0, 1, -1};
     p = write_npy("n.npy", 1, "{'descr': '<i4', 'fortran_order': False, 'shape': (3,), }", neg,
                   sizeof neg, 0);
-    assert_fails(ert_labels_load(p, &l, &e_), ERT_FORMAT, "label 2");
+    assert_fails(cli_labels_load(p, &l, &e_), ERT_FORMAT, "label 2");
     cr_assert_null(l.values);
 }
 
 Test(data, null_arguments)
 {
-    ert_dataset d;
+    cli_dataset d;
     ert_error e = {{0}};
-    cr_assert_eq(ert_dataset_load(NULL, &d, &e), ERT_INVALID_ARGUMENT);
-    cr_assert_eq(ert_dataset_load("x", NULL, &e), ERT_INVALID_ARGUMENT);
-    ert_labels l;
-    cr_assert_eq(ert_labels_load(NULL, &l, NULL), ERT_INVALID_ARGUMENT);
+    cr_assert_eq(cli_dataset_load(NULL, &d, &e), ERT_INVALID_ARGUMENT);
+    cr_assert_eq(cli_dataset_load("x", NULL, &e), ERT_INVALID_ARGUMENT);
+    cli_labels l;
+    cr_assert_eq(cli_labels_load(NULL, &l, NULL), ERT_INVALID_ARGUMENT);
 }
 
 /* ---- the layout of the samples against the model's input --------------------- */
 
 /* A data set of n samples with these dims after the first (no values: the
  * check reads the shape only). */
-static ert_dataset shaped(int ndim, const int64_t *dims)
+static cli_dataset shaped(int ndim, const int64_t *dims)
 {
-    ert_dataset d = {0};
+    cli_dataset d = {0};
     d.ndim = ndim;
     d.count = 5;
     d.dims[0] = 5;
@@ -625,18 +625,18 @@ static ert_dataset shaped(int ndim, const int64_t *dims)
 
 static void shape_ok(int c, int h, int w, int ndim, const int64_t *dims)
 {
-    ert_dataset d = shaped(ndim, dims);
+    cli_dataset d = shaped(ndim, dims);
     ert_error err = {{0}};
-    cr_assert_eq(ert_dataset_check_shape(&d, "x.npy", c, h, w, &err), ERT_OK,
+    cr_assert_eq(cli_dataset_check_shape(&d, "x.npy", c, h, w, &err), ERT_OK,
                  "model %dx%dx%d, %d dims: %s", c, h, w, ndim, err.msg);
 }
 
 static void shape_bad(int c, int h, int w, int ndim, const int64_t *dims, const char *want1,
                       const char *want2)
 {
-    ert_dataset d = shaped(ndim, dims);
+    cli_dataset d = shaped(ndim, dims);
     ert_error err = {{0}};
-    cr_assert_eq(ert_dataset_check_shape(&d, path_of("x.npy"), c, h, w, &err), ERT_FORMAT,
+    cr_assert_eq(cli_dataset_check_shape(&d, path_of("x.npy"), c, h, w, &err), ERT_FORMAT,
                  "model %dx%dx%d, %d dims: accepted", c, h, w, ndim);
     cr_assert_not_null(strstr(err.msg, g_dir), "'%s' names no file", err.msg);
     cr_assert_not_null(strstr(err.msg, want1), "'%s' lacks '%s'", err.msg, want1);

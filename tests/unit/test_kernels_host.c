@@ -604,7 +604,7 @@ static void attention_replay(int qblock)
 
     /* the op, as tx_ops.c runs it (attn_core, then run_attention) */
     ref_gemm(ert_gemm_rows(M, D, 3 * D, R, 3 * D), 1.0f, inw, x, qkv, 0.0f);
-    for (int row = 0; row < M; row++) /* ert_k_qkv_split */
+    for (int row = 0; row < M; row++) /* k_qkv_split */
         for (int c = 0; c < 3 * D; c++) {
             int b = row / T, t = row % T, which = c / D, h = (c % D) / d, e = c % d;
             float val = qkv[row * 3 * D + c] + inb[c];
@@ -618,13 +618,13 @@ static void attention_replay(int qblock)
     for (int q0 = 0; q0 < T; q0 += qb) {
         const int qn = T - q0 < qb ? T - q0 : qb;
         ref_gemm(ert_gemm_scores(n, H, T, d, qn), ert_attn_scale(d), k, q + q0 * d, sc, 0.0f);
-        for (int row = 0; row < n * H * qn; row++) /* ert_k_attn_softmax */
+        for (int row = 0; row < n * H * qn; row++) /* k_attn_softmax */
             ert_masked_softmax_row(sc + row * T, x + (row / (H * qn)) * T * R + D, R, T);
         ref_gemm(ert_gemm_context(n, H, T, d, qn), 1.0f, v, sc, ctxh + q0 * d, 0.0f);
     }
     cr_assert_eq(sc[nsc], -555.0f, "qblock %d: the scores ran past their scratch", qblock);
     free(sc);
-    for (int row = 0; row < M; row++) /* ert_k_heads_merge */
+    for (int row = 0; row < M; row++) /* k_heads_merge */
         for (int c = 0; c < D; c++)
             ctx[row * D + c] =
                 ctxh[ert_head_offset((size_t)(row / T), c / d, row % T, c % d, T, H, d)];
@@ -633,7 +633,7 @@ static void attention_replay(int qblock)
     ref_gemm(ert_gemm_rows(M, D, D, D, R), 1.0f, outw, ctx, y, 0.0f);
     for (int row = 0; row < M; row++) {
         cr_assert_eq(y[row * R + D], -777.0f, "token %d: the GEMM wrote the mask column", row);
-        for (int j = 0; j < D; j++) /* ert_k_token_bias */
+        for (int j = 0; j < D; j++) /* k_token_bias */
             y[row * R + j] += outb[j];
         y[row * R + D] = x[row * R + D];
     }
