@@ -205,9 +205,20 @@ static ert_status finalize_tx_layer(const ert_model *m, layer *l, const char *wh
         break;
     }
     case LAYER_TOKEN_POOL: o = (shape3){D, 1, 1, SHAPE_PLAIN}; break;
-    default:
-        return ert_fail(err, ERT_INVALID_ARGUMENT, "%s: %s layer '%s': unknown layer kind %d", f,
-                        where, l->name, (int)l->kind);
+    case LAYER_CONV2D:
+    case LAYER_BATCHNORM2D:
+    case LAYER_RELU:
+    case LAYER_MAXPOOL2D:
+    case LAYER_AVGPOOL2D:
+    case LAYER_GLOBAL_AVGPOOL:
+    case LAYER_FLATTEN:
+    case LAYER_LINEAR:
+    case LAYER_RESIDUAL:
+    case LAYER_DROPOUT:
+    case LAYER_SIGMOID:
+    case LAYER_KIND_COUNT:
+        return ert_fail(err, ERT_INTERNAL, "%s: %s layer '%s': %s is not a transformer layer", f,
+                        where, l->name, kind);
     }
     if (l->kind == LAYER_SELF_ATTENTION && !macs)
         return LFAIL("%s: %s layer '%s': MAC count overflows", f, where, l->name);
@@ -220,6 +231,9 @@ static ert_status finalize_layer(const ert_model *m, layer *l, const char *where
     const char *f = model_file(m);
     shape3 in = l->in, o = in;
     uint64_t macs = 0;
+    if ((unsigned)l->kind >= LAYER_KIND_COUNT)
+        return ert_fail(err, ERT_INVALID_ARGUMENT, "%s: %s layer '%s': unknown layer kind %d", f,
+                        where, l->name, (int)l->kind);
     if (is_tx_kind(l->kind))
         return finalize_tx_layer(m, l, where, nested, err);
     if (in.tokens != SHAPE_PLAIN)
@@ -318,8 +332,16 @@ static ert_status finalize_layer(const ert_model *m, layer *l, const char *where
         return ert_fail(err, ERT_INVALID_ARGUMENT,
                         "%s: %s layer '%s': %s must be removed before finalize", f, where, l->name,
                         l->kind == LAYER_DROPOUT ? "dropout" : "batchnorm2d");
-    default:
-        return ert_fail(err, ERT_INVALID_ARGUMENT, "%s: %s layer '%s': unknown layer kind %d", f,
+    case LAYER_PATCH_EMBED:
+    case LAYER_TOKEN_EMBED:
+    case LAYER_LAYER_NORM:
+    case LAYER_GELU:
+    case LAYER_TANH:
+    case LAYER_SELF_ATTENTION:
+    case LAYER_ENCODER_BLOCK:
+    case LAYER_TOKEN_POOL: /* finalize_tx_layer, above */
+    case LAYER_KIND_COUNT: /* refused above */
+        return ert_fail(err, ERT_INTERNAL, "%s: %s layer '%s': kind %d reached the wrong rule", f,
                         where, l->name, (int)l->kind);
     }
     return set_output(m, l, where, o, macs, err);

@@ -292,7 +292,7 @@ ert_status parse_layer_list(parse_ctx *c, const cJSON *arr, const char *field, i
         l->kind = (layer_kind)kind;
         memcpy(l->name, name, nl + 1);
         index[i] = out->count - 1;
-        switch (kind) {
+        switch ((layer_kind)kind) {
         case LAYER_CONV2D: st = parse_conv(c, o, f, &l->p.conv); break;
         case LAYER_MAXPOOL2D:
         case LAYER_AVGPOOL2D: st = parse_pool(c, o, f, &l->p.pool); break;
@@ -304,7 +304,15 @@ ert_status parse_layer_list(parse_ctx *c, const cJSON *arr, const char *field, i
         case LAYER_SELF_ATTENTION: st = parse_attention(c, o, f, &l->p.attn); break;
         case LAYER_ENCODER_BLOCK: st = parse_encoder_block(c, o, f, &l->p.enc); break;
         case LAYER_TOKEN_POOL: st = parse_token_pool(c, o, f, &l->p.token_pool); break;
-        default: break; /* relu, sigmoid, gelu, tanh, global_avgpool, flatten: no fields */
+        case LAYER_RELU:
+        case LAYER_SIGMOID:
+        case LAYER_GELU:
+        case LAYER_TANH:
+        case LAYER_GLOBAL_AVGPOOL:
+        case LAYER_FLATTEN: break; /* no fields */
+        case LAYER_BATCHNORM2D:    /* folded into its conv2d above */
+        case LAYER_DROPOUT:        /* dropped above */
+        case LAYER_KIND_COUNT: /* kind < LAYER_KIND_COUNT here: looked up above */ break;
         }
         if (st != ERT_OK)
             goto fail;

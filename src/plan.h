@@ -6,7 +6,9 @@
  * exactly num_exits stages.
  *
  * MACs per sample: conv2d = out_ch * Hout * Wout * (in_ch/groups) * kh * kw;
- * linear = in * out; residual = its body + shortcut; every other layer 0.
+ * linear = in * out; residual = its body + shortcut; patch_embed,
+ * self_attention and encoder_block: their products (model_finalize.c);
+ * every other layer 0.
  * The ideal early-exit cost of a batch is
  *   sum_s rows_entering(s) * (stage_macs[s] + head_macs[s])
  * which is what COMPACTED executes. FULL executes batch * macs_full; MASKED

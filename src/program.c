@@ -44,20 +44,31 @@ static void buf_free(builder *b, int i)
         b->live &= ~(1u << i);
 }
 
-/* The op of a layer that compiles to one op into a new buffer. */
-static prog_op_kind one_op_kind(layer_kind k)
+int program_layer_op(layer_kind k, prog_op_kind *op)
 {
     switch (k) {
-    case LAYER_CONV2D: return OP_CONV;
-    case LAYER_MAXPOOL2D: return OP_MAXPOOL;
-    case LAYER_AVGPOOL2D: return OP_AVGPOOL;
-    case LAYER_LINEAR: return OP_LINEAR;
-    case LAYER_TOKEN_EMBED: return OP_TOKEN_EMBED;
-    case LAYER_TOKEN_POOL: return OP_TOKEN_POOL;
-    case LAYER_SELF_ATTENTION: return OP_ATTENTION;
-    case LAYER_ENCODER_BLOCK: return OP_ENCODER;
-    default: return OP_GAP;
+    case LAYER_CONV2D: *op = OP_CONV; return 1;
+    case LAYER_MAXPOOL2D: *op = OP_MAXPOOL; return 1;
+    case LAYER_AVGPOOL2D: *op = OP_AVGPOOL; return 1;
+    case LAYER_GLOBAL_AVGPOOL: *op = OP_GAP; return 1;
+    case LAYER_LINEAR: *op = OP_LINEAR; return 1;
+    case LAYER_RELU:
+    case LAYER_SIGMOID:
+    case LAYER_GELU:
+    case LAYER_TANH: *op = OP_ACT; return 1;
+    case LAYER_RESIDUAL: *op = OP_ADD; return 1;
+    case LAYER_PATCH_EMBED: *op = OP_PATCH_EMBED; return 1;
+    case LAYER_TOKEN_EMBED: *op = OP_TOKEN_EMBED; return 1;
+    case LAYER_LAYER_NORM: *op = OP_LAYER_NORM; return 1;
+    case LAYER_TOKEN_POOL: *op = OP_TOKEN_POOL; return 1;
+    case LAYER_SELF_ATTENTION: *op = OP_ATTENTION; return 1;
+    case LAYER_ENCODER_BLOCK: *op = OP_ENCODER; return 1;
+    case LAYER_FLATTEN:     /* NCHW rows are contiguous: flatten moves no data */
+    case LAYER_BATCHNORM2D: /* folded into its conv2d at load */
+    case LAYER_DROPOUT: /* removed at load */ return 0;
+    case LAYER_KIND_COUNT: break;
     }
+    return -1; /* not a layer kind */
 }
 
 static int emit(builder *b, prog_op op)
@@ -165,6 +176,11 @@ static int run_list(builder *b, const layer *items, int count, int in, shape3 sh
     for (int i = 0; i < count && b->st == ERT_OK; i++) {
         const layer *l = &items[i];
         int owned = !(protect & (1u << cur));
+        if ((unsigned)l->kind >= LAYER_KIND_COUNT) {
+            b->st = ert_fail(b->err, ERT_UNSUPPORTED, "program: layer %s: kind %d not supported",
+                             l->name, (int)l->kind);
+            return -1;
+        }
         switch (l->kind) {
         case LAYER_DROPOUT:
         case LAYER_FLATTEN: /* NCHW rows are contiguous: flatten moves no data */
@@ -201,7 +217,12 @@ static int run_list(builder *b, const layer *items, int count, int in, shape3 sh
         case LAYER_TOKEN_POOL:
         case LAYER_SELF_ATTENTION:
         case LAYER_ENCODER_BLOCK: {
-            prog_op_kind k = one_op_kind(l->kind);
+            prog_op_kind k = OP_GAP;
+            if (program_layer_op(l->kind, &k) != 1) {
+                b->st = ert_fail(b->err, ERT_INTERNAL, "program: layer %s: kind %d has no op",
+                                 l->name, (int)l->kind);
+                return -1;
+            }
             int out = buf_alloc(b);
             if (out < 0)
                 return -1;
@@ -283,10 +304,7 @@ static int run_list(builder *b, const layer *items, int count, int in, shape3 sh
             last = r->relu_after ? -1 : at;
             break;
         }
-        default:
-            b->st = ert_fail(b->err, ERT_UNSUPPORTED, "program: layer %s: kind %d not supported",
-                             l->name, (int)l->kind);
-            return -1;
+        case LAYER_KIND_COUNT: break; /* refused above */
         }
         shape = l->out;
     }

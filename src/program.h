@@ -96,4 +96,12 @@ ert_status program_build(const ert_model *m, const plan *p, ert_mode mode, const
 
 void program_free(program *prog);
 
+/* The op a layer of kind k compiles to: 1 and *op (an activation: OP_ACT,
+ * or fused into the op before it; residual: OP_ADD after the branches' ops,
+ * or the join fused into the body's last conv), 0 for a kind that compiles
+ * to no op (flatten; batchnorm2d and dropout, removed at load), -1 for a
+ * value that is not a layer kind. The one table program_build reads;
+ * tests/unit/test_layer_kinds.c checks it against models/FORMAT.md. */
+int program_layer_op(layer_kind k, prog_op_kind *op);
+
 #endif /* ERT_PROGRAM_H */

@@ -54,8 +54,20 @@ static uint64_t layer_params(const layer *ly)
         uint64_t D = (uint64_t)p->dim;
         return (uint64_t)p->vocab * D + (uint64_t)p->pos_len * D + (p->segment ? D : 0);
     }
-    default: return 0;
+    case LAYER_BATCHNORM2D: /* folded into its conv at load */
+    case LAYER_RELU:
+    case LAYER_MAXPOOL2D:
+    case LAYER_AVGPOOL2D:
+    case LAYER_GLOBAL_AVGPOOL:
+    case LAYER_FLATTEN:
+    case LAYER_DROPOUT:
+    case LAYER_SIGMOID:
+    case LAYER_GELU:
+    case LAYER_TANH:
+    case LAYER_TOKEN_POOL:
+    case LAYER_KIND_COUNT: return 0; /* no parameters */
     }
+    return 0; /* not a layer kind: the loader makes none */
 }
 
 static uint64_t list_params(const layer_list *l)
@@ -119,7 +131,15 @@ static void layer_detail(const layer *ly, char *buf, size_t len)
     case LAYER_TOKEN_POOL:
         snprintf(buf, len, "%s", ly->p.token_pool == TOKEN_POOL_MEAN ? "mean" : "first");
         break;
-    default: break;
+    case LAYER_BATCHNORM2D:
+    case LAYER_RELU:
+    case LAYER_GLOBAL_AVGPOOL:
+    case LAYER_FLATTEN:
+    case LAYER_DROPOUT:
+    case LAYER_SIGMOID:
+    case LAYER_GELU:
+    case LAYER_TANH:
+    case LAYER_KIND_COUNT: break; /* nothing to detail */
     }
 }
 
