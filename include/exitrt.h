@@ -373,11 +373,16 @@ ERT_API ERT_NODISCARD ert_status ert_plugin_dir_set(const char *dir, ert_error *
  *   ert_stream_poll(s, res, NULL, max, &got);       // finished samples
  *   ert_stream_free(s);
  *
- * Results: each sample gets exactly the exit, class, score and logits that
- * ert_infer gives for it on the same engine in ERT_MODE_MASKED (or, for an
- * engine in ERT_MODE_FULL, the final head's): bit for bit on the CPU backend,
- * to float rounding on CUDA. Results come back in the order samples finish,
- * which is not the order they were submitted in; ids tell them apart.
+ * Results: each sample gets the exit, class, score and logits that ert_infer
+ * gives for it on the same engine in ERT_MODE_MASKED (or, for an engine in
+ * ERT_MODE_FULL, the final head's): bit for bit where the engine's modes
+ * agree bit for bit (ert_engine_note says which: a CPU engine whose
+ * libraries round a row alike wherever it sits in a call); elsewhere (CUDA,
+ * and a CPU whose BLAS or oneDNN kernels round a row by its place in a call)
+ * to float rounding, so a sample whose score lies within rounding of a
+ * threshold may leave at another exit. Results come back in the order
+ * samples finish, which is not the order they were submitted in; ids tell
+ * them apart.
  *
  * Scheduling (the rule is in src/stream.c's header comment): a stage runs
  * when its queue holds a full batch; a partial batch runs only on
@@ -492,7 +497,9 @@ typedef struct ert_stream_stats {
                                              that entered it */
     uint64_t stage_runs[ERT_MAX_EXITS];         /* stage runs ... */
     uint64_t stage_partial_runs[ERT_MAX_EXITS]; /* ... of them with < batch rows */
-    uint64_t padding_rows;                      /* rows computed beyond the real ones (0 today) */
+    uint64_t padding_rows;                      /* always 0: stage runs are never padded to a
+                                                   bucket (ert_batch_result's padding_rows);
+                                                   kept for the ABI */
     uint64_t macs_executed;                     /* multiply-accumulates run, padding included */
     uint64_t macs_ideal;                        /* the ideal early-exit cost of the finished
                                  samples' exits (plan.h); equals macs_executed

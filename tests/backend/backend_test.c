@@ -1,6 +1,7 @@
 /* backend_test.c - see backend_test.h. */
 #include "backend_test.h"
 #include "engine_core.h"
+#include "exact.h"
 #include "tolerance.h"
 
 #include <criterion/criterion.h>
@@ -39,7 +40,7 @@ ert_engine *tb_engine_on(ert_model *m, ert_backend be, ert_mode mode, int max_ba
     return fx_engine(m, &cfg);
 }
 
-int tb_exact(const ert_engine *e) { return e->exact_modes; }
+int tb_exact(const ert_engine *e) { return exact_engine(e); }
 
 int tb_note_is(const ert_engine *e, const char *prefix)
 {

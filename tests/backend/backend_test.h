@@ -33,8 +33,10 @@ ert_engine *tb_engine(ert_model *m, ert_mode mode, int max_batch);
 ert_engine *tb_engine_on(ert_model *m, ert_backend be, ert_mode mode, int max_batch,
                          int graph_buckets, int inflight);
 
-/* Whether the engine's modes agree bit for bit (its note says so): the CPU
- * backend where its libraries round a row alike wherever it sits. */
+/* Whether the tests require the engine's modes, refill stages and streams
+ * to agree bit for bit: the expectation of tests/common/exact.h (the CPU
+ * backend where its libraries round a row alike wherever it sits), not the
+ * engine's own probe, which this checks against it (exact_engine). */
 int tb_exact(const ert_engine *e);
 
 /* Whether the engine's note (ert_engine_note) starts with prefix. */

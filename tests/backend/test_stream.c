@@ -3,11 +3,12 @@
  *
  * The property: whatever the submission pattern, queue size, batch,
  * deadline and schedule, every sample comes back exactly once with what
- * ert_infer in MASKED mode gives it on the same engine: bit for bit on the
- * CPU (batch-invariant, cpu/cpu_ops.h), on CUDA with the modes' tolerance and
- * exits equal except within rounding of a threshold. And the counters add
- * up: rows run per stage = rows entering it, MACs = the ideal MACs of the
- * exits taken (plus padding, none today). */
+ * ert_infer in MASKED mode gives it on the same engine: bit for bit where
+ * tests/common/exact.h requires it (the CPU with batch-invariant libraries,
+ * cpu/cpu_ops.h), elsewhere with the modes' tolerance and exits equal
+ * except within rounding of a threshold. And the counters add up: rows run
+ * per stage = rows entering it, MACs = the ideal MACs of the exits taken
+ * (no padding: padding_rows is always 0). */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "exact.h"
 #include "fixtures.h"
 #include "refill_bench.h"
 
@@ -32,7 +33,7 @@ Test(refill_bench, matches_masked_and_adds_up)
         cr_assert_eq(
             refill_bench_run(e, x, n, per, 16, -1.0, (ert_stream_schedule)sched, got, &rr, &err),
             ERT_OK, "%s", err.msg);
-        if (e->exact_modes) {
+        if (exact_engine(e)) {
             cr_assert(memcmp(want, got, sizeof *got * n) == 0, "refill differs from MASKED");
         } else { /* rounding may move a sample sitting on a threshold */
             size_t same = 0;
