@@ -72,16 +72,28 @@ void op_layer_norm(const norm_params *p, shape3 s, const float *in, int n, float
     }
 }
 
-/* GELU over len floats, in blocks spread over the team (vmath.h's
- * ert_v_gelu, which the compiler vectorises). */
+/* GELU over [lo, hi): vmath.h's ert_v_gelu, which the compiler
+ * vectorises; with GCC on x86-64, also built for AVX-512 and AVX2 (with
+ * FMA), the CPU picking one at load time (so on one machine every call
+ * rounds alike). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+static void
+gelu_range(const float *in, float *out, size_t lo, size_t hi)
+{
+    for (size_t i = lo; i < hi; i++)
+        out[i] = ert_v_gelu(in[i]);
+}
+
+/* GELU over len floats, in blocks spread over the team. */
 static void gelu_par(const float *in, float *out, size_t len, int threads)
 {
     const size_t blk = 4096, nblk = (len + blk - 1) / blk;
-    ERT_OMP("omp parallel for schedule(static) num_threads(threads) if(nblk > 1)")
+    ERT_OMP("omp parallel for schedule(dynamic, 1) num_threads(threads) if(nblk > 1)")
     for (size_t b = 0; b < nblk; b++) {
         const size_t lo = b * blk, hi = len - lo < blk ? len : lo + blk;
-        for (size_t i = lo; i < hi; i++)
-            out[i] = ert_v_gelu(in[i]);
+        gelu_range(in, out, lo, hi);
     }
     (void)threads;
 }
@@ -141,7 +153,7 @@ void op_patch_embed(const patch_params *p, shape3 in_s, shape3 out_s, const floa
     if (par && blas != 1)
         openblas_set_num_threads(1);
 #endif
-    ERT_OMP("omp parallel for schedule(static) num_threads(threads) if(par)")
+    ERT_OMP("omp parallel for schedule(dynamic, 1) num_threads(threads) if(par)")
     for (int i = 0; i < n; i++) {
         float *conv = scratch, *col;
 #ifdef _OPENMP
@@ -227,13 +239,11 @@ void op_token_pool(token_pool_mode mode, shape3 in_s, const float *in, int n, fl
  */
 
 /* Attention's blocks: ATT_QB queries against ATT_KB keys at a time. */
-#define ATT_QB 32
-#define ATT_KB 64
-/* kt [d, KB], scores [QB, KB], acc [QB, d], max and sum [QB] each, and
- * the key block's mask [KB] */
-#define ATT_FLOATS(d)                                                                           \
-    ((size_t)(d)*ATT_KB + (size_t)ATT_QB * ATT_KB + (size_t)ATT_QB * (size_t)(d) + 2 * ATT_QB + \
-     ATT_KB)
+#define ATT_QB 64
+#define ATT_KB 128
+/* scores [QB, KB], acc [QB, d], max and sum [QB] each, and the key
+ * block's mask [KB] */
+#define ATT_FLOATS(d) ((size_t)ATT_QB * ATT_KB + (size_t)ATT_QB * (size_t)(d) + 2 * ATT_QB + ATT_KB)
 
 /* The tokens of one sample that are computed: up to its last attended one.
  * The padding after it is attended by no token and read by no pooling, so
@@ -390,7 +400,7 @@ static const float *chunk_row(const chunk *c, int i)
 /* x[R, D] = the chunk's live tokens. */
 static void pack(const chunk *c, float *x, int threads)
 {
-    ERT_OMP("omp parallel for schedule(static) num_threads(threads)")
+    ERT_OMP("omp parallel for schedule(dynamic, 4) num_threads(threads)")
     for (int i = 0; i < c->m; i++)
         for (size_t t = 0; t < c->L[i]; t++)
             memcpy(x + (c->off[i] + t) * c->D, chunk_row(c, i) + t * (c->D + 1),
@@ -403,7 +413,7 @@ static void pack(const chunk *c, float *x, int threads)
 static void unpack(const chunk *c, const float *y, int threads)
 {
     const size_t D = c->D, T = c->T;
-    ERT_OMP("omp parallel for schedule(static) num_threads(threads)")
+    ERT_OMP("omp parallel for schedule(dynamic, 4) num_threads(threads)")
     for (int i = 0; i < c->m; i++) {
         float *o = c->out + (size_t)i * T * (D + 1);
         for (size_t t = 0; t < c->L[i]; t++)
@@ -414,22 +424,24 @@ static void unpack(const chunk *c, const float *y, int threads)
 }
 
 /* One head's queries [q0, q0 + nq) of one sample against its L keys,
- * fused: per block of ATT_KB keys, the scores, an online softmax (the
- * running max and sum rescale what came before) and the weighted sum of
- * the values, in ws (ATT_FLOATS(d) floats). Padded keys get no weight and
- * their values are never read (a NaN there, an invalid id at a padded
- * token, cannot spread as 0 * NaN: FORMAT.md, "Token inputs"); a block
- * with no attended key is skipped. No attended key at all: NaN (as
- * PyTorch's key_padding_mask); a NaN score makes its query's row NaN.
+ * fused: per block of ATT_KB keys, the scores (one small GEMM), an online
+ * softmax (the running max and sum rescale what came before) and the
+ * weighted sum of the values (a second GEMM into the accumulator), in ws
+ * (ATT_FLOATS(d) floats). Padded keys get weight 0, and their value rows
+ * were zeroed (attend), so a NaN there (an invalid id at a padded token)
+ * cannot spread as 0 * NaN (FORMAT.md, "Token inputs"); a block with no
+ * attended key is skipped. No attended key at all: NaN (as PyTorch's
+ * key_padding_mask); a NaN score makes its query's row NaN.
  *   qkv  the sample's rows [L, 3D] (q, k, v); mask: key t's mask value at
  *        mask[t * ms]
  *   out  the sample's ctx rows [L, D] (head h's d columns written) */
 static void attend_block(const float *qkv, int D, int d, int h, int L, const float *mask, size_t ms,
                          int q0, int nq, float scale, float *out, float *ws)
 {
-    float *kt = ws, *sc = kt + (size_t)d * ATT_KB, *acc = sc + ATT_QB * ATT_KB;
-    float *mx = acc + (size_t)ATT_QB * d, *sum = mx + ATT_QB, *km = sum + ATT_QB;
-    const size_t ld = 3 * (size_t)D;
+    float *sc = ws, *acc = sc + ATT_QB * ATT_KB, *mx = acc + (size_t)ATT_QB * d;
+    float *sum = mx + ATT_QB, *km = sum + ATT_QB;
+    const int ld = 3 * D;
+    const float *q = qkv + (size_t)q0 * ld + (size_t)h * d;
     for (int i = 0; i < nq; i++) {
         mx[i] = -INFINITY;
         sum[i] = 0.0f;
@@ -438,73 +450,43 @@ static void attend_block(const float *qkv, int D, int d, int h, int L, const flo
     for (int k0 = 0; k0 < L; k0 += ATT_KB) {
         const int nk = L - k0 < ATT_KB ? L - k0 : ATT_KB;
         int any = 0;
-        for (int j = 0; j < ATT_KB; j++) {
-            km[j] = j < nk && mask[(size_t)(k0 + j) * ms] != 0.0f ? 1.0f : 0.0f;
-            any |= km[j] != 0.0f;
+        for (int j = 0; j < nk; j++) {
+            km[j] = mask[(size_t)(k0 + j) * ms] != 0.0f ? 0.0f : -INFINITY;
+            any |= km[j] == 0.0f;
         }
         if (!any)
             continue;
-        /* kt[e, j] = scale * key j's feature e; zero past nk and for
-           padded keys (whose scores are masked anyway) */
-        for (int j = 0; j < ATT_KB; j++) {
-            if (km[j] == 0.0f) {
-                for (int e = 0; e < d; e++)
-                    kt[(size_t)e * ATT_KB + j] = 0.0f;
+        const float *k = qkv + (size_t)k0 * ld + D + (size_t)h * d;
+        const float *v = qkv + (size_t)k0 * ld + 2 * (size_t)D + (size_t)h * d;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, d, scale, q, ld, k, ld, 0.0f,
+                    sc, ATT_KB);
+        for (int i = 0; i < nq; i++) {
+            float *s = sc + (size_t)i * ATT_KB, m = mx[i];
+            for (int j = 0; j < nk; j++) {
+                s[j] = km[j] == 0.0f ? s[j] : -INFINITY; /* padded keys, NaN or not */
+                m = s[j] > m ? s[j] : m;
+            }
+            if (m == -INFINITY) { /* every score -inf so far: nothing to weigh */
+                for (int j = 0; j < nk; j++)
+                    s[j] = 0.0f;
                 continue;
             }
-            const float *k = qkv + (size_t)(k0 + j) * ld + D + (size_t)h * d;
-            for (int e = 0; e < d; e++)
-                kt[(size_t)e * ATT_KB + j] = scale * k[e];
-        }
-        for (int i = 0; i < nq; i++) {
-            const float *q = qkv + (size_t)(q0 + i) * ld + (size_t)h * d;
-            float *s = sc + (size_t)i * ATT_KB;
-            for (int j0 = 0; j0 < ATT_KB; j0 += 16) {
-                float r[16] = {0};
-                for (int e = 0; e < d; e++) {
-                    const float qe = q[e], *kr = kt + (size_t)e * ATT_KB + j0;
-                    for (int j = 0; j < 16; j++)
-                        r[j] += qe * kr[j];
-                }
-                for (int j = 0; j < 16; j++)
-                    s[j0 + j] = km[j0 + j] != 0.0f ? r[j] : -INFINITY;
-            }
-            float part[8];
-            for (int j = 0; j < 8; j++)
-                part[j] = -INFINITY;
-            for (int j0 = 0; j0 < ATT_KB; j0 += 8)
-                for (int j = 0; j < 8; j++)
-                    part[j] = s[j0 + j] > part[j] ? s[j0 + j] : part[j];
-            float m = mx[i];
-            for (int j = 0; j < 8; j++)
-                m = part[j] > m ? part[j] : m;
-            if (m == -INFINITY)
-                continue; /* every score -inf so far: nothing to weigh */
             const float corr = ert_v_exp(mx[i] - m);
-            for (int j = 0; j < ATT_KB; j++)
+            float part = 0.0f;
+            for (int j = 0; j < nk; j++)
                 s[j] = ert_v_exp(s[j] - m); /* -inf: 0; NaN stays */
-            for (int j = 0; j < 8; j++)
-                part[j] = 0.0f;
-            for (int j0 = 0; j0 < ATT_KB; j0 += 8)
-                for (int j = 0; j < 8; j++)
-                    part[j] += s[j0 + j];
-            float bs = ((part[0] + part[4]) + (part[1] + part[5])) +
-                       ((part[2] + part[6]) + (part[3] + part[7]));
-            sum[i] = sum[i] * corr + bs;
+            for (int j = 0; j < nk; j++)
+                part += s[j];
+            sum[i] = sum[i] * corr + part;
             mx[i] = m;
-            float *a = acc + (size_t)i * d;
-            if (corr != 1.0f)
+            if (corr != 1.0f) {
+                float *a = acc + (size_t)i * d;
                 for (int e = 0; e < d; e++)
                     a[e] *= corr;
-            for (int j = 0; j < nk; j++) {
-                if (km[j] == 0.0f)
-                    continue;
-                const float p = s[j],
-                            *v = qkv + (size_t)(k0 + j) * ld + 2 * (size_t)D + (size_t)h * d;
-                for (int e = 0; e < d; e++)
-                    a[e] += p * v[e];
             }
         }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, d, nk, 1.0f, sc, ATT_KB, v, ld,
+                    1.0f, acc, d);
     }
     for (int i = 0; i < nq; i++) {
         float *o = out + (size_t)(q0 + i) * D + (size_t)h * d;
@@ -523,8 +505,22 @@ static void attend(const attention_params *p, const chunk *c, const float *x, fl
     const int D = p->dim, H = p->heads, d = D / H, R = c->R;
     const float scale = (float)(1.0 / sqrt((double)d));
     gemm_par(x, D, p->in_weight, p->in_bias, qkv, 3 * D, R, 3 * D, D, tile, pad, threads);
+    /* a padded key's value row is zeroed (attend_block) */
+    ERT_OMP("omp parallel for schedule(dynamic, 4) num_threads(threads)")
+    for (int i = 0; i < c->m; i++) {
+        const float *mask = chunk_row(c, i) + D;
+        float *v0 = qkv + c->off[i] * 3 * (size_t)D + 2 * (size_t)D;
+        for (size_t t = 0; t < c->L[i]; t++)
+            if (mask[t * ((size_t)D + 1)] == 0.0f)
+                memset(v0 + t * 3 * (size_t)D, 0, sizeof(float) * (size_t)D);
+    }
     const int items = c->work[c->m];
-    ERT_OMP("omp parallel for schedule(dynamic, 1) num_threads(threads)")
+#ifdef _OPENMP
+    const int blas = openblas_get_num_threads(), par = threads > 1 && items > 1;
+    if (par && blas != 1)
+        openblas_set_num_threads(1);
+#endif
+    ERT_OMP("omp parallel for schedule(dynamic, 1) num_threads(threads) if(par)")
     for (int it = 0; it < items; it++) {
         int lo = 0, hi = c->m - 1; /* the sample: work[i] <= it < work[i + 1] */
         while (lo < hi) {
@@ -543,6 +539,10 @@ static void attend(const attention_params *p, const chunk *c, const float *x, fl
                      (size_t)D + 1, q0, L - q0 < ATT_QB ? L - q0 : ATT_QB, scale,
                      ctx + c->off[i] * (size_t)D, ws);
     }
+#ifdef _OPENMP
+    if (par && blas != 1)
+        openblas_set_num_threads(blas);
+#endif
     gemm_par(ctx, D, p->out_weight, p->out_bias, a, D, R, D, D, tile, pad, threads);
 }
 
@@ -580,7 +580,7 @@ static void feed_forward(const encoder_params *p, int R, const float *x, float *
 static void norm_rows(const norm_params *p, const float *x, const float *add, float *y, size_t rows,
                       size_t D, int threads)
 {
-    ERT_OMP("omp parallel for schedule(static) num_threads(threads)")
+    ERT_OMP("omp parallel for schedule(dynamic, 64) num_threads(threads)")
     for (size_t r = 0; r < rows; r++) {
         float *yr = y + r * D;
         if (add) {
@@ -598,7 +598,7 @@ static void norm_rows(const norm_params *p, const float *x, const float *add, fl
 /* y = x + a over len floats (y may be x or a). */
 static void add_par(const float *x, const float *a, float *y, size_t len, int threads)
 {
-    ERT_OMP("omp parallel for schedule(static) num_threads(threads) if(len > 16384)")
+    ERT_OMP("omp parallel for schedule(dynamic, 8192) num_threads(threads) if(len > 16384)")
     for (size_t k = 0; k < len; k++)
         y[k] = x[k] + a[k];
     (void)threads;
