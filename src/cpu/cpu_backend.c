@@ -46,6 +46,7 @@ typedef struct cpu_ctx {
     int tile_rows;         /* linear GEMM tile (ops.h) */
     int tok_tile;          /* the transformer ops' GEMM tile (tx_ops.h) */
     int tok_threads;       /* their OpenMP team (tx_ops.h) */
+    int tx_team;           /* the model has transformer layers and that team has > 1 thread */
     int has_dnnl;          /* the oneDNN path is there */
     unsigned char *finite; /* [max_batch] a row's input is finite (oneDNN path) */
     int *ids;              /* [max_batch] a group's rows (the two paths) */
@@ -179,6 +180,7 @@ static ert_status cpu_create(ert_engine *e, void **out)
     }
     if (tx > c->col_cap)
         c->col_cap = tx;
+    c->tx_team = tx > 0 && c->tok_threads > 1;
     for (int i = 0; i < 4; i++)
         c->act[i] = malloc(sizeof(float) * (c->act_cap ? c->act_cap : 1));
     c->col = malloc(sizeof(float) * (c->col_cap ? c->col_cap : 1));
@@ -343,16 +345,22 @@ static void write_row(const ert_engine *e, ert_result *out, int sample, int s, c
 }
 
 /* The engine's thread count for the libraries it drives (0: their default). */
+/* A model with transformer layers runs its blocks on the OpenMP team
+ * (tx_ops.h) with OpenBLAS at one thread inside it; its other BLAS calls
+ * (the heads' linear layers) stay at one thread too, so that OpenBLAS's
+ * own pool never wakes beside the team's threads. */
 static void set_threads(const ert_engine *e, const cpu_ctx *c)
 {
+    if (c->tx_team)
+        openblas_set_num_threads(1);
     if (e->cfg.threads <= 0)
         return;
 #ifdef ERT_HAVE_DNNL
     if (c->dx)
         dx_set_threads(e->cfg.threads);
 #endif
-    (void)c;
-    openblas_set_num_threads(e->cfg.threads);
+    if (!c->tx_team)
+        openblas_set_num_threads(e->cfg.threads);
 }
 
 /* ---- one call ------------------------------------------------------------------------- */

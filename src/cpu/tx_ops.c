@@ -1,19 +1,18 @@
 /* tx_ops.c - the CPU ops of the transformer layers (tx_ops.h).
  *
- * The matrix products go through the BLAS (cblas_sgemm), one sample at a
- * time: every call has a shape fixed by the layer (T token rows), so a
- * sample's result does not depend on the batch it runs in and the modes
- * agree as they do for the other layers (cpu_ops.h, "Batch invariance").
- * A token row's features sit at stride D + 1 (the mask column follows
- * them); the BLAS reads them with lda = D + 1 and never touches the mask.
- * Sums that set a whole row's scale (layer norm's mean and variance, the
- * softmax's denominator) accumulate in double.
+ * The matrix products go through the BLAS (cblas_sgemm) in calls whose
+ * shapes are fixed by the layer (a tile of rows, a block of columns; for
+ * attention, a block of one sample's queries and keys), so a sample's
+ * result does not depend on the batch it runs in and the modes agree as
+ * they do for the other layers (cpu_ops.h, "Batch invariance"). Layer
+ * norm's mean and variance accumulate in double; attention's softmax is
+ * online (a running max and sum per query over blocks of keys), in float.
+ * GELU, exp and erf are vmath.h's vectorisable ones.
  *
  * Attention and the encoder block compute a sample's tokens up to its last
  * attended one (live_tokens): the padding after it changes no attended
- * token and no pooled vector, so its features are written as zeros. The
- * GEMM shapes then depend on the sample's own length, still not on the
- * batch. MAC counts (FORMAT.md) stay those of all T tokens.
+ * token and no pooled vector, so its features are written as zeros. MAC
+ * counts (FORMAT.md) stay those of all T tokens.
  */
 #include "cpu/tx_ops.h"
 
