@@ -176,8 +176,9 @@ def build(a, w, rng):
             name = f"exit{b + 1}" if b + 1 < L else "final"
             heads.append(vit_head(w, name, D, K, b, L, eps))
         inp = {"shape": [C, S, S]}
+    after = range(L - 1) if not a.exits else [int(v) - 1 for v in a.exits.split(",")]
     exits = [{"name": f"exit{b + 1}", "after": f"block{b + 1}", "head": heads[b],
-              "policy": {"type": "entropy", "threshold": 0.3}} for b in range(L - 1)]
+              "policy": {"type": "entropy", "threshold": 0.3}} for b in after]
     return inp, backbone, exits, {"name": "final", "head": heads[-1]}, T
 
 
@@ -203,6 +204,9 @@ def main():
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--exits", default="",
+                    help="the blocks with an early exit after them, e.g. 2,4 (default: "
+                         "every block but the last)")
     ap.add_argument("--full-length", action="store_true",
                     help="bert: every sequence T tokens long (no padding)")
     for k in ("blocks", "dim", "heads", "ffn", "tokens", "vocab", "classes", "image", "patch"):
@@ -223,6 +227,8 @@ def main():
         sys.exit(f"make_encoder: --heads {a.heads} does not divide --dim {a.dim}")
     if not 2 <= a.blocks <= 16:
         sys.exit("make_encoder: --blocks must be 2..16 (an exit after each, 16 exits at most)")
+    if a.exits and not all(v.isdigit() and 1 <= int(v) < a.blocks for v in a.exits.split(",")):
+        sys.exit(f"make_encoder: --exits {a.exits}: blocks 1..{a.blocks - 1}, comma-separated")
 
     rng = np.random.default_rng(a.seed)
     w = Weights(rng)

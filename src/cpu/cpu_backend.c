@@ -29,6 +29,9 @@
 #ifdef ERT_HAVE_DNNL
 #include "cpu/dnnl.h"
 #endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 typedef struct cpu_ctx {
     float *act[4];
@@ -42,6 +45,8 @@ typedef struct cpu_ctx {
     int conv_batched;
     int tile_rows;         /* linear GEMM tile (ops.h) */
     int tok_tile;          /* the transformer ops' GEMM tile (tx_ops.h) */
+    int tok_threads;       /* their OpenMP team (tx_ops.h) */
+    int tx_team;           /* the model has transformer layers and that team has > 1 thread */
     int has_dnnl;          /* the oneDNN path is there */
     unsigned char *finite; /* [max_batch] a row's input is finite (oneDNN path) */
     int *ids;              /* [max_batch] a group's rows (the two paths) */
@@ -148,6 +153,11 @@ static ert_status cpu_create(ert_engine *e, void **out)
     c->tile_rows = linear_tile_rows(e->cfg.max_batch);
     /* one sample at a time: the chunk's own row count is the sample's */
     c->tok_tile = e->cfg.max_batch == 1 ? 0 : TX_TILE_ROWS;
+#ifdef _OPENMP
+    c->tok_threads = e->cfg.threads > 0 ? e->cfg.threads : omp_get_max_threads();
+#else
+    c->tok_threads = 1; /* no OpenMP: the ops run on the calling thread */
+#endif
     size_t col_row, tile;
     if (!size_mul(p->max_act, B, &c->act_cap) || !size_add(p->max_col, p->max_act, &col_row) ||
         !size_mul(col_row, CONV_CHUNK_MAX, &c->col_cap) ||
@@ -159,16 +169,18 @@ static ert_status cpu_create(ert_engine *e, void **out)
     }
     if (tile > c->col_cap)
         c->col_cap = tile;
-    /* the transformer layers' scratch (tx_ops.h): one sample's at a time */
-    size_t tx = tx_list_scratch(&e->model->backbone);
+    /* the transformer layers' scratch (tx_ops.h): one chunk's at a time */
+    const int tt = c->tok_threads;
+    size_t tx = tx_list_scratch(&e->model->backbone, tt);
     for (int x = 0; x < e->model->num_exits; x++) {
-        size_t h = tx_list_scratch(&e->model->exits[x].head);
-        size_t cf = tx_list_scratch(&e->model->exits[x].confidence);
+        size_t h = tx_list_scratch(&e->model->exits[x].head, tt);
+        size_t cf = tx_list_scratch(&e->model->exits[x].confidence, tt);
         tx = h > tx ? h : tx;
         tx = cf > tx ? cf : tx;
     }
     if (tx > c->col_cap)
         c->col_cap = tx;
+    c->tx_team = tx > 0 && c->tok_threads > 1;
     for (int i = 0; i < 4; i++)
         c->act[i] = malloc(sizeof(float) * (c->act_cap ? c->act_cap : 1));
     c->col = malloc(sizeof(float) * (c->col_cap ? c->col_cap : 1));
@@ -215,7 +227,8 @@ static ops_ws ws_without(const cpu_ctx *c, const float *busy)
                  .col_cap = c->col_cap,
                  .conv_batched = c->conv_batched,
                  .tile_rows = c->tile_rows,
-                 .tok_tile = c->tok_tile};
+                 .tok_tile = c->tok_tile,
+                 .threads = c->tok_threads};
     int k = 0;
     for (int i = 0; i < 4; i++)
         if (c->act[i] != busy && k < 3)
@@ -332,16 +345,22 @@ static void write_row(const ert_engine *e, ert_result *out, int sample, int s, c
 }
 
 /* The engine's thread count for the libraries it drives (0: their default). */
+/* A model with transformer layers runs its blocks on the OpenMP team
+ * (tx_ops.h) with OpenBLAS at one thread inside it; its other BLAS calls
+ * (the heads' linear layers) stay at one thread too, so that OpenBLAS's
+ * own pool never wakes beside the team's threads. */
 static void set_threads(const ert_engine *e, const cpu_ctx *c)
 {
+    if (c->tx_team)
+        openblas_set_num_threads(1);
     if (e->cfg.threads <= 0)
         return;
 #ifdef ERT_HAVE_DNNL
     if (c->dx)
         dx_set_threads(e->cfg.threads);
 #endif
-    (void)c;
-    openblas_set_num_threads(e->cfg.threads);
+    if (!c->tx_team)
+        openblas_set_num_threads(e->cfg.threads);
 }
 
 /* ---- one call ------------------------------------------------------------------------- */

@@ -92,14 +92,14 @@ static const float *run_range(const layer *items, int count, const float *cur, i
         case LAYER_AVGPOOL2D: op_avgpool2d(&L->p.pool, L->in, cur, n, dst); break;
         case LAYER_GLOBAL_AVGPOOL: op_global_avgpool(L->in, cur, n, dst); break;
         case LAYER_PATCH_EMBED:
-            op_patch_embed(&L->p.patch, L->in, L->out, cur, n, dst, ws->col);
+            op_patch_embed(&L->p.patch, L->in, L->out, cur, n, dst, ws->col, ws->threads);
             break;
         case LAYER_TOKEN_EMBED: op_token_embed(&L->p.embed, L->in.h, cur, n, dst); break;
         case LAYER_SELF_ATTENTION:
-            op_self_attention(&L->p.attn, L->in, cur, n, dst, ws->col, ws->tok_tile);
+            op_self_attention(&L->p.attn, L->in, cur, n, dst, ws->col, ws->tok_tile, ws->threads);
             break;
         case LAYER_ENCODER_BLOCK:
-            op_encoder_block(&L->p.enc, L->in, cur, n, dst, ws->col, ws->tok_tile);
+            op_encoder_block(&L->p.enc, L->in, cur, n, dst, ws->col, ws->tok_tile, ws->threads);
             break;
         case LAYER_TOKEN_POOL: op_token_pool(L->p.token_pool, L->in, cur, n, dst); break;
         default: continue; /* unreachable: every kind is handled above */

@@ -20,6 +20,7 @@ typedef struct ops_ws {
     int conv_batched; /* op_conv2d's `batched` */
     int tile_rows;    /* op_linear's t */
     int tok_tile;     /* the transformer ops' GEMM tile (tx_ops.h) */
+    int threads;      /* the transformer ops' team (tx_ops.h); col holds their scratch for it */
 } ops_ws;
 
 /* Runs the layers of `list` on n rows.

@@ -7,6 +7,7 @@
  * Within tolerance.h's rule (tol_logit_ok, each token's features a row);
  * NaN where the reference has NaN, and only there. */
 #include <criterion/criterion.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -16,6 +17,7 @@
 #include "act.h"
 #include "cpu/cpu_ops.h"
 #include "cpu/tx_ops.h"
+#include "cpu/vmath.h"
 #include "exact.h"
 #include "model_writer.h"
 #include "tolerance.h"
@@ -333,6 +335,73 @@ Test(tx_ops, gelu_is_exact_not_tanh_approximation)
     cr_assert(fabsf(y - 0.8413447f) < 2e-6f, "gelu(1) = %.9g", y);
 }
 
+/* Ulps of y's magnitude in float (the smallest normal's below it). */
+static double ulp_of(double y)
+{
+    float f = (float)fabs(y);
+    if (f < FLT_MIN)
+        f = FLT_MIN;
+    return (double)(nextafterf(f, INFINITY) - f);
+}
+
+/* vmath.h's stated bounds, against double exp and erf on every 2^-10 step
+ * of [-100, 100] plus points next to the branches: exp within 2 ulp, erf
+ * within 3 ulp (or 2^-26 absolute), the GELU within 8 ulp (or 2^-30
+ * absolute) of the exact x (1 + erf(x / sqrt 2)) / 2 in double. For
+ * contrast, the float formula with erff loses all relative accuracy for x
+ * below -5 (1 + erff cancels); erfc's form here does not. */
+Test(tx_ops, vmath_bounds)
+{
+    double we = 0, wr = 0, wg = 0;
+    float ae = 0, ar = 0, ag = 0;
+    for (int k = -102400; k <= 102400; k++) {
+        for (int nb = -1; nb <= 1; nb++) {
+            float x = (float)k / 1024.0f;
+            x = nb < 0 ? nextafterf(x, -INFINITY) : nb > 0 ? nextafterf(x, INFINITY) : x;
+            double xd = x, e = exp(xd), r = erf(xd), g = 0.5 * xd * erfc(-xd / sqrt(2.0));
+            if (x >= -87.33f && e < FLT_MAX) { /* below: 0, by design */
+                double u = fabs((double)ert_v_exp(x) - e) / ulp_of(e);
+                if (u > we)
+                    we = u, ae = x;
+            }
+            double dr = fabs((double)ert_v_erf(x) - r), ur = dr <= 0x1p-26 ? 0 : dr / ulp_of(r);
+            if (ur > wr)
+                wr = ur, ar = x;
+            double dg = fabs((double)ert_v_gelu(x) - g), ug = dg <= 0x1p-30 ? 0 : dg / ulp_of(g);
+            if (ug > wg)
+                wg = ug, ag = x;
+        }
+    }
+    cr_assert_leq(we, 2.0, "exp: %.2f ulp at %.9g", we, ae);
+    cr_assert_leq(wr, 3.0, "erf: %.2f ulp at %.9g", wr, ar);
+    cr_assert_leq(wg, 8.0, "gelu: %.2f ulp at %.9g", wg, ag);
+    /* op_gelu, as the ops run it (on x86-64 GCC builds, the AVX-512 or
+       AVX2 build of the loop, with FMA), within the same bound */
+    const size_t N = 204801;
+    float *xs = tmalloc(sizeof(float) * N), *ys = tmalloc(sizeof(float) * N);
+    for (size_t i = 0; i < N; i++)
+        xs[i] = ((float)i - 102400.0f) / 1024.0f;
+    op_gelu(xs, ys, N);
+    for (size_t i = 0; i < N; i++) {
+        double xd = xs[i], g = 0.5 * xd * erfc(-xd / sqrt(2.0)), dg = fabs((double)ys[i] - g);
+        cr_assert(dg <= 0x1p-30 || dg <= 8.0 * ulp_of(g), "op_gelu(%.9g) = %.9g, exact %.9g", xs[i],
+                  ys[i], g);
+    }
+    /* the limits, and NaN */
+    cr_assert_eq(ert_v_exp(-INFINITY), 0.0f);
+    cr_assert(isinf(ert_v_exp(INFINITY)) && isnan(ert_v_exp(NAN)));
+    cr_assert(ert_v_erf(INFINITY) == 1.0f && ert_v_erf(-INFINITY) == -1.0f);
+    cr_assert(isnan(ert_v_erf(NAN)) && isnan(ert_v_gelu(NAN)));
+    cr_assert(isinf(ert_v_gelu(INFINITY)) && ert_v_gelu(-INFINITY) == 0.0f);
+    cr_assert_eq(ert_v_gelu(0.0f), 0.0f);
+    /* within a few ulp of glibc's erff too, where erf is not tiny */
+    for (int k = -4000; k <= 4000; k++) {
+        float x = (float)k / 1000.0f, want = erff(x);
+        cr_assert_leq(fabsf(ert_v_erf(x) - want), 4.0f * (float)ulp_of(want) + 0x1p-26f,
+                      "erf(%g): %.9g, erff %.9g", x, ert_v_erf(x), want);
+    }
+}
+
 /* ---- token_embed ---------------------------------------------------------------- */
 
 Test(tx_ops, token_embed)
@@ -428,8 +497,8 @@ Test(tx_ops, patch_embed)
                            .pos = pos ? rnd_normal((size_t)T * D, 0.0f, 1.0f) : NULL};
         float *x = rnd_normal((size_t)n * shape_size(in), 0.0f, 1.0f);
         float *y = filled((size_t)n * T * (D + 1), -777.0f);
-        float *scratch = filled(patch_scratch_floats(&l.p.patch, in) + 1, -777.0f);
-        op_patch_embed(&l.p.patch, in, l.out, x, n, y, scratch);
+        float *scratch = filled(2 * patch_scratch_floats(&l.p.patch, in) + 1, -777.0f);
+        op_patch_embed(&l.p.patch, in, l.out, x, n, y, scratch, 2);
         char what[96];
         snprintf(what, sizeof what, "patch_embed C %d %dx%d patch %dx%d D %d cls %d pos %d", C, H,
                  W, ph, pw, D, cls, pos);
@@ -482,8 +551,8 @@ static long run_attention(const layer *l, const float *x, int n, int tile, const
 {
     int T = shape_tokens(l->in), D = shape_dim(l->in);
     size_t len = (size_t)n * T * (D + 1);
-    float *y = filled(len, -777.0f), *scratch = filled(tx_scratch_floats(l) + 1, NAN);
-    op_self_attention(&l->p.attn, l->in, x, n, y, scratch, tile);
+    float *y = filled(len, -777.0f), *scratch = filled(tx_scratch_floats(l, 2) + 1, NAN);
+    op_self_attention(&l->p.attn, l->in, x, n, y, scratch, tile, 2);
     long nans = check_rows(l, x, n, y, T, D + 1, what);
     check_mask_copied(x, y, n, T, D, what);
     tfree(y);
@@ -500,12 +569,13 @@ Test(tx_ops, self_attention)
         int T = it < 4 ? 1 : 1 + rnd_int(17), n = 1 + rnd_int(5);
         layer l = make_layer(LAYER_SELF_ATTENTION, tok_shape(T, D), tok_shape(T, D));
         l.p.attn = make_attn(D, H);
-        cr_assert_gt(tx_scratch_floats(&l), 0);
+        cr_assert_gt(tx_scratch_floats(&l, 2), 0);
         float *x = token_rows(n, T, D, -1);
         char what[80];
         int tile = TILES[it % 3];
         snprintf(what, sizeof what, "self_attention T %d D %d H %d n %d tile %d", T, D, H, n, tile);
-        cr_assert_eq(run_attention(&l, x, n, tile, what), 0, "%s: NaN without a reason", what);
+        long want = T == 300 ? 128L * D : 0;
+        cr_assert_eq(run_attention(&l, x, n, tile, what), want, "%s: NaN without a reason", what);
         tfree(x);
     }
 }
@@ -536,10 +606,10 @@ Test(tx_ops, self_attention_padding_and_nan)
 
     size_t len = (size_t)n * T * (D + 1);
     float *y = tmalloc(sizeof(float) * len), *y2 = tmalloc(sizeof(float) * len);
-    float *scratch = tmalloc(sizeof(float) * (tx_scratch_floats(&l) + 1));
+    float *scratch = tmalloc(sizeof(float) * (tx_scratch_floats(&l, 2) + 1));
     cr_assert(y && y2 && scratch);
-    op_self_attention(&l.p.attn, l.in, x, n, y, scratch, 3);
-    op_self_attention(&l.p.attn, l.in, x2, n, y2, scratch, 3);
+    op_self_attention(&l.p.attn, l.in, x, n, y, scratch, 3, 2);
+    op_self_attention(&l.p.attn, l.in, x2, n, y2, scratch, 3, 2);
     for (int t = 0; t < T; t++) {
         if (t == 4)
             continue; /* the padded token's own output changes with its query */
@@ -553,7 +623,7 @@ Test(tx_ops, self_attention_padding_and_nan)
        a call of one shape (the tile fixes the shape) */
     float *one = tmalloc(sizeof(float) * (size_t)T * (D + 1));
     cr_assert_not_null(one);
-    op_self_attention(&l.p.attn, l.in, x, 1, one, scratch, 3);
+    op_self_attention(&l.p.attn, l.in, x, 1, one, scratch, 3, 2);
     if (exact_blas())
         cr_assert(memcmp(one, y, sizeof(float) * (size_t)T * (D + 1)) == 0);
     else
@@ -566,6 +636,43 @@ Test(tx_ops, self_attention_padding_and_nan)
     tfree(y2);
     tfree(one);
     tfree(scratch);
+}
+
+/* Sequences longer than attention's blocks of queries and keys (64 and 128
+ * in tx_ops.c): several blocks each, a whole block of padded keys (which
+ * the online softmax skips), padding after the last attended token, a
+ * sample attending to one token only, and to its last token only. */
+Test(tx_ops, self_attention_long)
+{
+    rng_seed(15);
+    const int Ts[3] = {65, 150, 300};
+    for (int it = 0; it < 6; it++) {
+        const int T = Ts[it % 3], D = it < 3 ? 8 : 12, H = it < 3 ? 2 : 3, n = 4;
+        layer l = make_layer(LAYER_SELF_ATTENTION, tok_shape(T, D), tok_shape(T, D));
+        l.p.attn = make_attn(D, H);
+        float *x = token_rows(n, T, D, -1);
+        for (int t = 0; t < T; t++) {
+            float *m1 = x + (size_t)1 * T * (D + 1) + (size_t)t * (D + 1) + D;
+            float *m2 = x + (size_t)2 * T * (D + 1) + (size_t)t * (D + 1) + D;
+            float *m3 = x + (size_t)3 * T * (D + 1) + (size_t)t * (D + 1) + D;
+            if (t >= 128 && t < 256) { /* sample 1: keys 128..255 padded, */
+                *m1 = 0.0f;
+                if (T == 300) /* NaN there (an invalid id): only their own outputs NaN */
+                    for (int e = 0; e < D; e++)
+                        m1[e - D] = NAN;
+            }
+            if (t > T - 10) /* and the tail */
+                *m1 = 0.0f;
+            *m2 = t == 40 ? 1.0f : 0.0f;    /* sample 2: one token */
+            *m3 = t == T - 1 ? 1.0f : 0.0f; /* sample 3: the last one */
+        }
+        char what[80];
+        int tile = TILES[it % 3];
+        snprintf(what, sizeof what, "long self_attention T %d D %d H %d tile %d", T, D, H, tile);
+        long want = T == 300 ? 128L * D : 0;
+        cr_assert_eq(run_attention(&l, x, n, tile, what), want, "%s: NaN without a reason", what);
+        tfree(x);
+    }
 }
 
 /* ---- encoder_block -------------------------------------------------------------- */
@@ -582,9 +689,9 @@ static void encoder_cases(int norm_first, int act, uint64_t seed)
         size_t len = (size_t)n * T * (D + 1);
         int padded = n > 1 ? n - 1 : -1;
         float *x = token_rows(n, T, D, padded);
-        float *y = filled(len, -777.0f), *scratch = filled(tx_scratch_floats(&l) + 1, NAN);
+        float *y = filled(len, -777.0f), *scratch = filled(tx_scratch_floats(&l, 2) + 1, NAN);
         int tile = TILES[it % 3];
-        op_encoder_block(&l.p.enc, l.in, x, n, y, scratch, tile);
+        op_encoder_block(&l.p.enc, l.in, x, n, y, scratch, tile, 2);
         char what[128];
         snprintf(what, sizeof what, "encoder_block %s %s T %d D %d H %d F %d n %d tile %d",
                  norm_first ? "pre-LN" : "post-LN", act == ERT_ACT_GELU ? "gelu" : "relu", T, D, H,
@@ -606,13 +713,21 @@ Test(tx_ops, encoder_post_ln_relu) { encoder_cases(0, ERT_ACT_RELU, 13); }
 
 Test(tx_ops, scratch_sizes)
 {
-    /* other layers need none; the token layers' needs grow with T and D */
+    /* other layers need none; the token layers' needs grow with T and D,
+       linearly in T (fused attention keeps no T x T scores) */
     layer l = make_layer(LAYER_LINEAR, (shape3){4, 1, 1, 0}, (shape3){4, 1, 1, 0});
-    cr_assert_eq(tx_scratch_floats(&l), 0);
+    cr_assert_eq(tx_scratch_floats(&l, 2), 0);
     rng_seed(14);
     layer a = make_layer(LAYER_SELF_ATTENTION, tok_shape(4, 8), tok_shape(4, 8));
     a.p.attn = make_attn(8, 2);
     layer b = a;
-    b.in = b.out = tok_shape(16, 8);
-    cr_assert_gt(tx_scratch_floats(&b), tx_scratch_floats(&a));
+    b.in = b.out = tok_shape(TX_CHUNK_TOKENS * 2, 8);
+    cr_assert_gt(tx_scratch_floats(&b, 2), tx_scratch_floats(&a, 2));
+    layer c = a;
+    c.in = c.out = tok_shape(65536, 8);
+    size_t sb = tx_scratch_floats(&b, 2), sc = tx_scratch_floats(&c, 2);
+    cr_assert_leq(sc, sb * 9, "T %d: %zu floats, T %d: %zu", 65536, sc, TX_CHUNK_TOKENS * 2, sb);
+    cr_assert_lt(sc, (size_t)65536 * 1024, "T 65536, D 8: %zu scratch floats", sc);
+    /* a bigger team needs more (each thread's attention block), not much */
+    cr_assert_gt(tx_scratch_floats(&a, 4), tx_scratch_floats(&a, 2));
 }
