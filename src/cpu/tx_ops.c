@@ -36,6 +36,28 @@
 #define ERT_OMP(x)
 #endif
 
+/* While the team makes BLAS calls in parallel, OpenBLAS runs at one thread
+ * (its own pool would otherwise wake beside the team). Returns the thread
+ * count to give back with blas_restore, 0 where nothing was changed. */
+static int blas_solo(int par)
+{
+#ifdef _OPENMP
+    const int blas = openblas_get_num_threads();
+    if (par && blas != 1) {
+        openblas_set_num_threads(1);
+        return blas;
+    }
+#endif
+    (void)par;
+    return 0;
+}
+
+static void blas_restore(int blas)
+{
+    if (blas)
+        openblas_set_num_threads(blas);
+}
+
 /* ---- rows ------------------------------------------------------------------ */
 
 /* y = layer_norm(x) over d values. x and y may be the same. */
@@ -147,11 +169,7 @@ void op_patch_embed(const patch_params *p, shape3 in_s, shape3 out_s, const floa
     const size_t P = (size_t)(in_s.h / c->kh) * (size_t)(in_s.w / c->kw), first = T - P;
     const size_t per = patch_scratch_floats(p, in_s), col_cap = conv_col_floats(c, in_s, 1);
     threads = team(threads);
-#ifdef _OPENMP
-    const int blas = openblas_get_num_threads(), par = threads > 1 && n > 1;
-    if (par && blas != 1)
-        openblas_set_num_threads(1);
-#endif
+    const int par = threads > 1 && n > 1, blas = blas_solo(par);
     ERT_OMP("omp parallel for schedule(dynamic, 1) num_threads(threads) if(par)")
     for (int i = 0; i < n; i++) {
         float *conv = scratch, *col;
@@ -174,10 +192,7 @@ void op_patch_embed(const patch_params *p, shape3 in_s, shape3 out_s, const floa
             row[D] = 1.0f;
         }
     }
-#ifdef _OPENMP
-    if (par && blas != 1)
-        openblas_set_num_threads(blas);
-#endif
+    blas_restore(blas);
     (void)per;
 }
 
@@ -325,11 +340,7 @@ static void gemm_par(const float *A, int lda, const float *W, const float *bias,
             else
                 memset(pa + (size_t)r * K, 0, sizeof(float) * (size_t)K);
         }
-#ifdef _OPENMP
-    const int blas = openblas_get_num_threads(), par = threads > 1 && items > 1;
-    if (par && blas != 1)
-        openblas_set_num_threads(1);
-#endif
+    const int par = threads > 1 && items > 1, blas = blas_solo(par);
     ERT_OMP("omp parallel for schedule(dynamic, 1) num_threads(threads) if(par)")
     for (int it = 0; it < items; it++) {
         const int t = it / cblocks, n0 = it % cblocks * nb, n = N - n0 < nb ? N - n0 : nb;
@@ -342,10 +353,7 @@ static void gemm_par(const float *A, int lda, const float *W, const float *bias,
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, K, 1.0f, a, la,
                     W + (size_t)n0 * K, K, 1.0f, c, lc);
     }
-#ifdef _OPENMP
-    if (par && blas != 1)
-        openblas_set_num_threads(blas);
-#endif
+    blas_restore(blas);
     (void)threads;
     for (int r = 0; r < rest; r++)
         memcpy(C + (size_t)(full + r) * ldc, pc + (size_t)r * N, sizeof(float) * (size_t)N);
@@ -514,11 +522,7 @@ static void attend(const attention_params *p, const chunk *c, const float *x, fl
                 memset(v0 + t * 3 * (size_t)D, 0, sizeof(float) * (size_t)D);
     }
     const int items = c->work[c->m];
-#ifdef _OPENMP
-    const int blas = openblas_get_num_threads(), par = threads > 1 && items > 1;
-    if (par && blas != 1)
-        openblas_set_num_threads(1);
-#endif
+    const int par = threads > 1 && items > 1, blas = blas_solo(par);
     ERT_OMP("omp parallel for schedule(dynamic, 1) num_threads(threads) if(par)")
     for (int it = 0; it < items; it++) {
         int lo = 0, hi = c->m - 1; /* the sample: work[i] <= it < work[i + 1] */
@@ -538,10 +542,7 @@ static void attend(const attention_params *p, const chunk *c, const float *x, fl
                      (size_t)D + 1, q0, L - q0 < ATT_QB ? L - q0 : ATT_QB, scale,
                      ctx + c->off[i] * (size_t)D, ws);
     }
-#ifdef _OPENMP
-    if (par && blas != 1)
-        openblas_set_num_threads(blas);
-#endif
+    blas_restore(blas);
     gemm_par(ctx, D, p->out_weight, p->out_bias, a, D, R, D, D, tile, pad, threads);
 }
 
