@@ -58,14 +58,12 @@ variant (not interleaved like torch_peer.py's).
 --device cpu runs the same on the CPU (for a dry run without a GPU: slow,
 and torch.compile may be missing; such variants say why they did not run).
 """
-import argparse
 import copy
 import json
 import os
 import signal
 import sys
 import time
-import warnings
 
 import numpy as np
 import torch
@@ -418,40 +416,16 @@ def run_variant(name, entry, M, dev, args, profiles, exits, xs, xs_dev, n, allow
 
 
 def main():
-    ap = argparse.ArgumentParser(description="the GPU peers of exitrt bench")
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--inputs", required=True)
-    ap.add_argument("--exits")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--profile", action="append", default=[])
-    ap.add_argument("--batches", default="64,256")
-    ap.add_argument("--modes", default="full,masked,compacted")
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--rep-samples", type=int, default=1024)
-    ap.add_argument("--b1-samples", type=int, default=None)
-    ap.add_argument("--no-check", action="store_true")
-    ap.add_argument("--no-nested", action="store_true")
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--device", default="cuda", choices=["cpu", "cuda", "all"])
+    ap = tp.peer_parser("the GPU peers of exitrt bench", "cuda")
     ap.add_argument("--ort", action="store_true", help="ignored: ONNX Runtime is a CPU peer")
     ap.add_argument("--variants", default=os.environ.get("ERT_GPU_PEER_VARIANTS", ",".join(ALL)))
     ap.add_argument("--budget", type=float,
                     default=float(os.environ.get("ERT_GPU_PEER_BUDGET", "150")))
     ap.add_argument("--hard", type=float, default=None)
     ap.add_argument("--variants-out", default=os.environ.get("ERT_GPU_PEER_OUT"))
-    args = ap.parse_args()
+    args, M, x, exits, profiles = tp.peer_setup(ap, "gpu_peer")
     t_start = time.perf_counter()
     hard = args.hard if args.hard is not None else args.budget + 30
-    args.batches = [int(b) for b in args.batches.split(",")]
-    args.modes = args.modes.split(",")
-    if args.b1_samples is None:
-        args.b1_samples = args.rep_samples
-    tp.Encoder.NESTED = not args.no_nested
-    warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors")
-    torch.set_num_threads(args.threads)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
 
     if args.device == "cpu":
         dev = torch.device("cpu")
@@ -459,19 +433,6 @@ def main():
         dev = torch.device("cuda")
     else:
         sys.exit("gpu_peer: torch sees no CUDA device (--device cpu for a dry run)")
-    M = tp.MultiExit(args.model)
-    x = np.load(args.inputs).astype(np.float32, copy=False)
-    if x.shape[1:] != M.shape:
-        sys.exit(f"gpu_peer: inputs {x.shape}, the model takes [N, {M.shape}]")
-    exits = np.load(args.exits) if args.exits else None
-    profiles = []
-    for p in args.profile:
-        name, _, ts = p.partition("=")
-        thr = [float(t) for t in ts.split(",") if t != ""]
-        if len(thr) != M.E - 1:
-            sys.exit(f"gpu_peer: profile {name}: {len(thr)} thresholds, the model has "
-                     f"{M.E - 1} early exits")
-        profiles.append((name, thr))
     n = x.shape[0]
     maxb = max(args.batches)
     xs = torch.from_numpy(np.ascontiguousarray(x[np.arange(n + maxb) % n]))

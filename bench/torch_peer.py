@@ -672,8 +672,10 @@ def check_decisions(M, x, profiles, exits, b1if):
     return res
 
 
-def main():
-    ap = argparse.ArgumentParser(description="the PyTorch peer of exitrt bench")
+def peer_parser(description, device_default):
+    """The command line every peer of `exitrt bench --peer` takes
+    (torch_peer.py, gpu_peer.py); a peer adds its own options."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--model", required=True)
     ap.add_argument("--inputs", required=True)
     ap.add_argument("--exits")
@@ -691,9 +693,15 @@ def main():
     ap.add_argument("--no-nested", action="store_true",
                     help="nn.TransformerEncoder without nested tensors")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "all"])
-    ap.add_argument("--ort", action="store_true",
-                    help="also time ONNX Runtime on the CPU (ort_peer.py)")
+    ap.add_argument("--device", default=device_default, choices=["cpu", "cuda", "all"])
+    return ap
+
+
+def peer_setup(ap, who):
+    """Parses the command line, sets torch's threads (TF32 off), loads the
+    model, the inputs, exitrt's exits and the profiles, each checked against
+    the model; exits naming `who` on a mismatch. Returns (args, M, x, exits,
+    profiles)."""
     args = ap.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
     args.modes = args.modes.split(",")
@@ -708,18 +716,26 @@ def main():
     M = MultiExit(args.model)
     x = np.load(args.inputs).astype(np.float32, copy=False)
     if x.shape[1:] != M.shape:
-        sys.exit(f"torch_peer: inputs {x.shape}, the model takes [N, {M.shape}]")
+        sys.exit(f"{who}: inputs {x.shape}, the model takes [N, {M.shape}]")
     exits = np.load(args.exits) if args.exits else None
     profiles = []
     for p in args.profile:
         name, _, ts = p.partition("=")
         thr = [float(t) for t in ts.split(",") if t != ""]
         if len(thr) != M.E - 1:
-            sys.exit(f"torch_peer: profile {name}: {len(thr)} thresholds, the model has "
+            sys.exit(f"{who}: profile {name}: {len(thr)} thresholds, the model has "
                      f"{M.E - 1} early exits")
         profiles.append((name, thr))
     if exits is not None and exits.shape != (len(profiles), x.shape[0]):
-        sys.exit(f"torch_peer: exits {exits.shape}, expected {(len(profiles), x.shape[0])}")
+        sys.exit(f"{who}: exits {exits.shape}, expected {(len(profiles), x.shape[0])}")
+    return args, M, x, exits, profiles
+
+
+def main():
+    ap = peer_parser("the PyTorch peer of exitrt bench", "cpu")
+    ap.add_argument("--ort", action="store_true",
+                    help="also time ONNX Runtime on the CPU (ort_peer.py)")
+    args, M, x, exits, profiles = peer_setup(ap, "torch_peer")
 
     devices = []
     if args.device in ("cpu", "all"):
