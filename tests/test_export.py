@@ -1375,16 +1375,28 @@ def exporter_checks(work):
 # ---------------------------------------------------------------------------
 
 
-def main():
+def harness_start(doc):
+    """The command line of the export tests (this file, test_export_hf.py):
+    EXE WORK. Makes WORK, holds torch at 2 threads at most and returns
+    (exe, work, devices), the devices from ERT_TEST_DEVICES or those present;
+    None (after printing `doc`) on a wrong command line."""
     if len(sys.argv) != 3:
-        print(__doc__)
-        return 2
+        print(doc)
+        return None
     exe, work = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
     os.makedirs(work, exist_ok=True)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     devices = os.environ.get("ERT_TEST_DEVICES")
     devices = (devices.split(",") if devices else
                ["cpu"] + (["cuda"] if os.path.exists("/dev/nvidia0") else []))
+    return exe, work, devices
+
+
+def main():
+    start = harness_start(__doc__)
+    if start is None:
+        return 2
+    exe, work, devices = start
     print(f"torch {torch.__version__}, blocks from {BLOCKS_FROM}, devices {devices}")
     failed = 0
     try:

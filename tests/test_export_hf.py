@@ -626,16 +626,11 @@ def refusals(work):
 
 
 def main():
-    if len(sys.argv) != 3:
-        print(__doc__)
+    start = te.harness_start(__doc__)
+    if start is None:
         return 2
-    exe, work = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
-    os.makedirs(work, exist_ok=True)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    exe, work, devices = start
     transformers.logging.set_verbosity_error()
-    devices = os.environ.get("ERT_TEST_DEVICES")
-    devices = (devices.split(",") if devices else
-               ["cpu"] + (["cuda"] if os.path.exists("/dev/nvidia0") else []))
     if not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
         print(f"FAIL: {exe} is not an executable")
         return 1
