@@ -9,6 +9,7 @@
  * data as stored and for the float array it becomes.
  */
 #include "data.h"
+#include "../../kernels/tx_math.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -337,11 +338,9 @@ ert_status cli_dataset_fit_model(cli_dataset *d, const char *path, const ert_mod
 
 int cli_tokens_first_invalid(const float *row, int T, int vocab)
 {
-    for (int t = 0; t < T; t++) {
-        float id = row[t];
-        if (!(id >= 0.0f && id < (float)vocab && id == floorf(id)))
+    for (int t = 0; t < T; t++)
+        if (ert_token_row(row[t], vocab) < 0) /* the embedding's own rule */
             return t;
-    }
     return -1;
 }
 

@@ -27,6 +27,7 @@
 #include "act.h"
 #include "cpu/cpu_ops.h"
 #include "cpu/vmath.h"
+#include "../../kernels/tx_math.h"
 
 /* An OpenMP pragma where the build has OpenMP (with oneDNN), else nothing:
  * the loops then run on the calling thread. */
@@ -134,8 +135,8 @@ void op_token_embed(const embed_params *p, int T, const float *in, int n, float 
         const float *ids = in + (size_t)i * 2 * (size_t)T, *mask = ids + T;
         for (int t = 0; t < T; t++) {
             float *row = out + ((size_t)i * (size_t)T + (size_t)t) * (D + 1);
-            float id = ids[t];
-            if (!(id >= 0.0f && id < (float)p->vocab && id == floorf(id))) {
+            const int id = ert_token_row(ids[t], p->vocab);
+            if (id < 0) {
                 for (size_t d = 0; d < D; d++)
                     row[d] = NAN;
             } else {
