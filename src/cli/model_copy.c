@@ -14,6 +14,7 @@
 #include <cjson/cJSON.h>
 
 #include "cli.h"
+#include "util.h"
 
 static char *read_file(const char *path, size_t *len)
 {
@@ -62,13 +63,6 @@ static int write_bytes(const char *path, const char *shown, const char *buf, siz
     if (fclose(f) != 0 || bad)
         return cli_error(CLI_FAIL, "%s: write failed: %s", shown, strerror(bad ? e : errno));
     return 0;
-}
-
-/* "a/b" into buf; 0 when it does not fit. */
-static int join(char *buf, size_t cap, const char *a, const char *b)
-{
-    int n = snprintf(buf, cap, "%s/%s", a, b);
-    return n >= 0 && (size_t)n < cap;
 }
 
 /* The model's directory and model.json path from MODEL (a directory or the
@@ -124,7 +118,7 @@ static int rebase_ref(cJSON *root, const char *key, const char *dir, const char 
     if (!cJSON_IsString(v) || !v->valuestring[0])
         return 1;
     char joined[4096], real[PATH_MAX], rel[PATH_MAX];
-    if (!join(joined, sizeof joined, dir, v->valuestring) || !realpath(joined, real) ||
+    if (!path_join(joined, sizeof joined, dir, v->valuestring) || !realpath(joined, real) ||
         !relative_path(out_real, real, rel, sizeof rel))
         return 1;
     return cJSON_ReplaceItemInObjectCaseSensitive(root, key, cJSON_CreateString(rel));
@@ -150,7 +144,7 @@ static void remove_tree(const char *dir)
         char path[4096];
         while ((ent = readdir(d)))
             if (strcmp(ent->d_name, ".") && strcmp(ent->d_name, "..") &&
-                join(path, sizeof path, dir, ent->d_name))
+                path_join(path, sizeof path, dir, ent->d_name))
                 unlink(path);
         closedir(d);
     }
@@ -175,7 +169,7 @@ static int existing_dir(const char *out_dir)
     /* the weights file model.json names, when it is one */
     char path[4096], weights[256] = "";
     size_t len = 0;
-    char *text = join(path, sizeof path, out_dir, "model.json") ? read_file(path, &len) : NULL;
+    char *text = path_join(path, sizeof path, out_dir, "model.json") ? read_file(path, &len) : NULL;
     cJSON *root = text ? cJSON_Parse(text) : NULL;
     cJSON *w = root ? cJSON_GetObjectItemCaseSensitive(root, "weights") : NULL;
     if (cJSON_IsString(w) && !strchr(w->valuestring, '/') && strlen(w->valuestring) < 256)
@@ -194,7 +188,7 @@ static int existing_dir(const char *out_dir)
             continue;
         n++;
         int known = !strcmp(name, "model.json") || (weights[0] && !strcmp(name, weights));
-        if (known && join(path, sizeof path, out_dir, name) && lstat(path, &st) == 0 &&
+        if (known && path_join(path, sizeof path, out_dir, name) && lstat(path, &st) == 0 &&
             S_ISREG(st.st_mode))
             continue;
         if (!other++)
@@ -332,13 +326,13 @@ int cli_write_model(const char *model, const ert_model *m, const float *threshol
         rc = cli_error(CLI_FAIL, "%s: no weights file named", json);
         goto done;
     }
-    const char *wname = weights->valuestring[0] == '/' ? weights->valuestring : NULL;
-    if (!join(path, sizeof path, dir, weights->valuestring)) {
+    /* relative and inside dir: the loader has refused any other (path_inside) */
+    if (!path_join(path, sizeof path, dir, weights->valuestring)) {
         rc = cli_error(CLI_FAIL, "%s: the weights' path is too long", json);
         goto done;
     }
-    if (!(wbuf = read_file(wname ? wname : path, &len))) {
-        rc = cli_error(CLI_FAIL, "%s: cannot read: %s", wname ? wname : path, strerror(errno));
+    if (!(wbuf = read_file(path, &len))) {
+        rc = cli_error(CLI_FAIL, "%s: cannot read: %s", path, strerror(errno));
         goto done;
     }
     /* its name in the copy (kept: the item is replaced below) */
@@ -375,14 +369,15 @@ int cli_write_model(const char *model, const ert_model *m, const float *threshol
     mode_t mask = umask(0);
     umask(mask);
     (void)chmod(tmp, 0777 & ~mask); /* mkdtemp's 0700 to mkdir's mode */
-    if (!join(path, sizeof path, tmp, wbase) || !join(shown, sizeof shown, out_dir, wbase)) {
+    if (!path_join(path, sizeof path, tmp, wbase) ||
+        !path_join(shown, sizeof shown, out_dir, wbase)) {
         rc = cli_error(CLI_USAGE, "--write %s: the path is too long", out_dir_arg);
         goto done;
     }
     if ((rc = write_bytes(path, shown, wbuf, len)))
         goto done;
-    if (!join(path, sizeof path, tmp, "model.json") ||
-        !join(shown, sizeof shown, out_dir, "model.json")) {
+    if (!path_join(path, sizeof path, tmp, "model.json") ||
+        !path_join(shown, sizeof shown, out_dir, "model.json")) {
         rc = cli_error(CLI_USAGE, "--write %s: the path is too long", out_dir_arg);
         goto done;
     }
