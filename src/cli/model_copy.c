@@ -14,6 +14,7 @@
 #include <cjson/cJSON.h>
 
 #include "cli.h"
+#include "outfile.h"
 #include "util.h"
 
 static char *read_file(const char *path, size_t *len)
@@ -76,11 +77,7 @@ static void model_paths(const char *model, char *dir, size_t dcap, char *json, s
         return;
     }
     snprintf(json, jcap, "%s", model);
-    const char *slash = strrchr(model, '/');
-    if (slash)
-        snprintf(dir, dcap, "%.*s", (int)(slash - model), model);
-    else
-        snprintf(dir, dcap, ".");
+    cli_parent_dir(model, dir, dcap);
 }
 
 /* The relative path from directory `from` to `to` (both absolute and
@@ -247,15 +244,6 @@ static int replace_dir(const char *tmp, const char *out_dir, int had)
     return 0;
 }
 
-static void sync_dir(const char *dir)
-{
-    int fd = open(dir, O_RDONLY);
-    if (fd >= 0) {
-        (void)fsync(fd); /* best effort: the files themselves are synced */
-        close(fd);
-    }
-}
-
 /* A copy of the model in out_dir with these thresholds: model.json edited
  * (each exit's policy.threshold; nothing else in it changes), the weights
  * copied beside it, and the sample data it names reached by relative paths
@@ -280,12 +268,7 @@ int cli_write_model(const char *model, const ert_model *m, const float *threshol
     if (!strcmp(base, ".") || !strcmp(base, "..") || !strcmp(out_dir, "/"))
         return cli_error(CLI_USAGE, "--write %s: name the directory to write, not '%s'",
                          out_dir_arg, base);
-    if (!slash)
-        snprintf(parent, sizeof parent, ".");
-    else if (slash == out_dir)
-        snprintf(parent, sizeof parent, "/");
-    else
-        snprintf(parent, sizeof parent, "%.*s", (int)(slash - out_dir), out_dir);
+    cli_parent_dir(out_dir, parent, sizeof parent);
     if (!realpath(parent, rout))
         return cli_error(CLI_FAIL, "--write %s: %s: %s", out_dir_arg, parent, strerror(errno));
     size_t rl = strlen(rout);
@@ -383,7 +366,7 @@ int cli_write_model(const char *model, const ert_model *m, const float *threshol
     }
     if ((rc = write_bytes(path, shown, out, strlen(out))))
         goto done;
-    sync_dir(tmp);
+    cli_sync_dir(tmp);
     /* what was written must load (its relative paths are DIR's: a sibling) */
     ert_model *check = NULL;
     ert_error err = {{0}};
@@ -393,7 +376,7 @@ int cli_write_model(const char *model, const ert_model *m, const float *threshol
     if (rc || (rc = replace_dir(tmp, out_dir, had)))
         goto done;
     made = 0;
-    sync_dir(parent);
+    cli_sync_dir(parent);
 done:
     if (made)
         remove_tree(tmp);

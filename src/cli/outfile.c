@@ -119,22 +119,32 @@ static int finish(cli_out *o)
     return e;
 }
 
+void cli_parent_dir(const char *path, char *dir, size_t cap)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        snprintf(dir, cap, ".");
+    else if (slash == path)
+        snprintf(dir, cap, "/");
+    else
+        snprintf(dir, cap, "%.*s", (int)(slash - path), path);
+}
+
+void cli_sync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY);
+    if (fd >= 0) {
+        (void)fsync(fd); /* best effort: the files themselves are synced */
+        close(fd);
+    }
+}
+
 /* The directory entry of a rename made durable: the parent's fsync. */
 static void sync_parent(const char *path)
 {
     char dir[PATH_MAX];
-    const char *slash = strrchr(path, '/');
-    if (!slash)
-        snprintf(dir, sizeof dir, ".");
-    else if (slash == path)
-        snprintf(dir, sizeof dir, "/");
-    else
-        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
-    int fd = open(dir, O_RDONLY);
-    if (fd >= 0) {
-        (void)fsync(fd); /* best effort: the data itself is synced */
-        close(fd);
-    }
+    cli_parent_dir(path, dir, sizeof dir);
+    cli_sync_dir(dir);
 }
 
 int cli_out_commit_all(cli_out *const *outs, int n)

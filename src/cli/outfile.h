@@ -44,4 +44,12 @@ int cli_out_commit_all(cli_out *const *outs, int n);
  * aborted o. */
 void cli_out_abort(cli_out *o);
 
+/* The directory that holds path ("." for a bare name, "/" for "/x") into
+ * dir, cut to cap bytes. */
+void cli_parent_dir(const char *path, char *dir, size_t cap);
+
+/* fsync of a directory, so the entries renamed into it last; best effort
+ * (the files themselves are synced before). */
+void cli_sync_dir(const char *dir);
+
 #endif /* ERT_CLI_OUTFILE_H */
