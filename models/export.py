@@ -1355,9 +1355,9 @@ def export(backbone, exits, final_head, out_dir, input_shape, num_classes,
                  "num_classes": int(num_classes)}
         for key, val in (("sample_data", sample_data), ("sample_labels", sample_labels)):
             if val is not None:
-                if os.path.isabs(val):
-                    raise ExportError(f"{key}: {val} is absolute; paths in model.json "
-                                      "are relative to the model directory")
+                if os.path.isabs(val) or ".." in val.replace("\\", "/").split("/"):
+                    raise ExportError(f"{key}: {val} leaves the model directory; every path "
+                                      "in model.json stays inside it (FORMAT.md)")
                 model[key] = val
         model["backbone"] = backbone_json
         model["exits"] = exits_json

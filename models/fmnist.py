@@ -3,7 +3,9 @@ training scripts (train_mlp3.py, train_cnn_conf.py, train_resnet.py).
 
 Data: the IDX files (gzipped or not) read with numpy. The training split comes
 from Debian's dataset-fashion-mnist package (or --data-dir); the test split
-from the copy committed in models/data/fashion-mnist/.
+from the copy each bundled model holds in its data/ folder (every path a
+model names stays inside its directory, so each exported model gets its own
+copy: write_sample_data).
 
 Training is deterministic on the CPU: fixed seeds, a seeded shuffling
 generator, torch.use_deterministic_algorithms(True), and a fixed thread count.
@@ -11,6 +13,7 @@ The same seed and the same torch build give the same weights.
 """
 import gzip
 import os
+import shutil
 import struct
 import sys
 import time
@@ -25,10 +28,12 @@ sys.path.insert(0, HERE)
 import export as ex  # noqa: E402
 
 TRAIN_DIR = "/usr/share/datasets/fashion-mnist"
-TEST_DIR = os.path.join(HERE, "data", "fashion-mnist")
-# Paths written into model.json, relative to a model directory in models/.
-SAMPLE_DATA = "../data/fashion-mnist/t10k-images-idx3-ubyte.gz"
-SAMPLE_LABELS = "../data/fashion-mnist/t10k-labels-idx1-ubyte.gz"
+TEST_DIR = os.path.join(HERE, "fmnist-resnet", "data")
+# Paths written into model.json, relative to the model directory, and the
+# files write_sample_data copies there.
+SAMPLE_DATA = "data/t10k-images-idx3-ubyte.gz"
+SAMPLE_LABELS = "data/t10k-labels-idx1-ubyte.gz"
+SAMPLE_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "README.md", "LICENSE")
 
 SCALE = 1.0 / 255.0
 MEAN = 0.2860
@@ -63,6 +68,17 @@ def load_split(split, data_dir=None):
     x = read_idx(os.path.join(data_dir, f"{split}-images-idx3-ubyte.gz"))
     y = read_idx(os.path.join(data_dir, f"{split}-labels-idx1-ubyte.gz"))
     return x.reshape(-1, 1, 28, 28), y.astype(np.int64)
+
+
+def write_sample_data(out_dir):
+    """Copies the test split (with its README and licence) into
+    out_dir/data/, where SAMPLE_DATA and SAMPLE_LABELS point."""
+    dst = os.path.join(out_dir, "data")
+    os.makedirs(dst, exist_ok=True)
+    for name in SAMPLE_FILES:
+        src = os.path.join(TEST_DIR, name)
+        if os.path.abspath(src) != os.path.abspath(os.path.join(dst, name)):
+            shutil.copyfile(src, os.path.join(dst, name))
 
 
 def normalize(x_uint8):
@@ -115,6 +131,7 @@ class MultiExit(nn.Module):
 
     def export(self, out_dir, name, golden_inputs=None, **kw):
         final = None if isinstance(self.final, nn.Identity) else self.final
+        write_sample_data(out_dir)
         return ex.export(self.backbone, self.exits(), final, out_dir,
                          input_shape=(1, 28, 28), num_classes=10,
                          input_norm=INPUT_NORM, name=name,

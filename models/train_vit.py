@@ -121,6 +121,7 @@ def export(model, out_dir, x_test):
     the exporter's view of the network (ex.forward_exits: the torchvision
     modules as it translates them) against this script's forward on the
     whole test split."""
+    fmnist.write_sample_data(out_dir)
     ex.export(model.vit, model.exits(), None, out_dir, input_shape=(1, 28, 28),
               num_classes=10, input_norm=fmnist.INPUT_NORM, name=NAME,
               sample_data=fmnist.SAMPLE_DATA, sample_labels=fmnist.SAMPLE_LABELS,

@@ -94,28 +94,19 @@ static ert_status read_text(const char *path, char **out, ert_error *err)
     return ERT_OK;
 }
 
-/* A relative path field joined with the model directory into out. inside:
- * the path must also stay inside the directory (path_inside: no "..", no
- * symlink out of it), as the files the library opens must (FORMAT.md). */
+/* A relative path field joined with the model directory into out. Every
+ * path model.json names stays inside the directory (path_inside: not
+ * absolute, no "..", no symlink out of it), the sample files as much as the
+ * weights (FORMAT.md). */
 static ert_status get_path(parse_ctx *c, const cJSON *root, const char *key, int required,
-                           int inside, const char *dir, char *out, size_t len)
+                           const char *dir, char *out, size_t len)
 {
     const char *rel;
     out[0] = '\0';
     ert_status st = json_get_string(c, root, "", key, required, &rel);
     if (st != ERT_OK || !rel)
         return st;
-    if (inside)
-        return path_inside(dir, rel, c->file, key, out, len, c->err);
-    if (!rel[0])
-        return ert_fail(c->err, ERT_FORMAT, "%s: %s: empty path", c->file, key);
-    if (rel[0] == '/')
-        return ert_fail(c->err, ERT_FORMAT,
-                        "%s: %s: '%s' is absolute; paths are relative to the model directory",
-                        c->file, key, rel);
-    if (!path_join(out, len, dir, rel))
-        return ert_fail(c->err, ERT_FORMAT, "%s: %s: path too long", c->file, key);
-    return ERT_OK;
+    return path_inside(dir, rel, c->file, key, out, len, c->err);
 }
 
 /* mean or std: one number or one per channel, into v[4]. */
@@ -487,11 +478,11 @@ ert_status ert_model_load(const char *path, ert_model **out, ert_error *err)
     char wpath[1024];
     if ((st = parse_input(&c, root, m)) ||
         (st = json_get_int(&c, root, "", "num_classes", 0, 0, 1, 65536, &K)) ||
-        (st = get_path(&c, root, "sample_data", 0, 0, m->dir, m->sample_data,
+        (st = get_path(&c, root, "sample_data", 0, m->dir, m->sample_data,
                        sizeof m->sample_data)) ||
-        (st = get_path(&c, root, "sample_labels", 0, 0, m->dir, m->sample_labels,
+        (st = get_path(&c, root, "sample_labels", 0, m->dir, m->sample_labels,
                        sizeof m->sample_labels)) ||
-        (st = get_path(&c, root, "weights", 1, 1, m->dir, wpath, sizeof wpath)))
+        (st = get_path(&c, root, "weights", 1, m->dir, wpath, sizeof wpath)))
         goto fail;
     m->num_classes = (int)K;
     const char *name;

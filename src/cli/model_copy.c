@@ -80,54 +80,69 @@ static void model_paths(const char *model, char *dir, size_t dcap, char *json, s
     cli_parent_dir(model, dir, dcap);
 }
 
-/* The relative path from directory `from` to `to` (both absolute and
- * canonical): "../" for each of from's components past the common prefix,
- * then the rest of to. 0 when it does not fit. */
-static int relative_path(const char *from, const char *to, char *out, size_t cap)
+/* A new file (in the temporary directory) with the bytes of src, streamed
+ * and synced; shown is the name messages give it. */
+static int copy_file(const char *src, const char *dst, const char *shown)
 {
-    size_t common = 0; /* length of the common prefix, at a component boundary */
-    for (size_t i = 0;; i++) {
-        int end_f = from[i] == '\0' || from[i] == '/', end_t = to[i] == '\0' || to[i] == '/';
-        if (end_f && end_t)
-            common = i;
-        if (from[i] != to[i] || from[i] == '\0')
-            break;
+    int in = open(src, O_RDONLY | O_CLOEXEC);
+    if (in < 0)
+        return cli_error(CLI_FAIL, "%s: cannot read: %s", src, strerror(errno));
+    int out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (out < 0) {
+        int e = errno;
+        close(in);
+        return cli_error(CLI_FAIL, "%s: cannot create: %s", shown, strerror(e));
     }
-    size_t o = 0;
-    out[0] = '\0';
-    for (const char *p = from + common; *p; p++)
-        if (*p == '/') {
-            if (o + 3 >= cap)
-                return 0;
-            memcpy(out + o, "../", 4);
-            o += 3;
+    static char buf[1 << 16];
+    ssize_t r;
+    int bad = 0, e = 0;
+    while (!bad && (r = read(in, buf, sizeof buf)) != 0) {
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            bad = 1, e = errno;
+            break;
         }
-    const char *rest = to + common + (to[common] == '/');
-    return snprintf(out + o, cap - o, "%s", rest) < (int)(cap - o);
+        for (ssize_t w, done = 0; done < r; done += w)
+            if ((w = write(out, buf + done, (size_t)(r - done))) < 0) {
+                if (errno == EINTR) {
+                    w = 0;
+                    continue;
+                }
+                bad = 2, e = errno;
+                break;
+            }
+    }
+    if (!bad && fsync(out) != 0)
+        bad = 2, e = errno;
+    close(in);
+    if (close(out) != 0 && !bad)
+        bad = 2, e = errno;
+    if (bad == 1)
+        return cli_error(CLI_FAIL, "%s: read failed: %s", src, strerror(e));
+    if (bad)
+        return cli_error(CLI_FAIL, "%s: write failed: %s", shown, strerror(e));
+    return 0;
 }
 
-/* A file the model names relative to its directory, named relative to the
- * copy's directory instead (the loader takes relative paths only); left
- * alone when it cannot be resolved. */
-static int rebase_ref(cJSON *root, const char *key, const char *dir, const char *out_real)
+/* The name a file model.json names keeps in the copy: its last component
+ * (the copy is one flat directory). 0 when it cannot be one. */
+static int flat_name(const char *rel, char *out, size_t cap)
 {
-    cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
-    if (!cJSON_IsString(v) || !v->valuestring[0])
-        return 1;
-    char joined[4096], real[PATH_MAX], rel[PATH_MAX];
-    if (!path_join(joined, sizeof joined, dir, v->valuestring) || !realpath(joined, real) ||
-        !relative_path(out_real, real, rel, sizeof rel))
-        return 1;
-    return cJSON_ReplaceItemInObjectCaseSensitive(root, key, cJSON_CreateString(rel));
+    const char *b = strrchr(rel, '/');
+    b = b ? b + 1 : rel;
+    if (snprintf(out, cap, "%s", b) >= (int)cap)
+        return 0;
+    return out[0] && strcmp(out, "model.json") && strcmp(out, ".") && strcmp(out, "..");
 }
 
 /* ---- DIR as a whole ---------------------------------------------------------
 
    The copy is written into a temporary directory beside DIR ("DIR.tmp.XXXXXX",
-   in DIR's parent, so the sample data paths relative to it are those of DIR)
-   and checked to load; then it takes DIR's place by one rename. DIR may be
-   missing, an empty directory, or an earlier copy: a directory holding only
-   model.json and the weights file it names (a regular file each), which is
+   in DIR's parent) and checked to load; then it takes DIR's place by one
+   rename. DIR may be missing, an empty directory, or an earlier copy: a
+   directory holding only model.json and the weights and sample files it
+   names (a regular file each), which is
    replaced as a whole (an atomic exchange where the file system has one)
    and then removed. Anything else in DIR is refused before anything is
    written: calibrate never deletes files it did not write. */
@@ -163,14 +178,18 @@ static int existing_dir(const char *out_dir)
                           out_dir);
     if (!S_ISDIR(st.st_mode))
         return -cli_error(CLI_USAGE, "--write %s: exists and is not a directory", out_dir);
-    /* the weights file model.json names, when it is one */
-    char path[4096], weights[256] = "";
+    /* the files model.json names, when they are flat names (a copy's are) */
+    static const char *const keys[] = {"weights", "sample_data", "sample_labels"};
+    enum { N_KEYS = sizeof keys / sizeof keys[0] };
+    char path[4096], named[N_KEYS][256] = {""};
     size_t len = 0;
     char *text = path_join(path, sizeof path, out_dir, "model.json") ? read_file(path, &len) : NULL;
     cJSON *root = text ? cJSON_Parse(text) : NULL;
-    cJSON *w = root ? cJSON_GetObjectItemCaseSensitive(root, "weights") : NULL;
-    if (cJSON_IsString(w) && !strchr(w->valuestring, '/') && strlen(w->valuestring) < 256)
-        snprintf(weights, sizeof weights, "%s", w->valuestring);
+    for (int k = 0; k < N_KEYS; k++) {
+        cJSON *v = root ? cJSON_GetObjectItemCaseSensitive(root, keys[k]) : NULL;
+        if (cJSON_IsString(v) && !strchr(v->valuestring, '/') && strlen(v->valuestring) < 256)
+            snprintf(named[k], sizeof named[k], "%s", v->valuestring);
+    }
     cJSON_Delete(root);
     free(text);
     DIR *d = opendir(out_dir);
@@ -184,7 +203,9 @@ static int existing_dir(const char *out_dir)
         if (!strcmp(name, ".") || !strcmp(name, ".."))
             continue;
         n++;
-        int known = !strcmp(name, "model.json") || (weights[0] && !strcmp(name, weights));
+        int known = !strcmp(name, "model.json");
+        for (int k = 0; k < N_KEYS; k++)
+            known |= named[k][0] && !strcmp(name, named[k]);
         if (known && path_join(path, sizeof path, out_dir, name) && lstat(path, &st) == 0 &&
             S_ISREG(st.st_mode))
             continue;
@@ -195,7 +216,7 @@ static int existing_dir(const char *out_dir)
     if (other)
         return -cli_error(CLI_USAGE,
                           "--write %s: the directory holds '%s'%s, not only a model written by "
-                          "calibrate (model.json and its weights); nothing written: give a new "
+                          "calibrate (model.json, its weights and its sample files); nothing written: give a new "
                           "or empty directory",
                           out_dir, bad, other > 1 ? " and more" : "");
     return n ? 2 : 1;
@@ -246,8 +267,9 @@ static int replace_dir(const char *tmp, const char *out_dir, int had)
 
 /* A copy of the model in out_dir with these thresholds: model.json edited
  * (each exit's policy.threshold; nothing else in it changes), the weights
- * copied beside it, and the sample data it names reached by relative paths
- * from the copy; written whole or not at all (above). */
+ * and the sample files it names copied beside it (one flat directory: every
+ * path a model names stays inside it, FORMAT.md); written whole or not at
+ * all (above). */
 int cli_write_model(const char *model, const ert_model *m, const float *thresholds,
                     const char *out_dir_arg)
 {
@@ -284,7 +306,7 @@ int cli_write_model(const char *model, const ert_model *m, const float *threshol
         return -had;
 
     size_t len = 0;
-    char *text = read_file(json, &len), *wbuf = NULL, *out = NULL;
+    char *text = read_file(json, &len), *out = NULL;
     cJSON *root = text ? cJSON_Parse(text) : NULL;
     int rc = 0, made = 0;
     if (!root) {
@@ -304,36 +326,51 @@ int cli_write_model(const char *model, const ert_model *m, const float *threshol
             goto done;
         }
     }
-    cJSON *weights = cJSON_GetObjectItemCaseSensitive(root, "weights");
-    if (!cJSON_IsString(weights)) {
+    if (!cJSON_IsString(cJSON_GetObjectItemCaseSensitive(root, "weights"))) {
         rc = cli_error(CLI_FAIL, "%s: no weights file named", json);
         goto done;
     }
-    /* relative and inside dir: the loader has refused any other (path_inside) */
-    if (!path_join(path, sizeof path, dir, weights->valuestring)) {
-        rc = cli_error(CLI_FAIL, "%s: the weights' path is too long", json);
-        goto done;
+    /* the names in the copy: the weights and the sample files, flat */
+    enum { N_FILES = 3 };
+    static const char *const keys[N_FILES] = {"weights", "sample_data", "sample_labels"};
+    char names[N_FILES][256], srcs[N_FILES][4096];
+    for (int k = 0; k < N_FILES; k++) {
+        names[k][0] = '\0';
+        cJSON *v = cJSON_GetObjectItemCaseSensitive(root, keys[k]);
+        if (k > 0 && (!cJSON_IsString(v) || !v->valuestring[0]))
+            continue;
+        /* relative and inside dir: the loader has refused any other (path_inside) */
+        if (!path_join(srcs[k], sizeof srcs[k], dir, v->valuestring)) {
+            rc = cli_error(CLI_FAIL, "%s: the %s path is too long", json, keys[k]);
+            goto done;
+        }
+        if (k > 0 && access(srcs[k], F_OK) != 0) {
+            /* named but not there: the copy names none (the loader never opens it) */
+            fprintf(stderr, "exitrt: note: %s: %s '%s' is missing; the copy names none\n", json,
+                    keys[k], v->valuestring);
+            cJSON_DeleteItemFromObjectCaseSensitive(root, keys[k]);
+            continue;
+        }
+        if (!flat_name(v->valuestring, names[k], sizeof names[k])) {
+            rc = cli_error(CLI_FAIL, "%s: %s '%s' cannot be copied under that name", json, keys[k],
+                           v->valuestring);
+            goto done;
+        }
+        for (int j = 0; j < k; j++)
+            if (names[j][0] && !strcmp(names[j], names[k]) && strcmp(srcs[j], srcs[k])) {
+                rc = cli_error(CLI_FAIL,
+                               "%s: %s and %s are different files of one name '%s'; the copy "
+                               "is one directory: rename one",
+                               json, keys[j], keys[k], names[k]);
+                goto done;
+            }
+        if (!cJSON_ReplaceItemInObjectCaseSensitive(root, keys[k],
+                                                    cJSON_CreateString(names[k]))) {
+            rc = cli_error(CLI_FAIL, "out of memory writing model.json");
+            goto done;
+        }
     }
-    if (!(wbuf = read_file(path, &len))) {
-        rc = cli_error(CLI_FAIL, "%s: cannot read: %s", path, strerror(errno));
-        goto done;
-    }
-    /* its name in the copy (kept: the item is replaced below) */
-    const char *wb = strrchr(weights->valuestring, '/');
-    char wbase[256];
-    if (snprintf(wbase, sizeof wbase, "%s", wb ? wb + 1 : weights->valuestring) >=
-        (int)sizeof wbase) {
-        rc = cli_error(CLI_FAIL, "%s: the weights' file name is too long", json);
-        goto done;
-    }
-    if (!wbase[0] || !strcmp(wbase, "model.json") || !strcmp(wbase, ".") || !strcmp(wbase, "..")) {
-        rc = cli_error(CLI_FAIL, "%s: weights '%s' cannot be copied under that name", json,
-                       weights->valuestring);
-        goto done;
-    }
-    if (!cJSON_ReplaceItemInObjectCaseSensitive(root, "weights", cJSON_CreateString(wbase)) ||
-        !rebase_ref(root, "sample_data", dir, rout) ||
-        !rebase_ref(root, "sample_labels", dir, rout) || !(out = cJSON_Print(root))) {
+    if (!(out = cJSON_Print(root))) {
         rc = cli_error(CLI_FAIL, "out of memory writing model.json");
         goto done;
     }
@@ -352,13 +389,20 @@ int cli_write_model(const char *model, const ert_model *m, const float *threshol
     mode_t mask = umask(0);
     umask(mask);
     (void)chmod(tmp, 0777 & ~mask); /* mkdtemp's 0700 to mkdir's mode */
-    if (!path_join(path, sizeof path, tmp, wbase) ||
-        !path_join(shown, sizeof shown, out_dir, wbase)) {
-        rc = cli_error(CLI_USAGE, "--write %s: the path is too long", out_dir_arg);
-        goto done;
+    for (int k = 0; k < N_FILES; k++) {
+        int dup = 0;
+        for (int j = 0; j < k; j++)
+            dup |= names[j][0] && !strcmp(names[j], names[k]);
+        if (!names[k][0] || dup)
+            continue;
+        if (!path_join(path, sizeof path, tmp, names[k]) ||
+            !path_join(shown, sizeof shown, out_dir, names[k])) {
+            rc = cli_error(CLI_USAGE, "--write %s: the path is too long", out_dir_arg);
+            goto done;
+        }
+        if ((rc = copy_file(srcs[k], path, shown)))
+            goto done;
     }
-    if ((rc = write_bytes(path, shown, wbuf, len)))
-        goto done;
     if (!path_join(path, sizeof path, tmp, "model.json") ||
         !path_join(shown, sizeof shown, out_dir, "model.json")) {
         rc = cli_error(CLI_USAGE, "--write %s: the path is too long", out_dir_arg);
@@ -382,7 +426,6 @@ done:
         remove_tree(tmp);
     cJSON_free(out);
     cJSON_Delete(root);
-    free(wbuf);
     free(text);
     return rc;
 }

@@ -142,9 +142,14 @@ grep -q "is not a directory" "$W/err" || fail "--write a-file: $(cat "$W/err")"
 expect_status 0 "$EXITRT" calibrate "$M" --device cpu --write "$C/good"
 mkdir "$C/empty"
 expect_status 0 "$EXITRT" calibrate "$M" --device cpu --write "$C/empty/"
+# the copy is one flat directory: the weights and the sample files the model
+# names, copied (every path a model names stays inside it)
 for d in good empty; do
-    [ "$(ls "$C/$d")" = "$(printf 'model.json\nmodel.safetensors')" ] ||
+    [ "$(ls "$C/$d")" = "$(printf 'inputs.npy\nlabels.npy\nmodel.json\nmodel.safetensors')" ] ||
         fail "--write $d holds $(ls "$C/$d")"
+    for f in inputs.npy labels.npy model.safetensors; do
+        cmp -s "$M/$f" "$C/$d/$f" || fail "--write $d: $f is not the model's"
+    done
     expect_status 0 "$EXITRT" run "$C/$d" --device cpu --json
 done
 before=$(listing "$C")
@@ -158,7 +163,8 @@ grep -q "the model's own directory" "$W/err" || fail "--write into the model: $(
 # a succeeding one replaces it as a whole, with its thresholds
 expect_status 0 "$EXITRT" calibrate "$M" --device cpu --min-accuracy 30 --json --write "$C/good"
 cp "$W/out" "$W/cal30.json"
-[ "$(ls "$C/good")" = "$(printf 'model.json\nmodel.safetensors')" ] || fail "the replaced copy"
+[ "$(ls "$C/good")" = "$(printf 'inputs.npy\nlabels.npy\nmodel.json\nmodel.safetensors')" ] ||
+    fail "the replaced copy holds $(ls "$C/good")"
 python3 - "$W/cal30.json" "$C/good/model.json" <<'PY' || fail "the replaced copy's thresholds"
 import json, sys
 c, m = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
@@ -166,6 +172,28 @@ for e in m["exits"]:
     assert e["policy"]["threshold"] == c["thresholds"][e["name"]], e
 PY
 cmp -s "$M/model.safetensors" "$C/good/model.safetensors" || fail "the copied weights differ"
+# sample files in a folder of the model are copied flat; one that is named
+# but missing is left out of the copy (the library never opens it), with a note
+S=$W/mlp-sub
+mkdir -p "$S/data"
+cp "$M/model.json" "$M/model.safetensors" "$S/"
+cp "$M/inputs.npy" "$S/data/"
+python3 - "$S/model.json" <<'PY' || fail "editing the sample paths"
+import json, sys
+j = json.load(open(sys.argv[1]))
+j["sample_data"], j["sample_labels"] = "data/inputs.npy", "data/gone.npy"
+json.dump(j, open(sys.argv[1], "w"))
+PY
+expect_status 0 "$EXITRT" calibrate "$S" --device cpu --labels "$M/labels.npy" --write "$C/flat"
+grep -q "sample_labels 'data/gone.npy' is missing" "$W/err" || fail "no note: $(cat "$W/err")"
+[ "$(ls "$C/flat")" = "$(printf 'inputs.npy\nmodel.json\nmodel.safetensors')" ] ||
+    fail "--write flat holds $(ls "$C/flat")"
+python3 - "$C/flat/model.json" <<'PY' || fail "the flat copy's sample paths"
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["sample_data"] == "inputs.npy" and "sample_labels" not in j, j
+PY
+expect_status 0 "$EXITRT" run "$C/flat" --device cpu --labels "$M/labels.npy" --json
 leftover=$(find "$C" -name '*.tmp.*' -o -name '*.old.*')
 [ -z "$leftover" ] || fail "calibrate left: $leftover"
 ok

@@ -708,11 +708,13 @@ Test(model_bad, missing_model_json)
  * refuses it. */
 
 /* The base model with `weights` set to w, loaded from dir. */
-static ert_status load_with_weights(const char *w, ert_error *err)
+/* Loads the base model with model.json's field key (weights, sample_data,
+ * sample_labels) set to w. */
+static ert_status load_with_path(const char *key, const char *w, ert_error *err)
 {
     cJSON *r = cJSON_Parse(BASE_JSON);
     cr_assert_not_null(r);
-    set_str(r, "weights", w);
+    set_str(r, key, w);
     char *text = cJSON_PrintUnformatted(r);
     cJSON_Delete(r);
     cr_assert_not_null(text);
@@ -740,15 +742,43 @@ static void outside_copy(char *other, size_t len, char *copy, size_t clen)
     cr_assert_eq(fclose(out), 0);
 }
 
-static void expect_refused(const char *w, ert_status want_st, const char *want)
+static void expect_key_refused(const char *key, const char *w, ert_status want_st,
+                               const char *want)
 {
     ert_error err = {{0}};
-    ert_status st = load_with_weights(w, &err);
-    cr_assert_eq(st, want_st, "weights '%s': status %s, want %s: %s", w, ert_status_string(st),
+    ert_status st = load_with_path(key, w, &err);
+    cr_assert_eq(st, want_st, "%s '%s': status %s, want %s: %s", key, w, ert_status_string(st),
                  ert_status_string(want_st), err.msg);
     cr_assert(strstr(err.msg, want), "message '%s' lacks '%s'", err.msg, want);
-    cr_assert(strstr(err.msg, "model.json: weights: '"), "message '%s' names no field", err.msg);
+    char field[64];
+    snprintf(field, sizeof field, "model.json: %s: '", key);
+    cr_assert(strstr(err.msg, field), "message '%s' names no field", err.msg);
     cr_assert(strstr(err.msg, w), "message '%s' names no path", err.msg);
+}
+
+static void expect_refused(const char *w, ert_status want_st, const char *want)
+{
+    expect_key_refused("weights", w, want_st, want);
+}
+
+/* The sample files are held to the rule the weights are: the commands open
+ * them, so a model must not name a file outside itself there either. */
+Test(model_bad, sample_paths_outside)
+{
+    char other[64], copy[128], link[128], rel[256];
+    outside_copy(other, sizeof other, copy, sizeof copy);
+    snprintf(rel, sizeof rel, "../%s/w.safetensors", strrchr(other, '/') + 1);
+    cr_assert_eq(mw_path(link, sizeof link, dir, "link.npy"), 0);
+    cr_assert_eq(symlink(copy, link), 0);
+    const char *keys[] = {"sample_data", "sample_labels"};
+    for (int k = 0; k < 2; k++) {
+        expect_key_refused(keys[k], rel, ERT_FORMAT, "has a '..' component");
+        expect_key_refused(keys[k], "../../../../etc/passwd", ERT_FORMAT, "has a '..' component");
+        expect_key_refused(keys[k], "/etc/passwd", ERT_FORMAT, "is absolute");
+        expect_key_refused(keys[k], "link.npy", ERT_FORMAT, "outside the model directory");
+    }
+    unlink(link);
+    mw_rmtree(other);
 }
 
 Test(model_bad, weights_dotdot)
@@ -801,16 +831,16 @@ Test(model, weights_symlink_inside)
     ert_error err = {{0}};
     cr_assert_eq(mw_path(link, sizeof link, dir, "alias.safetensors"), 0);
     cr_assert_eq(symlink("w.safetensors", link), 0);
-    cr_assert_eq(load_with_weights("alias.safetensors", &err), ERT_OK, "%s", err.msg);
+    cr_assert_eq(load_with_path("weights", "alias.safetensors", &err), ERT_OK, "%s", err.msg);
     cr_assert_eq(mw_path(link, sizeof link, dir, "abs.safetensors"), 0);
     cr_assert_eq(symlink(st_path, link), 0); /* absolute, but inside */
-    cr_assert_eq(load_with_weights("abs.safetensors", &err), ERT_OK, "%s", err.msg);
+    cr_assert_eq(load_with_path("weights", "abs.safetensors", &err), ERT_OK, "%s", err.msg);
     cr_assert_eq(mw_path(sub, sizeof sub, dir, "sub"), 0);
     cr_assert_eq(mkdir(sub, 0700), 0);
     cr_assert_eq(mw_path(target, sizeof target, sub, "w.safetensors"), 0);
     cr_assert_eq(rename(st_path, target), 0);
-    cr_assert_eq(load_with_weights("sub/w.safetensors", &err), ERT_OK, "%s", err.msg);
-    cr_assert_eq(load_with_weights("./sub/./w.safetensors", &err), ERT_OK, "%s", err.msg);
+    cr_assert_eq(load_with_path("weights", "sub/w.safetensors", &err), ERT_OK, "%s", err.msg);
+    cr_assert_eq(load_with_path("weights", "./sub/./w.safetensors", &err), ERT_OK, "%s", err.msg);
 
     /* the model directory through a symlink, and through ".." */
     char other[64], dlink[128], via[256];
