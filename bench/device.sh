@@ -135,7 +135,7 @@ else
     steps=" ${STEPS:-$bench_steps} "
 fi
 want() { case $steps in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
-pack=$root/.devlibs/pack.tgz
+pack=$root/.devlibs/pack.tar.xz
 work=$(mktemp -d /tmp/ert-device.XXXXXX)
 limit_kib=$((60 * 1024))
 # The CUDA libraries the carried binaries may need: those the GPU machine's
@@ -157,10 +157,13 @@ late() { # late NAME LIMIT: skip the step when it could end past the deadline
 
 # ---- carry ----------------------------------------------------------------------------
 if [ ! -f "$pack" ]; then
-    note "FAIL carry: .devlibs/pack.tgz missing: run bench/device-pack.sh here and carry .devlibs"
+    note "FAIL carry: .devlibs/pack.tar.xz missing: run bench/device-pack.sh here and carry .devlibs"
     exit 1
 fi
-tar xzf "$pack" -C "$work" || { note "FAIL carry: cannot unpack $pack"; exit 1; }
+# tar with xz where the machine has it, else Python's tarfile (its lzma module)
+tar xJf "$pack" -C "$work" 2>/dev/null ||
+    python3 -c 'import sys, tarfile as t; kw = {"filter": "data"} if hasattr(t, "data_filter") else {}; t.open(sys.argv[1], "r:xz").extractall(sys.argv[2], **kw)' \
+        "$pack" "$work" || { note "FAIL carry: cannot unpack $pack"; exit 1; }
 bin=$work/bin
 pack_kib=$(du -sk "$root/.devlibs" | cut -f1)
 if git -C "$root" rev-parse >/dev/null 2>&1; then
