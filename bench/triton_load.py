@@ -15,9 +15,13 @@ min(C, 2) processes of threads) and share the cores with the server: on a
 small machine they take part of the CPU the server could use, which the
 figures include.
 
+--layouts COUNTxTHREADS,... serves each model in several instance layouts
+(instance_group count x the threads parameter; default 1x2, the documented
+config), side by side in the same server.
+
 usage: bench/triton_load.py [--build build] [--seconds 5] [--rows 16]
                             [--concurrency 1,8,32] [--models fmnist-mlp3,fmnist-resnet]
-                            [--modes compacted,refill] [--json FILE]
+                            [--modes compacted,refill] [--layouts 1x2,2x1] [--json FILE]
 """
 import argparse
 import json
@@ -44,6 +48,8 @@ def parse_args():
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--models", default="fmnist-mlp3,fmnist-resnet")
     p.add_argument("--modes", default="compacted,refill")
+    p.add_argument("--layouts", default="1x2",
+                   help="instance layouts COUNTxTHREADS, comma separated")
     p.add_argument("--run-reps", type=int, default=3)
     p.add_argument("--json")
     return p.parse_args()
@@ -164,14 +170,19 @@ def main():
     work = tempfile.mkdtemp(prefix="exitrt-triton-load-")
     repo = os.path.join(work, "repo")
     doc = harness.serving_config(SOURCE)
+    layouts = [tuple(int(v) for v in lay.split("x")) for lay in args.layouts.split(",")]
+    documented = "instance_group [ { kind: KIND_CPU, count: 1 } ]"
     names = []
     for m in models:
         for mode in modes:
-            name = f"{m}-{mode}"
-            # the model's own thresholds, like exitrt run without --threshold
-            harness.add_model(repo, name, harness.variant(doc, name, mode, {"thresholds": ""}),
-                              os.path.join(SOURCE, "models", m))
-            names.append(name)
+            for count, threads in layouts:
+                name = f"{m}-{mode}-{count}x{threads}"
+                # the model's own thresholds, like exitrt run without --threshold
+                config = harness.variant(
+                    doc, name, mode, {"thresholds": "", "threads": str(threads)},
+                    {documented: f"instance_group [ {{ kind: KIND_CPU, count: {count} }} ]"})
+                harness.add_model(repo, name, config, os.path.join(SOURCE, "models", m))
+                names.append(name)
     server = harness.Server(binary, libs, repo, backends, os.path.join(work, "server.log"), names)
     results = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                "commit": subprocess.run(["git", "-C", SOURCE, "describe", "--always", "--dirty",
@@ -187,20 +198,25 @@ def main():
         results["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "(default)")
         for m in models:
             for mode in modes:
-                name = f"{m}-{mode}"
                 ref = exitrt_run(exitrt, m, mode, args.run_reps)
-                cell(server.url, name, args.rows, 4, 1.0)  # warm up
                 for c in concs:
-                    r = cell(server.url, name, args.rows, c, args.seconds, server.proc.pid)
-                    r.update(model=m, mode=mode, concurrency=c, exitrt_run_images_per_s=ref,
-                             ratio=r["images_per_s"] / ref)
-                    results["cells"].append(r)
-                    print(f"{m:14} {mode:9} C={c:<3} {r['images_per_s']:8.0f} img/s  "
-                          f"p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  "
-                          f"exitrt run {ref:8.0f} img/s  ({100 * r['ratio']:.0f}%)  "
-                          f"server CPU {100 * r['server_cpu_share']:.0f}%"
-                          f"{'  errors: ' + str(r['errors']) if r['errors'] else ''}",
-                          flush=True)
+                    # the layouts of one cell back to back, so they see the same machine
+                    for count, threads in layouts:
+                        name = f"{m}-{mode}-{count}x{threads}"
+                        if c == concs[0]:
+                            cell(server.url, name, args.rows, 4, 1.0)  # warm up
+                        r = cell(server.url, name, args.rows, c, args.seconds, server.proc.pid)
+                        r.update(model=m, mode=mode, concurrency=c, instances=count,
+                                 threads=threads, exitrt_run_images_per_s=ref,
+                                 ratio=r["images_per_s"] / ref)
+                        results["cells"].append(r)
+                        print(f"{m:14} {mode:9} {count}x{threads} C={c:<3} "
+                              f"{r['images_per_s']:8.0f} img/s  "
+                              f"p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  "
+                              f"exitrt run {ref:8.0f} img/s  ({100 * r['ratio']:.0f}%)  "
+                              f"server CPU {100 * r['server_cpu_share']:.0f}%"
+                              f"{'  errors: ' + str(r['errors']) if r['errors'] else ''}",
+                              flush=True)
     finally:
         rc = server.stop()
         results["server_exit"] = rc
