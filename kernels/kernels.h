@@ -185,6 +185,14 @@ cudaError_t k_qkv_split(const float *qkv, const float *bias, const float *x, flo
 cudaError_t k_attn_softmax(float *scores, const float *x, int n, int H, int Tq, int T, int D,
                            cudaStream_t s);
 
+/* The whole attention of q, k, v [n, H, T, d] into the heads' outputs o
+ * [n, H, T, d] in one kernel, no score stored (tx_math.h, "fused
+ * attention"): key j of sample b is padded where the tokens x [n, T, H d +
+ * 1] have mask value 0 there; keys after a sample's last attended one are
+ * not read; a row with every key padded is NaN. d <= ERT_ATTN_FUSED_MAX_D. */
+cudaError_t k_attn_fused(const float *q, const float *k, const float *v, const float *x, float *o,
+                         int n, int H, int T, int d, cudaStream_t s);
+
 /* The heads' outputs [n, H, T, d] concatenated per token: ctx [n, T, H * d]. */
 cudaError_t k_heads_merge(const float *ctx_h, float *ctx, int n, int T, int H, int d,
                           cudaStream_t s);

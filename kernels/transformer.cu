@@ -1,7 +1,7 @@
 /* transformer.cu - the kernels of the transformer layers that cuBLAS and
  * cuDNN do not cover: embeddings, the patch tokens, layer norm, the masked
- * softmax of attention, the head split and merge around the batched GEMMs,
- * the token bias, the token pooling. The math per value and per row is in
+ * softmax of attention, the fused attention, the head split and merge
+ * around the batched GEMMs, the token bias, the token pooling. The math per value and per row is in
  * tx_math.h (shared with the host test); src/cuda/tx_ops.c strings these
  * together with the GEMMs.
  *
@@ -269,6 +269,138 @@ extern "C" cudaError_t k_attn_softmax(float *scores, const float *x, int n, int 
         return cudaErrorInvalidValue;
     size_t rows = (size_t)n * H * Tq;
     attn_softmax_kernel<<<grid_rows(rows), BLOCK, 0, s>>>(scores, x, rows, H, Tq, T, D);
+    return cudaGetLastError();
+}
+
+/* ---- fused attention ------------------------------------------------------------------ */
+
+/* Scores, masked softmax and the weighted sum of the values in one kernel,
+ * with no score stored (the online softmax of tx_math.h,
+ * ert_attn_row_online, which the host test replays). A block takes
+ * FA_QB = FA_WARPS * FA_ROWS query rows of one (sample, head), each warp
+ * FA_ROWS of them; the keys and values come through shared memory in tiles
+ * of FA_KT = 32, one key a lane: lane j scores key j of the tile against
+ * each of its warp's rows, the warp takes the tile's largest score, and
+ * each lane adds its features (lane, lane + 32, ...) of the weighted
+ * values. Keys from one past the sample's last attended key on are not
+ * read; a padded key inside weighs 0. */
+#define FA_WARPS 4
+#define FA_ROWS 4
+#define FA_KT 32
+#define FA_QB (FA_WARPS * FA_ROWS)
+#define FA_C (ERT_ATTN_FUSED_MAX_D / 32)
+
+/* floats of dynamic shared memory for heads of d features */
+static size_t fa_shared_floats(int d)
+{
+    return (size_t)FA_KT * (d + 1) + (size_t)FA_KT * d + (size_t)FA_QB * d;
+}
+
+static __global__ void __launch_bounds__(FA_WARPS * 32)
+    attn_fused_kernel(const float *q, const float *k, const float *v, const float *x, float *o,
+                      size_t units, int H, int T, int d, float scale)
+{
+    extern __shared__ float sm[];
+    float *ks = sm;                   /* [FA_KT][d + 1]: the padding spreads the lanes' banks */
+    float *vs = ks + FA_KT * (d + 1); /* [FA_KT][d] */
+    float *qs = vs + FA_KT * d;       /* [FA_QB][d] */
+    __shared__ int key_len;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, D = H * d;
+    const int nqb = CEIL_DIV(T, FA_QB);
+    const size_t xrow = (size_t)T * ((size_t)D + 1);
+    for (size_t u = blockIdx.x; u < units; u += gridDim.x) {
+        const size_t bh = u / (size_t)nqb;
+        const int q0 = (int)(u % (size_t)nqb) * FA_QB;
+        const float *mask = x + bh / (size_t)H * xrow + D; /* key j's at mask[j * (D + 1)] */
+        const size_t base = bh * (size_t)T * (size_t)d;    /* this (sample, head)'s [T, d] */
+        __syncthreads(); /* the previous unit is done with the shared arrays */
+        if (threadIdx.x == 0)
+            key_len = 0;
+        __syncthreads();
+        int len = 0;
+        for (int j = threadIdx.x; j < T; j += blockDim.x)
+            if (mask[(size_t)j * (D + 1)] != 0.0f)
+                len = j + 1;
+        atomicMax(&key_len, len);
+        for (int i = threadIdx.x; i < FA_QB * d; i += blockDim.x) {
+            const int t = q0 + i / d;
+            qs[i] = t < T ? q[base + (size_t)t * d + i % d] : 0.0f;
+        }
+        __syncthreads();
+        const int L = key_len;
+        float m[FA_ROWS], l[FA_ROWS], acc[FA_ROWS][FA_C];
+#pragma unroll
+        for (int r = 0; r < FA_ROWS; r++) {
+            m[r] = -INFINITY;
+            l[r] = 0.0f;
+#pragma unroll
+            for (int c = 0; c < FA_C; c++)
+                acc[r][c] = 0.0f;
+        }
+        for (int j0 = 0; j0 < L; j0 += FA_KT) {
+            const int kn = L - j0 < FA_KT ? L - j0 : FA_KT;
+            __syncthreads(); /* the previous tile is read */
+            for (int i = threadIdx.x; i < kn * d; i += blockDim.x) {
+                const int j = i / d, e = i % d;
+                ks[j * (d + 1) + e] = k[base + (size_t)(j0 + j) * d + e];
+                vs[j * d + e] = v[base + (size_t)(j0 + j) * d + e];
+            }
+            __syncthreads();
+            /* a lane past the tile scores a padded key: -inf, weight 0 */
+            const float km = lane < kn ? mask[(size_t)(j0 + lane) * (D + 1)] : 0.0f;
+#pragma unroll
+            for (int r = 0; r < FA_ROWS; r++) {
+                const float *qr = qs + (warp * FA_ROWS + r) * d;
+                float s = 0.0f;
+                if (lane < kn)
+                    for (int e = 0; e < d; e++)
+                        s += qr[e] * ks[lane * (d + 1) + e];
+                s = ert_key_score(s * scale, km);
+                const float tmax = warp_max(s);
+                const float m_new = tmax > m[r] ? tmax : m[r];
+                const float c = ert_online_scale(m[r], m_new);
+                m[r] = m_new;
+                const float p = ert_online_weight(s, m_new);
+                l[r] = l[r] * c + warp_sum(p);
+#pragma unroll
+                for (int cc = 0; cc < FA_C; cc++)
+                    acc[r][cc] *= c;
+                for (int j = 0; j < kn; j++) {
+                    const float pj = __shfl_sync(0xffffffffu, p, j);
+#pragma unroll
+                    for (int cc = 0; cc < FA_C; cc++) {
+                        const int e = lane + 32 * cc;
+                        if (e < d)
+                            acc[r][cc] += pj * vs[j * d + e];
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < FA_ROWS; r++) {
+            const int t = q0 + warp * FA_ROWS + r;
+            if (t >= T)
+                continue;
+#pragma unroll
+            for (int cc = 0; cc < FA_C; cc++) {
+                const int e = lane + 32 * cc;
+                if (e < d) /* every key padded: 0 / 0, NaN */
+                    o[base + (size_t)t * d + e] = acc[r][cc] / l[r];
+            }
+        }
+    }
+}
+
+extern "C" cudaError_t k_attn_fused(const float *q, const float *k, const float *v, const float *x,
+                                    float *o, int n, int H, int T, int d, cudaStream_t s)
+{
+    if (!q || !k || !v || !x || !o || n < 1 || H < 1 || T < 1 || d < 1 ||
+        d > ERT_ATTN_FUSED_MAX_D)
+        return cudaErrorInvalidValue;
+    const size_t units = (size_t)n * H * CEIL_DIV((size_t)T, (size_t)FA_QB);
+    const size_t smem = fa_shared_floats(d) * sizeof(float);
+    attn_fused_kernel<<<grid_of(units, 1), FA_WARPS * 32, smem, s>>>(q, k, v, x, o, units, H, T, d,
+                                                                     ert_attn_scale(d));
     return cudaGetLastError();
 }
 

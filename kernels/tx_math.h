@@ -210,4 +210,88 @@ static inline ERT_HD ert_gemm ert_gemm_context(int n, int H, int T, int d, int q
     return ert_gemm_make(0, 0, d, qn, T, d, T, d, td, qt, td, n * H);
 }
 
+/* ---- fused attention: the online softmax -------------------------------------------- */
+
+/* The fused attention (kernels/transformer.cu, k_attn_fused) reads the
+ * keys in tiles and never stores a score: per query row it keeps the
+ * largest score so far m, the sum l of exp(s - m) and the weighted sum acc
+ * of the values, and rescales l and acc when a tile raises m (the online
+ * softmax of flash attention). Keys from the last attended one on are
+ * skipped; a padded key inside scores -inf (ert_key_score) and weighs 0.
+ * Every key padded: l = 0 and acc / l is NaN, as ert_masked_softmax_row.
+ * A NaN score makes its row NaN. */
+
+/* The factor that rescales l and acc when the largest score goes from m_old
+ * to m_new (>= m_old): 1 while both are -inf (nothing attended yet). */
+static inline ERT_HD float ert_online_scale(float m_old, float m_new)
+{
+    return m_old == m_new ? 1.0f : expf(m_old - m_new);
+}
+
+/* A key's weight exp(s - m) against the largest score m so far (>= s): 0
+ * for a padded key, whatever m is. */
+static inline ERT_HD float ert_online_weight(float s, float m)
+{
+    return s == -INFINITY ? 0.0f : expf(s - m);
+}
+
+/* The largest key (exclusive) a sample's queries visit: one past its last
+ * attended key (mask value nonzero at mask[j * mstride]); 0 when every key
+ * is padded. */
+static inline ERT_HD int ert_attn_key_len(const float *mask, int mstride, int T)
+{
+    int len = 0;
+    for (int j = 0; j < T; j++)
+        if (mask[(long)j * mstride] != 0.0f)
+            len = j + 1;
+    return len;
+}
+
+/* One query row's attention output out[d] from q[d], the keys K[T, d] and
+ * values V[T, d] (rows of stride d), key j's mask at mask[j * mstride],
+ * reading the keys in tiles of ktile as the kernel does (in one thread:
+ * the kernel splits each tile over a warp's lanes). scale = ert_attn_scale. */
+static inline ERT_HD void ert_attn_row_online(const float *q, const float *K, const float *V,
+                                              const float *mask, int mstride, int T, int d,
+                                              float scale, int ktile, float *out)
+{
+    const int len = ert_attn_key_len(mask, mstride, T);
+    float m = -INFINITY, l = 0.0f;
+    for (int e = 0; e < d; e++)
+        out[e] = 0.0f;
+    for (int j0 = 0; j0 < len; j0 += ktile) {
+        const int j1 = j0 + ktile < len ? j0 + ktile : len;
+        float tmax = -INFINITY;
+        for (int j = j0; j < j1; j++) {
+            float s = 0.0f;
+            for (int e = 0; e < d; e++)
+                s += q[e] * K[(long)j * d + e];
+            s = ert_key_score(s * scale, mask[(long)j * mstride]);
+            tmax = s > tmax ? s : tmax;
+        }
+        const float m_new = tmax > m ? tmax : m;
+        const float c = ert_online_scale(m, m_new);
+        l *= c;
+        for (int e = 0; e < d; e++)
+            out[e] *= c;
+        m = m_new;
+        for (int j = j0; j < j1; j++) {
+            float s = 0.0f;
+            for (int e = 0; e < d; e++)
+                s += q[e] * K[(long)j * d + e];
+            const float p = ert_online_weight(ert_key_score(s * scale, mask[(long)j * mstride]), m);
+            l += p;
+            for (int e = 0; e < d; e++)
+                out[e] += p * V[(long)j * d + e];
+        }
+    }
+    for (int e = 0; e < d; e++)
+        out[e] = out[e] / l;
+}
+
+/* The fused kernel's limits: each warp holds a query row's head in
+ * registers, d / 32 values per lane, so it runs heads of at most
+ * ERT_ATTN_FUSED_MAX_D features; wider heads take the query blocks above. */
+#define ERT_ATTN_FUSED_MAX_D 128
+
 #endif /* ERT_TX_MATH_H */

@@ -10,7 +10,9 @@
  * which skips the mask column (and an output written with ldc = D + 1
  * leaves it alone). Attention per (sample, head) is two strided batched
  * SGEMMs over n * H per block of query rows: scores = q k^T, then
- * probabilities times v.
+ * probabilities times v; or, with the engine's fused attention on, one
+ * kernel (k_attn_fused) that keeps no score and reads no key after a
+ * sample's last attended one.
  *
  * The attention and encoder ops use the slot's workspace s->tx_ws (made at
  * engine creation for max_batch samples; tx_ws_floats gives its size per
@@ -135,12 +137,15 @@ static ert_status attn_core(ert_engine *e, cuda_ctx *c, cuda_slot *s, const atte
         return st;
     KERNEL_TRY(e,
                k_qkv_split(qkv, dev_weight(c, m, p->in_bias), x, q, k, v, n, T, H, d, s->stream));
-    /* per query block of qn rows from q0, per (sample, head):
-       S[qn, T_k] = Q_blk K^T / sqrt(d), its softmax, then O_blk[qn, d] = P V
-       into the heads' outputs over QKV (dead since the split) */
+    /* the heads' outputs over QKV (dead since the split): fused, or per
+       query block of qn rows from q0, per (sample, head): S[qn, T_k] =
+       Q_blk K^T / sqrt(d), its softmax, then O_blk[qn, d] = P V */
     float *ctx_h = qkv;
     const int qb = ert_attn_qrows(T, ERT_ATTN_QBLOCK);
-    for (int q0 = 0; q0 < T; q0 += qb) {
+    const int fused = c->fused_attention && d <= ERT_ATTN_FUSED_MAX_D;
+    if (fused)
+        KERNEL_TRY(e, k_attn_fused(q, k, v, x, ctx_h, n, H, T, d, s->stream));
+    for (int q0 = 0; !fused && q0 < T; q0 += qb) {
         const int qn = T - q0 < qb ? T - q0 : qb;
         const size_t off = (size_t)q0 * d;
         if ((st = gemm(e, s, ert_gemm_scores(n, H, T, d, qn), ert_attn_scale(d), k, q + off, sc,

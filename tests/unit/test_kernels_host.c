@@ -562,9 +562,10 @@ static void ref_gemm(ert_gemm g, float alpha, const float *a, const float *b, fl
     }
 }
 
-/* The attention as tx_ops.c runs it, its queries in blocks of qblock rows,
- * against its definition in double. */
-static void attention_replay(int qblock)
+/* The attention as tx_ops.c runs it, its queries in blocks of qblock rows
+ * (ktile 0) or fused, its keys in tiles of ktile (k_attn_fused, as
+ * ert_attn_row_online replays it), against its definition in double. */
+static void attention_replay(int qblock, int ktile)
 {
     enum {
         n = 3,
@@ -615,7 +616,12 @@ static void attention_replay(int qblock)
         }
     for (int i = 0; i < M * D; i++)
         ctxh[i] = NAN; /* every output row must be written by some block */
-    for (int q0 = 0; q0 < T; q0 += qb) {
+    for (int row = 0; ktile && row < n * H * T; row++) { /* k_attn_fused */
+        const int b = row / (H * T);
+        ert_attn_row_online(q + row * d, k + (row / T) * T * d, v + (row / T) * T * d,
+                            x + b * T * R + D, R, T, d, ert_attn_scale(d), ktile, ctxh + row * d);
+    }
+    for (int q0 = 0; !ktile && q0 < T; q0 += qb) {
         const int qn = T - q0 < qb ? T - q0 : qb;
         ref_gemm(ert_gemm_scores(n, H, T, d, qn), ert_attn_scale(d), k, q + q0 * d, sc, 0.0f);
         for (int row = 0; row < n * H * qn; row++) /* k_attn_softmax */
@@ -690,9 +696,78 @@ static void attention_replay(int qblock)
 
 /* T = 5: one block of every query (as ERT_ATTN_QBLOCK = 64 runs it), blocks of
  * 2, 2 and 1, and of one query each. */
-Test(tx_math, attention_replay) { attention_replay(ERT_ATTN_QBLOCK); }
-Test(tx_math, attention_replay_blocks) { attention_replay(2); }
-Test(tx_math, attention_replay_rows) { attention_replay(1); }
+Test(tx_math, attention_replay) { attention_replay(ERT_ATTN_QBLOCK, 0); }
+Test(tx_math, attention_replay_blocks) { attention_replay(2, 0); }
+Test(tx_math, attention_replay_rows) { attention_replay(1, 0); }
+/* fused: keys in tiles of 32 (the kernel's), 2 and 1 */
+Test(tx_math, attention_replay_fused) { attention_replay(ERT_ATTN_QBLOCK, 32); }
+Test(tx_math, attention_replay_fused_tiles) { attention_replay(ERT_ATTN_QBLOCK, 2); }
+Test(tx_math, attention_replay_fused_keys) { attention_replay(ERT_ATTN_QBLOCK, 1); }
+
+/* The online softmax of one query row (ert_attn_row_online) against the
+ * softmax in double, over T = 70 keys in tiles of 1, 3, 32 (the kernel's)
+ * and 70: keys attended at random with padding after the last one, a
+ * padded key holding NaN (no effect), every key padded (NaN), a NaN score
+ * (its row NaN), and scores far apart (the rescaling). */
+Test(tx_math, attention_online)
+{
+    enum { T = 70, d = 24 };
+    mw_rng r = mw_rng_seed(7);
+    static float qv[d], K[T * d], V[T * d], mask[T * 2], out[d];
+    const int tiles[] = {1, 3, 32, T};
+    for (int c = 0; c < 6; c++) {
+        for (int e = 0; e < d; e++)
+            qv[e] = (c == 4 ? 8.0f : 1.0f) * mw_rng_normal(&r);
+        for (int i = 0; i < T * d; i++) {
+            K[i] = mw_rng_normal(&r);
+            V[i] = mw_rng_normal(&r);
+        }
+        int last = c == 2 ? -1 : c == 1 ? 0 : 40 + (int)(mw_rng_next(&r) % 30);
+        for (int j = 0; j < T; j++) {
+            mask[2 * j] = j <= last && (j == last || mw_rng_next(&r) % 3 != 0) ? 1.0f : 0.0f;
+            mask[2 * j + 1] = -9.0f; /* the stride's other value, never read */
+        }
+        if (c == 0) { /* a padded key of NaN */
+            mask[2 * 5] = 0.0f;
+            for (int e = 0; e < d; e++)
+                K[5 * d + e] = NAN;
+        }
+        if (c == 3) /* an attended key of NaN */
+            K[3 * d] = NAN, mask[2 * 3] = 1.0f;
+        cr_assert_eq(ert_attn_key_len(mask, 2, T), last + 1);
+        /* the softmax in double */
+        double s[T], mx = -INFINITY, sum = 0, want[d];
+        const double sc = 1.0 / sqrt((double)d);
+        for (int j = 0; j < T; j++) {
+            double acc = 0;
+            for (int e = 0; e < d; e++)
+                acc += (double)qv[e] * K[j * d + e];
+            s[j] = mask[2 * j] != 0.0f ? acc * sc : -INFINITY;
+            mx = fmax(mx, s[j]);
+        }
+        for (int j = 0; j < T; j++)
+            sum += s[j] = mask[2 * j] != 0.0f ? exp(s[j] - mx) : 0.0;
+        for (int e = 0; e < d; e++) {
+            double acc = 0;
+            for (int j = 0; j < T; j++)
+                if (mask[2 * j] != 0.0f)
+                    acc += s[j] / sum * V[j * d + e];
+            want[e] = acc;
+        }
+        for (int t = 0; t < 4; t++) {
+            ert_attn_row_online(qv, K, V, mask, 2, T, d, ert_attn_scale(d), tiles[t], out);
+            for (int e = 0; e < d; e++) {
+                if (c == 2 || c == 3)
+                    cr_assert(isnan(out[e]), "case %d tile %d: out[%d] = %g, want NaN", c,
+                              tiles[t], e, out[e]);
+                else
+                    cr_assert(fabs(out[e] - want[e]) <= 2e-5 * (1.0 + fabs(want[e])),
+                              "case %d tile %d: out[%d] = %.7g, want %.7g", c, tiles[t], e,
+                              out[e], want[e]);
+            }
+        }
+    }
+}
 
 /* The attention's scratch grows with T, not T^2: from T = qblock on it is
  * linear (twice the tokens, exactly twice the floats), and for BERT-base
