@@ -394,8 +394,7 @@ static __global__ void __launch_bounds__(FA_WARPS * 32)
 extern "C" cudaError_t k_attn_fused(const float *q, const float *k, const float *v, const float *x,
                                     float *o, int n, int H, int T, int d, cudaStream_t s)
 {
-    if (!q || !k || !v || !x || !o || n < 1 || H < 1 || T < 1 || d < 1 ||
-        d > ERT_ATTN_FUSED_MAX_D)
+    if (!q || !k || !v || !x || !o || n < 1 || H < 1 || T < 1 || d < 1 || d > ERT_ATTN_FUSED_MAX_D)
         return cudaErrorInvalidValue;
     const size_t units = (size_t)n * H * CEIL_DIV((size_t)T, (size_t)FA_QB);
     const size_t smem = fa_shared_floats(d) * sizeof(float);

@@ -478,8 +478,8 @@ ert_status ert_model_load(const char *path, ert_model **out, ert_error *err)
     char wpath[1024];
     if ((st = parse_input(&c, root, m)) ||
         (st = json_get_int(&c, root, "", "num_classes", 0, 0, 1, 65536, &K)) ||
-        (st = get_path(&c, root, "sample_data", 0, m->dir, m->sample_data,
-                       sizeof m->sample_data)) ||
+        (st =
+             get_path(&c, root, "sample_data", 0, m->dir, m->sample_data, sizeof m->sample_data)) ||
         (st = get_path(&c, root, "sample_labels", 0, m->dir, m->sample_labels,
                        sizeof m->sample_labels)) ||
         (st = get_path(&c, root, "weights", 1, m->dir, wpath, sizeof wpath)))

@@ -180,7 +180,9 @@ static int existing_dir(const char *out_dir)
         return -cli_error(CLI_USAGE, "--write %s: exists and is not a directory", out_dir);
     /* the files model.json names, when they are flat names (a copy's are) */
     static const char *const keys[] = {"weights", "sample_data", "sample_labels"};
-    enum { N_KEYS = sizeof keys / sizeof keys[0] };
+    enum {
+        N_KEYS = sizeof keys / sizeof keys[0]
+    };
     char path[4096], named[N_KEYS][256] = {""};
     size_t len = 0;
     char *text = path_join(path, sizeof path, out_dir, "model.json") ? read_file(path, &len) : NULL;
@@ -214,11 +216,12 @@ static int existing_dir(const char *out_dir)
     }
     closedir(d);
     if (other)
-        return -cli_error(CLI_USAGE,
-                          "--write %s: the directory holds '%s'%s, not only a model written by "
-                          "calibrate (model.json, its weights and its sample files); nothing written: give a new "
-                          "or empty directory",
-                          out_dir, bad, other > 1 ? " and more" : "");
+        return -cli_error(
+            CLI_USAGE,
+            "--write %s: the directory holds '%s'%s, not only a model written by "
+            "calibrate (model.json, its weights and its sample files); nothing written: give a new "
+            "or empty directory",
+            out_dir, bad, other > 1 ? " and more" : "");
     return n ? 2 : 1;
 }
 
@@ -331,7 +334,9 @@ int cli_write_model(const char *model, const ert_model *m, const float *threshol
         goto done;
     }
     /* the names in the copy: the weights and the sample files, flat */
-    enum { N_FILES = 3 };
+    enum {
+        N_FILES = 3
+    };
     static const char *const keys[N_FILES] = {"weights", "sample_data", "sample_labels"};
     char names[N_FILES][256], srcs[N_FILES][4096];
     for (int k = 0; k < N_FILES; k++) {
@@ -364,8 +369,7 @@ int cli_write_model(const char *model, const ert_model *m, const float *threshol
                                json, keys[j], keys[k], names[k]);
                 goto done;
             }
-        if (!cJSON_ReplaceItemInObjectCaseSensitive(root, keys[k],
-                                                    cJSON_CreateString(names[k]))) {
+        if (!cJSON_ReplaceItemInObjectCaseSensitive(root, keys[k], cJSON_CreateString(names[k]))) {
             rc = cli_error(CLI_FAIL, "out of memory writing model.json");
             goto done;
         }

@@ -711,7 +711,10 @@ Test(tx_math, attention_replay_fused_keys) { attention_replay(ERT_ATTN_QBLOCK, 1
  * (its row NaN), and scores far apart (the rescaling). */
 Test(tx_math, attention_online)
 {
-    enum { T = 70, d = 24 };
+    enum {
+        T = 70,
+        d = 24
+    };
     mw_rng r = mw_rng_seed(7);
     static float qv[d], K[T * d], V[T * d], mask[T * 2], out[d];
     const int tiles[] = {1, 3, 32, T};
@@ -758,12 +761,12 @@ Test(tx_math, attention_online)
             ert_attn_row_online(qv, K, V, mask, 2, T, d, ert_attn_scale(d), tiles[t], out);
             for (int e = 0; e < d; e++) {
                 if (c == 2 || c == 3)
-                    cr_assert(isnan(out[e]), "case %d tile %d: out[%d] = %g, want NaN", c,
-                              tiles[t], e, out[e]);
+                    cr_assert(isnan(out[e]), "case %d tile %d: out[%d] = %g, want NaN", c, tiles[t],
+                              e, out[e]);
                 else
                     cr_assert(fabs(out[e] - want[e]) <= 2e-5 * (1.0 + fabs(want[e])),
-                              "case %d tile %d: out[%d] = %.7g, want %.7g", c, tiles[t], e,
-                              out[e], want[e]);
+                              "case %d tile %d: out[%d] = %.7g, want %.7g", c, tiles[t], e, out[e],
+                              want[e]);
             }
         }
     }

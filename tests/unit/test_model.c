@@ -742,8 +742,7 @@ static void outside_copy(char *other, size_t len, char *copy, size_t clen)
     cr_assert_eq(fclose(out), 0);
 }
 
-static void expect_key_refused(const char *key, const char *w, ert_status want_st,
-                               const char *want)
+static void expect_key_refused(const char *key, const char *w, ert_status want_st, const char *want)
 {
     ert_error err = {{0}};
     ert_status st = load_with_path(key, w, &err);
