@@ -10,7 +10,7 @@ bench/torch_peer.py (the same command line and JSON, so `exitrt bench
 Variants (--variants, or $ERT_GPU_PEER_VARIANTS, a comma list; default
 all), in this order (most telling first; for an encoder hf-sdpa comes
 right after eager), each on the modes it fits:
-  eager        fp32, TF32 off (torch_peer.py's modules and loops): full,
+  eager        at --precision (torch_peer.py's modules and loops): full,
                masked (every head, outputs selected with torch.where),
                compacted (boolean indexing after an `.item()`)
   compile      torch.compile (default mode) of every stage and head module,
@@ -29,6 +29,13 @@ right after eager), each on the modes it fits:
   compile-max  torch.compile(mode="max-autotune-no-cudagraphs") of the
                whole full forward (minutes of autotuning on a big model:
                last, and only within the budget)
+Precision (--precision, or $ERT_GPU_PEER_PRECISION; default fp32), for
+every variant, as exitrt's engine setting of the same name: fp32 (TF32 off
+for matmul and cuDNN: exact float32 products), tf32 (TF32 tensor cores on
+for both, torch.backends' allow_tf32), bf16 (the forward under
+torch.autocast(dtype=torch.bfloat16), TF32 off; exit scores then come from
+bf16 logits where autocast leaves them in bf16).
+
 Before any variant is timed, its exit decisions over all the inputs are
 checked against exitrt's (--exits), per profile and mode, with
 tests/common/tolerance.h's flip allowance (a percentage of the rows, + 1);
@@ -58,6 +65,7 @@ variant (not interleaved like torch_peer.py's).
 --device cpu runs the same on the CPU (for a dry run without a GPU: slow,
 and torch.compile may be missing; such variants say why they did not run).
 """
+import contextlib
 import copy
 import json
 import os
@@ -108,7 +116,7 @@ def run_compacted_isel(M, x, thr):
     idx = torch.arange(n, device=x.device)
     for s in range(M.E):
         h = M.stages[s](h)
-        z = M.heads[s](h).reshape(tp.nrows(h), -1)
+        z = M.heads[s](h).reshape(tp.nrows(h), -1).float()  # autocast: bf16 logits
         if s == M.E - 1:
             out.index_copy_(0, idx, z)
             break
@@ -326,12 +334,30 @@ def hf_variant(M, dev, model_dir):
 # Decisions and timing
 
 
+PRECISION = "fp32"
+
+
+def set_precision(p):
+    """The process-wide switches of --precision; the autocast part is
+    precision_ctx, entered around every forward."""
+    global PRECISION
+    PRECISION = p
+    torch.backends.cuda.matmul.allow_tf32 = p == "tf32"
+    torch.backends.cudnn.allow_tf32 = p == "tf32"
+
+
+def precision_ctx(dev):
+    if PRECISION == "bf16":
+        return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def decisions(var, xs_dev, profiles, exits, chunk):
     """Per profile and mode: the variant's exits over all inputs against
     exitrt's; returns {profile: {mode: mismatches}}."""
     n = xs_dev.shape[0]
     res = {}
-    with torch.inference_mode():
+    with torch.inference_mode(), precision_ctx(xs_dev.device):
         for p, (pname, thr) in enumerate(profiles):
             d = {}
             for mode in var.modes:
@@ -348,7 +374,7 @@ def decisions(var, xs_dev, profiles, exits, chunk):
 def time_cell(var, mode, thr, xs, n, batch, nb, args, dev):
     cuda = dev.type == "cuda"
     rep_s, lat_s, counts = [], [], None
-    with torch.inference_mode():
+    with torch.inference_mode(), precision_ctx(dev):
         for rep in range(-1, args.reps):
             k = nb if rep >= 0 else args.warmup
             if cuda:
@@ -423,7 +449,10 @@ def main():
                     default=float(os.environ.get("ERT_GPU_PEER_BUDGET", "150")))
     ap.add_argument("--hard", type=float, default=None)
     ap.add_argument("--variants-out", default=os.environ.get("ERT_GPU_PEER_OUT"))
+    ap.add_argument("--precision", choices=["fp32", "tf32", "bf16"],
+                    default=os.environ.get("ERT_GPU_PEER_PRECISION", "fp32"))
     args, M, x, exits, profiles = tp.peer_setup(ap, "gpu_peer")
+    set_precision(args.precision)
     t_start = time.perf_counter()
     hard = args.hard if args.hard is not None else args.budget + 30
 
@@ -444,7 +473,8 @@ def main():
 
     report = {"format": "exitrt-gpu-peer", "version": 1, "torch": torch.__version__,
               "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
-              "model": args.model, "tf32": False, "flip_allowance": allow,
+              "model": args.model, "precision": PRECISION, "tf32": PRECISION == "tf32",
+              "flip_allowance": allow,
               "budget_s": args.budget, "variants": []}
     best = {}  # (batch, mode, profile) -> (sps, variant, cell)
     eager_dec = {}
@@ -501,7 +531,8 @@ def main():
         dec_out.append(d)
     res = {"format": "exitrt-torch-peer", "version": 1, "torch": torch.__version__,
            "threads": torch.get_num_threads(), "devices": [dev.type],
-           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), "tf32": False,
+           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+           "precision": PRECISION, "tf32": PRECISION == "tf32",
            "cells": out_cells, "decisions": [] if args.no_check else dec_out,
            "ort": "not run: the GPU peer (bench/gpu_peer.py)",
            "nested_tensors": tp.Encoder.NESTED if M.transformer else None,

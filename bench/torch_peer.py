@@ -470,7 +470,7 @@ def run_masked(M, x, thr):
     done = torch.zeros(n, dtype=torch.bool, device=x.device)
     for s in range(M.E):
         h = M.stages[s](h)
-        z = M.heads[s](h).reshape(n, -1)
+        z = M.heads[s](h).reshape(n, -1).float()  # autocast: bf16 logits
         if s == M.E - 1:
             out = z if out is None else torch.where(done[:, None], out, z)
             break
@@ -492,7 +492,7 @@ def run_compacted(M, x, thr):
     idx = torch.arange(n, device=x.device)
     for s in range(M.E):
         h = M.stages[s](h)
-        z = M.heads[s](h).reshape(nrows(h), -1)
+        z = M.heads[s](h).reshape(nrows(h), -1).float()  # autocast: bf16 logits
         if s == M.E - 1:
             out[idx] = z
             break
