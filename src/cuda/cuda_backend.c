@@ -133,7 +133,9 @@ static ert_status slot_init(ert_engine *e, cuda_ctx *c, cuda_slot *s)
     CUBLAS_TRY(e, cublasSetStream(s->blas, s->stream));
     CUDA_TRY(e, cudaMalloc(&s->blas_ws, ERT_CUBLAS_WORKSPACE));
     CUBLAS_TRY(e, cublasSetWorkspace(s->blas, s->blas_ws, ERT_CUBLAS_WORKSPACE));
-    CUBLAS_TRY(e, cublasSetMathMode(s->blas, CUBLAS_DEFAULT_MATH)); /* no TF32: see ops.c */
+    /* FP32: no TF32 (cuda_ops.c, "Precision") */
+    CUBLAS_TRY(
+        e, cublasSetMathMode(s->blas, c->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
     CUDNN_TRY(e, cudnnCreate(&s->dnn));
     CUDNN_TRY(e, cudnnSetStream(s->dnn, s->stream));
 

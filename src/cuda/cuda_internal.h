@@ -90,6 +90,7 @@ typedef struct cuda_ctx {
     cudaEvent_t ev_caller;      /* infer_device: the caller's stream reached the call */
     struct graph_state *graphs; /* bucketed graphs (graph.c), or NULL: wait-based */
     int fused_attention;        /* attention as k_attn_fused where the heads fit (tx_ops.c) */
+    int tf32;                   /* TF32 tensor cores for cuDNN and cuBLAS (cuda_ops.c) */
 } cuda_ctx;
 
 /* Whether stage si runs its heads and exit decision in ert_infer and the

@@ -18,11 +18,16 @@
  * should the chosen algorithm refuse that n or outgrow the workspace, the op
  * falls back to IMPLICIT_GEMM, which needs none.
  *
- * Precision: cuDNN runs with CUDNN_FMA_MATH (CUDNN_DEFAULT_MATH would allow
- * TF32 tensor cores on sm_80+) and cuBLAS with CUBLAS_DEFAULT_MATH, which
- * uses no TF32 for SGEMM unless asked (CUBLAS_TF32_TENSOR_OP_MATH) -- chosen
- * over CUBLAS_PEDANTIC_MATH, which would also rule out split-K reductions
- * that are exact float32 all the same.
+ * Precision: FP32 (the default) runs cuDNN with CUDNN_FMA_MATH
+ * (CUDNN_DEFAULT_MATH would allow TF32 tensor cores on sm_80+) and cuBLAS
+ * with CUBLAS_DEFAULT_MATH, which uses no TF32 for SGEMM unless asked
+ * (CUBLAS_TF32_TENSOR_OP_MATH) -- chosen over CUBLAS_PEDANTIC_MATH, which
+ * would also rule out split-K reductions that are exact float32 all the
+ * same. TF32 (c->tf32) asks for the tensor cores: cuBLAS with
+ * CUBLAS_TF32_TENSOR_OP_MATH, and each convolution with the math type of
+ * the first algorithm cuDNN ranks (CUDNN_DEFAULT_MATH, which lets cuDNN
+ * round the inputs to TF32, or CUDNN_TENSOR_OP_MATH; never
+ * ..._ALLOW_CONVERSION, which would round to FP16). Storage stays float32.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,7 +85,8 @@ static ert_status conv_setup(ert_engine *e, cuda_ctx *c, cudnnHandle_t h, const 
                                                  cp->stride_w, cp->dil_h, cp->dil_w,
                                                  CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
     CUDNN_TRY(e, cudnnSetConvolutionGroupCount(d->conv, cp->groups));
-    CUDNN_TRY(e, cudnnSetConvolutionMathType(d->conv, CUDNN_FMA_MATH));
+    CUDNN_TRY(e,
+              cudnnSetConvolutionMathType(d->conv, c->tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
     CUDNN_TRY(e, cudnnSetTensor4dDescriptor(d->x, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, B, is.c,
                                             is.h, is.w));
     int on, oc, oh, ow;
@@ -103,19 +109,25 @@ static ert_status conv_setup(ert_engine *e, cuda_ctx *c, cudnnHandle_t h, const 
     int got = 0;
     CUDNN_TRY(e, cudnnGetConvolutionForwardAlgorithm_v7(
                      h, d->x, d->w, d->conv, d->y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got, perf));
-    /* Ranked by cuDNN's heuristics. First pass: entries reported for FMA
-       math (what the descriptor asks); second: DEFAULT math ones, which on
-       sm_80+ might mean TF32 under that math type, but the descriptor stays
-       FMA (we never copy perf.mathType into it). Tensor-op entries never. */
+    /* Ranked by cuDNN's heuristics. FP32, first pass: entries reported for
+       FMA math (what the descriptor asks); second: DEFAULT math ones, which
+       on sm_80+ might mean TF32 under that math type, but the descriptor
+       stays FMA (we never copy perf.mathType into it). Tensor-op entries
+       never. TF32: the first entry in any math but ..._ALLOW_CONVERSION,
+       whose math type the descriptor then takes. */
     int chosen = 0;
     size_t ws = 0;
     for (int k = 0; k < 2 * got && !chosen; k++) {
         int i = k % got;
         size_t ws1 = 0;
-        cudnnMathType_t want = k < got ? CUDNN_FMA_MATH : CUDNN_DEFAULT_MATH;
-        if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].mathType != want ||
+        const cudnnMathType_t mt = perf[i].mathType;
+        const int ok = c->tf32 ? k < got && mt != CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION
+                               : mt == (k < got ? CUDNN_FMA_MATH : CUDNN_DEFAULT_MATH);
+        if (perf[i].status != CUDNN_STATUS_SUCCESS || !ok ||
             perf[i].memory > ERT_CUDNN_WORKSPACE_CAP)
             continue;
+        if (c->tf32)
+            CUDNN_TRY(e, cudnnSetConvolutionMathType(d->conv, mt));
         /* valid at n = 1 as well (the smallest batch COMPACTED can reach) */
         CUDNN_TRY(e, cudnnSetTensor4dDescriptor(d->x, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, is.c,
                                                 is.h, is.w));
@@ -135,6 +147,8 @@ static ert_status conv_setup(ert_engine *e, cuda_ctx *c, cudnnHandle_t h, const 
     }
     if (!chosen) {
         d->algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
+        CUDNN_TRY(
+            e, cudnnSetConvolutionMathType(d->conv, c->tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
         CUDNN_TRY(
             e, cudnnGetConvolutionForwardWorkspaceSize(h, d->x, d->w, d->conv, d->y, d->algo, &ws));
     }
