@@ -202,7 +202,9 @@ typedef struct ert_engine_config {
     ert_mode mode;
     int max_batch; /* largest batch ert_infer accepts (>= 1) */
     /* CPU: the threads the engine's calls run on (OpenMP team, oneDNN,
-     * OpenBLAS); 0 = the libraries' defaults. Scoped to the engine's own
+     * OpenBLAS); 0 = the libraries' defaults (a model with transformer
+     * layers runs OpenBLAS at one thread inside its OpenMP team, whatever
+     * the count). Scoped to the engine's own
      * calls: each call sets the calling thread's OpenMP thread count and
      * OpenBLAS's for its duration and gives back what it found, so neither
      * another engine's setting nor the host's own counts change (read them
