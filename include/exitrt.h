@@ -23,6 +23,28 @@
  *     and a stream's submit, poll and flush) claims it first: one made
  *     while another runs returns ERT_BUSY at once, before checking its
  *     arguments, and changes nothing on the engine, its message included.
+ *
+ * Structs that grow (the ABI within one major version):
+ *   - The config, result and counter structs (ert_engine_config,
+ *     ert_result, ert_device_result, ert_stream_config, ert_stream_stats)
+ *     begin with `uint32_t struct_size`: sizeof the struct in the header the
+ *     program was built with. Start each from its ERT_*_INIT macro (or, for
+ *     the two configs, ert_*_config_default()), which sets it; a struct
+ *     zeroed or filled by hand without it is refused (ERT_INVALID_ARGUMENT,
+ *     "struct_size is 0 ...").
+ *   - A later minor version only appends fields, and every layout ends
+ *     without trailing padding, so each layout has its own size. The
+ *     library reads and writes only the fields the caller's size covers and
+ *     gives a config's missing fields their defaults. A size that is not a
+ *     layout the library knows is refused with ERT_INVALID_ARGUMENT; one
+ *     larger than the library's own (a program built against a newer
+ *     exitrt.h than the library it runs with) with ERT_UNSUPPORTED; the
+ *     message names the struct and both sizes.
+ *   - ert_sample, ert_stream_result and ert_error never change: arrays of
+ *     them are indexed by the caller's sizeof.
+ *   - Programs built against exitrt 0.3 (whose structs had no struct_size)
+ *     keep running: the shared library keeps their entry points under the
+ *     symbol version EXITRT_0.3 (docs/ARCHITECTURE.md, "ABI").
  */
 #ifndef EXITRT_H
 #define EXITRT_H
@@ -39,7 +61,7 @@ extern "C" {
  * the same within one major version (the shared library's SONAME is
  * libexitrt.so.<major>). */
 #define ERT_VERSION_MAJOR 0
-#define ERT_VERSION_MINOR 3
+#define ERT_VERSION_MINOR 4
 #define ERT_VERSION_PATCH 0
 
 /* ERT_API marks what the shared library exports (everything else is hidden);
@@ -175,12 +197,26 @@ ERT_API const char *ert_model_sample_labels(const ert_model *m);
 /* ---- engine -------------------------------------------------------------- */
 
 typedef struct ert_engine_config {
+    uint32_t struct_size; /* sizeof(ert_engine_config): ERT_ENGINE_CONFIG_INIT */
     ert_backend backend;
     ert_mode mode;
     int max_batch; /* largest batch ert_infer accepts (>= 1) */
-    int threads;   /* CPU: BLAS threads; 0 = leave the BLAS default */
-    int device;    /* CUDA: device ordinal */
-    int inflight;  /* CUDA: batches in flight on their own streams (>= 1) */
+    /* CPU: the threads the engine's calls run on (OpenMP team, oneDNN,
+     * OpenBLAS); 0 = the libraries' defaults (a model with transformer
+     * layers runs OpenBLAS at one thread inside its OpenMP team, whatever
+     * the count). Scoped to the engine's own
+     * calls: each call sets the calling thread's OpenMP thread count and
+     * OpenBLAS's for its duration and gives back what it found, so neither
+     * another engine's setting nor the host's own counts change (read them
+     * with omp_get_max_threads and openblas_get_num_threads around a call:
+     * they are the same before and after). OpenBLAS's count is one per
+     * process: while engine calls run, a BLAS call the host makes on another
+     * thread may run with the count of an engine's call, and the count the
+     * host finds after the last concurrent call has returned is the one it
+     * had before the first began. */
+    int threads;
+    int device;   /* CUDA: device ordinal */
+    int inflight; /* CUDA: batches in flight on their own streams (>= 1) */
     /* CUDA, COMPACTED: 0 = the wait-based path (the host learns each row
      * count); K in [1, 64] = size-bucketed CUDA graphs with no host wait:
      * each stage is captured for K row counts (multiples of
@@ -194,11 +230,19 @@ typedef struct ert_engine_config {
 /* Defaults: AUTO backend, COMPACTED mode, max_batch 256, threads 0,
  * device 0, inflight 1, graph_buckets 0. The library reads no environment
  * variables; the exitrt command takes its --graph-buckets default from
- * ERT_GRAPH_BUCKETS. */
+ * ERT_GRAPH_BUCKETS.
+ *   ert_engine_config cfg = ERT_ENGINE_CONFIG_INIT;
+ * and ert_engine_config_default() (the same, from the library) both set
+ * struct_size. */
+#define ERT_ENGINE_CONFIG_INIT                                                                     \
+    {                                                                                              \
+        (uint32_t)sizeof(ert_engine_config), ERT_BACKEND_AUTO, ERT_MODE_COMPACTED, 256, 0, 0, 1, 0 \
+    }
 ERT_API ert_engine_config ert_engine_config_default(void);
 
-/* Creates an engine for model m. Buffers are sized for cfg->max_batch once,
- * here. With ERT_BACKEND_AUTO and no usable CUDA device the CPU backend is
+/* Creates an engine for model m. cfg: made as above (its struct_size is
+ * checked first: "Structs that grow"). Buffers are sized for cfg->max_batch
+ * once, here. With ERT_BACKEND_AUTO and no usable CUDA device the CPU backend is
  * used (ert_engine_backend() tells which). On failure *out is NULL and err
  * says why; nothing is leaked. */
 ERT_API ERT_NODISCARD ert_status ert_engine_create(ert_model *m, const ert_engine_config *cfg,
@@ -243,10 +287,14 @@ typedef struct ert_sample {
                            exit's is the streak length, 1.0, 2.0, ...) */
 } ert_sample;
 
-/* Results of one ert_infer call. The caller owns every array. */
+/* Results of one ert_infer call. The caller owns every array. Start it from
+ * ERT_RESULT_INIT (struct_size), then set samples and logits:
+ *   ert_result res = ERT_RESULT_INIT;
+ *   res.samples = samples; */
 typedef struct ert_result {
-    ert_sample *samples; /* [batch] required */
-    float *logits;       /* [batch * num_classes] or NULL: not wanted */
+    uint32_t struct_size; /* sizeof(ert_result): ERT_RESULT_INIT */
+    ert_sample *samples;  /* [batch] required */
+    float *logits;        /* [batch * num_classes] or NULL: not wanted */
     /* filled by the call: */
     int32_t exit_counts[ERT_MAX_EXITS]; /* samples leaving at each exit */
     uint64_t macs_executed;             /* multiply-accumulates actually run */
@@ -267,6 +315,11 @@ typedef struct ert_result {
     uint64_t macs_padding;         /* MACs spent on padding rows; not counted in
                                      macs_executed, which stays the rows' own work */
 } ert_result;
+
+#define ERT_RESULT_INIT                                                      \
+    {                                                                        \
+        (uint32_t)sizeof(ert_result), NULL, NULL, {0}, 0, 0, 0, 0, 0, {0}, 0 \
+    }
 
 /* Runs a batch. input: [batch, C, H, W] floats in the model's raw units (the
  * model's input normalisation is applied inside). 1 <= batch <= max_batch.
@@ -303,13 +356,19 @@ ERT_API ERT_NODISCARD ert_status ert_engine_exit_outputs(ert_engine *e, const fl
                                                          int batch, float *scores,
                                                          int32_t *classes);
 
-/* Device-side results of ert_infer_device: device pointers the caller owns. */
+/* Device-side results of ert_infer_device: device pointers the caller owns.
+ * Start it from ERT_DEVICE_RESULT_INIT. */
 typedef struct ert_device_result {
-    ert_sample *samples; /* device [batch] required */
-    float *logits;       /* device [batch * num_classes] or NULL */
-    /* filled on the host when the call returns: */
-    int32_t host_waits;
+    uint32_t struct_size; /* sizeof(ert_device_result): ERT_DEVICE_RESULT_INIT */
+    int32_t host_waits;   /* filled on the host when the call returns */
+    ert_sample *samples;  /* device [batch] required */
+    float *logits;        /* device [batch * num_classes] or NULL */
 } ert_device_result;
+
+#define ERT_DEVICE_RESULT_INIT                             \
+    {                                                      \
+        (uint32_t)sizeof(ert_device_result), 0, NULL, NULL \
+    }
 
 /* Runs a batch whose input already lives on the GPU (CUDA backend only).
  * d_input: device [batch, C, H, W] floats in raw units. cuda_stream: a
@@ -412,20 +471,26 @@ typedef enum ert_stream_schedule {
 } ert_stream_schedule;
 
 typedef struct ert_stream_config {
-    int batch;          /* rows per stage run, 1..engine max_batch;
+    uint32_t struct_size; /* sizeof(ert_stream_config): ERT_STREAM_CONFIG_INIT */
+    int batch;            /* rows per stage run, 1..engine max_batch;
                            0: the engine's max_batch */
-    int queue;          /* samples admitted at a time (queued or finished and
+    int queue;            /* samples admitted at a time (queued or finished and
                            not yet polled), >= 1; 0: max(4, stages + 1) *
                            batch, which leaves room for a partial batch
                            waiting in every stage plus a full one */
+    ert_stream_schedule schedule;
     double deadline_ms; /* a partial batch runs on submit/poll once the oldest
                            queued sample was submitted this long ago; 0: at
                            every call; negative or +inf: never (flush only) */
-    ert_stream_schedule schedule;
 } ert_stream_config;
 
 /* Defaults: batch 0 (the engine's max_batch), queue 0 (see above),
- * deadline 2 ms, deepest stage first. */
+ * deadline 2 ms, deepest stage first. ERT_STREAM_CONFIG_INIT and
+ * ert_stream_config_default() both set struct_size. */
+#define ERT_STREAM_CONFIG_INIT                                                     \
+    {                                                                              \
+        (uint32_t)sizeof(ert_stream_config), 0, 0, ERT_SCHEDULE_DEEPEST_FIRST, 2.0 \
+    }
 ERT_API ert_stream_config ert_stream_config_default(void);
 
 /* Creates a stream on engine e (any backend whose engine supports streams:
@@ -485,17 +550,18 @@ ERT_API ERT_NODISCARD ert_status ert_stream_flush(ert_stream *s);
 
 /* Counters over the stream's life. */
 typedef struct ert_stream_stats {
-    int32_t num_stages;                         /* == the model's exits */
-    int32_t batch;                              /* rows per stage run */
-    int32_t queue;                              /* samples admitted at a time, at most */
-    int32_t admitted;                           /* now: queued in a stage or finished, not polled */
-    uint64_t submitted;                         /* samples accepted by submit */
-    uint64_t finished;                          /* samples that left at an exit */
-    uint64_t polled;                            /* results handed out by poll */
-    uint64_t exit_counts[ERT_MAX_EXITS];        /* finished samples per exit */
-    uint64_t stage_rows[ERT_MAX_EXITS];         /* rows run through stage s: the rows
+    uint32_t struct_size;                /* sizeof(ert_stream_stats): ERT_STREAM_STATS_INIT */
+    int32_t num_stages;                  /* == the model's exits */
+    int32_t batch;                       /* rows per stage run */
+    int32_t queue;                       /* samples admitted at a time, at most */
+    int32_t admitted;                    /* now: queued in a stage or finished, not polled */
+    uint64_t submitted;                  /* samples accepted by submit */
+    uint64_t finished;                   /* samples that left at an exit */
+    uint64_t polled;                     /* results handed out by poll */
+    uint64_t exit_counts[ERT_MAX_EXITS]; /* finished samples per exit */
+    uint64_t stage_rows[ERT_MAX_EXITS];  /* rows run through stage s: the rows
                                              that entered it */
-    uint64_t stage_runs[ERT_MAX_EXITS];         /* stage runs ... */
+    uint64_t stage_runs[ERT_MAX_EXITS];  /* stage runs ... */
     uint64_t stage_partial_runs[ERT_MAX_EXITS]; /* ... of them with < batch rows */
     uint64_t padding_rows;                      /* always 0: stage runs are never padded to a
                                                    bucket (ert_batch_result's padding_rows);
@@ -508,8 +574,16 @@ typedef struct ert_stream_stats {
     uint64_t nonfinite_samples;                 /* submitted samples holding NaN or Inf */
 } ert_stream_stats;
 
-/* Fills *out with the stream's counters (zeros for a NULL stream). */
-ERT_API void ert_stream_get_stats(const ert_stream *s, ert_stream_stats *out);
+#define ERT_STREAM_STATS_INIT                                                                      \
+    {                                                                                              \
+        (uint32_t)sizeof(ert_stream_stats), 0, 0, 0, 0, 0, 0, 0, {0}, {0}, {0}, {0}, 0, 0, 0, 0, 0 \
+    }
+
+/* Fills *out (made from ERT_STREAM_STATS_INIT) with the stream's counters,
+ * the fields its struct_size covers. ERT_INVALID_ARGUMENT for a NULL out or
+ * stream (a NULL stream's counters are zeros) and, writing nothing, for a
+ * struct_size the library does not know ("Structs that grow"). */
+ERT_API ert_status ert_stream_get_stats(const ert_stream *s, ert_stream_stats *out);
 
 /* The message of the stream's last failure ("" if none). */
 ERT_API const char *ert_stream_error(const ert_stream *s);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "abi.h"
 #include "engine_core.h"
 #include "backend_plugin.h"
 #include "util.h"
@@ -24,6 +25,7 @@ const char *ert_version(void)
 ert_engine_config ert_engine_config_default(void)
 {
     ert_engine_config c = {
+        .struct_size = sizeof(ert_engine_config),
         .backend = ERT_BACKEND_AUTO,
         .mode = ERT_MODE_COMPACTED,
         .max_batch = 256,
@@ -60,15 +62,23 @@ static const backend_ops *pick_backend(ert_backend b, ert_status *st, ert_error 
     return NULL;
 }
 
-ert_status ert_engine_create(ert_model *m, const ert_engine_config *cfg, ert_engine **out,
+ert_status ert_engine_create(ert_model *m, const ert_engine_config *caller, ert_engine **out,
                              ert_error *err)
 {
     if (!out)
         return ert_fail(err, ERT_INVALID_ARGUMENT, "ert_engine_create: out is NULL");
     *out = NULL;
-    if (!m || !cfg)
+    if (!m || !caller)
         return ert_fail(err, ERT_INVALID_ARGUMENT, "ert_engine_create: %s is NULL",
                         m ? "config" : "model");
+    char why[ERT_ERROR_LEN];
+    ert_status sized =
+        abi_check(&abi_engine_config, caller->struct_size, "ert_engine_create", why, sizeof why);
+    if (sized != ERT_OK)
+        return ert_fail(err, sized, "%s", why);
+    ert_engine_config full = ert_engine_config_default();
+    abi_read(&full, sizeof full, caller, caller->struct_size);
+    const ert_engine_config *cfg = &full;
     if (m->freed)
         return ert_fail(err, ERT_INVALID_ARGUMENT, "ert_engine_create: the model was freed");
     if (cfg->max_batch < 1 || cfg->max_batch > ENGINE_MAX_BATCH)
@@ -238,15 +248,41 @@ static ert_status infer_entered(ert_engine *e, const float *input, int batch, er
     return st;
 }
 
-/* ert_infer's and ert_infer_tokens' checks, on an entered engine. */
-static ert_status check_infer(ert_engine *e, const void *input, int batch, const ert_result *out)
+/* A caller's sized result (abi.h) checked, as the call `who` names it. */
+static ert_status check_sized(ert_engine *e, const abi_struct *t, uint32_t size, const char *who)
+{
+    char why[ERT_ERROR_LEN];
+    ert_status st = abi_check(t, size, who, why, sizeof why);
+    if (st != ERT_OK)
+        return engine_fail(e, st, "%s", why);
+    return ERT_OK;
+}
+
+/* ert_infer's and ert_infer_tokens' checks, on an entered engine; *full
+ * then holds the caller's result in the library's layout (abi.h). */
+static ert_status check_infer(ert_engine *e, const void *input, int batch, const ert_result *out,
+                              const char *who, ert_result *full)
 {
     ert_status st = check_batch(e, input, batch, out);
     if (st != ERT_OK)
         return st;
-    if (!out->samples)
+    st = check_sized(e, &abi_result, out->struct_size, who);
+    if (st != ERT_OK)
+        return st;
+    memset(full, 0, sizeof *full);
+    abi_read(full, sizeof *full, out, out->struct_size);
+    if (!full->samples)
         return engine_fail(e, ERT_INVALID_ARGUMENT, "result->samples is NULL");
     return ERT_OK;
+}
+
+/* The figures of *full back into the caller's result, as far as its
+ * struct_size goes. */
+static void result_write(ert_result *out, const ert_result *full)
+{
+    const uint32_t size = out->struct_size;
+    memcpy(out, full, size);
+    out->struct_size = size;
 }
 
 ert_status ert_infer(ert_engine *e, const float *input, int batch, ert_result *out)
@@ -256,9 +292,12 @@ ert_status ert_infer(ert_engine *e, const float *input, int batch, ert_result *o
     if (!engine_enter(e))
         return ERT_BUSY;
     e->err[0] = '\0';
-    ert_status st = check_infer(e, input, batch, out);
-    if (st == ERT_OK)
-        st = infer_entered(e, input, batch, out);
+    ert_result full;
+    ert_status st = check_infer(e, input, batch, out, "ert_infer", &full);
+    if (st == ERT_OK) {
+        st = infer_entered(e, input, batch, &full);
+        result_write(out, &full);
+    }
     engine_leave(e);
     return st;
 }
@@ -269,14 +308,17 @@ static ert_status infer_tokens_entered(ert_engine *e, const int32_t *ids, const 
     if (!e->token_rows)
         return engine_fail(e, ERT_INVALID_ARGUMENT,
                            "ert_infer_tokens: the model takes images, not tokens (ert_infer)");
-    ert_status st = check_infer(e, ids, batch, out);
+    ert_result full;
+    ert_status st = check_infer(e, ids, batch, out, "ert_infer_tokens", &full);
     if (st != ERT_OK)
         return st;
     ert_error perr = {{0}};
     st = ert_pack_tokens(e->model, ids, mask, batch, e->token_rows, &perr);
     if (st != ERT_OK)
         return engine_fail(e, st, "ert_infer_tokens: %s", perr.msg);
-    return infer_entered(e, e->token_rows, batch, out);
+    st = infer_entered(e, e->token_rows, batch, &full);
+    result_write(out, &full);
+    return st;
 }
 
 ert_status ert_infer_tokens(ert_engine *e, const int32_t *ids, const int32_t *mask, int batch,
@@ -299,15 +341,24 @@ static ert_status infer_device_entered(ert_engine *e, const void *d_input, int b
     ert_status st = check_batch(e, d_input, batch, out);
     if (st != ERT_OK)
         return st;
-    if (!out->samples)
+    st = check_sized(e, &abi_device_result, out->struct_size, "ert_infer_device");
+    if (st != ERT_OK)
+        return st;
+    ert_device_result full = {0};
+    abi_read(&full, sizeof full, out, out->struct_size);
+    if (!full.samples)
         return engine_fail(e, ERT_INVALID_ARGUMENT, "result->samples is NULL");
     if (!e->ops->infer_device)
         return engine_fail(e, ERT_UNSUPPORTED,
                            "ert_infer_device needs the CUDA backend, "
                            "this engine runs on %s",
                            e->ops->name);
-    out->host_waits = 0;
-    return e->ops->infer_device(e, d_input, batch, out, stream);
+    full.host_waits = 0;
+    st = e->ops->infer_device(e, d_input, batch, &full, stream);
+    const uint32_t size = out->struct_size;
+    memcpy(out, &full, size);
+    out->struct_size = size;
+    return st;
 }
 
 ert_status ert_infer_device(ert_engine *e, const void *d_input, int batch, ert_device_result *out,

@@ -52,6 +52,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "abi.h"
 #include "engine_core.h"
 #include "util.h"
 
@@ -121,6 +122,7 @@ static void stream_leave(ert_stream *s) { engine_leave(s->e); }
 ert_stream_config ert_stream_config_default(void)
 {
     ert_stream_config c = {
+        .struct_size = sizeof(ert_stream_config),
         .batch = 0,
         .queue = 0,
         .deadline_ms = 2.0,
@@ -170,7 +172,15 @@ ert_status ert_stream_create(ert_engine *e, const ert_stream_config *cfg, ert_st
     if (!e->ops->run_stage)
         return ert_fail(err, ERT_UNSUPPORTED, "ert_stream_create: the %s backend has no streams",
                         e->ops->name);
-    ert_stream_config c = cfg ? *cfg : ert_stream_config_default();
+    ert_stream_config c = ert_stream_config_default();
+    if (cfg) {
+        char why[ERT_ERROR_LEN];
+        ert_status sized =
+            abi_check(&abi_stream_config, cfg->struct_size, "ert_stream_create", why, sizeof why);
+        if (sized != ERT_OK)
+            return ert_fail(err, sized, "%s", why);
+        abi_read(&c, sizeof c, cfg, cfg->struct_size);
+    }
     const int max_batch = e->cfg.max_batch;
     if (c.batch == 0)
         c.batch = max_batch;
@@ -518,27 +528,35 @@ ert_status ert_stream_flush(ert_stream *s)
     return st;
 }
 
-void ert_stream_get_stats(const ert_stream *s, ert_stream_stats *out)
+ert_status ert_stream_get_stats(const ert_stream *s, ert_stream_stats *caller)
 {
-    if (!out)
-        return;
+    char why[ERT_ERROR_LEN];
+    if (!caller || abi_check(&abi_stream_stats, caller->struct_size, "ert_stream_get_stats", why,
+                             sizeof why) != ERT_OK)
+        return ERT_INVALID_ARGUMENT;
+    ert_stream_stats st, *out = &st;
     memset(out, 0, sizeof *out);
-    if (!s)
-        return;
-    *out = s->stats;
-    out->admitted = s->admitted;
-    /* the ideal cost of the finished samples: each entered the stages up to
-       the one it left at (plan.h), with heads as the engine's mode runs them */
-    const ert_engine *e = s->e;
-    const int full = e->cfg.mode == ERT_MODE_FULL;
-    uint64_t entering = 0, ideal = 0;
-    for (int si = s->S - 1; si >= 0; si--) {
-        entering += s->stats.exit_counts[si];
-        uint64_t head = full && si < s->S - 1 ? 0 : e->model->exits[si].head_macs;
-        ideal += entering * (e->plan.stages[si].macs + head);
+    if (s) {
+        *out = s->stats;
+        out->admitted = s->admitted;
+        /* the ideal cost of the finished samples: each entered the stages up
+           to the one it left at (plan.h), with heads as the engine's mode
+           runs them */
+        const ert_engine *e = s->e;
+        const int full = e->cfg.mode == ERT_MODE_FULL;
+        uint64_t entering = 0, ideal = 0;
+        for (int si = s->S - 1; si >= 0; si--) {
+            entering += s->stats.exit_counts[si];
+            uint64_t head = full && si < s->S - 1 ? 0 : e->model->exits[si].head_macs;
+            ideal += entering * (e->plan.stages[si].macs + head);
+        }
+        out->macs_ideal = ideal;
+        out->macs_full = s->stats.finished * e->model->macs_full;
     }
-    out->macs_ideal = ideal;
-    out->macs_full = s->stats.finished * e->model->macs_full;
+    const uint32_t size = caller->struct_size; /* the caller's fields alone */
+    memcpy(caller, out, size);
+    caller->struct_size = size;
+    return s ? ERT_OK : ERT_INVALID_ARGUMENT;
 }
 
 const char *ert_stream_error(const ert_stream *s) { return s ? s->err : "stream is NULL"; }

@@ -16,7 +16,8 @@ int main(int argc, char **argv)
         return fprintf(stderr, "%s\n", err.msg), 1;
     float *x = calloc(ert_model_input_size(model) * 64, sizeof *x); /* your inputs */
     ert_sample samples[64];
-    ert_result res = {.samples = samples};
+    ert_result res = ERT_RESULT_INIT; /* sets struct_size: exitrt.h */
+    res.samples = samples;
     if (ert_infer(engine, x, 64, &res) != ERT_OK)
         return fprintf(stderr, "%s\n", ert_engine_error(engine)), 1;
     for (int i = 0; i < ert_model_num_exits(model); i++)

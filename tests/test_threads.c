@@ -97,7 +97,7 @@ static void *hammer(void *arg)
        alone): go on until some calls were refused, within a bound */
     for (int i = 0; scores && (i < ROUNDS || atomic_load(&sh->busy) < MIN_BUSY) && i < 40 * ROUNDS;
          i++) {
-        ert_result r = {.samples = s};
+        ert_result r = {.struct_size = sizeof(ert_result), .samples = s};
         if (ran(sh, ert_infer(sh->e, sh->x, B, &r), ERT_OK, "ert_infer"))
             CHECK(memcmp(s, sh->want, sizeof s) == 0, "ert_infer: other results than alone");
         /* a refused call with a bad argument: the argument is checked by
@@ -175,8 +175,8 @@ static void *refused(void *arg)
     held *h = arg;
     ert_engine *e = h->e;
     ert_sample s[B];
-    ert_result r = {.samples = s};
-    ert_device_result dr = {.samples = s};
+    ert_result r = {.struct_size = sizeof(ert_result), .samples = s};
+    ert_device_result dr = {.struct_size = sizeof(ert_device_result), .samples = s};
     float scores[B * ERT_MAX_EXITS];
     int32_t classes[B * ERT_MAX_EXITS], ids[B] = {0};
     ert_stream_result res[B];
@@ -228,7 +228,7 @@ static void held_engine(ert_engine *e, const float *x)
           ert_engine_error(e));
     CHECK(ert_engine_threshold(e, 0) == thr, "a refused call set a threshold");
     engine_leave(e);
-    ert_stream_stats ss;
+    ert_stream_stats ss = ERT_STREAM_STATS_INIT;
     ert_stream_get_stats(h.st, &ss);
     CHECK(ss.submitted == 0, "a refused submit enqueued %llu samples",
           (unsigned long long)ss.submitted);
@@ -269,7 +269,7 @@ int main(void)
     ert_sample want[B];
     if (x && want_scores) {
         mw_random_input(x, B * per, 9);
-        ert_result r = {.samples = want};
+        ert_result r = {.struct_size = sizeof(ert_result), .samples = want};
         CHECK(ert_infer(e, x, B, &r) == ERT_OK, "ert_infer alone: %s", ert_engine_error(e));
         CHECK(ert_engine_scores(e, x, B, want_scores) == ERT_OK, "ert_engine_scores alone: %s",
               ert_engine_error(e));
@@ -295,7 +295,7 @@ int main(void)
         pthread_join(t[0], NULL);
         pthread_join(t[1], NULL);
         /* alone again: the engine is free and its message readable */
-        ert_result r = {.samples = want};
+        ert_result r = {.struct_size = sizeof(ert_result), .samples = want};
         CHECK(ert_infer(e, x, B, &r) == ERT_OK && ert_engine_error(e)[0] == '\0',
               "ert_infer after the threads: %s", ert_engine_error(e));
         CHECK(ert_infer(e, x, 0, &r) == ERT_INVALID_ARGUMENT &&

@@ -215,7 +215,7 @@ static int calibrate(bench_run *r)
         memset(pr->achieved, 0, sizeof pr->achieved);
         for (int b = 0; b < r->n; b += chunk) {
             int nb = r->n - b < chunk ? r->n - b : chunk;
-            ert_result res = {.samples = smp};
+            ert_result res = {.struct_size = sizeof(ert_result), .samples = smp};
             if (ert_infer(e, r->inputs + (size_t)b * r->input_size, nb, &res) != ERT_OK) {
                 fprintf(stderr, "exitrt bench: %s\n", ert_engine_error(e));
                 goto done;
@@ -267,7 +267,7 @@ static int run_batches(bench_run *r, cell_acc *a, int batch, int nb, ert_sample 
     double t0 = tools_now_s();
     for (int k = 0; k < nb; k++) {
         size_t start = ((size_t)k * (size_t)batch) % (size_t)r->n;
-        ert_result res = {.samples = smp};
+        ert_result res = {.struct_size = sizeof(ert_result), .samples = smp};
         double tb = tools_now_s();
         if (ert_infer(a->eng, r->inputs + start * r->input_size, batch, &res) != ERT_OK) {
             fprintf(stderr, "exitrt bench: %s\n", ert_engine_error(a->eng));

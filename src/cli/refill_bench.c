@@ -40,7 +40,7 @@ ert_status refill_bench_run(ert_engine *e, const float *x, size_t n, size_t per,
     ert_status st = ert_stream_create(e, &sc, &s, &cerr);
     if (st != ERT_OK)
         return fail(err, st, "create", cerr.msg);
-    ert_stream_stats ss;
+    ert_stream_stats ss = ERT_STREAM_STATS_INIT;
     ert_stream_get_stats(s, &ss);
     ert_stream_result *res = calloc((size_t)ss.queue, sizeof *res);
     double *lat = calloc(n, sizeof *lat);

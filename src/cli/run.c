@@ -319,7 +319,7 @@ static int run_refill(const run_opts *o, ert_engine *e, const float *x, size_t n
     float *z = NULL;
     double *lat = NULL;
     ert_error err = {{0}};
-    ert_stream_stats ss;
+    ert_stream_stats ss = ERT_STREAM_STATS_INIT;
     int rc = 0, flushed = 0;
     ert_status st = ert_stream_create(e, &sc, &s, &err);
     if (st != ERT_OK)
@@ -566,8 +566,7 @@ int cmd_run(int argc, char **argv)
         goto done;
     for (size_t off = 0; !o.refill && off < n; off += (size_t)cfg.max_batch) {
         int b = (int)(n - off < (size_t)cfg.max_batch ? n - off : (size_t)cfg.max_batch);
-        ert_result res;
-        memset(&res, 0, sizeof res);
+        ert_result res = ERT_RESULT_INIT;
         res.samples = samples + off;
         res.logits = logits ? logits + off * (size_t)K : NULL;
         double t0 = tools_now_s();

@@ -22,6 +22,7 @@
 #include "engine_core.h"
 #include "cpu/cpu_ops.h"
 #include "cpu/layers.h"
+#include "cpu/threads.h"
 #include "cpu/tx_ops.h"
 #include "policy.h"
 #include "program.h"
@@ -344,25 +345,6 @@ static void write_row(const ert_engine *e, ert_result *out, int sample, int s, c
         memcpy(out->logits + (size_t)sample * K, zr, sizeof(float) * K);
 }
 
-/* The engine's thread count for the libraries it drives (0: their default). */
-/* A model with transformer layers runs its blocks on the OpenMP team
- * (tx_ops.h) with OpenBLAS at one thread inside it; its other BLAS calls
- * (the heads' linear layers) stay at one thread too, so that OpenBLAS's
- * own pool never wakes beside the team's threads. */
-static void set_threads(const ert_engine *e, const cpu_ctx *c)
-{
-    if (c->tx_team)
-        openblas_set_num_threads(1);
-    if (e->cfg.threads <= 0)
-        return;
-#ifdef ERT_HAVE_DNNL
-    if (c->dx)
-        dx_set_threads(e->cfg.threads);
-#endif
-    if (!c->tx_team)
-        openblas_set_num_threads(e->cfg.threads);
-}
-
 /* ---- one call ------------------------------------------------------------------------- */
 
 /* The n rows of input (contiguous) through every stage on one path; row i
@@ -464,7 +446,6 @@ static ert_status cpu_run(ert_engine *e, const float *input, int batch, ert_resu
     cpu_ctx *c = e->ctx;
     uint64_t macs = 0;
     ert_status st = ERT_OK;
-    set_threads(e, c);
     if (!c->has_dnnl) {
         st = run_rows(e, c, 0, input, batch, NULL, out, scores, classes, &macs);
     } else {
@@ -573,7 +554,6 @@ static ert_status cpu_run_stage(ert_engine *e, int s, const float *in, int n, fl
     const stage *st = &e->plan.stages[s];
     const size_t in_row = shape_size(st->in), row = shape_size(st->out);
     const int last = s == e->plan.num_stages - 1;
-    set_threads(e, c);
 
     /* the groups: rows whose stage input is finite (oneDNN), the others */
     int ngroup[2] = {0, 0}; /* [path]: 0 ops, 1 oneDNN */
@@ -618,13 +598,68 @@ static ert_status cpu_run_stage(ert_engine *e, int s, const float *in, int n, fl
     return ERT_OK;
 }
 
+/* ---- the engine's thread counts, scoped to each call (cpu/threads.h) ---------------------- *
+ *
+ * Every entry point runs with the engine's counts and gives back the
+ * caller's (exitrt.h, ert_engine_config.threads). A model with transformer
+ * layers runs its blocks on the OpenMP team (tx_ops.h) with OpenBLAS at one
+ * thread inside it; its other BLAS calls (the heads' linear layers) stay at
+ * one thread too, so that OpenBLAS's own pool never wakes beside the team's
+ * threads. Otherwise OpenBLAS runs the engine's count. threads 0: the
+ * libraries' own counts. */
+
+static void scope_enter(const ert_engine *e, const cpu_ctx *c, cpu_threads *saved)
+{
+    const int t = e->cfg.threads;
+    cpu_threads_enter(t, c && c->tx_team ? 1 : t, saved);
+}
+
+static ert_status scoped_create(ert_engine *e, void **out)
+{
+    cpu_threads saved;
+    scope_enter(e, NULL, &saved); /* oneDNN's primitives are made and probed here */
+    ert_status st = cpu_create(e, out);
+    cpu_threads_leave(&saved);
+    return st;
+}
+
+static ert_status scoped_infer(ert_engine *e, const float *input, int batch, ert_result *out)
+{
+    cpu_threads saved;
+    scope_enter(e, e->ctx, &saved);
+    ert_status st = cpu_infer(e, input, batch, out);
+    cpu_threads_leave(&saved);
+    return st;
+}
+
+static ert_status scoped_exit_outputs(ert_engine *e, const float *input, int batch, float *scores,
+                                      int32_t *classes)
+{
+    cpu_threads saved;
+    scope_enter(e, e->ctx, &saved);
+    ert_status st = cpu_exit_outputs(e, input, batch, scores, classes);
+    cpu_threads_leave(&saved);
+    return st;
+}
+
+static ert_status scoped_run_stage(ert_engine *e, int s, const float *in, int n, float *out,
+                                   ert_sample *res, float *logits, unsigned char *exited,
+                                   ert_patience *state, uint64_t *macs)
+{
+    cpu_threads saved;
+    scope_enter(e, e->ctx, &saved);
+    ert_status st = cpu_run_stage(e, s, in, n, out, res, logits, exited, state, macs);
+    cpu_threads_leave(&saved);
+    return st;
+}
+
 const backend_ops cpu_backend_ops = {
     .name = "cpu",
     .kind = ERT_BACKEND_CPU,
-    .create = cpu_create,
+    .create = scoped_create,
     .destroy = cpu_destroy,
-    .infer = cpu_infer,
-    .exit_outputs = cpu_exit_outputs,
+    .infer = scoped_infer,
+    .exit_outputs = scoped_exit_outputs,
     .infer_device = NULL,
-    .run_stage = cpu_run_stage,
+    .run_stage = scoped_run_stage,
 };

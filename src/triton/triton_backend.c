@@ -397,7 +397,8 @@ TRITONSERVER_Error *TRITONBACKEND_ModelInstanceInitialize(TRITONBACKEND_ModelIns
                         name);
         }
         is->have_thread = 1;
-        ert_stream_get_stats(is->stream, &is->last);
+        is->last = (ert_stream_stats)ERT_STREAM_STATS_INIT;
+        (void)ert_stream_get_stats(is->stream, &is->last);
     }
 
     for (int x = 0; x < ms->E; x++)
@@ -424,7 +425,7 @@ static void log_counters(instance_state *is)
     model_state *ms = is->ms;
     /* refill: the stream's counters on top of those of failed streams */
     if (is->stream) {
-        ert_stream_stats ss;
+        ert_stream_stats ss = ERT_STREAM_STATS_INIT;
         ert_stream_get_stats(is->stream, &ss);
         for (int x = 0; x < ms->E; x++)
             is->exit_counts[x] += ss.exit_counts[x];

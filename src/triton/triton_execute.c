@@ -193,8 +193,7 @@ static void run_batch(instance_state *is, member *g, int ng, long rows, uint64_t
     for (int i = 0; i < ng; i++)
         any_logits |= g[i].want[ERT_TRITON_LOGITS];
     uint64_t cs = triton_now_ns();
-    ert_result res;
-    memset(&res, 0, sizeof res);
+    ert_result res = ERT_RESULT_INIT;
     res.samples = is->samples;
     res.logits = any_logits ? is->logits : NULL;
     ert_status st = rows > 0 ? ert_infer(is->engine, is->in, (int)rows, &res) : ERT_OK;

@@ -44,7 +44,7 @@ static void refill_reset(instance_state *is, const char *why)
             pending_complete(is, i, fail);
     TRITONSERVER_ErrorDelete(fail);
     is->rows_in_flight = 0;
-    ert_stream_stats ss;
+    ert_stream_stats ss = ERT_STREAM_STATS_INIT;
     ert_stream_get_stats(is->stream, &ss);
     ert_stream_config sc = ert_stream_config_default();
     sc.batch = ss.batch;
@@ -60,8 +60,10 @@ static void refill_reset(instance_state *is, const char *why)
     ert_error err = {{0}};
     if (ert_stream_create(is->engine, &sc, &is->stream, &err) != ERT_OK)
         LOG_ERROR("exitrt: instance %s: cannot create a new refill stream: %s", is->name, err.msg);
-    else
-        ert_stream_get_stats(is->stream, &is->last);
+    else {
+        is->last = (ert_stream_stats)ERT_STREAM_STATS_INIT;
+        (void)ert_stream_get_stats(is->stream, &is->last);
+    }
 }
 
 /* Moves finished rows to their requests (flushing first when asked), until
@@ -104,7 +106,7 @@ void refill_drain(instance_state *is, int flush)
             break;
     }
     /* metrics: what the stream counted since the last update */
-    ert_stream_stats ss;
+    ert_stream_stats ss = ERT_STREAM_STATS_INIT;
     ert_stream_get_stats(is->stream, &ss);
     for (int x = 0; x < ms->E; x++)
         metric_add(is->m_exit[x], (double)(ss.exit_counts[x] - is->last.exit_counts[x]));

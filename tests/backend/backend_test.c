@@ -54,6 +54,7 @@ void tb_result_init(tb_result *t, int batch, int k)
     t->logits = calloc((size_t)batch * k, sizeof *t->logits);
     cr_assert(t->samples && t->logits);
     t->k = k;
+    t->r.struct_size = sizeof t->r;
     t->r.samples = t->samples;
     t->r.logits = t->logits;
 }

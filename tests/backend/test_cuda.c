@@ -80,7 +80,7 @@ static void late_input(ert_mode mode, int graph_buckets, int inflight)
     cr_assert_eq(
         cudaMemcpyAsync(d_x, x, sizeof(float) * per * n, cudaMemcpyHostToDevice, cudaStreamLegacy),
         cudaSuccess);
-    ert_device_result dr = {.samples = d_samples};
+    ert_device_result dr = {.struct_size = sizeof(ert_device_result), .samples = d_samples};
     cr_assert_eq(ert_infer_device(e, d_x, n, &dr, NULL), ERT_OK, "%s", ert_engine_error(e));
     cr_assert_eq(cudaMemcpy(got, d_samples, sizeof(ert_sample) * n, cudaMemcpyDeviceToHost),
                  cudaSuccess);

@@ -317,7 +317,8 @@ Test(graphs, infer_device)
     cr_assert_eq(cudaMalloc((void **)&d_samples, sizeof(ert_sample) * n), cudaSuccess);
     cr_assert_eq(cudaMalloc((void **)&d_logits, sizeof(float) * K * n), cudaSuccess);
     cr_assert_eq(cudaMemcpy(d_x, x, sizeof(float) * per * n, cudaMemcpyHostToDevice), cudaSuccess);
-    ert_device_result dr = {.samples = d_samples, .logits = d_logits};
+    ert_device_result dr = {
+        .struct_size = sizeof(ert_device_result), .samples = d_samples, .logits = d_logits};
     ert_status st = ert_infer_device(g, d_x, n, &dr, NULL);
     cr_assert_eq(st, ERT_OK, "%s", ert_engine_error(g));
     cr_assert_eq(dr.host_waits, 0);

@@ -226,7 +226,7 @@ static void check_results(const fixture *f, const collect *c)
 /* The counters of a stream that has handed out all N samples. */
 static void check_stats(const fixture *f, ert_stream *s, int batch)
 {
-    ert_stream_stats st;
+    ert_stream_stats st = ERT_STREAM_STATS_INIT;
     ert_stream_get_stats(s, &st);
     cr_assert_eq(st.num_stages, f->E);
     cr_assert_eq(st.batch, batch);
@@ -303,7 +303,7 @@ static void drive_random(const fixture *f, ert_stream *s, collect *c, int batch,
                 n = f->N - off;
             for (int i = 0; i < n; i++)
                 ids[i] = c->id_base + 3 * (uint64_t)(off + i);
-            ert_stream_stats before, after;
+            ert_stream_stats before = ERT_STREAM_STATS_INIT, after = ERT_STREAM_STATS_INIT;
             ert_stream_get_stats(s, &before);
             ert_status st =
                 ert_stream_submit(s, f->x + (size_t)off * f->per, n, c->id_base ? ids : NULL);
@@ -325,14 +325,14 @@ static void drive_random(const fixture *f, ert_stream *s, collect *c, int batch,
             take(c, s, f->K, (int)rnd(&r, (uint32_t)queue + 1), rnd(&r, 4) != 0);
         } else if (a < 9) {
             cr_assert_eq(ert_stream_flush(s), ERT_OK, "%s", ert_stream_error(s));
-            ert_stream_stats st;
+            ert_stream_stats st = ERT_STREAM_STATS_INIT;
             ert_stream_get_stats(s, &st);
             cr_assert_eq((uint64_t)st.admitted, st.finished - st.polled,
                          "after flush, samples are still queued");
         } else {
             cr_assert_eq(ert_stream_submit(s, NULL, 0, NULL), ERT_OK);
         }
-        ert_stream_stats st;
+        ert_stream_stats st = ERT_STREAM_STATS_INIT;
         ert_stream_get_stats(s, &st);
         cr_assert_leq(st.admitted, queue);
         cr_assert_eq((uint64_t)st.admitted, st.submitted - st.polled);
@@ -419,7 +419,7 @@ Test(stream, full_mode_engine)
     drive_chunks(&f, s, &c, 7, 32);
     check_results(&f, &c);
     check_stats(&f, s, 8);
-    ert_stream_stats st;
+    ert_stream_stats st = ERT_STREAM_STATS_INIT;
     ert_stream_get_stats(s, &st);
     cr_assert_eq(st.exit_counts[f.E - 1], (uint64_t)f.N);
     cr_assert_eq(st.macs_executed, st.macs_full);
@@ -444,7 +444,7 @@ static void bounds(mw_kind kind, uint64_t seed)
         drive_random(&f, s, &c, 8, 20, seed + (uint64_t)everybody);
         check_results(&f, &c);
         check_stats(&f, s, 8);
-        ert_stream_stats st;
+        ert_stream_stats st = ERT_STREAM_STATS_INIT;
         ert_stream_get_stats(s, &st);
         if (everybody) {
             cr_assert_eq(st.exit_counts[0], (uint64_t)f.N);
@@ -474,7 +474,7 @@ Test(stream, back_pressure)
     collect c;
     collect_init(&c, f.N, f.K, 10, 0);
     cr_assert_eq(ert_stream_submit(s, f.x, 8, NULL), ERT_OK);
-    ert_stream_stats before, after;
+    ert_stream_stats before = ERT_STREAM_STATS_INIT, after = ERT_STREAM_STATS_INIT;
     ert_stream_get_stats(s, &before);
     cr_assert_eq(before.admitted, 8);
     /* 3 more do not fit (8 + 3 > 10): refused, nothing enqueued or run */
@@ -524,7 +524,7 @@ Test(stream, full_batches_until_flush)
                          ert_stream_error(s));
             take(&c, s, f.K, 32, 1);
         }
-        ert_stream_stats st;
+        ert_stream_stats st = ERT_STREAM_STATS_INIT;
         ert_stream_get_stats(s, &st);
         cr_assert_eq(st.stage_runs[0], 12, "stage 0: %llu runs for 12 full batches",
                      (unsigned long long)st.stage_runs[0]);
@@ -563,7 +563,7 @@ Test(stream, deadline)
     cr_assert_eq(ert_stream_submit(s, f.x, 3, NULL), ERT_OK);
     cr_assert_eq(ert_stream_poll(s, r, NULL, 8, &got), ERT_OK);
     cr_assert_eq(got, 0, "a partial batch ran without a deadline or flush");
-    ert_stream_stats st;
+    ert_stream_stats st = ERT_STREAM_STATS_INIT;
     ert_stream_get_stats(s, &st);
     cr_assert_eq(st.stage_runs[0], 0);
     cr_assert_eq(ert_stream_flush(s), ERT_OK);
@@ -654,7 +654,7 @@ Test(stream, arguments)
 
     /* defaults: the engine's max_batch, 4 batches of queue */
     cr_assert_eq(ert_stream_create(f.e, NULL, &s, &err), ERT_OK, "%s", err.msg);
-    ert_stream_stats st;
+    ert_stream_stats st = ERT_STREAM_STATS_INIT;
     ert_stream_get_stats(s, &st);
     cr_assert_eq(st.batch, 8);
     cr_assert_eq(st.queue, 32);

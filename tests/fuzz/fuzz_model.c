@@ -45,7 +45,7 @@ static void run_engine(ert_model *m)
     float *scores = calloc(2 * (size_t)E, sizeof *scores);
     ert_sample s[2];
     if (x && logits && scores) {
-        ert_result r = {.samples = s, .logits = logits};
+        ert_result r = {.struct_size = sizeof(ert_result), .samples = s, .logits = logits};
         if (ert_infer(e, x, 2, &r) != ERT_OK)
             __builtin_trap(); /* a loaded model must run */
         for (int i = 0; i < 2; i++)

@@ -38,7 +38,7 @@ depends_on() { # depends_on PACKAGE NAME...: Depends names each
         case $deps in *"$n"*) ;; *) fail "$p: Depends '$deps' does not name $n" ;; esac
     done
 }
-has libexitrt0 $L/libexitrt.so.0.3.0 $L/libexitrt.so.0
+has libexitrt0 $L/libexitrt.so.0.4.0 $L/libexitrt.so.0
 has libexitrt-dev ./usr/include/exitrt.h $L/libexitrt.a $L/libexitrt.so $L/pkgconfig/exitrt.pc \
     $L/cmake/exitrt/exitrt-config.cmake $L/cmake/exitrt/exitrt-targets.cmake
 has exitrt ./usr/bin/exitrt ./usr/share/doc/exitrt/FORMAT.md

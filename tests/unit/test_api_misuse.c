@@ -206,7 +206,7 @@ Test(api_misuse, engine_create_out_of_memory_then_works)
     cr_assert_eq(ert_engine_create(bm, &c, &e, &err), ERT_OK, "%s", err.msg);
     float *x = calloc(2 * ert_model_input_size(bm), sizeof *x);
     ert_sample smp[2];
-    ert_result r = {.samples = smp};
+    ert_result r = {.struct_size = sizeof(ert_result), .samples = smp};
     cr_assert_eq(ert_infer(e, x, 2, &r), ERT_OK, "%s", ert_engine_error(e));
     free(x);
     ert_engine_free(e);
@@ -231,13 +231,13 @@ Test(api_misuse, infer_bad_arguments)
     float *x = calloc(8 * per, sizeof *x);
     float scores[8 * ERT_MAX_EXITS];
     ert_sample s[8];
-    ert_result r = {.samples = s};
+    ert_result r = {.struct_size = sizeof(ert_result), .samples = s};
 
     cr_assert_eq(ert_infer(NULL, x, 1, &r), ERT_INVALID_ARGUMENT);
     cr_assert_str_neq(ert_engine_error(NULL), "");
     expect_engine_fail(e, ert_infer(e, NULL, 1, &r), ERT_INVALID_ARGUMENT, "input is NULL");
     expect_engine_fail(e, ert_infer(e, x, 1, NULL), ERT_INVALID_ARGUMENT, "result is NULL");
-    ert_result nos = {0};
+    ert_result nos = ERT_RESULT_INIT;
     expect_engine_fail(e, ert_infer(e, x, 1, &nos), ERT_INVALID_ARGUMENT, "samples is NULL");
     int bad[] = {0, -1, 5, INT_MAX, INT_MIN};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -260,7 +260,7 @@ Test(api_misuse, infer_bad_arguments)
                            ERT_INVALID_ARGUMENT, "out of range [1, 4]");
 
     /* the device entry point on a CPU engine */
-    ert_device_result dr = {.samples = s};
+    ert_device_result dr = {.struct_size = sizeof(ert_device_result), .samples = s};
     cr_assert_eq(ert_infer_device(NULL, x, 1, &dr, NULL), ERT_INVALID_ARGUMENT);
     expect_engine_fail(e, ert_infer_device(e, x, 1, &dr, NULL), ERT_UNSUPPORTED, "CUDA backend");
     expect_engine_fail(e, ert_infer_device(e, x, 0, &dr, NULL), ERT_INVALID_ARGUMENT,
@@ -319,12 +319,12 @@ Test(api_misuse, model_freed_before_engines)
     cr_assert(K <= 16);
     mw_random_input(x, 3 * per, 5);
     ert_sample sa[3], sb[3];
-    ert_result ra = {.samples = sa, .logits = la};
+    ert_result ra = {.struct_size = sizeof(ert_result), .samples = sa, .logits = la};
     cr_assert_eq(ert_infer(a, x, 3, &ra), ERT_OK);
 
     ert_model_free(m); /* engines alive: only marked */
     m = NULL;
-    ert_result rb = {.samples = sb, .logits = lb};
+    ert_result rb = {.struct_size = sizeof(ert_result), .samples = sb, .logits = lb};
     cr_assert_eq(ert_infer(a, x, 3, &rb), ERT_OK, "%s", ert_engine_error(a));
     cr_assert_eq(memcmp(sa, sb, sizeof sa), 0, "results changed after ert_model_free");
     cr_assert_eq(memcmp(la, lb, 3 * (size_t)K * sizeof(float)), 0);
@@ -400,8 +400,8 @@ Test(api_misuse, concurrent_call_is_busy)
     float *x = calloc(2 * per, sizeof *x), scores[2 * ERT_MAX_EXITS];
     int32_t classes[2 * ERT_MAX_EXITS];
     ert_sample s[2];
-    ert_result r = {.samples = s};
-    ert_device_result dr = {.samples = s};
+    ert_result r = {.struct_size = sizeof(ert_result), .samples = s};
+    ert_device_result dr = {.struct_size = sizeof(ert_device_result), .samples = s};
     int32_t ids[2] = {0, 0};
     expect_engine_fail(e, ert_infer(e, x, 99, &r), ERT_INVALID_ARGUMENT, "batch 99");
     char before[sizeof e->err];
@@ -446,7 +446,7 @@ static void *race_loop(void *arg)
     while (!atomic_load(r->go))
         ;
     for (int i = 0; i < 200; i++) {
-        ert_result res = {.samples = s};
+        ert_result res = {.struct_size = sizeof(ert_result), .samples = s};
         ert_status st = ert_infer(r->e, r->x, r->batch, &res);
         if (st == ERT_OK) {
             r->ok++;
@@ -470,7 +470,7 @@ Test(api_misuse, two_threads_one_engine)
     float *x = malloc(64 * per * sizeof *x);
     mw_random_input(x, 64 * per, 9);
     ert_sample want[64];
-    ert_result res = {.samples = want};
+    ert_result res = {.struct_size = sizeof(ert_result), .samples = want};
     cr_assert_eq(ert_infer(e, x, 64, &res), ERT_OK);
     atomic_int go = 0;
     race r[2] = {{e, x, 64, want, &go, 0, 0, 0, 0}, {e, x, 64, want, &go, 0, 0, 0, 0}};
@@ -511,7 +511,7 @@ Test(api_misuse, nonfinite_inputs_every_mode)
         ert_engine *e = fx_cpu_engine(m, modes[mi], n);
         ert_sample clean[6], s[6];
         float *logits = malloc((size_t)n * (size_t)K * sizeof *logits);
-        ert_result r = {.samples = clean};
+        ert_result r = {.struct_size = sizeof(ert_result), .samples = clean};
         cr_assert_eq(ert_infer(e, x, n, &r), ERT_OK);
         cr_assert_eq(r.nonfinite_samples, 0);
         float *y = malloc(n * per * sizeof *y);
@@ -521,7 +521,7 @@ Test(api_misuse, nonfinite_inputs_every_mode)
         y[3 * per + per - 1] = -INFINITY;
         for (size_t i = 0; i < per; i++)
             y[5 * per + i] = NAN; /* a row of NaNs */
-        r = (ert_result){.samples = s, .logits = logits};
+        r = (ert_result){.struct_size = sizeof(ert_result), .samples = s, .logits = logits};
         cr_assert_eq(ert_infer(e, y, n, &r), ERT_OK, "%s", ert_engine_error(e));
         cr_assert_eq(r.nonfinite_samples, 4, "%s: %d", ert_mode_string(modes[mi]),
                      r.nonfinite_samples);

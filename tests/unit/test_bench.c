@@ -201,7 +201,7 @@ static void engine_profile_check(mw_kind kind, int batch)
             cr_assert_eq(ert_engine_set_threshold(ec, i, thr[i]), ERT_OK, "%s",
                          ert_engine_error(ec));
         for (int b = 0; b < N; b += batch) {
-            ert_result res = {.samples = smp};
+            ert_result res = {.struct_size = sizeof(ert_result), .samples = smp};
             cr_assert_eq(ert_infer(ec, x + (size_t)b * per, batch, &res), ERT_OK);
             for (int i = 0; i < E; i++)
                 got[i] += res.exit_counts[i];

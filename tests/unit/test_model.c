@@ -939,7 +939,7 @@ Test(model, one_class_exits)
         cr_assert_eq(ert_engine_set_threshold(e, 0, cases[c].threshold), ERT_OK);
         ert_sample s[N];
         float z[N];
-        ert_result res = {.samples = s, .logits = z};
+        ert_result res = {.struct_size = sizeof(ert_result), .samples = s, .logits = z};
         cr_assert_eq(ert_infer(e, x, N, &res), ERT_OK, "%s", ert_engine_error(e));
         for (int i = 0; i < N; i++) {
             cr_assert_eq(s[i].exit_index, cases[c].exits ? 0 : 1, "%s %g: sample %d exit %d",
@@ -1465,7 +1465,8 @@ Test(model, infer_tokens_equals_infer)
     cr_assert(z1 && z2);
     for (int mode = ERT_MODE_FULL; mode <= ERT_MODE_COMPACTED; mode++) {
         ert_engine *e = fx_cpu_engine(m, (ert_mode)mode, n);
-        ert_result r1 = {.samples = s1, .logits = z1}, r2 = {.samples = s2, .logits = z2};
+        ert_result r1 = {.struct_size = sizeof(ert_result), .samples = s1, .logits = z1},
+                   r2 = {.struct_size = sizeof(ert_result), .samples = s2, .logits = z2};
         cr_assert_eq(ert_infer(e, rows, n, &r1), ERT_OK, "%s", ert_engine_error(e));
         cr_assert_eq(ert_infer_tokens(e, ids, mask, n, &r2), ERT_OK, "%s", ert_engine_error(e));
         cr_assert(memcmp(s1, s2, sizeof s1) == 0, "%s: the samples differ",
@@ -1510,7 +1511,7 @@ Test(model, infer_tokens_equals_infer)
     m = fx_random_model(42, MW_MLP);
     ert_engine *e = fx_cpu_engine(m, ERT_MODE_MASKED, 4);
     int32_t one[64] = {0};
-    ert_result r = {.samples = s1, .logits = NULL};
+    ert_result r = {.struct_size = sizeof(ert_result), .samples = s1, .logits = NULL};
     cr_assert_eq(ert_infer_tokens(e, one, NULL, 1, &r), ERT_INVALID_ARGUMENT);
     cr_assert_neq(ert_engine_error(e)[0], '\0');
     ert_engine_free(e);

@@ -21,8 +21,7 @@ Test(refill_bench, matches_masked_and_adds_up)
     ert_sample *want = calloc(n, sizeof *want), *got = calloc(n, sizeof *got);
     cr_assert(want && got);
     for (size_t off = 0; off < n; off += 16) {
-        ert_result r;
-        memset(&r, 0, sizeof r);
+        ert_result r = ERT_RESULT_INIT;
         r.samples = want + off;
         int b = n - off < 16 ? (int)(n - off) : 16;
         cr_assert_eq(ert_infer(e, x + off * per, b, &r), ERT_OK);

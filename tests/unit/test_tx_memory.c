@@ -214,7 +214,7 @@ static void run(ert_model *m, int T, ert_mode mode, float *logits, ert_sample *s
             *mask = malloc(sizeof *mask * 2 * (size_t)T);
     cr_assert(ids && mask);
     short_batch(T, ids, mask);
-    ert_result r = {.samples = s, .logits = logits};
+    ert_result r = {.struct_size = sizeof(ert_result), .samples = s, .logits = logits};
     st = ert_infer_tokens(e, ids, mask, 2, &r);
     cr_assert_eq(st, ERT_OK, "T %d: infer: %s", T, ert_engine_error(e));
     free(ids);

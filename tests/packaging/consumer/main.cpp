@@ -18,7 +18,7 @@ int main(int argc, char **argv)
         return std::fprintf(stderr, "%s\n", err.msg), 1;
     std::vector<float> x(ert_model_input_size(model) * 64);
     std::vector<ert_sample> samples(64);
-    ert_result res{};
+    ert_result res = ERT_RESULT_INIT;
     res.samples = samples.data();
     if (ert_infer(engine, x.data(), 64, &res) != ERT_OK)
         return std::fprintf(stderr, "%s\n", ert_engine_error(engine)), 1;
