@@ -126,7 +126,7 @@ mkdir -p "$out"
 summary=$out/summary.txt
 : >"$summary"
 check_steps="cli lib tests sanitize"
-bench_steps="gen real bundled"
+bench_steps="gen real switches bundled"
 if [ "$mode" = check ]; then
     deadline=${DEADLINE:-280}
     steps=" ${STEPS:-$check_steps} "
@@ -143,7 +143,7 @@ limit_kib=$((60 * 1024))
 # CUDA 13, cuDNN 9; bench/RESULTS.md's runs).
 device_cuda='libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcudnn.so.9'
 # The test areas of test_gpu, in order: first those that never ran on a GPU.
-areas_first="transformer patience exit_outputs"
+areas_first="transformer precision patience exit_outputs"
 areas_then="device_order unfused modes modes_vs_reference graphs graphs_config stream"
 
 note() { echo "$*" | tee -a "$summary"; }
@@ -475,6 +475,23 @@ bench_real() {
 if want real; then
     bench_real resnet50-ee
     bench_real bert-base-ee
+fi
+# each optimisation switch alone, exitrt against itself (no peers): TF32 on
+# both generated models, the fused attention on the encoder
+bench_switch() {
+    local name=$1 tag=$2
+    shift 2
+    [ -f "$gen/$name/model.json" ] || { note "SKIP bench $name $tag: not generated"; return; }
+    step "bench $name $tag" 45 "$b/bench.txt" \
+        env LD_LIBRARY_PATH="$libpath" "$bin/exitrt" bench "$gen/$name" --device cuda \
+        --graph-buckets 8 --quick --modes full,compacted --batches 256 --reps 3 --warmup 2 \
+        --rep-samples 512 --json "$b/gpu-$name-$tag.json" "$@"
+    tar czf "$out/bench.tgz" -C "$b" .
+}
+if want switches; then
+    bench_switch bert-base-ee fused --fused-attention
+    bench_switch bert-base-ee tf32 --precision tf32
+    bench_switch resnet50-ee tf32 --precision tf32
 fi
 if want bundled; then
     for m in ${BENCH_MODELS:-fmnist-resnet fmnist-cnn-conf fmnist-mlp3 fmnist-vit}; do

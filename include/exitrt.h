@@ -114,6 +114,28 @@ typedef enum ert_mode {
     ERT_MODE_COMPACTED /* exited samples dropped, later stages on fewer rows */
 } ert_mode;
 
+/* The arithmetic of an engine's products (ert_engine_config.precision),
+ * one meaning on every backend that offers it. */
+typedef enum ert_precision {
+    ERT_PRECISION_FP32 = 0, /* float32 products, float32 storage: the exact math
+                               the tests hold every backend to (the default) */
+    ERT_PRECISION_TF32      /* CUDA only: convolutions and matrix products on
+                               the tensor cores, their inputs rounded to TF32
+                               (10-bit mantissa), accumulation and storage in
+                               float32; everything else (normalisation,
+                               softmax, exit scores) float32. The CPU backend
+                               refuses it (ERT_UNSUPPORTED). */
+} ert_precision;
+
+/* CUDA optimisations an engine may turn on (ert_engine_config.cuda_options,
+ * a bitwise or), each its own switch so that one benchmark measures each
+ * one's effect. The CPU backend ignores them. */
+#define ERT_CUDA_FUSED_ATTENTION \
+    1u /* attention as one kernel per block of queries: scores, masked     \
+          softmax and the weighted sum with no score stored, keys after a  \
+          sequence's last attended one not read (heads of at most 128      \
+          features; wider ones take the blocked SGEMMs) */
+
 typedef enum ert_policy_kind {
     ERT_POLICY_NONE = 0,        /* the final head: always exits */
     ERT_POLICY_ENTROPY,         /* exits when softmax entropy < threshold */
@@ -135,6 +157,7 @@ typedef enum ert_policy_kind {
 
 ERT_API const char *ert_backend_string(ert_backend b);
 ERT_API const char *ert_mode_string(ert_mode m);
+ERT_API const char *ert_precision_string(ert_precision p); /* "fp32", "tf32" */
 ERT_API const char *ert_policy_string(ert_policy_kind p);
 
 typedef struct ert_model ert_model;
@@ -225,18 +248,22 @@ typedef struct ert_engine_config {
      * fails the engine falls back to the wait-based path and says why in
      * ert_engine_note(). Ignored by the other modes and by the CPU. */
     int graph_buckets;
+    ert_precision precision; /* ERT_PRECISION_FP32 (default) or TF32 (CUDA) */
+    unsigned cuda_options;   /* ERT_CUDA_* bits; 0 (default): none */
 } ert_engine_config;
 
 /* Defaults: AUTO backend, COMPACTED mode, max_batch 256, threads 0,
- * device 0, inflight 1, graph_buckets 0. The library reads no environment
+ * device 0, inflight 1, graph_buckets 0, precision FP32, cuda_options 0.
+ * The library reads no environment
  * variables; the exitrt command takes its --graph-buckets default from
  * ERT_GRAPH_BUCKETS.
  *   ert_engine_config cfg = ERT_ENGINE_CONFIG_INIT;
  * and ert_engine_config_default() (the same, from the library) both set
  * struct_size. */
-#define ERT_ENGINE_CONFIG_INIT                                                                     \
-    {                                                                                              \
-        (uint32_t)sizeof(ert_engine_config), ERT_BACKEND_AUTO, ERT_MODE_COMPACTED, 256, 0, 0, 1, 0 \
+#define ERT_ENGINE_CONFIG_INIT                                                                   \
+    {                                                                                            \
+        (uint32_t)sizeof(ert_engine_config), ERT_BACKEND_AUTO, ERT_MODE_COMPACTED, 256, 0, 0, 1, \
+            0, ERT_PRECISION_FP32, 0u                                                            \
     }
 ERT_API ert_engine_config ert_engine_config_default(void);
 

@@ -15,13 +15,13 @@
 
 /* When a field is appended to a struct, append its new size here (the
  * older entries stay, so that programs built with them keep working). */
-ABI_NO_TAIL(ert_engine_config, graph_buckets);
+ABI_NO_TAIL(ert_engine_config, cuda_options);
 ABI_NO_TAIL(ert_result, macs_padding);
 ABI_NO_TAIL(ert_device_result, logits);
 ABI_NO_TAIL(ert_stream_config, deadline_ms);
 ABI_NO_TAIL(ert_stream_stats, nonfinite_samples);
 
-static const size_t engine_config_sizes[] = {ABI_END(ert_engine_config, graph_buckets)};
+static const size_t engine_config_sizes[] = {ABI_END(ert_engine_config, cuda_options)};
 static const size_t result_sizes[] = {ABI_END(ert_result, macs_padding)};
 static const size_t device_result_sizes[] = {ABI_END(ert_device_result, logits)};
 static const size_t stream_config_sizes[] = {ABI_END(ert_stream_config, deadline_ms)};

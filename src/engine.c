@@ -33,9 +33,14 @@ ert_engine_config ert_engine_config_default(void)
         .device = 0,
         .inflight = 1,
         .graph_buckets = 0,
+        .precision = ERT_PRECISION_FP32,
+        .cuda_options = 0,
     };
     return c;
 }
+
+/* Every ERT_CUDA_* bit this version knows. */
+#define ENGINE_CUDA_OPTIONS ERT_CUDA_FUSED_ATTENTION
 
 /* Largest max_batch accepted: keeps every buffer size far from overflow. */
 #define ENGINE_MAX_BATCH (1 << 20)
@@ -100,6 +105,13 @@ ert_status ert_engine_create(ert_model *m, const ert_engine_config *caller, ert_
         return ert_fail(err, ERT_INVALID_ARGUMENT,
                         "ert_engine_create: graph_buckets %d out of range [0, %d]",
                         cfg->graph_buckets, ENGINE_MAX_GRAPH_BUCKETS);
+    if ((unsigned)cfg->precision > ERT_PRECISION_TF32)
+        return ert_fail(err, ERT_INVALID_ARGUMENT, "ert_engine_create: unknown precision %d",
+                        (int)cfg->precision);
+    if (cfg->cuda_options & ~ENGINE_CUDA_OPTIONS)
+        return ert_fail(err, ERT_INVALID_ARGUMENT,
+                        "ert_engine_create: cuda_options 0x%x has unknown bits (known: 0x%x)",
+                        cfg->cuda_options, ENGINE_CUDA_OPTIONS);
     ert_status pick = ERT_OK;
     const backend_ops *ops = pick_backend(cfg->backend, &pick, err);
     if (!ops)

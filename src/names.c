@@ -40,6 +40,15 @@ const char *ert_mode_string(ert_mode m)
     return "unknown";
 }
 
+const char *ert_precision_string(ert_precision p)
+{
+    switch (p) {
+    case ERT_PRECISION_FP32: return "fp32";
+    case ERT_PRECISION_TF32: return "tf32";
+    }
+    return "unknown";
+}
+
 const char *ert_policy_string(ert_policy_kind p)
 {
     switch (p) {

@@ -340,6 +340,8 @@ static int sweep_batch(bench_run *r, ert_backend be, int batch, double *full_onl
         cfg.inflight = r->inflight;
         if (r->graph_buckets >= 0) /* bench_main resolves -1 to the tools' default */
             cfg.graph_buckets = r->graph_buckets;
+        cfg.precision = r->precision;
+        cfg.cuda_options = r->cuda_options;
         ert_error err;
         ert_status st = ert_engine_create(r->model, &cfg, &eng[m], &err);
         if (st != ERT_OK) {

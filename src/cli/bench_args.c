@@ -27,6 +27,9 @@ static const char *USAGE =
     "  --inflight N         CUDA batches in flight (default 1)\n"
     "  --graph-buckets K    CUDA COMPACTED: size-bucketed graphs, 0 = off (default:\n"
     "                       $ERT_GRAPH_BUCKETS, else 0)\n"
+    "  --precision P        fp32 (default) or tf32 (CUDA tensor cores), for exitrt; the\n"
+    "                       GPU peer takes $ERT_GPU_PEER_PRECISION (bench/gpu_peer.py)\n"
+    "  --fused-attention    CUDA: exitrt's attention as one fused kernel\n"
     "  --json FILE          every cell as JSON (schema: bench/README.md)\n"
     "  --plot FILE.png      throughput and efficiency vs batch size (gnuplot)\n"
     "                       (--json and --plot replace their files only when the\n"
@@ -184,6 +187,10 @@ int bench_parse_args(int argc, char **argv, bench_run *r, bench_opts *o)
             r->peer_requested = 1;
             continue;
         }
+        if (!strcmp(a, "--fused-attention")) {
+            r->cuda_options |= ERT_CUDA_FUSED_ATTENTION;
+            continue;
+        }
         if (strncmp(a, "--", 2) != 0) {
             if (o->model) {
                 fprintf(stderr, "exitrt bench: more than one MODEL ('%s')\n", a);
@@ -248,6 +255,8 @@ int bench_parse_args(int argc, char **argv, bench_run *r, bench_opts *o)
             bad = parse_int(val, 1, 16, &r->inflight);
         else if (!strcmp(key, "--graph-buckets"))
             bad = parse_int(val, 0, 64, &r->graph_buckets);
+        else if (!strcmp(key, "--precision"))
+            bad = !cli_parse_precision(val, &r->precision);
         else {
             fprintf(stderr, "exitrt bench: unknown option '%s'\n%s", key, USAGE);
             return 2;
@@ -342,6 +351,13 @@ int bench_setup_sweep(bench_run *r, const bench_opts *o)
 #endif
         );
         return 1;
+    }
+    if (r->precision != ERT_PRECISION_FP32 && r->backend_on[ERT_BACKEND_CPU]) {
+        fprintf(stderr,
+                "exitrt bench: --precision %s runs on the CUDA backend only (the CPU runs "
+                "fp32): add --device cuda\n",
+                ert_precision_string(r->precision));
+        return 2;
     }
     return 0;
 }

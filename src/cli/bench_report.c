@@ -55,8 +55,9 @@ void bench_print_table(const bench_run *r, FILE *out)
                     ci->driver / 1000, ci->driver % 1000 / 10, ci->runtime / 1000,
                     ci->runtime % 1000 / 10, ci->cudnn / 10000, ci->cudnn % 10000 / 100,
                     ci->cudnn % 100, ci->cublas[0], ci->cublas[1], ci->cublas[2]);
-        fprintf(out, "  cuda: %d batch(es) in flight, graph buckets %d\n", r->inflight,
-                r->graph_buckets);
+        fprintf(out, "  cuda: %d batch(es) in flight, graph buckets %d, precision %s%s\n",
+                r->inflight, r->graph_buckets, ert_precision_string(r->precision),
+                r->cuda_options & ERT_CUDA_FUSED_ATTENTION ? ", fused attention" : "");
         fprintf(out, "  cuda timing: host wall clock around ert_infer, which returns with the "
                      "results on the host (input and output copies included)\n");
     }
@@ -236,6 +237,9 @@ int bench_write_json(const bench_run *r, FILE *f)
     cJSON_AddNumberToObject(root, "rep_samples", r->rep_samples);
     cJSON_AddNumberToObject(root, "inflight", r->inflight);
     cJSON_AddNumberToObject(root, "graph_buckets", r->graph_buckets);
+    cJSON_AddStringToObject(root, "precision", ert_precision_string(r->precision));
+    cJSON_AddBoolToObject(root, "fused_attention",
+                          (r->cuda_options & ERT_CUDA_FUSED_ATTENTION) != 0);
     cJSON_AddNumberToObject(root, "b1_samples", r->b1_samples);
     cJSON_AddNumberToObject(root, "peer_runs", r->peer_runs);
     cJSON_AddNumberToObject(root, "macs_full", (double)m->macs_full);

@@ -74,10 +74,12 @@ typedef struct bench_run {
     int mode_on[3];    /* requested modes (FULL is always measured) */
     int backend_on[3]; /* indexed by ert_backend */
     int reps, warmup, rep_samples, threads, inflight;
-    int b1_samples;    /* the peer's batch1-if: samples per rep (0: off; -1: rep_samples) */
-    int peer_runs;     /* 1: the peer once (OpenMP's default wait); 2: also PASSIVE */
-    int peer_dense;    /* --peer-dense: the peer's encoders without nested tensors */
-    int graph_buckets; /* -1: the engine's default */
+    int b1_samples;          /* the peer's batch1-if: samples per rep (0: off; -1: rep_samples) */
+    int peer_runs;           /* 1: the peer once (OpenMP's default wait); 2: also PASSIVE */
+    int peer_dense;          /* --peer-dense: the peer's encoders without nested tensors */
+    int graph_buckets;       /* -1: the engine's default */
+    ert_precision precision; /* --precision (default FP32) */
+    unsigned cuda_options;   /* --fused-attention: ERT_CUDA_FUSED_ATTENTION */
     int quick;
     int no_default_profiles; /* --no-default-profiles: the --profile ones alone */
 

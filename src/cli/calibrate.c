@@ -44,6 +44,8 @@ static const char CAL_USAGE[] =
     "  --device D         cpu, cuda or auto (default auto)\n"
     "  --batch N          samples per scoring call (default 256)\n"
     "  --threads N        CPU: threads (default: the libraries' default)\n"
+    "  --precision P      fp32 (default) or tf32 (CUDA): score with the arithmetic\n"
+    "                     the engine will run, so the thresholds fit it\n"
     "  --limit N          use only the first N samples\n"
     "  -h, --help         this text\n"
     "\n"
@@ -60,6 +62,7 @@ typedef struct calib_opts {
     long seed, batch, threads, limit;
     ert_backend device;
     int json;
+    ert_precision precision; /* --precision: the arithmetic the scores are made with */
 } calib_opts;
 
 /* --opt v: a number (tools.h's rule) in the range, the ends open or closed. */
@@ -128,6 +131,9 @@ static int parse_args(int argc, char **argv, calib_opts *o)
         } else if (OPT("--threads")) {
             if (r > 0 && !cli_parse_long(v, 0, 4096, &o->threads))
                 bad = cli_error(CLI_USAGE, "--threads: '%s' is not an integer in [0, 4096]", v);
+        } else if (OPT("--precision")) {
+            if (r > 0 && !cli_parse_precision(v, &o->precision))
+                bad = cli_error(CLI_USAGE, "--precision: '%s' is not fp32 or tf32", v);
         } else if (OPT("--limit")) {
             if (r > 0 && !cli_parse_long(v, 2, 1L << 30, &o->limit))
                 bad = cli_error(CLI_USAGE, "--limit: '%s' is not an integer >= 2", v);
@@ -174,6 +180,7 @@ static int score_all(const calib_opts *o, ert_model *m, const float *x, size_t n
     cfg.mode = ERT_MODE_MASKED; /* the scores cost MASKED whatever the mode */
     cfg.max_batch = (int)((size_t)o->batch < n ? (size_t)o->batch : n);
     cfg.threads = (int)o->threads;
+    cfg.precision = o->precision;
     ert_engine *e = NULL;
     ert_error err = {{0}};
     ert_status st = ert_engine_create(m, &cfg, &e, &err);

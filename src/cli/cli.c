@@ -36,6 +36,17 @@ int cli_parse_long(const char *s, long min, long max, long *out)
     return 1;
 }
 
+int cli_parse_precision(const char *s, ert_precision *out)
+{
+    const ert_precision all[] = {ERT_PRECISION_FP32, ERT_PRECISION_TF32};
+    for (size_t i = 0; s && i < sizeof all / sizeof all[0]; i++)
+        if (!strcmp(s, ert_precision_string(all[i]))) {
+            *out = all[i];
+            return 1;
+        }
+    return 0;
+}
+
 const char *cli_commas(uint64_t v, char *buf, size_t len)
 {
     char digits[32];

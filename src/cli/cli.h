@@ -25,6 +25,10 @@ int cli_error(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3
  * tools.h, shared with the bench.) */
 int cli_parse_long(const char *s, long min, long max, long *out);
 
+/* --precision's value: "fp32" or "tf32" (ert_precision_string's names).
+ * 1 on success. */
+int cli_parse_precision(const char *s, ert_precision *out);
+
 /* "1,234,567" into buf. */
 const char *cli_commas(uint64_t v, char *buf, size_t len);
 
@@ -107,6 +111,8 @@ typedef struct run_report {
     double seconds; /* inside the inference calls only */
     ert_mode mode;
     ert_backend device;
+    ert_precision precision;
+    unsigned cuda_options;
     int batch;
     const char *note; /* the engine's note (e.g. why CUDA graphs are off), "" if none */
     /* --mode refill: the mode prints as "refill", plus the per-sample

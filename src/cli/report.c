@@ -21,14 +21,21 @@ static double samples_per_s(const run_report *r)
     return r->seconds > 0 ? (double)r->samples / r->seconds : 0.0;
 }
 
+/* the CUDA option in effect (the CPU backend ignores it) */
+static int fused_attention(const run_report *r)
+{
+    return r->device == ERT_BACKEND_CUDA && (r->cuda_options & ERT_CUDA_FUSED_ATTENTION);
+}
+
 void report_print_text(const run_report *r)
 {
     char a[40], b[40];
     printf("model    %s\n", r->model);
     printf("data     %s (%s samples)\n", r->data, cli_commas(r->samples, a, sizeof a));
     printf("labels   %s\n", r->labels ? r->labels : "none (no accuracy)");
-    printf("device   %s, mode %s, batch %d\n", ert_backend_string(r->device),
-           r->refill ? "refill" : ert_mode_string(r->mode), r->batch);
+    printf("device   %s, mode %s, batch %d, precision %s%s\n", ert_backend_string(r->device),
+           r->refill ? "refill" : ert_mode_string(r->mode), r->batch,
+           ert_precision_string(r->precision), fused_attention(r) ? ", fused attention" : "");
     printf("\n");
     printf("  %-16s %-16s %9s %9s %8s %9s\n", "exit", "policy", "threshold", "taken", "share",
            "accuracy");
@@ -149,6 +156,8 @@ int report_print_json(const run_report *r)
         ADD("latency_p99_ms", cJSON_CreateNumber(1e3 * r->latency_p99_s));
     }
     ADD("device", cJSON_CreateString(ert_backend_string(r->device)));
+    ADD("precision", cJSON_CreateString(ert_precision_string(r->precision)));
+    ADD("fused_attention", cJSON_CreateBool(fused_attention(r)));
     ADD("batch", cJSON_CreateNumber(r->batch));
     ADD("host_waits", cJSON_CreateNumber((double)r->host_waits));
     ADD("engine_note", cJSON_CreateString(r->note ? r->note : ""));

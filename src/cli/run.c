@@ -48,6 +48,9 @@ static const char RUN_USAGE[] =
     "  --graph-buckets K    CUDA, compacted: size-bucketed graphs with K row-count\n"
     "                       buckets, no host waits; 0 = off (default:\n"
     "                       $ERT_GRAPH_BUCKETS, else 0)\n"
+    "  --precision P        fp32 (default: exact float32) or tf32 (CUDA: tensor\n"
+    "                       cores, float32 storage)\n"
+    "  --fused-attention    CUDA: attention as one fused kernel (no stored scores)\n"
     "  --limit N            run only the first N samples\n"
     "  --json               print the report as one JSON object\n"
     "  --predictions FILE   write index,exit,class,score per sample as CSV\n"
@@ -81,6 +84,8 @@ typedef struct run_opts {
     long batch, threads, inflight, limit, graph_buckets;
     int json;
     int allow_invalid_tokens;
+    ert_precision precision;
+    unsigned cuda_options;
     int num_thresholds;
     const char *thresholds[MAX_THRESHOLDS]; /* "EXIT=VALUE" */
 } run_opts;
@@ -107,6 +112,10 @@ static int parse_args(int argc, char **argv, run_opts *o)
         }
         if (strcmp(a, "--allow-invalid-tokens") == 0) {
             o->allow_invalid_tokens = 1;
+            continue;
+        }
+        if (strcmp(a, "--fused-attention") == 0) {
+            o->cuda_options |= ERT_CUDA_FUSED_ATTENTION;
             continue;
         }
 #define OPT(name) ((r = cli_opt_value(argc, argv, &i, name, &v)) != 0)
@@ -189,6 +198,11 @@ static int parse_args(int argc, char **argv, run_opts *o)
                 return CLI_USAGE;
             if (!cli_parse_long(v, 1, 16, &o->inflight))
                 return cli_error(CLI_USAGE, "--inflight: '%s' is not an integer in [1, 16]", v);
+        } else if (OPT("--precision")) {
+            if (r < 0)
+                return CLI_USAGE;
+            if (!cli_parse_precision(v, &o->precision))
+                return cli_error(CLI_USAGE, "--precision: '%s' is not fp32 or tf32", v);
         } else if (OPT("--graph-buckets")) {
             if (r < 0)
                 return CLI_USAGE;
@@ -523,6 +537,8 @@ int cmd_run(int argc, char **argv)
     cfg.threads = (int)o.threads;
     cfg.inflight = (int)o.inflight;
     cfg.graph_buckets = o.graph_buckets >= 0 ? (int)o.graph_buckets : tools_graph_buckets_default();
+    cfg.precision = o.precision;
+    cfg.cuda_options = o.cuda_options;
     if ((st = ert_engine_create(m, &cfg, &e, &err)) != ERT_OK) {
         rc = cli_error(CLI_FAIL, "%s", err.msg[0] ? err.msg : ert_status_string(st));
         goto done;
@@ -552,6 +568,8 @@ int cmd_run(int argc, char **argv)
     rep.num_exits = ert_model_num_exits(m);
     rep.mode = ert_engine_mode(e);
     rep.device = ert_engine_backend(e);
+    rep.precision = o.precision;
+    rep.cuda_options = o.cuda_options;
     rep.note = ert_engine_note(e);
     rep.batch = cfg.max_batch;
     for (int x = 0; x < rep.num_exits; x++) {

@@ -140,6 +140,11 @@ static ert_status cpu_create(ert_engine *e, void **out)
 {
     const plan *p = &e->plan;
     const size_t B = (size_t)e->cfg.max_batch;
+    if (e->cfg.precision != ERT_PRECISION_FP32)
+        return engine_fail(e, ERT_UNSUPPORTED,
+                           "cpu backend: precision %s needs the CUDA backend's tensor cores; the "
+                           "CPU runs fp32 only",
+                           ert_precision_string(e->cfg.precision));
     cpu_ctx *c = calloc(1, sizeof *c);
     if (!c)
         return engine_fail(e, ERT_OUT_OF_MEMORY, "cpu backend: out of memory");

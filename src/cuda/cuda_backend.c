@@ -190,6 +190,8 @@ static ert_status cuda_create(ert_engine *e, void **out)
     if (!c)
         return engine_fail(e, ERT_OUT_OF_MEMORY, "cuda: out of memory");
     c->device = e->cfg.device;
+    c->tf32 = e->cfg.precision == ERT_PRECISION_TF32;
+    c->fused_attention = (e->cfg.cuda_options & ERT_CUDA_FUSED_ATTENTION) != 0;
     CUDA_TRY(e, cudaSetDevice(c->device));
 
     /* FULL runs no early head in ert_infer, but ert_engine_exit_outputs

@@ -26,8 +26,16 @@
  * blocks, [token_pool, layer_norm, linear] exits) and BERT-like models
  * (token_embed, post-LN GELU blocks, padded rows, DeeBERT exits), with a
  * row that attends to nothing and one with an invalid id (both NaN) and
- * one with an invalid id at a padded token (no effect). The modes against
- * the plain reference run on this backend in test_modes.c.
+ * one with an invalid id at a padded token (no effect); with the attention
+ * blocked (SGEMMs and the softmax kernel) and fused (ERT_CUDA_FUSED_ATTENTION,
+ * k_attn_fused). The modes against the plain reference run on this backend
+ * in test_modes.c.
+ *
+ * precision: TF32 (tensor cores) against FP32 on the same device, on a
+ * convnet, a ResNet, an MLP and both transformer models: logits within
+ * TF32's rounding (2^-10 relative on each product's inputs, so 1e-2 of the
+ * logits' scale), classes and exits equal on all but a few rows near a
+ * threshold; and the CPU backend refuses TF32.
  *
  * CUDA only; in test_cpu (and without a device) every test skips. */
 #include <criterion/criterion.h>
@@ -225,17 +233,28 @@ static void tx_modes(mw_kind kind, uint64_t seed)
             cr_assert(isnan(want.logits[(size_t)i * K]), "row %d: logits not NaN", i);
         }
 
+    /* fused: the attention as k_attn_fused (ERT_CUDA_FUSED_ATTENTION) */
     struct {
         ert_mode mode;
-        int graph_buckets, inflight;
-    } runs[] = {{ERT_MODE_FULL, 0, 1},      {ERT_MODE_MASKED, 0, 1},    {ERT_MODE_COMPACTED, 0, 1},
-                {ERT_MODE_COMPACTED, 0, 2}, {ERT_MODE_COMPACTED, 8, 1}, {ERT_MODE_COMPACTED, 8, 2}};
+        int graph_buckets, inflight, fused;
+    } runs[] = {{ERT_MODE_FULL, 0, 1, 0},      {ERT_MODE_MASKED, 0, 1, 0},
+                {ERT_MODE_COMPACTED, 0, 1, 0}, {ERT_MODE_COMPACTED, 0, 2, 0},
+                {ERT_MODE_COMPACTED, 8, 1, 0}, {ERT_MODE_COMPACTED, 8, 2, 0},
+                {ERT_MODE_FULL, 0, 1, 1},      {ERT_MODE_MASKED, 0, 1, 1},
+                {ERT_MODE_COMPACTED, 0, 2, 1}, {ERT_MODE_COMPACTED, 8, 1, 1}};
     for (size_t r = 0; r < sizeof runs / sizeof runs[0]; r++) {
-        char what[96];
-        snprintf(what, sizeof what, "%s %s (graph_buckets %d, inflight %d)", mw_kind_name(kind),
-                 ert_mode_string(runs[r].mode), runs[r].graph_buckets, runs[r].inflight);
-        ert_engine *g = tb_engine_on(m, ERT_BACKEND_CUDA, runs[r].mode, 64, runs[r].graph_buckets,
-                                     runs[r].inflight);
+        char what[128];
+        snprintf(what, sizeof what, "%s %s (graph_buckets %d, inflight %d%s)", mw_kind_name(kind),
+                 ert_mode_string(runs[r].mode), runs[r].graph_buckets, runs[r].inflight,
+                 runs[r].fused ? ", fused attention" : "");
+        ert_engine_config gc = ert_engine_config_default();
+        gc.backend = ERT_BACKEND_CUDA;
+        gc.mode = runs[r].mode;
+        gc.max_batch = 64;
+        gc.graph_buckets = runs[r].graph_buckets;
+        gc.inflight = runs[r].inflight;
+        gc.cuda_options = runs[r].fused ? ERT_CUDA_FUSED_ATTENTION : 0u;
+        ert_engine *g = fx_engine(m, &gc);
         if (runs[r].graph_buckets)
             cr_assert(strstr(ert_engine_note(g), "graphs: on:") != NULL, "%s: %s", what,
                       ert_engine_note(g));
@@ -322,9 +341,73 @@ static void tx_stream(mw_kind kind, uint64_t seed)
 Test(transformer, vit_stream_matches_cpu) { tx_stream(MW_VIT, 8201); }
 Test(transformer, bert_stream_matches_cpu) { tx_stream(MW_BERT, 8202); }
 
+/* ---- precision ------------------------------------------------------------------------ */
+
+/* TF32 against FP32 on the device, MASKED (every head of every row): each
+ * row's logits within 2e-2 of its largest magnitude (+ 1e-3), NaN rows NaN
+ * in both, and the exit or class of at most tol_flips_ok's rows changed. */
+static void tf32_vs_fp32(mw_kind kind, uint64_t seed)
+{
+    tb_only(ERT_BACKEND_CUDA, "TF32 on the CUDA backend");
+    ert_model *m = fx_random_model(seed, kind);
+    const int K = ert_model_num_classes(m), n = 61;
+    float *x = tx_inputs(m, n, seed + 1);
+    ert_engine_config cfg = ert_engine_config_default();
+    cfg.backend = ERT_BACKEND_CUDA;
+    cfg.mode = ERT_MODE_MASKED;
+    cfg.max_batch = 64;
+    ert_engine *f = fx_engine(m, &cfg);
+    cfg.precision = ERT_PRECISION_TF32;
+    ert_engine *t = fx_engine(m, &cfg);
+    tb_result a, b;
+    tb_result_init(&a, n, K);
+    tb_result_init(&b, n, K);
+    tb_infer(f, x, n, &a);
+    tb_infer(t, x, n, &b);
+    int changed = 0;
+    double worst = 0.0;
+    for (int i = 0; i < n; i++) {
+        const float *za = a.logits + (size_t)i * K, *zb = b.logits + (size_t)i * K;
+        if (isnan(za[0])) {
+            cr_assert(isnan(zb[0]), "%s row %d: NaN in FP32, %g in TF32", mw_kind_name(kind), i,
+                      zb[0]);
+            continue;
+        }
+        float scale = 0.0f;
+        for (int k = 0; k < K; k++)
+            scale = fabsf(za[k]) > scale ? fabsf(za[k]) : scale;
+        for (int k = 0; k < K; k++) {
+            const double d = fabs((double)zb[k] - za[k]) / (1e-3 + scale);
+            worst = d > worst ? d : worst;
+            cr_assert(d <= 2e-2, "%s row %d logit %d: TF32 %.7g, FP32 %.7g", mw_kind_name(kind), i,
+                      k, zb[k], za[k]);
+        }
+        changed += a.samples[i].exit_index != b.samples[i].exit_index ||
+                   a.samples[i].predicted != b.samples[i].predicted;
+    }
+    cr_assert(tol_flips_ok(changed, n), "%s: TF32 changed the exit or class of %d of %d rows",
+              mw_kind_name(kind), changed, n);
+    cr_log_info("%s: TF32 against FP32: worst logit difference %.2e of the row's scale, %d of "
+                "%d rows changed exit or class",
+                mw_kind_name(kind), worst, changed, n);
+    tb_result_free(&a);
+    tb_result_free(&b);
+    ert_engine_free(t);
+    ert_engine_free(f);
+    free(x);
+    ert_model_free(m);
+}
+
+Test(precision, cnn_tf32) { tf32_vs_fp32(MW_CNN, 9101); }
+Test(precision, resnet_tf32) { tf32_vs_fp32(MW_RESNET, 9102); }
+Test(precision, mlp_tf32) { tf32_vs_fp32(MW_MLP, 9103); }
+Test(precision, vit_tf32) { tf32_vs_fp32(MW_VIT, 9104); }
+Test(precision, bert_tf32) { tf32_vs_fp32(MW_BERT, 9105); }
+
 #else
 
 Test(device_order, cuda_only) { cr_skip_test("about the CUDA backend: not in this build"); }
 Test(transformer, cuda_only) { cr_skip_test("about the CUDA backend: not in this build"); }
+Test(precision, cuda_only) { cr_skip_test("about the CUDA backend: not in this build"); }
 
 #endif

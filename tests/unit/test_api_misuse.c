@@ -147,6 +147,48 @@ Test(api_misuse, engine_create_absurd_config)
     c = d;
     c.backend = (ert_backend)42;
     expect_create_fails(c, ERT_INVALID_ARGUMENT, "unknown backend 42");
+    c = d;
+    c.precision = (ert_precision)7;
+    expect_create_fails(c, ERT_INVALID_ARGUMENT, "unknown precision 7");
+    c = d;
+    c.cuda_options = 0x80u;
+    expect_create_fails(c, ERT_INVALID_ARGUMENT, "cuda_options 0x80 has unknown bits");
+}
+
+/* Precision: the CPU runs FP32 only and says so for TF32; the CUDA options
+ * are the CUDA backend's, and a CPU engine given one runs as without it
+ * (bit for bit). */
+Test(api_misuse, precision_and_cuda_options_on_the_cpu)
+{
+    cr_assert_str_eq(ert_precision_string(ERT_PRECISION_FP32), "fp32");
+    cr_assert_str_eq(ert_precision_string(ERT_PRECISION_TF32), "tf32");
+    cr_assert_str_eq(ert_precision_string((ert_precision)9), "unknown");
+    ert_engine_config c = ert_engine_config_default();
+    cr_assert_eq(c.precision, ERT_PRECISION_FP32);
+    cr_assert_eq(c.cuda_options, 0u);
+    c.backend = ERT_BACKEND_CPU;
+    c.max_batch = 8;
+    c.precision = ERT_PRECISION_TF32;
+    expect_create_fails(c, ERT_UNSUPPORTED, "precision tf32 needs the CUDA backend");
+    c.precision = ERT_PRECISION_FP32;
+    ert_engine *plain = fx_engine(m, &c);
+    c.cuda_options = ERT_CUDA_FUSED_ATTENTION;
+    ert_engine *opt = fx_engine(m, &c);
+    const size_t per = ert_model_input_size(m);
+    const int K = ert_model_num_classes(m);
+    float *x = malloc(sizeof(float) * per * 8), z1[8 * 64], z2[8 * 64];
+    cr_assert(x && K <= 64);
+    mw_random_input(x, per * 8, 5);
+    ert_sample s1[8], s2[8];
+    ert_result r1 = ERT_RESULT_INIT, r2 = ERT_RESULT_INIT;
+    r1.samples = s1, r1.logits = z1;
+    r2.samples = s2, r2.logits = z2;
+    cr_assert_eq(ert_infer(plain, x, 8, &r1), ERT_OK, "%s", ert_engine_error(plain));
+    cr_assert_eq(ert_infer(opt, x, 8, &r2), ERT_OK, "%s", ert_engine_error(opt));
+    cr_assert(memcmp(s1, s2, sizeof s1) == 0 && memcmp(z1, z2, sizeof(float) * 8 * K) == 0);
+    free(x);
+    ert_engine_free(opt);
+    ert_engine_free(plain);
 }
 
 /* The CUDA backend without CUDA (a CPU-only build, or no device): a status
