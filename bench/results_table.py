@@ -6,9 +6,10 @@ files, so the tables there are the bench's own numbers, not retyped.
     python3 bench/results_table.py --summary bench/results/cpu-*.json
     python3 bench/results_table.py --encoders bench/results/cpu-bert-base.json
 
---stages prints, from a run with profiles that send every sample to one exit
-(`--profile first=1 --profile second=0,1`), what each stage (with its exit
-head) costs in time against its share of the MACs.
+--stages prints what each stage (with its exit head) costs in time against
+its share of the MACs: from the bench's own stage costs (the JSON's
+"stages", every run since they were added), else from a run with profiles
+that send every sample to one exit (`--profile first=1 --profile second=0,1`).
 
 --summary prints one table over the files: per model and batch, FULL
 against PyTorch's and ONNX Runtime's full network, and COMPACTED (balanced /
@@ -167,6 +168,18 @@ def stages(paths):
         d = json.load(open(path))
         name = d["model"].rstrip("/").split("/")[-1]
         names = [e["name"] for e in d["exits"]]
+        if d.get("stages"):
+            st, E = d["stages"], len(names)
+            for i in range(0, len(st) - E + 1, E):  # one backend and batch
+                last = st[i + E - 1]
+                for s in st[i:i + E]:
+                    m, t = s["macs_per_sample"], s["us_per_sample"]
+                    dm = s["mac_share"] * last["macs_per_sample"] / 1e6
+                    dt = s["time_share"] * last["us_per_sample"]
+                    print(f"| {name} | {s['batch']} | {s['exit']} | {m / 1e6:.3f} | {t:.1f} "
+                          f"| {100 * s['mac_share']:.1f}% | {100 * s['time_share']:.1f}% "
+                          f"| {dt / dm if dm > 0 else 0.0:.1f} |")
+            continue
         for b in sorted({c["batch"] for c in d["cells"]}):
             # every sample to exit k: the profile whose achieved counts put
             # all (or nearly all) samples at one exit, the cheapest first

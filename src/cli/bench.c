@@ -199,6 +199,10 @@ static int calibrate(bench_run *r)
     ert_policy_kind kinds[ERT_MAX_EXITS];
     for (int x = 0; x < E; x++)
         kinds[x] = ert_model_exit_policy(m, x);
+    if (bench_stage_thresholds(r, kinds, scores) != 0) {
+        fprintf(stderr, "exitrt bench: calibration failed (out of memory?)\n");
+        goto done;
+    }
     for (int p = 0; p < r->nprof; p++) {
         bench_profile *pr = &r->prof[p];
         pr->exits = malloc(sizeof *pr->exits * (size_t)r->n);
@@ -510,6 +514,9 @@ int bench_main(int argc, char **argv)
             int st = sweep_batch(&r, (ert_backend)be, r.batches[i], NULL);
             if (st < 0)
                 goto done;
+            /* the stage costs beside the cells, while the machine is the same */
+            if (st == 0 && bench_stage_sweep(&r, (ert_backend)be, r.batches[i]) < 0)
+                goto done;
             fprintf(stderr, "exitrt bench: %s batch %d done (%.1fs)\n",
                     ert_backend_string((ert_backend)be), r.batches[i], tools_now_s() - tb);
         }
@@ -560,6 +567,7 @@ done:
     for (int p = 0; p < r.nprof; p++)
         free(r.prof[p].exits);
     free(r.cells);
+    free(r.stages);
     free(r.inputs);
     ert_model_free(r.model);
     return rc;

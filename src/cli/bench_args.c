@@ -18,6 +18,8 @@ static const char *USAGE =
     "                       (defaults: none, late-heavy 0.1,0.1, balanced 0.5,0.25,\n"
     "                       early-heavy 0.8,0.1); may be repeated\n"
     "  --no-default-profiles  the --profile ones alone (at least one)\n"
+    "  --no-stages          skip the stage costs (COMPACTED with every sample sent to\n"
+    "                       one exit, per exit, backend and batch)\n"
     "  --modes LIST         full,masked,compacted (default all; FULL is always measured)\n"
     "  --device cpu|cuda|all  (default all: the CPU and CUDA when present)\n"
     "  --reps N             timed reps per cell, median taken (default 5)\n"
@@ -173,6 +175,10 @@ int bench_parse_args(int argc, char **argv, bench_run *r, bench_opts *o)
         }
         if (!strcmp(a, "--quick")) {
             r->quick = 1;
+            continue;
+        }
+        if (!strcmp(a, "--no-stages")) {
+            r->no_stages = 1;
             continue;
         }
         if (!strcmp(a, "--no-default-profiles")) {

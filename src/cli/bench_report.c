@@ -182,6 +182,7 @@ void bench_print_table(const bench_run *r, FILE *out)
         fprintf(out, "; x b1-if = exitrt / PyTorch one sample at a time with a Python `if` "
                      "after each exit (DeeBERT's and PABEE's loop), same profile");
     fprintf(out, ".\n");
+    bench_print_stages(r, out);
 }
 
 /* ---- JSON ------------------------------------------------------------------ */
@@ -314,6 +315,10 @@ int bench_write_json(const bench_run *r, FILE *f)
         cJSON_AddItemToObject(o, "torch_b1if_samples_per_s", num_or_null(c->torch_b1if));
         cJSON_AddItemToObject(o, "ort_samples_per_s", num_or_null(c->ort_samples_per_s));
         cJSON_AddItemToArray(cells, o);
+    }
+    if (bench_stages_json(r, root) != 0) {
+        cJSON_Delete(root);
+        return -1;
     }
     char *text = cJSON_Print(root);
     cJSON_Delete(root);

@@ -57,6 +57,18 @@ typedef struct bench_cell {
                                    COMPACTED cells its early-exit pipeline; < 0: none */
 } bench_cell;
 
+/* What the stages up to one exit cost: COMPACTED with every sample sent
+ * to that exit (bench_stages.c). */
+typedef struct bench_stage {
+    ert_backend backend;
+    int batch;
+    int exit; /* every sample sent here: stages 0..exit run */
+    int samples_per_rep;
+    double macs_per_sample;             /* executed, from the first rep */
+    double us_per_sample;               /* the median rep's time / samples_per_rep */
+    int32_t exit_counts[ERT_MAX_EXITS]; /* the first rep's */
+} bench_stage;
+
 typedef struct bench_run {
     const char *model_path;
     ert_model *model;
@@ -86,6 +98,13 @@ typedef struct bench_run {
     bench_cell *cells;
     int ncells, cap;
 
+    /* stage costs: thresholds that send every sample to exit k, and the
+       results (num_exits per backend and batch) */
+    int no_stages; /* --no-stages */
+    float stage_thr[ERT_MAX_EXITS][ERT_MAX_EXITS];
+    bench_stage *stages;
+    int nstages;
+
     int peer_requested, peer_ok;
     char peer_note[512]; /* why the peer did not run, or its version */
     char ort_note[256];  /* ONNX Runtime: its version, or why it did not run */
@@ -108,6 +127,21 @@ int bench_write_json(const bench_run *r, FILE *f);
  * gnuplot into the file path (the temporary of --plot, named shown in
  * messages). 0 on success; on failure prints why to stderr. */
 int bench_write_plot(const bench_run *r, const char *path, const char *shown);
+
+/* bench_stages.c: thresholds that send every sample to exit k (from the
+ * calibration's scores, [n * num_exits]) into stage_thr[k]; 0 or -1 (out
+ * of memory). */
+int bench_stage_thresholds(bench_run *r, const ert_policy_kind *kinds, const float *scores);
+/* Times COMPACTED on one backend and batch with stage_thr[k] for every exit
+ * k, reps interleaved, and appends num_exits stages. 0 (also when skipped:
+ * --no-stages, one exit), 1 when the engine cannot be made (said on
+ * stderr), -1 on a failure. */
+int bench_stage_sweep(bench_run *r, ert_backend be, int batch);
+/* The stage table after the cells' (nothing without stages). */
+void bench_print_stages(const bench_run *r, FILE *out);
+/* Adds "stages" (bench/README.md) to the JSON root; -1 when out of memory. */
+struct cJSON;
+int bench_stages_json(const bench_run *r, struct cJSON *root);
 
 /* bench_peer.c: runs bench/torch_peer.py on the same inputs, thresholds and batch
  * sizes, fills the cells' torch figures and the profiles' decision checks.

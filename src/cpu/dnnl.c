@@ -223,12 +223,27 @@ ert_status dx_create(const ert_model *m, const plan *p, const program *prog, int
         st = ERT_OUT_OF_MEMORY;
         goto fail;
     }
-    for (int i = 0; i < prog->nops; i++)
+    for (int i = 0; i < prog->nops; i++) {
         if (x->ops[i].scratch)
             dnnl_memory_set_data_handle(x->ops[i].scratch, x->scratch);
+        for (int k = 0; k < x->ops[i].nsub; k++)
+            if (x->ops[i].sub[k].scratch)
+                dnnl_memory_set_data_handle(x->ops[i].sub[k].scratch, x->scratch);
+    }
 
+    if ((st = dx_check_subs(x, why, cap)) != ERT_OK)
+        goto fail;
+    for (int i = 0; i < prog->nops; i++)
+        x->subs += x->ops[i].nsub > 0;
     if ((st = probe(x, why, cap)) != ERT_OK)
         goto fail;
+    if (!x->invariant && x->subs) {
+        /* a kernel whose rows change with the tile size: back to whole,
+           padded tiles, which the probe then checks again */
+        x->subs = 0;
+        if ((st = probe(x, why, cap)) != ERT_OK)
+            goto fail;
+    }
     /* what runs, for the note */
     int nconv = 0, nref = 0;
     for (int i = 0; i < prog->nops; i++) {
@@ -239,11 +254,12 @@ ert_status dx_create(const ert_model *m, const plan *p, const program *prog, int
     }
     const dnnl_version_t *v = dnnl_version();
     snprintf(x->desc, sizeof x->desc,
-             "oneDNN %d.%d.%d, %d-row tiles (inner products %d): %d ops: %d convs, joins %d "
+             "oneDNN %d.%d.%d, %d-row tiles (inner products %d), the rest in halves down to 1 row "
+             "in %d ops: %d ops: %d convs, joins %d "
              "fused + %d after, %d reorders, %d channels-last, %d matmuls of any row count, "
              "%d reference kernels; %s",
-             v->major, v->minor, v->patch, tile_conv, tile_linear, prog->nops, nconv, b.fused_joins,
-             b.separate_joins, b.reorders, b.nhwc, b.matmuls, nref,
+             v->major, v->minor, v->patch, tile_conv, tile_linear, x->subs, prog->nops, nconv,
+             b.fused_joins, b.separate_joins, b.reorders, b.nhwc, b.matmuls, nref,
              x->invariant ? "rows do not depend on their place or count"
                           : "rows depend on their place or count (rounding)");
     free(b.plain_out);
@@ -288,6 +304,7 @@ void dx_free(dnnl_exec *x)
             }
             free(d->mm_src);
             free(d->mm_dst);
+            dx_free_subs(d);
         }
     }
     free(x->ops);
@@ -306,6 +323,44 @@ void dx_free(dnnl_exec *x)
 }
 
 /* ---- running ---------------------------------------------------------------------------- */
+
+dnnl_status_t dx_run_tile(dnnl_exec *x, const dx_op *d, const dx_sub *t, size_t r0)
+{
+    const prog_op *op = d->op;
+    dnnl_exec_arg_t args[7];
+    int na = 0;
+    dnnl_status_t r = dnnl_success;
+    if (t->pre) {
+        dnnl_memory_set_data_handle(t->pre_src, x->buf[op->in] + r0 * d->pre_src_row);
+        dnnl_exec_arg_t ra[2] = {{DNNL_ARG_FROM, t->pre_src}, {DNNL_ARG_TO, t->pre_dst}};
+        r = dnnl_primitive_execute(t->pre, x->stream, 2, ra);
+    } else {
+        dnnl_memory_set_data_handle(t->src, x->buf[op->in] + r0 * d->src_row);
+    }
+    float *dst = x->buf[op->out] + r0 * d->dst_row;
+    dnnl_memory_set_data_handle(t->dst, dst);
+    args[na++] = (dnnl_exec_arg_t){DNNL_ARG_SRC, t->src};
+    args[na++] = (dnnl_exec_arg_t){DNNL_ARG_DST, t->dst};
+    if (t->src1)
+        dnnl_memory_set_data_handle(t->src1, x->buf[op->in2] + r0 * d->src1_row);
+    if (t->src1 && !t->post)
+        args[na++] = (dnnl_exec_arg_t){d->src1_arg, t->src1};
+    if (d->wei)
+        args[na++] = (dnnl_exec_arg_t){DNNL_ARG_WEIGHTS, d->wei};
+    if (d->bias)
+        args[na++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, d->bias};
+    if (t->scratch)
+        args[na++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, t->scratch};
+    if (r == dnnl_success)
+        r = dnnl_primitive_execute(t->prim, x->stream, na, args);
+    if (r == dnnl_success && t->post) {
+        dnnl_memory_set_data_handle(t->post_dst, dst);
+        dnnl_exec_arg_t pa[3] = {
+            {DNNL_ARG_SRC_0, t->post_dst}, {DNNL_ARG_SRC_1, t->src1}, {DNNL_ARG_DST, t->post_dst}};
+        r = dnnl_primitive_execute(t->post, x->stream, 3, pa);
+    }
+    return r;
+}
 
 static ert_status run_ops(dnnl_exec *x, int begin, int end, int n, char *why, size_t cap)
 {
@@ -335,47 +390,40 @@ static ert_status run_ops(dnnl_exec *x, int begin, int end, int n, char *why, si
             }
             continue;
         }
-        const int T = d->tile, tiles = (n + T - 1) / T;
-        for (int t = 0; t < tiles; t++) {
-            const size_t r0 = (size_t)t * (size_t)T;
-            dnnl_exec_arg_t args[7];
-            int na = 0;
-            dnnl_status_t r = dnnl_success;
-            if (d->pre) {
-                dnnl_memory_set_data_handle(d->pre_src, x->buf[op->in] + r0 * d->pre_src_row);
-                dnnl_exec_arg_t ra[2] = {{DNNL_ARG_FROM, d->pre_src}, {DNNL_ARG_TO, d->pre_dst}};
-                r = dnnl_primitive_execute(d->pre, x->stream, 2, ra);
-            } else {
-                dnnl_memory_set_data_handle(d->src, x->buf[op->in] + r0 * d->src_row);
+        /* whole tiles, then the rest as the op's plan says (8 + 4 + 1 for
+           13 rows of a convolution; a light op may pad); without smaller
+           tiles, one padded tile */
+        const dx_sub whole = {.tile = d->tile,
+                              .prim = d->prim,
+                              .pre = d->pre,
+                              .post = d->post,
+                              .src = d->src,
+                              .src1 = d->src1,
+                              .dst = d->dst,
+                              .scratch = d->scratch,
+                              .pre_src = d->pre_src,
+                              .pre_dst = d->pre_dst,
+                              .post_dst = d->post_dst};
+        static const signed char padded[2] = {DX_PLAN_WHOLE, DX_PLAN_END};
+        int r0 = 0;
+        const signed char *rest = NULL;
+        for (;;) {
+            const dx_sub *t = &whole;
+            if (r0 + d->tile > n) { /* the rows left: as the op's plan says */
+                if (!rest && r0 >= n)
+                    break;
+                if (!rest)
+                    rest = x->subs && d->plan ? d->plan + (size_t)(n - r0) * DX_PLAN_LEN : padded;
+                if (*rest == DX_PLAN_END)
+                    break;
+                t = *rest >= 0 ? &d->sub[*rest] : &whole;
+                rest++;
             }
-            float *dst = x->buf[op->out] + r0 * d->dst_row;
-            dnnl_memory_set_data_handle(d->dst, dst);
-            args[na++] = (dnnl_exec_arg_t){DNNL_ARG_SRC, d->src};
-            args[na++] = (dnnl_exec_arg_t){DNNL_ARG_DST, d->dst};
-            if (d->src1)
-                dnnl_memory_set_data_handle(d->src1, x->buf[op->in2] + r0 * d->src1_row);
-            if (d->src1 && !d->post)
-                args[na++] = (dnnl_exec_arg_t){d->src1_arg, d->src1};
-            if (d->wei)
-                args[na++] = (dnnl_exec_arg_t){DNNL_ARG_WEIGHTS, d->wei};
-            if (d->bias)
-                args[na++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, d->bias};
-            if (d->scratch)
-                args[na++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, d->scratch};
-            if (r == dnnl_success)
-                r = dnnl_primitive_execute(d->prim, x->stream, na, args);
-            if (r == dnnl_success && d->post) {
-                dnnl_memory_set_data_handle(d->post_dst, dst);
-                dnnl_exec_arg_t pa[3] = {{DNNL_ARG_SRC_0, d->post_dst},
-                                         {DNNL_ARG_SRC_1, d->src1},
-                                         {DNNL_ARG_DST, d->post_dst}};
-                r = dnnl_primitive_execute(d->post, x->stream, 3, pa);
-            }
-            if (r != dnnl_success) {
-                snprintf(why, cap, "oneDNN: %s failed (status %d)", op->l ? op->l->name : "op",
-                         (int)r);
+            if (dx_run_tile(x, d, t, (size_t)r0) != dnnl_success) {
+                snprintf(why, cap, "oneDNN: %s failed", op->l ? op->l->name : "op");
                 return ERT_INTERNAL;
             }
+            r0 += t->tile;
         }
     }
     if (dnnl_stream_wait(x->stream) != dnnl_success) {

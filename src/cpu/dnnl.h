@@ -5,11 +5,13 @@
  * `tile` rows, with the layouts oneDNN prefers (blocked, nChw16c on AVX-512
  * machines, or channels-last where blocking would pad the channels); the
  * weights are reordered into the primitive's layout once. A call runs the
- * ops of a range one after the other, each over all tiles, the last tile
- * padded: a primitive never
- * sees another row count, so a row's result does not depend on how many rows
- * the call has (batch invariance, ops.h), only -- possibly -- on its place
- * inside the tile, which dx_create probes.
+ * ops of a range one after the other, each over all its whole tiles, then
+ * the rows left as the op's plan says: smaller tiles of the same op (every
+ * power of two below its tile, same layouts and weights, each checked at
+ * creation to give a row bit for bit what the whole tile gives it) and at
+ * most one padded tile (dnnl_tiles.c). So a row's result does not depend on
+ * how many rows the call has (batch invariance, ops.h), only -- possibly --
+ * on its place inside a tile, which dx_create probes.
  *
  * Layouts keep the batch outermost: in nchw, nhwc and nChw16c alike a
  * sample's activations are one contiguous row, so the backend's compaction

@@ -14,6 +14,21 @@
  * stage stay in the L2 cache for the bundled models' sizes. */
 #define DX_BLOCK 64
 
+/* Tiles below an op's own, powers of two down to one row, with the same
+ * layouts and weights: the rows past a call's whole tiles run as these
+ * (8 + 4 + 1 for 13), so no row is computed only to fill a tile. */
+#define DX_MAX_SUB 7
+/* entries of a plan row: the tiles to run, then DX_PLAN_END */
+#define DX_PLAN_LEN (DX_MAX_SUB + 2)
+#define DX_PLAN_WHOLE (-1)
+#define DX_PLAN_END (-2)
+
+typedef struct dx_sub {
+    int tile;
+    dnnl_primitive_t prim, pre, post;
+    dnnl_memory_t src, src1, dst, scratch, pre_src, pre_dst, post_dst;
+} dx_sub;
+
 typedef struct dx_op {
     const prog_op *op;
     dnnl_primitive_t prim;
@@ -37,6 +52,12 @@ typedef struct dx_op {
        after it, in place */
     dnnl_primitive_t post;
     dnnl_memory_t post_dst;
+    dx_sub sub[DX_MAX_SUB]; /* tiles tile/2 .. 1 (nsub 0: the last tile padded) */
+    int nsub;
+    /* [tile][DX_PLAN_LEN]: for r rows left after the whole tiles, row r
+       lists the tiles that run them (a sub index or DX_PLAN_WHOLE; the
+       last may be padded), ending with DX_PLAN_END */
+    signed char *plan;
 } dx_op;
 
 struct dnnl_exec {
@@ -54,6 +75,7 @@ struct dnnl_exec {
     void *scratch;
     size_t scratch_size;
     int invariant;
+    int subs;   /* the smaller tiles run (0: the last tile padded, dx_create) */
     int K;      /* classes: floats per logits row */
     int single; /* max_batch 1: every call runs one row */
     char desc[400];
@@ -68,6 +90,7 @@ typedef struct dx_build {
     unsigned char *plain_out;             /* [nops]: the op's output must be plain */
     dnnl_primitive_attr_t attr;           /* user scratchpad, + post-ops per op */
     int fused_joins, separate_joins, reorders, nhwc, plain_forced, matmuls;
+    int subs; /* ops with smaller tiles */
 } dx_build;
 
 /* A oneDNN call inside a function with `char *why, size_t cap`: on failure
@@ -95,5 +118,23 @@ void *alloc_floats(size_t n);
 /* ---- one op (dnnl_ops.c) ---- */
 
 ert_status dx_make_op(dx_build *b, int i, char *why, size_t cap);
+/* Whether oneDNN serves pd with a reference (unoptimised) kernel. */
+int dx_is_ref(const_dnnl_primitive_desc_t pd);
+/* One tile of op d (its whole tile or a smaller one) from row r0 of its
+ * buffers on, without waiting for the stream (dnnl.c). */
+dnnl_status_t dx_run_tile(dnnl_exec *x, const dx_op *d, const dx_sub *t, size_t r0);
+
+/* ---- smaller tiles (dnnl_tiles.c) ---- */
+
+/* Makes op d's smaller tiles (the op made, its weights set); where oneDNN
+ * cannot make one, d keeps none. */
+void dx_make_subs(dx_build *b, dx_op *d);
+/* Once the buffers and the scratchpad exist: every op's smaller tiles
+ * against its whole tile on pseudo-random rows (an op whose rows differ
+ * loses them), then each op's plan of tiles for the rows left after its
+ * whole tiles. ERT_INTERNAL or ERT_OUT_OF_MEMORY (why says) on failure. */
+ert_status dx_check_subs(dnnl_exec *x, char *why, size_t cap);
+/* Destroys what an op's smaller tiles and plan hold; nsub becomes 0. */
+void dx_free_subs(dx_op *d);
 
 #endif /* ERT_CPU_DNNL_INTERNAL_H */

@@ -245,7 +245,7 @@ static dnnl_status_t ip_init(void *desc, const dnnl_memory_desc_t *dst, const vo
                                                 c->has_bias ? &c->bias : NULL, dst);
 }
 
-static int best_is_ref(const_dnnl_primitive_desc_t pd)
+int dx_is_ref(const_dnnl_primitive_desc_t pd)
 {
     const char *impl = NULL;
     dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
@@ -361,7 +361,7 @@ static ert_status make_matmul(dx_build *b, dx_op *d, const dnnl_memory_desc_t *s
     dnnl_primitive_attr_destroy(attr);
     if (r != dnnl_success)
         return ERT_UNSUPPORTED;
-    if (best_is_ref(pd)) {
+    if (dx_is_ref(pd)) {
         dnnl_primitive_desc_destroy(pd);
         return ERT_UNSUPPORTED;
     }
@@ -509,7 +509,7 @@ ert_status dx_make_op(dx_build *b, int i, char *why, size_t cap)
             const char *impl = NULL;
             dnnl_primitive_desc_query(cand, dnnl_query_impl_info_str, 0, &impl);
             int is_ref = impl && strncmp(impl, "ref", 3) == 0;
-            if (!best || (!is_ref && best_is_ref(best))) {
+            if (!best || (!is_ref && dx_is_ref(best))) {
                 if (best)
                     dnnl_primitive_desc_destroy(best);
                 best = cand, best_any = src_any, best_fused = fused;
@@ -658,6 +658,8 @@ ert_status dx_make_op(dx_build *b, int i, char *why, size_t cap)
     }
     default: snprintf(why, cap, "op %d: kind %d", i, (int)op->kind); st = ERT_UNSUPPORTED;
     }
+    if (st == ERT_OK)
+        dx_make_subs(b, d);
     if (attr)
         dnnl_primitive_attr_destroy(attr);
     if (pd)

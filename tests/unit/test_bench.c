@@ -403,6 +403,46 @@ Test(bench_json, documented_keys_and_types, .timeout = 120)
         if (!strcmp(mode, "full"))
             cr_assert_float_eq(get(c, "speedup", is_num)->valuedouble, 1.0, 1e-12);
     }
+
+    /* stage costs: per batch, one entry per exit in order; MACs grow exit
+       by exit; the stages' shares add up to the whole; an entry where
+       every sample took the final exit ran what MASKED runs (every stage
+       and head) */
+    const cJSON *stages = get(j, "stages", is_arr);
+    cr_assert_eq(cJSON_GetArraySize(stages), 2 * E);
+    for (int i = 0; i < 2; i++) {
+        double mac_sum = 0.0, time_sum = 0.0, prev = 0.0;
+        for (int k = 0; k < E; k++) {
+            const cJSON *st = cJSON_GetArrayItem(stages, i * E + k);
+            cr_assert_str_eq(get(st, "backend", is_str)->valuestring, "cpu");
+            int b = get(st, "batch", is_num)->valueint;
+            cr_assert_eq(b, i ? 64 : 8);
+            cr_assert_str_eq(get(st, "exit", is_str)->valuestring,
+                             cJSON_GetArrayItem(exits, k)->child->valuestring);
+            cr_assert_eq(get(st, "samples_per_rep", is_num)->valueint, 64);
+            double m = get(st, "macs_per_sample", is_num)->valuedouble;
+            cr_assert(m >= prev, "stage %d: %g MACs after %g", k, m, prev);
+            prev = m;
+            cr_assert(get(st, "us_per_sample", is_num)->valuedouble > 0);
+            mac_sum += get(st, "mac_share", is_num)->valuedouble;
+            time_sum += get(st, "time_share", is_num)->valuedouble;
+            const cJSON *cnt = get(st, "exit_counts", is_arr);
+            num_array(cnt, E);
+            int sum = 0;
+            const cJSON *v;
+            cJSON_ArrayForEach (v, cnt)
+                sum += v->valueint;
+            cr_assert_eq(sum, 64);
+            if (k == E - 1 && cJSON_GetArrayItem(cnt, E - 1)->valueint == 64)
+                cJSON_ArrayForEach (c, cells)
+                    if (get(c, "batch", is_num)->valueint == b &&
+                        !strcmp(get(c, "mode", is_str)->valuestring, "masked"))
+                        cr_assert_float_eq(get(c, "macs_per_sample", is_num)->valuedouble, m,
+                                           1e-6 * m);
+        }
+        cr_assert_float_eq(mac_sum, 1.0, 1e-9);
+        cr_assert_float_eq(time_sum, 1.0, 1e-9);
+    }
     cJSON_Delete(j);
     mw_rmtree(dir);
 }
