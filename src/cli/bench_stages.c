@@ -40,6 +40,8 @@ int bench_stage_sweep(bench_run *r, ert_backend be, int batch)
     cfg.threads = r->threads;
     cfg.inflight = r->inflight;
     cfg.graph_buckets = r->graph_buckets;
+    cfg.precision = r->precision;
+    cfg.cuda_options = r->cuda_options;
     ert_engine *e = NULL;
     ert_error err;
     ert_sample *smp = malloc(sizeof *smp * (size_t)batch);
@@ -73,7 +75,8 @@ int bench_stage_sweep(bench_run *r, ert_backend be, int batch)
             double t0 = tools_now_s();
             for (int j = 0; j < n; j++) {
                 size_t start = ((size_t)j * (size_t)batch) % (size_t)r->n;
-                ert_result res = {.samples = smp};
+                ert_result res = ERT_RESULT_INIT;
+                res.samples = smp;
                 if (ert_infer(e, r->inputs + start * r->input_size, batch, &res) != ERT_OK) {
                     fprintf(stderr, "exitrt bench: %s\n", ert_engine_error(e));
                     goto done;
