@@ -139,15 +139,19 @@ void bench_print_stages(const bench_run *r, FILE *out)
                                         100.0 * st[k].exit_counts[x] / st[k].samples_per_rep);
             double mac, time;
             stage_shares(st, k, E, &mac, &time);
-            fprintf(out, "%-7s %5d %-16s %-22s %11.3f %10.2f %8.1f%% %9.1f%% %8.2f\n",
+            /* a stage of under 0.5% of the MACs: its ratio is noise */
+            char ratio[16] = "-";
+            if (mac >= 0.005)
+                snprintf(ratio, sizeof ratio, "%.2f", time / mac);
+            fprintf(out, "%-7s %5d %-16s %-22s %11.3f %10.2f %8.1f%% %9.1f%% %8s\n",
                     ert_backend_string(st[k].backend), st[k].batch,
                     ert_model_exit_name(r->model, k), taken, st[k].macs_per_sample / 1e6,
-                    st[k].us_per_sample, 100.0 * mac, 100.0 * time, mac > 0.0 ? time / mac : 0.0);
+                    st[k].us_per_sample, 100.0 * mac, 100.0 * time, ratio);
         }
     }
     fprintf(out, "MMAC and us per sample are cumulative up to the exit; a stage's shares are "
                  "its part of the last row's; time/MAC above 1: the stage costs more than its "
-                 "MACs say.\n");
+                 "MACs say (\"-\" under 0.5%% of the MACs).\n");
 }
 
 int bench_stages_json(const bench_run *r, cJSON *root)
