@@ -301,7 +301,8 @@ size_t tx_scratch_floats(const layer *l, int threads)
     switch (l->kind) {
     case LAYER_SELF_ATTENTION: return R * 6 * D + pad + att;
     case LAYER_ENCODER_BLOCK:
-        return R * (8 * D + F) + pad + att + (size_t)team(threads) * TAIL_FLOATS(TX_TILE_ROWS, D, F);
+        return R * (8 * D + F) + pad + att +
+               (size_t)team(threads) * TAIL_FLOATS(TX_TILE_ROWS, D, F);
     case LAYER_PATCH_EMBED: return (size_t)team(threads) * patch_scratch_floats(&l->p.patch, l->in);
     default: return 0;
     }
