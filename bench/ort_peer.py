@@ -322,9 +322,12 @@ def fuse_transformer(g, M):
     the onnx package, whose typing_extensions is newer than Debian's that
     torch has loaded here: when it cannot be imported in this process, it
     runs in the repository's .venv python."""
-    L = next(L for st in M.stages for mod in st
-             for L in getattr(getattr(mod, "enc", None), "layers", []))
-    args = ("bert" if M.tokens else "vit", L.self_attn.num_heads, L.self_attn.embed_dim)
+    mha = [L.self_attn for st in M.stages for mod in st
+           for L in getattr(getattr(mod, "enc", None), "layers", [])]
+    mha += [mod.attn for st in M.stages for mod in st if hasattr(mod, "attn")]
+    if not mha:
+        return g, "no attention to fuse"
+    args = ("bert" if M.tokens else "vit", mha[0].num_heads, mha[0].embed_dim)
     items = [g["full"]] + g["stages"] + g["heads"]
     with tempfile.TemporaryDirectory() as d:
         paths = []
