@@ -761,14 +761,12 @@ def main():
     if args.ort and any(d.type == "cpu" for d in devices):
         import ort_peer
         ort, why = ort_peer.import_ort()
-        if M.transformer:
-            ort_note = f"not run: {ort_peer.TRANSFORMER_NOTE}"
-        elif ort is None:
+        if ort is None:
             ort_note = f"not run: {why}"
         else:
             try:
-                ort_peer.sweep(ort, M, x, profiles, args, cells, decisions, exits)
-                ort_note = f"ONNX Runtime {ort.__version__}, CPU, {args.threads} threads"
+                more = ort_peer.sweep(ort, M, x, profiles, args, cells, decisions, exits)
+                ort_note = f"ONNX Runtime {ort.__version__}, CPU, {args.threads} threads{more}"
             except Exception as e:  # a model the exporter or ORT refuses: say so
                 ort_note = f"failed: {type(e).__name__}: {e}"
         print(f"torch_peer: ONNX Runtime: {ort_note}", flush=True)

@@ -251,6 +251,7 @@ void op_token_pool(token_pool_mode mode, shape3 in_s, const float *in, int n, fl
  *   f   [R, F]      the feed-forward hidden layer
  *   pad [tile, max(D, F) + 3D]  the last tile's rows, padded
  *   att [threads, ATT_FLOATS(d)] each thread's attention block
+ *   tail [threads, TAIL_FLOATS] each thread's block_tail rows (tile > 0)
  */
 
 /* Attention's blocks: ATT_QB queries against ATT_KB keys at a time. */
@@ -259,6 +260,9 @@ void op_token_pool(token_pool_mode mode, shape3 in_s, const float *in, int n, fl
 /* scores [QB, KB], acc [QB, d], max and sum [QB] each, and the key
  * block's mask [KB] */
 #define ATT_FLOATS(d) ((size_t)ATT_QB * ATT_KB + (size_t)ATT_QB * (size_t)(d) + 2 * ATT_QB + ATT_KB)
+/* block_tail's rows of one thread: ctx's copy, the projection, h [tile, D]
+ * each and the hidden layer [tile, F] */
+#define TAIL_FLOATS(tile, D, F) ((size_t)(tile) * (3 * (size_t)(D) + (size_t)(F)))
 
 /* The tokens of one sample that are computed: up to its last attended one.
  * The padding after it is attended by no token and read by no pooling, so
@@ -296,7 +300,9 @@ size_t tx_scratch_floats(const layer *l, int threads)
     size_t att = (size_t)team(threads) * ATT_FLOATS(D / (H ? H : 1));
     switch (l->kind) {
     case LAYER_SELF_ATTENTION: return R * 6 * D + pad + att;
-    case LAYER_ENCODER_BLOCK: return R * (8 * D + F) + pad + att;
+    case LAYER_ENCODER_BLOCK:
+        return R * (8 * D + F) + pad + att +
+               (size_t)team(threads) * TAIL_FLOATS(TX_TILE_ROWS, D, F);
     case LAYER_PATCH_EMBED: return (size_t)team(threads) * patch_scratch_floats(&l->p.patch, l->in);
     default: return 0;
     }
@@ -322,13 +328,28 @@ static int gemm_cols(int N)
     return (nb + 15) / 16 * 16;
 }
 
-/* C[M, N] (ldc) = A[M, K] (lda) W[N, K]^T + bias: GEMM calls of exactly
- * `tile` rows (tile 0: one call of M rows), the last tile through pad
- * (tile * (K + N) floats), and of gemm_cols(N) columns, spread over the
- * team. Each call's shape is fixed by the layer and the tile, so a row's
- * rounding does not depend on its chunk or its thread. */
+/* act over the block c [rows, n] (ldc): GELU (gelu_range) or ReLU
+ * (op_relu), each row while it is still in cache. */
+static void act_block(int act, float *c, int ldc, int rows, int n)
+{
+    for (int i = 0; i < rows; i++) {
+        float *row = c + (size_t)i * ldc;
+        if (act == ERT_ACT_GELU)
+            gelu_range(row, row, 0, (size_t)n);
+        else
+            op_relu(row, row, (size_t)n);
+    }
+}
+
+/* C[M, N] (ldc) = act(A[M, K] (lda) W[N, K]^T + bias): GEMM calls of
+ * exactly `tile` rows (tile 0: one call of M rows), the last tile through
+ * pad (tile * (K + N) floats), and of gemm_cols(N) columns, spread over
+ * the team; act (ERT_ACT_GELU, ERT_ACT_RELU or ERT_ACT_NONE) is applied to
+ * each call's block as soon as it is written. Each call's shape is fixed
+ * by the layer and the tile, so a row's rounding does not depend on its
+ * chunk or its thread. */
 static void gemm_par(const float *A, int lda, const float *W, const float *bias, float *C, int ldc,
-                     int M, int N, int K, int tile, float *pad, int threads)
+                     int M, int N, int K, int act, int tile, float *pad, int threads)
 {
     const int rows = tile > 0 ? tile : M, full = tile > 0 ? M / tile * tile : M;
     const int rest = M - full, tiles = full / rows + (rest > 0), nb = gemm_cols(N);
@@ -353,6 +374,8 @@ static void gemm_par(const float *A, int lda, const float *W, const float *bias,
             memcpy(c + (size_t)i * lc, bias + n0, sizeof(float) * (size_t)n);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, K, 1.0f, a, la,
                     W + (size_t)n0 * K, K, 1.0f, c, lc);
+        if (act != ERT_ACT_NONE)
+            act_block(act, c, lc, last ? rest : rows, n);
     }
     blas_restore(blas);
     (void)threads;
@@ -506,13 +529,15 @@ static void attend_block(const float *qkv, int D, int d, int h, int L, const flo
 }
 
 /* a[R, D] = attention(x[R, D]) over the chunk: the projections over every
- * row, attention per sample, head and block of queries. */
+ * row, attention per sample, head and block of queries (a NULL: the heads'
+ * outputs left in ctx, not projected). */
 static void attend(const attention_params *p, const chunk *c, const float *x, float *qkv,
                    float *ctx, float *a, float *att, int tile, float *pad, int threads)
 {
     const int D = p->dim, H = p->heads, d = D / H, R = c->R;
     const float scale = (float)(1.0 / sqrt((double)d));
-    gemm_par(x, D, p->in_weight, p->in_bias, qkv, 3 * D, R, 3 * D, D, tile, pad, threads);
+    gemm_par(x, D, p->in_weight, p->in_bias, qkv, 3 * D, R, 3 * D, D, ERT_ACT_NONE, tile, pad,
+             threads);
     /* a padded key's value row is zeroed (attend_block) */
     ERT_OMP("omp parallel for schedule(dynamic, 4) num_threads(threads)")
     for (int i = 0; i < c->m; i++) {
@@ -544,7 +569,9 @@ static void attend(const attention_params *p, const chunk *c, const float *x, fl
                      ctx + c->off[i] * (size_t)D, ws);
     }
     blas_restore(blas);
-    gemm_par(ctx, D, p->out_weight, p->out_bias, a, D, R, D, D, tile, pad, threads);
+    if (a) /* else the caller's block_tail projects ctx */
+        gemm_par(ctx, D, p->out_weight, p->out_bias, a, D, R, D, D, ERT_ACT_NONE, tile, pad,
+                 threads);
 }
 
 void op_self_attention(const attention_params *p, shape3 s, const float *in, int n, float *out,
@@ -563,18 +590,15 @@ void op_self_attention(const attention_params *p, shape3 s, const float *in, int
     }
 }
 
-/* f = act(x W1^T + b1), y = f W2^T + b2 over R rows. */
+/* f = act(x W1^T + b1), y = f W2^T + b2 over R rows (act fused into the
+ * first product's calls). */
 static void feed_forward(const encoder_params *p, int R, const float *x, float *f, float *y,
                          int tile, float *pad, int threads)
 {
     const int D = p->attn.dim, F = p->ff1.out_features;
-    gemm_par(x, D, p->ff1.weight, p->ff1.bias, f, F, R, F, D, tile, pad, threads);
-    size_t len = (size_t)R * (size_t)F;
-    if (p->act == ERT_ACT_GELU)
-        gelu_par(f, f, len, threads);
-    else
-        op_relu(f, f, len);
-    gemm_par(f, F, p->ff2.weight, p->ff2.bias, y, D, R, D, F, tile, pad, threads);
+    const int act = p->act == ERT_ACT_GELU ? ERT_ACT_GELU : ERT_ACT_RELU;
+    gemm_par(x, D, p->ff1.weight, p->ff1.bias, f, F, R, F, D, act, tile, pad, threads);
+    gemm_par(f, F, p->ff2.weight, p->ff2.bias, y, D, R, D, F, ERT_ACT_NONE, tile, pad, threads);
 }
 
 /* y = norm(x + add) row by row (add NULL: norm(x)); y may be x or add. */
@@ -605,6 +629,87 @@ static void add_par(const float *x, const float *a, float *y, size_t len, int th
     (void)threads;
 }
 
+/* One tile's rows through a GEMM of exactly `tile` rows: c[tile, N] =
+ * act(a[tile, K] W[N, K]^T + bias), on the calling thread. */
+static void gemm_tile(const float *a, const float *W, const float *bias, float *c, int tile, int N,
+                      int K, int act)
+{
+    for (int i = 0; i < tile; i++)
+        memcpy(c + (size_t)i * N, bias, sizeof(float) * (size_t)N);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tile, N, K, 1.0f, a, K, W, K, 1.0f, c, N);
+    if (act != ERT_ACT_NONE)
+        act_block(act, c, N, tile, N);
+}
+
+/* The encoder block after attention, row-local, one tile of `tile` rows
+ * per work item (the last one padded with zero rows), each item's rows
+ * through every step on one thread while they stay in its cache: the
+ * output projection of ctx, the residual, the norms and the feed-forward
+ * (post-LN: a = norm2(h + ff(h)), h = norm1(x + proj(ctx)); pre-LN:
+ * a = h + ff(norm2(h)), h = x + proj(ctx)). One parallel loop instead of
+ * one per step: fewer joins of the team. Every GEMM call has the shape
+ * (tile, N, K) whatever the chunk, so a row's result does not depend on
+ * its neighbours. ws: TAIL_FLOATS per thread. */
+
+static void block_tail(const encoder_params *p, int R, const float *x, const float *ctx, float *a,
+                       int tile, float *ws, int threads)
+{
+    const int D = p->attn.dim, F = p->ff1.out_features, items = (R + tile - 1) / tile;
+    const int act = p->act == ERT_ACT_GELU ? ERT_ACT_GELU : ERT_ACT_RELU;
+    const size_t rowb = sizeof(float) * (size_t)D;
+    const int par = threads > 1 && items > 1, blas = blas_solo(par);
+    ERT_OMP("omp parallel for schedule(dynamic, 1) num_threads(threads) if(par)")
+    for (int t = 0; t < items; t++) {
+        float *u = ws, *o, *h, *f;
+#ifdef _OPENMP
+        u += (size_t)omp_get_thread_num() * TAIL_FLOATS(tile, D, F);
+#endif
+        o = u + (size_t)tile * D;
+        h = o + (size_t)tile * D;
+        f = h + (size_t)tile * D;
+        const size_t r0 = (size_t)t * (size_t)tile;
+        const int nr = R - (int)r0 < tile ? R - (int)r0 : tile;
+        const float *ci = ctx + r0 * D, *xr = x + r0 * D;
+        float *ar = a + r0 * D;
+        if (nr < tile) {
+            memcpy(u, ci, rowb * (size_t)nr);
+            memset(u + (size_t)nr * D, 0, rowb * (size_t)(tile - nr));
+            ci = u;
+        }
+        gemm_tile(ci, p->attn.out_weight, p->attn.out_bias, o, tile, D, D, ERT_ACT_NONE);
+        for (int i = 0; i < tile; i++) {
+            const float *xi = xr + (size_t)i * D, *oi = o + (size_t)i * D;
+            float *hi = h + (size_t)i * D;
+            if (i >= nr) { /* padding rows: zeros in, results dropped */
+                memset(hi, 0, rowb);
+                if (p->norm_first)
+                    memset(o + (size_t)i * D, 0, rowb);
+                continue;
+            }
+            for (int k = 0; k < D; k++)
+                hi[k] = xi[k] + oi[k];
+            if (p->norm_first) /* o = norm2(h), the feed-forward's input */
+                norm_row(&p->norm2, hi, o + (size_t)i * D, D);
+            else
+                norm_row(&p->norm1, hi, hi, D);
+        }
+        const float *fin = p->norm_first ? o : h;
+        float *y = p->norm_first ? u : o; /* u (ctx's copy) is free now */
+        gemm_tile(fin, p->ff1.weight, p->ff1.bias, f, tile, F, D, act);
+        gemm_tile(f, p->ff2.weight, p->ff2.bias, y, tile, D, F, ERT_ACT_NONE);
+        for (int i = 0; i < nr; i++) {
+            const float *yi = y + (size_t)i * D, *hi = h + (size_t)i * D;
+            float *ai = ar + (size_t)i * D;
+            for (int k = 0; k < D; k++)
+                ai[k] = yi[k] + hi[k];
+            if (!p->norm_first)
+                norm_row(&p->norm2, ai, ai, D);
+        }
+    }
+    blas_restore(blas);
+    (void)threads;
+}
+
 void op_encoder_block(const encoder_params *p, shape3 s, const float *in, int n, float *out,
                       float *scratch, int tile, int threads)
 {
@@ -614,12 +719,21 @@ void op_encoder_block(const encoder_params *p, shape3 s, const float *in, int n,
     float *a = ctx + R * D, *h = a + R * D, *f = h + R * D, *pad = f + R * F;
     float *att = pad + (size_t)TX_TILE_ROWS * ((D > F ? D : F) + 3 * D);
     threads = team(threads);
+    float *tail = att + (size_t)threads * ATT_FLOATS(D / (size_t)p->attn.heads);
     chunk c;
     for (int i = 0; i < n; i += c.m) {
         next_chunk(&c, in, out, i, n, T, D, p->attn.heads);
         const size_t len = (size_t)c.R * D;
         pack(&c, x, threads);
-        if (p->norm_first) {
+        if (tile > 0) { /* attention, then block_tail: the rest row-local */
+            const float *ax = x;
+            if (p->norm_first) {
+                norm_rows(&p->norm1, x, NULL, xn, (size_t)c.R, D, threads);
+                ax = xn;
+            }
+            attend(&p->attn, &c, ax, qkv, ctx, NULL, att, tile, pad, threads);
+            block_tail(p, c.R, x, ctx, a, tile, tail, threads);
+        } else if (p->norm_first) {
             /* x + attn(norm1(x)), then + ff(norm2(.)) */
             norm_rows(&p->norm1, x, NULL, xn, (size_t)c.R, D, threads);
             attend(&p->attn, &c, xn, qkv, ctx, a, att, tile, pad, threads);

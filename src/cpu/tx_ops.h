@@ -46,8 +46,10 @@ void op_token_pool(token_pool_mode mode, shape3 in_s, const float *in, int n, fl
  * (up to each sample's last attended one) total at most TX_CHUNK_TOKENS
  * (or one sample's T, when more), packed into one matrix: each projection
  * is one matrix product over the chunk, in GEMM calls of exactly `tile`
- * rows, the last one padded, and of column blocks fixed by the layer, so a
- * row's rounding does not depend on the batch it runs in (cpu_ops.h,
+ * rows, the last one padded, and of column blocks fixed by the layer (the
+ * encoder block's projection and feed-forward after attention: all
+ * columns in one call per tile), so a row's rounding does not depend on
+ * the batch it runs in (cpu_ops.h,
  * "Batch invariance"). tile 0: one call per chunk, for an engine that only
  * ever runs one sample. The engine's tile is TX_TILE_ROWS. Attention is
  * fused (scores, masked softmax and weighted sum per block of keys, with

@@ -570,8 +570,10 @@ static void encoder_with_peer(const char *arch)
     cr_assert_eq(bench_main((int)(sizeof argv / sizeof argv[0]) - 1, argv), 0);
     cJSON *j = read_json(json);
     cr_assert(cJSON_IsTrue(get(get(j, "peer", is_obj), "ran", is_bool)));
+    /* ONNX Runtime runs the encoder too, where .venv has it */
     const char *ort = get(get(j, "peer", is_obj), "ort_note", is_str)->valuestring;
-    cr_assert(strncmp(ort, "not run", 7) == 0, "ort_note: %s", ort);
+    cr_assert(strncmp(ort, "failed", 6) != 0, "ort_note: %s", ort);
+    int ort_ran = strncmp(ort, "not run", 7) != 0;
     cr_assert_eq(get(j, "num_inputs", is_num)->valueint, 16);
     const cJSON *p;
     int early = 0;
@@ -580,6 +582,8 @@ static void encoder_with_peer(const char *arch)
         cr_assert_eq(get(p, "torch_mismatch_masked", is_num)->valueint, 0, "%s", name);
         cr_assert_eq(get(p, "torch_mismatch_compacted", is_num)->valueint, 0, "%s", name);
         cr_assert_eq(get(p, "torch_mismatch_b1if", is_num)->valueint, 0, "%s", name);
+        if (ort_ran)
+            cr_assert_eq(get(p, "ort_mismatch", is_num)->valueint, 0, "%s", name);
         const cJSON *a = get(p, "achieved", is_arr), *t = get(p, "targets", is_arr);
         for (int x = 0; x < cJSON_GetArraySize(a); x++)
             cr_assert_eq(cJSON_GetArrayItem(a, x)->valueint, cJSON_GetArrayItem(t, x)->valueint,
@@ -594,6 +598,8 @@ static void encoder_with_peer(const char *arch)
     cJSON_ArrayForEach (c, cells) {
         const char *mode = get(c, "mode", is_str)->valuestring;
         cr_assert(get(c, "torch_samples_per_s", is_num)->valuedouble > 0);
+        if (ort_ran)
+            cr_assert(get(c, "ort_samples_per_s", is_num)->valuedouble > 0, "%s", mode);
         if (strcmp(mode, "full") != 0) {
             cr_assert_str_eq(mode, "compacted");
             cr_assert(get(c, "torch_b1if_samples_per_s", is_num)->valuedouble > 0);
