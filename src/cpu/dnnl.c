@@ -393,17 +393,7 @@ static ert_status run_ops(dnnl_exec *x, int begin, int end, int n, char *why, si
         /* whole tiles, then the rest as the op's plan says (8 + 4 + 1 for
            13 rows of a convolution; a light op may pad); without smaller
            tiles, one padded tile */
-        const dx_sub whole = {.tile = d->tile,
-                              .prim = d->prim,
-                              .pre = d->pre,
-                              .post = d->post,
-                              .src = d->src,
-                              .src1 = d->src1,
-                              .dst = d->dst,
-                              .scratch = d->scratch,
-                              .pre_src = d->pre_src,
-                              .pre_dst = d->pre_dst,
-                              .post_dst = d->post_dst};
+        const dx_sub whole = dx_whole(d);
         static const signed char padded[2] = {DX_PLAN_WHOLE, DX_PLAN_END};
         int r0 = 0;
         const signed char *rest = NULL;

@@ -126,6 +126,10 @@ dnnl_status_t dx_run_tile(dnnl_exec *x, const dx_op *d, const dx_sub *t, size_t 
 
 /* ---- smaller tiles (dnnl_tiles.c) ---- */
 
+/* The op's own tile as a dx_sub (its primitives and memories), beside its
+ * smaller ones in sub[]. */
+dx_sub dx_whole(const dx_op *d);
+
 /* Makes op d's smaller tiles (the op made, its weights set); where oneDNN
  * cannot make one, d keeps none. */
 void dx_make_subs(dx_build *b, dx_op *d);

@@ -161,6 +161,22 @@ static dnnl_status_t sub_mem(dnnl_exec *x, const_dnnl_memory_t of, int t, void *
     return dnnl_memory_create(out, &m, x->eng, handle);
 }
 
+dx_sub dx_whole(const dx_op *d)
+{
+    const dx_sub w = {.tile = d->tile,
+                      .prim = d->prim,
+                      .pre = d->pre,
+                      .post = d->post,
+                      .src = d->src,
+                      .src1 = d->src1,
+                      .dst = d->dst,
+                      .scratch = d->scratch,
+                      .pre_src = d->pre_src,
+                      .pre_dst = d->pre_dst,
+                      .post_dst = d->post_dst};
+    return w;
+}
+
 void dx_free_subs(dx_op *d)
 {
     free(d->plan);
@@ -325,17 +341,7 @@ ert_status dx_check_subs(dnnl_exec *x, char *why, size_t cap)
             snprintf(why, cap, "out of memory for the tile check");
             return ERT_OUT_OF_MEMORY;
         }
-        const dx_sub whole = {.tile = d->tile,
-                              .prim = d->prim,
-                              .pre = d->pre,
-                              .post = d->post,
-                              .src = d->src,
-                              .src1 = d->src1,
-                              .dst = d->dst,
-                              .scratch = d->scratch,
-                              .pre_src = d->pre_src,
-                              .pre_dst = d->pre_dst,
-                              .post_dst = d->post_dst};
+        const dx_sub whole = dx_whole(d);
         int same = 1;
         for (int k = -1; k < d->nsub && same; k++) {
             const dx_sub *t = k < 0 ? &whole : &d->sub[k];
