@@ -254,11 +254,10 @@ ert_status dx_create(const ert_model *m, const plan *p, const program *prog, int
     }
     const dnnl_version_t *v = dnnl_version();
     snprintf(x->desc, sizeof x->desc,
-             "oneDNN %d.%d.%d, %d-row tiles (inner products %d), the rest in halves down to 1 row "
-             "in %d ops: %d ops: %d convs, joins %d "
-             "fused + %d after, %d reorders, %d channels-last, %d matmuls of any row count, "
-             "%d reference kernels; %s",
-             v->major, v->minor, v->patch, tile_conv, tile_linear, x->subs, prog->nops, nconv,
+             "oneDNN %d.%d.%d, %d ops (%d convs), %d-row tiles (inner products %d), smaller "
+             "tiles down to 1 row in %d ops, joins %d fused + %d after, %d reorders, %d "
+             "channels-last, %d matmuls of any row count, %d reference kernels; %s",
+             v->major, v->minor, v->patch, prog->nops, nconv, tile_conv, tile_linear, x->subs,
              b.fused_joins, b.separate_joins, b.reorders, b.nhwc, b.matmuls, nref,
              x->invariant ? "rows do not depend on their place or count"
                           : "rows depend on their place or count (rounding)");
