@@ -317,6 +317,21 @@ static double median(const double *v, int n, double *scratch)
     return calib_percentile(v, n, 0.5, scratch);
 }
 
+ert_engine_config bench_engine_config(const bench_run *r, ert_backend be, ert_mode mode, int batch)
+{
+    ert_engine_config cfg = ert_engine_config_default();
+    cfg.backend = be;
+    cfg.mode = mode;
+    cfg.max_batch = batch;
+    cfg.threads = r->threads;
+    cfg.inflight = r->inflight;
+    if (r->graph_buckets >= 0) /* bench_main resolves -1 to the tools' default */
+        cfg.graph_buckets = r->graph_buckets;
+    cfg.precision = r->precision;
+    cfg.cuda_options = r->cuda_options;
+    return cfg;
+}
+
 /* Times every mode and profile for one backend and batch size. With
  * full_only, times FULL alone into *full_only and adds no cell. */
 static int sweep_batch(bench_run *r, ert_backend be, int batch, double *full_only)
@@ -336,16 +351,7 @@ static int sweep_batch(bench_run *r, ert_backend be, int batch, double *full_onl
     for (int m = 0; m < 3; m++) {
         if (m != ERT_MODE_FULL && (!r->mode_on[m] || full_only))
             continue;
-        ert_engine_config cfg = ert_engine_config_default();
-        cfg.backend = be;
-        cfg.mode = (ert_mode)m;
-        cfg.max_batch = batch;
-        cfg.threads = r->threads;
-        cfg.inflight = r->inflight;
-        if (r->graph_buckets >= 0) /* bench_main resolves -1 to the tools' default */
-            cfg.graph_buckets = r->graph_buckets;
-        cfg.precision = r->precision;
-        cfg.cuda_options = r->cuda_options;
+        ert_engine_config cfg = bench_engine_config(r, be, (ert_mode)m, batch);
         ert_error err;
         ert_status st = ert_engine_create(r->model, &cfg, &eng[m], &err);
         if (st != ERT_OK) {

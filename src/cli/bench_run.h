@@ -131,6 +131,10 @@ int bench_write_plot(const bench_run *r, const char *path, const char *shown);
 /* bench_stages.c: thresholds that send every sample to exit k (from the
  * calibration's scores, [n * num_exits]) into stage_thr[k]; 0 or -1 (out
  * of memory). */
+/* The engine a timed cell runs: the bench's threads, in-flight batches,
+ * graph buckets, precision and CUDA options, on backend be in mode at
+ * max_batch batch. */
+ert_engine_config bench_engine_config(const bench_run *r, ert_backend be, ert_mode mode, int batch);
 int bench_stage_thresholds(bench_run *r, const ert_policy_kind *kinds, const float *scores);
 /* Times COMPACTED on one backend and batch with stage_thr[k] for every exit
  * k, reps interleaved, and appends num_exits stages. 0 (also when skipped:

@@ -33,15 +33,7 @@ int bench_stage_sweep(bench_run *r, ert_backend be, int batch)
     if (E < 2 || r->no_stages)
         return 0;
     const int nb = (r->rep_samples + batch - 1) / batch, spr = nb * batch;
-    ert_engine_config cfg = ert_engine_config_default();
-    cfg.backend = be;
-    cfg.mode = ERT_MODE_COMPACTED;
-    cfg.max_batch = batch;
-    cfg.threads = r->threads;
-    cfg.inflight = r->inflight;
-    cfg.graph_buckets = r->graph_buckets;
-    cfg.precision = r->precision;
-    cfg.cuda_options = r->cuda_options;
+    ert_engine_config cfg = bench_engine_config(r, be, ERT_MODE_COMPACTED, batch);
     ert_engine *e = NULL;
     ert_error err;
     ert_sample *smp = malloc(sizeof *smp * (size_t)batch);
