@@ -17,6 +17,13 @@
 #include "outfile.h"
 #include "util.h"
 
+/* The files a model.json names, which a copy holds: the weights first (the
+ * one required), then the sample files. */
+enum {
+    N_FILES = 3
+};
+static const char *const file_keys[N_FILES] = {"weights", "sample_data", "sample_labels"};
+
 static char *read_file(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
@@ -179,16 +186,12 @@ static int existing_dir(const char *out_dir)
     if (!S_ISDIR(st.st_mode))
         return -cli_error(CLI_USAGE, "--write %s: exists and is not a directory", out_dir);
     /* the files model.json names, when they are flat names (a copy's are) */
-    static const char *const keys[] = {"weights", "sample_data", "sample_labels"};
-    enum {
-        N_KEYS = sizeof keys / sizeof keys[0]
-    };
-    char path[4096], named[N_KEYS][256] = {""};
+    char path[4096], named[N_FILES][256] = {""};
     size_t len = 0;
     char *text = path_join(path, sizeof path, out_dir, "model.json") ? read_file(path, &len) : NULL;
     cJSON *root = text ? cJSON_Parse(text) : NULL;
-    for (int k = 0; k < N_KEYS; k++) {
-        cJSON *v = root ? cJSON_GetObjectItemCaseSensitive(root, keys[k]) : NULL;
+    for (int k = 0; k < N_FILES; k++) {
+        cJSON *v = root ? cJSON_GetObjectItemCaseSensitive(root, file_keys[k]) : NULL;
         if (cJSON_IsString(v) && !strchr(v->valuestring, '/') && strlen(v->valuestring) < 256)
             snprintf(named[k], sizeof named[k], "%s", v->valuestring);
     }
@@ -206,7 +209,7 @@ static int existing_dir(const char *out_dir)
             continue;
         n++;
         int known = !strcmp(name, "model.json");
-        for (int k = 0; k < N_KEYS; k++)
+        for (int k = 0; k < N_FILES; k++)
             known |= named[k][0] && !strcmp(name, named[k]);
         if (known && path_join(path, sizeof path, out_dir, name) && lstat(path, &st) == 0 &&
             S_ISREG(st.st_mode))
@@ -334,31 +337,27 @@ int cli_write_model(const char *model, const ert_model *m, const float *threshol
         goto done;
     }
     /* the names in the copy: the weights and the sample files, flat */
-    enum {
-        N_FILES = 3
-    };
-    static const char *const keys[N_FILES] = {"weights", "sample_data", "sample_labels"};
     char names[N_FILES][256], srcs[N_FILES][4096];
     for (int k = 0; k < N_FILES; k++) {
         names[k][0] = '\0';
-        cJSON *v = cJSON_GetObjectItemCaseSensitive(root, keys[k]);
+        cJSON *v = cJSON_GetObjectItemCaseSensitive(root, file_keys[k]);
         if (k > 0 && (!cJSON_IsString(v) || !v->valuestring[0]))
             continue;
         /* relative and inside dir: the loader has refused any other (path_inside) */
         if (!path_join(srcs[k], sizeof srcs[k], dir, v->valuestring)) {
-            rc = cli_error(CLI_FAIL, "%s: the %s path is too long", json, keys[k]);
+            rc = cli_error(CLI_FAIL, "%s: the %s path is too long", json, file_keys[k]);
             goto done;
         }
         if (k > 0 && access(srcs[k], F_OK) != 0) {
             /* named but not there: the copy names none (the loader never opens it) */
             fprintf(stderr, "exitrt: note: %s: %s '%s' is missing; the copy names none\n", json,
-                    keys[k], v->valuestring);
-            cJSON_DeleteItemFromObjectCaseSensitive(root, keys[k]);
+                    file_keys[k], v->valuestring);
+            cJSON_DeleteItemFromObjectCaseSensitive(root, file_keys[k]);
             continue;
         }
         if (!flat_name(v->valuestring, names[k], sizeof names[k])) {
-            rc = cli_error(CLI_FAIL, "%s: %s '%s' cannot be copied under that name", json, keys[k],
-                           v->valuestring);
+            rc = cli_error(CLI_FAIL, "%s: %s '%s' cannot be copied under that name", json,
+                           file_keys[k], v->valuestring);
             goto done;
         }
         for (int j = 0; j < k; j++)
@@ -366,10 +365,11 @@ int cli_write_model(const char *model, const ert_model *m, const float *threshol
                 rc = cli_error(CLI_FAIL,
                                "%s: %s and %s are different files of one name '%s'; the copy "
                                "is one directory: rename one",
-                               json, keys[j], keys[k], names[k]);
+                               json, file_keys[j], file_keys[k], names[k]);
                 goto done;
             }
-        if (!cJSON_ReplaceItemInObjectCaseSensitive(root, keys[k], cJSON_CreateString(names[k]))) {
+        if (!cJSON_ReplaceItemInObjectCaseSensitive(root, file_keys[k],
+                                                    cJSON_CreateString(names[k]))) {
             rc = cli_error(CLI_FAIL, "out of memory writing model.json");
             goto done;
         }
